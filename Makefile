@@ -1,0 +1,44 @@
+# convsight: `make demo` and `make test` work on a fresh machine (they create .venv themselves).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Real data and weights for an offline machine, when the folder exists (see README).
+SHARED ?= $(abspath ../shared)
+ifneq ($(wildcard $(SHARED)/data),)
+export CONVSIGHT_SHARED := $(SHARED)
+export CONVSIGHT_DATA ?= $(SHARED)/data
+endif
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test lint format venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/convsight demo --out $(DEMO_OUT)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

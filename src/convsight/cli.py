@@ -1,0 +1,236 @@
+"""The ``convsight`` command line: parse, call the library, write outputs."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from convsight.errors import ConvsightError
+
+app = typer.Typer(
+    help="See how convolutional networks see: activations, visualizations, attributions.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+train_app = typer.Typer(help="Train a model (Adam, cross-entropy) and write checkpoint + card.")
+app.add_typer(train_app, name="train")
+
+out_console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Options shared by many commands.
+WeightsOpt = Annotated[
+    Path | None, typer.Option("--weights", help="Local state dict; its card (.json) beside it.")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="CONVSIGHT_DATA",
+        help="Offline data folder (MNIST idx files, ...). Env: CONVSIGHT_DATA.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def command(fn: F) -> F:
+    """Turn bad input into one sentence and exit 2, other failures into one line and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConvsightError as exc:
+            message = " ".join(str(exc).split())
+            err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a failure, not bad input
+            message = " ".join(str(exc).split())
+            err_console.print(
+                f"[red]failed:[/red] {type(exc).__name__}: {message}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            if os.environ.get("CONVSIGHT_DEBUG"):
+                raise
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def split_list(value: str | None) -> list[str]:
+    """'a,b, c' -> ['a', 'b', 'c']."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@app.command("models")
+@command
+def models_cmd() -> None:
+    """List the model names convsight can load (seed networks and torchvision classifiers)."""
+    from convsight.models.zoo import SEEDS, torchvision_models
+
+    table = Table("name", "kind")
+    for name in SEEDS:
+        table.add_row(name, "seed network of the study")
+    for name in torchvision_models():
+        table.add_row(name, "torchvision, ImageNet weights on first use")
+    out_console.print(table)
+    out_console.print("Also: a checkpoint path, or --weights FILE with a card (.json) beside it.")
+
+
+@app.command("layers")
+@command
+def layers_cmd(
+    model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
+    weights: WeightsOpt = None,
+) -> None:
+    """Print every layer name (as in named_modules), its type and output shape."""
+    from convsight.layers import describe_layers
+    from convsight.models import load_model
+
+    loaded = load_model(model, weights)
+    table = Table("layer", "type", "output shape", "parameters", title=loaded.card.name)
+    for row in describe_layers(loaded.module, loaded.example_input()):
+        shape = "x".join(map(str, row.output_shape)) if row.output_shape else "-"
+        table.add_row(row.name, row.type, shape, f"{row.parameters:,}" if row.parameters else "")
+    out_console.print(table)
+
+
+@train_app.command("mnist")
+@command
+def train_mnist_cmd(
+    out: OutOpt = Path("runs/mnist"),
+    stride: Annotated[
+        int, typer.Option(help="Convolution stride: 2 as the study states, or 1.")
+    ] = 2,
+    padding: Annotated[str, typer.Option(help="'same' or 'valid'.")] = "same",
+    epochs: Annotated[int, typer.Option(min=1)] = 5,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
+    train_limit: Annotated[int | None, typer.Option(min=1, help="Use the first N.")] = None,
+    test_limit: Annotated[int | None, typer.Option(min=1, help="Use the first N.")] = None,
+    data_dir: DataDirOpt = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the study's MNIST CNN; write model.pt + model.json, metrics.json, curves PNG."""
+    from convsight.studies.mnist import train_mnist
+
+    result = train_mnist(
+        out=out,
+        stride=stride,
+        padding=padding,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        train_limit=train_limit,
+        test_limit=test_limit,
+        data_dir=data_dir,
+        seed=seed,
+        device=device,
+        show_progress=not quiet,
+    )
+    acc = result["history"][-1]["test_accuracy"]
+    out_console.print(f"test accuracy {acc:.4f} (the study reports 0.982); outputs in {out}")
+
+
+@app.command("activations")
+@command
+def activations_cmd(
+    model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
+    weights: WeightsOpt = None,
+    image: Annotated[Path | None, typer.Option(help="Input image file.")] = None,
+    mnist_index: Annotated[
+        int | None, typer.Option(min=0, help="Input: MNIST test image N (default: the first 7).")
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Comma-separated; default: every conv.")
+    ] = None,
+    max_channels: Annotated[int, typer.Option(min=1, help="Channels shown per grid.")] = 64,
+    data_dir: DataDirOpt = None,
+    out: OutOpt = Path("runs/activations"),
+    seed: SeedOpt = 0,
+) -> None:
+    """Write each chosen layer's output for one input as a channel grid, plus the arrays."""
+    from convsight.studies.mnist import write_activations
+
+    written = write_activations(
+        model=model,
+        weights=weights,
+        image=image,
+        mnist_index=mnist_index,
+        layers=split_list(layers),
+        max_channels=max_channels,
+        data_dir=data_dir,
+        out=out,
+        seed=seed,
+    )
+    for path in written:
+        out_console.print(f"wrote {path}")
+
+
+@app.command("demo")
+@command
+def demo_cmd(
+    out: OutOpt = Path("demo-out"),
+    epochs: Annotated[int, typer.Option(min=1)] = 2,
+    stride: Annotated[int, typer.Option(help="1 gives larger, more readable maps.")] = 1,
+    data_dir: DataDirOpt = None,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the MNIST CNN briefly and show its conv outputs for a 7."""
+    from convsight.studies.mnist import train_mnist, write_activations
+
+    start = time.perf_counter()
+    run = out / "mnist"
+    result = train_mnist(
+        out=run,
+        stride=stride,
+        padding="valid" if stride == 1 else "same",
+        epochs=epochs,
+        data_dir=data_dir,
+        seed=seed,
+        show_progress=not quiet,
+    )
+    written = write_activations(
+        model=str(run / "model.pt"), data_dir=data_dir, out=out / "activations", seed=seed
+    )
+    acc = result["history"][-1]["test_accuracy"]
+    out_console.print(
+        f"MNIST CNN (stride {stride}): test accuracy {acc:.4f} after {epochs} epoch(s) "
+        f"(the study: 0.982) in {time.perf_counter() - start:.0f} s"
+    )
+    out_console.print(f"training curves: {run / 'training_curves.png'}")
+    for path in written:
+        if path.suffix == ".png":
+            out_console.print(f"activation grid: {path}")
+
+
+def main() -> None:
+    """Entry point of the ``convsight`` command."""
+    app(prog_name="convsight")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Layer addressing by ``named_modules`` name, context-managed capture and truncated forward."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from convsight.errors import UnknownLayerError
+
+
+def layer_names(module: nn.Module) -> list[str]:
+    """Every addressable layer name, in ``named_modules`` order (the root, '', excluded)."""
+    return [name for name, _ in module.named_modules() if name]
+
+
+def get_layer(module: nn.Module, name: str) -> nn.Module:
+    """The sub-module called ``name``; an unknown name raises with the nearest names."""
+    modules = dict(module.named_modules())
+    if name in modules and name:
+        return modules[name]
+    names = layer_names(module)
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+    hint = f"; nearest: {', '.join(close)}" if close else ""
+    raise UnknownLayerError(
+        f"unknown layer '{name}' ({len(names)} layers; `convsight layers MODEL` lists them){hint}"
+    )
+
+
+def check_layers(module: nn.Module, names: Sequence[str]) -> None:
+    """Fail before any work if one of ``names`` is not a layer."""
+    for name in names:
+        get_layer(module, name)
+
+
+def conv_layer_names(module: nn.Module) -> list[str]:
+    """Names of every ``nn.Conv2d`` in the model."""
+    return [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every wanted layer has run: nothing after it is computed."""
+
+
+def _first_tensor(output: object) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"layer output of type {type(output).__name__} is not a tensor")
+
+
+@contextmanager
+def capture(
+    module: nn.Module, names: Sequence[str], stop: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of the named layers during forward passes inside the block.
+
+    With ``stop=True`` the forward pass is cut short once every named layer has produced
+    its output (use :func:`forward_to`). Hooks are removed on exit, also on exceptions.
+    """
+    outputs: dict[str, torch.Tensor] = {}
+    wanted = set(names)
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            outputs[name] = _first_tensor(output)
+            if stop and wanted.issubset(outputs):
+                raise _StopForward
+
+        return hook
+
+    try:
+        for name in dict.fromkeys(names):
+            handles.append(get_layer(module, name).register_forward_hook(make_hook(name)))
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_to(module: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Run ``module`` on ``x`` only as far as the last of ``names``; return their outputs.
+
+    Layers after the last needed one never run (a truncated forward). Gradients flow
+    through the returned tensors as usual.
+    """
+    with capture(module, names, stop=True) as outputs:
+        try:
+            module(x)
+        except _StopForward:
+            pass
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise UnknownLayerError(
+            f"layer(s) {', '.join(missing)} did not run in the forward pass "
+            "(a module that is defined but never called cannot be addressed)"
+        )
+    return {n: outputs[n] for n in names}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of ``convsight layers``: name, module type, output shape for one input."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...] | None
+    parameters: int
+
+
+def describe_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
+    """Name, type and output shape (batch dimension dropped) of every layer for ``example``."""
+    names = layer_names(module)
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            try:
+                shapes[name] = tuple(_first_tensor(output).shape[1:])
+            except TypeError:
+                pass
+
+        return hook
+
+    modules = dict(module.named_modules())
+    try:
+        for name in names:
+            handles.append(modules[name].register_forward_hook(make_hook(name)))
+        with torch.no_grad():
+            module(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [
+        LayerInfo(
+            name=name,
+            type=type(modules[name]).__name__,
+            output_shape=shapes.get(name),
+            parameters=sum(p.numel() for p in modules[name].parameters(recurse=False)),
+        )
+        for name in names
+    ]

@@ -1,0 +1,19 @@
+"""Models: ``load_model(spec)`` returns a :class:`Model` (module + :class:`ModelCard`)."""
+
+from convsight.models.card import ModelCard, card_path, imagenet_labels
+from convsight.models.model import Model
+from convsight.models.seeds import FiveClassCNN, MnistCNN
+from convsight.models.zoo import build_seed, list_models, load_model, read_state_dict
+
+__all__ = [
+    "FiveClassCNN",
+    "MnistCNN",
+    "Model",
+    "ModelCard",
+    "build_seed",
+    "card_path",
+    "imagenet_labels",
+    "list_models",
+    "load_model",
+    "read_state_dict",
+]

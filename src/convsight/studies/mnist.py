@@ -1,0 +1,180 @@
+"""The study's part 2: train the MNIST CNN, show its conv outputs for a 7."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convsight.activations import activations
+from convsight.data import load_image_tensor, load_mnist, mnist_loaders
+from convsight.errors import ConvsightError
+from convsight.layers import check_layers, conv_layer_names
+from convsight.models import build_seed, load_model
+from convsight.report import (
+    channel_grid,
+    prepare_out_dir,
+    training_curves,
+    write_checkpoint,
+    write_figure,
+    write_json,
+    write_npz,
+)
+from convsight.report.grids import image_grid
+from convsight.runtime import resolve_device, seed_everything
+from convsight.train import fit
+
+STUDY_ACCURACY = 0.982
+
+
+def train_mnist(
+    out: Path,
+    stride: int = 2,
+    padding: str = "same",
+    epochs: int = 5,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train the MNIST CNN; write ``model.pt`` + card, ``metrics.json``, ``training_curves.png``."""
+    dev = resolve_device(device)
+    seed_everything(seed)
+    module, card = build_seed("mnist-cnn", {"stride": stride, "padding": padding})
+    train_loader, test_loader = mnist_loaders(
+        card, data_dir, batch_size, train_limit, test_limit, seed
+    )
+    out = prepare_out_dir(out)
+    start = time.perf_counter()
+    history = fit(module, train_loader, test_loader, epochs, lr, dev, show_progress)
+    seconds = time.perf_counter() - start
+    card.source = (
+        f"convsight train mnist: stride {stride}, padding {padding}, {epochs} epochs, seed {seed}"
+    )
+    write_checkpoint(out / "model.pt", module.cpu(), card)
+    rows = [h.to_dict() for h in history]
+    result = {
+        "model": "mnist-cnn",
+        "settings": {
+            "stride": stride,
+            "padding": padding,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "optimizer": "Adam",
+            "loss": "cross-entropy",
+            "train_examples": len(train_loader.dataset),
+            "test_examples": len(test_loader.dataset),
+            "seed": seed,
+            "device": str(dev),
+        },
+        "history": rows,
+        "test_accuracy": rows[-1]["test_accuracy"],
+        "study_test_accuracy": STUDY_ACCURACY,
+        "seconds": seconds,
+        "torch_threads": torch.get_num_threads(),
+    }
+    write_json(out / "metrics.json", result)
+    title = f"MNIST CNN, stride {stride}, padding {padding}"
+    write_figure(out / "training_curves.png", training_curves(rows, title, STUDY_ACCURACY))
+    return result
+
+
+def first_index_of(labels: torch.Tensor, digit: int) -> int:
+    """Index of the first example of ``digit``."""
+    hits = (labels == digit).nonzero()
+    if len(hits) == 0:
+        raise ConvsightError(f"no example of class {digit} in the data")
+    return int(hits[0])
+
+
+def write_activations(
+    model: str,
+    weights: str | os.PathLike | None = None,
+    image: str | os.PathLike | None = None,
+    mnist_index: int | None = None,
+    layers: Sequence[str] = (),
+    max_channels: int = 64,
+    data_dir: str | os.PathLike | None = None,
+    out: Path = Path("runs/activations"),
+    seed: int = 0,
+) -> list[Path]:
+    """One channel-grid PNG per layer, ``activations.npz`` and ``activations.json``.
+
+    Input: ``image``, or MNIST test image ``mnist_index``, or (for 1x28x28 models) the first 7.
+    Every input is checked before anything is computed or written.
+    """
+    seed_everything(seed)
+    loaded = load_model(model, weights)
+    card = loaded.card
+    names = list(layers) or conv_layer_names(loaded.module)
+    if not names:
+        raise ConvsightError(f"model '{card.name}' has no conv layers; pass --layers")
+    check_layers(loaded.module, names)
+    if image is not None and mnist_index is not None:
+        raise ConvsightError("give either --image or --mnist-index, not both")
+    if image is not None:
+        pixels, source = load_image_tensor(image, card), str(image)
+    else:
+        if (card.channels, *card.input_size) != (1, 28, 28):
+            raise ConvsightError(
+                f"model '{card.name}' takes {card.channels}x{card.input_size[0]}x"
+                f"{card.input_size[1]} images, not MNIST digits; pass --image FILE"
+            )
+        images, labels = load_mnist("test", data_dir)
+        index = first_index_of(labels, 7) if mnist_index is None else mnist_index
+        if index >= len(images):
+            raise ConvsightError(f"--mnist-index {index} is out of range (0-{len(images) - 1})")
+        pixels = images[index].float().div(255).view(1, 1, 28, 28)
+        source = f"MNIST test image {index} (label {int(labels[index])})"
+    out = prepare_out_dir(out)
+    maps = activations(loaded, pixels, names)
+    prediction = None
+    if card.num_classes and not card.features_only:
+        with torch.no_grad():
+            logits = loaded.module(loaded.normalize(pixels.to(loaded.device)))
+        top = int(logits.argmax(1))
+        prediction = {"class": top, "label": card.label(top)}
+    written = [write_figure(out / "input.png", image_grid(pixels, [source]))]
+    summary = []
+    for name, value in maps.items():
+        fmap = value[0]
+        if fmap.dim() != 3:
+            raise ConvsightError(
+                f"layer '{name}' outputs shape {tuple(fmap.shape)}, not a C x H x W map"
+            )
+        shown = min(max_channels, fmap.shape[0])
+        title = f"{card.name} {name}: {fmap.shape[0]} channels, {fmap.shape[1]}x{fmap.shape[2]}"
+        if shown < fmap.shape[0]:
+            title += f" (first {shown})"
+        written.append(write_figure(out / f"{name}.png", channel_grid(fmap[:shown], title)))
+        summary.append(
+            {
+                "layer": name,
+                "shape": list(fmap.shape),
+                "dead_channels": [int(c) for c in (fmap.flatten(1).abs().amax(1) == 0).nonzero()],
+            }
+        )
+    written.append(write_npz(out / "activations.npz", input=pixels, **maps))
+    written.append(
+        write_json(
+            out / "activations.json",
+            {
+                "model": card.name,
+                "weights": str(weights) if weights else None,
+                "input": source,
+                "prediction": prediction,
+                "layers": summary,
+                "settings": {"max_channels": max_channels, "seed": seed},
+            },
+        )
+    )
+    return written

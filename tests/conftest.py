@@ -1,0 +1,83 @@
+"""Shared fixtures: the offline data/weights folder and small models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from convsight.models import Model, ModelCard
+
+SHARED_HINT = "set CONVSIGHT_SHARED to the shared data/weights folder (make test does)"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The folder of real data and weights (../shared), named by $CONVSIGHT_SHARED."""
+    env = os.environ.get("CONVSIGHT_SHARED")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    if not (path / "models").is_dir():
+        pytest.skip(f"no shared folder at {path}: {SHARED_HINT}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(shared: Path) -> Path:
+    return shared / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def samples(shared: Path) -> list[Path]:
+    return sorted((shared / "data" / "imagenet-samples").glob("*.JPEG"))
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2(shared: Path) -> Model:
+    from convsight.models import load_model
+
+    return load_model("mobilenet_v2", weights=shared / "models" / "mobilenet_v2_imagenet.pt")
+
+
+class TinyNet(nn.Module):
+    """A small RGB classifier for fast tests: two conv blocks, a linear head."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@pytest.fixture
+def tiny() -> Model:
+    torch.manual_seed(0)
+    card = ModelCard(
+        name="tiny",
+        arch="test:tiny",
+        input_size=(32, 32),
+        channels=3,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        labels=["cat", "dog", "fish", "bird"],
+    )
+    return Model(TinyNet(), card)
+
+
+def hook_count(module: nn.Module) -> int:
+    """Forward, pre-forward and backward hooks still registered anywhere in ``module``."""
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in module.modules()
+    )
