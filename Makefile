@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Real data and weights for an offline machine, when the folder exists (see README).
-SHARED ?= $(abspath ../shared)
-ifneq ($(wildcard $(SHARED)/data),)
+# Real data and weights for an offline machine (see README): ../shared beside this checkout,
+# or beside the repository this clone came from. The tests need it; override with SHARED=DIR.
+ORIGIN := $(shell git config --get remote.origin.url 2>/dev/null)
+SHARED ?= $(firstword $(wildcard $(abspath ../shared) $(if $(ORIGIN),$(abspath $(ORIGIN)/../shared))) $(abspath ../shared))
 export CONVSIGHT_SHARED := $(SHARED)
+ifneq ($(wildcard $(SHARED)/data),)
 export CONVSIGHT_DATA ?= $(SHARED)/data
 endif
 DEMO_OUT ?= demo-out

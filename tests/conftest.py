@@ -11,16 +11,19 @@ from torch import nn
 
 from convsight.models import Model, ModelCard
 
-SHARED_HINT = "set CONVSIGHT_SHARED to the shared data/weights folder (make test does)"
-
-
 @pytest.fixture(scope="session")
 def shared() -> Path:
-    """The folder of real data and weights (../shared), named by $CONVSIGHT_SHARED."""
+    """The folder of real data and weights (../shared), named by $CONVSIGHT_SHARED.
+
+    The suite tests on real data and weights: without the folder these tests fail, not skip.
+    """
     env = os.environ.get("CONVSIGHT_SHARED")
     path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
     if not (path / "models").is_dir():
-        pytest.skip(f"no shared folder at {path}: {SHARED_HINT}")
+        pytest.fail(
+            f"no shared data/weights folder at {path}: run `make test SHARED=DIR` "
+            "or set CONVSIGHT_SHARED"
+        )
     return path
 
 
