@@ -11,6 +11,7 @@ from torch import nn
 
 from convsight.models import Model, ModelCard
 
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     """The folder of real data and weights (../shared), named by $CONVSIGHT_SHARED.
