@@ -46,6 +46,15 @@ def evaluate(
     return loss_sum / max(total, 1), correct / max(total, 1), torch.cat(predictions)
 
 
+def _train_mode(module: nn.Module) -> None:
+    """Train mode, except for frozen parts: a frozen backbone keeps its batch-norm statistics."""
+    module.train()
+    for sub in module.modules():
+        own = list(sub.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            sub.eval()
+
+
 def fit(
     module: nn.Module,
     train_loader: DataLoader,
@@ -70,7 +79,7 @@ def fit(
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(train_loader), status="")
-            module.train()
+            _train_mode(module)
             loss_sum = 0.0
             correct = total = 0
             for x, y in train_loader:

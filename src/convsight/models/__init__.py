@@ -3,7 +3,13 @@
 from convsight.models.card import ModelCard, card_path, imagenet_labels
 from convsight.models.model import Model
 from convsight.models.seeds import FiveClassCNN, MnistCNN
-from convsight.models.zoo import build_seed, list_models, load_model, read_state_dict
+from convsight.models.zoo import (
+    build_seed,
+    list_models,
+    load_model,
+    read_state_dict,
+    replace_head,
+)
 
 __all__ = [
     "FiveClassCNN",
@@ -16,4 +22,5 @@ __all__ = [
     "list_models",
     "load_model",
     "read_state_dict",
+    "replace_head",
 ]

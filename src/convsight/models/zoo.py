@@ -49,7 +49,7 @@ def _five_class_card(options: dict[str, Any]) -> ModelCard:
         mean=IMAGENET_MEAN if int(options.get("channels", 3)) == 3 else (0.5,),
         std=IMAGENET_STD if int(options.get("channels", 3)) == 3 else (0.5,),
         labels=list(labels),
-        resize=round(size * 256 / 224) if size >= 64 else None,
+        resize=round(size * 256 / 224),
         arch_options={k: v for k, v in options.items() if k != "labels"},
         source="the study's five-class CNN (untrained unless weights are given)",
     )
@@ -142,7 +142,7 @@ def _torchvision(name: str, num_classes: int | None) -> nn.Module:
     return tvm.get_model(name, weights=None, **kwargs)
 
 
-def _torchvision_card(name: str, weights: Any | None = None) -> ModelCard:
+def torchvision_card(name: str, weights: Any | None = None) -> ModelCard:
     import torchvision.models as tvm
 
     weights = weights or tvm.get_model_weights(name).DEFAULT
@@ -173,7 +173,7 @@ def _download_torchvision(name: str) -> Model:
             f"could not download the pretrained weights of '{name}' ({exc}); "
             f"offline, pass a local state dict with --weights FILE"
         ) from exc
-    return Model(module, _torchvision_card(name, weights))
+    return Model(module, torchvision_card(name, weights))
 
 
 def _from_card(card: ModelCard, weights: Path | None, spec: str) -> Model:
@@ -245,7 +245,7 @@ def load_model(
     if spec in torchvision_models():
         if weights is None:
             return _download_torchvision(spec)
-        tv_card = _torchvision_card(spec)
+        tv_card = torchvision_card(spec)
         tv_card.source = f"weights {weights}"
         return _from_card(tv_card, weights, spec)
     if weights is None and path.suffix:
@@ -253,3 +253,18 @@ def load_model(
     close = difflib.get_close_matches(spec, list_models(), n=4, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ConvsightError(f"unknown model '{spec}' (`convsight models` lists them){hint}")
+
+
+def replace_head(module: nn.Module, num_classes: int) -> str:
+    """Swap the last ``nn.Linear`` for a new one with ``num_classes`` outputs; return its name.
+
+    The name is kept, so torchvision's ``get_model(name, num_classes=k)`` fits the new weights.
+    """
+    linears = [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConvsightError("the model has no linear layer to replace with a new head")
+    name, old = linears[-1]
+    parent_name, _, attr = name.rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+    return name

@@ -32,3 +32,36 @@ def training_curves(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def confusion_matrix(
+    matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str = ""
+) -> Figure:
+    """Counts of (true class, predicted class), rows normalized for the colour."""
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=float)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.8 * len(labels)
+    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j,
+                i,
+                int(counts[i, j]),
+                ha="center",
+                va="center",
+                color="white" if rates[i, j] > 0.5 else "black",
+                fontsize=9,
+            )
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    if title:
+        ax.set_title(title)
+    return fig

@@ -1,0 +1,374 @@
+"""The study's part 4: an image subset, the self-built CNN and a fine-tuned backbone."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from convsight.data.folder import (
+    FolderData,
+    class_folders,
+    class_means,
+    load_folder,
+    safe_name,
+    scan_folder,
+    scan_imagenet,
+    split_files,
+)
+from convsight.data.mnist import load_mnist
+from convsight.errors import ConvsightError
+from convsight.models import ModelCard, build_seed, load_model, replace_head
+from convsight.models.zoo import SEEDS, torchvision_card, torchvision_models
+from convsight.report import (
+    atomic_path,
+    prepare_out_dir,
+    training_curves,
+    write_checkpoint,
+    write_figure,
+    write_json,
+    write_npz,
+)
+from convsight.report.grids import image_grid
+from convsight.report.plots import confusion_matrix
+from convsight.runtime import resolve_device, seed_everything
+from convsight.train import evaluate, fit
+
+STUDY = {"self_built": {"train": 0.879, "test": 0.801}, "vgg16": {"test": 0.927}}
+FASHION_CLASSES = [
+    "T-shirt-top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+FASHION_DEFAULT = ["Trouser", "Pullover", "Sandal", "Bag", "Ankle boot"]
+
+
+def _check_out_is_new(out: Path) -> None:
+    for sub in ("train", "test", "manifest.json"):
+        if (out / sub).exists():
+            raise ConvsightError(f"{out} already holds a subset ({sub}); choose a new --out")
+
+
+def make_subset(
+    out: Path,
+    imagenet_root: str | os.PathLike | None = None,
+    synsets: list[str] | None = None,
+    from_folder: str | os.PathLike | None = None,
+    from_fashion_mnist: str | os.PathLike | None = None,
+    classes: list[str] | None = None,
+    per_class: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``out/train/<class>/``, ``out/test/<class>/`` and ``out/manifest.json``.
+
+    Sources: an ImageNet train tree (default: the study's five synsets), any ImageFolder
+    tree, or the Fashion-MNIST idx files. Unreadable files and absent or empty classes are
+    reported in the manifest and left out; the split is seeded and reproducible.
+    """
+    sources = [s for s in (imagenet_root, from_folder, from_fashion_mnist) if s is not None]
+    if len(sources) != 1:
+        raise ConvsightError(
+            "give exactly one source: --imagenet-root, --from-folder or --from-fashion-mnist"
+        )
+    if not 0 < test_fraction < 1:
+        raise ConvsightError(
+            f"--test-fraction must be between 0 and 1 (exclusive), not {test_fraction}"
+        )
+    if per_class is not None and per_class < 2:
+        raise ConvsightError("--per-class must be at least 2")
+    out = Path(out)
+    _check_out_is_new(out)
+    if from_fashion_mnist is not None:
+        return _fashion_subset(
+            out, Path(from_fashion_mnist), classes, per_class or 578, test_fraction, seed
+        )
+    if imagenet_root is not None:
+        scan = scan_imagenet(imagenet_root, synsets, show_progress=show_progress)
+        source = f"ImageNet train tree {imagenet_root}"
+    else:
+        scan = scan_folder(from_folder, show_progress=show_progress)
+        source = f"image folder {from_folder}"
+        if classes:
+            unknown = [c for c in classes if c not in scan.files and c not in scan.missing]
+            if unknown:
+                scan.missing += [f"class '{c}' not found" for c in unknown]
+            scan.files = {c: f for c, f in scan.files.items() if c in classes}
+    if len(scan.files) < 2:
+        raise ConvsightError(
+            f"fewer than two usable classes in {source}: " + "; ".join(scan.missing or ["none"])
+        )
+    files = scan.files
+    if per_class is not None:
+        files = {
+            c: sorted(random.Random(f"{seed}:{c}").sample(p, min(per_class, len(p))))
+            for c, p in files.items()
+        }
+    splits = split_files(files, test_fraction, seed)
+    out = prepare_out_dir(out)
+    entries = []
+    for split, by_class in splits.items():
+        for name, paths in by_class.items():
+            for path in paths:
+                dest = out / split / safe_name(name) / path.name
+                with atomic_path(dest) as tmp:
+                    shutil.copyfile(path, tmp)
+                entries.append(
+                    {"split": split, "class": name, "source": str(path), "path": str(dest)}
+                )
+    return _write_manifest(
+        out,
+        source,
+        splits,
+        entries,
+        scan.skipped,
+        scan.missing,
+        {"synsets": synsets, "per_class": per_class, "test_fraction": test_fraction, "seed": seed},
+    )
+
+
+def _fashion_subset(
+    out: Path,
+    folder: Path,
+    classes: list[str] | None,
+    per_class: int,
+    test_fraction: float,
+    seed: int,
+) -> dict[str, Any]:
+    classes = classes or FASHION_DEFAULT
+    lowered = [c.lower() for c in FASHION_CLASSES]
+    unknown = [c for c in classes if c.lower() not in lowered]
+    if unknown:
+        raise ConvsightError(
+            f"unknown Fashion-MNIST class(es) {', '.join(unknown)}; "
+            f"classes: {', '.join(FASHION_CLASSES)}"
+        )
+    images, labels = load_mnist("train", folder)
+    chosen = {}
+    for name in classes:
+        label = lowered.index(name.lower())
+        indices = (labels == label).nonzero().flatten().tolist()
+        chosen[FASHION_CLASSES[label]] = sorted(
+            random.Random(f"{seed}:{name}").sample(indices, min(per_class, len(indices)))
+        )
+    splits = split_files(chosen, test_fraction, seed)
+    out = prepare_out_dir(out)
+    from PIL import Image
+
+    entries = []
+    for split, by_class in splits.items():
+        for name, indices in by_class.items():
+            for index in indices:
+                dest = out / split / safe_name(name) / f"{index:05d}.png"
+                with atomic_path(dest) as tmp:
+                    Image.fromarray(images[index].numpy()).save(tmp, format="PNG")
+                entries.append(
+                    {
+                        "split": split,
+                        "class": name,
+                        "source": f"fashion-mnist train[{index}]",
+                        "path": str(dest),
+                    }
+                )
+    settings = {
+        "classes": classes,
+        "per_class": per_class,
+        "test_fraction": test_fraction,
+        "seed": seed,
+    }
+    return _write_manifest(
+        out, f"Fashion-MNIST idx files in {folder}", splits, entries, [], [], settings
+    )
+
+
+def _write_manifest(out, source, splits, entries, skipped, missing, settings) -> dict[str, Any]:
+    counts = {
+        name: {split: len(splits[split].get(name, [])) for split in splits}
+        for name in splits["train"]
+    }
+    manifest = {
+        "source": source,
+        "classes": sorted(counts),
+        "counts": counts,
+        "settings": settings,
+        "skipped": skipped,
+        "missing": missing,
+        "files": entries,
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _loader(data: FolderData, card: ModelCard, batch_size: int, train: bool, seed: int):
+    mean = torch.tensor(card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(card.std).view(1, -1, 1, 1)
+    generator = torch.Generator().manual_seed(seed)
+
+    def collate(batch):
+        x = torch.stack([b[0] for b in batch]).float().div_(255)
+        y = torch.stack([b[1] for b in batch])
+        if train:  # random horizontal flips
+            flip = torch.rand(len(x), generator=generator) < 0.5
+            x[flip] = x[flip].flip(-1)
+        return (x - mean) / std, y
+
+    return DataLoader(
+        TensorDataset(data.pixels, data.labels),
+        batch_size=batch_size,
+        shuffle=train,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate,
+    )
+
+
+def _build(
+    model: str, classes: list[str], image_size: int, finetune: bool, weights: Path | None
+) -> tuple[torch.nn.Module, ModelCard, list | None]:
+    """The network to train, its card and (when fine-tuning) the parameters to train."""
+    if model in SEEDS:
+        if finetune:
+            raise ConvsightError(f"--finetune needs a pretrained backbone, not '{model}'")
+        options = {"num_classes": len(classes), "image_size": image_size, "labels": classes}
+        module, card = build_seed(model, options)
+        card.labels = list(classes)
+        return module, card, None
+    if model not in torchvision_models():
+        raise ConvsightError(f"unknown model '{model}' for training")
+    if finetune:
+        backbone = load_model(model, weights)
+        module, base = backbone.module, backbone.card
+    else:
+        backbone = load_model(model, weights) if weights else None
+        import torchvision.models as tvm
+
+        module = backbone.module if backbone else tvm.get_model(model, weights=None)
+        base = backbone.card if backbone else torchvision_card(model)
+    head = replace_head(module, len(classes))
+    card = ModelCard(
+        name=f"{model}-{len(classes)}-class",
+        arch=f"torchvision:{model}",
+        input_size=(image_size, image_size),
+        channels=base.channels,
+        mean=base.mean,
+        std=base.std,
+        labels=list(classes),
+        resize=round(image_size * 256 / 224),
+        source=("fine-tuned head on " if finetune else "trained from ") + (base.source or model),
+    )
+    params = list(module.get_submodule(head).parameters()) if finetune else None
+    if not finetune:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return module, card, params
+
+
+def train_subset(
+    data: str | os.PathLike,
+    out: Path,
+    model: str = "five-class-cnn",
+    finetune: bool = False,
+    weights: str | os.PathLike | None = None,
+    image_size: int = 224,
+    epochs: int = 5,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train on ``data/train``, test on ``data/test``; write checkpoint + card, metrics.json,
+    training curves, confusion matrix, per-class accuracy and the class-mean images."""
+    data = Path(data)
+    for split in ("train", "test"):
+        if not (data / split).is_dir():
+            raise ConvsightError(
+                f"{data} has no {split}/ folder (make one with convsight data subset)"
+            )
+    classes = [d.name for d in class_folders(data / "train")]
+    test_classes = [d.name for d in class_folders(data / "test")]
+    if len(classes) < 2 or classes != test_classes:
+        raise ConvsightError(
+            f"train/ and test/ in {data} must hold the same classes (at least two): "
+            f"{classes} vs {test_classes}"
+        )
+    if image_size < 16:
+        raise ConvsightError("--image-size must be at least 16")
+    dev = resolve_device(device)
+    seed_everything(seed)
+    module, card, params = _build(model, classes, image_size, finetune, weights)
+    train_data = load_folder(data / "train", card, classes, show_progress)
+    test_data = load_folder(data / "test", card, classes, show_progress)
+    out = prepare_out_dir(out)
+    start = time.perf_counter()
+    history = fit(
+        module,
+        _loader(train_data, card, batch_size, True, seed),
+        _loader(test_data, card, batch_size, False, seed),
+        epochs,
+        lr,
+        dev,
+        show_progress,
+        parameters=params,
+    )
+    seconds = time.perf_counter() - start
+    _, test_acc, predictions = evaluate(
+        module, _loader(test_data, card, batch_size, False, seed), dev
+    )
+    k = len(classes)
+    matrix = torch.zeros(k, k, dtype=torch.long)
+    matrix.index_put_(
+        (test_data.labels, predictions), torch.ones_like(predictions), accumulate=True
+    )
+    per_class = {
+        c: float(matrix[i, i] / max(int(matrix[i].sum()), 1)) for i, c in enumerate(classes)
+    }
+    card.source += f"; convsight train subset {data}, {epochs} epochs, seed {seed}"
+    write_checkpoint(out / "model.pt", module.cpu(), card)
+    means = class_means(train_data)
+    write_npz(out / "class_means.npz", means=means, labels=classes)
+    write_figure(out / "class_means.png", image_grid(means, classes, title="class means (train)"))
+    rows = [h.to_dict() for h in history]
+    result = {
+        "model": model,
+        "finetune": finetune,
+        "weights": str(weights) if weights else None,
+        "classes": classes,
+        "settings": {
+            "image_size": image_size,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "optimizer": "Adam",
+            "loss": "cross-entropy",
+            "seed": seed,
+            "device": str(dev),
+            "train_examples": len(train_data.labels),
+            "test_examples": len(test_data.labels),
+        },
+        "history": rows,
+        "train_accuracy": rows[-1]["train_accuracy"],
+        "test_accuracy": test_acc,
+        "per_class_accuracy": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "study": STUDY,
+        "seconds": seconds,
+    }
+    write_json(out / "metrics.json", result)
+    title = f"{card.name} on {data.name}" + (" (fine-tuned head)" if finetune else "")
+    write_figure(out / "training_curves.png", training_curves(rows, title))
+    write_figure(out / "confusion_matrix.png", confusion_matrix(matrix.tolist(), classes, title))
+    return result
