@@ -285,6 +285,156 @@ def activations_cmd(
         out_console.print(f"wrote {path}")
 
 
+# Render knobs shared by maximize and classviz (None: the preset's value).
+PresetOpt = Annotated[str, typer.Option(help="paper (the study) or robust (Lucid-style).")]
+StepsOpt = Annotated[int | None, typer.Option(min=1, help="Optimization steps.")]
+SizeOpt = Annotated[int | None, typer.Option(min=8, help="Image side (default: the model's).")]
+LrOpt = Annotated[float | None, typer.Option(help="Step size (ascent) or Adam learning rate.")]
+OptimizerOpt = Annotated[str | None, typer.Option(help="ascent (plain gradient) or adam.")]
+ParamOpt = Annotated[str | None, typer.Option(help="pixel (model input) or fourier.")]
+DecorrelateOpt = Annotated[
+    bool | None, typer.Option("--decorrelate/--no-decorrelate", help="Decorrelated colour.")
+]
+ViewsOpt = Annotated[int | None, typer.Option(min=1, help="Augmented views per step.")]
+L1Opt = Annotated[float | None, typer.Option(min=0.0, help="L1 penalty weight.")]
+TvOpt = Annotated[float | None, typer.Option(min=0.0, help="Total-variation penalty weight.")]
+PrecisionOpt = Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Any other render setting, KEY=VALUE (e.g. jitter=16)."),
+]
+
+
+def _render_flags(**flags: Any) -> dict[str, Any]:
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+@app.command("maximize")
+@command
+def maximize_cmd(
+    model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
+    layer: Annotated[str, typer.Option(help="Layer name (see `convsight layers`).")],
+    channels: Annotated[str, typer.Option(help="Channels, e.g. 0-63 or 0,5,9.")] = "0-15",
+    weights: WeightsOpt = None,
+    preset: PresetOpt = "robust",
+    steps: StepsOpt = None,
+    size: SizeOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
+    param: ParamOpt = None,
+    decorrelate: DecorrelateOpt = None,
+    views: ViewsOpt = None,
+    l1: L1Opt = None,
+    tv: TvOpt = None,
+    precision: PrecisionOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = Path("runs/maximize"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Render the input each channel of a layer wants most (one batch row per channel)."""
+    from convsight.studies.optvis import maximize
+
+    summary = maximize(
+        model=model,
+        layer=layer,
+        channels=channels,
+        weights=weights,
+        preset=preset,
+        flags=_render_flags(
+            steps=steps,
+            size=size,
+            lr=lr,
+            optimizer=optimizer,
+            param=param,
+            decorrelate=decorrelate,
+            views=views,
+            l1=l1,
+            tv=tv,
+            precision=precision,
+        ),
+        extra=set_ or [],
+        out=out,
+        seed=seed,
+        device=device,
+        show_progress=not quiet,
+    )
+    dead = summary["dead_channels"]
+    out_console.print(
+        f"{len(summary['channels'])} channels of {layer} in {summary['seconds']:.1f} s"
+        + (f"; dead: {', '.join(map(str, dead))}" if dead else "")
+        + f"; outputs in {out}"
+    )
+
+
+@app.command("classviz")
+@command
+def classviz_cmd(
+    model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
+    classes: Annotated[str, typer.Option(help="Class names or indices, comma-separated.")],
+    weights: WeightsOpt = None,
+    init: Annotated[str, typer.Option(help="random (noise) or mean (class-mean image).")] = (
+        "random"
+    ),
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="For --init mean: an image folder (per-class sub-folders) or 'mnist'."),
+    ] = None,
+    preset: PresetOpt = "robust",
+    steps: StepsOpt = None,
+    size: SizeOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
+    param: ParamOpt = None,
+    decorrelate: DecorrelateOpt = None,
+    views: ViewsOpt = None,
+    l1: L1Opt = None,
+    tv: TvOpt = None,
+    precision: PrecisionOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    out: OutOpt = Path("runs/classviz"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Render the input each class wants most (its score before softmax), one row per class."""
+    from convsight.studies.optvis import classviz
+
+    summary = classviz(
+        model=model,
+        classes=split_list(classes),
+        weights=weights,
+        init=init,
+        dataset=dataset,
+        preset=preset,
+        flags=_render_flags(
+            steps=steps,
+            size=size,
+            lr=lr,
+            optimizer=optimizer,
+            param=param,
+            decorrelate=decorrelate,
+            views=views,
+            l1=l1,
+            tv=tv,
+            precision=precision,
+        ),
+        extra=set_ or [],
+        out=out,
+        seed=seed,
+        data_dir=data_dir,
+        device=device,
+        show_progress=not quiet,
+    )
+    for row in summary["classes"]:
+        out_console.print(
+            f"{row['name']}: score {row['objective']:.3g}, p={row['probability']:.2f}"
+        )
+    out_console.print(f"{summary['seconds']:.1f} s; outputs in {out}")
+
+
 @app.command("demo")
 @command
 def demo_cmd(

@@ -1,0 +1,191 @@
+"""Channel rendering speed: convsight vs torch-lucent on VGG16, the same job in one run.
+
+    make bench-deps && python benchmarks/render.py [--channels 16] [--lucent-channels 16]
+
+16 channels of VGG16 ``features.2`` and ``features.28`` at 224x224, 64 steps, Lucent's
+default parameterization (Fourier + decorrelated colour, sd 0.01), default transforms (pad 12,
+jitter 8, scale 0.9-1.1, rotate +-10, jitter 4) and Adam 0.05 on both sides. Lucent renders one
+channel per ``render_vis`` call, as its users do, on a VGG16 whose parameters require grad (a
+model as torchvision builds it); a one-channel row with frozen parameters is also timed.
+convsight renders all channels in one call (``render_channels``, preset ``robust``).
+``--lucent-channels`` < 16 times Lucent on fewer channels and scales its time to 16 (Lucent
+renders channels independently, so its time is linear in the channel count); the JSON says so.
+
+Also measured: this machine's fp32 matmul FLOP/s and the FLOP/s one convsight step achieves
+(FLOPs counted by torch.utils.flop_counter), and the objective each side reaches (mean channel
+activation of the final image, evaluated the same way for both).
+Writes benchmarks/results/render.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+
+import numpy as np
+import torch
+from common import shared_dir, write_result
+from torch.utils.flop_counter import FlopCounterMode
+
+from convsight.layers import forward_to
+from convsight.models import load_model
+from convsight.optvis import render_channels
+from convsight.optvis.objectives import Context, channel
+from convsight.optvis.param import FourierImage
+from convsight.optvis.render import make_transforms, row_generators, settings_for
+from convsight.optvis.transforms import Compose, RowRandom
+
+LAYERS = ("features.2", "features.28")
+
+
+def matmul_flops(size: int = 4096, reps: int = 5) -> float:
+    """Best fp32 matmul FLOP/s of a few sizes."""
+    best = 0.0
+    for n in (2048, size):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            a @ b
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best
+
+
+def step_flops(model, layer: str, rows: int) -> tuple[float, float]:
+    """FLOPs of one convsight step on ``rows`` rows and its time (best of 3)."""
+    settings = settings_for("robust", steps=1)
+    generators = row_generators(range(rows))
+    param = FourierImage.normal(model, generators, (224, 224))
+    transforms = Compose(make_transforms(settings))
+    objective = channel(layer, list(range(rows)))
+
+    def step():
+        pixels = param.pixels()
+        x = model.normalize(transforms(pixels, RowRandom(generators)))
+        acts = forward_to(model.module, x, [layer])
+        value = objective(Context(acts, pixels, x, 1))
+        (-value.sum()).backward()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return flops, min(times)
+
+
+@torch.no_grad()
+def channel_values(model, layer: str, images: torch.Tensor, channels: list[int]) -> list[float]:
+    """Mean activation of each row's channel for pixel images (224x224, no transforms)."""
+    out = []
+    for image, c in zip(images, channels, strict=True):
+        acts = forward_to(model.module, model.normalize(image[None]), [layer])[layer]
+        out.append(float(acts[0, c].mean()))
+    return out
+
+
+def lucent_render(module, layer: str, channel_index: int, steps: int) -> np.ndarray:
+    from lucent.optvis import objectives, param, render
+
+    images = render.render_vis(
+        module,
+        objectives.channel(layer.replace(".", "_"), channel_index),
+        param_f=lambda: param.image(224),
+        thresholds=(steps,),
+        show_image=False,
+        progress=False,
+    )
+    for m in module.modules():  # render_vis leaves a forward hook on every module
+        m._forward_hooks.clear()
+    return images[-1][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--lucent-channels", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    weights = shared_dir() / "models" / "vgg16_hed_features.pt"
+    model = load_model("vgg16", weights=weights)
+    channels = list(range(args.channels))
+    peak = matmul_flops()
+    print(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s", flush=True)
+    rows = []
+    for layer in LAYERS:
+        # torch-lucent: one channel per call, on a model whose parameters require grad.
+        lucent_module = copy.deepcopy(model.module)
+        for p in lucent_module.parameters():
+            p.requires_grad_(True)
+        lucent_channels = channels[: args.lucent_channels]
+        lucent_images, start = [], time.perf_counter()
+        for c in lucent_channels:
+            lucent_images.append(lucent_render(lucent_module, layer, c, args.steps))
+        lucent_seconds = time.perf_counter() - start
+        lucent_total = lucent_seconds * len(channels) / len(lucent_channels)
+        print(f"{layer} lucent: {lucent_seconds:.1f} s for {len(lucent_channels)}", flush=True)
+        frozen = copy.deepcopy(model.module)
+        start = time.perf_counter()
+        lucent_render(frozen, layer, channels[0], args.steps)
+        lucent_frozen_one = time.perf_counter() - start
+        # convsight: every channel in one call.
+        start = time.perf_counter()
+        result = render_channels(
+            model, layer, channels, preset="robust", steps=args.steps, seed=args.seed
+        )
+        ours = time.perf_counter() - start
+        print(f"{layer} convsight: {ours:.1f} s for {len(channels)}", flush=True)
+        flops, step_seconds = step_flops(model, layer, 1)
+        lucent_pixels = torch.from_numpy(np.stack(lucent_images)).permute(0, 3, 1, 2).float()
+        ours_values = channel_values(model, layer, result.images, channels)
+        lucent_values = channel_values(model, layer, lucent_pixels, lucent_channels)
+        row = {
+            "layer": layer,
+            "channels": len(channels),
+            "steps": args.steps,
+            "lucent_seconds": lucent_total,
+            "lucent_seconds_per_channel": lucent_seconds / len(lucent_channels),
+            "lucent_channels_timed": len(lucent_channels),
+            "lucent_extrapolated": len(lucent_channels) != len(channels),
+            "lucent_frozen_params_seconds_per_channel": lucent_frozen_one,
+            "convsight_seconds": ours,
+            "convsight_seconds_per_channel": ours / len(channels),
+            "speedup": lucent_total / ours,
+            "speedup_vs_lucent_frozen_params": lucent_frozen_one * len(channels) / ours,
+            "convsight_step_gflop_per_row": flops / 1e9,
+            "convsight_step_seconds_per_row": step_seconds,
+            "convsight_step_gflops": flops / step_seconds / 1e9,
+            "convsight_step_fraction_of_matmul": flops / step_seconds / peak,
+            "objective_convsight_mean": float(np.mean(ours_values[: len(lucent_channels)])),
+            "objective_lucent_mean": float(np.mean(lucent_values)),
+            "load_average_after": os.getloadavg()[0],
+            "objective_convsight": ours_values,
+            "objective_lucent": lucent_values,
+        }
+        print({k: v for k, v in row.items() if not isinstance(v, list)}, flush=True)
+        rows.append(row)
+    write_result(
+        "render",
+        {
+            "job": "VGG16 (HED features) channels at 224x224, Fourier + decorrelated colour, "
+            "Lucent's default transforms, Adam 0.05",
+            "matmul_gflops_fp32": peak / 1e9,
+            "note": "2 shared CPU cores: other work may have run at the same time "
+            "(load_average_after); Lucent and convsight alternate in one process",
+            "settings": settings_for("robust", steps=args.steps).to_dict(),
+            "rows": rows,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

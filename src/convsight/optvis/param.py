@@ -1,0 +1,152 @@
+"""What is optimized: image parameterizations, each giving a pixel-space batch N x C x H x W.
+
+* :class:`PixelImage` — the study's: the model input itself, started from N(0, 1) noise in the
+  model's input space, from a class-mean image or from a given image.
+* :class:`FourierImage` — Lucid's: a 1/f-scaled spectrum, optionally with decorrelated colour,
+  squashed to [0, 1] by a sigmoid (Olah et al. 2017, https://distill.pub/2017/feature-visualization/).
+
+Every row draws its random start from its own generator, so a row's start does not depend on
+the other rows of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from convsight.models import Model
+
+# Lucid's colour correlation of ImageNet (square root of the covariance's SVD).
+COLOR_CORRELATION_SVD_SQRT = torch.tensor(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]]
+)
+COLOR_CORRELATION = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
+
+
+def row_randn(generators: Sequence[torch.Generator], shape: Sequence[int]) -> torch.Tensor:
+    """One N(0, 1) tensor of ``shape`` per row, each from that row's generator, stacked."""
+    return torch.stack([torch.randn(*shape, generator=g) for g in generators])
+
+
+class ImageParam:
+    """Base: ``params`` go to the optimizer, ``pixels()`` is the image in pixel space."""
+
+    params: list[torch.Tensor]
+
+    def pixels(self, rows: slice | None = None) -> torch.Tensor:
+        """The images of ``rows`` (default: all) in pixel space."""
+        raise NotImplementedError
+
+    def model_input(
+        self, model: Model, pixels: torch.Tensor | None = None, rows: slice | None = None
+    ) -> torch.Tensor:
+        """The untransformed image in the model's input space (``pixels``: already computed)."""
+        return model.normalize(self.pixels(rows) if pixels is None else pixels)
+
+
+class PixelImage(ImageParam):
+    """The model input itself (normalized space): the study's parameterization."""
+
+    def __init__(self, x: torch.Tensor, model: Model) -> None:
+        self.x = x.detach().clone().requires_grad_(True)
+        self.params = [self.x]
+        self._model = model
+
+    @classmethod
+    def normal(
+        cls, model: Model, generators: Sequence[torch.Generator], size: tuple[int, int], std=1.0
+    ) -> PixelImage:
+        """N(0, std) noise in the model's input space (the study's random start)."""
+        x = row_randn(generators, (model.card.channels, *size)) * std
+        return cls(x.to(model.device), model)
+
+    @classmethod
+    def from_pixels(cls, model: Model, pixels: torch.Tensor) -> PixelImage:
+        """Start from pixel-space images (a class mean, a photo)."""
+        return cls(model.normalize(pixels.to(model.device)), model)
+
+    def pixels(self, rows: slice | None = None) -> torch.Tensor:
+        return self._model.denormalize(self.x if rows is None else self.x[rows])
+
+    def model_input(
+        self, model: Model, pixels: torch.Tensor | None = None, rows: slice | None = None
+    ) -> torch.Tensor:
+        return self.x if rows is None else self.x[rows]
+
+
+def rfft2d_freqs(h: int, w: int) -> np.ndarray:
+    """Spatial frequency magnitude of each rfft2 coefficient (Lucid's)."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.fftfreq(w)[: w // 2 + (2 if w % 2 else 1)]
+    return np.sqrt(fx * fx + fy * fy)
+
+
+class FourierImage(ImageParam):
+    """A 1/f^decay scaled spectrum -> irfft2 -> (decorrelated colour) -> sigmoid."""
+
+    def __init__(
+        self,
+        spectrum: torch.Tensor,
+        size: tuple[int, int],
+        decorrelate: bool = True,
+        decay_power: float = 1.0,
+    ) -> None:
+        h, w = size
+        self.size = (h, w)
+        self.decorrelate = decorrelate
+        freqs = rfft2d_freqs(h, w)
+        scale = 1.0 / np.maximum(freqs, 1.0 / max(h, w)) ** decay_power
+        self.scale = torch.tensor(scale, dtype=torch.float32, device=spectrum.device)[
+            None, None, :, :, None
+        ]
+        self.spectrum = spectrum.detach().clone().requires_grad_(True)
+        self.params = [self.spectrum]
+        self._color = COLOR_CORRELATION.to(spectrum.device)
+
+    @staticmethod
+    def spectrum_shape(channels: int, size: tuple[int, int]) -> tuple[int, ...]:
+        h, w = size
+        return (channels, *rfft2d_freqs(h, w).shape, 2)
+
+    @classmethod
+    def normal(
+        cls,
+        model: Model,
+        generators: Sequence[torch.Generator],
+        size: tuple[int, int],
+        std: float = 0.01,
+        decorrelate: bool = True,
+        decay_power: float = 1.0,
+    ) -> FourierImage:
+        """Lucid's start: a spectrum of N(0, std) noise (a nearly grey image)."""
+        spectrum = row_randn(generators, cls.spectrum_shape(model.card.channels, size)) * std
+        return cls(spectrum.to(model.device), size, decorrelate, decay_power)
+
+    @classmethod
+    def from_pixels(
+        cls,
+        pixels: torch.Tensor,
+        decorrelate: bool = True,
+        decay_power: float = 1.0,
+        eps: float = 1e-3,
+    ) -> FourierImage:
+        """The spectrum whose image is ``pixels`` (clipped into the sigmoid's open range)."""
+        size = tuple(pixels.shape[2:])
+        probe = cls(torch.zeros(1, *cls.spectrum_shape(pixels.shape[1], size)), size, decorrelate)
+        t = torch.logit(pixels.float().clamp(eps, 1 - eps))
+        if decorrelate and pixels.shape[1] == 3:
+            t = torch.einsum("nchw,dc->ndhw", t, torch.linalg.inv(probe._color))
+        spectrum = torch.fft.rfftn(t * 4.0, dim=(2, 3), norm="ortho")
+        spectrum = torch.view_as_real(spectrum) / probe.scale
+        return cls(spectrum.to(pixels.device), size, decorrelate, decay_power)
+
+    def pixels(self, rows: slice | None = None) -> torch.Tensor:
+        h, w = self.size
+        raw = self.spectrum if rows is None else self.spectrum[rows]
+        spectrum = torch.view_as_complex((self.scale * raw).contiguous())
+        t = torch.fft.irfftn(spectrum, s=(h, w), dim=(2, 3), norm="ortho") / 4.0
+        if self.decorrelate and t.shape[1] == 3:
+            t = torch.einsum("nchw,dc->ndhw", t, self._color)
+        return torch.sigmoid(t)

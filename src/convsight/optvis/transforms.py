@@ -1,0 +1,204 @@
+"""How the image is perturbed each step: pad, jitter, random scale, random rotate, blur.
+
+Transforms act on pixel-space batches. Randomness is drawn per row from that row's own
+generator (see :class:`RowRandom`), so a row's transforms do not depend on the other rows.
+Consecutive geometric transforms (jitter, scale, rotate) are merged into one affine resampling
+per step; each keeps the image size (zoom in or out around the centre, zero fill outside).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class RowRandom:
+    """Per-row random draws: row i (and each of its ``views`` copies) uses generator i.
+
+    Batch rows are ``view * N + row``; row i draws its ``views`` values in one call, so the
+    values a row sees are the same whatever the other rows are.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], views: int = 1) -> None:
+        self.generators = list(generators)
+        self.views = views
+
+    def _draw(self, fn) -> torch.Tensor:
+        per_row = torch.stack([fn(g) for g in self.generators], 1)  # views x N
+        return per_row.reshape(-1)
+
+    def uniform(self, low: float, high: float) -> torch.Tensor:
+        return self._draw(lambda g: torch.rand(self.views, generator=g)) * (high - low) + low
+
+    def integers(self, high: int) -> torch.Tensor:
+        """Uniform integers in ``[0, high)``."""
+        return self._draw(lambda g: torch.randint(0, high, (self.views,), generator=g))
+
+    def choice(self, values: Sequence[float]) -> torch.Tensor:
+        table = torch.tensor(list(values), dtype=torch.float32)
+        return table[self.integers(len(table))]
+
+
+class Transform:
+    """Base: ``__call__(x, rng)`` for pixel work, or ``matrix(shape, rng)`` for geometry."""
+
+    geometric = False
+
+    def __call__(self, x: torch.Tensor, rng: RowRandom) -> torch.Tensor:
+        raise NotImplementedError
+
+    def matrix(self, shape: torch.Size, rng: RowRandom) -> torch.Tensor:
+        """Per-row 3x3 affine in normalized coordinates mapping output to input points."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__.lower()
+
+
+class Pad(Transform):
+    """Pad by ``width`` pixels with a constant (Lucid: 12 px of grey)."""
+
+    def __init__(self, width: int, value: float = 0.5) -> None:
+        self.width, self.value = width, value
+
+    def __call__(self, x: torch.Tensor, rng: RowRandom) -> torch.Tensor:
+        return F.pad(x, [self.width] * 4, mode="constant", value=self.value)
+
+    def describe(self) -> str:
+        return f"pad({self.width})"
+
+
+def _eye(n: int) -> torch.Tensor:
+    return torch.eye(3).repeat(n, 1, 1)
+
+
+class Jitter(Transform):
+    """Shift by a random whole number of pixels in ``[0, d)`` along each axis (Lucid's)."""
+
+    geometric = True
+
+    def __init__(self, d: int) -> None:
+        self.d = d
+
+    def matrix(self, shape: torch.Size, rng: RowRandom) -> torch.Tensor:
+        h, w = shape[2:]
+        dx, dy = rng.integers(self.d).float(), rng.integers(self.d).float()
+        m = _eye(len(dx))
+        # output pixel p shows input pixel p - d  ->  input coordinate = output - 2d/size
+        m[:, 0, 2] = -2 * dx / w
+        m[:, 1, 2] = -2 * dy / h
+        return m
+
+    def describe(self) -> str:
+        return f"jitter({self.d})"
+
+
+class RandomScale(Transform):
+    """Zoom by a factor chosen from ``scales`` (>1 enlarges), keeping the image size."""
+
+    geometric = True
+
+    def __init__(self, scales: Sequence[float]) -> None:
+        self.scales = list(scales)
+
+    def matrix(self, shape: torch.Size, rng: RowRandom) -> torch.Tensor:
+        s = rng.choice(self.scales)
+        m = _eye(len(s))
+        m[:, 0, 0] = 1 / s
+        m[:, 1, 1] = 1 / s
+        return m
+
+    def describe(self) -> str:
+        return f"scale({min(self.scales):g}-{max(self.scales):g})"
+
+
+class RandomRotate(Transform):
+    """Rotate by an angle (degrees) chosen from ``angles`` around the centre."""
+
+    geometric = True
+
+    def __init__(self, angles: Sequence[float]) -> None:
+        self.angles = list(angles)
+
+    def matrix(self, shape: torch.Size, rng: RowRandom) -> torch.Tensor:
+        h, w = shape[2:]
+        a = rng.choice(self.angles) * math.pi / 180
+        m = _eye(len(a))
+        m[:, 0, 0] = torch.cos(a)
+        m[:, 0, 1] = -torch.sin(a) * h / w
+        m[:, 1, 0] = torch.sin(a) * w / h
+        m[:, 1, 1] = torch.cos(a)
+        return m
+
+    def describe(self) -> str:
+        return f"rotate({min(self.angles):g}..{max(self.angles):g})"
+
+
+class Compose:
+    """Apply transforms in order, merging runs of geometric ones into one resampling."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, x: torch.Tensor, rng: RowRandom) -> torch.Tensor:
+        if rng.views > 1:
+            x = x.repeat(rng.views, 1, 1, 1)
+        pending: torch.Tensor | None = None
+        for t in self.transforms:
+            if t.geometric:
+                m = t.matrix(x.shape, rng)
+                pending = m if pending is None else pending @ m
+                continue
+            if pending is not None:
+                x, pending = _resample(x, pending), None
+            x = t(x, rng)
+        if pending is not None:
+            x = _resample(x, pending)
+        return x
+
+    def describe(self) -> list[str]:
+        return [t.describe() for t in self.transforms]
+
+
+def _resample(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    theta = m[:, :2, :].to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def standard_transforms(
+    pad: int = 12,
+    jitter: int = 8,
+    scales: Sequence[float] = tuple(1 + (i - 5) / 50 for i in range(11)),
+    angles: Sequence[float] = tuple(list(range(-10, 11)) + 5 * [0]),
+    jitter_after: int = 4,
+) -> list[Transform]:
+    """Lucid's default: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 degrees, jitter 4."""
+    out: list[Transform] = []
+    if pad:
+        out.append(Pad(pad))
+    if jitter > 1:
+        out.append(Jitter(jitter))
+    if scales and len(scales) > 0 and set(scales) != {1}:
+        out.append(RandomScale(scales))
+    if angles and set(angles) != {0}:
+        out.append(RandomRotate(angles))
+    if jitter_after > 1:
+        out.append(Jitter(jitter_after))
+    return out
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a batch (reflect padding)."""
+    radius = max(1, int(math.ceil(2 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, [radius, radius, 0, 0], mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    x = F.pad(x, [0, 0, radius, radius], mode="reflect")
+    return F.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)

@@ -1,0 +1,246 @@
+"""Jobs behind ``convsight maximize`` and ``convsight classviz``: check, render, write.
+
+Every input (model, layer, channels, classes, dataset, settings, output folder) is checked
+before the first optimization step; nothing is written for bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convsight.errors import ConvsightError
+from convsight.layers import get_layer
+from convsight.models import Model, load_model
+from convsight.optvis.means import class_counts, class_mean_images
+from convsight.optvis.objectives import channel
+from convsight.optvis.render import (
+    RenderResult,
+    RenderSettings,
+    parse_channels,
+    probe_shapes,
+    render_channels,
+    render_classes,
+    settings_for,
+)
+from convsight.report import atomic_path, prepare_out_dir, write_figure, write_json, write_npz
+from convsight.report.grids import image_grid
+from convsight.runtime import resolve_device, seed_everything
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """'views=4' / 'scales=0.8,1,1.2' / 'decorrelate=false' -> typed (key, value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(RenderSettings)}
+    if not sep or key not in fields:
+        names = ", ".join(sorted(set(fields) - {"preset"}))
+        raise ConvsightError(f"--set takes KEY=VALUE with KEY one of: {names}; got '{text}'")
+    default = getattr(RenderSettings(), key)
+    raw = raw.strip()
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1", "yes")
+        if isinstance(default, tuple):
+            items = [v for v in raw.split(",") if v.strip()]
+            cast = str if key == "penalty_layers" else float
+            return key, tuple(cast(v.strip()) for v in items)
+        if isinstance(default, int) and key != "size":
+            return key, int(raw)
+        if key == "size":
+            return key, None if raw.lower() == "none" else int(raw)
+        if isinstance(default, float):
+            return key, float(raw)
+        return key, raw
+    except ValueError:
+        raise ConvsightError(f"cannot read setting '{text}'") from None
+
+
+def collect_settings(preset: str, flags: dict[str, Any], extra: Sequence[str]) -> RenderSettings:
+    """Preset defaults, then ``--set`` pairs, then the dedicated flags given."""
+    overrides = dict(parse_setting(text) for text in extra)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return settings_for(preset, **overrides)
+
+
+def _load(model: str, weights: str | os.PathLike | None, device: str) -> Model:
+    dev = resolve_device(device)
+    return load_model(model, weights).to(dev)
+
+
+def check_channels(model: Model, layer: str, channels: Sequence[int], size: int | None) -> None:
+    """Unknown layer or a channel out of range fails here (one cheap forward, no steps)."""
+    get_layer(model.module, layer)
+    h, w = (size, size) if size else model.card.input_size
+    x = torch.zeros(1, model.card.channels, h, w, device=model.device)
+    objective = channel(layer, list(channels))
+    objective.check(probe_shapes(model, objective, x), len(channels))
+
+
+def _write_png(path: Path, pixels: torch.Tensor) -> Path:
+    array = (pixels.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    array = array.transpose(1, 2, 0)
+    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", optimize=True)
+    return path
+
+
+def _summary_rows(result: RenderResult, names: Sequence[str]) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "objective": float(value), "dead": i in result.dead}
+        for i, (name, value) in enumerate(zip(names, result.values.tolist(), strict=True))
+    ]
+
+
+def maximize(
+    model: str,
+    layer: str,
+    channels: str | Sequence[int],
+    weights: str | os.PathLike | None = None,
+    preset: str = "robust",
+    flags: dict[str, Any] | None = None,
+    extra: Sequence[str] = (),
+    out: str | os.PathLike = "runs/maximize",
+    seed: int = 0,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Render channels of ``layer``: grid PNG, one PNG per channel, images.npz, summary.json."""
+    settings = collect_settings(preset, flags or {}, extra)
+    loaded = _load(model, weights, device)
+    chans = parse_channels(channels) if isinstance(channels, str) else [int(c) for c in channels]
+    check_channels(loaded, layer, chans, settings.size)
+    out = prepare_out_dir(out)
+    seed_everything(seed)
+    start = time.perf_counter()
+    overrides = {k: v for k, v in settings.to_dict().items() if k != "preset"}
+    result = render_channels(
+        loaded, layer, chans, preset=preset, seed=seed, progress=show_progress, **overrides
+    )
+    seconds = time.perf_counter() - start
+    titles = [
+        f"{c}" + (" (dead)" if i in result.dead else f": {v:.3g}")
+        for i, (c, v) in enumerate(zip(chans, result.values.tolist(), strict=True))
+    ]
+    title = f"{loaded.card.name} {layer}, preset {preset}, {settings.steps} steps"
+    written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
+    for c, image in zip(chans, result.images, strict=True):
+        written.append(_write_png(out / f"channel_{c:04d}.png", image))
+    written.append(write_npz(out / "images.npz", images=result.images, channels=chans))
+    summary = {
+        "model": loaded.card.name,
+        "weights": str(weights) if weights else None,
+        "layer": layer,
+        "objective": result.description,
+        "channels": _summary_rows(result, [str(c) for c in chans]),
+        "dead_channels": [chans[i] for i in result.dead],
+        "settings": {**settings.to_dict(), "seed": seed, "device": str(loaded.device)},
+        "seconds": seconds,
+        "torch_threads": torch.get_num_threads(),
+    }
+    written.append(write_json(out / "summary.json", summary))
+    return {**summary, "written": written}
+
+
+def classviz(
+    model: str,
+    classes: Sequence[str | int],
+    weights: str | os.PathLike | None = None,
+    init: str = "random",
+    dataset: str | os.PathLike | None = None,
+    preset: str = "robust",
+    flags: dict[str, Any] | None = None,
+    extra: Sequence[str] = (),
+    out: str | os.PathLike = "runs/classviz",
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Class models: grid PNG, one PNG per class, start images if ``init='mean'``, summary."""
+    settings = collect_settings(preset, flags or {}, extra)
+    if init not in ("random", "mean"):
+        raise ConvsightError(f"--init must be 'random' or 'mean', not '{init}'")
+    if not classes:
+        raise ConvsightError("no classes given")
+    loaded = _load(model, weights, device)
+    indices = [loaded.class_index(c) for c in classes]
+    start_pixels = None
+    counts: dict[int, int] = {}
+    if init == "mean":
+        if dataset is None:
+            raise ConvsightError("--init mean needs --dataset DIR (or 'mnist')")
+        means = class_mean_images(dataset, loaded.card, indices, data_dir=data_dir)
+        start_pixels = torch.stack([means[i] for i in indices])
+        counts = class_counts(dataset, loaded.card)
+    out = prepare_out_dir(out)
+    seed_everything(seed)
+    began = time.perf_counter()
+    overrides = {k: v for k, v in settings.to_dict().items() if k != "preset"}
+    result = render_classes(
+        loaded,
+        indices,
+        preset=preset,
+        seed=seed,
+        init_pixels=start_pixels,
+        progress=show_progress,
+        **overrides,
+    )
+    seconds = time.perf_counter() - began
+    with torch.no_grad():
+        logits = loaded.module(loaded.normalize(result.images.to(loaded.device))).cpu()
+    probs = logits.softmax(1)
+    names = [loaded.card.label(i) for i in indices]
+    top1 = logits.argmax(1).tolist()
+    titles = [
+        f"{name}: p={float(probs[r, i]):.2f}"
+        for r, (name, i) in enumerate(zip(names, indices, strict=True))
+    ]
+    title = f"{loaded.card.name}, preset {preset}, init {init}, {settings.steps} steps"
+    written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
+    for i, name, image in zip(indices, names, result.images, strict=True):
+        written.append(_write_png(out / f"class_{i:04d}_{name.replace(' ', '_')}.png", image))
+    if start_pixels is not None:
+        start_titles = [
+            f"mean of {counts.get(i, '?')} image(s): {n}"
+            for i, n in zip(indices, names, strict=True)
+        ]
+        written.append(
+            write_figure(out / "start.png", image_grid(start_pixels, start_titles, 8, "start"))
+        )
+    written.append(write_npz(out / "images.npz", images=result.images, classes=indices))
+    rows = _summary_rows(result, names)
+    for r, row in enumerate(rows):
+        row.update(
+            {
+                "class": indices[r],
+                "probability": float(probs[r, indices[r]]),
+                "model_top1": loaded.card.label(top1[r]),
+            }
+        )
+        if start_pixels is not None:
+            row["mean_of_images"] = counts.get(indices[r])
+    summary = {
+        "model": loaded.card.name,
+        "weights": str(weights) if weights else None,
+        "objective": result.description,
+        "init": init,
+        "dataset": str(dataset) if dataset else None,
+        "classes": rows,
+        "settings": {**settings.to_dict(), "seed": seed, "device": str(loaded.device)},
+        "seconds": seconds,
+        "torch_threads": torch.get_num_threads(),
+    }
+    written.append(write_json(out / "summary.json", summary))
+    return {**summary, "written": written}

@@ -1,0 +1,268 @@
+"""Feature visualization: objectives rise, batching and truncation change nothing, bad input
+fails before any step, hooks are released."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from convsight.cli import app
+from convsight.errors import ConvsightError
+from convsight.layers import capture, forward_to
+from convsight.optvis import (
+    class_mean_images,
+    parse_channels,
+    render,
+    render_channels,
+    render_classes,
+    settings_for,
+)
+from convsight.optvis import objectives as obj
+from convsight.optvis.objectives import OUTPUT, Context
+from convsight.optvis.param import FourierImage
+from convsight.optvis.render import make_param, row_generators
+from tests.conftest import hook_count
+
+runner = CliRunner()
+
+# Small, fast settings on the 32x32 tiny model.
+PLAIN = dict(param="pixel", optimizer="adam", lr=0.05, init_std=0.5, l1=0.0, steps=8)
+
+
+def plain(**changes):
+    return settings_for("paper", **{**PLAIN, **changes})
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        obj.channel("features.3", [1, 5]),
+        obj.neuron("features.3", [2, 3]),
+        obj.layer("features.3"),
+        obj.class_logit([0, 2]),
+        obj.class_margin([1, 3]),
+        obj.direction("features.3", torch.linspace(-1, 1, 16)),
+        obj.diversity("features.3"),
+        obj.channel("features.3", 0) - 0.5 * obj.activation_penalty(["features.0"]),
+        -obj.l1() - obj.l2() - obj.total_variation() - obj.blur(),
+    ],
+    ids=lambda o: o.description,
+)
+def test_each_objective_rises_within_a_few_steps(tiny, objective):
+    result = render(tiny, objective, 2, plain())
+    assert result.trace.shape == (8, 2)
+    assert (result.trace[-1] > result.trace[0]).all(), result.trace[:, :]
+
+
+def test_plain_gradient_ascent_of_the_paper_preset_rises(tiny):
+    settings = settings_for("paper", steps=5)
+    assert settings.optimizer == "ascent" and settings.l1 == 0.1 and settings.lr == 0.5
+    result = render_channels(tiny, "features.3", [0, 3], preset="paper", steps=5)
+    assert (result.trace[-1] > result.trace[0]).all()
+    assert "0.1*L1" in result.description
+
+
+def test_objective_algebra_and_descriptions(tiny):
+    a, b = obj.channel("features.3", 7), obj.l1()
+    combo = a - 0.1 * b
+    assert combo.description == "channel(features.3, 7) - 0.1*L1"
+    assert (2 * a + a).description == "3*channel(features.3, 7)"
+    assert combo.layers == ("features.3",)
+    x = torch.randn(3, 3, 32, 32)
+    acts = forward_to(tiny.module, x, ["features.3"])
+    ctx = Context(acts, tiny.denormalize(x), x)
+    assert torch.allclose(combo(ctx), a(ctx) - 0.1 * b(ctx))
+    assert torch.allclose((a / 2)(ctx), 0.5 * a(ctx))
+    assert combo(ctx).shape == (3,)
+
+
+def test_batched_rendering_equals_one_at_a_time(tiny):
+    settings = dict(preset="robust", steps=6, size=32, pad=2, jitter=3, jitter_after=2, views=2)
+    batch = render_channels(tiny, "features.3", [1, 4, 7], seed=3, **settings)
+    for row, c in enumerate([1, 4, 7]):
+        alone = render_channels(tiny, "features.3", [c], seed=3, **settings)
+        assert torch.allclose(batch.images[row], alone.images[0], atol=1e-5)
+        assert torch.allclose(batch.values[row], alone.values[0], atol=1e-4)
+    chunked = render_channels(tiny, "features.3", [1, 4, 7], seed=3, chunk=1, **settings)
+    assert torch.allclose(batch.images, chunked.images, atol=1e-5)
+    classes = render_classes(tiny, ["cat", 3], steps=4, size=32, seed=1)
+    dog = render_classes(tiny, [3], steps=4, size=32, seed=1)
+    assert torch.allclose(classes.images[1], dog.images[0], atol=1e-5)
+
+
+def test_truncated_forward_gives_the_full_forward_objective(tiny):
+    x = torch.randn(4, 3, 32, 32)
+    objective = obj.channel("features.3", [0, 1, 2, 3])
+    truncated = forward_to(tiny.module, x, ["features.3"])
+    with capture(tiny.module, ["features.3"]) as full:
+        tiny.module(x)
+    pixels = tiny.denormalize(x)
+    a = objective(Context(truncated, pixels, x))
+    b = objective(Context(dict(full), pixels, x))
+    assert torch.allclose(a, b)
+    calls = []
+    handle = tiny.module.classifier.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        render_channels(tiny, "features.3", [0, 1], steps=3, size=32)
+    finally:
+        handle.remove()
+    assert calls == []  # nothing after the target layer ran
+
+
+def test_model_parameters_take_no_gradient(tiny):
+    render_classes(tiny, [0, 1], steps=2, size=32)
+    assert all(p.grad is None and not p.requires_grad for p in tiny.module.parameters())
+
+
+def test_same_seed_same_image(tiny):
+    a = render_channels(tiny, "features.3", [2, 5], steps=4, size=32, seed=7)
+    b = render_channels(tiny, "features.3", [2, 5], steps=4, size=32, seed=7)
+    c = render_channels(tiny, "features.3", [2, 5], steps=4, size=32, seed=8)
+    assert torch.equal(a.images, b.images)
+    assert not torch.allclose(a.images, c.images)
+    p = render_channels(tiny, "features.3", [2], preset="paper", steps=3, seed=7)
+    q = render_channels(tiny, "features.3", [2], preset="paper", steps=3, seed=7)
+    assert torch.equal(p.images, q.images)
+
+
+def _no_step(step, values):  # pragma: no cover - must never run
+    raise AssertionError("an optimization step ran before the input was checked")
+
+
+@pytest.mark.parametrize(
+    "objective, message",
+    [
+        (obj.channel("features.9", 0), "unknown layer 'features.9'"),
+        (obj.channel("features.3", 16), "channel 16 is out of range: layer 'features.3' has 16"),
+        (obj.class_logit(4), "class 4 is out of range"),
+        (obj.channel("features.3", [0, 1, 2]), "3 channels given for a batch of 2 rows"),
+    ],
+)
+def test_bad_objective_fails_before_any_step(tiny, objective, message):
+    with pytest.raises(ConvsightError, match=message):
+        render(tiny, objective, 2, plain(), callback=_no_step)
+
+
+def test_bad_class_and_settings_fail_clearly(tiny):
+    with pytest.raises(ConvsightError, match="unknown class 'zebra'"):
+        render_classes(tiny, ["zebra"])
+    with pytest.raises(ConvsightError, match="unknown preset"):
+        settings_for("fancy")
+    with pytest.raises(ConvsightError, match="unknown render setting"):
+        settings_for("robust", wings=2)
+    with pytest.raises(ConvsightError, match="unknown optimizer"):
+        settings_for("robust", optimizer="lbfgs")
+
+
+def test_hooks_are_released_after_an_exception_mid_render(tiny):
+    def boom(step, values):
+        if step == 2:
+            raise RuntimeError("stop")
+
+    before = hook_count(tiny.module)
+    with pytest.raises(RuntimeError, match="stop"):
+        render(tiny, obj.channel("features.3", [0, 1]), 2, plain(), callback=boom)
+    assert hook_count(tiny.module) == before == 0
+    with pytest.raises(RuntimeError, match="stop"):
+        render(tiny, obj.class_logit([0, 1]), 2, plain(channels_last=True), callback=boom)
+    assert hook_count(tiny.module) == 0
+    weight = tiny.module.features[0].weight
+    assert weight.is_contiguous()  # channels_last conversion undone
+
+
+def test_dead_channels_are_reported_and_skipped(tiny):
+    conv = tiny.module.features[3]
+    with torch.no_grad():
+        conv.weight[5] = 0
+        conv.bias[5] = -1.0  # ReLU output of channel 5 is 0 for every input
+    result = render(tiny, obj.channel("features.4", [5, 6]), 2, plain(l1=0.1), seeds=[0, 1])
+    assert result.dead == [0]
+    start = make_param(tiny, plain(), row_generators([0, 1])).pixels().clamp(0, 1)
+    assert torch.allclose(result.images[0], start[0])  # skipped: keeps its start image
+    assert not torch.allclose(result.images[1], start[1])
+
+
+def test_fourier_param_starts_from_a_given_image():
+    pixels = torch.rand(2, 3, 20, 24) * 0.9 + 0.05
+    param = FourierImage.from_pixels(pixels)
+    assert torch.allclose(param.pixels(), pixels, atol=1e-4)
+
+
+def test_class_mean_images_from_a_folder_and_mnist(shared, mobilenet_v2):
+    samples = shared / "data" / "imagenet-samples"
+    means = class_mean_images(samples, mobilenet_v2.card, [1, 951])  # goldfish, lemon
+    assert set(means) == {1, 951} and means[1].shape == (3, 224, 224)
+    assert 0 <= float(means[1].min()) and float(means[1].max()) <= 1
+    with pytest.raises(ConvsightError, match="no images of class"):
+        class_mean_images(samples, mobilenet_v2.card, [2])
+    from convsight.models import load_model
+
+    mnist = load_model("mnist-cnn")
+    digits = class_mean_images("mnist", mnist.card, [0, 7], data_dir=shared / "data")
+    assert digits[7].shape == (1, 28, 28) and float(digits[7].mean()) > 0.05
+
+
+def test_parse_channels():
+    assert parse_channels("0-3,7") == [0, 1, 2, 3, 7]
+    with pytest.raises(ConvsightError, match="cannot read channels"):
+        parse_channels("a-b")
+
+
+def test_cli_maximize_writes_grid_pngs_and_summary(shared, tmp_path):
+    out = tmp_path / "max"
+    weights = shared / "models" / "vgg16_hed_features.pt"
+    result = runner.invoke(
+        app,
+        ["maximize", "vgg16", "--weights", str(weights), "--layer", "features.2"]
+        + ["--channels", "0-2", "--steps", "2", "--size", "32", "--out", str(out), "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["name"] for row in summary["channels"]] == ["0", "1", "2"]
+    assert summary["settings"]["steps"] == 2 and summary["dead_channels"] == []
+    assert (out / "grid.png").is_file() and (out / "channel_0002.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layer", "features.99"], "unknown layer 'features.99'"),
+        (["--layer", "features.2", "--channels", "60-70"], "channel 64 is out of range"),
+        (["--layer", "features.2", "--preset", "fancy"], "unknown preset"),
+        (["--layer", "features.2", "--set", "wings=3"], "--set takes KEY=VALUE"),
+    ],
+)
+def test_cli_maximize_bad_input_exit_2_nothing_written(shared, tmp_path, args, message):
+    out = tmp_path / "never"
+    weights = shared / "models" / "vgg16_hed_features.pt"
+    result = runner.invoke(
+        app, ["maximize", "vgg16", "--weights", str(weights), "--out", str(out)] + args
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.stderr.split()) and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_cli_classviz_mean_init_and_bad_class(shared, tmp_path):
+    weights = shared / "models" / "mobilenet_v2_imagenet.pt"
+    samples = shared / "data" / "imagenet-samples"
+    out = tmp_path / "cv"
+    base = ["classviz", "mobilenet_v2", "--weights", str(weights), "--quiet"]
+    result = runner.invoke(
+        app,
+        base
+        + ["--classes", "goldfish,951", "--init", "mean", "--dataset", str(samples)]
+        + ["--preset", "paper", "--steps", "2", "--size", "64", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [row["class"] for row in summary["classes"]] == [1, 951]
+    assert summary["classes"][0]["mean_of_images"] == 1
+    assert (out / "start.png").is_file() and (out / "class_0951_lemon.png").is_file()
+    bad = runner.invoke(app, base + ["--classes", "goldfsh", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "unknown class 'goldfsh'" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+    assert OUTPUT == "<output>"
