@@ -35,8 +35,15 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-test: lint
-	$(BIN)/python -m pytest -q
+# The HTML tests drive Debian's Chromium with Playwright (Playwright's own browser download
+# cannot work offline). Installed here when missing (root, as in CI).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "install Debian's chromium (sudo apt-get install chromium) for the HTML tests"; exit 1; fi
+
+test: lint $(CHROMIUM)
+	CONVSIGHT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format src tests benchmarks

@@ -285,6 +285,49 @@ def activations_cmd(
         out_console.print(f"wrote {path}")
 
 
+@app.command("atlas")
+@command
+def atlas_cmd(
+    model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
+    layers: Annotated[str, typer.Option(help="Comma-separated layer names.")],
+    weights: WeightsOpt = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="Image folder for the top dataset examples.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Dataset examples per channel.")] = 9,
+    presets: Annotated[str, typer.Option(help="Visualization presets, comma-separated.")] = (
+        "paper,robust"
+    ),
+    steps: Annotated[int | None, typer.Option(min=1, help="Steps for every preset.")] = None,
+    size: Annotated[int | None, typer.Option(min=8, help="Image side for every preset.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Channels rendered together.")] = 16,
+    out: OutOpt = Path("runs/atlas"),
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build a static atlas site of a model's channels; a stopped run resumes where it was."""
+    from convsight.studies.atlas import build_atlas
+
+    summary = build_atlas(
+        model=model,
+        layers=split_list(layers),
+        out=out,
+        weights=weights,
+        dataset=dataset,
+        top_k=top_k,
+        presets=split_list(presets),
+        steps=steps,
+        size=size,
+        batch=batch,
+        seed=seed,
+        show_progress=not quiet,
+    )
+    out_console.print(
+        f"{summary['channels']} channels ({summary['rendered_this_run']} rendered now) "
+        f"in {summary['seconds_this_run']:.0f} s; open {out / 'index.html'}"
+    )
+
+
 # Render knobs shared by maximize and classviz (None: the preset's value).
 PresetOpt = Annotated[str, typer.Option(help="paper (the study) or robust (Lucid-style).")]
 StepsOpt = Annotated[int | None, typer.Option(min=1, help="Optimization steps.")]

@@ -7,6 +7,7 @@ from convsight.report.files import (
     write_figure,
     write_json,
     write_npz,
+    write_text,
 )
 from convsight.report.grids import channel_grid
 from convsight.report.plots import training_curves
@@ -20,4 +21,5 @@ __all__ = [
     "write_figure",
     "write_json",
     "write_npz",
+    "write_text",
 ]

@@ -71,6 +71,13 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return Path(path)
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def write_figure(path: str | os.PathLike, figure: Figure, dpi: int = 100) -> Path:
     """Save a matplotlib figure as PNG and close it."""
     import matplotlib.pyplot as plt

@@ -1,0 +1,1 @@
+"""Analysis of a trained network: filter redundancy, dataset examples."""

@@ -1,0 +1,118 @@
+"""Dataset examples: the images (and the patch in them) that activate a channel most."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from convsight.layers import check_layers, forward_to
+from convsight.models import Model
+from convsight.progress import progress_bar
+
+
+@dataclass
+class ReceptiveField:
+    """Where a unit of a layer looks in the input: a box around (y, x), clipped to the image."""
+
+    size: tuple[int, int]  # rows, columns of input pixels one unit sees
+    stride: tuple[float, float]  # input pixels between neighbouring units
+    offset: tuple[float, float]  # input position of unit (0, 0)'s centre
+    input_size: tuple[int, int]
+
+    def box(self, y: int, x: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) in input pixels of unit (y, x), clipped."""
+        cy = self.offset[0] + y * self.stride[0]
+        cx = self.offset[1] + x * self.stride[1]
+        top = int(round(cy - self.size[0] / 2))
+        left = int(round(cx - self.size[1] / 2))
+        h, w = self.input_size
+        return max(top, 0), max(left, 0), min(top + self.size[0], h), min(left + self.size[1], w)
+
+
+def receptive_field(model: Model, layer: str, trials: int = 4) -> ReceptiveField:
+    """Measure the receptive field of ``layer`` by back-propagating from one unit in its middle.
+
+    Input pixels with a non-zero gradient (over a few random inputs) are the unit's field.
+    """
+    check_layers(model.module, [layer])
+    h, w = model.card.input_size
+    x = torch.randn(trials, model.card.channels, h, w, device=model.device, requires_grad=True)
+    out = forward_to(model.module, x, [layer])[layer]
+    ly, lx = out.shape[-2], out.shape[-1]
+    cy, cx = ly // 2, lx // 2
+    out[:, :, cy, cx].sum().backward()
+    seen = x.grad.abs().sum((0, 1)) > 0
+    rows = seen.any(1).nonzero().flatten()
+    cols = seen.any(0).nonzero().flatten()
+    if len(rows) == 0:  # a unit that no input reaches (dead on random input): whole image
+        return ReceptiveField((h, w), (h / ly, w / lx), (h / 2, w / 2), (h, w))
+    size = (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
+    stride = (h / ly, w / lx)
+    centre = ((rows[0] + rows[-1]).item() / 2 + 0.5, (cols[0] + cols[-1]).item() / 2 + 0.5)
+    # Grow a clipped field back to its full size (the middle unit of a deep layer may be cut).
+    size = (max(size[0], 1), max(size[1], 1))
+    offset = (centre[0] - cy * stride[0], centre[1] - cx * stride[1])
+    return ReceptiveField(size, stride, offset, (h, w))
+
+
+@dataclass
+class ChannelExamples:
+    """Per channel: the top-k images by spatial-max activation, where, and every image's value."""
+
+    layer: str
+    channels: list[int]
+    top_images: torch.Tensor  # channels x k, dataset indices
+    top_values: torch.Tensor  # channels x k
+    top_positions: torch.Tensor  # channels x k x 2, (y, x) of the maximum in the layer's map
+    max_per_image: torch.Tensor  # channels x N, spatial max of each image
+    mean_per_image: torch.Tensor  # channels x N, spatial mean of each image
+
+
+@torch.no_grad()
+def top_examples(
+    model: Model,
+    pixels: torch.Tensor,
+    layer: str,
+    channels: Sequence[int] | None = None,
+    top_k: int = 9,
+    batch_size: int = 16,
+    show_progress: bool = False,
+) -> ChannelExamples:
+    """Run ``pixels`` (N x C x H x W in [0, 1]) up to ``layer``; rank images per channel."""
+    check_layers(model.module, [layer])
+    maxima, means, where = [], [], []
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task(f"dataset through {layer}", total=len(pixels), status="")
+        for start in range(0, len(pixels), batch_size):
+            batch = pixels[start : start + batch_size].to(model.device)
+            out = forward_to(model.module, model.normalize(batch), [layer])[layer].float()
+            if channels is not None:
+                out = out[:, list(channels)]
+            flat = out.flatten(2)
+            value, index = flat.max(2)
+            maxima.append(value.cpu())
+            means.append(flat.mean(2).cpu())
+            where.append(torch.stack((index // out.shape[-1], index % out.shape[-1]), -1).cpu())
+            bar.update(task, advance=len(batch))
+    max_per_image = torch.cat(maxima).T  # C x N
+    positions = torch.cat(where).permute(1, 0, 2)  # C x N x 2
+    k = min(top_k, max_per_image.shape[1])
+    top = max_per_image.topk(k, dim=1)
+    chosen = channels if channels is not None else range(max_per_image.shape[0])
+    return ChannelExamples(
+        layer=layer,
+        channels=[int(c) for c in chosen],
+        top_images=top.indices,
+        top_values=top.values,
+        top_positions=torch.gather(positions, 1, top.indices[..., None].expand(-1, -1, 2)),
+        max_per_image=max_per_image,
+        mean_per_image=torch.cat(means).T,
+    )
+
+
+def crop(pixels: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """The patch ``box`` (top, left, bottom, right) of one image C x H x W."""
+    top, left, bottom, right = box
+    return pixels[:, top:bottom, left:right]

@@ -1,0 +1,63 @@
+"""Pixel tensors to PNG files and small composites (PIL, no matplotlib: fast per channel)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from convsight.report.files import atomic_path
+
+
+def to_pil(pixels: torch.Tensor) -> Image.Image:
+    """One image C x H x W in [0, 1] (clipped) as a PIL image."""
+    array = pixels.detach().float().cpu().clamp(0, 1).mul(255).round().byte()
+    if array.shape[0] == 1:
+        return Image.fromarray(array[0].numpy(), "L")
+    return Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).numpy()), "RGB")
+
+
+def write_image(path: str | os.PathLike, pixels: torch.Tensor, min_side: int = 0) -> Path:
+    """Save one image as PNG, enlarged (nearest neighbour) to at least ``min_side`` pixels."""
+    img = to_pil(pixels)
+    if min_side and min(img.size) < min_side:
+        factor = -(-min_side // min(img.size))
+        img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
+
+
+def examples_strip(
+    images: Sequence[torch.Tensor],
+    boxes: Sequence[tuple[int, int, int, int]],
+    tile: int = 112,
+) -> Image.Image:
+    """Top row: each image with its box drawn; bottom row: the box's patch, enlarged."""
+    strip = Image.new("RGB", (tile * len(images) + 4 * (len(images) - 1), 2 * tile + 4), "white")
+    for i, (pixels, (top, left, bottom, right)) in enumerate(zip(images, boxes, strict=True)):
+        full = to_pil(pixels).convert("RGB")
+        sx, sy = tile / full.width, tile / full.height
+        thumb = full.resize((tile, tile), Image.BILINEAR)
+        ImageDraw.Draw(thumb).rectangle(
+            [left * sx, top * sy, max(right * sx - 1, left * sx), max(bottom * sy - 1, top * sy)],
+            outline=(255, 30, 30),
+            width=2,
+        )
+        patch = full.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
+        resample = Image.NEAREST if max(patch.size) < tile // 2 else Image.BILINEAR
+        x = i * (tile + 4)
+        strip.paste(thumb, (x, 0))
+        strip.paste(patch.resize((tile, tile), resample), (x, tile + 4))
+    return strip
+
+
+def write_pil(path: str | os.PathLike, img: Image.Image) -> Path:
+    """Save a PIL image as PNG atomically."""
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
