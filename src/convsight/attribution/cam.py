@@ -1,0 +1,219 @@
+"""Class activation maps: a weighted sum of a conv layer's channels.
+
+A CAM variant only says how it weights the channels (:meth:`CAM.channel_weights`), as in
+pytorch-grad-cam. Maps come out at the layer's resolution (N x 1 x h x w); ``upsample=True``
+or :meth:`CAM.heatmap` gives them at the input's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convsight.attribution.base import Method, forward_scores, select
+from convsight.errors import ConvsightError
+from convsight.layers import capture, conv_layer_names, forward_to, get_layer
+
+_ELEMENTWISE = (
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.Hardtanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Identity,
+)
+
+
+def default_cam_layer(module: nn.Module) -> str:
+    """The last conv layer, taken after its batch norm and activation when they follow it.
+
+    For torchvision's MobileNet v2 that is ``features.18.2`` (the ReLU6 after the last 1x1
+    conv), the layer Grad-CAM is usually shown on.
+    """
+    names = conv_layer_names(module)
+    if not names:
+        raise ConvsightError("the model has no conv layer for a CAM; pass a layer")
+    name = names[-1]
+    parent_name, _, child = name.rpartition(".")
+    parent = get_layer(module, parent_name) if parent_name else module
+    children = list(parent.named_children())
+    index = [n for n, _ in children].index(child)
+    for next_name, next_module in children[index + 1 :]:
+        if not isinstance(next_module, _ELEMENTWISE):
+            break
+        name = f"{parent_name}.{next_name}" if parent_name else next_name
+    return name
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Layer-resolution maps (N x 1 x h x w) at input resolution, bilinear."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class CAM(Method):
+    """Base of the CAM family: ``channel_weights`` says how much each channel counts."""
+
+    uses_gradients = True
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        accepted = set(inspect.signature(self._attribute).parameters) | set(
+            inspect.signature(self.channel_weights).parameters
+        )
+        accepted -= {"inputs", "targets", "activations", "gradients", "weight_options"}
+        unknown = set(options) - accepted
+        if unknown:
+            raise ConvsightError(
+                f"{type(self).__name__} has no option(s) {', '.join(sorted(unknown))}; "
+                f"it takes {', '.join(sorted(accepted))}"
+            )
+
+    def layer_name(self, layer: str | None) -> str:
+        """The layer to use: ``layer`` (checked) or the default for this model."""
+        if layer is None:
+            return default_cam_layer(self.model.module)
+        get_layer(self.model.module, layer)
+        return layer
+
+    def _attribute(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        layer: str | None = None,
+        relu: bool = True,
+        upsample: bool = False,
+        **weight_options: Any,
+    ) -> torch.Tensor:
+        name = self.layer_name(layer)
+        module = self.model.module
+        if self.uses_gradients:
+            with torch.enable_grad(), capture(module, [name]) as outputs:
+                x = inputs.detach().requires_grad_(True)
+                score = select(self.forward(x), targets).sum()
+                if name not in outputs:
+                    raise ConvsightError(f"layer '{name}' did not run in the forward pass")
+                activations = outputs[name]
+                (gradients,) = torch.autograd.grad(score, activations)
+            activations = activations.detach()
+        else:
+            with torch.no_grad():
+                activations = forward_to(module, self.model.normalize(inputs), [name])[name]
+            gradients = None
+        if activations.dim() != 4:
+            raise ConvsightError(
+                f"layer '{name}' gives {activations.dim()}-d output; a CAM needs a conv layer "
+                "(N x C x h x w)"
+            )
+        weights = self.channel_weights(inputs, targets, activations, gradients, **weight_options)
+        cam = (weights.to(activations.dtype)[:, :, None, None] * activations).sum(1, keepdim=True)
+        if relu:
+            cam = cam.clamp(min=0)
+        if upsample:
+            cam = upsample_maps(cam, tuple(inputs.shape[-2:]))
+        return cam
+
+    def to_heatmap(self, attributions: torch.Tensor) -> torch.Tensor:
+        return upsample_maps(attributions, self.model.card.input_size).squeeze(1)
+
+    def channel_weights(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """How much each channel counts: N x C."""
+        raise NotImplementedError
+
+
+class GradCAM(CAM):
+    """Grad-CAM (Selvaraju et al. 2017), https://arxiv.org/abs/1610.02391.
+
+    A channel's weight is its mean gradient.
+    """
+
+    name = "gradcam"
+    title = "Grad-CAM"
+
+    def channel_weights(self, inputs, targets, activations, gradients):
+        return gradients.mean((2, 3))
+
+
+class GradCAMPlusPlus(CAM):
+    """Grad-CAM++ (Chattopadhyay et al. 2018), https://arxiv.org/abs/1710.11063.
+
+    A channel's weight sums its positive gradients, each scaled by eq. 19 of the paper.
+    """
+
+    name = "gradcam++"
+    title = "Grad-CAM++"
+
+    def channel_weights(self, inputs, targets, activations, gradients):
+        g2 = gradients.pow(2)
+        g3 = g2 * gradients
+        total = activations.sum((2, 3), keepdim=True)
+        alpha = g2 / (2 * g2 + total * g3 + 1e-6)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        return (gradients.clamp(min=0) * alpha).sum((2, 3))
+
+
+class ScoreCAM(CAM):
+    """Score-CAM (Wang et al. 2020), https://arxiv.org/abs/1910.01279.
+
+    Each channel, upsampled and scaled to [0, 1], masks the input; the channel's weight is the
+    softmax over channels of the masked input's score. ``batch_size`` masked images per
+    forward pass; channels that are constant give an all-zero mask and share one pass.
+    ``engine="frozen"`` runs a traced, frozen copy of the network (faster on CPU).
+    """
+
+    name = "scorecam"
+    title = "Score-CAM"
+    uses_gradients = False
+
+    def channel_weights(
+        self,
+        inputs,
+        targets,
+        activations,
+        gradients,
+        batch_size: int = 16,
+        engine: str = "eager",
+    ):
+        n, k = activations.shape[:2]
+        size = tuple(inputs.shape[-2:])
+        scores = torch.empty(n, k)
+        flat = activations.flatten(2)
+        constant = flat.amax(2) == flat.amin(2)
+        for i in range(n):
+            varying = (~constant[i]).nonzero().flatten()
+            image = inputs[i : i + 1]
+
+            def build(part: slice, varying=varying, image=image, i=i) -> torch.Tensor:
+                chans = varying[part]
+                up = F.interpolate(
+                    activations[i : i + 1, chans], size=size, mode="bilinear", align_corners=True
+                )[0]
+                low = up.flatten(1).amin(1).view(-1, 1, 1)
+                high = up.flatten(1).amax(1).view(-1, 1, 1)
+                mask = (up - low) / (high - low + 1e-8)
+                return image * mask.unsqueeze(1)
+
+            row_targets = targets[i : i + 1].expand(max(len(varying), 1))
+            if len(varying):
+                scores[i, varying.cpu()] = forward_scores(
+                    self.model, build, row_targets, batch_size, total=len(varying), engine=engine
+                )
+            if bool(constant[i].any()):
+                zero = torch.zeros_like(image)
+                scores[i, constant[i].cpu()] = forward_scores(
+                    self.model, zero, targets[i : i + 1], engine=engine
+                )
+        return scores.softmax(1).to(activations.device)

@@ -1,0 +1,432 @@
+"""Attribution methods: the same maps as captum / pytorch-grad-cam, batching, errors, cleanup."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convsight.attribution import (
+    METHODS,
+    DeconvNet,
+    GradCAM,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    Occlusion,
+    Saliency,
+    SmoothGrad,
+    default_cam_layer,
+    get_method,
+    rectifier_rule,
+)
+from convsight.errors import ConvsightError, UnknownLayerError
+from convsight.layers import get_layer
+from convsight.models import Model, ModelCard, load_model
+from tests.conftest import TinyNet, hook_count
+
+# Fast settings for the slow methods; every method runs on every model of the matrix.
+FAST = {
+    "smoothgrad": {"samples": 3, "stdev": 0.1},
+    "ig": {"steps": 6, "batch_size": 5},
+    "occlusion": {"window": 8, "stride": 4, "batch_size": 7},
+    "scorecam": {"batch_size": 5},
+}
+
+
+def _card(name: str, size: int, channels: int = 3, classes: int = 4) -> ModelCard:
+    return ModelCard(
+        name=name,
+        arch=f"test:{name}",
+        input_size=(size, size),
+        channels=channels,
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        labels=["cat", "dog", "fish", "bird", "frog", "lion"][:classes],
+    )
+
+
+def tiny_model() -> Model:
+    torch.manual_seed(0)
+    return Model(TinyNet(), _card("tiny", 32))
+
+
+def mini_mobilenet() -> Model:
+    """torchvision's MobileNet v2 (ReLU6 in place, residuals, batch norm) at width 1/4."""
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    return Model(mobilenet_v2(width_mult=0.25, num_classes=4), _card("mini-mobilenet", 32))
+
+
+def mnist_model() -> Model:
+    torch.manual_seed(0)
+    model = load_model("mnist-cnn", stride=1, padding="valid")
+    return model
+
+
+MODELS = {"tiny": tiny_model, "mini-mobilenet": mini_mobilenet, "mnist-cnn": mnist_model}
+# MobileNet's last layer has 1280 channels even at width 1/4: Score-CAM tests use a narrower one.
+CAM_LAYER = {"mini-mobilenet": "features.17"}
+
+
+def _options(model: Model, name: str) -> dict:
+    options = dict(FAST.get(name, {}))
+    if name in ("gradcam", "gradcam++", "scorecam") and model.card.name in CAM_LAYER:
+        options["layer"] = CAM_LAYER[model.card.name]
+    return options
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def matrix_model(request) -> Model:
+    return MODELS[request.param]()
+
+
+def _pixels(model: Model, n: int = 3, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    h, w = model.card.input_size
+    return torch.rand(n, model.card.channels, h, w, generator=g)
+
+
+def _forward(model: Model):
+    return lambda p: model.module(model.normalize(p))
+
+
+class _Normalized(nn.Module):
+    """Pixels in, logits out: what captum / grad-cam are given."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.model = model.module
+        self.card = model.card
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        return self.model(self.card.normalize(p))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-6) -> None:
+    a, b = a.detach().float(), b.detach().float()
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = max(float(b.abs().max()), 1e-12)
+    err = float((a - b).abs().max())
+    assert err <= atol + rtol * scale, f"max error {err:.3g} at scale {scale:.3g}"
+
+
+# -- the same maps as captum -------------------------------------------------------------------
+def test_saliency_ixg_ig_match_captum(matrix_model):
+    from captum.attr import InputXGradient as CInputXGradient
+    from captum.attr import IntegratedGradients as CIntegratedGradients
+    from captum.attr import Saliency as CSaliency
+
+    model, x, t = matrix_model, _pixels(matrix_model), [0, 1, 3]
+    f = _forward(model)
+    _close(Saliency(model).attribute(x, t), CSaliency(f).attribute(x, target=t, abs=True))
+    _close(InputXGradient(model).attribute(x, t), CInputXGradient(f).attribute(x, target=t))
+    for rule in ("gausslegendre", "riemann_middle", "riemann_trapezoid"):
+        ours = IntegratedGradients(model).attribute(x, t, steps=7, rule=rule, batch_size=4)
+        theirs = CIntegratedGradients(f).attribute(x, target=t, n_steps=7, method=rule)
+        if rule == "riemann_trapezoid":  # captum's trapezoid weights sum to (n - 1) / n, not 1
+            ours = ours * 6 / 7
+        _close(ours, theirs)
+
+
+def test_smoothgrad_matches_captum_noise_tunnel(matrix_model):
+    from captum.attr import NoiseTunnel
+    from captum.attr import Saliency as CSaliency
+
+    model, x, t = matrix_model, _pixels(matrix_model), [2, 0, 1]
+    torch.manual_seed(5)
+    theirs = NoiseTunnel(CSaliency(_forward(model))).attribute(
+        x, nt_type="smoothgrad", nt_samples=4, stdevs=0.2, target=t
+    )
+    torch.manual_seed(5)
+    ours = SmoothGrad(model).attribute(x, t, samples=4, stdev=0.2, batch_size=5)
+    _close(ours, theirs)
+    g = torch.Generator().manual_seed(3)
+    again = SmoothGrad(model).attribute(
+        x, t, samples=4, stdev=0.2, generator=torch.Generator().manual_seed(3)
+    )
+    _close(SmoothGrad(model).attribute(x, t, samples=4, stdev=0.2, generator=g), again)
+
+
+def test_guided_backprop_and_deconvnet_match_captum(matrix_model):
+    from captum.attr import Deconvolution
+    from captum.attr import GuidedBackprop as CGuidedBackprop
+
+    if matrix_model.card.name == "mini-mobilenet":
+        pytest.skip("captum does not override ReLU6 (see test_rectifier_rule_*)")
+    model, x, t = matrix_model, _pixels(matrix_model), [3, 1, 0]
+    wrapped = _Normalized(model)
+    _close(GuidedBackprop(model).attribute(x, t), CGuidedBackprop(wrapped).attribute(x, target=t))
+    _close(DeconvNet(model).attribute(x, t), Deconvolution(wrapped).attribute(x, target=t))
+
+
+def test_gradcam_matches_captum_on_every_conv_layer(matrix_model):
+    from captum.attr import LayerGradCam
+
+    model, x, t = matrix_model, _pixels(matrix_model), [1, 2, 0]
+    names = [default_cam_layer(model.module)] + [
+        n for n, m in model.module.named_modules() if isinstance(m, nn.Conv2d)
+    ][:3]
+    for name in names:
+        theirs = LayerGradCam(_forward(model), get_layer(model.module, name)).attribute(
+            x, target=t, relu_attributions=True
+        )
+        _close(GradCAM(model).attribute(x, t, layer=name), theirs)
+
+
+def test_occlusion_matches_captum(matrix_model):
+    from captum.attr import Occlusion as COcclusion
+
+    model, x, t = matrix_model, _pixels(matrix_model), [0, 3, 2]
+    c = model.card.channels
+    settings = ((8, 4), (6, 5)) if model.card.name == "tiny" else ((8, 4),)
+    for window, stride in settings:
+        theirs = COcclusion(_forward(model)).attribute(
+            x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride), target=t
+        )
+        ours = Occlusion(model).attribute(x, t, window=window, stride=stride, batch_size=7)
+        _close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def _gradcam_lib(cls, model: Model, layer: str, x: torch.Tensor, t: list[int]) -> np.ndarray:
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    wrapped = _Normalized(model)
+    cam = cls(wrapped, [get_layer(wrapped.model, layer)])
+    try:
+        return cam(x.clone().requires_grad_(True), [ClassifierOutputTarget(i) for i in t])
+    finally:
+        cam.activations_and_grads.release()
+
+
+def _scaled(maps: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's output: each map minus its min, over its max."""
+    flat = maps.flatten(1)
+    flat = flat - flat.amin(1, keepdim=True)
+    return (flat / (1e-7 + flat.amax(1, keepdim=True))).view_as(maps)
+
+
+@pytest.mark.parametrize("ours,lib", [("gradcam++", "GradCAMPlusPlus"), ("scorecam", "ScoreCAM")])
+def test_gradcam_plusplus_and_scorecam_match_pytorch_grad_cam(matrix_model, ours, lib):
+    import pytorch_grad_cam
+
+    model, x, t = matrix_model, _pixels(matrix_model, n=2), [1, 3]
+    layer = CAM_LAYER.get(model.card.name, default_cam_layer(model.module))
+    theirs = _gradcam_lib(getattr(pytorch_grad_cam, lib), model, layer, x, t)
+    method = get_method(ours, model)
+    mine = _scaled(method.heatmap(x, t, **{**_options(model, ours), "layer": layer}))
+    _close(mine, torch.from_numpy(theirs), rtol=0, atol=2e-4)
+
+
+# -- batching ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in METHODS if n != "smoothgrad"])
+def test_mixed_targets_in_a_batch_equal_one_image_at_a_time(matrix_model, name):
+    model, x = matrix_model, _pixels(matrix_model)
+    targets = [0, model.card.labels[1], 3]
+    method = get_method(name, model)
+    options = _options(model, name)
+    batch = method.attribute(x, targets, **options)
+    single = torch.cat([method.attribute(x[i : i + 1], [targets[i]], **options) for i in range(3)])
+    _close(batch, single, rtol=2e-4, atol=1e-6)
+
+
+def test_smoothgrad_mixed_targets_equal_one_at_a_time_with_the_same_noise(tiny):
+    # noise is drawn for the whole batch at once, so compare with no noise across images:
+    x = _pixels(tiny)
+    batch = SmoothGrad(tiny).attribute(x, [0, "dog", 3], samples=2, stdev=0.0)
+    _close(batch, Saliency(tiny).attribute(x, [0, 1, 3]))
+
+
+def test_target_forms_and_default_prediction(tiny):
+    x = _pixels(tiny)
+    method = Saliency(tiny)
+    a = method.attribute(x, torch.tensor([1, 1, 1]))
+    _close(method.attribute(x, 1), a)
+    _close(method.attribute(x, "dog"), a)
+    _close(method.attribute(x, ["dog", 1, "1"]), a)
+    predicted = tiny.module(tiny.normalize(x)).argmax(1).tolist()
+    _close(method.attribute(x), method.attribute(x, predicted))
+
+
+def test_heatmaps_are_image_sized(tiny):
+    x = _pixels(tiny, n=2)
+    for name in METHODS:
+        method = get_method(name, tiny)
+        heat = method.heatmap(x, [0, 1], **FAST.get(name, {}))
+        assert heat.shape == (2, 32, 32), name
+        assert torch.isfinite(heat).all()
+    cam = GradCAM(tiny).attribute(x, 0)
+    assert cam.shape == (2, 1, 16, 16)
+    assert GradCAM(tiny).attribute(x, 0, upsample=True).shape == (2, 1, 32, 32)
+    _close(Saliency(tiny).heatmap(x, 0), Saliency(tiny).attribute(x, 0).abs().amax(1))
+
+
+# -- errors ------------------------------------------------------------------------------------
+def test_bad_targets_raise_clear_errors(tiny):
+    x = _pixels(tiny, n=2)
+    with pytest.raises(ConvsightError, match="out of range"):
+        Saliency(tiny).attribute(x, 7)
+    with pytest.raises(ConvsightError, match="unknown class 'zebra'"):
+        Saliency(tiny).attribute(x, ["cat", "zebra"])
+    with pytest.raises(ConvsightError, match="3 targets for 2 images"):
+        Saliency(tiny).attribute(x, [0, 1, 2])
+
+
+def test_bad_shapes_layers_and_options_raise_clear_errors(tiny):
+    x = _pixels(tiny, n=1)
+    with pytest.raises(ConvsightError, match="N x 3 x 32 x 32"):
+        Saliency(tiny).attribute(x[0], 0)
+    with pytest.raises(ConvsightError, match="takes N x 3 x 32 x 32"):
+        Saliency(tiny).attribute(torch.rand(1, 1, 32, 32), 0)
+    with pytest.raises(ConvsightError, match="takes N x 3 x 32 x 32"):
+        GradCAM(tiny).attribute(torch.rand(1, 3, 30, 32), 0)
+    with pytest.raises(UnknownLayerError, match="nearest: features.3"):
+        GradCAM(tiny).attribute(x, 0, layer="features.33")
+    with pytest.raises(ConvsightError, match="needs a conv layer"):
+        GradCAM(tiny).attribute(x, 0, layer="classifier.1")
+    with pytest.raises(ConvsightError, match="no option"):
+        IntegratedGradients(tiny).attribute(x, 0, n_steps=3)
+    with pytest.raises(ConvsightError, match="larger than the image"):
+        Occlusion(tiny).attribute(x, 0, window=40)
+    with pytest.raises(ConvsightError, match="unknown method"):
+        get_method("lime", tiny)
+
+
+# -- hooks and modules restored ---------------------------------------------------------------
+class Exploding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.armed:
+            raise RuntimeError("boom")
+        return x
+
+
+def _exploding_tiny() -> tuple[Model, Exploding]:
+    torch.manual_seed(0)
+    net = TinyNet()
+    bomb = Exploding()
+    net.classifier.append(bomb)
+    return Model(net, _card("tiny", 32)), bomb
+
+
+def _structure(module: nn.Module) -> list[tuple[str, type]]:
+    return [(n, type(m)) for n, m in module.named_modules()]
+
+
+def test_hooks_and_modules_restored_after_calls_and_exceptions():
+    model, bomb = _exploding_tiny()
+    x = _pixels(model, n=2)
+    before = _structure(model.module)
+    relus = (F.relu, F.relu6, torch.relu)
+    for name in METHODS:
+        method = get_method(name, model)
+        method.attribute(x, [0, 1], **FAST.get(name, {}))
+        assert hook_count(model.module) == 0, name
+        bomb.armed = True
+        with pytest.raises(RuntimeError, match="boom"):
+            method.attribute(x, [0, 1], **FAST.get(name, {}))
+        bomb.armed = False
+        assert hook_count(model.module) == 0, name
+        assert _structure(model.module) == before, name
+        assert (F.relu, F.relu6, torch.relu) == relus, name
+        assert all(not p.requires_grad for p in model.module.parameters())
+
+
+# -- ReLU6, in-place and functional rectifiers ---------------------------------------------------
+class RectNet(nn.Module):
+    """Conv net whose rectifiers are modules of a given kind or functional F.relu calls."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+        act = {
+            "relu": lambda: nn.ReLU(),
+            "relu-inplace": lambda: nn.ReLU(inplace=True),
+            "relu6-inplace": lambda: nn.ReLU6(inplace=True),
+        }.get(kind)
+        self.act1 = act() if act else None
+        self.act2 = act() if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "functional":
+            x = F.relu(self.conv1(x))
+            x = torch.relu(self.conv2(x))
+        else:
+            x = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def _rect_model(kind: str) -> Model:
+    torch.manual_seed(0)
+    net = RectNet(kind)
+    reference = RectNet("relu")
+    torch.manual_seed(0)
+    reference = RectNet("relu")
+    net.load_state_dict(reference.state_dict(), strict=False)
+    return Model(net, _card("rect", 12))
+
+
+@pytest.mark.parametrize("kind", ["relu-inplace", "relu6-inplace", "functional"])
+@pytest.mark.parametrize("cls", [GuidedBackprop, DeconvNet])
+def test_rectifier_rule_handles_relu6_inplace_and_functional(kind, cls):
+    from captum.attr import Deconvolution
+    from captum.attr import GuidedBackprop as CGuidedBackprop
+
+    x = _pixels(_rect_model("relu"), n=3)
+    reference = _rect_model("relu")
+    activations = reference.module.conv1(reference.normalize(x))
+    assert float(activations.abs().max()) < 6  # so ReLU6 == ReLU here
+    lib = CGuidedBackprop if cls is GuidedBackprop else Deconvolution
+    expected = lib(_Normalized(reference)).attribute(x, target=[0, 1, 2])
+    model = _rect_model(kind)
+    _close(cls(model).attribute(x, [0, 1, 2]), expected)
+    plain = Saliency(model).attribute(x, [0, 1, 2], absolute=False)
+    assert float((plain - expected).abs().max()) > 1e-3  # the rule changes the map
+
+
+def test_rectifier_rule_on_mobilenet_v2_relu6(mobilenet_v2, samples):
+    """On the real MobileNet v2 (ReLU6, in place) guided backprop is not the plain gradient.
+
+    captum's GuidedBackprop only overrides nn.ReLU, so there it returns the plain gradient.
+    """
+    from captum.attr import GuidedBackprop as CGuidedBackprop
+
+    from convsight.data import load_image_tensor
+
+    model = mobilenet_v2
+    x = load_image_tensor(samples[0], model.card)
+    plain = Saliency(model).attribute(x, 1, absolute=False)
+    captum_guided = CGuidedBackprop(_Normalized(model)).attribute(x, target=1)
+    _close(captum_guided, plain, rtol=1e-4)  # captum: the plain gradient
+    before = _structure(model.module)
+    with rectifier_rule(model.module, "guided") as swapped:
+        assert swapped == 35  # every ReLU6 of MobileNet v2
+    assert _structure(model.module) == before
+    guided = GuidedBackprop(model).attribute(x, 1)
+    assert float((guided - plain).abs().max()) > 0.1 * float(plain.abs().max())
+    # guided maps are sparse and far less noisy than the gradient
+    assert (guided != 0).float().mean() < (plain != 0).float().mean()
+    assert _structure(model.module) == before and hook_count(model.module) == 0
+
+
+def test_frozen_engine_gives_the_same_maps_and_leaves_the_model_alone(tiny):
+    x = _pixels(tiny, n=2)
+    state = {k: v.clone() for k, v in tiny.module.state_dict().items()}
+    for name, options in (("occlusion", FAST["occlusion"]), ("scorecam", FAST["scorecam"])):
+        method = get_method(name, tiny)
+        eager = method.attribute(x, [0, 2], **options)
+        frozen = method.attribute(x, [0, 2], engine="frozen", **options)
+        _close(frozen, eager, rtol=1e-4, atol=1e-5)
+    assert hook_count(tiny.module) == 0
+    assert all(torch.equal(v, state[k]) for k, v in tiny.module.state_dict().items())
+    with pytest.raises(ConvsightError, match="unknown engine"):
+        Occlusion(tiny).attribute(x, 0, engine="turbo")
