@@ -142,3 +142,10 @@ def test_model_randomization_errors(tiny):
         model_randomization(tiny, "gradcam", _pixels(1), 0, layers=["head"])
     with pytest.raises(ConvsightError, match="unknown method"):
         model_randomization(tiny, "lime", _pixels(1), 0)
+
+
+def test_model_randomization_stages_pick_evenly_spaced_cuts(tiny):
+    result = model_randomization(tiny, "gradcam", _pixels(2), 0, stages=2)
+    assert result.layers == ["features.3", "features.0"]
+    full = model_randomization(tiny, "gradcam", _pixels(2), 0)
+    assert torch.allclose(result.spearman[-1], full.spearman[-1], equal_nan=True)

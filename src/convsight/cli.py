@@ -478,6 +478,123 @@ def classviz_cmd(
     out_console.print(f"{summary['seconds']:.1f} s; outputs in {out}")
 
 
+MethodsOpt = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated: saliency, ixg, smoothgrad, ig, guided, deconvnet, gradcam, "
+        "gradcam++, scorecam, occlusion."
+    ),
+]
+CamLayerOpt = Annotated[
+    str | None, typer.Option("--layer", help="CAM layer (default: the last conv layer).")
+]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass in batched work.")]
+EngineOpt = Annotated[
+    str, typer.Option(help="eager, or frozen (a traced copy: faster occlusion / Score-CAM).")
+]
+
+
+@app.command("saliency")
+@command
+def saliency_cmd(
+    model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
+    image: Annotated[list[Path], typer.Option(help="Input image file (repeat for more).")],
+    weights: WeightsOpt = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Class (index or name) for all images, or one per image, comma-separated; "
+            "default: the predicted class."
+        ),
+    ] = None,
+    methods: MethodsOpt = "saliency,guided,ig,gradcam",
+    layer: CamLayerOpt = None,
+    ig_steps: Annotated[int, typer.Option(min=1, help="Integrated Gradients steps.")] = 50,
+    smoothgrad_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad samples.")] = 16,
+    batch_size: BatchOpt = 16,
+    engine: EngineOpt = "eager",
+    out: OutOpt = Path("runs/saliency"),
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """A panel per image: the image, then each method's map as a heat map over it."""
+    from convsight.studies.attribution import write_saliency
+
+    written = write_saliency(
+        model=model,
+        images=image,
+        weights=weights,
+        target=split_list(target),
+        methods=split_list(methods),
+        layer=layer,
+        out=out,
+        seed=seed,
+        ig_steps=ig_steps,
+        smoothgrad_samples=smoothgrad_samples,
+        batch_size=batch_size,
+        engine=engine,
+        show_progress=not quiet,
+    )
+    for path in written:
+        out_console.print(f"wrote {path}")
+
+
+@app.command("evaluate")
+@command
+def evaluate_cmd(
+    model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
+    images: Annotated[Path, typer.Option(help="Folder of images (target: predicted class).")],
+    weights: WeightsOpt = None,
+    methods: MethodsOpt = "saliency,guided,ig,gradcam",
+    metrics: Annotated[str, typer.Option(help="deletion, insertion, sanity.")] = (
+        "deletion,insertion,sanity"
+    ),
+    layer: CamLayerOpt = None,
+    step: Annotated[int, typer.Option(help="Pixels deleted / inserted per step.")] = 224,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use the first N images.")] = None,
+    sanity_images: Annotated[int, typer.Option(help="Images for the sanity check.")] = 4,
+    sanity_stages: Annotated[int, typer.Option(help="Randomization stages with a map.")] = 8,
+    batch_size: BatchOpt = 16,
+    engine: EngineOpt = "eager",
+    out: OutOpt = Path("runs/evaluate"),
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Deletion / insertion AUC and the randomization check: evaluation.json and plots."""
+    from convsight.studies.attribution import write_evaluation
+
+    written = write_evaluation(
+        model=model,
+        images=images,
+        weights=weights,
+        methods=split_list(methods),
+        metrics=split_list(metrics),
+        layer=layer,
+        step=step,
+        limit=limit,
+        batch_size=batch_size,
+        engine=engine,
+        sanity_images=sanity_images,
+        sanity_stages=sanity_stages,
+        out=out,
+        seed=seed,
+        show_progress=not quiet,
+    )
+    table = Table("method", "deletion AUC", "insertion AUC", "sanity (fully randomized)")
+    import json
+
+    for row in json.loads(written[0].read_text())["table"]:
+        table.add_row(
+            row["method"],
+            str(row.get("deletion_auc", "-")),
+            str(row.get("insertion_auc", "-")),
+            str(row.get("sanity_spearman_fully_randomized", "-")),
+        )
+    out_console.print(table)
+    for path in written:
+        out_console.print(f"wrote {path}")
+
+
 @app.command("demo")
 @command
 def demo_cmd(

@@ -101,12 +101,15 @@ def model_randomization(
     layers: Sequence[str] | None = None,
     seed: int = 0,
     keep_maps: bool = False,
+    stages: int | None = None,
     **options: Any,
 ) -> SanityResult:
     """Cascading randomization of ``layers`` (default: every layer with parameters, top down).
 
     ``method`` is a short name or a Method class; ``options`` go to its ``attribute``. The
-    target is fixed to the original model's class (or ``target``) at every stage.
+    target is fixed to the original model's class (or ``target``) at every stage. ``stages``
+    computes maps after only that many evenly spaced layers of the cascade (the last included);
+    every layer is still randomized in turn.
     """
     cls = method_class(method) if isinstance(method, str) else method
     inputs = check_inputs(model, inputs)
@@ -122,11 +125,18 @@ def model_randomization(
     reference = original.heatmap(inputs, targets, **options).abs()
     work = copy.deepcopy(model.module)
     randomized = Model(work, model.card)
-    rows, maps = [], [reference] if keep_maps else []
+    if stages is not None and stages < 1:
+        raise ConvsightError("the randomization check needs at least one stage")
+    count = len(names) if stages is None else min(stages, len(names))
+    cuts = sorted({round((i + 1) * len(names) / count) - 1 for i in range(count)})
+    rows, done, maps = [], [], [reference] if keep_maps else []
     for k, name in enumerate(names):
         _randomize(get_layer(work, name), seed + k)
+        if k not in cuts:
+            continue
         current = cls(randomized).heatmap(inputs, targets, **options).abs()
         rows.append(spearman(reference, current))
+        done.append(name)
         if keep_maps:
             maps.append(current)
-    return SanityResult(cls.name, names, torch.stack(rows), maps)
+    return SanityResult(cls.name, done, torch.stack(rows), maps)

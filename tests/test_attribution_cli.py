@@ -1,0 +1,127 @@
+"""`convsight saliency` and `evaluate`: outputs; bad input -> exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from convsight.cli import app
+from convsight.models import load_model
+from convsight.report import write_checkpoint
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_bad_input(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.stderr and fragment in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = load_model("mnist-cnn", stride=1, padding="valid")
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model.module, model.card)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), "L").save(
+            folder / f"digit{i}.png"
+        )
+    Image.fromarray(np.zeros((30, 30), np.uint8), "L").save(folder.parent / "big.png")
+    return folder
+
+
+def test_saliency_writes_a_panel_per_image_maps_and_json(checkpoint, digits, tmp_path):
+    out = tmp_path / "sal"
+    images = sorted(digits.glob("*.png"))[:2]
+    result = run(
+        "saliency", checkpoint, "--image", images[0], "--image", images[1], "--target", "3,7",
+        "--methods", "saliency,ig,gradcam,occlusion", "--ig-steps", "4", "--out", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("saliency_digit0.png", "saliency_digit1.png", "saliency.png", "saliency.json"):
+        assert (out / name).is_file(), name
+    arrays = np.load(out / "saliency.npz")
+    assert arrays["gradcam_map"].shape == (2, 28, 28)
+    assert arrays["ig_attributions"].shape == (2, 1, 28, 28)
+    summary = json.loads((out / "saliency.json").read_text())
+    assert [t["class"] for t in summary["targets"]] == [3, 7]
+    assert summary["methods"]["gradcam"]["options"]["layer"] == "features.4"
+    assert summary["methods"]["ig"]["reference"].startswith("arxiv.org")
+
+
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--target", "10"], "out of range"),
+        (["--target", "seven"], "unknown class 'seven'"),
+        (["--methods", "saliency,lime"], "unknown method 'lime'"),
+        (["--methods", "gradcam", "--layer", "features.9"], "unknown layer 'features.9'"),
+        (["--engine", "turbo"], "unknown engine"),
+    ],
+)
+def test_saliency_bad_input_exit_2_nothing_written(checkpoint, digits, tmp_path, extra, fragment):
+    out = tmp_path / "sal"
+    result = run("saliency", checkpoint, "--image", digits / "digit0.png", "--out", out, *extra)
+    assert_bad_input(result, fragment)
+    assert not out.exists()
+
+
+def test_saliency_wrong_image_shape_exit_2(checkpoint, digits, tmp_path):
+    out = tmp_path / "sal"
+    result = run("saliency", checkpoint, "--image", digits.parent / "big.png", "--out", out)
+    assert_bad_input(result, "takes exactly 28x28")
+    assert not out.exists()
+
+
+def test_evaluate_writes_table_curves_and_sanity(checkpoint, digits, tmp_path):
+    out = tmp_path / "eval"
+    result = run(
+        "evaluate", checkpoint, "--images", digits, "--methods", "saliency,gradcam,guided",
+        "--metrics", "deletion,insertion,sanity", "--step", "98", "--sanity-images", "2",
+        "--sanity-stages", "2", "--out", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "evaluation.json").read_text())
+    assert [row["method"] for row in data["table"]] == ["saliency", "gradcam", "guided"]
+    entry = data["methods"]["gradcam"]
+    assert len(entry["deletion_auc_per_image"]) == 3
+    assert len(entry["insertion_curve"]["fraction"]) == 9  # ceil(784 / 98) + 1
+    assert len(entry["sanity"]["stages"]) == 2
+    for name in ("curves.png", "curves.npz", "sanity.png"):
+        assert (out / name).is_file(), name
+
+
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--metrics", "deletion,faithfulness"], "unknown metric(s) faithfulness"),
+        (["--step", "0"], "at least one pixel"),
+        (["--methods", "gradcam", "--layer", "conv9"], "unknown layer 'conv9'"),
+    ],
+)
+def test_evaluate_bad_input_exit_2_nothing_written(checkpoint, digits, tmp_path, extra, fragment):
+    out = tmp_path / "eval"
+    result = run("evaluate", checkpoint, "--images", digits, "--out", out, *extra)
+    assert_bad_input(result, fragment)
+    assert not out.exists()
+
+
+def test_evaluate_missing_folder_exit_2(checkpoint, tmp_path):
+    result = run("evaluate", checkpoint, "--images", tmp_path / "nope", "--out", tmp_path / "o")
+    assert_bad_input(result, "does not exist")
