@@ -1,0 +1,275 @@
+"""convsight's attribution methods against captum and pytorch-grad-cam, same batch, same settings.
+
+    flock /tmp/convsight-heavy.lock python benchmarks/attribution.py [--images 16]
+
+A batch of real photos (../shared/data/imagenet-samples, the first N by synset, each with its
+true class as target) on MobileNet v2 (../shared/models). Each method runs once in each library
+with the same settings; the libraries run at their defaults (captum Occlusion also at other
+``perturbations_per_eval``). Records both times, their ratio (theirs / ours, > 1: convsight is
+faster) and how far the outputs agree. Writes benchmarks/results/attribution.json after every
+row, so an interrupted run keeps what it measured. Not a test: it takes about 15-20 minutes on
+2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from common import shared_dir, write_result
+from torch import nn
+
+from convsight.attribution import (
+    GradCAM,
+    GradCAMPlusPlus,
+    GuidedBackprop,
+    IntegratedGradients,
+    Occlusion,
+    Saliency,
+    ScoreCAM,
+    SmoothGrad,
+    default_cam_layer,
+)
+from convsight.data import load_image_tensor
+from convsight.data.imagenet import imagenet_samples
+from convsight.layers import get_layer
+from convsight.models import load_model
+
+
+class Normalized(nn.Module):
+    """Pixels in, logits out: the model as captum and pytorch-grad-cam are given it."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.net = model.module
+        self.card = model.card
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        return self.net(self.card.normalize(p))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def agreement(ours: torch.Tensor, theirs: torch.Tensor) -> dict[str, float]:
+    """Largest difference, relative to the largest value of the reference."""
+    ours, theirs = torch.as_tensor(ours).detach().float(), torch.as_tensor(theirs).detach().float()
+    scale = float(theirs.abs().max())
+    err = float((ours - theirs).abs().max())
+    return {"max_abs_diff": err, "relative_max_diff": err / scale if scale else err}
+
+
+def scaled(maps: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's normalization: each map minus its min, over its max."""
+    flat = maps.flatten(1)
+    flat = flat - flat.amin(1, keepdim=True)
+    return (flat / (1e-7 + flat.amax(1, keepdim=True))).view_as(maps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--occlusion-ppe", default="1,2,4", help="captum perturbations_per_eval")
+    parser.add_argument("--skip-slow", action="store_true", help="no Occlusion / Score-CAM")
+    args = parser.parse_args()
+
+    shared = shared_dir()
+    model = load_model("mobilenet_v2", weights=shared / "models" / "mobilenet_v2_imagenet.pt")
+    samples = imagenet_samples(shared / "data" / "imagenet-samples")[: args.images]
+    x = torch.cat([load_image_tensor(path, model.card) for path, _ in samples])
+    t = [label for _, label in samples]
+    wrapped = Normalized(model).eval()
+    f = wrapped.forward
+    layer = default_cam_layer(model.module)  # features.18.2: the ReLU6 after the last conv
+    block = get_layer(model.module, "features.18")  # same output, as a module for the libraries
+
+    rows: list[dict[str, Any]] = []
+    settings = {
+        "images": [p.name for p, _ in samples],
+        "targets": t,
+        "model": "mobilenet_v2 (../shared/models/mobilenet_v2_imagenet.pt, stock padding)",
+        "input": list(x.shape),
+        "cam_layer": f"{layer} (= features.18 output)",
+        "occlusion": "window 16x16 (all channels), stride 8, baseline 0 (black)",
+        "smoothgrad": "16 samples, noise stdev 0.15 (pixels in [0, 1]), same noise in both",
+        "ig": "50 steps, Gauss-Legendre, baseline 0 (black)",
+    }
+
+    def save() -> None:
+        write_result(
+            "attribution",
+            {
+                "benchmark": "convsight vs captum / pytorch-grad-cam, one batch, one run each",
+                "settings": settings,
+                "ratio": "their seconds / convsight seconds (> 1: convsight faster)",
+                "rows": rows,
+                "load_average_at_end": os.getloadavg(),
+            },
+        )
+
+    def row(method: str, library: str, theirs_name: str, their_s: float, our_s: float, **extra):
+        entry = {
+            "method": method,
+            "library": library,
+            "their_call": theirs_name,
+            "their_seconds": round(their_s, 3),
+            "convsight_seconds": round(our_s, 3),
+            "ratio": round(their_s / our_s, 2),
+            **extra,
+        }
+        rows.append(entry)
+        print(entry, flush=True)
+        save()
+
+    from captum.attr import GuidedBackprop as CGuidedBackprop
+    from captum.attr import IntegratedGradients as CIntegratedGradients
+    from captum.attr import LayerGradCam, NoiseTunnel
+    from captum.attr import Occlusion as COcclusion
+    from captum.attr import Saliency as CSaliency
+
+    # warm up both paths (first-call kernel selection) on one image
+    Saliency(model).attribute(x[:2], t[:2])
+    CSaliency(f).attribute(x[:2], target=t[:2])
+
+    their_s, theirs = timed(lambda: CSaliency(f).attribute(x, target=t))
+    our_s, ours = timed(lambda: Saliency(model).attribute(x, t))
+    row("saliency", "captum", "Saliency", their_s, our_s, **agreement(ours, theirs))
+
+    their_s, theirs = timed(lambda: CIntegratedGradients(f).attribute(x, target=t, n_steps=50))
+    our_s, ours = timed(lambda: IntegratedGradients(model).attribute(x, t, steps=50))
+    row(
+        "ig",
+        "captum",
+        "IntegratedGradients(n_steps=50), internal_batch_size=None (all 800 rows at once)",
+        their_s,
+        our_s,
+        convsight_batch_size=32,
+        **agreement(ours, theirs),
+    )
+
+    torch.manual_seed(0)
+    their_s, theirs = timed(
+        lambda: NoiseTunnel(CSaliency(f)).attribute(
+            x, nt_type="smoothgrad", nt_samples=16, stdevs=0.15, target=t
+        )
+    )
+    torch.manual_seed(0)
+    our_s, ours = timed(lambda: SmoothGrad(model).attribute(x, t, samples=16, stdev=0.15))
+    row(
+        "smoothgrad",
+        "captum",
+        "NoiseTunnel(Saliency), 16 samples",
+        their_s,
+        our_s,
+        **agreement(ours, theirs),
+    )
+
+    plain = Saliency(model).attribute(x, t, absolute=False)
+    their_s, theirs = timed(lambda: CGuidedBackprop(wrapped).attribute(x, target=t))
+    our_s, ours = timed(lambda: GuidedBackprop(model).attribute(x, t))
+    row(
+        "guided",
+        "captum",
+        "GuidedBackprop",
+        their_s,
+        our_s,
+        note="captum overrides only nn.ReLU: on MobileNet v2 (ReLU6) it returns the plain gradient",
+        captum_vs_plain_gradient=agreement(theirs, plain),
+        convsight_vs_plain_gradient=agreement(ours, plain),
+        convsight_vs_captum=agreement(ours, theirs),
+    )
+
+    their_s, theirs = timed(
+        lambda: LayerGradCam(f, block).attribute(x, target=t, relu_attributions=True)
+    )
+    our_s, ours = timed(lambda: GradCAM(model).attribute(x, t))
+    row("gradcam", "captum", "LayerGradCam(features.18)", their_s, our_s, **agreement(ours, theirs))
+
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [ClassifierOutputTarget(i) for i in t]
+    for name, lib_cls, ours_cls in (
+        ("gradcam", "GradCAM", GradCAM),
+        ("gradcam++", "GradCAMPlusPlus", GradCAMPlusPlus),
+    ):
+        cam = getattr(pytorch_grad_cam, lib_cls)(wrapped, [block])
+        needs_grad = x.clone().requires_grad_(True)  # the model's parameters are frozen
+        their_s, theirs = timed(lambda cam=cam, xx=needs_grad: cam(xx, targets))
+        cam.activations_and_grads.release()
+        method = ours_cls(model)
+        our_s, ours = timed(lambda method=method: method.heatmap(x, t))
+        row(
+            name,
+            "pytorch-grad-cam",
+            f"{lib_cls}([features[-1]])",
+            their_s,
+            our_s,
+            compared="maps min-max scaled and upsampled as pytorch-grad-cam returns them",
+            **agreement(scaled(ours), torch.from_numpy(theirs)),
+        )
+
+    if args.skip_slow:
+        return
+
+    occlusion = {"sliding_window_shapes": (3, 16, 16), "strides": (3, 8, 8), "target": t}
+    ours_eager_s, ours_eager = timed(lambda: Occlusion(model).attribute(x, t))
+    ours_frozen_s, ours_frozen = timed(lambda: Occlusion(model).attribute(x, t, engine="frozen"))
+    for ppe in [int(p) for p in args.occlusion_ppe.split(",")]:
+        their_s, theirs = timed(
+            lambda ppe=ppe: COcclusion(f).attribute(x, perturbations_per_eval=ppe, **occlusion)
+        )
+        for engine, our_s, ours in (
+            ("eager", ours_eager_s, ours_eager),
+            ("frozen", ours_frozen_s, ours_frozen),
+        ):
+            row(
+                "occlusion",
+                "captum",
+                f"Occlusion(perturbations_per_eval={ppe})" + (" [default]" if ppe == 1 else ""),
+                their_s,
+                our_s,
+                convsight_engine=engine,
+                convsight_batch_size=16,
+                **agreement(ours, theirs),
+            )
+
+    activations = get_layer(model.module, layer)
+    with torch.no_grad():
+        from convsight.layers import forward_to
+
+        acts = forward_to(model.module, model.normalize(x), [layer])[layer].flatten(2)
+    constant = (acts.amax(2) == acts.amin(2)).float().mean().item()
+    del activations
+    ours_eager_s, ours_eager = timed(lambda: ScoreCAM(model).heatmap(x, t))
+    ours_frozen_s, ours_frozen = timed(lambda: ScoreCAM(model).heatmap(x, t, engine="frozen"))
+    cam = pytorch_grad_cam.ScoreCAM(wrapped, [block])
+    their_s, theirs = timed(lambda: cam(x, targets))
+    cam.activations_and_grads.release()
+    for engine, our_s, ours in (
+        ("eager", ours_eager_s, ours_eager),
+        ("frozen", ours_frozen_s, ours_frozen),
+    ):
+        row(
+            "scorecam",
+            "pytorch-grad-cam",
+            "ScoreCAM([features[-1]]), batch_size 16 [default]",
+            their_s,
+            our_s,
+            convsight_engine=engine,
+            convsight_batch_size=16,
+            constant_channels_shared=round(constant, 3),
+            compared="maps min-max scaled and upsampled as pytorch-grad-cam returns them",
+            **agreement(scaled(ours), torch.from_numpy(theirs)),
+        )
+
+
+if __name__ == "__main__":
+    main()
