@@ -17,6 +17,7 @@ from convsight.attribution import (
     IntegratedGradients,
     Occlusion,
     Saliency,
+    ScoreCAM,
     SmoothGrad,
     default_cam_layer,
     get_method,
@@ -430,3 +431,23 @@ def test_frozen_engine_gives_the_same_maps_and_leaves_the_model_alone(tiny):
     assert all(torch.equal(v, state[k]) for k, v in tiny.module.state_dict().items())
     with pytest.raises(ConvsightError, match="unknown engine"):
         Occlusion(tiny).attribute(x, 0, engine="turbo")
+
+
+def test_scorecam_shares_passes_for_equal_masks_and_still_matches_pytorch_grad_cam():
+    import pytorch_grad_cam
+
+    model = tiny_model()
+    conv = model.module.features[3]
+    with torch.no_grad():  # channel 1 = 2 x channel 0 (same mask); channel 2 always 0
+        conv.weight[1], conv.bias[1] = 2 * conv.weight[0], 2 * conv.bias[0]
+        conv.weight[2], conv.bias[2] = 0.0, -1.0
+    x, t = _pixels(model, n=2), [1, 3]
+    theirs = _gradcam_lib(pytorch_grad_cam.ScoreCAM, model, "features.4", x, t)
+    calls = []
+    handle = model.module.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    try:
+        mine = ScoreCAM(model).heatmap(x, t, batch_size=64)
+    finally:
+        handle.remove()
+    _close(_scaled(mine), torch.from_numpy(theirs), rtol=0, atol=2e-4)
+    assert sum(calls) <= 2 * 14 + 2  # 16 channels: at most 14 distinct masks + 1 zero mask

@@ -170,7 +170,8 @@ class ScoreCAM(CAM):
 
     Each channel, upsampled and scaled to [0, 1], masks the input; the channel's weight is the
     softmax over channels of the masked input's score. ``batch_size`` masked images per
-    forward pass; channels that are constant give an all-zero mask and share one pass.
+    forward pass; channels that are constant (an all-zero mask) or equal up to scale and shift
+    (the same mask) share one pass.
     ``engine="frozen"`` runs a traced, frozen copy of the network (faster on CPU).
     """
 
@@ -187,33 +188,37 @@ class ScoreCAM(CAM):
         batch_size: int = 16,
         engine: str = "eager",
     ):
-        n, k = activations.shape[:2]
+        n, k, h, w = activations.shape
         size = tuple(inputs.shape[-2:])
         scores = torch.empty(n, k)
-        flat = activations.flatten(2)
-        constant = flat.amax(2) == flat.amin(2)
         for i in range(n):
-            varying = (~constant[i]).nonzero().flatten()
+            flat = activations[i].flatten(1)
+            low, high = flat.amin(1), flat.amax(1)
+            varying = (high > low).nonzero().flatten()
             image = inputs[i : i + 1]
+            # Channels equal up to a positive scale and shift give the same mask: one pass each.
+            scaled = (flat[varying] - low[varying, None]) / (high - low)[varying, None]
+            unique, inverse = torch.unique(scaled, dim=0, return_inverse=True)
 
-            def build(part: slice, varying=varying, image=image, i=i) -> torch.Tensor:
-                chans = varying[part]
+            def build(part: slice, unique=unique, image=image) -> torch.Tensor:
                 up = F.interpolate(
-                    activations[i : i + 1, chans], size=size, mode="bilinear", align_corners=True
+                    unique[part].view(1, -1, h, w), size=size, mode="bilinear", align_corners=True
                 )[0]
-                low = up.flatten(1).amin(1).view(-1, 1, 1)
-                high = up.flatten(1).amax(1).view(-1, 1, 1)
-                mask = (up - low) / (high - low + 1e-8)
+                lo = up.flatten(1).amin(1).view(-1, 1, 1)
+                hi = up.flatten(1).amax(1).view(-1, 1, 1)
+                mask = (up - lo) / (hi - lo + 1e-8)
                 return image * mask.unsqueeze(1)
 
-            row_targets = targets[i : i + 1].expand(max(len(varying), 1))
-            if len(varying):
-                scores[i, varying.cpu()] = forward_scores(
-                    self.model, build, row_targets, batch_size, total=len(varying), engine=engine
+            if len(unique):
+                row_targets = targets[i : i + 1].expand(len(unique))
+                found = forward_scores(
+                    self.model, build, row_targets, batch_size, total=len(unique), engine=engine
                 )
-            if bool(constant[i].any()):
+                scores[i, varying.cpu()] = found[inverse.cpu()]
+            if len(varying) < k:  # constant channels: an all-zero mask, one shared pass
                 zero = torch.zeros_like(image)
-                scores[i, constant[i].cpu()] = forward_scores(
+                constant = (high <= low).cpu()
+                scores[i, constant] = forward_scores(
                     self.model, zero, targets[i : i + 1], engine=engine
                 )
         return scores.softmax(1).to(activations.device)
