@@ -49,5 +49,12 @@ format: $(VENV)/.installed-test
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# Benchmarks only (not part of `make test`): torch-lucent 0.1.8 pins kornia<=0.4.1 and test
+# tools, so it goes in without its dependencies, keeping torch as it is.
+.PHONY: bench-deps
+bench-deps: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet --no-deps torch-lucent==0.1.8 kornia==0.4.1
+	$(BIN)/pip install --quiet tqdm decorator ipython
+
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

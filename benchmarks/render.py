@@ -112,7 +112,10 @@ def main() -> None:
     parser.add_argument("--lucent-channels", type=int, default=16)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     weights = shared_dir() / "models" / "vgg16_hed_features.pt"

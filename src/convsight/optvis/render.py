@@ -103,25 +103,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         optimizer="adam",
         lr=0.05,
     ),
-    # Class models: the robust recipe tuned for transfer to other networks (benchmarks/
-    # classviz_quality.py): several views per step, wider zoom, higher rate, cosine decay.
-    "robust-class": dict(
-        steps=128,
-        param="fourier",
-        decorrelate=True,
-        init_std=0.01,
-        optimizer="adam",
+}
+
+
+# For class models (render_classes) a preset adds these on top: the robust recipe tuned for
+# images that another network also recognizes (benchmarks/classviz_quality.py): a higher
+# rate with cosine decay, a wider random zoom, and the class score minus the mean score.
+CLASS_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "robust": dict(
         lr=0.1,
         lr_schedule="cosine",
-        views=4,
-        scales=tuple(0.7 + 0.05 * i for i in range(11)),
+        scales=tuple(round(0.75 + 0.05 * i, 2) for i in range(11)),
         class_objective="margin",
     ),
 }
 
 
-def settings_for(preset: str = "robust", **overrides: Any) -> RenderSettings:
-    """The settings of ``preset`` with ``overrides`` (None values are ignored)."""
+def settings_for(
+    preset: str = "robust", target: str = "channel", **overrides: Any
+) -> RenderSettings:
+    """The settings of ``preset`` with ``overrides`` (None values are ignored).
+
+    ``target="class"`` adds the preset's class-model defaults (:data:`CLASS_PRESETS`).
+    """
     if preset not in PRESETS:
         raise ConvsightError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
     fields = {f.name for f in dataclasses.fields(RenderSettings)}
@@ -129,7 +134,8 @@ def settings_for(preset: str = "robust", **overrides: Any) -> RenderSettings:
     unknown = sorted(set(given) - fields)
     if unknown:
         raise ConvsightError(f"unknown render setting(s): {', '.join(unknown)}")
-    settings = RenderSettings(**{**PRESETS[preset], **given, "preset": preset})
+    base = {**PRESETS[preset], **(CLASS_PRESETS.get(preset, {}) if target == "class" else {})}
+    settings = RenderSettings(**{**base, **given, "preset": preset})
     validate_settings(settings)
     return settings
 
@@ -523,7 +529,7 @@ def render_classes(
     ``init_pixels`` (N x C x H x W, pixel space) starts from given images, e.g. the class
     means of :func:`convsight.optvis.means.class_mean_images`.
     """
-    settings = settings_for(preset, **overrides)
+    settings = settings_for(preset, target="class", **overrides)
     indices = [model.class_index(c) for c in classes]
     if not indices:
         raise ConvsightError("no classes given")

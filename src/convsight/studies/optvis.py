@@ -66,11 +66,13 @@ def parse_setting(text: str) -> tuple[str, Any]:
         raise ConvsightError(f"cannot read setting '{text}'") from None
 
 
-def collect_settings(preset: str, flags: dict[str, Any], extra: Sequence[str]) -> RenderSettings:
+def collect_settings(
+    preset: str, flags: dict[str, Any], extra: Sequence[str], target: str = "channel"
+) -> RenderSettings:
     """Preset defaults, then ``--set`` pairs, then the dedicated flags given."""
     overrides = dict(parse_setting(text) for text in extra)
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    return settings_for(preset, **overrides)
+    return settings_for(preset, target, **overrides)
 
 
 def _load(model: str, weights: str | os.PathLike | None, device: str) -> Model:
@@ -169,12 +171,15 @@ def classviz(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Class models: grid PNG, one PNG per class, start images if ``init='mean'``, summary."""
-    settings = collect_settings(preset, flags or {}, extra)
+    settings = collect_settings(preset, flags or {}, extra, target="class")
     if init not in ("random", "mean"):
         raise ConvsightError(f"--init must be 'random' or 'mean', not '{init}'")
     if not classes:
         raise ConvsightError("no classes given")
     loaded = _load(model, weights, device)
+    if [str(c).lower() for c in classes] == ["all"]:
+        loaded.class_index(0)  # a model without class scores fails here
+        classes = list(range(loaded.card.num_classes or 0))
     indices = [loaded.class_index(c) for c in classes]
     start_pixels = None
     counts: dict[int, int] = {}

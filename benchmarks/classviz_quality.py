@@ -1,0 +1,240 @@
+"""Class-model quality: are MobileNet v2's class visualizations recognised by another network?
+
+    make bench-deps && python benchmarks/classviz_quality.py [--classes 40] [--seeds 2] \
+        [--size 160] [--threads 1]
+
+Renders one image per class (all classes in one batch) on MobileNet v2 (../shared/models,
+mean = std = 128/255, torchvision padding) with several recipes and step counts, and judges
+each image with the independent MobileNet v1 0.5/160 (TorchScript, RGB [0, 1]): top-1 and
+top-5 hit rates. Recipes:
+
+* ``paper``: the study (N(0, 1) start in input space, plain gradient ascent, step 0.5 along
+  the RMS-normalized gradient, logit - 0.1 L1).
+* ``lucent-style``: Fourier + decorrelated colour, Lucent's transforms, Adam 0.1, logit (the
+  best Lucent-style recipe of the issue's trial).
+* ``robust``: convsight's robust preset for classes (adds cosine decay from 0.1, a wider zoom
+  0.75-1.25, class score minus mean score), at 64 and 128 steps; and ablations that remove one
+  ingredient each (on ``--ablation-classes`` classes, one seed).
+* ``torch-lucent``: torch-lucent 0.1.8's ``render_vis`` on the same logit, the model wrapped
+  with its own normalization (``preprocess=False``), defaults otherwise (Adam 0.05).
+
+Each model gets its own normalization. Writes benchmarks/results/classviz_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from common import shared_dir, write_result
+from torch import nn
+
+from convsight.data.imagenet import imagenet_samples
+from convsight.data.images import load_image_tensor
+from convsight.models import load_model
+from convsight.optvis import render_classes
+
+PAPER_CLASSES = (1, 9, 55, 250, 951)  # goldfish, ostrich, green snake, Siberian husky, lemon
+
+
+def pick_classes(samples: list[tuple[Any, int]], count: int) -> list[int]:
+    """The study's five classes, then evenly spaced sample classes."""
+    others = [c for _, c in samples if c not in PAPER_CLASSES]
+    step = max(1, len(others) // max(1, count - len(PAPER_CLASSES)))
+    chosen = list(PAPER_CLASSES) + others[::step]
+    return sorted(chosen[:count])
+
+
+class Judge:
+    """MobileNet v1 0.5/160: RGB in [0, 1], any size, 1000 logits."""
+
+    def __init__(self, path) -> None:
+        self.module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    @torch.no_grad()
+    def hits(self, images: torch.Tensor, classes: list[int]) -> dict[str, Any]:
+        logits = torch.cat([self.module(images[i : i + 20]) for i in range(0, len(images), 20)])
+        target = torch.tensor(classes)
+        top5 = logits.topk(5, 1).indices
+        top1 = (top5[:, 0] == target).tolist()
+        in5 = (top5 == target[:, None]).any(1).tolist()
+        prob = logits.softmax(1).gather(1, target[:, None])[:, 0]
+        return {"top1": top1, "top5": in5, "judge_prob": prob.tolist()}
+
+
+def lucent_classes(
+    model, classes: list[int], steps: list[int], size: int
+) -> dict[int, torch.Tensor]:
+    """torch-lucent's render of each class logit, one class per call (its users' way)."""
+    from lucent.optvis import objectives, param, render
+
+    mean = torch.tensor(model.card.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.card.std).view(1, 3, 1, 1)
+
+    class Normalize(nn.Module):
+        def forward(self, x):
+            return (x - mean) / std
+
+    wrapped = nn.Sequential(Normalize(), model.module).eval()
+    out: dict[int, list[torch.Tensor]] = {s: [] for s in steps}
+    for c in classes:
+        images = render.render_vis(
+            wrapped,
+            objectives.channel("1_classifier_1", c),
+            param_f=lambda: param.image(size),
+            thresholds=tuple(steps),
+            fixed_image_size=size,
+            preprocess=False,
+            show_image=False,
+            progress=False,
+        )
+        for m in wrapped.modules():  # render_vis leaves a forward hook on every module
+            m._forward_hooks.clear()
+        for s, image in zip(steps, images, strict=True):
+            out[s].append(torch.from_numpy(image[0]).permute(2, 0, 1).float())
+    return {s: torch.stack(v) for s, v in out.items()}
+
+
+def summarize(rows: list[dict[str, Any]], name: str, steps: int, judged: dict, n: int, seconds):
+    row = {
+        "recipe": name,
+        "steps": steps,
+        "classes": n,
+        "top1": int(sum(judged["top1"])),
+        "top5": int(sum(judged["top5"])),
+        "top1_rate": float(np.mean(judged["top1"])),
+        "top5_rate": float(np.mean(judged["top5"])),
+        "judge_prob_mean": float(np.mean(judged["judge_prob"])),
+        "seconds": seconds,
+    }
+    rows.append({**row, **{k: judged[k] for k in ("top1", "top5")}})
+    print(
+        f"{name:38s} steps {steps:4d}: top-1 {row['top1']:3d}/{n}  top-5 {row['top5']:3d}/{n}"
+        f"  ({seconds:.0f} s)",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--classes", type=int, default=40)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--ablation-classes", type=int, default=20)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--skip-lucent", action="store_true")
+    parser.add_argument("--lucent-classes", type=int, default=40)
+    parser.add_argument("--only", default="", help="comma-separated recipe names")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shared = shared_dir()
+    model = load_model("mobilenet_v2", weights=shared / "models" / "mobilenet_v2_imagenet.pt")
+    judge = Judge(shared / "models" / "mobilenet_v1_05_160.ts")
+    samples = imagenet_samples(shared / "data" / "imagenet-samples")
+    classes = pick_classes(samples, args.classes)
+    ablation_classes = classes[:: max(1, len(classes) // args.ablation_classes)][
+        : args.ablation_classes
+    ]
+    seeds = list(range(args.seeds))
+    rows: list[dict[str, Any]] = []
+
+    photos = {c: p for p, c in samples}
+    real = torch.cat([load_image_tensor(photos[c], model.card) for c in classes])
+    summarize(rows, "real photo (one per class)", 0, judge.hits(real, classes), len(classes), 0)
+
+    lucent_style = dict(
+        preset="robust",
+        lr_schedule="constant",
+        scales=tuple(1 + (i - 5) / 50 for i in range(11)),
+        class_objective="logit",
+    )
+    recipes = [
+        # name, render kwargs, steps, snapshots, classes, seeds
+        ("paper", dict(preset="paper"), 20, (), classes, seeds[:1]),
+        ("lucent-style adam 0.1", {**lucent_style, "lr": 0.1}, 128, (64,), classes, seeds),
+        ("robust", dict(preset="robust"), 128, (), classes, seeds),
+        ("robust", dict(preset="robust"), 64, (), classes, seeds[:1]),
+        (
+            "robust - margin (logit)",
+            dict(preset="robust", class_objective="logit"),
+            128,
+            (),
+            ablation_classes,
+            seeds[:1],
+        ),
+        (
+            "robust - cosine (constant 0.1)",
+            dict(preset="robust", lr_schedule="constant"),
+            128,
+            (),
+            ablation_classes,
+            seeds[:1],
+        ),
+        (
+            "robust - wide zoom (0.9-1.1)",
+            dict(preset="robust", scales=tuple(1 + (i - 5) / 50 for i in range(11))),
+            128,
+            (),
+            ablation_classes,
+            seeds[:1],
+        ),
+    ]
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    for name, kwargs, steps, snaps, which, seed_list in recipes:
+        if only and name not in only:
+            continue
+        judged: dict[int, dict[str, list]] = {}
+        start = time.perf_counter()
+        for seed in seed_list:
+            result = render_classes(
+                model, which, seed=seed, steps=steps, size=args.size, snapshots=snaps, **kwargs
+            )
+            for s, images in [*result.snapshots.items(), (steps, result.images)]:
+                hits = judge.hits(images, which)
+                if name == "robust" and steps == 128 and seed == 0:
+                    # the ablations' baseline: the same rows (per-row seeds) on their classes
+                    keep = [which.index(c) for c in ablation_classes]
+                    base = {k: [v[i] for i in keep] for k, v in hits.items()}
+                    summarize(rows, "robust (ablation classes)", s, base, len(keep), 0)
+                acc = judged.setdefault(s, {"top1": [], "top5": [], "judge_prob": []})
+                for k in acc:
+                    acc[k].extend(hits[k])
+        seconds = time.perf_counter() - start
+        for s in sorted(judged):
+            summarize(rows, name, s, judged[s], len(judged[s]["top1"]), seconds)
+    if not args.skip_lucent and (not only or "torch-lucent" in only):
+        start = time.perf_counter()
+        lucent_cls = classes[: args.lucent_classes]
+        lucent = lucent_classes(model, lucent_cls, [64, 128], args.size)
+        seconds = time.perf_counter() - start
+        for s, images in lucent.items():
+            summarize(
+                rows,
+                "torch-lucent (adam 0.05)",
+                s,
+                judge.hits(images, lucent_cls),
+                len(lucent_cls),
+                seconds,
+            )
+    write_result(
+        "classviz_quality" if not only else "classviz_quality_partial",
+        {
+            "model": "mobilenet_v2 (shared/models/mobilenet_v2_imagenet.pt, torchvision padding)",
+            "judge": "mobilenet_v1_05_160.ts (independent, RGB [0,1], resized to 160 inside)",
+            "classes": classes,
+            "ablation_classes": ablation_classes,
+            "seeds": seeds,
+            "size": args.size,
+            "load_average_after": os.getloadavg()[0],
+            "rows": rows,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
