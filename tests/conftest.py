@@ -85,3 +85,40 @@ def hook_count(module: nn.Module) -> int:
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
         for m in module.modules()
     )
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    path = os.environ.get("CONVSIGHT_CHROMIUM", "/usr/bin/chromium")
+    if not os.path.exists(path):
+        pytest.fail(f"no Chromium at {path}: `make test` installs Debian's chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=path,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url):
+    """Load ``url``; return the page, its console errors and any dialogs that opened."""
+    page = browser.new_page()
+    errors, dialogs = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(url)
+    page.wait_for_load_state("load")
+    return page, errors, dialogs
+
+
+def assert_images_loaded(page):
+    sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.src, e.naturalWidth])")
+    assert sizes, "no images on the page"
+    broken = [src for src, width in sizes if width == 0]
+    assert not broken, broken

@@ -1,7 +1,6 @@
 """The atlas: pages in a real headless browser, escaping, and a killed run that resumes."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from convsight.data import load_mnist
 from convsight.models import load_model
 from convsight.report import write_checkpoint
 from convsight.studies.atlas import build_atlas
+from tests.conftest import assert_images_loaded, open_page
 
 EVIL = "<script>alert(1)</script>"
 
@@ -87,42 +87,6 @@ def test_filter_redundancy_finds_rotated_and_recoloured_copies():
     assert "rot" in redundancy.transform[1][0] and "colour" in redundancy.transform[0][2]
     assert redundancy.similarity[0, 3] < 0.9
     assert redundancy.remaining(0.99) == 2
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    path = os.environ.get("CONVSIGHT_CHROMIUM", "/usr/bin/chromium")
-    if not os.path.exists(path):
-        pytest.fail(f"no Chromium at {path}: `make test` installs Debian's chromium")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=path,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
-
-
-def open_page(browser, url):
-    """Load ``url``; return the page, its console errors and any dialogs that opened."""
-    page = browser.new_page()
-    errors, dialogs = [], []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(url)
-    page.wait_for_load_state("load")
-    return page, errors, dialogs
-
-
-def assert_images_loaded(page):
-    sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.src, e.naturalWidth])")
-    assert sizes, "no images on the page"
-    broken = [src for src, width in sizes if width == 0]
-    assert not broken, broken
 
 
 def test_atlas_pages_in_a_real_browser(atlas_site, browser):

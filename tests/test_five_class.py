@@ -235,3 +235,31 @@ def test_train_subset_bad_inputs_exit_2(tmp_path, trained):
     )
     assert result.exit_code == 2 and "pretrained backbone" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("init", ["random", "mean"])
+def test_class_models_of_the_trained_network(trained, tmp_path, init):
+    """Figure 4.2 on the generated classes: each class model is recognised as its class."""
+    out = tmp_path / "classes"
+    extra = ["--dataset", trained / "subset" / "train"] if init == "mean" else []
+    result = invoke(
+        "classviz",
+        trained / "run" / "model.pt",
+        "--classes",
+        "all",
+        "--init",
+        init,
+        *extra,
+        "--steps",
+        "32",
+        "--out",
+        out,
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["classes"]
+    assert [r["name"] for r in rows] == sorted(SHAPES)
+    hits = sum(r["model_top1"] == r["name"] for r in rows)
+    assert hits == len(SHAPES), rows  # chance would be one in three
+    assert (out / "grid.png").stat().st_size > 2000

@@ -22,6 +22,17 @@ def _flat_size(features: nn.Module, channels: int, size: int) -> int:
         return int(features(torch.zeros(1, channels, size, size)).numel())
 
 
+def _head(flat: int, dropout: float, num_classes: int) -> nn.Sequential:
+    """The study's head: dense 128 (ReLU) + dropout, then the class scores."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(flat, 128),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(128, num_classes),
+    )
+
+
 class MnistCNN(nn.Module):
     """conv 3x3/32 -> max-pool 2 -> conv 3x3/64 -> max-pool 2 -> dense 128 + dropout -> dense 10.
 
@@ -41,14 +52,7 @@ class MnistCNN(nn.Module):
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        flat = _flat_size(self.features, 1, 28)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(flat, 128),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(128, num_classes),
-        )
+        self.classifier = _head(_flat_size(self.features, 1, 28), dropout, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -81,13 +85,8 @@ class FiveClassCNN(nn.Module):
             ]
             c_in = width
         self.features = nn.Sequential(*layers)
-        flat = _flat_size(self.features, channels, image_size)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(flat, 128),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(128, num_classes),
+        self.classifier = _head(
+            _flat_size(self.features, channels, image_size), dropout, num_classes
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

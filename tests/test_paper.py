@@ -1,0 +1,95 @@
+"""convsight paper on a tiny plan: every part runs, the report loads in a real browser."""
+
+import json
+
+import pytest
+import torch.hub
+
+from convsight.studies.paper import Plan, run_paper
+from tests.conftest import assert_images_loaded, open_page
+
+TINY = Plan(
+    mnist_epochs=1,
+    channels=2,
+    robust_steps=4,
+    robust_size=48,
+    class_steps=4,
+    subset_epochs=1,
+    subset_size=32,
+    backbone_size=48,
+    paper_size=48,
+    mnist_train_limit=2000,
+)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, shared, monkeypatch_module):
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise OSError("no network in tests")
+
+    # The ImageNet VGG16 classifier download fails, as on an offline machine.
+    monkeypatch_module.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch_module.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch")))
+    out = tmp_path_factory.mktemp("paper")
+    fashion = tmp_path_factory.mktemp("fashion")
+    _fake_fashion(fashion, shared)
+    results = run_paper(
+        out,
+        quick=True,
+        plan=TINY,
+        data_dir=shared / "data",
+        vgg16_weights=shared / "models" / "vgg16_hed_features.pt",
+        classifier_weights=shared / "models" / "mobilenet_v2_imagenet.pt",
+        photos=shared / "data" / "imagenet-samples",
+        fashion_mnist=fashion,
+        show_progress=False,
+    )
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def _fake_fashion(folder, shared):
+    """Fashion-MNIST's file layout, filled with MNIST digits (the test needs only the format)."""
+    import shutil
+
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        shutil.copy(shared / "data" / "mnist" / name, folder / name)
+
+
+def test_every_part_ran(report):
+    out, results = report
+    assert results["mnist"]["test_accuracy"] > 0.8
+    assert set(results["vgg16_channels"]) == {
+        f"{layer}/{preset}"
+        for layer in ("features.0", "features.2", "features.28")
+        for preset in ("paper", "robust")
+    }
+    assert results["class_models"]["model"] == "mobilenet_v2"
+    assert "unavailable" in results["class_models"]["note"]
+    assert set(results["class_models"]["runs"]) == {
+        "random/paper",
+        "random/robust",
+        "mean/paper",
+        "mean/robust",
+    }
+    assert results["five_class"]["self_built"]["test_accuracy"] > 0.2
+    assert results["attribution"]["methods"] == ["saliency", "deconvnet", "guided", "gradcam"]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["settings"]["quick"] is True
+
+
+def test_report_page_in_a_real_browser(report, browser):
+    out, _ = report
+    page, errors, dialogs = open_page(browser, (out / "index.html").as_uri())
+    text = page.inner_text("body")
+    assert "0.982" in text and "the study reports" in text.lower()
+    assert "Fashion-MNIST" in text  # the stand-in is labelled
+    assert "mobilenet_v2" in text  # the caption says which model made the class models
+    assert_images_loaded(page)
+    assert page.eval_on_selector_all("img", "els => els.length") >= 15
+    assert not errors and not dialogs
