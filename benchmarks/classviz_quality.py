@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--lucent-classes", type=int, default=40)
     parser.add_argument("--only", default="", help="comma-separated recipe names")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--seed-list", default="", help="e.g. '1': these seeds instead")
+    parser.add_argument("--skip-64", action="store_true", help="no separate 64-step run")
+    parser.add_argument("--name", default="classviz_quality", help="results file name")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,7 +143,9 @@ def main() -> None:
     ablation_classes = classes[:: max(1, len(classes) // args.ablation_classes)][
         : args.ablation_classes
     ]
-    seeds = list(range(args.seeds))
+    seeds = (
+        [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    )
     rows: list[dict[str, Any]] = []
 
     photos = {c: p for p, c in samples}
@@ -158,7 +163,7 @@ def main() -> None:
         ("paper", dict(preset="paper"), 20, (), classes, seeds[:1]),
         ("lucent-style adam 0.1", {**lucent_style, "lr": 0.1}, 128, (64,), classes, seeds),
         ("robust", dict(preset="robust"), 128, (), classes, seeds),
-        ("robust", dict(preset="robust"), 64, (), classes, seeds[:1]),
+        *([] if args.skip_64 else [("robust", dict(preset="robust"), 64, (), classes, seeds[:1])]),
         (
             "robust - margin (logit)",
             dict(preset="robust", class_objective="logit"),
@@ -185,6 +190,23 @@ def main() -> None:
         ),
     ]
     only = {s.strip() for s in args.only.split(",") if s.strip()}
+
+    def save() -> None:
+        write_result(
+            args.name,
+            {
+                "model": "mobilenet_v2 (shared mobilenet_v2_imagenet.pt, torchvision padding)",
+                "judge": "mobilenet_v1_05_160.ts (independent, RGB [0,1], resized to 160 inside)",
+                "classes": classes,
+                "ablation_classes": ablation_classes,
+                "seeds": seeds,
+                "size": args.size,
+                "threads": torch.get_num_threads(),
+                "load_average_after": os.getloadavg()[0],
+                "rows": rows,
+            },
+        )
+
     for name, kwargs, steps, snaps, which, seed_list in recipes:
         if only and name not in only:
             continue
@@ -196,7 +218,7 @@ def main() -> None:
             )
             for s, images in [*result.snapshots.items(), (steps, result.images)]:
                 hits = judge.hits(images, which)
-                if name == "robust" and steps == 128 and seed == 0:
+                if name == "robust" and steps == 128 and seed == seed_list[0]:
                     # the ablations' baseline: the same rows (per-row seeds) on their classes
                     keep = [which.index(c) for c in ablation_classes]
                     base = {k: [v[i] for i in keep] for k, v in hits.items()}
@@ -207,9 +229,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         for s in sorted(judged):
             summarize(rows, name, s, judged[s], len(judged[s]["top1"]), seconds)
+        save()
     if not args.skip_lucent and (not only or "torch-lucent" in only):
         start = time.perf_counter()
-        lucent_cls = classes[: args.lucent_classes]
+        lucent_cls = classes[:: max(1, len(classes) // args.lucent_classes)][: args.lucent_classes]
         lucent = lucent_classes(model, lucent_cls, [64, 128], args.size)
         seconds = time.perf_counter() - start
         for s, images in lucent.items():
@@ -221,19 +244,7 @@ def main() -> None:
                 len(lucent_cls),
                 seconds,
             )
-    write_result(
-        "classviz_quality" if not only else "classviz_quality_partial",
-        {
-            "model": "mobilenet_v2 (shared/models/mobilenet_v2_imagenet.pt, torchvision padding)",
-            "judge": "mobilenet_v1_05_160.ts (independent, RGB [0,1], resized to 160 inside)",
-            "classes": classes,
-            "ablation_classes": ablation_classes,
-            "seeds": seeds,
-            "size": args.size,
-            "load_average_after": os.getloadavg()[0],
-            "rows": rows,
-        },
-    )
+    save()
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ from convsight.optvis import class_mean_images, render_channels, render_classes
 from convsight.report import write_figure, write_json
 
 LAYERS = {
-    "features.0": [0, 5, 12, 25, 40, 60],
-    "features.2": [0, 9, 17, 30, 44, 63],
-    "features.28": [3, 50, 100, 200, 300, 480],
+    "features.0": [0, 12, 25, 40],
+    "features.2": [0, 17, 30, 63],
+    "features.28": [3, 100, 300, 480],
 }
 CLASSES = ["ostrich", "goldfish", "lemon"]
 
@@ -72,12 +72,18 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=Path("docs/img"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--robust-steps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--layers", default=",".join(LAYERS), help="VGG16 layers to draw")
+    parser.add_argument("--skip-classes", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shared = shared_dir()
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"seed": args.seed, "layers": {}, "classes": {}}
     vgg = load_model("vgg16", weights=shared / "models" / "vgg16_hed_features.pt")
-    for layer, channels in LAYERS.items():
+    for layer in [name.strip() for name in args.layers.split(",") if name.strip()]:
+        channels = LAYERS[layer]
         rows, info = [], {}
         for preset in ("paper", "robust"):
             start = time.perf_counter()
@@ -104,6 +110,9 @@ def main() -> None:
         )
         small_copy(path, args.docs / f"optvis_vgg16_{layer}.png")
 
+    if args.skip_classes:
+        write_json(args.out / "summary_layers.json", summary)
+        return
     mobilenet = load_model("mobilenet_v2", weights=shared / "models" / "mobilenet_v2_imagenet.pt")
     indices = [mobilenet.class_index(c) for c in CLASSES]
     means = class_mean_images(shared / "data" / "imagenet-samples", mobilenet.card, indices)

@@ -7,7 +7,10 @@ default parameterization (Fourier + decorrelated colour, sd 0.01), default trans
 jitter 8, scale 0.9-1.1, rotate +-10, jitter 4) and Adam 0.05 on both sides. Lucent renders one
 channel per ``render_vis`` call, as its users do, on a VGG16 whose parameters require grad (a
 model as torchvision builds it); a one-channel row with frozen parameters is also timed.
-convsight renders all channels in one call (``render_channels``, preset ``robust``).
+convsight renders all channels in one call (``render_channels``, preset ``robust``: truncated
+at the layer, channels-last, and for a conv target only each row's own channel of it); for
+``features.2`` it is also timed computing the whole layer (``slice_channels=False``). The step
+FLOP/s is measured for the whole-layer step (the sliced step does far fewer FLOPs).
 ``--lucent-channels`` < 16 times Lucent on fewer channels and scales its time to 16 (Lucent
 renders channels independently, so its time is linear in the channel count); the JSON says so.
 
@@ -34,7 +37,7 @@ from convsight.models import load_model
 from convsight.optvis import render_channels
 from convsight.optvis.objectives import Context, channel
 from convsight.optvis.param import FourierImage
-from convsight.optvis.render import make_transforms, row_generators, settings_for
+from convsight.optvis.render import _Forward, make_transforms, row_generators, settings_for
 from convsight.optvis.transforms import Compose, RowRandom
 
 LAYERS = ("features.2", "features.28")
@@ -54,29 +57,34 @@ def matmul_flops(size: int = 4096, reps: int = 5) -> float:
     return best
 
 
-def step_flops(model, layer: str, rows: int) -> tuple[float, float]:
-    """FLOPs of one convsight step on ``rows`` rows and its time (best of 3)."""
-    settings = settings_for("robust", steps=1)
-    generators = row_generators(range(rows))
+def step_flops(model, layer: str, slice_channels: bool) -> tuple[float, float]:
+    """FLOPs of one convsight step on one row and its time (best of 3)."""
+    settings = settings_for("robust", steps=1, slice_channels=slice_channels)
+    generators = row_generators([0])
     param = FourierImage.normal(model, generators, (224, 224))
     transforms = Compose(make_transforms(settings))
-    objective = channel(layer, list(range(rows)))
+    objective = channel(layer, [5])
+    forward = _Forward(model, objective, slice_channels)
+    model.module.to(memory_format=torch.channels_last)
 
     def step():
         pixels = param.pixels()
         x = model.normalize(transforms(pixels, RowRandom(generators)))
-        acts = forward_to(model.module, x, [layer])
-        value = objective(Context(acts, pixels, x, 1))
+        acts = forward(x.contiguous(memory_format=torch.channels_last))
+        value = objective(Context(acts, pixels, x, 1, sliced=forward.sliced))
         (-value.sum()).backward()
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        flops = counter.get_total_flops()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    finally:
+        model.module.to(memory_format=torch.contiguous_format)
     return flops, min(times)
 
 
@@ -147,7 +155,16 @@ def main() -> None:
         )
         ours = time.perf_counter() - start
         print(f"{layer} convsight: {ours:.1f} s for {len(channels)}", flush=True)
-        flops, step_seconds = step_flops(model, layer, 1)
+        full_layer = None
+        if layer == "features.2":  # the same without computing only the needed channel
+            start = time.perf_counter()
+            render_channels(
+                model, layer, channels, steps=args.steps, seed=args.seed, slice_channels=False
+            )
+            full_layer = time.perf_counter() - start
+            print(f"{layer} convsight, whole layer: {full_layer:.1f} s", flush=True)
+        flops, step_seconds = step_flops(model, layer, False)
+        sliced_flops, sliced_seconds = step_flops(model, layer, True)
         lucent_pixels = torch.from_numpy(np.stack(lucent_images)).permute(0, 3, 1, 2).float()
         ours_values = channel_values(model, layer, result.images, channels)
         lucent_values = channel_values(model, layer, lucent_pixels, lucent_channels)
@@ -164,6 +181,11 @@ def main() -> None:
             "convsight_seconds_per_channel": ours / len(channels),
             "speedup": lucent_total / ours,
             "speedup_vs_lucent_frozen_params": lucent_frozen_one * len(channels) / ours,
+            "convsight_whole_layer_seconds": full_layer,
+            "speedup_whole_layer": lucent_total / full_layer if full_layer else None,
+            "convsight_step_sliced_gflop_per_row": sliced_flops / 1e9,
+            "convsight_step_sliced_seconds_per_row": sliced_seconds,
+            "convsight_step_sliced_gflops": sliced_flops / sliced_seconds / 1e9,
             "convsight_step_gflop_per_row": flops / 1e9,
             "convsight_step_seconds_per_row": step_seconds,
             "convsight_step_gflops": flops / step_seconds / 1e9,

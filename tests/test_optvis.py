@@ -266,3 +266,11 @@ def test_cli_classviz_mean_init_and_bad_class(shared, tmp_path):
     assert bad.exit_code == 2 and "unknown class 'goldfsh'" in bad.stderr
     assert not (tmp_path / "bad").exists()
     assert OUTPUT == "<output>"
+
+
+def test_computing_only_the_rows_channel_of_a_conv_gives_the_same_render(tiny):
+    common = dict(steps=4, size=32, seed=2, views=2, chunk=3)
+    sliced = render_channels(tiny, "features.3", [1, 4, 9], slice_channels=True, **common)
+    whole = render_channels(tiny, "features.3", [1, 4, 9], slice_channels=False, **common)
+    assert torch.allclose(sliced.values, whole.values, atol=1e-4)
+    assert torch.allclose(sliced.images, whole.images, atol=1e-4)

@@ -39,6 +39,7 @@ class Context:
     input: torch.Tensor
     views: int = 1
     rows: torch.Tensor | None = None  # which rows of the whole batch these are (None: all)
+    sliced: frozenset[str] = frozenset()  # layers whose acts hold only each row's own channel
 
     def pick(self, value: Rows, what: str) -> torch.Tensor:
         """Per-row indices (a channel, a class) for the rows of this context."""
@@ -70,6 +71,7 @@ class Objective:
         self.penalty = penalty
         self._checks = tuple(checks)
         self.coupled = coupled  # a row's value depends on other rows: render in one chunk
+        self.channel_of: tuple[str, Rows] | None = None  # (layer, channels) of channel/neuron
         self._terms: list[tuple[float, Objective]] | None = None
 
     # --- evaluation -------------------------------------------------------------------------
@@ -203,15 +205,19 @@ def channel(layer: str, channels: Rows) -> Objective:
 
     def fn(ctx: Context) -> torch.Tensor:
         act = _view_mean(_spatial_mean(ctx.acts[layer]), ctx.views)
+        if layer in ctx.sliced:
+            return act[:, 0]
         index = ctx.pick(channels, "channels").to(act.device)
         return act.gather(1, index[:, None])[:, 0]
 
-    return Objective(
+    objective = Objective(
         fn,
         f"channel({layer}, {_rows_text(channels)})",
         [layer],
         checks=[_check_index(layer, channels, "channel")],
     )
+    objective.channel_of = (layer, channels)
+    return objective
 
 
 def neuron(layer: str, channels: Rows, x: int | None = None, y: int | None = None) -> Objective:
@@ -223,16 +229,20 @@ def neuron(layer: str, channels: Rows, x: int | None = None, y: int | None = Non
             h, w = act.shape[2:]
             act = act[:, :, h // 2 if y is None else y, w // 2 if x is None else x]
         act = _view_mean(act, ctx.views)
+        if layer in ctx.sliced:
+            return act[:, 0]
         index = ctx.pick(channels, "channels").to(act.device)
         return act.gather(1, index[:, None])[:, 0]
 
     where = "" if x is None and y is None else f", x={x}, y={y}"
-    return Objective(
+    objective = Objective(
         fn,
         f"neuron({layer}, {_rows_text(channels)}{where})",
         [layer],
         checks=[_check_index(layer, channels, "channel")],
     )
+    objective.channel_of = (layer, channels)
+    return objective
 
 
 def layer(name: str) -> Objective:

@@ -14,13 +14,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from convsight.errors import ConvsightError
-from convsight.layers import capture, check_layers, forward_to
+from convsight.layers import capture, check_layers, forward_to, get_layer
 from convsight.models import Model
 from convsight.optvis import objectives as obj
-from convsight.optvis.objectives import OUTPUT, Context, Objective
+from convsight.optvis.objectives import OUTPUT, Context, Objective, Rows
 from convsight.optvis.param import FourierImage, ImageParam, PixelImage
 from convsight.optvis.transforms import (
     Compose,
@@ -69,8 +72,9 @@ class RenderSettings:
     class_objective: str = "logit"
     dead_steps: int = 3  # a row whose objective is exactly 0 for these first steps is dead
     precision: str = "fp32"  # "fp32" | "bf16" (CPU/CUDA autocast)
-    channels_last: bool = False
+    channels_last: bool = True  # CPU: run the model in channels-last memory format (faster)
     chunk: int = 0  # rows per forward/backward pass (0: auto; rows are independent)
+    slice_channels: bool = True  # channel objective on a conv: compute only the row's channel
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -249,16 +253,122 @@ def make_transforms(settings: RenderSettings) -> list[Transform]:
     )
 
 
-class _Forward:
-    """Run the model as far as the objective needs; return the needed outputs."""
+def _crop_for_fixed_size(
+    model: Model, objective: Objective, start: torch.Tensor, pad: int
+) -> tuple[int, int] | None:
+    """The size to crop transformed views back to when the forward the objective needs
+    takes only its own input size (a flatten + dense head); None when any size works."""
+    if pad <= 0:
+        return None
+    bigger = nn.functional.pad(start[:1], (pad, pad, pad, pad))
+    try:
+        with torch.no_grad():
+            probe_shapes(model, objective, bigger)
+    except RuntimeError:
+        return (start.shape[-2], start.shape[-1])
+    return None
 
-    def __init__(self, model: Model, layers: Sequence[str]) -> None:
+
+def _center_crop(x: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    if size is None or tuple(x.shape[-2:]) == size:
+        return x
+    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
+    return x[..., top : top + size[0], left : left + size[1]]
+
+
+class _StopAtInput(Exception):
+    """Raised by a pre-hook once the target conv's input is known: the conv never runs."""
+
+
+def sliced_target(objective: Objective) -> tuple[str, Rows] | None:
+    """(layer, channels) if every non-penalty term reads one channel per row of one layer."""
+    found = None
+    for _, term in objective.terms():
+        if term.penalty:
+            if term.layers:
+                return None
+            continue
+        if term.channel_of is None:
+            return None
+        if found is not None and (
+            found[0] != term.channel_of[0]
+            or list(np.atleast_1d(found[1])) != list(np.atleast_1d(term.channel_of[1]))
+        ):
+            return None
+        found = term.channel_of
+    return found
+
+
+class _Forward:
+    """Run the model as far as the objective needs; return the needed outputs.
+
+    With ``slice_channels`` and an objective on channels of one ``nn.Conv2d`` (one channel per
+    row), the forward stops at that conv's input and computes only each row's own channel of
+    it: the same values, 1/C of the target layer's work.
+    """
+
+    def __init__(self, model: Model, objective: Objective, slice_channels: bool = False) -> None:
         self.module = model.module
+        layers = objective.layers
         self.names = [name for name in layers if name != OUTPUT]
         self.output = OUTPUT in layers
         check_layers(self.module, self.names)
+        self.sliced: frozenset[str] = frozenset()
+        target = sliced_target(objective) if slice_channels else None
+        if target is not None and not self.output:
+            conv = get_layer(self.module, target[0])
+            if (
+                isinstance(conv, nn.Conv2d)
+                and conv.groups == 1
+                and conv.padding_mode == "zeros"
+                and not isinstance(conv.padding, str)
+            ):
+                self.conv, self.channels = conv, target[1]
+                self.sliced = frozenset([target[0]])
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _conv_input(self, x: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            seen.append(inputs[0])
+            raise _StopAtInput
+
+        handle = self.conv.register_forward_pre_hook(hook)
+        try:
+            self.module(x)
+        except _StopAtInput:
+            pass
+        finally:
+            handle.remove()
+        if not seen:
+            raise ConvsightError("the target layer did not run in the forward pass")
+        return seen[0]
+
+    def __call__(
+        self, x: torch.Tensor, rows: torch.Tensor | None = None, views: int = 1
+    ) -> dict[str, torch.Tensor]:
+        if self.sliced:
+            (name,) = self.sliced
+            inp = self._conv_input(x)
+            n, c, h, w = inp.shape
+            if isinstance(self.channels, int):
+                index = torch.full((n,), self.channels, dtype=torch.long)
+            else:
+                index = torch.as_tensor(list(self.channels), dtype=torch.long)
+                index = (index if rows is None else index[rows]).repeat(views)
+            conv = self.conv
+            weight = conv.weight[index.to(conv.weight.device)]
+            bias = conv.bias[index.to(conv.weight.device)] if conv.bias is not None else None
+            out = F.conv2d(
+                inp.reshape(1, n * c, h, w),
+                weight,
+                bias,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                groups=n,
+            )
+            return {name: out.reshape(n, 1, *out.shape[2:])}
         if not self.output:
             return forward_to(self.module, x, self.names)
         with capture(self.module, self.names) as acts:
@@ -276,7 +386,7 @@ def _autocast(settings: RenderSettings, device: torch.device):
 
 def probe_shapes(model: Model, objective: Objective, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     """Output shape (batch dropped) of each layer the objective needs, for input ``x``."""
-    forward = _Forward(model, objective.layers)
+    forward = _Forward(model, objective)
     with torch.no_grad():
         acts = forward(x[:1])
     return {name: tuple(value.shape[1:]) for name, value in acts.items()}
@@ -311,7 +421,7 @@ def render(
     extra = penalties(settings)
     if extra is not None:
         full = objective - extra
-    forward = _Forward(model, full.layers)  # unknown layers fail here
+    forward = _Forward(model, full, settings.slice_channels)  # unknown layers fail here
     generators = row_generators(seeds)
     param = make_param(model, settings, generators, init_pixels)
     with torch.no_grad():
@@ -320,6 +430,7 @@ def render(
 
     terms = full.terms()
     transforms = Compose(make_transforms(settings))
+    crop = _crop_for_fixed_size(model, full, start, settings.pad)
     if settings.optimizer == "adam":
         optimizer: torch.optim.Optimizer = torch.optim.Adam(param.params, lr=settings.lr)
     else:
@@ -358,14 +469,16 @@ def render(
                     untransformed = param.model_input(model, pixels, part)
                     if transforms.transforms or settings.views > 1:
                         part_rng = RowRandom(generators[part], settings.views)
-                        x = model.normalize(transforms(pixels, part_rng))
+                        x = model.normalize(_center_crop(transforms(pixels, part_rng), crop))
                     else:
                         x = untransformed
                     x = x.contiguous(memory_format=memory_format)
                     with _autocast(settings, device):
-                        acts = forward(x)
+                        acts = forward(x, rows[part], settings.views)
                     acts = {k: v.float() for k, v in acts.items()}
-                    ctx = Context(acts, pixels, untransformed, settings.views, rows[part])
+                    ctx = Context(
+                        acts, pixels, untransformed, settings.views, rows[part], forward.sliced
+                    )
                     total = 0
                     for weight, term in terms:
                         value = term(ctx)
@@ -404,8 +517,8 @@ def render(
             images = param.pixels().detach()
             for part in chunks:
                 inp = param.model_input(model, images[part], part)
-                acts = forward(inp.contiguous(memory_format=memory_format))
-                ctx = Context(acts, images[part], inp, 1, rows[part])
+                acts = forward(inp.contiguous(memory_format=memory_format), rows[part])
+                ctx = Context(acts, images[part], inp, 1, rows[part], forward.sliced)
                 values[part] = full(ctx).detach().cpu()
     finally:
         if converted:
