@@ -18,6 +18,7 @@ TINY = Plan(
     subset_size=32,
     backbone_size=48,
     paper_size=48,
+    class_size=64,
     mnist_train_limit=2000,
 )
 
@@ -63,7 +64,7 @@ def _fake_fashion(folder, shared):
 
 def test_every_part_ran(report):
     out, results = report
-    assert results["mnist"]["test_accuracy"] > 0.8
+    assert results["mnist"]["test_accuracy"] > 0.5  # one epoch on 2000 digits; chance is 0.1
     assert set(results["vgg16_channels"]) == {
         f"{layer}/{preset}"
         for layer in ("features.0", "features.2", "features.28")

@@ -57,6 +57,7 @@ class Plan:
     subset_size: int
     backbone_size: int
     paper_size: int | None = None  # image side of the paper preset (None: the model's)
+    class_size: int | None = None  # image side of the class models (None: the model's)
     mnist_train_limit: int | None = None
 
 
@@ -330,7 +331,9 @@ def _part3_classes(ctx: _Context, results: dict, classifier, weights, photos) ->
     for init in inits:
         for preset in ("paper", "robust"):
             folder = ctx.out / "part3" / f"classes-{init}-{preset}"
-            flags = {} if preset == "paper" else {"steps": ctx.plan.class_steps}
+            flags = {"size": ctx.plan.class_size}
+            if preset != "paper":
+                flags["steps"] = ctx.plan.class_steps
             summary = classviz(
                 spec,
                 STUDY_CLASSES,
