@@ -36,7 +36,7 @@ from convsight.attribution import (
 )
 from convsight.data import load_image_tensor
 from convsight.data.imagenet import imagenet_samples
-from convsight.layers import get_layer
+from convsight.layers import forward_to, get_layer
 from convsight.models import load_model
 
 
@@ -78,6 +78,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--occlusion-ppe", default="1,2,4", help="captum perturbations_per_eval")
     parser.add_argument("--skip-slow", action="store_true", help="no Occlusion / Score-CAM")
+    parser.add_argument("--ig-batch", type=int, default=32, help="IG path points per pass")
+    parser.add_argument(
+        "--slow-images", type=int, default=None, help="Occlusion / Score-CAM on the first N only"
+    )
+    parser.add_argument(
+        "--engines", default="eager,frozen", help="convsight engines for Occlusion / Score-CAM"
+    )
     args = parser.parse_args()
 
     shared = shared_dir()
@@ -142,15 +149,25 @@ def main() -> None:
     our_s, ours = timed(lambda: Saliency(model).attribute(x, t))
     row("saliency", "captum", "Saliency", their_s, our_s, **agreement(ours, theirs))
 
-    their_s, theirs = timed(lambda: CIntegratedGradients(f).attribute(x, target=t, n_steps=50))
-    our_s, ours = timed(lambda: IntegratedGradients(model).attribute(x, t, steps=50))
+    # captum's default internal_batch_size=None puts all 16 x 50 = 800 path points through the
+    # network at once; on this 24 GB machine that process is killed for memory. So captum runs
+    # with the same chunk as convsight.
+    their_s, theirs = timed(
+        lambda: CIntegratedGradients(f).attribute(
+            x, target=t, n_steps=50, internal_batch_size=args.ig_batch
+        )
+    )
+    our_s, ours = timed(
+        lambda: IntegratedGradients(model).attribute(x, t, steps=50, batch_size=args.ig_batch)
+    )
     row(
         "ig",
         "captum",
-        "IntegratedGradients(n_steps=50), internal_batch_size=None (all 800 rows at once)",
+        f"IntegratedGradients(n_steps=50, internal_batch_size={args.ig_batch}); the default "
+        "(None: 800 rows at once) was killed for memory on this 24 GB machine",
         their_s,
         our_s,
-        convsight_batch_size=32,
+        convsight_batch_size=args.ig_batch,
         **agreement(ours, theirs),
     )
 
@@ -195,7 +212,10 @@ def main() -> None:
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    targets = [ClassifierOutputTarget(i) for i in t]
+    def cam_targets(labels: list[int]) -> list[ClassifierOutputTarget]:
+        return [ClassifierOutputTarget(i) for i in labels]
+
+    targets = cam_targets(t)
     for name, lib_cls, ours_cls in (
         ("gradcam", "GradCAM", GradCAM),
         ("gradcam++", "GradCAMPlusPlus", GradCAMPlusPlus),
@@ -219,17 +239,19 @@ def main() -> None:
     if args.skip_slow:
         return
 
+    if args.slow_images:
+        x, t = x[: args.slow_images], t[: args.slow_images]
+        settings["slow_methods_images"] = len(t)
     occlusion = {"sliding_window_shapes": (3, 16, 16), "strides": (3, 8, 8), "target": t}
-    ours_eager_s, ours_eager = timed(lambda: Occlusion(model).attribute(x, t))
-    ours_frozen_s, ours_frozen = timed(lambda: Occlusion(model).attribute(x, t, engine="frozen"))
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    runs = {}
+    for engine in engines:
+        runs[engine] = timed(lambda engine=engine: Occlusion(model).attribute(x, t, engine=engine))
     for ppe in [int(p) for p in args.occlusion_ppe.split(",")]:
         their_s, theirs = timed(
             lambda ppe=ppe: COcclusion(f).attribute(x, perturbations_per_eval=ppe, **occlusion)
         )
-        for engine, our_s, ours in (
-            ("eager", ours_eager_s, ours_eager),
-            ("frozen", ours_frozen_s, ours_frozen),
-        ):
+        for engine, (our_s, ours) in runs.items():
             row(
                 "occlusion",
                 "captum",
@@ -241,22 +263,21 @@ def main() -> None:
                 **agreement(ours, theirs),
             )
 
-    activations = get_layer(model.module, layer)
     with torch.no_grad():
-        from convsight.layers import forward_to
-
         acts = forward_to(model.module, model.normalize(x), [layer])[layer].flatten(2)
-    constant = (acts.amax(2) == acts.amin(2)).float().mean().item()
-    del activations
-    ours_eager_s, ours_eager = timed(lambda: ScoreCAM(model).heatmap(x, t))
-    ours_frozen_s, ours_frozen = timed(lambda: ScoreCAM(model).heatmap(x, t, engine="frozen"))
+    low, high = acts.amin(2, keepdim=True), acts.amax(2, keepdim=True)
+    constant = (high == low).float().mean().item()
+    distinct = sum(
+        len(torch.unique(((a - lo) / (hi - lo))[(hi > lo).flatten()], dim=0))
+        for a, lo, hi in zip(acts, low, high, strict=True)
+    )
+    runs = {}
+    for engine in engines:
+        runs[engine] = timed(lambda engine=engine: ScoreCAM(model).heatmap(x, t, engine=engine))
     cam = pytorch_grad_cam.ScoreCAM(wrapped, [block])
-    their_s, theirs = timed(lambda: cam(x, targets))
+    their_s, theirs = timed(lambda: cam(x, cam_targets(t)))
     cam.activations_and_grads.release()
-    for engine, our_s, ours in (
-        ("eager", ours_eager_s, ours_eager),
-        ("frozen", ours_frozen_s, ours_frozen),
-    ):
+    for engine, (our_s, ours) in runs.items():
         row(
             "scorecam",
             "pytorch-grad-cam",
@@ -265,7 +286,9 @@ def main() -> None:
             our_s,
             convsight_engine=engine,
             convsight_batch_size=16,
-            constant_channels_shared=round(constant, 3),
+            constant_channel_fraction=round(constant, 3),
+            forward_passes_convsight=distinct + len(t),
+            forward_passes_pytorch_grad_cam=acts.shape[0] * acts.shape[1],
             compared="maps min-max scaled and upsampled as pytorch-grad-cam returns them",
             **agreement(scaled(ours), torch.from_numpy(theirs)),
         )
