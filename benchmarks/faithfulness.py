@@ -149,6 +149,10 @@ def main() -> None:
     parser.add_argument("--occlusion-window", type=int, default=32)
     parser.add_argument("--occlusion-stride", type=int, default=16)
     parser.add_argument("--engine", default="frozen")
+    parser.add_argument(
+        "--merge", action="store_true", help="add to results/faithfulness.json (same settings)"
+    )
+    parser.add_argument("--skip-quantus", action="store_true")
     args = parser.parse_args()
 
     shared = shared_dir()
@@ -180,6 +184,14 @@ def main() -> None:
     }
     methods: dict[str, Any] = {}
     results: dict[str, Any] = {"settings": settings, "methods": methods}
+    if args.merge and (RESULTS / "faithfulness.json").is_file():
+        import json
+
+        previous = json.loads((RESULTS / "faithfulness.json").read_text())
+        methods.update(previous.get("methods", {}))
+        if "quantus" in previous:
+            results["quantus"] = previous["quantus"]
+        settings["merged_runs"] = previous.get("settings", {}).get("merged_runs", 1) + 1
 
     def save() -> None:
         write_result(
@@ -197,18 +209,19 @@ def main() -> None:
 
     total = time.perf_counter()
     # a random map: the floor any method should beat
-    g = torch.Generator().manual_seed(0)
-    noise = torch.rand(x.shape[0], 224, 224, generator=g)
-    began = time.perf_counter()
-    dele = deletion(model, x, noise, predicted, step=args.step, engine=args.engine).auc
-    ins = insertion(model, x, noise, predicted, step=args.step, engine=args.engine).auc
-    methods["random"] = {
-        "deletion_auc": float(dele.mean()),
-        "insertion_auc": float(ins.mean()),
-        "images": x.shape[0],
-        "seconds": {"curves": time.perf_counter() - began},
-    }
-    print("random", methods["random"], flush=True)
+    if "random" not in methods:
+        g = torch.Generator().manual_seed(0)
+        noise = torch.rand(x.shape[0], 224, 224, generator=g)
+        began = time.perf_counter()
+        dele = deletion(model, x, noise, predicted, step=args.step, engine=args.engine).auc
+        ins = insertion(model, x, noise, predicted, step=args.step, engine=args.engine).auc
+        methods["random"] = {
+            "deletion_auc": float(dele.mean()),
+            "insertion_auc": float(ins.mean()),
+            "images": x.shape[0],
+            "seconds": {"curves": time.perf_counter() - began},
+        }
+        print("random", methods["random"], flush=True)
     save()
 
     for name in [m.strip() for m in args.methods.split(",") if m.strip()]:
@@ -224,7 +237,7 @@ def main() -> None:
             step=args.step,
             batch_size=16,
             engine=args.engine,
-            sanity_images=2 if name in EXPENSIVE else args.sanity_images,
+            sanity_images=min(2, args.sanity_images) if name in EXPENSIVE else args.sanity_images,
             sanity_stages=args.sanity_stages,
             ig_steps=args.ig_steps,
             smoothgrad_samples=16,
@@ -255,18 +268,20 @@ def main() -> None:
     quantus_rows = []
     q = min(args.quantus_images, x.shape[0])
     heat = GradCAM(model).heatmap(x[:q], predicted[:q])
-    for values in [int(s) for s in args.quantus_values.split(",") if s.strip()]:
+    values_list = [] if args.skip_quantus else args.quantus_values.split(",")
+    for values in [int(s) for s in values_list if s.strip()]:
         quantus_rows.append(quantus_comparison(model, x[:q], predicted[:q], heat, values))
-    results["quantus"] = {
-        "metric": "quantus.PixelFlipping (deletion) vs convsight.metrics.deletion",
-        "maps": "Grad-CAM at features.18.2, upsampled",
-        "baseline": "black (0) in both",
-        "steps": "quantus flips features_in_step colour values per step (it must divide H*W, "
-        "so not a multiple of 3); convsight flips round(features_in_step / 3) pixels: the same "
-        "number of forward passes; curves agree up to that rounding",
-        "rows": quantus_rows,
-        "insertion": "quantus has no blurred-start insertion metric; not compared",
-    }
+    if quantus_rows:
+        results["quantus"] = {
+            "metric": "quantus.PixelFlipping (deletion) vs convsight.metrics.deletion",
+            "maps": "Grad-CAM at features.18.2, upsampled",
+            "baseline": "black (0) in both",
+            "steps": "quantus flips features_in_step colour values per step (it must divide H*W, "
+            "so not a multiple of 3); convsight flips round(features_in_step / 3) pixels: the same "
+            "number of forward passes; curves agree up to that rounding",
+            "rows": quantus_rows,
+            "insertion": "quantus has no blurred-start insertion metric; not compared",
+        }
     results["total_seconds"] = time.perf_counter() - total
     save()
 
