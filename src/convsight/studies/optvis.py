@@ -10,12 +10,9 @@ import dataclasses
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from convsight.errors import ConvsightError
 from convsight.layers import get_layer
@@ -31,8 +28,9 @@ from convsight.optvis.render import (
     render_classes,
     settings_for,
 )
-from convsight.report import atomic_path, prepare_out_dir, write_figure, write_json, write_npz
+from convsight.report import prepare_out_dir, write_figure, write_json, write_npz
 from convsight.report.grids import image_grid
+from convsight.report.images import write_image
 from convsight.runtime import resolve_device, seed_everything
 
 
@@ -89,15 +87,6 @@ def check_channels(model: Model, layer: str, channels: Sequence[int], size: int 
     objective.check(probe_shapes(model, objective, x), len(channels))
 
 
-def _write_png(path: Path, pixels: torch.Tensor) -> Path:
-    array = (pixels.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    array = array.transpose(1, 2, 0)
-    image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", optimize=True)
-    return path
-
-
 def _summary_rows(result: RenderResult, names: Sequence[str]) -> list[dict[str, Any]]:
     return [
         {"name": name, "objective": float(value), "dead": i in result.dead}
@@ -138,7 +127,7 @@ def maximize(
     title = f"{loaded.card.name} {layer}, preset {preset}, {settings.steps} steps"
     written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
     for c, image in zip(chans, result.images, strict=True):
-        written.append(_write_png(out / f"channel_{c:04d}.png", image))
+        written.append(write_image(out / f"channel_{c:04d}.png", image))
     written.append(write_npz(out / "images.npz", images=result.images, channels=chans))
     summary = {
         "model": loaded.card.name,
@@ -215,7 +204,7 @@ def classviz(
     title = f"{loaded.card.name}, preset {preset}, init {init}, {settings.steps} steps"
     written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
     for i, name, image in zip(indices, names, result.images, strict=True):
-        written.append(_write_png(out / f"class_{i:04d}_{name.replace(' ', '_')}.png", image))
+        written.append(write_image(out / f"class_{i:04d}_{name.replace(' ', '_')}.png", image))
     if start_pixels is not None:
         start_titles = [
             f"mean of {counts.get(i, '?')} image(s): {n}"
