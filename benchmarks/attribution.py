@@ -80,6 +80,13 @@ def main() -> None:
     parser.add_argument("--skip-slow", action="store_true", help="no Occlusion / Score-CAM")
     parser.add_argument("--ig-batch", type=int, default=32, help="IG path points per pass")
     parser.add_argument(
+        "--smoothgrad-rows", type=int, default=16, help="convsight SmoothGrad rows per pass"
+    )
+    parser.add_argument("--only", default="", help="comma-separated methods to run (default all)")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep rows of results/attribution.json"
+    )
+    parser.add_argument(
         "--slow-images", type=int, default=None, help="Occlusion / Score-CAM on the first N only"
     )
     parser.add_argument(
@@ -98,6 +105,19 @@ def main() -> None:
     block = get_layer(model.module, "features.18")  # same output, as a module for the libraries
 
     rows: list[dict[str, Any]] = []
+    only = {m.strip() for m in args.only.split(",") if m.strip()}
+    if args.merge:
+        import json
+
+        from common import RESULTS
+
+        previous = RESULTS / "attribution.json"
+        if previous.is_file():
+            rows.extend(json.loads(previous.read_text())["rows"])
+
+    def wanted(name: str) -> bool:
+        return not only or name in only
+
     settings = {
         "images": [p.name for p, _ in samples],
         "targets": t,
@@ -124,6 +144,7 @@ def main() -> None:
     def row(method: str, library: str, theirs_name: str, their_s: float, our_s: float, **extra):
         entry = {
             "method": method,
+            "images": len(t),
             "library": library,
             "their_call": theirs_name,
             "their_seconds": round(their_s, 3),
@@ -145,69 +166,86 @@ def main() -> None:
     Saliency(model).attribute(x[:2], t[:2])
     CSaliency(f).attribute(x[:2], target=t[:2])
 
-    their_s, theirs = timed(lambda: CSaliency(f).attribute(x, target=t))
-    our_s, ours = timed(lambda: Saliency(model).attribute(x, t))
-    row("saliency", "captum", "Saliency", their_s, our_s, **agreement(ours, theirs))
+    if wanted("saliency"):
+        their_s, theirs = timed(lambda: CSaliency(f).attribute(x, target=t))
+        our_s, ours = timed(lambda: Saliency(model).attribute(x, t))
+        row("saliency", "captum", "Saliency", their_s, our_s, **agreement(ours, theirs))
 
-    # captum's default internal_batch_size=None puts all 16 x 50 = 800 path points through the
-    # network at once; on this 24 GB machine that process is killed for memory. So captum runs
-    # with the same chunk as convsight.
-    their_s, theirs = timed(
-        lambda: CIntegratedGradients(f).attribute(
-            x, target=t, n_steps=50, internal_batch_size=args.ig_batch
+    if wanted("ig"):
+        # captum's default internal_batch_size=None puts all 16 x 50 = 800 path points through the
+        # network at once; on this 24 GB machine that process is killed for memory. So captum runs
+        # with the same chunk as convsight.
+        their_s, theirs = timed(
+            lambda: CIntegratedGradients(f).attribute(
+                x, target=t, n_steps=50, internal_batch_size=args.ig_batch
+            )
         )
-    )
-    our_s, ours = timed(
-        lambda: IntegratedGradients(model).attribute(x, t, steps=50, batch_size=args.ig_batch)
-    )
-    row(
-        "ig",
-        "captum",
-        f"IntegratedGradients(n_steps=50, internal_batch_size={args.ig_batch}); the default "
-        "(None: 800 rows at once) was killed for memory on this 24 GB machine",
-        their_s,
-        our_s,
-        convsight_batch_size=args.ig_batch,
-        **agreement(ours, theirs),
-    )
-
-    torch.manual_seed(0)
-    their_s, theirs = timed(
-        lambda: NoiseTunnel(CSaliency(f)).attribute(
-            x, nt_type="smoothgrad", nt_samples=16, stdevs=0.15, target=t
+        our_s, ours = timed(
+            lambda: IntegratedGradients(model).attribute(x, t, steps=50, batch_size=args.ig_batch)
         )
-    )
-    torch.manual_seed(0)
-    our_s, ours = timed(lambda: SmoothGrad(model).attribute(x, t, samples=16, stdev=0.15))
-    row(
-        "smoothgrad",
-        "captum",
-        "NoiseTunnel(Saliency), 16 samples",
-        their_s,
-        our_s,
-        **agreement(ours, theirs),
-    )
+        row(
+            "ig",
+            "captum",
+            f"IntegratedGradients(n_steps=50, internal_batch_size={args.ig_batch}); the default "
+            "(None: 800 rows at once) was killed for memory on this 24 GB machine",
+            their_s,
+            our_s,
+            convsight_batch_size=args.ig_batch,
+            **agreement(ours, theirs),
+        )
 
-    plain = Saliency(model).attribute(x, t, absolute=False)
-    their_s, theirs = timed(lambda: CGuidedBackprop(wrapped).attribute(x, target=t))
-    our_s, ours = timed(lambda: GuidedBackprop(model).attribute(x, t))
-    row(
-        "guided",
-        "captum",
-        "GuidedBackprop",
-        their_s,
-        our_s,
-        note="captum overrides only nn.ReLU: on MobileNet v2 (ReLU6) it returns the plain gradient",
-        captum_vs_plain_gradient=agreement(theirs, plain),
-        convsight_vs_plain_gradient=agreement(ours, plain),
-        convsight_vs_captum=agreement(ours, theirs),
-    )
+    if wanted("smoothgrad"):
+        torch.manual_seed(0)
+        their_s, theirs = timed(
+            lambda: NoiseTunnel(CSaliency(f)).attribute(
+                x, nt_type="smoothgrad", nt_samples=16, stdevs=0.15, target=t
+            )
+        )
+        torch.manual_seed(0)
+        our_s, ours = timed(
+            lambda: SmoothGrad(model).attribute(
+                x, t, samples=16, stdev=0.15, batch_size=args.smoothgrad_rows
+            )
+        )
+        row(
+            "smoothgrad",
+            "captum",
+            "NoiseTunnel(Saliency), 16 samples (default: all 256 noisy rows in one pass, "
+            "about 20 GB; killed for memory when the machine is busy)",
+            their_s,
+            our_s,
+            **agreement(ours, theirs),
+        )
 
-    their_s, theirs = timed(
-        lambda: LayerGradCam(f, block).attribute(x, target=t, relu_attributions=True)
-    )
-    our_s, ours = timed(lambda: GradCAM(model).attribute(x, t))
-    row("gradcam", "captum", "LayerGradCam(features.18)", their_s, our_s, **agreement(ours, theirs))
+    if wanted("guided"):
+        plain = Saliency(model).attribute(x, t, absolute=False)
+        their_s, theirs = timed(lambda: CGuidedBackprop(wrapped).attribute(x, target=t))
+        our_s, ours = timed(lambda: GuidedBackprop(model).attribute(x, t))
+        row(
+            "guided",
+            "captum",
+            "GuidedBackprop",
+            their_s,
+            our_s,
+            note="captum overrides only nn.ReLU: on MobileNet v2 (ReLU6) = the plain gradient",
+            captum_vs_plain_gradient=agreement(theirs, plain),
+            convsight_vs_plain_gradient=agreement(ours, plain),
+            convsight_vs_captum=agreement(ours, theirs),
+        )
+
+    if wanted("gradcam"):
+        their_s, theirs = timed(
+            lambda: LayerGradCam(f, block).attribute(x, target=t, relu_attributions=True)
+        )
+        our_s, ours = timed(lambda: GradCAM(model).attribute(x, t))
+        row(
+            "gradcam",
+            "captum",
+            "LayerGradCam(features.18)",
+            their_s,
+            our_s,
+            **agreement(ours, theirs),
+        )
 
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -216,25 +254,26 @@ def main() -> None:
         return [ClassifierOutputTarget(i) for i in labels]
 
     targets = cam_targets(t)
-    for name, lib_cls, ours_cls in (
-        ("gradcam", "GradCAM", GradCAM),
-        ("gradcam++", "GradCAMPlusPlus", GradCAMPlusPlus),
-    ):
-        cam = getattr(pytorch_grad_cam, lib_cls)(wrapped, [block])
-        needs_grad = x.clone().requires_grad_(True)  # the model's parameters are frozen
-        their_s, theirs = timed(lambda cam=cam, xx=needs_grad: cam(xx, targets))
-        cam.activations_and_grads.release()
-        method = ours_cls(model)
-        our_s, ours = timed(lambda method=method: method.heatmap(x, t))
-        row(
-            name,
-            "pytorch-grad-cam",
-            f"{lib_cls}([features[-1]])",
-            their_s,
-            our_s,
-            compared="maps min-max scaled and upsampled as pytorch-grad-cam returns them",
-            **agreement(scaled(ours), torch.from_numpy(theirs)),
-        )
+    if wanted("gradcam-lib"):
+        for name, lib_cls, ours_cls in (
+            ("gradcam", "GradCAM", GradCAM),
+            ("gradcam++", "GradCAMPlusPlus", GradCAMPlusPlus),
+        ):
+            cam = getattr(pytorch_grad_cam, lib_cls)(wrapped, [block])
+            needs_grad = x.clone().requires_grad_(True)  # the model's parameters are frozen
+            their_s, theirs = timed(lambda cam=cam, xx=needs_grad: cam(xx, targets))
+            cam.activations_and_grads.release()
+            method = ours_cls(model)
+            our_s, ours = timed(lambda method=method: method.heatmap(x, t))
+            row(
+                name,
+                "pytorch-grad-cam",
+                f"{lib_cls}([features[-1]])",
+                their_s,
+                our_s,
+                compared="maps min-max scaled and upsampled as pytorch-grad-cam returns them",
+                **agreement(scaled(ours), torch.from_numpy(theirs)),
+            )
 
     if args.skip_slow:
         return
@@ -242,56 +281,60 @@ def main() -> None:
     if args.slow_images:
         x, t = x[: args.slow_images], t[: args.slow_images]
         settings["slow_methods_images"] = len(t)
-    occlusion = {"sliding_window_shapes": (3, 16, 16), "strides": (3, 8, 8), "target": t}
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    runs = {}
-    for engine in engines:
-        runs[engine] = timed(lambda engine=engine: Occlusion(model).attribute(x, t, engine=engine))
-    for ppe in [int(p) for p in args.occlusion_ppe.split(",")]:
-        their_s, theirs = timed(
-            lambda ppe=ppe: COcclusion(f).attribute(x, perturbations_per_eval=ppe, **occlusion)
+    if wanted("occlusion"):
+        occlusion = {"sliding_window_shapes": (3, 16, 16), "strides": (3, 8, 8), "target": t}
+        runs = {}
+        for engine in engines:
+            runs[engine] = timed(
+                lambda engine=engine: Occlusion(model).attribute(x, t, engine=engine)
+            )
+        for ppe in [int(p) for p in args.occlusion_ppe.split(",")]:
+            their_s, theirs = timed(
+                lambda ppe=ppe: COcclusion(f).attribute(x, perturbations_per_eval=ppe, **occlusion)
+            )
+            for engine, (our_s, ours) in runs.items():
+                row(
+                    "occlusion",
+                    "captum",
+                    f"Occlusion(perturbations_per_eval={ppe})" + (" [default]" if ppe == 1 else ""),
+                    their_s,
+                    our_s,
+                    convsight_engine=engine,
+                    convsight_batch_size=16,
+                    **agreement(ours, theirs),
+                )
+
+    if wanted("scorecam"):
+        with torch.no_grad():
+            acts = forward_to(model.module, model.normalize(x), [layer])[layer].flatten(2)
+        low, high = acts.amin(2, keepdim=True), acts.amax(2, keepdim=True)
+        constant = (high == low).float().mean().item()
+        distinct = sum(
+            len(torch.unique(((a - lo) / (hi - lo))[(hi > lo).flatten()], dim=0))
+            for a, lo, hi in zip(acts, low, high, strict=True)
         )
+        runs = {}
+        for engine in engines:
+            runs[engine] = timed(lambda engine=engine: ScoreCAM(model).heatmap(x, t, engine=engine))
+        cam = pytorch_grad_cam.ScoreCAM(wrapped, [block])
+        their_s, theirs = timed(lambda: cam(x, cam_targets(t)))
+        cam.activations_and_grads.release()
         for engine, (our_s, ours) in runs.items():
             row(
-                "occlusion",
-                "captum",
-                f"Occlusion(perturbations_per_eval={ppe})" + (" [default]" if ppe == 1 else ""),
+                "scorecam",
+                "pytorch-grad-cam",
+                "ScoreCAM([features[-1]]), batch_size 16 [default]",
                 their_s,
                 our_s,
                 convsight_engine=engine,
                 convsight_batch_size=16,
-                **agreement(ours, theirs),
+                constant_channel_fraction=round(constant, 3),
+                forward_passes_convsight=distinct + len(t),
+                forward_passes_pytorch_grad_cam=acts.shape[0] * acts.shape[1],
+                compared="maps min-max scaled and upsampled as pytorch-grad-cam returns them",
+                **agreement(scaled(ours), torch.from_numpy(theirs)),
             )
-
-    with torch.no_grad():
-        acts = forward_to(model.module, model.normalize(x), [layer])[layer].flatten(2)
-    low, high = acts.amin(2, keepdim=True), acts.amax(2, keepdim=True)
-    constant = (high == low).float().mean().item()
-    distinct = sum(
-        len(torch.unique(((a - lo) / (hi - lo))[(hi > lo).flatten()], dim=0))
-        for a, lo, hi in zip(acts, low, high, strict=True)
-    )
-    runs = {}
-    for engine in engines:
-        runs[engine] = timed(lambda engine=engine: ScoreCAM(model).heatmap(x, t, engine=engine))
-    cam = pytorch_grad_cam.ScoreCAM(wrapped, [block])
-    their_s, theirs = timed(lambda: cam(x, cam_targets(t)))
-    cam.activations_and_grads.release()
-    for engine, (our_s, ours) in runs.items():
-        row(
-            "scorecam",
-            "pytorch-grad-cam",
-            "ScoreCAM([features[-1]]), batch_size 16 [default]",
-            their_s,
-            our_s,
-            convsight_engine=engine,
-            convsight_batch_size=16,
-            constant_channel_fraction=round(constant, 3),
-            forward_passes_convsight=distinct + len(t),
-            forward_passes_pytorch_grad_cam=acts.shape[0] * acts.shape[1],
-            compared="maps min-max scaled and upsampled as pytorch-grad-cam returns them",
-            **agreement(scaled(ours), torch.from_numpy(theirs)),
-        )
 
 
 if __name__ == "__main__":
