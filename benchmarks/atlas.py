@@ -9,7 +9,6 @@ Writes benchmarks/results/atlas.json: total time, time per channel, per layer.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -28,45 +27,57 @@ def main() -> None:
     args = parser.parse_args()
     shared = shared_dir()
     layers = args.layers.split(",")
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "atlas"
-        start = time.perf_counter()
-        summary = build_atlas(
-            "vgg16",
-            layers,
-            out,
-            weights=shared / "models" / "vgg16_hed_features.pt",
-            dataset=shared / "data" / "imagenet-samples",
-            top_k=9,
-            presets=["robust"],
-            steps=args.steps,
-            size=args.size,
-            batch=args.batch,
-            show_progress=False,
-        )
-        wall = time.perf_counter() - start
-        files = sum(1 for p in out.rglob("*") if p.is_file())
-        pages = sum(1 for _ in out.rglob("*.html"))
-        index = json.loads((out / "atlas.json").read_text())
-    write_result(
-        "atlas",
-        {
-            "benchmark": "convsight atlas of VGG16 (HED conv stack) layers, robust preset",
-            "layers": layers,
-            "channels": summary["channels"],
-            "steps": args.steps,
-            "size": args.size,
-            "batch": args.batch,
-            "dataset_images": summary["dataset_size"],
-            "top_k": 9,
-            "wall_seconds": wall,
-            "render_and_pages_seconds": summary["seconds_this_run"],
-            "seconds_per_channel": wall / summary["channels"],
-            "files": files,
-            "pages": pages,
-            "dead_per_layer": {row["name"]: len(row["dead"]) for row in index["layers"]},
-        },
-    )
+        began = time.perf_counter()
+        # One layer at a time into the same site (the atlas resumes), results after each, so
+        # a run stopped midway still reports the layers it finished.
+        for i in range(len(layers)):
+            start = time.perf_counter()
+            summary = build_atlas(
+                "vgg16",
+                layers[: i + 1],
+                out,
+                weights=shared / "models" / "vgg16_hed_features.pt",
+                dataset=shared / "data" / "imagenet-samples",
+                top_k=9,
+                presets=["robust"],
+                steps=args.steps,
+                size=args.size,
+                batch=args.batch,
+                show_progress=False,
+            )
+            seconds = time.perf_counter() - start
+            channels = summary["rendered_this_run"]
+            rows.append(
+                {
+                    "layer": layers[i],
+                    "channels": channels,
+                    "seconds": seconds,
+                    "seconds_per_channel": seconds / max(channels, 1),
+                }
+            )
+            print(rows[-1], flush=True)
+            total = time.perf_counter() - began
+            write_result(
+                "atlas",
+                {
+                    "benchmark": "convsight atlas of VGG16 (HED conv stack), robust preset",
+                    "layers_asked": layers,
+                    "layers_done": [r["layer"] for r in rows],
+                    "steps": args.steps,
+                    "size": args.size,
+                    "batch": args.batch,
+                    "dataset_images": summary["dataset_size"],
+                    "top_k": 9,
+                    "per_layer": rows,
+                    "channels": sum(r["channels"] for r in rows),
+                    "wall_seconds": total,
+                    "seconds_per_channel": total / max(sum(r["channels"] for r in rows), 1),
+                    "pages": sum(1 for _ in out.rglob("*.html")),
+                },
+            )
 
 
 if __name__ == "__main__":
