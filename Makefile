@@ -66,6 +66,7 @@ format: $(VENV)/.installed-test
 # tools, so it goes in without its dependencies, keeping torch as it is.
 .PHONY: bench-deps
 bench-deps: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/pip install --quiet --no-deps torch-lucent==0.1.8 kornia==0.4.1
 	$(BIN)/pip install --quiet tqdm decorator ipython
 
