@@ -62,7 +62,7 @@ class Plan:
 
 
 FULL = Plan(10, 16, None, None, None, 5, 224, 224)
-QUICK = Plan(2, 6, 64, 128, 96, 3, 64, 96)
+QUICK = Plan(3, 8, 128, 160, 128, 3, 64, 96)
 
 
 def _short(settings: dict[str, Any]) -> str:
