@@ -112,24 +112,12 @@ def make_subset(
         raise ConvsightError(
             f"fewer than two usable classes in {source}: " + "; ".join(scan.missing or ["none"])
         )
-    files = scan.files
-    if per_class is not None:
-        files = {
-            c: sorted(random.Random(f"{seed}:{c}").sample(p, min(per_class, len(p))))
-            for c, p in files.items()
-        }
+    files = _sample(scan.files, per_class, seed) if per_class is not None else scan.files
     splits = split_files(files, test_fraction, seed)
     out = prepare_out_dir(out)
-    entries = []
-    for split, by_class in splits.items():
-        for name, paths in by_class.items():
-            for path in paths:
-                dest = out / split / safe_name(name) / path.name
-                with atomic_path(dest) as tmp:
-                    shutil.copyfile(path, tmp)
-                entries.append(
-                    {"split": split, "class": name, "source": str(path), "path": str(dest)}
-                )
+    entries = _write_splits(
+        out, splits, lambda path: path.name, str, lambda path, tmp: shutil.copyfile(path, tmp)
+    )
     return _write_manifest(
         out,
         source,
@@ -158,32 +146,21 @@ def _fashion_subset(
             f"classes: {', '.join(FASHION_CLASSES)}"
         )
     images, labels = load_mnist("train", folder)
-    chosen = {}
+    by_class = {}
     for name in classes:
         label = lowered.index(name.lower())
-        indices = (labels == label).nonzero().flatten().tolist()
-        chosen[FASHION_CLASSES[label]] = sorted(
-            random.Random(f"{seed}:{name}").sample(indices, min(per_class, len(indices)))
-        )
-    splits = split_files(chosen, test_fraction, seed)
+        by_class[FASHION_CLASSES[label]] = (labels == label).nonzero().flatten().tolist()
+    splits = split_files(_sample(by_class, per_class, seed), test_fraction, seed)
     out = prepare_out_dir(out)
     from PIL import Image
 
-    entries = []
-    for split, by_class in splits.items():
-        for name, indices in by_class.items():
-            for index in indices:
-                dest = out / split / safe_name(name) / f"{index:05d}.png"
-                with atomic_path(dest) as tmp:
-                    Image.fromarray(images[index].numpy()).save(tmp, format="PNG")
-                entries.append(
-                    {
-                        "split": split,
-                        "class": name,
-                        "source": f"fashion-mnist train[{index}]",
-                        "path": str(dest),
-                    }
-                )
+    entries = _write_splits(
+        out,
+        splits,
+        lambda index: f"{index:05d}.png",
+        lambda index: f"fashion-mnist train[{index}]",
+        lambda index, tmp: Image.fromarray(images[index].numpy()).save(tmp, format="PNG"),
+    )
     settings = {
         "classes": classes,
         "per_class": per_class,
@@ -193,6 +170,29 @@ def _fashion_subset(
     return _write_manifest(
         out, f"Fashion-MNIST idx files in {folder}", splits, entries, [], [], settings
     )
+
+
+def _sample(items: dict[str, list], per_class: int, seed: int) -> dict[str, list]:
+    """At most ``per_class`` items of each class, a seeded choice."""
+    return {
+        c: sorted(random.Random(f"{seed}:{c}").sample(v, min(per_class, len(v))))
+        for c, v in items.items()
+    }
+
+
+def _write_splits(out: Path, splits, file_name, source, write) -> list[dict[str, str]]:
+    """Write every item to ``out/<split>/<class>/<file_name(item)>`` whole; the manifest rows."""
+    entries = []
+    for split, by_class in splits.items():
+        for name, items in by_class.items():
+            for item in items:
+                dest = out / split / safe_name(name) / file_name(item)
+                with atomic_path(dest) as tmp:
+                    write(item, tmp)
+                entries.append(
+                    {"split": split, "class": name, "source": source(item), "path": str(dest)}
+                )
+    return entries
 
 
 def _write_manifest(out, source, splits, entries, skipped, missing, settings) -> dict[str, Any]:
