@@ -118,7 +118,12 @@ def open_page(browser, url):
 
 
 def assert_images_loaded(page):
+    """Every <img> decodes to a real picture, lazy ones included (scrolled into view first)."""
+    images = page.query_selector_all("img")
+    assert images, "no images on the page"
+    for image in images:
+        image.scroll_into_view_if_needed()
+    page.wait_for_function("[...document.images].every(i => i.complete)", timeout=15_000)
     sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.src, e.naturalWidth])")
-    assert sizes, "no images on the page"
     broken = [src for src, width in sizes if width == 0]
     assert not broken, broken
