@@ -537,7 +537,11 @@ CamLayerOpt = Annotated[
 ]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass in batched work.")]
 EngineOpt = Annotated[
-    str, typer.Option(help="eager, or frozen (a traced copy: faster occlusion / Score-CAM).")
+    str,
+    typer.Option(
+        help="auto (incremental inference for occlusion, else eager), eager, or frozen "
+        "(a traced copy: faster Score-CAM / deletion / insertion)."
+    ),
 ]
 
 
@@ -559,7 +563,7 @@ def saliency_cmd(
     ig_steps: Annotated[int, typer.Option(min=1, help="Integrated Gradients steps.")] = 50,
     smoothgrad_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad samples.")] = 16,
     batch_size: BatchOpt = 16,
-    engine: EngineOpt = "eager",
+    engine: EngineOpt = "auto",
     out: OutOpt = Path("runs/saliency"),
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
@@ -602,7 +606,7 @@ def evaluate_cmd(
     sanity_images: Annotated[int, typer.Option(help="Images for the sanity check.")] = 4,
     sanity_stages: Annotated[int, typer.Option(help="Randomization stages with a map.")] = 8,
     batch_size: BatchOpt = 16,
-    engine: EngineOpt = "eager",
+    engine: EngineOpt = "auto",
     out: OutOpt = Path("runs/evaluate"),
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,

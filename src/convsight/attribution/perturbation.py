@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
-from convsight.attribution.base import Method, forward_scores
+from convsight.attribution.base import Method, _state_key, chunks, forward_scores, select
+from convsight.attribution.incremental import IncrementalNet, Patch, materialize
 from convsight.errors import ConvsightError
+from convsight.models import Model
 
 
 def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
@@ -17,19 +20,25 @@ def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def window_masks(
+def window_starts(
     size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]
-) -> torch.Tensor:
-    """One boolean H x W mask per window position (row-major), covering the whole image.
-
-    Windows start every ``stride`` pixels; the last one in each direction may hang over the
-    edge (it is cut), so every pixel is covered at least once.
-    """
+) -> tuple[list[int], list[int]]:
+    """Top rows and left columns of the windows: every ``stride`` pixels, the last one may hang
+    over the edge (it is cut there), so every pixel is covered at least once."""
     (h, w), (wh, ww), (sh, sw) = size, window, stride
     if wh > h or ww > w:
         raise ConvsightError(f"occlusion window {wh}x{ww} is larger than the image {h}x{w}")
     ys = [i * sh for i in range(math.ceil((h - wh) / sh) + 1)]
     xs = [i * sw for i in range(math.ceil((w - ww) / sw) + 1)]
+    return ys, xs
+
+
+def window_masks(
+    size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]
+) -> torch.Tensor:
+    """One boolean H x W mask per window position (row-major), covering the whole image."""
+    (h, w), (wh, ww) = size, window
+    ys, xs = window_starts(size, window, stride)
     masks = torch.zeros(len(ys) * len(xs), h, w, dtype=torch.bool)
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
@@ -42,7 +51,10 @@ class Occlusion(Method):
 
     https://arxiv.org/abs/1311.2901 — each pixel gets the mean drop over the windows that cover
     it. Windows of all images are batched: ``batch_size`` occluded images per forward pass.
-    ``engine="frozen"`` runs a traced, frozen copy of the network (faster on CPU).
+    ``engine``: "incremental" (the default) recomputes only the part of each feature map a
+    window changes (see :mod:`convsight.attribution.incremental`; exact, falls back to "eager"
+    for a network ``torch.fx`` cannot trace), "frozen" runs a traced, frozen copy of the whole
+    network, "eager" the module itself.
     """
 
     name = "occlusion"
@@ -57,13 +69,32 @@ class Occlusion(Method):
         stride: int | tuple[int, int] = 8,
         baseline: float | torch.Tensor = 0.0,
         batch_size: int = 16,
-        engine: str = "eager",
+        engine: str = "incremental",
     ) -> torch.Tensor:
+        if engine not in ENGINES:
+            raise ConvsightError(f"unknown engine '{engine}' ({', '.join(ENGINES)})")
         n, c, h, w = inputs.shape
-        masks = window_masks((h, w), _pair(window, "window"), _pair(stride, "stride"))
-        masks = masks.to(inputs.device)
+        size, win = (h, w), _pair(window, "window")
+        masks = window_masks(size, win, _pair(stride, "stride")).to(inputs.device)
         count = masks.shape[0]
         base = torch.as_tensor(baseline, dtype=inputs.dtype, device=inputs.device)
+        drop = None
+        if engine == "incremental":
+            net = incremental_net(self.model)
+            if net is not None:
+                drop = _incremental_drops(
+                    self.model, net, inputs, targets, masks, win, base, batch_size
+                )
+        if drop is None:
+            drop = self._full_drops(inputs, targets, masks, base, batch_size, engine)
+        flat = masks.view(count, h * w).to(inputs.dtype)
+        attribution = (drop.to(inputs.dtype) @ flat) / flat.sum(0).clamp(min=1)
+        return attribution.view(n, 1, h, w).expand(n, c, h, w).contiguous()
+
+    def _full_drops(self, inputs, targets, masks, base, batch_size, engine) -> torch.Tensor:
+        """N x windows score drops, every occluded image through the whole network."""
+        engine = "eager" if engine == "incremental" else engine
+        n, count = inputs.shape[0], masks.shape[0]
 
         def build(part: slice) -> torch.Tensor:
             rows = torch.arange(part.start, part.stop, device=inputs.device)
@@ -79,7 +110,69 @@ class Occlusion(Method):
             total=n * count,
             engine=engine,
         )
-        drop = (original.repeat_interleave(count) - occluded).view(n, count).to(inputs.device)
-        flat = masks.view(count, h * w).to(inputs.dtype)
-        attribution = (drop.to(inputs.dtype) @ flat) / flat.sum(0).clamp(min=1)
-        return attribution.view(n, 1, h, w).expand(n, c, h, w).contiguous()
+        return (original.repeat_interleave(count) - occluded).view(n, count).to(inputs.device)
+
+
+ENGINES = ("incremental", "frozen", "eager")
+_INCREMENTAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def incremental_net(model: Model) -> IncrementalNet | None:
+    """The model's network as an :class:`IncrementalNet` (cached until a parameter changes),
+    or None when ``torch.fx`` cannot trace it."""
+    module = model.module
+    key = _state_key(module)
+    cached = _INCREMENTAL.get(module)
+    if cached is None or cached[0] != key:
+        try:
+            net: IncrementalNet | None = IncrementalNet(module)
+        except Exception:  # noqa: BLE001 - untraceable (control flow, ...): run it whole
+            net = None
+        cached = (key, net)
+        _INCREMENTAL[module] = cached
+    return cached[1]
+
+
+def _incremental_drops(
+    model: Model,
+    net: IncrementalNet,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    masks: torch.Tensor,
+    window: tuple[int, int],
+    base: torch.Tensor,
+    batch_size: int,
+) -> torch.Tensor | None:
+    """N x windows score drops by incremental inference; None if a check against the whole
+    network fails (then the caller runs it whole)."""
+    n, _, h, w = inputs.shape
+    count = masks.shape[0]
+    (wh, ww) = window
+    # each window's box: window-sized, moved inside the image where the window hangs over
+    corner = masks.flatten(1).float().argmax(1)
+    top = (corner // w).clamp(max=h - wh)
+    left = (corner % w).clamp(max=w - ww)
+    rows = top[:, None] + torch.arange(wh, device=top.device)
+    cols = left[:, None] + torch.arange(ww, device=top.device)
+    inside = masks[torch.arange(count)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    drops = torch.empty(n, count)
+    with torch.inference_mode():
+        for i in range(n):
+            image = inputs[i : i + 1].to(model.device)
+            x = model.normalize(image)
+            clean = net.clean_values(x)
+            original = float(net.clean_output(clean)[0, targets[i]])
+            for part in chunks(count, batch_size):
+                crops = image[0][:, rows[part][:, :, None], cols[part][:, None, :]]
+                crops = torch.where(inside[part][None], base, crops).permute(1, 0, 2, 3)
+                patch = Patch(x, model.normalize(crops), top[part], left[part])
+                scores = select(
+                    net.forward(clean, patch), targets[i].expand(part.stop - part.start)
+                )
+                if i == 0 and part.start == 0:  # check the first rows against the whole network
+                    whole = model.module(materialize(patch)[:4])
+                    expected = select(whole, targets[i].expand(whole.shape[0]))
+                    if not torch.allclose(scores[:4], expected, rtol=1e-3, atol=1e-4):
+                        return None
+                drops[i, part] = original - scores.float().cpu()
+    return drops.to(inputs.device)

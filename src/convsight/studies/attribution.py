@@ -28,6 +28,7 @@ from convsight.runtime import seed_everything
 
 DEFAULT_METHODS = ("saliency", "guided", "ig", "gradcam")
 METRICS = ("deletion", "insertion", "sanity")
+ENGINES = ("auto", "eager", "frozen")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
@@ -39,14 +40,15 @@ def method_options(
     occlusion_window: int = 16,
     occlusion_stride: int = 8,
     batch_size: int = 16,
-    engine: str = "eager",
+    engine: str = "auto",
 ) -> dict[str, Any]:
-    """The options the command line gives each method."""
+    """The options the command line gives each method. ``engine`` "auto": incremental
+    inference for occlusion, the module itself (eager) for everything else."""
     name = cls.name
     if issubclass(cls, CAM):
         options: dict[str, Any] = {"layer": layer}
         if name == "scorecam":
-            options.update(batch_size=batch_size, engine=engine)
+            options.update(batch_size=batch_size, engine=forward_engine(engine))
         return options
     if name == "ig":
         return {"steps": ig_steps, "batch_size": batch_size}
@@ -57,9 +59,14 @@ def method_options(
             "window": occlusion_window,
             "stride": occlusion_stride,
             "batch_size": batch_size,
-            "engine": engine,
+            "engine": "incremental" if engine == "auto" else engine,
         }
     return {}
+
+
+def forward_engine(engine: str) -> str:
+    """The engine for plain forward passes (Score-CAM, deletion / insertion)."""
+    return "eager" if engine == "auto" else engine
 
 
 def _check_methods(model: Model, methods: Sequence[str], layer: str | None) -> list[type[Method]]:
@@ -80,8 +87,8 @@ def _check_methods(model: Model, methods: Sequence[str], layer: str | None) -> l
 def _check_settings(batch_size: int, ig_steps: int, samples: int, engine: str) -> None:
     if batch_size < 1 or ig_steps < 1 or samples < 1:
         raise ConvsightError("batch size, IG steps and SmoothGrad samples must be at least 1")
-    if engine not in ("eager", "frozen"):
-        raise ConvsightError(f"unknown engine '{engine}' (eager or frozen)")
+    if engine not in ENGINES:
+        raise ConvsightError(f"unknown engine '{engine}' ({', '.join(ENGINES)})")
 
 
 def _targets(model: Model, target: Sequence[str] | None, count: int) -> list[int] | None:
@@ -107,7 +114,7 @@ def write_saliency(
     ig_steps: int = 50,
     smoothgrad_samples: int = 16,
     batch_size: int = 16,
-    engine: str = "eager",
+    engine: str = "auto",
     show_progress: bool = True,
 ) -> list[Path]:
     """A panel per image (the image, then each method's map over it), the maps and a summary.
@@ -210,7 +217,7 @@ def evaluate_methods(
     step: int = 224,
     chunk: int = 8,
     batch_size: int = 16,
-    engine: str = "eager",
+    engine: str = "auto",
     sanity_images: int = 4,
     sanity_stages: int = 8,
     seed: int = 0,
@@ -246,7 +253,15 @@ def evaluate_methods(
                 for kind in aucs:
                     began = time.perf_counter()
                     run = deletion if kind == "deletion" else insertion
-                    curves = run(model, x, heat, t, step=step, batch_size=batch_size, engine=engine)
+                    curves = run(
+                        model,
+                        x,
+                        heat,
+                        t,
+                        step=step,
+                        batch_size=batch_size,
+                        engine=forward_engine(engine),
+                    )
                     seconds[kind] += time.perf_counter() - began
                     aucs[kind].extend(curves.auc.tolist())
                     sums[kind] = sums.get(kind, 0) + curves.scores.sum(0)
@@ -289,7 +304,7 @@ def write_evaluation(
     step: int = 224,
     limit: int | None = None,
     batch_size: int = 16,
-    engine: str = "eager",
+    engine: str = "auto",
     sanity_images: int = 4,
     sanity_stages: int = 8,
     out: Path = Path("runs/evaluate"),
