@@ -12,13 +12,16 @@ top-5 hit rates. Recipes:
   the RMS-normalized gradient, logit - 0.1 L1).
 * ``lucent-style``: Fourier + decorrelated colour, Lucent's transforms, Adam 0.1, logit (the
   best Lucent-style recipe of the issue's trial).
-* ``robust``: convsight's robust preset for classes (adds cosine decay from 0.1, a wider zoom
-  0.75-1.25, class score minus mean score), at 64 and 128 steps; and ablations that remove one
-  ingredient each (on ``--ablation-classes`` classes, one seed).
+* ``robust``: convsight's robust preset for classes (CLASS_PRESETS["robust"]: a wide random
+  zoom 0.5-1.5, Adam at a constant 0.05, class score minus mean score), at 128 and 64 steps; and
+  ablations (:data:`ABLATIONS`) that change one ingredient each, on ``--ablation-classes``
+  classes with every seed (the robust 128-step rows on those classes are their baseline).
 * ``torch-lucent``: torch-lucent 0.1.8's ``render_vis`` on the same logit, the model wrapped
   with its own normalization (``preprocess=False``), defaults otherwise (Adam 0.05).
 
-Each model gets its own normalization. Writes benchmarks/results/classviz_quality.json.
+Every row reports forward/backward passes per image (steps x views). Each model gets its own
+normalization. Writes benchmarks/results/classviz_quality.json (``--name``). Recipes were
+screened with benchmarks/classviz_screen.py (other seeds, the ablation classes).
 """
 
 from __future__ import annotations
@@ -39,6 +42,16 @@ from convsight.models import load_model
 from convsight.optvis import render_classes
 
 PAPER_CLASSES = (1, 9, 55, 250, 951)  # goldfish, ostrich, green snake, Siberian husky, lemon
+
+# Each ablation changes one ingredient of the robust class preset (CLASS_PRESETS["robust"]:
+# zoom 0.5-1.5, constant Adam 0.05, margin) back to what it was before: name, overrides.
+ABLATIONS: list[tuple[str, dict[str, Any]]] = [
+    ("wide zoom (0.75-1.25)", dict(scales=tuple(round(0.75 + 0.05 * i, 2) for i in range(11)))),
+    ("wide zoom (Lucid's 0.9-1.1)", dict(scales=tuple(1 + (i - 5) / 50 for i in range(11)))),
+    ("lr 0.05 (0.1)", dict(lr=0.1)),
+    ("constant lr (cosine from 0.05)", dict(lr_schedule="cosine")),
+    ("margin (logit)", dict(class_objective="logit")),
+]
 
 
 def pick_classes(samples: list[tuple[Any, int]], count: int) -> list[int]:
@@ -99,11 +112,21 @@ def lucent_classes(
     return {s: torch.stack(v) for s, v in out.items()}
 
 
-def summarize(rows: list[dict[str, Any]], name: str, steps: int, judged: dict, n: int, seconds):
+def summarize(
+    rows: list[dict[str, Any]],
+    name: str,
+    steps: int,
+    judged: dict,
+    n: int,
+    seconds: float,
+    views: int = 1,
+):
     row = {
         "recipe": name,
         "steps": steps,
-        "classes": n,
+        "views": views,
+        "passes": steps * views,  # forward/backward passes per image
+        "images": n,  # classes x seeds
         "top1": int(sum(judged["top1"])),
         "top5": int(sum(judged["top5"])),
         "top1_rate": float(np.mean(judged["top1"])),
@@ -113,7 +136,8 @@ def summarize(rows: list[dict[str, Any]], name: str, steps: int, judged: dict, n
     }
     rows.append({**row, **{k: judged[k] for k in ("top1", "top5")}})
     print(
-        f"{name:38s} steps {steps:4d}: top-1 {row['top1']:3d}/{n}  top-5 {row['top5']:3d}/{n}"
+        f"{name:38s} steps {steps:4d} x {views} views: top-1 {row['top1']:3d}/{n}"
+        f"  top-5 {row['top5']:3d}/{n}"
         f"  ({seconds:.0f} s)",
         flush=True,
     )
@@ -158,36 +182,17 @@ def main() -> None:
         scales=tuple(1 + (i - 5) / 50 for i in range(11)),
         class_objective="logit",
     )
+    robust = dict(preset="robust")
     recipes = [
         # name, render kwargs, steps, snapshots, classes, seeds
         ("paper", dict(preset="paper"), 20, (), classes, seeds[:1]),
         ("lucent-style adam 0.1", {**lucent_style, "lr": 0.1}, 128, (64,), classes, seeds),
-        ("robust", dict(preset="robust"), 128, (), classes, seeds),
-        *([] if args.skip_64 else [("robust", dict(preset="robust"), 64, (), classes, seeds[:1])]),
-        (
-            "robust - margin (logit)",
-            dict(preset="robust", class_objective="logit"),
-            128,
-            (),
-            ablation_classes,
-            seeds[:1],
-        ),
-        (
-            "robust - cosine (constant 0.1)",
-            dict(preset="robust", lr_schedule="constant"),
-            128,
-            (),
-            ablation_classes,
-            seeds[:1],
-        ),
-        (
-            "robust - wide zoom (0.9-1.1)",
-            dict(preset="robust", scales=tuple(1 + (i - 5) / 50 for i in range(11))),
-            128,
-            (),
-            ablation_classes,
-            seeds[:1],
-        ),
+        ("robust", robust, 128, (), classes, seeds),
+        *([] if args.skip_64 else [("robust", robust, 64, (), classes, seeds)]),
+        *[
+            (f"robust - {name}", {**robust, **change}, 128, (), ablation_classes, seeds)
+            for name, change in ABLATIONS
+        ],
     ]
     only = {s.strip() for s in args.only.split(",") if s.strip()}
 
@@ -211,6 +216,7 @@ def main() -> None:
         if only and name not in only:
             continue
         judged: dict[int, dict[str, list]] = {}
+        base: dict[str, list] = {"top1": [], "top5": [], "judge_prob": []}
         start = time.perf_counter()
         for seed in seed_list:
             result = render_classes(
@@ -218,17 +224,20 @@ def main() -> None:
             )
             for s, images in [*result.snapshots.items(), (steps, result.images)]:
                 hits = judge.hits(images, which)
-                if name == "robust" and steps == 128 and seed == seed_list[0]:
+                if name == "robust" and steps == 128:
                     # the ablations' baseline: the same rows (per-row seeds) on their classes
                     keep = [which.index(c) for c in ablation_classes]
-                    base = {k: [v[i] for i in keep] for k, v in hits.items()}
-                    summarize(rows, "robust (ablation classes)", s, base, len(keep), 0)
+                    for k, v in hits.items():
+                        base[k].extend(v[i] for i in keep)
                 acc = judged.setdefault(s, {"top1": [], "top5": [], "judge_prob": []})
                 for k in acc:
                     acc[k].extend(hits[k])
         seconds = time.perf_counter() - start
+        views = result.settings["views"]
+        if base["top1"]:
+            summarize(rows, "robust (ablation classes)", steps, base, len(base["top1"]), 0, views)
         for s in sorted(judged):
-            summarize(rows, name, s, judged[s], len(judged[s]["top1"]), seconds)
+            summarize(rows, name, s, judged[s], len(judged[s]["top1"]), seconds, views)
         save()
     if not args.skip_lucent and (not only or "torch-lucent" in only):
         start = time.perf_counter()

@@ -44,6 +44,7 @@ def plain(**changes):
         obj.layer("features.3"),
         obj.class_logit([0, 2]),
         obj.class_margin([1, 3]),
+        obj.class_log_softmax([2, 0]),
         obj.direction("features.3", torch.linspace(-1, 1, 16)),
         obj.diversity("features.3"),
         obj.channel("features.3", 0) - 0.5 * obj.activation_penalty(["features.0"]),
@@ -91,6 +92,66 @@ def test_batched_rendering_equals_one_at_a_time(tiny):
     classes = render_classes(tiny, ["cat", 3], steps=4, size=32, seed=1)
     dog = render_classes(tiny, [3], steps=4, size=32, seed=1)
     assert torch.allclose(classes.images[1], dog.images[0], atol=1e-5)
+
+
+def test_log_softmax_class_objective_is_the_log_probability(tiny):
+    x = torch.randn(2, 3, 32, 32)
+    logits = tiny.module(x)
+    ctx = Context({OUTPUT: logits}, tiny.denormalize(x), x)
+    value = obj.class_log_softmax([3, 1])(ctx)
+    expected = logits.softmax(1)[[0, 1], [3, 1]].log()
+    assert torch.allclose(value, expected, atol=1e-5)
+    assert (value < 0).all()
+    a = render_classes(tiny, [1], steps=3, size=32, class_objective="logsoftmax")
+    b = render_classes(tiny, [1], steps=3, size=32, class_objective="margin")
+    assert a.description.startswith("log_softmax(") and not torch.allclose(a.images, b.images)
+    with pytest.raises(ConvsightError, match="unknown class objective"):
+        settings_for("robust", target="class", class_objective="softmax")
+
+
+def test_pixel_noise_is_seeded_per_row_and_changes_the_render(tiny):
+    from convsight.optvis.transforms import Noise, RowRandom, standard_transforms
+
+    assert [t.describe() for t in standard_transforms(0, 0, (), (), 0, noise=0.1)] == ["noise(0.1)"]
+    assert standard_transforms(0, 0, (), (), 0) == []
+    x = torch.full((4, 3, 8, 8), 0.5)  # 2 rows x 2 views, batch row = view * 2 + row
+    a = Noise(0.1)(x, RowRandom(row_generators([4, 5]), views=2))
+    b = Noise(0.1)(x[:2], RowRandom(row_generators([4]), views=2))
+    assert a.shape == (4, 3, 8, 8)
+    assert torch.equal(a[[0, 2]], b)  # row 0's two views whatever the other rows
+    assert 0.07 < float((a - x).std()) < 0.13
+    settings = dict(steps=4, size=32, seed=2, pad=0, jitter=0, jitter_after=0)
+    settings.update(scales=(), angles=())
+    quiet = render_classes(tiny, [0, 3], **settings)
+    noisy = render_classes(tiny, [0, 3], noise=0.2, **settings)
+    again = render_classes(tiny, [0, 3], noise=0.2, **settings)
+    alone = render_classes(tiny, [3], noise=0.2, **settings)
+    assert not torch.allclose(quiet.images, noisy.images)
+    assert torch.equal(noisy.images, again.images)
+    assert torch.allclose(noisy.images[1], alone.images[0], atol=1e-5)
+    with pytest.raises(ConvsightError, match="noise must be >= 0"):
+        settings_for("robust", noise=-0.1)
+
+
+def test_maco_param_optimizes_only_the_phase(tiny):
+    from convsight.optvis.param import PhaseImage
+
+    result = render_classes(tiny, [1, 2], steps=6, size=32, param="maco", decorrelate=False)
+    assert (result.trace[-1] > result.trace[0]).all()
+    gens = row_generators([0, 1])
+    maco = make_param(tiny, settings_for("robust", param="maco", decorrelate=False), gens)
+    assert isinstance(maco, PhaseImage) and maco.params == [maco.phase]
+    for pixels in (maco.pixels(), result.images.clamp(1e-6, 1 - 1e-6)):
+        t = torch.logit(pixels.double())
+        assert torch.allclose(t.flatten(1).mean(1), torch.zeros(2, dtype=t.dtype), atol=1e-3)
+        assert torch.allclose(t.flatten(1).std(1), torch.ones(2, dtype=t.dtype), atol=1e-3)
+        # the magnitude spectrum is the fixed 1/f profile (up to one factor per row)
+        magnitude = torch.fft.rfftn(t, dim=(2, 3), norm="ortho").abs()[..., 1:-1, 1:-1]
+        ratio = magnitude / maco.scale[..., 0][..., 1:-1, 1:-1].double()
+        assert torch.allclose(ratio, ratio.flatten(1)[:, :1, None, None], rtol=1e-2)
+    start = tiny.denormalize(torch.randn(2, 3, 32, 32)).clamp(0, 1)
+    again = make_param(tiny, settings_for("robust", param="maco"), gens, init_pixels=start)
+    assert isinstance(again, PhaseImage) and again.pixels().shape == (2, 3, 32, 32)
 
 
 def test_truncated_forward_gives_the_full_forward_objective(tiny):

@@ -287,6 +287,23 @@ def class_margin(classes: Rows, label: str | None = None) -> Objective:
     )
 
 
+def class_log_softmax(classes: Rows, label: str | None = None) -> Objective:
+    """Log-probability of the class (score minus log-sum-exp of all scores): the class is
+    pushed up and, once it leads, only against the classes that still compete with it."""
+
+    def fn(ctx: Context) -> torch.Tensor:
+        logits = _view_mean(ctx.acts[OUTPUT].flatten(1), ctx.views)
+        index = ctx.pick(classes, "classes").to(logits.device)
+        return logits.log_softmax(1).gather(1, index[:, None])[:, 0]
+
+    return Objective(
+        fn,
+        f"log_softmax({label or _rows_text(classes)})",
+        [OUTPUT],
+        checks=[_check_index(OUTPUT, classes, "class")],
+    )
+
+
 def direction(layer: str, vector: torch.Tensor) -> Objective:
     """Mean dot product of the activation vectors of ``layer`` with ``vector`` (C or N x C)."""
     vector = torch.as_tensor(vector, dtype=torch.float32)

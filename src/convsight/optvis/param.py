@@ -4,6 +4,9 @@
   model's input space, from a class-mean image or from a given image.
 * :class:`FourierImage` — Lucid's: a 1/f-scaled spectrum, optionally with decorrelated colour,
   squashed to [0, 1] by a sigmoid (Olah et al. 2017, https://distill.pub/2017/feature-visualization/).
+* :class:`PhaseImage` — MACO's magnitude constraint (Fel et al. 2023,
+  https://arxiv.org/abs/2306.06805): the magnitude spectrum is fixed (here Lucid's 1/f^decay
+  profile rather than an ImageNet average) and only the phase is optimized.
 
 Every row draws its random start from its own generator, so a row's start does not depend on
 the other rows of the batch.
@@ -147,6 +150,67 @@ class FourierImage(ImageParam):
         raw = self.spectrum if rows is None else self.spectrum[rows]
         spectrum = torch.view_as_complex((self.scale * raw).contiguous())
         t = torch.fft.irfftn(spectrum, s=(h, w), dim=(2, 3), norm="ortho") / 4.0
+        if self.decorrelate and t.shape[1] == 3:
+            t = torch.einsum("nchw,dc->ndhw", t, self._color)
+        return torch.sigmoid(t)
+
+
+class PhaseImage(FourierImage):
+    """MACO-style: a fixed 1/f^decay magnitude spectrum, only the phase is optimized.
+
+    The image (each row) is standardized to zero mean and unit standard deviation before
+    the colour decorrelation and sigmoid, so its contrast is fixed as well: the optimizer can
+    only move structure around, not raise the amplitude.
+    """
+
+    def __init__(
+        self,
+        phase: torch.Tensor,
+        size: tuple[int, int],
+        decorrelate: bool = True,
+        decay_power: float = 1.0,
+    ) -> None:
+        super().__init__(torch.zeros(1, 1, 1, 1, 2), size, decorrelate, decay_power)
+        self.phase = phase.detach().clone().requires_grad_(True)
+        self.params = [self.phase]
+        del self.spectrum
+
+    @classmethod
+    def normal(
+        cls,
+        model: Model,
+        generators: Sequence[torch.Generator],
+        size: tuple[int, int],
+        std: float = 0.01,
+        decorrelate: bool = True,
+        decay_power: float = 1.0,
+    ) -> PhaseImage:
+        """Uniformly random phases (``std`` is unused: the magnitude is fixed)."""
+        shape = cls.spectrum_shape(model.card.channels, size)[:-1]
+        phase = torch.stack([(torch.rand(*shape, generator=g) * 2 - 1) * np.pi for g in generators])
+        return cls(phase.to(model.device), size, decorrelate, decay_power)
+
+    @classmethod
+    def from_pixels(
+        cls,
+        pixels: torch.Tensor,
+        decorrelate: bool = True,
+        decay_power: float = 1.0,
+        eps: float = 1e-3,
+    ) -> PhaseImage:
+        """The phases of ``pixels`` (their magnitudes are replaced by the fixed profile)."""
+        spectrum = torch.view_as_complex(
+            FourierImage.from_pixels(pixels, decorrelate, decay_power, eps).spectrum
+        )
+        return cls(spectrum.angle(), tuple(pixels.shape[2:]), decorrelate, decay_power)
+
+    def pixels(self, rows: slice | None = None) -> torch.Tensor:
+        h, w = self.size
+        phase = self.phase if rows is None else self.phase[rows]
+        spectrum = torch.polar(self.scale[..., 0].expand_as(phase), phase)
+        t = torch.fft.irfftn(spectrum, s=(h, w), dim=(2, 3), norm="ortho")
+        flat = t.flatten(1)
+        t = (t - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-6)
         if self.decorrelate and t.shape[1] == 3:
             t = torch.einsum("nchw,dc->ndhw", t, self._color)
         return torch.sigmoid(t)

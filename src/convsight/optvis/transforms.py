@@ -1,4 +1,4 @@
-"""How the image is perturbed each step: pad, jitter, random scale, random rotate, blur.
+"""How the image is perturbed each step: pad, jitter, random scale, random rotate, noise, blur.
 
 Transforms act on pixel-space batches. Randomness is drawn per row from that row's own
 generator (see :class:`RowRandom`), so a row's transforms do not depend on the other rows.
@@ -41,6 +41,13 @@ class RowRandom:
         table = torch.tensor(list(values), dtype=torch.float32)
         return table[self.integers(len(table))]
 
+    def normal(self, shape: Sequence[int]) -> torch.Tensor:
+        """N(0, 1) tensors of ``shape``, one per batch row (``view * N + row``)."""
+        per_row = torch.stack(
+            [torch.randn(self.views, *shape, generator=g) for g in self.generators], 1
+        )
+        return per_row.reshape(-1, *shape)
+
 
 class Transform:
     """Base: ``__call__(x, rng)`` for pixel work, or ``matrix(shape, rng)`` for geometry."""
@@ -69,6 +76,19 @@ class Pad(Transform):
 
     def describe(self) -> str:
         return f"pad({self.width})"
+
+
+class Noise(Transform):
+    """Add N(0, std^2) noise to every pixel of every view (pixel space)."""
+
+    def __init__(self, std: float) -> None:
+        self.std = std
+
+    def __call__(self, x: torch.Tensor, rng: RowRandom) -> torch.Tensor:
+        return x + self.std * rng.normal(x.shape[1:]).to(x.device, x.dtype)
+
+    def describe(self) -> str:
+        return f"noise({self.std:g})"
 
 
 def _eye(n: int) -> torch.Tensor:
@@ -175,8 +195,10 @@ def standard_transforms(
     scales: Sequence[float] = tuple(1 + (i - 5) / 50 for i in range(11)),
     angles: Sequence[float] = tuple(list(range(-10, 11)) + 5 * [0]),
     jitter_after: int = 4,
+    noise: float = 0.0,
 ) -> list[Transform]:
-    """Lucid's default: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 degrees, jitter 4."""
+    """Lucid's default: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 degrees, jitter 4;
+    then (``noise`` > 0) Gaussian pixel noise of that standard deviation."""
     out: list[Transform] = []
     if pad:
         out.append(Pad(pad))
@@ -188,6 +210,8 @@ def standard_transforms(
         out.append(RandomRotate(angles))
     if jitter_after > 1:
         out.append(Jitter(jitter_after))
+    if noise > 0:
+        out.append(Noise(noise))
     return out
 
 
