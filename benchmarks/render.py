@@ -57,13 +57,14 @@ def matmul_flops(size: int = 4096, reps: int = 5) -> float:
     return best
 
 
-def step_flops(model, layer: str, slice_channels: bool) -> tuple[float, float]:
-    """FLOPs of one convsight step on one row and its time (best of 3)."""
+def step_flops(model, layer: str, slice_channels: bool, rows: int = 1) -> tuple[float, float]:
+    """FLOPs of one convsight step on ``rows`` rows (channels 0..rows-1) and its time (best
+    of 3)."""
     settings = settings_for("robust", steps=1, slice_channels=slice_channels)
-    generators = row_generators([0])
+    generators = row_generators(list(range(rows)))
     param = FourierImage.normal(model, generators, (224, 224))
     transforms = Compose(make_transforms(settings))
-    objective = channel(layer, [5])
+    objective = channel(layer, list(range(5, 5 + rows)) if rows > 1 else [5])
     forward = _Forward(model, objective, slice_channels)
     model.module.to(memory_format=torch.channels_last)
 
@@ -121,6 +122,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="only the matmul and step FLOP/s (16 rows, as rendered), added to render.json",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,6 +134,9 @@ def main() -> None:
     np.random.seed(args.seed)
     weights = shared_dir() / "models" / "vgg16_hed_features.pt"
     model = load_model("vgg16", weights=weights)
+    if args.flops_only:
+        flops_only(model, args.channels)
+        return
     channels = list(range(args.channels))
     peak = matmul_flops()
     print(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s", flush=True)
@@ -210,6 +219,35 @@ def main() -> None:
             "rows": rows,
         },
     )
+
+
+def flops_only(model, rows: int) -> None:
+    """The FLOP/s target on a quiet machine: one step of the batched render against matmul."""
+    import json
+
+    from common import RESULTS
+
+    peak = matmul_flops()
+    result = {"matmul_gflops_fp32": peak / 1e9, "rows": rows, "layers": {}}
+    for layer in LAYERS:
+        for sliced in (False, True) if layer == "features.2" else (True,):
+            flops, seconds = step_flops(model, layer, sliced, rows)
+            name = f"{layer} {'sliced' if sliced else 'whole layer'}"
+            result["layers"][name] = {
+                "gflop_per_step": flops / 1e9,
+                "seconds_per_step": seconds,
+                "gflops": flops / seconds / 1e9,
+                "fraction_of_matmul": flops / seconds / peak,
+            }
+            print(name, result["layers"][name], flush=True)
+    result["load_average_after"] = os.getloadavg()
+    result["threads"] = torch.get_num_threads()
+    path = RESULTS / "render.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["step_flops_batched"] = result
+    if "machine" in data:  # the machine of the timed rows; write_result adds this run's
+        data.setdefault("machine_of_rows", data.pop("machine"))
+    write_result("render", data)
 
 
 if __name__ == "__main__":
