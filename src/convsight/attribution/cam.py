@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convsight.attribution.base import Method, forward_scores, select
+from convsight.attribution.base import Method, forward_batch, forward_scores, select
 from convsight.errors import ConvsightError
 from convsight.layers import capture, conv_layer_names, forward_to, get_layer
 
@@ -169,7 +169,8 @@ class ScoreCAM(CAM):
     """Score-CAM (Wang et al. 2020), https://arxiv.org/abs/1910.01279.
 
     Each channel, upsampled and scaled to [0, 1], masks the input; the channel's weight is the
-    softmax over channels of the masked input's score. ``batch_size`` masked images per
+    softmax over channels of the masked input's score. ``batch_size`` (default
+    :func:`~convsight.attribution.base.forward_batch`) masked images per
     forward pass; channels that are constant (an all-zero mask) or equal up to scale and shift
     (the same mask) share one pass.
     ``engine="frozen"`` runs a traced, frozen copy of the network (faster on CPU).
@@ -185,7 +186,7 @@ class ScoreCAM(CAM):
         targets,
         activations,
         gradients,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         engine: str = "eager",
     ):
         n, k, h, w = activations.shape
@@ -212,7 +213,12 @@ class ScoreCAM(CAM):
             if len(unique):
                 row_targets = targets[i : i + 1].expand(len(unique))
                 found = forward_scores(
-                    self.model, build, row_targets, batch_size, total=len(unique), engine=engine
+                    self.model,
+                    build,
+                    row_targets,
+                    batch_size or forward_batch(self.model.device),
+                    total=len(unique),
+                    engine=engine,
                 )
                 scores[i, varying.cpu()] = found[inverse.cpu()]
             if len(varying) < k:  # constant channels: an all-zero mask, one shared pass

@@ -7,7 +7,14 @@ import weakref
 
 import torch
 
-from convsight.attribution.base import Method, _state_key, chunks, forward_scores, select
+from convsight.attribution.base import (
+    Method,
+    _state_key,
+    chunks,
+    forward_batch,
+    forward_scores,
+    select,
+)
 from convsight.attribution.incremental import IncrementalNet, Patch, materialize
 from convsight.errors import ConvsightError
 from convsight.models import Model
@@ -50,7 +57,9 @@ class Occlusion(Method):
     """Occlusion: the score drop when a window is set to a baseline (Zeiler & Fergus 2014).
 
     https://arxiv.org/abs/1311.2901 — each pixel gets the mean drop over the windows that cover
-    it. Windows of all images are batched: ``batch_size`` occluded images per forward pass.
+    it. Windows of all images are batched: ``batch_size`` occluded images per forward pass
+    (default: 16 for the incremental engine, else
+    :func:`~convsight.attribution.base.forward_batch`).
     ``engine``: "incremental" (the default) recomputes only the part of each feature map a
     window changes (see :mod:`convsight.attribution.incremental`; exact, falls back to "eager"
     for a network ``torch.fx`` cannot trace), "frozen" runs a traced, frozen copy of the whole
@@ -68,7 +77,7 @@ class Occlusion(Method):
         window: int | tuple[int, int] = 16,
         stride: int | tuple[int, int] = 8,
         baseline: float | torch.Tensor = 0.0,
-        batch_size: int = 16,
+        batch_size: int | None = None,
         engine: str = "incremental",
     ) -> torch.Tensor:
         if engine not in ENGINES:
@@ -81,11 +90,12 @@ class Occlusion(Method):
         drop = None
         if engine == "incremental":
             net = incremental_net(self.model)
-            if net is not None:
+            if net is not None:  # small boxes: larger batches amortize the per-layer work
                 drop = _incremental_drops(
-                    self.model, net, inputs, targets, masks, win, base, batch_size
+                    self.model, net, inputs, targets, masks, win, base, batch_size or 16
                 )
         if drop is None:
+            batch_size = batch_size or forward_batch(self.model.device)
             drop = self._full_drops(inputs, targets, masks, base, batch_size, engine)
         flat = masks.view(count, h * w).to(inputs.dtype)
         attribution = (drop.to(inputs.dtype) @ flat) / flat.sum(0).clamp(min=1)
