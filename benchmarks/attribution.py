@@ -90,9 +90,14 @@ def main() -> None:
         "--slow-images", type=int, default=None, help="Occlusion / Score-CAM on the first N only"
     )
     parser.add_argument(
-        "--engines", default="eager,frozen", help="convsight engines for Occlusion / Score-CAM"
+        "--engines",
+        default="eager,frozen,incremental",
+        help="convsight engines for Occlusion / Score-CAM (incremental: Occlusion only)",
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     shared = shared_dir()
     model = load_model("mobilenet_v2", weights=shared / "models" / "mobilenet_v2_imagenet.pt")
@@ -106,17 +111,19 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     only = {m.strip() for m in args.only.split(",") if m.strip()}
+
+    def wanted(name: str) -> bool:
+        return not only or name in only
+
     if args.merge:
         import json
 
         from common import RESULTS
 
         previous = RESULTS / "attribution.json"
-        if previous.is_file():
-            rows.extend(json.loads(previous.read_text())["rows"])
-
-    def wanted(name: str) -> bool:
-        return not only or name in only
+        if previous.is_file():  # keep the rows of the methods not run now
+            kept = json.loads(previous.read_text())["rows"]
+            rows.extend(r for r in kept if not wanted(r["method"]))
 
     settings = {
         "images": [p.name for p, _ in samples],
@@ -150,6 +157,8 @@ def main() -> None:
             "their_seconds": round(their_s, 3),
             "convsight_seconds": round(our_s, 3),
             "ratio": round(their_s / our_s, 2),
+            "threads": torch.get_num_threads(),
+            "load_average": [round(v, 2) for v in os.getloadavg()],
             **extra,
         }
         rows.append(entry)
@@ -301,7 +310,7 @@ def main() -> None:
                     their_s,
                     our_s,
                     convsight_engine=engine,
-                    convsight_batch_size=16,
+                    convsight_batch_size=16 if engine == "incremental" else 4,
                     **agreement(ours, theirs),
                 )
 
@@ -315,7 +324,7 @@ def main() -> None:
             for a, lo, hi in zip(acts, low, high, strict=True)
         )
         runs = {}
-        for engine in engines:
+        for engine in [e for e in engines if e != "incremental"]:
             runs[engine] = timed(lambda engine=engine: ScoreCAM(model).heatmap(x, t, engine=engine))
         cam = pytorch_grad_cam.ScoreCAM(wrapped, [block])
         their_s, theirs = timed(lambda: cam(x, cam_targets(t)))
@@ -328,7 +337,7 @@ def main() -> None:
                 their_s,
                 our_s,
                 convsight_engine=engine,
-                convsight_batch_size=16,
+                convsight_batch_size=4,
                 constant_channel_fraction=round(constant, 3),
                 forward_passes_convsight=distinct + len(t),
                 forward_passes_pytorch_grad_cam=acts.shape[0] * acts.shape[1],
