@@ -535,7 +535,15 @@ MethodsOpt = Annotated[
 CamLayerOpt = Annotated[
     str | None, typer.Option("--layer", help="CAM layer (default: the last conv layer).")
 ]
-BatchOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass in batched work.")]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Rows per pass in batched work (default: each method's own: IG 32 path points, "
+        "SmoothGrad 64 noisy copies, occlusion 16 windows, Score-CAM 4 masks on a CPU; "
+        "deletion / insertion 16).",
+    ),
+]
 EngineOpt = Annotated[
     str,
     typer.Option(
@@ -562,7 +570,7 @@ def saliency_cmd(
     layer: CamLayerOpt = None,
     ig_steps: Annotated[int, typer.Option(min=1, help="Integrated Gradients steps.")] = 50,
     smoothgrad_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad samples.")] = 16,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
     engine: EngineOpt = "auto",
     out: OutOpt = Path("runs/saliency"),
     seed: SeedOpt = 0,
@@ -605,7 +613,7 @@ def evaluate_cmd(
     limit: Annotated[int | None, typer.Option(min=1, help="Use the first N images.")] = None,
     sanity_images: Annotated[int, typer.Option(help="Images for the sanity check.")] = 4,
     sanity_stages: Annotated[int, typer.Option(help="Randomization stages with a map.")] = 8,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = None,
     engine: EngineOpt = "auto",
     out: OutOpt = Path("runs/evaluate"),
     seed: SeedOpt = 0,

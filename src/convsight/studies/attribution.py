@@ -39,27 +39,29 @@ def method_options(
     smoothgrad_samples: int = 16,
     occlusion_window: int = 16,
     occlusion_stride: int = 8,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     engine: str = "auto",
 ) -> dict[str, Any]:
     """The options the command line gives each method. ``engine`` "auto": incremental
-    inference for occlusion, the module itself (eager) for everything else."""
+    inference for occlusion, the module itself (eager) for everything else. ``batch_size``
+    None: each method's own default."""
     name = cls.name
+    batch = {} if batch_size is None else {"batch_size": batch_size}
     if issubclass(cls, CAM):
         options: dict[str, Any] = {"layer": layer}
         if name == "scorecam":
-            options.update(batch_size=batch_size, engine=forward_engine(engine))
+            options.update(engine=forward_engine(engine), **batch)
         return options
     if name == "ig":
-        return {"steps": ig_steps, "batch_size": batch_size}
+        return {"steps": ig_steps, **batch}
     if name == "smoothgrad":
-        return {"samples": smoothgrad_samples, "batch_size": batch_size}
+        return {"samples": smoothgrad_samples, **batch}
     if name == "occlusion":
         return {
             "window": occlusion_window,
             "stride": occlusion_stride,
-            "batch_size": batch_size,
             "engine": "incremental" if engine == "auto" else engine,
+            **batch,
         }
     return {}
 
@@ -84,8 +86,8 @@ def _check_methods(model: Model, methods: Sequence[str], layer: str | None) -> l
     return classes
 
 
-def _check_settings(batch_size: int, ig_steps: int, samples: int, engine: str) -> None:
-    if batch_size < 1 or ig_steps < 1 or samples < 1:
+def _check_settings(batch_size: int | None, ig_steps: int, samples: int, engine: str) -> None:
+    if (batch_size is not None and batch_size < 1) or ig_steps < 1 or samples < 1:
         raise ConvsightError("batch size, IG steps and SmoothGrad samples must be at least 1")
     if engine not in ENGINES:
         raise ConvsightError(f"unknown engine '{engine}' ({', '.join(ENGINES)})")
@@ -113,7 +115,7 @@ def write_saliency(
     seed: int = 0,
     ig_steps: int = 50,
     smoothgrad_samples: int = 16,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     engine: str = "auto",
     show_progress: bool = True,
 ) -> list[Path]:
@@ -216,7 +218,7 @@ def evaluate_methods(
     layer: str | None = None,
     step: int = 224,
     chunk: int = 8,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     engine: str = "auto",
     sanity_images: int = 4,
     sanity_stages: int = 8,
@@ -259,7 +261,7 @@ def evaluate_methods(
                         heat,
                         t,
                         step=step,
-                        batch_size=batch_size,
+                        batch_size=batch_size or 16,
                         engine=forward_engine(engine),
                     )
                     seconds[kind] += time.perf_counter() - began
@@ -303,7 +305,7 @@ def write_evaluation(
     layer: str | None = None,
     step: int = 224,
     limit: int | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     engine: str = "auto",
     sanity_images: int = 4,
     sanity_stages: int = 8,
