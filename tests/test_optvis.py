@@ -7,11 +7,13 @@ import json
 
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from convsight.cli import app
 from convsight.errors import ConvsightError
 from convsight.layers import capture, forward_to
+from convsight.models import Model, ModelCard
 from convsight.optvis import (
     class_mean_images,
     parse_channels,
@@ -329,9 +331,45 @@ def test_cli_classviz_mean_init_and_bad_class(shared, tmp_path):
     assert OUTPUT == "<output>"
 
 
-def test_computing_only_the_rows_channel_of_a_conv_gives_the_same_render(tiny):
+@pytest.mark.parametrize("layer", ["features.3", "features.4", "features.2"])
+def test_computing_only_the_rows_channel_of_a_conv_gives_the_same_render(tiny, layer):
+    # a conv, the ReLU after a conv, and a max-pool after a conv and a ReLU
+    from convsight.optvis.render import _Forward
+
+    channels = [1, 4, 7]
+    assert _Forward(tiny, obj.channel(layer, channels), True).sliced == {layer}
     common = dict(steps=4, size=32, seed=2, views=2, chunk=3)
-    sliced = render_channels(tiny, "features.3", [1, 4, 9], slice_channels=True, **common)
-    whole = render_channels(tiny, "features.3", [1, 4, 9], slice_channels=False, **common)
+    sliced = render_channels(tiny, layer, channels, slice_channels=True, **common)
+    whole = render_channels(tiny, layer, channels, slice_channels=False, **common)
     assert torch.allclose(sliced.values, whole.values, atol=1e-4)
     assert torch.allclose(sliced.images, whole.images, atol=1e-4)
+
+
+def test_slicing_through_batch_norm_and_not_past_a_non_channelwise_layer():
+    from convsight.optvis.render import _Forward
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 6, 1)
+    )
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.5, 2)
+    net[1].weight.data.uniform_(0.5, 2)
+    net[1].bias.data.uniform_(-1, 1)
+    card = ModelCard(
+        name="bn", arch="test:bn", input_size=(16, 16), channels=3, mean=(0.5,) * 3, std=(0.25,) * 3
+    )
+    model = Model(net.eval(), card)
+    x = torch.rand(3, 3, 16, 16)
+    for layer in ("1", "2"):
+        objective = obj.channel(layer, [0, 5, 2])
+        forward = _Forward(model, objective, True)
+        assert forward.sliced == {layer}
+        sliced = forward(model.normalize(x))[layer]
+        whole = _Forward(model, objective, False)(model.normalize(x))[layer]
+        expected = whole[torch.arange(3), torch.tensor([0, 5, 2])][:, None]
+        torch.testing.assert_close(sliced, expected, rtol=1e-5, atol=1e-5)
+    # the walk back stops at the nearest conv; a grouped conv is not sliced at all
+    assert _Forward(model, obj.channel("3", [0, 1, 2]), True).sliced == {"3"}
+    grouped = nn.Sequential(nn.Conv2d(3, 6, 3, groups=3), nn.ReLU())
+    assert not _Forward(Model(grouped.eval(), card), obj.channel("1", [0]), True).sliced

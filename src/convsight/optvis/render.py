@@ -314,6 +314,68 @@ def sliced_target(objective: Objective) -> tuple[str, Rows] | None:
     return found
 
 
+# Layers that act on each channel alone: a row's channel of their output needs only that
+# channel of their input.
+_CHANNELWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.BatchNorm2d,
+)
+
+
+def _conv_chain(module: nn.Module, name: str) -> tuple[nn.Conv2d, list[nn.Module]] | None:
+    """(conv, layers after it) when ``name`` is a plain conv, or a per-channel layer that
+    follows one in the same ``nn.Sequential`` with only per-channel layers between; else None."""
+    layer = get_layer(module, name)
+    after: list[nn.Module] = []
+    if not isinstance(layer, nn.Conv2d):
+        parent_name, _, last = name.rpartition(".")
+        parent = get_layer(module, parent_name) if parent_name else module
+        if not isinstance(parent, nn.Sequential) or not isinstance(layer, _CHANNELWISE):
+            return None
+        children = list(parent.named_children())
+        i = [n for n, _ in children].index(last)
+        while i >= 0 and isinstance(children[i][1], _CHANNELWISE):
+            after.insert(0, children[i][1])
+            i -= 1
+        if i < 0:
+            return None
+        layer = children[i][1]
+    if (
+        isinstance(layer, nn.Conv2d)
+        and layer.groups == 1
+        and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str)
+    ):
+        return layer, after
+    return None
+
+
+def _per_channel(layer: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``layer`` on one channel per row (N x 1 x H x W, row i holding channel index[i])."""
+    if isinstance(layer, nn.BatchNorm2d):
+        if layer.training or layer.running_mean is None:
+            raise ConvsightError("slicing through batch norm needs it in eval mode")
+        shape = (-1, 1, 1, 1)
+        mean, var = layer.running_mean[index].view(shape), layer.running_var[index].view(shape)
+        out = (x - mean) / torch.sqrt(var + layer.eps)
+        if layer.affine:
+            out = out * layer.weight[index].view(shape) + layer.bias[index].view(shape)
+        return out
+    return layer(x)
+
+
 class _Forward:
     """Run the model as far as the objective needs; return the needed outputs.
 
@@ -331,14 +393,10 @@ class _Forward:
         self.sliced: frozenset[str] = frozenset()
         target = sliced_target(objective) if slice_channels else None
         if target is not None and not self.output:
-            conv = get_layer(self.module, target[0])
-            if (
-                isinstance(conv, nn.Conv2d)
-                and conv.groups == 1
-                and conv.padding_mode == "zeros"
-                and not isinstance(conv.padding, str)
-            ):
-                self.conv, self.channels = conv, target[1]
+            chain = _conv_chain(self.module, target[0])
+            if chain is not None:
+                self.conv, self.after = chain
+                self.channels = target[1]
                 self.sliced = frozenset([target[0]])
 
     def _conv_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -383,7 +441,10 @@ class _Forward:
                 conv.dilation,
                 groups=n,
             )
-            return {name: out.reshape(n, 1, *out.shape[2:])}
+            out = out.reshape(n, 1, *out.shape[2:])
+            for layer in self.after:  # per-channel layers between the conv and the target
+                out = _per_channel(layer, out, index.to(out.device))
+            return {name: out}
         if not self.output:
             return forward_to(self.module, x, self.names)
         with capture(self.module, self.names) as acts:
