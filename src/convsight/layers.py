@@ -12,6 +12,26 @@ from torch import nn
 
 from convsight.errors import UnknownLayerError
 
+# Layers that act on each value alone in eval mode (activations, identity, dropout) and batch
+# norm, which acts on each channel alone: each position and each channel of their output
+# depends on that position and channel of their input only.
+ELEMENTWISE_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+)
+
 
 def layer_names(module: nn.Module) -> list[str]:
     """Every addressable layer name, in ``named_modules`` order (the root, '', excluded)."""

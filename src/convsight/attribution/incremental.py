@@ -28,23 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from convsight.layers import ELEMENTWISE_LAYERS
+
 # Layers that act on each position alone (in eval mode): the patch passes through unchanged.
-POINTWISE_MODULES = (
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-)
+POINTWISE_MODULES = ELEMENTWISE_LAYERS
 POINTWISE_FUNCTIONS = {F.relu, F.relu6, torch.relu, torch.sigmoid, torch.tanh, F.silu, F.hardswish}
 BINARY_FUNCTIONS = {operator.add, torch.add, operator.mul, torch.mul}
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convsight.errors import ConvsightError
-from convsight.layers import capture, check_layers, forward_to, get_layer
+from convsight.layers import ELEMENTWISE_LAYERS, capture, check_layers, forward_to, get_layer
 from convsight.models import Model
 from convsight.optvis import objectives as obj
 from convsight.optvis.objectives import OUTPUT, Context, Objective, Rows
@@ -316,22 +316,7 @@ def sliced_target(objective: Objective) -> tuple[str, Rows] | None:
 
 # Layers that act on each channel alone: a row's channel of their output needs only that
 # channel of their input.
-_CHANNELWISE = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Identity,
-    nn.Dropout,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.BatchNorm2d,
-)
+_CHANNELWISE = (*ELEMENTWISE_LAYERS, nn.MaxPool2d, nn.AvgPool2d)
 
 
 def _conv_chain(module: nn.Module, name: str) -> tuple[nn.Conv2d, list[nn.Module]] | None:
