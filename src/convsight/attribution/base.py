@@ -213,6 +213,17 @@ def _state_key(module: nn.Module) -> tuple:
     return tuple((id(t), t._version) for t in tensors)
 
 
+def cached_for(cache: weakref.WeakKeyDictionary, module: nn.Module, build: Callable[[], Any]):
+    """``build()``'s result kept in ``cache`` for ``module`` until a parameter or buffer of it
+    changes (a derived copy of the network: frozen, incremental, ...)."""
+    key = _state_key(module)
+    cached = cache.get(module)
+    if cached is None or cached[0] != key:
+        cached = (key, build())
+        cache[module] = cached
+    return cached[1]
+
+
 def inference_module(model: Model, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """A frozen, inference-optimized copy of the network for forward passes without gradients.
 
@@ -224,22 +235,23 @@ def inference_module(model: Model, example: torch.Tensor) -> Callable[[torch.Ten
     are fixed as they were when traced, which is why this is opt-in (``engine="frozen"``).
     """
     module = model.module
-    key = _state_key(module)
-    cached = _FROZEN.get(module)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    net: Callable[[torch.Tensor], torch.Tensor] = module
-    x = model.normalize(example[:1].to(model.device)).contiguous(memory_format=torch.channels_last)
-    try:
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(copy.deepcopy(module).eval(), x, check_trace=False)
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-            expected, got = module(x), frozen(x)
-            frozen(torch.cat([x, x]))  # a second batch size must work too
-            if expected.shape == got.shape and torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
-                net = frozen
-    except Exception:  # noqa: BLE001 - any tracing failure means: run the module itself
-        net = module
-    _FROZEN[module] = (key, net)
-    return net
+
+    def build() -> Callable[[torch.Tensor], torch.Tensor]:
+        x = model.normalize(example[:1].to(model.device))
+        x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(copy.deepcopy(module).eval(), x, check_trace=False)
+                frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+                expected, got = module(x), frozen(x)
+                frozen(torch.cat([x, x]))  # a second batch size must work too
+                if expected.shape == got.shape and torch.allclose(
+                    got, expected, rtol=1e-3, atol=1e-4
+                ):
+                    return frozen
+        except Exception:  # noqa: BLE001 - any tracing failure means: run the module itself
+            pass
+        return module
+
+    return cached_for(_FROZEN, module, build)

@@ -229,9 +229,7 @@ class IncrementalNet:
 
     def _output(self, values: dict) -> torch.Tensor:
         output = next(n for n in self.graph_module.graph.nodes if n.op == "output")
-        result = fx.node.map_arg(output.args[0], lambda n: values[n])
-        if isinstance(result, Patch):
-            result = materialize(result)
+        result = self._dense(fx.node.map_arg(output.args[0], lambda n: values[n]))
         if not isinstance(result, torch.Tensor):
             raise RuntimeError("incremental inference needs a network with one tensor output")
         return result

@@ -9,7 +9,7 @@ import torch
 
 from convsight.attribution.base import (
     Method,
-    _state_key,
+    cached_for,
     chunks,
     forward_batch,
     forward_scores,
@@ -83,16 +83,17 @@ class Occlusion(Method):
         if engine not in ENGINES:
             raise ConvsightError(f"unknown engine '{engine}' ({', '.join(ENGINES)})")
         n, c, h, w = inputs.shape
-        size, win = (h, w), _pair(window, "window")
-        masks = window_masks(size, win, _pair(stride, "stride")).to(inputs.device)
+        size, win, step = (h, w), _pair(window, "window"), _pair(stride, "stride")
+        masks = window_masks(size, win, step).to(inputs.device)
         count = masks.shape[0]
         base = torch.as_tensor(baseline, dtype=inputs.dtype, device=inputs.device)
         drop = None
         if engine == "incremental":
             net = incremental_net(self.model)
             if net is not None:  # small boxes: larger batches amortize the per-layer work
+                starts = window_starts(size, win, step)
                 drop = _incremental_drops(
-                    self.model, net, inputs, targets, masks, win, base, batch_size or 16
+                    self.model, net, inputs, targets, masks, starts, win, base, batch_size or 16
                 )
         if drop is None:
             batch_size = batch_size or forward_batch(self.model.device)
@@ -130,17 +131,14 @@ _INCREMENTAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def incremental_net(model: Model) -> IncrementalNet | None:
     """The model's network as an :class:`IncrementalNet` (cached until a parameter changes),
     or None when ``torch.fx`` cannot trace it."""
-    module = model.module
-    key = _state_key(module)
-    cached = _INCREMENTAL.get(module)
-    if cached is None or cached[0] != key:
+
+    def build() -> IncrementalNet | None:
         try:
-            net: IncrementalNet | None = IncrementalNet(module)
+            return IncrementalNet(model.module)
         except Exception:  # noqa: BLE001 - untraceable (control flow, ...): run it whole
-            net = None
-        cached = (key, net)
-        _INCREMENTAL[module] = cached
-    return cached[1]
+            return None
+
+    return cached_for(_INCREMENTAL, model.module, build)
 
 
 def _incremental_drops(
@@ -149,6 +147,7 @@ def _incremental_drops(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     masks: torch.Tensor,
+    starts: tuple[list[int], list[int]],
     window: tuple[int, int],
     base: torch.Tensor,
     batch_size: int,
@@ -159,9 +158,9 @@ def _incremental_drops(
     count = masks.shape[0]
     (wh, ww) = window
     # each window's box: window-sized, moved inside the image where the window hangs over
-    corner = masks.flatten(1).float().argmax(1)
-    top = (corner // w).clamp(max=h - wh)
-    left = (corner % w).clamp(max=w - ww)
+    ys, xs = starts
+    top = torch.tensor([y for y in ys for _ in xs], device=masks.device).clamp(max=h - wh)
+    left = torch.tensor(xs * len(ys), device=masks.device).clamp(max=w - ww)
     rows = top[:, None] + torch.arange(wh, device=top.device)
     cols = left[:, None] + torch.arange(ww, device=top.device)
     inside = masks[torch.arange(count)[:, None, None], rows[:, :, None], cols[:, None, :]]
@@ -180,7 +179,8 @@ def _incremental_drops(
                     net.forward(clean, patch), targets[i].expand(part.stop - part.start)
                 )
                 if i == 0 and part.start == 0:  # check the first rows against the whole network
-                    whole = model.module(materialize(patch)[:4])
+                    first = Patch(x, patch.values[:4], patch.top[:4], patch.left[:4])
+                    whole = model.module(materialize(first))
                     expected = select(whole, targets[i].expand(whole.shape[0]))
                     if not torch.allclose(scores[:4], expected, rtol=1e-3, atol=1e-4):
                         return None
