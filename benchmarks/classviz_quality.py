@@ -13,9 +13,13 @@ top-5 hit rates. Recipes:
 * ``lucent-style``: Fourier + decorrelated colour, Lucent's transforms, Adam 0.1, logit (the
   best Lucent-style recipe of the issue's trial).
 * ``robust``: convsight's robust preset for classes (CLASS_PRESETS["robust"]: a wide random
-  zoom 0.5-1.5, Adam at a constant 0.05, class score minus mean score), at 128 and 64 steps; and
-  ablations (:data:`ABLATIONS`) that change one ingredient each, on ``--ablation-classes``
-  classes with every seed (the robust 128-step rows on those classes are their baseline).
+  zoom 0.5-1.5, Adam at a constant 0.05, the penultimate features' dot x cosine with the
+  class direction), at 128 and 64 steps; and ablations (:data:`ABLATIONS`) that change one
+  ingredient each, on ``--ablation-classes`` classes with every seed (the robust rows on
+  those classes are their baseline). With a constant learning rate the image after 64 of 128
+  steps is the image of a 64-step render (same seeds, same draws), so 64-step rows are
+  snapshots of the 128-step renders.
+* ``robust bf16``: the robust preset under bf16 autocast (``precision="bf16"``).
 * ``torch-lucent``: torch-lucent 0.1.8's ``render_vis`` on the same logit, the model wrapped
   with its own normalization (``preprocess=False``), defaults otherwise (Adam 0.05).
 
@@ -44,14 +48,21 @@ from convsight.optvis import render_classes
 PAPER_CLASSES = (1, 9, 55, 250, 951)  # goldfish, ostrich, green snake, Siberian husky, lemon
 
 # Each ablation changes one ingredient of the robust class preset (CLASS_PRESETS["robust"]:
-# zoom 0.5-1.5, constant Adam 0.05, margin) back to what it was before: name, overrides.
+# zoom 0.5-1.5, constant Adam 0.05, cossim) back to an alternative: name, overrides.
 ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("wide zoom (0.75-1.25)", dict(scales=tuple(round(0.75 + 0.05 * i, 2) for i in range(11)))),
     ("wide zoom (Lucid's 0.9-1.1)", dict(scales=tuple(1 + (i - 5) / 50 for i in range(11)))),
     ("lr 0.05 (0.1)", dict(lr=0.1)),
     ("constant lr (cosine from 0.05)", dict(lr_schedule="cosine")),
-    ("margin (logit)", dict(class_objective="logit")),
+    ("cossim (margin: logit - mean logit)", dict(class_objective="margin")),
+    ("cossim (logit)", dict(class_objective="logit")),
 ]
+
+
+def snapshots(change: dict[str, Any]) -> tuple[int, ...]:
+    """(64,): judge the 128-step render at step 64 too; () when the learning rate is not
+    constant (step 64 of a 128-step decay is not a 64-step render)."""
+    return (64,) if change.get("lr_schedule", "constant") == "constant" else ()
 
 
 def pick_classes(samples: list[tuple[Any, int]], count: int) -> list[int]:
@@ -154,7 +165,6 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated recipe names")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--seed-list", default="", help="e.g. '1': these seeds instead")
-    parser.add_argument("--skip-64", action="store_true", help="no separate 64-step run")
     parser.add_argument("--name", default="classviz_quality", help="results file name")
     args = parser.parse_args()
     if args.threads:
@@ -187,10 +197,17 @@ def main() -> None:
         # name, render kwargs, steps, snapshots, classes, seeds
         ("paper", dict(preset="paper"), 20, (), classes, seeds[:1]),
         ("lucent-style adam 0.1", {**lucent_style, "lr": 0.1}, 128, (64,), classes, seeds),
-        ("robust", robust, 128, (), classes, seeds),
-        *([] if args.skip_64 else [("robust", robust, 64, (), classes, seeds)]),
+        ("robust", robust, 128, (64,), classes, seeds),
+        ("robust bf16", {**robust, "precision": "bf16"}, 128, (64,), classes, seeds),
         *[
-            (f"robust - {name}", {**robust, **change}, 128, (), ablation_classes, seeds)
+            (
+                f"robust - {name}",
+                {**robust, **change},
+                128,
+                snapshots(change),
+                ablation_classes,
+                seeds,
+            )
             for name, change in ABLATIONS
         ],
     ]
@@ -216,7 +233,7 @@ def main() -> None:
         if only and name not in only:
             continue
         judged: dict[int, dict[str, list]] = {}
-        base: dict[str, list] = {"top1": [], "top5": [], "judge_prob": []}
+        base: dict[int, dict[str, list]] = {}  # the ablations' baseline, per step count
         start = time.perf_counter()
         for seed in seed_list:
             result = render_classes(
@@ -224,18 +241,20 @@ def main() -> None:
             )
             for s, images in [*result.snapshots.items(), (steps, result.images)]:
                 hits = judge.hits(images, which)
-                if name == "robust" and steps == 128:
+                if name == "robust":
                     # the ablations' baseline: the same rows (per-row seeds) on their classes
                     keep = [which.index(c) for c in ablation_classes]
+                    at = base.setdefault(s, {"top1": [], "top5": [], "judge_prob": []})
                     for k, v in hits.items():
-                        base[k].extend(v[i] for i in keep)
+                        at[k].extend(v[i] for i in keep)
                 acc = judged.setdefault(s, {"top1": [], "top5": [], "judge_prob": []})
                 for k in acc:
                     acc[k].extend(hits[k])
         seconds = time.perf_counter() - start
         views = result.settings["views"]
-        if base["top1"]:
-            summarize(rows, "robust (ablation classes)", steps, base, len(base["top1"]), 0, views)
+        for s in sorted(base):
+            n = len(base[s]["top1"])
+            summarize(rows, "robust (ablation classes)", s, base[s], n, 0, views)
         for s in sorted(judged):
             summarize(rows, name, s, judged[s], len(judged[s]["top1"]), seconds, views)
         save()

@@ -11,7 +11,9 @@ confirmation, seeds 0 and 1, does not use) and is judged by the same independent
 0.5/160. One seed of 20 classes is too noisy to rank recipes (the same recipe scored 45% with
 seed 0 and 70% with seed 1). Rows are appended to
 benchmarks/results/classviz_screen.json (``--name``), with forward/backward passes per image
-(steps x views) beside each hit rate, so recipes can be compared at equal work.
+(steps x views) beside each hit rate, so recipes can be compared at equal work; ``--also 64``
+judges the images at step 64 as well (one row each). Each row's ``base`` names the class
+objective of the preset it overrides (the preset changed from margin to cossim).
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("recipes", nargs="+", help="'name: key=value, ...'")
     parser.add_argument("--steps", type=int, default=128)
+    parser.add_argument(
+        "--also",
+        default="",
+        help="earlier step counts judged from snapshots, e.g. 64 (same images as a 64-step "
+        "render when the learning rate is constant and nothing is averaged)",
+    )
     parser.add_argument("--seeds", default="2,3", help="comma-separated seeds, pooled")
     parser.add_argument("--classes", type=int, default=40)
     parser.add_argument("--ablation-classes", type=int, default=20)
@@ -82,15 +90,18 @@ def main() -> None:
     which = classes[:: max(1, len(classes) // args.ablation_classes)][: args.ablation_classes]
     path = RESULTS / f"{args.name}.json"
     rows: list[dict[str, Any]] = json.loads(path.read_text())["rows"] if path.exists() else []
+    also = [int(v) for v in args.also.split(",") if v.strip()]
     for name, kwargs in recipes:
         start = time.perf_counter()
-        hits: dict[str, list] = {"top1": [], "top5": [], "judge_prob": []}
+        judged: dict[int, dict[str, list]] = {}
         for seed in seeds:
             result = render_classes(
-                model, which, seed=seed, steps=args.steps, size=args.size, **kwargs
+                model, which, seed=seed, steps=args.steps, size=args.size, snapshots=also, **kwargs
             )
-            for k, v in judge.hits(result.images, which).items():
-                hits[k].extend(v)
+            for steps, images in [*result.snapshots.items(), (args.steps, result.images)]:
+                hits = judged.setdefault(steps, {"top1": [], "top5": [], "judge_prob": []})
+                for k, v in judge.hits(images, which).items():
+                    hits[k].extend(v)
             if args.images:
                 from torchvision.utils import save_image
 
@@ -99,27 +110,29 @@ def main() -> None:
                 save_image(result.images, out, nrow=10)
         seconds = time.perf_counter() - start
         views = result.settings["views"]
-        row = {
-            "recipe": name,
-            "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
-            "steps": args.steps,
-            "views": views,
-            "passes": args.steps * views,
-            "seeds": seeds,
-            "images": len(hits["top1"]),
-            "top1_rate": float(np.mean(hits["top1"])),
-            "top5_rate": float(np.mean(hits["top5"])),
-            "judge_prob_mean": float(np.mean(hits["judge_prob"])),
-            "top1": hits["top1"],
-            "seconds": seconds,
-        }
-        rows.append(row)
-        print(
-            f"{name:38s} {args.steps:4d} steps x {views} views x {len(seeds)} seeds:"
-            f" top-1 {row['top1_rate']:.0%}"
-            f"  top-5 {row['top5_rate']:.0%}  p {row['judge_prob_mean']:.2f}  ({seconds:.0f} s)",
-            flush=True,
-        )
+        for steps in sorted(judged):
+            hits = judged[steps]
+            row = {
+                "recipe": name,
+                "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+                "steps": steps,
+                "views": views,
+                "passes": steps * views,
+                "seeds": seeds,
+                "images": len(hits["top1"]),
+                "top1_rate": float(np.mean(hits["top1"])),
+                "top5_rate": float(np.mean(hits["top5"])),
+                "judge_prob_mean": float(np.mean(hits["judge_prob"])),
+                "top1": hits["top1"],
+                "seconds": seconds,
+            }
+            rows.append(row)
+            print(
+                f"{name:38s} {steps:4d} steps x {views} views x {len(seeds)} seeds:"
+                f" top-1 {row['top1_rate']:.0%}  top-5 {row['top5_rate']:.0%}"
+                f"  p {row['judge_prob_mean']:.2f}  ({seconds:.0f} s)",
+                flush=True,
+            )
         write_result(args.name, {"classes": which, "size": args.size, "rows": rows})
 
 

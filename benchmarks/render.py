@@ -127,6 +127,12 @@ def main() -> None:
         action="store_true",
         help="only the matmul and step FLOP/s (16 rows, as rendered), added to render.json",
     )
+    parser.add_argument(
+        "--precision-only",
+        action="store_true",
+        help="only convsight fp32 vs bf16 (autocast): time and objective reached, added to "
+        "render.json",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,6 +142,9 @@ def main() -> None:
     model = load_model("vgg16", weights=weights)
     if args.flops_only:
         flops_only(model, args.channels)
+        return
+    if args.precision_only:
+        precision_only(model, args.channels, args.steps, args.seed)
         return
     channels = list(range(args.channels))
     peak = matmul_flops()
@@ -219,6 +228,41 @@ def main() -> None:
             "rows": rows,
         },
     )
+
+
+def precision_only(model, channels: int, steps: int, seed: int) -> None:
+    """bf16 autocast against fp32: the same render, timed, and the objective each reaches
+    (mean channel activation of its final image, both evaluated in fp32)."""
+    import json
+
+    from common import RESULTS
+
+    result: dict = {"channels": channels, "steps": steps, "layers": {}}
+    for layer in LAYERS:
+        row: dict = {}
+        for precision in ("fp32", "bf16"):
+            start = time.perf_counter()
+            rendered = render_channels(
+                model, layer, range(channels), steps=steps, seed=seed, precision=precision
+            )
+            row[f"{precision}_seconds"] = time.perf_counter() - start
+            values = channel_values(model, layer, rendered.images, list(range(channels)))
+            row[f"objective_{precision}_images"] = values
+            row[f"objective_{precision}_mean"] = float(np.mean(values))
+        row["speedup_bf16"] = row["fp32_seconds"] / row["bf16_seconds"]
+        row["objective_ratio_bf16_to_fp32"] = (
+            row["objective_bf16_mean"] / row["objective_fp32_mean"]
+        )
+        result["layers"][layer] = row
+        print(layer, {k: v for k, v in row.items() if not isinstance(v, list)}, flush=True)
+    result["load_average_after"] = os.getloadavg()
+    result["threads"] = torch.get_num_threads()
+    path = RESULTS / "render.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["precision_bf16"] = result
+    if "machine" in data:
+        data.setdefault("machine_of_rows", data.pop("machine"))
+    write_result("render", data)
 
 
 def flops_only(model, rows: int) -> None:

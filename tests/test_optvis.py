@@ -111,6 +111,19 @@ def test_log_softmax_class_objective_is_the_log_probability(tiny):
         settings_for("robust", target="class", class_objective="softmax")
 
 
+def changes_and_repeats_per_row(model, settings, **change):
+    """Classes [0, 3] rendered without and with ``change``: the change alters the images,
+    the same seed repeats them, and class 3 renders the same alone. Returns the changed."""
+    off = render_classes(model, [0, 3], **settings)
+    on = render_classes(model, [0, 3], **change, **settings)
+    again = render_classes(model, [0, 3], **change, **settings)
+    alone = render_classes(model, [3], **change, **settings)
+    assert not torch.allclose(off.images, on.images)
+    assert torch.equal(on.images, again.images)
+    assert torch.allclose(on.images[1], alone.images[0], atol=1e-5)
+    return on
+
+
 def test_pixel_noise_is_seeded_per_row_and_changes_the_render(tiny):
     from convsight.optvis.transforms import Noise, RowRandom, standard_transforms
 
@@ -124,15 +137,142 @@ def test_pixel_noise_is_seeded_per_row_and_changes_the_render(tiny):
     assert 0.07 < float((a - x).std()) < 0.13
     settings = dict(steps=4, size=32, seed=2, pad=0, jitter=0, jitter_after=0)
     settings.update(scales=(), angles=())
-    quiet = render_classes(tiny, [0, 3], **settings)
-    noisy = render_classes(tiny, [0, 3], noise=0.2, **settings)
-    again = render_classes(tiny, [0, 3], noise=0.2, **settings)
-    alone = render_classes(tiny, [3], noise=0.2, **settings)
-    assert not torch.allclose(quiet.images, noisy.images)
-    assert torch.equal(noisy.images, again.images)
-    assert torch.allclose(noisy.images[1], alone.images[0], atol=1e-5)
+    changes_and_repeats_per_row(tiny, settings, noise=0.2)
     with pytest.raises(ConvsightError, match="noise must be >= 0"):
         settings_for("robust", noise=-0.1)
+
+
+def test_flip_mirrors_about_half_the_views_each_row_on_its_own():
+    from convsight.optvis.transforms import Compose, RandomFlip, RowRandom, standard_transforms
+
+    assert [t.describe() for t in standard_transforms(0, 0, (), (), 0, flip=True)] == ["flip"]
+    x = torch.rand(2, 3, 8, 8)
+    flipped = Compose([RandomFlip()])(x, RowRandom(row_generators([0, 1]), views=16))
+    mirrored = [
+        torch.allclose(v, torch.flip(x[i % 2], [-1]), atol=1e-6) for i, v in enumerate(flipped)
+    ]
+    kept = [torch.allclose(v, x[i % 2], atol=1e-6) for i, v in enumerate(flipped)]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # one or the other
+    assert 8 <= sum(mirrored) <= 24  # about half of 32 views
+    alone = Compose([RandomFlip()])(x[1:], RowRandom(row_generators([1]), views=16))
+    assert torch.equal(flipped[1::2], alone)
+
+
+def test_ghost_noise_perturbs_the_network_per_row_and_leaves_no_hooks(tiny):
+    settings = dict(steps=4, size=32, seed=2, class_objective="margin")
+    ghost = changes_and_repeats_per_row(tiny, settings, ghost=0.3)
+    assert hook_count(tiny.module) == 0
+    # the reported values are the clean network's, not a noisy one's
+    logits = tiny.module(tiny.normalize(ghost.images))
+    margin = logits[[0, 1], [0, 3]] - logits.mean(1)
+    assert torch.allclose(ghost.values, margin, atol=1e-4)
+    with pytest.raises(ConvsightError, match="ghost must be >= 0"):
+        settings_for("robust", ghost=-0.1)
+
+
+def test_average_returns_the_moving_average_of_the_parameters(tiny):
+    settings = plain(steps=1)
+    last = render(tiny, obj.class_logit([1, 2]), 2, settings)
+    averaged = render(tiny, obj.class_logit([1, 2]), 2, plain(steps=1, average=0.75))
+    start = make_param(tiny, settings, row_generators([0, 1])).pixels().detach()
+    expected = (0.75 * start + 0.25 * last.images).clamp(0, 1)  # pixel param: linear
+    assert torch.allclose(averaged.images, expected, atol=1e-5)
+    with pytest.raises(ConvsightError, match="average must be in"):
+        settings_for("robust", average=1.0)
+
+
+def test_coarse_to_fine_keeps_only_the_low_band_then_opens_it(tiny):
+    from convsight.optvis.param import rfft2d_freqs
+
+    image = FourierImage.normal(tiny, row_generators([0]), (32, 32), 1.0, decorrelate=False)
+    freqs = torch.tensor(rfft2d_freqs(32, 32) / rfft2d_freqs(32, 32).max())
+    for band in (0.25, 1.0):
+        image.band = band
+        t = torch.logit(image.pixels().detach().double()) * 4
+        magnitude = torch.fft.rfftn(t, dim=(2, 3), norm="ortho").abs()[0, 0]
+        assert float(magnitude[freqs <= band].max()) > 0.1
+        high = magnitude[freqs > band]
+        assert (high.numel() == 0) or float(high.max()) < 1e-4
+    settings = dict(steps=4, size=32, seed=2)
+    assert not torch.allclose(
+        render_classes(tiny, [1], coarse_to_fine=1.0, **settings).images,
+        render_classes(tiny, [1], **settings).images,
+    )
+    with pytest.raises(ConvsightError, match="coarse-to-fine must be in"):
+        settings_for("robust", coarse_to_fine=1.5)
+
+
+def test_cossim_class_objective_is_dot_times_cosine_on_the_penultimate_layer(tiny):
+    from convsight.optvis.render import class_objective
+
+    objective = class_objective(tiny, [1, 3], "cossim")
+    assert list(objective.layers) == ["classifier.0"]  # the flatten before the last dense layer
+    x = torch.randn(2, 3, 32, 32)
+    with capture(tiny.module, ["classifier.0"]) as acts:
+        tiny.module(x)
+    weight = tiny.module.classifier[1].weight.detach()
+    vectors = (weight - weight.mean(0))[[1, 3]]
+    features = acts["classifier.0"].detach()
+    dot = (features * vectors).sum(1)
+    cos = torch.nn.functional.cosine_similarity(features, vectors, dim=1)
+    value = objective(Context({"classifier.0": features}, tiny.denormalize(x), x))
+    assert torch.allclose(value, dot * cos.clamp(min=0.1) ** 2, atol=1e-5)
+    result = render(tiny, objective, 2, plain())
+    assert (result.trace[-1] > result.trace[0]).all(), result.trace
+    scripted = Model(torch.jit.script(tiny.module), tiny.card)  # no nn.Linear to read
+    assert class_objective(scripted, [1], "cossim").description.startswith("margin(")
+
+
+def test_batch_norm_prior_is_the_distance_to_the_running_statistics():
+    from convsight.optvis.render import _BatchNormPrior
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    net[1].running_mean.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+    net[1].running_var.copy_(torch.tensor([0.5, 1.0, 2.0, 0.2]))
+    card = ModelCard(
+        name="bn",
+        arch="test:bn",
+        input_size=(16, 16),
+        channels=3,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        labels=["a", "b", "c"],
+    )
+    model = Model(net, card)
+    x = torch.randn(2, 3, 16, 16)
+    prior = _BatchNormPrior(net, 1.0)
+    prior.active = True
+    net(x)
+    value = prior.take(1)
+    prior.close()
+    assert hook_count(net) == 0
+    inner = net[0](x)
+    mean, var = inner.mean((2, 3)), inner.var((2, 3), unbiased=False)
+    expected = (mean - net[1].running_mean).norm(dim=1) + (var - net[1].running_var).norm(dim=1)
+    assert torch.allclose(value, expected, atol=1e-5)
+
+    def final_prior(weight):
+        images = render_classes(model, [0, 2], steps=20, bn_prior=weight, seed=1).images
+        prior = _BatchNormPrior(net, 1.0)
+        prior.active = True
+        net(model.normalize(images))
+        value = prior.take(1)
+        prior.close()
+        return value
+
+    assert (final_prior(5.0) < final_prior(0.0)).all()
+    batch = render_classes(model, [0, 2], steps=4, bn_prior=1.0, seed=1)
+    alone = render_classes(model, [2], steps=4, bn_prior=1.0, seed=1)
+    assert torch.allclose(batch.images[1], alone.images[0], atol=1e-5)
+    assert hook_count(net) == 0
 
 
 def test_maco_param_optimizes_only_the_phase(tiny):

@@ -327,6 +327,28 @@ def direction(layer: str, vector: torch.Tensor) -> Objective:
     return Objective(fn, f"direction({layer})", [layer], checks=[check])
 
 
+def direction_cossim(
+    layer: str, vector: torch.Tensor, power: float = 2.0, label: str | None = None
+) -> Objective:
+    """Dot product with ``vector`` times max(cosine, 0.1)^power (Lucid's ``dot x cossim``):
+    rewards activations that point along the direction, not only large ones."""
+    vector = torch.as_tensor(vector, dtype=torch.float32)
+    base = direction(layer, vector)
+
+    def fn(ctx: Context) -> torch.Tensor:
+        act = _view_mean(_spatial_mean(ctx.acts[layer]), ctx.views)
+        vec = vector.to(act.device, act.dtype)
+        if vec.dim() == 2 and ctx.rows is not None:
+            vec = vec[ctx.rows.to(act.device)]
+        vec = vec if vec.dim() == 2 else vec[None]
+        dot = (act * vec).sum(1)
+        cos = dot / (act.norm(dim=1) * vec.norm(dim=1) + 1e-8)
+        return dot * cos.clamp(min=0.1) ** power
+
+    text = f"cossim({label})" if label else f"direction_cossim({layer})"
+    return Objective(fn, text, [layer], checks=base._checks)
+
+
 def diversity(layer: str) -> Objective:
     """Minus the mean cosine similarity of each row's Gram matrix to the other rows'.
 

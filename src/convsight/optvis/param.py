@@ -107,6 +107,15 @@ class FourierImage(ImageParam):
         self.spectrum = spectrum.detach().clone().requires_grad_(True)
         self.params = [self.spectrum]
         self._color = COLOR_CORRELATION.to(spectrum.device)
+        self._freqs = torch.tensor(freqs / freqs.max(), dtype=torch.float32)[None, None, :, :, None]
+        self.band = 1.0  # highest frequency kept, as a fraction of the highest there is
+
+    def _scaled(self, raw: torch.Tensor) -> torch.Tensor:
+        """The spectrum times its 1/f scale, frequencies above ``band`` zeroed."""
+        scaled = self.scale * raw
+        if self.band < 1:
+            scaled = scaled * (self._freqs.to(raw.device) <= self.band)
+        return scaled
 
     @staticmethod
     def spectrum_shape(channels: int, size: tuple[int, int]) -> tuple[int, ...]:
@@ -148,7 +157,7 @@ class FourierImage(ImageParam):
     def pixels(self, rows: slice | None = None) -> torch.Tensor:
         h, w = self.size
         raw = self.spectrum if rows is None else self.spectrum[rows]
-        spectrum = torch.view_as_complex((self.scale * raw).contiguous())
+        spectrum = torch.view_as_complex(self._scaled(raw).contiguous())
         t = torch.fft.irfftn(spectrum, s=(h, w), dim=(2, 3), norm="ortho") / 4.0
         if self.decorrelate and t.shape[1] == 3:
             t = torch.einsum("nchw,dc->ndhw", t, self._color)

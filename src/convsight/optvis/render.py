@@ -48,6 +48,9 @@ class RenderSettings:
     decorrelate: bool = True
     init_std: float = 0.01  # std of the random start (input space for pixel, spectrum for fourier)
     decay_power: float = 1.0
+    # fourier: over this fraction of the steps the highest frequency the image may hold
+    # rises linearly from 1/8 of the band to all of it (coarse to fine; 0: all from the start)
+    coarse_to_fine: float = 0.0
     # how
     optimizer: str = "adam"  # "ascent" (plain gradient ascent) | "adam"
     lr: float = 0.05
@@ -59,6 +62,7 @@ class RenderSettings:
     scales: tuple[float, ...] = tuple(1 + (i - 5) / 50 for i in range(11))
     angles: tuple[float, ...] = tuple(list(range(-10, 11)) + 5 * [0])
     jitter_after: int = 4
+    flip: bool = False  # mirror each view left-right with probability 1/2
     noise: float = 0.0  # std of Gaussian pixel noise added to each transformed view
     views: int = 1  # transformed views of each image per step (gradient averaged)
     blur_every: int = 0  # pixel param: blur the image every k steps (0: never)
@@ -71,12 +75,22 @@ class RenderSettings:
     activation_penalty: float = 0.0
     penalty_layers: tuple[str, ...] = ()
     # class objective: "logit" (score before softmax, the study) | "margin" (logit - mean
-    # logit) | "logsoftmax" (log-probability: logit - logsumexp of all logits)
+    # logit) | "logsoftmax" (log-probability: logit - logsumexp of all logits) | "cossim"
+    # (features before the last dense layer: dot x max(cos, 0.1)^2 with the class's weights
+    # minus the mean weights; "margin" for a model without an nn.Linear head)
     class_objective: str = "logit"
+    cossim_power: float = 2.0  # "cossim": the power of the cosine
     dead_steps: int = 3  # a row whose objective is exactly 0 for these first steps is dead
     precision: str = "fp32"  # "fp32" | "bf16" (CPU/CUDA autocast)
     channels_last: bool = True  # CPU: run the model in channels-last memory format (faster)
     chunk: int = 0  # rows per forward/backward pass (0: auto; rows are independent)
+    # model-side augmentation: each step multiplies every channel of every conv layer's output
+    # by 1 + N(0, ghost^2), a slightly different network each step ("ghost networks")
+    ghost: float = 0.0
+    # prior: minus this weight x how far each batch norm layer's input statistics (per row and
+    # channel: mean and variance over positions) are from the layer's running statistics
+    bn_prior: float = 0.0
+    average: float = 0.0  # EMA decay of the parameters; the final image is the average (0: off)
     slice_channels: bool = True  # channel objective on a conv: compute only the row's channel
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,16 +132,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 # benchmarks/classviz_screen.py): a wide random zoom (0.5-1.5: the class must be readable
 # when shrunk to half size and when cropped to its central two thirds), Adam at a constant
 # 0.05 (0.1 or 0.03, or a cosine decay from 0.1, did worse once the zoom is wide), and the
-# class score minus the mean score. Tried and dropped (worse or within noise, 20 classes x 2
-# seeds): log-softmax (its gradient vanishes once the class wins, leaving adversarial noise),
-# MACO-style fixed magnitude (param="maco"), decay power 0.75 or 1.5, zoom 0.3-1.7, pixel noise.
+# penultimate features' dot product with the class direction times their cosine squared
+# ("cossim": as good as score minus mean score at 128 steps, better at 64). Tried and dropped
+# (worse or within noise, 20 classes x 2 seeds): log-softmax (its gradient vanishes once the
+# class wins, leaving adversarial noise), MACO-style fixed magnitude (param="maco"), decay
+# power 0.75 or 1.5, zoom 0.3-1.7, pixel noise, flips, ghost networks, a batch norm
+# statistics prior, coarse-to-fine frequencies, parameter averaging.
 CLASS_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     "robust": dict(
         lr=0.05,
         lr_schedule="constant",
         scales=tuple(round(0.5 + 0.1 * i, 2) for i in range(11)),
-        class_objective="margin",
+        class_objective="cossim",
     ),
 }
 
@@ -165,7 +182,7 @@ def validate_settings(s: RenderSettings) -> None:
         (s.chunk >= 0, f"chunk must be >= 0, not {s.chunk}"),
         (s.precision in ("fp32", "bf16"), f"unknown precision '{s.precision}'"),
         (
-            s.class_objective in ("logit", "margin", "logsoftmax"),
+            s.class_objective in ("logit", "margin", "logsoftmax", "cossim"),
             f"unknown class objective '{s.class_objective}'",
         ),
         (
@@ -174,6 +191,11 @@ def validate_settings(s: RenderSettings) -> None:
         ),
         (min(s.l1, s.l2, s.tv, s.blur, s.activation_penalty) >= 0, "penalties must be >= 0"),
         (s.noise >= 0, f"noise must be >= 0, not {s.noise}"),
+        (s.ghost >= 0, f"ghost must be >= 0, not {s.ghost}"),
+        (0 <= s.coarse_to_fine <= 1, f"coarse-to-fine must be in [0, 1], not {s.coarse_to_fine}"),
+        (s.bn_prior >= 0, f"bn-prior must be >= 0, not {s.bn_prior}"),
+        (s.cossim_power >= 0, f"cossim power must be >= 0, not {s.cossim_power}"),
+        (0 <= s.average < 1, f"average must be in [0, 1), not {s.average}"),
         (
             s.activation_penalty == 0 or bool(s.penalty_layers),
             "an activation penalty needs penalty layers",
@@ -265,6 +287,7 @@ def make_transforms(settings: RenderSettings) -> list[Transform]:
         settings.angles,
         settings.jitter_after,
         settings.noise,
+        settings.flip,
     )
 
 
@@ -439,6 +462,78 @@ class _Forward:
         return result
 
 
+class _Ghost:
+    """Multiply every channel of every conv output by 1 + N(0, std^2) while ``rng`` is set.
+
+    A slightly different network each step (Li et al. 2020, "Learning transferable
+    adversarial examples via ghost networks", https://arxiv.org/abs/1812.03413): an image
+    that only one exact set of weights likes stops paying. Draws come per row from the
+    rows' own generators (:class:`RowRandom`), so a row's noise ignores the other rows.
+    """
+
+    def __init__(self, module: nn.Module, std: float) -> None:
+        self.std = std
+        self.rng: RowRandom | None = None
+        self.handles = []
+        if std > 0:
+            for layer in module.modules():
+                if isinstance(layer, nn.Conv2d):
+                    self.handles.append(layer.register_forward_hook(self._hook))
+
+    def _hook(self, _module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor | None:
+        if self.rng is None or not isinstance(out, torch.Tensor) or out.dim() != 4:
+            return None
+        noise = self.rng.normal((out.shape[1], 1, 1)).to(out.device, out.dtype)
+        return out * (1 + self.std * noise)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+class _BatchNormPrior:
+    """Per row: how far each batch norm layer's input statistics are from its running ones.
+
+    DeepInversion's feature-distribution prior (Yin et al. 2020, "Dreaming to distill",
+    https://arxiv.org/abs/1912.08795), per image instead of per batch so rows stay
+    independent: the sum over batch norm layers of ||mean - running mean|| + ||var -
+    running var|| (means and variances over positions, per channel). Collected by
+    pre-forward hooks while ``active``; ``take`` returns it per row and resets.
+    """
+
+    def __init__(self, module: nn.Module, weight: float) -> None:
+        self.active = False
+        self.total: torch.Tensor | int = 0
+        self.handles = []
+        if weight > 0:
+            for layer in module.modules():
+                if isinstance(layer, nn.BatchNorm2d) and layer.running_mean is not None:
+                    self.handles.append(layer.register_forward_pre_hook(self._hook))
+
+    def _hook(self, layer: nn.BatchNorm2d, inputs: tuple) -> None:
+        if not self.active:
+            return
+        x = inputs[0].float()
+        mean, var = x.mean((2, 3)), x.var((2, 3), unbiased=False)
+        self.total = (
+            self.total
+            + (mean - layer.running_mean).norm(dim=1)
+            + (var - layer.running_var).norm(dim=1)
+        )
+
+    def take(self, views: int) -> torch.Tensor | int:
+        total, self.total = self.total, 0
+        if isinstance(total, int) or views == 1:
+            return total
+        return total.reshape(views, -1).mean(0)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
 def _autocast(settings: RenderSettings, device: torch.device):
     if settings.precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -518,24 +613,32 @@ def render(
     chunks = [slice(i, min(i + chunk, batch)) for i in range(0, batch, chunk)]
     rows = torch.arange(batch)
     start_params = [p.detach().clone() for p in param.params]
+    averaged = [p.detach().clone() for p in param.params] if settings.average else []
+    ghost = _Ghost(module, settings.ghost)
+    prior = _BatchNormPrior(module, settings.bn_prior)
     began = time.perf_counter()
     try:
         with progress_bar(progress) as bar:
             task = bar.add_task(description, total=settings.steps, status="")
             for step in range(settings.steps):
                 optimizer.zero_grad(set_to_none=True)
+                if settings.coarse_to_fine and isinstance(param, FourierImage):
+                    rise = (step + 1) / (settings.coarse_to_fine * settings.steps)
+                    param.band = min(1.0, 0.125 + 0.875 * rise)
                 main = torch.zeros(batch)
                 for part in chunks:
                     pixels = param.pixels(part)
                     untransformed = param.model_input(model, pixels, part)
+                    part_rng = RowRandom(generators[part], settings.views)
                     if transforms.transforms or settings.views > 1:
-                        part_rng = RowRandom(generators[part], settings.views)
                         x = model.normalize(_center_crop(transforms(pixels, part_rng), crop))
                     else:
                         x = untransformed
                     x = x.contiguous(memory_format=memory_format)
+                    ghost.rng, prior.active = part_rng, True
                     with _autocast(settings, device):
                         acts = forward(x, rows[part], settings.views)
+                    ghost.rng, prior.active = None, False
                     acts = {k: v.float() for k, v in acts.items()}
                     ctx = Context(
                         acts, pixels, untransformed, settings.views, rows[part], forward.sliced
@@ -546,6 +649,8 @@ def render(
                         total = total + weight * value
                         if not term.penalty:
                             main[part] += weight * value.detach().cpu()
+                    if prior.handles:
+                        total = total - settings.bn_prior * prior.take(settings.views)
                     trace[step, part] = total.detach().cpu()
                     (-total.sum()).backward()
                 if step < settings.dead_steps and any(not t.penalty for _, t in terms):
@@ -558,6 +663,10 @@ def render(
                     with torch.no_grad():
                         for p, p0 in zip(param.params, start_params, strict=True):
                             p[dead.to(p.device)] = p0[dead.to(p.device)]
+                if averaged:
+                    with torch.no_grad():
+                        for avg, p in zip(averaged, param.params, strict=True):
+                            avg.lerp_(p, 1 - settings.average)
                 if schedule is not None:
                     schedule.step()
                 if settings.blur_every and (step + 1) % settings.blur_every == 0:
@@ -575,6 +684,8 @@ def render(
         values = torch.zeros(batch)
         images = torch.zeros(0)
         with torch.no_grad():
+            for avg, p in zip(averaged, param.params if averaged else [], strict=True):
+                p.copy_(avg)
             images = param.pixels().detach()
             for part in chunks:
                 inp = param.model_input(model, images[part], part)
@@ -582,6 +693,8 @@ def render(
                 ctx = Context(acts, images[part], inp, 1, rows[part], forward.sliced)
                 values[part] = full(ctx).detach().cpu()
     finally:
+        ghost.close()
+        prior.close()
         if converted:
             module.to(memory_format=torch.contiguous_format)
     return RenderResult(
@@ -680,7 +793,9 @@ def render_channels(
     )
 
 
-def class_objective(model: Model, classes: Sequence[int], kind: str = "logit") -> Objective:
+def class_objective(
+    model: Model, classes: Sequence[int], kind: str = "logit", power: float = 2.0
+) -> Objective:
     labels = ", ".join(model.card.label(c) for c in classes[:4])
     if len(classes) > 4:
         labels += f", ... ({len(classes)})"
@@ -689,8 +804,32 @@ def class_objective(model: Model, classes: Sequence[int], kind: str = "logit") -
         "margin": obj.class_margin,
         "logsoftmax": obj.class_log_softmax,
     }
+    if kind == "cossim":
+        found = _penultimate(model)
+        if found is not None:
+            layer, head = found
+            weight = head.weight.detach().float().cpu()
+            vectors = (weight - weight.mean(0))[list(classes)]
+            return obj.direction_cossim(layer, vectors, power, label=labels)
+        kind = "margin"  # no nn.Linear head to read class directions from (e.g. TorchScript)
     maker = makers[kind]
     return maker(list(classes), label=labels)
+
+
+def _penultimate(model: Model) -> tuple[str, nn.Linear] | None:
+    """(name of the layer registered just before the last nn.Linear, that Linear), or None.
+
+    In a torchvision classifier that layer feeds the head (MobileNet's dropout, ResNet's
+    average pool); the direction objective's shape check catches a model where it does not.
+    """
+    found = None
+    for name, parent in model.module.named_modules():
+        children = list(parent.named_children())
+        for i in range(1, len(children)):
+            if isinstance(children[i][1], nn.Linear):
+                before = children[i - 1][0]
+                found = (f"{name}.{before}" if name else before, children[i][1])
+    return found
 
 
 def render_classes(
@@ -714,7 +853,7 @@ def render_classes(
         raise ConvsightError("no classes given")
     return render(
         model,
-        class_objective(model, indices, settings.class_objective),
+        class_objective(model, indices, settings.class_objective, settings.cossim_power),
         len(indices),
         settings,
         seeds=channel_seeds(seed, indices),

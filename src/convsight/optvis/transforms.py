@@ -157,6 +157,21 @@ class RandomRotate(Transform):
         return f"rotate({min(self.angles):g}..{max(self.angles):g})"
 
 
+class RandomFlip(Transform):
+    """Mirror left-right with probability 1/2."""
+
+    geometric = True
+
+    def matrix(self, shape: torch.Size, rng: RowRandom) -> torch.Tensor:
+        flip = rng.integers(2).float()
+        m = _eye(len(flip))
+        m[:, 0, 0] = 1 - 2 * flip
+        return m
+
+    def describe(self) -> str:
+        return "flip"
+
+
 class Compose:
     """Apply transforms in order, merging runs of geometric ones into one resampling."""
 
@@ -196,12 +211,16 @@ def standard_transforms(
     angles: Sequence[float] = tuple(list(range(-10, 11)) + 5 * [0]),
     jitter_after: int = 4,
     noise: float = 0.0,
+    flip: bool = False,
 ) -> list[Transform]:
     """Lucid's default: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 degrees, jitter 4;
-    then (``noise`` > 0) Gaussian pixel noise of that standard deviation."""
+    then (``noise`` > 0) Gaussian pixel noise of that standard deviation. ``flip`` mirrors
+    half the views left-right (first of the geometric transforms)."""
     out: list[Transform] = []
     if pad:
         out.append(Pad(pad))
+    if flip:
+        out.append(RandomFlip())
     if jitter > 1:
         out.append(Jitter(jitter))
     if scales and len(scales) > 0 and set(scales) != {1}:

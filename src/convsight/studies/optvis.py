@@ -220,6 +220,7 @@ def classviz(
             {
                 "class": indices[r],
                 "probability": float(probs[r, indices[r]]),
+                "logit": float(logits[r, indices[r]]),
                 "model_top1": loaded.card.label(top1[r]),
             }
         )
