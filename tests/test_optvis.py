@@ -224,7 +224,7 @@ def test_cossim_class_objective_is_dot_times_cosine_on_the_penultimate_layer(tin
 
 
 def test_batch_norm_prior_is_the_distance_to_the_running_statistics():
-    from convsight.optvis.render import _BatchNormPrior
+    from convsight.optvis.model_hooks import BatchNormPrior
 
     torch.manual_seed(0)
     net = nn.Sequential(
@@ -248,7 +248,7 @@ def test_batch_norm_prior_is_the_distance_to_the_running_statistics():
     )
     model = Model(net, card)
     x = torch.randn(2, 3, 16, 16)
-    prior = _BatchNormPrior(net, 1.0)
+    prior = BatchNormPrior(net, 1.0)
     prior.active = True
     net(x)
     value = prior.take(1)
@@ -261,7 +261,7 @@ def test_batch_norm_prior_is_the_distance_to_the_running_statistics():
 
     def final_prior(weight):
         images = render_classes(model, [0, 2], steps=20, bn_prior=weight, seed=1).images
-        prior = _BatchNormPrior(net, 1.0)
+        prior = BatchNormPrior(net, 1.0)
         prior.active = True
         net(model.normalize(images))
         value = prior.take(1)

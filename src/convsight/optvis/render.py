@@ -23,6 +23,7 @@ from convsight.errors import ConvsightError
 from convsight.layers import ELEMENTWISE_LAYERS, capture, check_layers, forward_to, get_layer
 from convsight.models import Model
 from convsight.optvis import objectives as obj
+from convsight.optvis.model_hooks import BatchNormPrior, GhostNoise
 from convsight.optvis.objectives import OUTPUT, Context, Objective, Rows
 from convsight.optvis.param import FourierImage, ImageParam, PhaseImage, PixelImage
 from convsight.optvis.transforms import (
@@ -462,78 +463,6 @@ class _Forward:
         return result
 
 
-class _Ghost:
-    """Multiply every channel of every conv output by 1 + N(0, std^2) while ``rng`` is set.
-
-    A slightly different network each step (Li et al. 2020, "Learning transferable
-    adversarial examples via ghost networks", https://arxiv.org/abs/1812.03413): an image
-    that only one exact set of weights likes stops paying. Draws come per row from the
-    rows' own generators (:class:`RowRandom`), so a row's noise ignores the other rows.
-    """
-
-    def __init__(self, module: nn.Module, std: float) -> None:
-        self.std = std
-        self.rng: RowRandom | None = None
-        self.handles = []
-        if std > 0:
-            for layer in module.modules():
-                if isinstance(layer, nn.Conv2d):
-                    self.handles.append(layer.register_forward_hook(self._hook))
-
-    def _hook(self, _module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor | None:
-        if self.rng is None or not isinstance(out, torch.Tensor) or out.dim() != 4:
-            return None
-        noise = self.rng.normal((out.shape[1], 1, 1)).to(out.device, out.dtype)
-        return out * (1 + self.std * noise)
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-
-class _BatchNormPrior:
-    """Per row: how far each batch norm layer's input statistics are from its running ones.
-
-    DeepInversion's feature-distribution prior (Yin et al. 2020, "Dreaming to distill",
-    https://arxiv.org/abs/1912.08795), per image instead of per batch so rows stay
-    independent: the sum over batch norm layers of ||mean - running mean|| + ||var -
-    running var|| (means and variances over positions, per channel). Collected by
-    pre-forward hooks while ``active``; ``take`` returns it per row and resets.
-    """
-
-    def __init__(self, module: nn.Module, weight: float) -> None:
-        self.active = False
-        self.total: torch.Tensor | int = 0
-        self.handles = []
-        if weight > 0:
-            for layer in module.modules():
-                if isinstance(layer, nn.BatchNorm2d) and layer.running_mean is not None:
-                    self.handles.append(layer.register_forward_pre_hook(self._hook))
-
-    def _hook(self, layer: nn.BatchNorm2d, inputs: tuple) -> None:
-        if not self.active:
-            return
-        x = inputs[0].float()
-        mean, var = x.mean((2, 3)), x.var((2, 3), unbiased=False)
-        self.total = (
-            self.total
-            + (mean - layer.running_mean).norm(dim=1)
-            + (var - layer.running_var).norm(dim=1)
-        )
-
-    def take(self, views: int) -> torch.Tensor | int:
-        total, self.total = self.total, 0
-        if isinstance(total, int) or views == 1:
-            return total
-        return total.reshape(views, -1).mean(0)
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-
 def _autocast(settings: RenderSettings, device: torch.device):
     if settings.precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -614,8 +543,8 @@ def render(
     rows = torch.arange(batch)
     start_params = [p.detach().clone() for p in param.params]
     averaged = [p.detach().clone() for p in param.params] if settings.average else []
-    ghost = _Ghost(module, settings.ghost)
-    prior = _BatchNormPrior(module, settings.bn_prior)
+    ghost = GhostNoise(module, settings.ghost)
+    prior = BatchNormPrior(module, settings.bn_prior)
     began = time.perf_counter()
     try:
         with progress_bar(progress) as bar:
