@@ -372,6 +372,9 @@ def test_hooks_are_released_after_an_exception_mid_render(tiny):
     with pytest.raises(RuntimeError, match="stop"):
         render(tiny, obj.class_logit([0, 1]), 2, plain(channels_last=True), callback=boom)
     assert hook_count(tiny.module) == 0
+    with pytest.raises(RuntimeError, match="stop"):  # ghost noise hooks every conv
+        render(tiny, obj.class_logit([0, 1]), 2, plain(ghost=0.1), callback=boom)
+    assert hook_count(tiny.module) == 0
     weight = tiny.module.features[0].weight
     assert weight.is_contiguous()  # channels_last conversion undone
 
