@@ -230,13 +230,25 @@ def main() -> None:
     )
 
 
-def precision_only(model, channels: int, steps: int, seed: int) -> None:
-    """bf16 autocast against fp32: the same render, timed, and the objective each reaches
-    (mean channel activation of its final image, both evaluated in fp32)."""
+def add_to_render_json(key: str, result: dict) -> None:
+    """Store ``result`` (with load and threads) under ``key`` of render.json, keeping its rows."""
     import json
 
     from common import RESULTS
 
+    result["load_average_after"] = os.getloadavg()
+    result["threads"] = torch.get_num_threads()
+    path = RESULTS / "render.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = result
+    if "machine" in data:  # the machine of the timed rows; write_result adds this run's
+        data.setdefault("machine_of_rows", data.pop("machine"))
+    write_result("render", data)
+
+
+def precision_only(model, channels: int, steps: int, seed: int) -> None:
+    """bf16 autocast against fp32: the same render, timed, and the objective each reaches
+    (mean channel activation of its final image, both evaluated in fp32)."""
     result: dict = {"channels": channels, "steps": steps, "layers": {}}
     for layer in LAYERS:
         row: dict = {}
@@ -255,22 +267,11 @@ def precision_only(model, channels: int, steps: int, seed: int) -> None:
         )
         result["layers"][layer] = row
         print(layer, {k: v for k, v in row.items() if not isinstance(v, list)}, flush=True)
-    result["load_average_after"] = os.getloadavg()
-    result["threads"] = torch.get_num_threads()
-    path = RESULTS / "render.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data["precision_bf16"] = result
-    if "machine" in data:
-        data.setdefault("machine_of_rows", data.pop("machine"))
-    write_result("render", data)
+    add_to_render_json("precision_bf16", result)
 
 
 def flops_only(model, rows: int) -> None:
     """The FLOP/s target on a quiet machine: one step of the batched render against matmul."""
-    import json
-
-    from common import RESULTS
-
     peak = matmul_flops()
     result = {"matmul_gflops_fp32": peak / 1e9, "rows": rows, "layers": {}}
     for layer in LAYERS:
@@ -284,14 +285,7 @@ def flops_only(model, rows: int) -> None:
                 "fraction_of_matmul": flops / seconds / peak,
             }
             print(name, result["layers"][name], flush=True)
-    result["load_average_after"] = os.getloadavg()
-    result["threads"] = torch.get_num_threads()
-    path = RESULTS / "render.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data["step_flops_batched"] = result
-    if "machine" in data:  # the machine of the timed rows; write_result adds this run's
-        data.setdefault("machine_of_rows", data.pop("machine"))
-    write_result("render", data)
+    add_to_render_json("step_flops_batched", result)
 
 
 if __name__ == "__main__":

@@ -200,6 +200,8 @@ def test_coarse_to_fine_keeps_only_the_low_band_then_opens_it(tiny):
     )
     with pytest.raises(ConvsightError, match="coarse-to-fine must be in"):
         settings_for("robust", coarse_to_fine=1.5)
+    with pytest.raises(ConvsightError, match="fourier parameterization only"):
+        settings_for("robust", coarse_to_fine=0.5, param="pixel")
 
 
 def test_cossim_class_objective_is_dot_times_cosine_on_the_penultimate_layer(tiny):
@@ -223,7 +225,7 @@ def test_cossim_class_objective_is_dot_times_cosine_on_the_penultimate_layer(tin
     assert class_objective(scripted, [1], "cossim").description.startswith("margin(")
 
 
-def test_batch_norm_prior_is_the_distance_to_the_running_statistics():
+def test_batch_norm_prior_is_the_distance_to_the_running_statistics(tiny):
     from convsight.optvis.model_hooks import BatchNormPrior
 
     torch.manual_seed(0)
@@ -269,6 +271,15 @@ def test_batch_norm_prior_is_the_distance_to_the_running_statistics():
         return value
 
     assert (final_prior(5.0) < final_prior(0.0)).all()
+
+    # a model without batch norm fails before any step, leaving no hook behind
+    def boom(step, values):
+        raise AssertionError("no step should run")
+
+    with pytest.raises(ConvsightError, match="needs batch norm layers"):
+        render(tiny, obj.class_logit([0]), 1, plain(ghost=0.1, bn_prior=1.0), callback=boom)
+    assert hook_count(tiny.module) == 0  # the ghost hooks made just before are gone too
+    assert tiny.module.features[0].weight.is_contiguous()
     batch = render_classes(model, [0, 2], steps=4, bn_prior=1.0, seed=1)
     alone = render_classes(model, [2], steps=4, bn_prior=1.0, seed=1)
     assert torch.allclose(batch.images[1], alone.images[0], atol=1e-5)
@@ -472,6 +483,18 @@ def test_cli_classviz_mean_init_and_bad_class(shared, tmp_path):
     assert bad.exit_code == 2 and "unknown class 'goldfsh'" in bad.stderr
     assert not (tmp_path / "bad").exists()
     assert OUTPUT == "<output>"
+
+
+@pytest.mark.parametrize(
+    "command", [["classviz", "--classes", "1"], ["maximize", "--layer", "features.0"]]
+)
+def test_cli_batch_norm_prior_on_a_model_without_batch_norm_exit_2(tmp_path, command):
+    out = tmp_path / "bn"
+    args = [command[0], "mnist-cnn", *command[1:], "--set", "bn_prior=1", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "needs batch norm layers" in result.stderr
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("layer", ["features.3", "features.4", "features.2"])

@@ -11,7 +11,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from convsight.errors import ConvsightError
 from convsight.optvis.transforms import RowRandom
+
+
+def _conv_layers(module: nn.Module) -> list[nn.Conv2d]:
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ConvsightError("ghost noise needs conv layers; the model has none")
+    return convs
+
+
+def _batch_norms(module: nn.Module) -> list[nn.BatchNorm2d]:
+    norms = [
+        m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None
+    ]
+    if not norms:
+        raise ConvsightError(
+            "the batch norm prior needs batch norm layers with running statistics; "
+            "the model has none"
+        )
+    return norms
+
+
+def check_model_hooks(module: nn.Module, ghost: float, bn_prior: float) -> None:
+    """Fail now (one sentence) if the model lacks the layers ghost noise or the prior need."""
+    if ghost > 0:
+        _conv_layers(module)
+    if bn_prior > 0:
+        _batch_norms(module)
 
 
 class GhostNoise:
@@ -28,9 +56,7 @@ class GhostNoise:
         self.rng: RowRandom | None = None
         self.handles = []
         if std > 0:
-            for layer in module.modules():
-                if isinstance(layer, nn.Conv2d):
-                    self.handles.append(layer.register_forward_hook(self._hook))
+            self.handles = [c.register_forward_hook(self._hook) for c in _conv_layers(module)]
 
     def _hook(self, _module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor | None:
         if self.rng is None or not isinstance(out, torch.Tensor) or out.dim() != 4:
@@ -59,9 +85,9 @@ class BatchNormPrior:
         self.total: torch.Tensor | int = 0
         self.handles = []
         if weight > 0:
-            for layer in module.modules():
-                if isinstance(layer, nn.BatchNorm2d) and layer.running_mean is not None:
-                    self.handles.append(layer.register_forward_pre_hook(self._hook))
+            self.handles = [
+                norm.register_forward_pre_hook(self._hook) for norm in _batch_norms(module)
+            ]
 
     def _hook(self, layer: nn.BatchNorm2d, inputs: tuple) -> None:
         if not self.active:

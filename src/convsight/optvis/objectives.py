@@ -304,17 +304,19 @@ def class_log_softmax(classes: Rows, label: str | None = None) -> Objective:
     )
 
 
-def direction(layer: str, vector: torch.Tensor) -> Objective:
-    """Mean dot product of the activation vectors of ``layer`` with ``vector`` (C or N x C)."""
-    vector = torch.as_tensor(vector, dtype=torch.float32)
+def _act_and_direction(
+    ctx: Context, layer: str, vector: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spatially averaged activations of ``layer`` (N x C) and each row's direction (N x C
+    or 1 x C)."""
+    act = _view_mean(_spatial_mean(ctx.acts[layer]), ctx.views)
+    vec = vector.to(act.device, act.dtype)
+    if vec.dim() == 2 and ctx.rows is not None:
+        vec = vec[ctx.rows.to(act.device)]
+    return act, (vec if vec.dim() == 2 else vec[None])
 
-    def fn(ctx: Context) -> torch.Tensor:
-        act = _view_mean(_spatial_mean(ctx.acts[layer]), ctx.views)
-        vec = vector.to(act.device, act.dtype)
-        if vec.dim() == 2 and ctx.rows is not None:
-            vec = vec[ctx.rows.to(act.device)]
-        return (act * (vec if vec.dim() == 2 else vec[None])).sum(1)
 
+def _direction_check(layer: str, vector: torch.Tensor):
     def check(shapes: dict[str, tuple[int, ...]], batch: int) -> None:
         shape = shapes.get(layer)
         if shape is not None and vector.shape[-1] != shape[0]:
@@ -324,7 +326,18 @@ def direction(layer: str, vector: torch.Tensor) -> Objective:
         if vector.dim() == 2 and vector.shape[0] != batch:
             raise ConvsightError(f"{vector.shape[0]} directions given for {batch} rows")
 
-    return Objective(fn, f"direction({layer})", [layer], checks=[check])
+    return check
+
+
+def direction(layer: str, vector: torch.Tensor) -> Objective:
+    """Mean dot product of the activation vectors of ``layer`` with ``vector`` (C or N x C)."""
+    vector = torch.as_tensor(vector, dtype=torch.float32)
+
+    def fn(ctx: Context) -> torch.Tensor:
+        act, vec = _act_and_direction(ctx, layer, vector)
+        return (act * vec).sum(1)
+
+    return Objective(fn, f"direction({layer})", [layer], checks=[_direction_check(layer, vector)])
 
 
 def direction_cossim(
@@ -333,20 +346,15 @@ def direction_cossim(
     """Dot product with ``vector`` times max(cosine, 0.1)^power (Lucid's ``dot x cossim``):
     rewards activations that point along the direction, not only large ones."""
     vector = torch.as_tensor(vector, dtype=torch.float32)
-    base = direction(layer, vector)
 
     def fn(ctx: Context) -> torch.Tensor:
-        act = _view_mean(_spatial_mean(ctx.acts[layer]), ctx.views)
-        vec = vector.to(act.device, act.dtype)
-        if vec.dim() == 2 and ctx.rows is not None:
-            vec = vec[ctx.rows.to(act.device)]
-        vec = vec if vec.dim() == 2 else vec[None]
+        act, vec = _act_and_direction(ctx, layer, vector)
         dot = (act * vec).sum(1)
         cos = dot / (act.norm(dim=1) * vec.norm(dim=1) + 1e-8)
         return dot * cos.clamp(min=0.1) ** power
 
     text = f"cossim({label})" if label else f"direction_cossim({layer})"
-    return Objective(fn, text, [layer], checks=base._checks)
+    return Objective(fn, text, [layer], checks=[_direction_check(layer, vector)])
 
 
 def diversity(layer: str) -> Objective:

@@ -194,6 +194,10 @@ def validate_settings(s: RenderSettings) -> None:
         (s.noise >= 0, f"noise must be >= 0, not {s.noise}"),
         (s.ghost >= 0, f"ghost must be >= 0, not {s.ghost}"),
         (0 <= s.coarse_to_fine <= 1, f"coarse-to-fine must be in [0, 1], not {s.coarse_to_fine}"),
+        (
+            s.coarse_to_fine == 0 or s.param == "fourier",
+            "coarse-to-fine works on the fourier parameterization only",
+        ),
         (s.bn_prior >= 0, f"bn-prior must be >= 0, not {s.bn_prior}"),
         (s.cossim_power >= 0, f"cossim power must be >= 0, not {s.cossim_power}"),
         (0 <= s.average < 1, f"average must be in [0, 1), not {s.average}"),
@@ -543,15 +547,19 @@ def render(
     rows = torch.arange(batch)
     start_params = [p.detach().clone() for p in param.params]
     averaged = [p.detach().clone() for p in param.params] if settings.average else []
-    ghost = GhostNoise(module, settings.ghost)
-    prior = BatchNormPrior(module, settings.bn_prior)
+    hooks: list[GhostNoise | BatchNormPrior] = []
     began = time.perf_counter()
     try:
+        # a model without the layers these need fails here, before any step
+        ghost = GhostNoise(module, settings.ghost)
+        hooks.append(ghost)
+        prior = BatchNormPrior(module, settings.bn_prior)
+        hooks.append(prior)
         with progress_bar(progress) as bar:
             task = bar.add_task(description, total=settings.steps, status="")
             for step in range(settings.steps):
                 optimizer.zero_grad(set_to_none=True)
-                if settings.coarse_to_fine and isinstance(param, FourierImage):
+                if settings.coarse_to_fine:  # fourier only (validated)
                     rise = (step + 1) / (settings.coarse_to_fine * settings.steps)
                     param.band = min(1.0, 0.125 + 0.875 * rise)
                 main = torch.zeros(batch)
@@ -613,8 +621,9 @@ def render(
         values = torch.zeros(batch)
         images = torch.zeros(0)
         with torch.no_grad():
-            for avg, p in zip(averaged, param.params if averaged else [], strict=True):
-                p.copy_(avg)
+            if averaged:  # the final image is the moving average
+                for avg, p in zip(averaged, param.params, strict=True):
+                    p.copy_(avg)
             images = param.pixels().detach()
             for part in chunks:
                 inp = param.model_input(model, images[part], part)
@@ -622,8 +631,8 @@ def render(
                 ctx = Context(acts, images[part], inp, 1, rows[part], forward.sliced)
                 values[part] = full(ctx).detach().cpu()
     finally:
-        ghost.close()
-        prior.close()
+        for hook in hooks:
+            hook.close()
         if converted:
             module.to(memory_format=torch.contiguous_format)
     return RenderResult(

@@ -18,6 +18,7 @@ from convsight.errors import ConvsightError
 from convsight.layers import get_layer
 from convsight.models import Model, load_model
 from convsight.optvis.means import class_counts, class_mean_images
+from convsight.optvis.model_hooks import check_model_hooks
 from convsight.optvis.objectives import channel
 from convsight.optvis.render import (
     RenderResult,
@@ -112,6 +113,7 @@ def maximize(
     loaded = _load(model, weights, device)
     chans = parse_channels(channels) if isinstance(channels, str) else [int(c) for c in channels]
     check_channels(loaded, layer, chans, settings.size)
+    check_model_hooks(loaded.module, settings.ghost, settings.bn_prior)
     out = prepare_out_dir(out)
     seed_everything(seed)
     start = time.perf_counter()
@@ -170,6 +172,7 @@ def classviz(
         loaded.class_index(0)  # a model without class scores fails here
         classes = list(range(loaded.card.num_classes or 0))
     indices = [loaded.class_index(c) for c in classes]
+    check_model_hooks(loaded.module, settings.ghost, settings.bn_prior)
     start_pixels = None
     counts: dict[int, int] = {}
     if init == "mean":
