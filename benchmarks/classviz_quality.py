@@ -14,11 +14,11 @@ top-5 hit rates. Recipes:
   best Lucent-style recipe of the issue's trial).
 * ``robust``: convsight's robust preset for classes (CLASS_PRESETS["robust"]: a wide random
   zoom 0.5-1.5, Adam at a constant 0.05, the penultimate features' dot x cosine with the
-  class direction), at 128 and 64 steps; and ablations (:data:`ABLATIONS`) that change one
-  ingredient each, on ``--ablation-classes`` classes with every seed (the robust rows on
-  those classes are their baseline). With a constant learning rate the image after 64 of 128
-  steps is the image of a 64-step render (same seeds, same draws), so 64-step rows are
-  snapshots of the 128-step renders.
+  class direction, the gradient through residual branches x 0.3), at 128 and 64 steps; and
+  ablations (:data:`ABLATIONS`) that change one ingredient each, on ``--ablation-classes``
+  classes with every seed (the robust rows on those classes are their baseline). With a
+  constant learning rate the image after 64 of 128 steps is the image of a 64-step render
+  (same seeds, same draws), so 64-step rows are snapshots of the 128-step renders.
 * ``robust bf16``: the robust preset under bf16 autocast (``precision="bf16"``).
 * ``torch-lucent``: torch-lucent 0.1.8's ``render_vis`` on the same logit, the model wrapped
   with its own normalization (``preprocess=False``), defaults otherwise (Adam 0.05).
@@ -48,7 +48,7 @@ from convsight.optvis import render_classes
 PAPER_CLASSES = (1, 9, 55, 250, 951)  # goldfish, ostrich, green snake, Siberian husky, lemon
 
 # Each ablation changes one ingredient of the robust class preset (CLASS_PRESETS["robust"]:
-# zoom 0.5-1.5, constant Adam 0.05, cossim) back to an alternative: name, overrides.
+# zoom 0.5-1.5, constant Adam 0.05, cossim, skip gradient 0.3) back to an alternative.
 ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("wide zoom (0.75-1.25)", dict(scales=tuple(round(0.75 + 0.05 * i, 2) for i in range(11)))),
     ("wide zoom (Lucid's 0.9-1.1)", dict(scales=tuple(1 + (i - 5) / 50 for i in range(11)))),
@@ -56,6 +56,8 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("constant lr (cosine from 0.05)", dict(lr_schedule="cosine")),
     ("cossim (margin: logit - mean logit)", dict(class_objective="margin")),
     ("cossim (logit)", dict(class_objective="logit")),
+    ("skip gradient 0.3 (off)", dict(skip_gradient=1.0)),
+    ("skip gradient 0.3 (0.6)", dict(skip_gradient=0.6)),
 ]
 
 

@@ -13,7 +13,8 @@ seed 0 and 70% with seed 1). Rows are appended to
 benchmarks/results/classviz_screen.json (``--name``), with forward/backward passes per image
 (steps x views) beside each hit rate, so recipes can be compared at equal work; ``--also 64``
 judges the images at step 64 as well (one row each). Each row's ``base`` names the class
-objective of the preset it overrides (the preset changed from margin to cossim).
+objective of the preset it overrides (the preset changed from margin to cossim, then gained
+the skip gradient).
 """
 
 from __future__ import annotations
@@ -33,12 +34,22 @@ from common import RESULTS, shared_dir, write_result
 from convsight.data.imagenet import imagenet_samples
 from convsight.models import load_model
 from convsight.optvis import render_classes
+from convsight.optvis.render import CLASS_PRESETS
 
 
 def zoom(text: str, count: int = 11) -> tuple[float, ...]:
     """'0.5-1.5' -> 11 evenly spaced scales from 0.5 to 1.5."""
     lo, hi = (float(v) for v in text.split("-"))
     return tuple(round(lo + (hi - lo) * i / (count - 1), 3) for i in range(count))
+
+
+def base_name() -> str:
+    """What the overrides apply to: the class preset's objective and skip gradient."""
+    preset = CLASS_PRESETS["robust"]
+    name = f"robust class preset, {preset['class_objective']} objective"
+    if preset.get("skip_gradient", 1.0) < 1:
+        name += f", skip gradient {preset['skip_gradient']:g}"
+    return name
 
 
 def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
@@ -125,6 +136,7 @@ def main() -> None:
                 "judge_prob_mean": float(np.mean(hits["judge_prob"])),
                 "top1": hits["top1"],
                 "seconds": seconds,
+                "base": base_name(),
             }
             rows.append(row)
             print(

@@ -4,6 +4,7 @@ fails before any step, hooks are released."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -140,6 +141,30 @@ def test_pixel_noise_is_seeded_per_row_and_changes_the_render(tiny):
     changes_and_repeats_per_row(tiny, settings, noise=0.2)
     with pytest.raises(ConvsightError, match="noise must be >= 0"):
         settings_for("robust", noise=-0.1)
+
+
+def test_color_shift_is_an_affine_colour_cast_per_view_and_channel(tiny):
+    from convsight.optvis.transforms import ColorShift, RowRandom, standard_transforms
+
+    assert [t.describe() for t in standard_transforms(0, 0, (), (), 0, color_shift=0.5)] == [
+        "color_shift(0.5)"
+    ]
+    x = torch.rand(4, 3, 8, 8)
+    shifted = ColorShift(0.5)(x, RowRandom(row_generators([0, 1, 2, 3])))
+    for view, out in zip(x, shifted, strict=True):
+        for channel in range(3):  # out = (in - 0.5) * scale + 0.5 + shift, one pair per channel
+            a, b = view[channel].flatten(), out[channel].flatten()
+            scale = float(((a - a.mean()) * (b - b.mean())).sum() / ((a - a.mean()) ** 2).sum())
+            shift = float(b.mean() - 0.5 - (a.mean() - 0.5) * scale)
+            assert torch.allclose(b, (a - 0.5) * scale + 0.5 + shift, atol=1e-5)
+            assert math.exp(-0.5) - 1e-4 <= scale <= math.exp(0.5) + 1e-4
+            assert abs(shift) <= 0.125 + 1e-4
+    assert not torch.allclose(shifted[0, 0], x[0, 0])
+    settings = dict(steps=4, size=32, seed=2, pad=0, jitter=0, jitter_after=0)
+    settings.update(scales=(), angles=())
+    changes_and_repeats_per_row(tiny, settings, color_shift=0.5)
+    with pytest.raises(ConvsightError, match="color shift must be >= 0"):
+        settings_for("robust", color_shift=-1)
 
 
 def test_flip_mirrors_about_half_the_views_each_row_on_its_own():
@@ -386,6 +411,10 @@ def test_hooks_are_released_after_an_exception_mid_render(tiny):
     with pytest.raises(RuntimeError, match="stop"):  # ghost noise hooks every conv
         render(tiny, obj.class_logit([0, 1]), 2, plain(ghost=0.1), callback=boom)
     assert hook_count(tiny.module) == 0
+    res = residual_model()
+    with pytest.raises(RuntimeError, match="stop"):  # skip gradient hooks every branch
+        render(res, obj.class_logit([0, 1]), 2, plain(skip_gradient=0.5), callback=boom)
+    assert hook_count(res.module) == 0
     weight = tiny.module.features[0].weight
     assert weight.is_contiguous()  # channels_last conversion undone
 
@@ -488,13 +517,112 @@ def test_cli_classviz_mean_init_and_bad_class(shared, tmp_path):
 @pytest.mark.parametrize(
     "command", [["classviz", "--classes", "1"], ["maximize", "--layer", "features.0"]]
 )
-def test_cli_batch_norm_prior_on_a_model_without_batch_norm_exit_2(tmp_path, command):
-    out = tmp_path / "bn"
-    args = [command[0], "mnist-cnn", *command[1:], "--set", "bn_prior=1", "--out", str(out)]
+@pytest.mark.parametrize(
+    "setting, message",
+    [("bn_prior=1", "needs batch norm layers"), ("skip_gradient=0.5", "needs residual blocks")],
+)
+def test_cli_model_hook_on_a_model_without_its_layers_exit_2(tmp_path, command, setting, message):
+    out = tmp_path / "hooked"
+    args = [command[0], "mnist-cnn", *command[1:], "--set", setting, "--out", str(out)]
     result = runner.invoke(app, [*args, "--quiet"])
     assert result.exit_code == 2, result.output
-    assert "needs batch norm layers" in result.stderr
+    assert message in result.stderr
     assert not out.exists()
+
+
+def test_cli_class_preset_runs_without_its_skip_gradient_on_a_plain_cnn(tmp_path):
+    out = tmp_path / "plain"
+    args = ["classviz", "mnist-cnn", "--classes", "7", "--steps", "2", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["skip_gradient"] == 0.3
+    assert summary["objective"].endswith("; skip gradient 0.3 off: no residual blocks")
+
+
+def residual_model() -> Model:
+    """A small untrained residual classifier: two MobileNet v2 blocks with skip connections."""
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        InvertedResidual(8, 8, 1, 2),
+        InvertedResidual(8, 8, 1, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    ).eval()
+    card = ModelCard(
+        name="res",
+        arch="test:res",
+        input_size=(16, 16),
+        channels=3,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        labels=["a", "b", "c"],
+    )
+    return Model(net, card)
+
+
+def test_skip_gradient_scales_only_the_residual_branchs_gradient():
+    from torchvision.models import mobilenet_v2, resnet18, resnet50
+
+    from convsight.optvis.model_hooks import SkipGradient, check_model_hooks, residual_branches
+
+    block = residual_model().module[1]
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    g = torch.randn(2, 8, 16, 16)
+
+    def input_grad(gamma):
+        hook = SkipGradient(block, gamma)
+        try:
+            y = block(x)
+            (grad,) = torch.autograd.grad(y, x, g)
+        finally:
+            hook.close()
+        return y.detach(), grad
+
+    y1, full = input_grad(1.0)
+    y0, skip = input_grad(0.0)  # the skip connection alone passes the gradient unchanged
+    y_half, half = input_grad(0.5)
+    assert torch.equal(skip, g) and not torch.allclose(full, g)
+    assert torch.allclose(half, g + 0.5 * (full - g), atol=1e-6)
+    assert torch.equal(y1, y0) and torch.equal(y1, y_half)  # the values are untouched
+    assert hook_count(block) == 0
+    # which modules count as a residual branch in torchvision's families
+    assert len(residual_branches(mobilenet_v2())) == 10  # blocks with a skip connection
+    assert len(residual_branches(resnet18())) == 8
+    assert len(residual_branches(resnet50())) == 16
+    assert residual_branches(nn.Sequential(nn.Conv2d(3, 3, 1))) == []
+    with pytest.raises(ConvsightError, match="needs residual blocks"):
+        check_model_hooks(nn.Sequential(nn.Conv2d(3, 3, 1)), skip_gradient=0.5)
+
+
+def test_skip_gradient_render_changes_the_image_per_row_not_the_values():
+    model = residual_model()
+    settings = dict(steps=4, seed=2, class_objective="margin", skip_gradient=1.0)
+    plain_run = render_classes(model, [0, 2], **settings)
+    settings["skip_gradient"] = 0.3
+    damped = render_classes(model, [0, 2], **settings)
+    again = render_classes(model, [0, 2], **settings)
+    alone = render_classes(model, [2], **settings)
+    assert not torch.allclose(plain_run.images, damped.images)
+    assert torch.equal(damped.images, again.images)
+    assert torch.allclose(damped.images[1], alone.images[0], atol=1e-5)
+    assert hook_count(model.module) == 0
+    logits = model.module(model.normalize(damped.images))  # values: the unchanged network's
+    assert torch.allclose(damped.values, logits[[0, 1], [0, 2]] - logits.mean(1), atol=1e-4)
+    assert damped.description.endswith("; skip gradient 0.3 on 2 residual branches")
+    for bad in (0, 1.5):
+        with pytest.raises(ConvsightError, match=r"skip-gradient must be in \(0, 1\]"):
+            settings_for("robust", skip_gradient=bad)
+
+
+def test_skip_gradient_is_off_on_a_model_without_residual_blocks(tiny):
+    result = render_classes(tiny, [1], steps=2, size=32, skip_gradient=0.3)
+    assert result.description.endswith("; skip gradient 0.3 off: no residual blocks")
+    assert hook_count(tiny.module) == 0
 
 
 @pytest.mark.parametrize("layer", ["features.3", "features.4", "features.2"])

@@ -1,15 +1,18 @@
-"""Render-time hooks on the model itself: a perturbed network each step (ghost noise) and a
-prior on the statistics the network sees (batch norm inputs).
+"""Render-time hooks on the model itself: a perturbed network each step (ghost noise), a
+prior on the statistics the network sees (batch norm inputs), and a damped gradient through
+residual branches (skip gradient).
 
-Both register on construction only when switched on, act only while the render says so
-(``rng`` set / ``active``), and are removed by ``close()``, which the render calls in its
-``finally``.
+Each registers on construction only when switched on, acts only while the render says so
+(``rng`` set / ``active`` / a gradient is being recorded), and is removed by ``close()``,
+which the render calls in its ``finally``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.models.convnext import CNBlock
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from convsight.errors import ConvsightError
 from convsight.optvis.transforms import RowRandom
@@ -34,12 +37,41 @@ def _batch_norms(module: nn.Module) -> list[nn.BatchNorm2d]:
     return norms
 
 
-def check_model_hooks(module: nn.Module, ghost: float, bn_prior: float) -> None:
-    """Fail now (one sentence) if the model lacks the layers ghost noise or the prior need."""
+def residual_branches(module: nn.Module) -> list[nn.Module]:
+    """The residual branch (the part added to the skip connection) of every residual block
+    torchvision builds: MobileNet v2/v3 and EfficientNet blocks that use their skip
+    connection (``conv`` / ``block``), ResNet's BasicBlock (from ``bn2``) and Bottleneck
+    (``bn3``), ConvNeXt's CNBlock (``block``). Hooking the branch's last module scales the
+    gradient of the whole branch. Empty for a model without such blocks."""
+    found: list[nn.Module] = []
+    for m in module.modules():
+        branch = None
+        if isinstance(m, BasicBlock):
+            branch = m.bn2
+        elif isinstance(m, Bottleneck):
+            branch = m.bn3
+        elif isinstance(m, CNBlock):
+            branch = m.block
+        elif getattr(m, "use_res_connect", False) is True:
+            branch = next((getattr(m, a) for a in ("conv", "block") if hasattr(m, a)), None)
+        if isinstance(branch, nn.Module):
+            found.append(branch)
+    return found
+
+
+def check_model_hooks(
+    module: nn.Module, ghost: float = 0.0, bn_prior: float = 0.0, skip_gradient: float = 1.0
+) -> None:
+    """Fail now (one sentence) if the model lacks the layers a switched-on hook needs."""
     if ghost > 0:
         _conv_layers(module)
     if bn_prior > 0:
         _batch_norms(module)
+    if skip_gradient < 1 and not residual_branches(module):
+        raise ConvsightError(
+            "skip-gradient needs residual blocks (torchvision ResNet, MobileNet v2/v3, "
+            "EfficientNet or ConvNeXt); the model has none"
+        )
 
 
 class GhostNoise:
@@ -105,6 +137,56 @@ class BatchNormPrior:
         if isinstance(total, int) or views == 1:
             return total
         return total.reshape(views, -1).mean(0)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward (a copy, so later in-place ops are safe); gradient times ``gamma``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gamma: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.gamma = gamma
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad * ctx.gamma, None
+
+
+class SkipGradient:
+    """Multiply the gradient through every residual branch by ``gamma`` (values unchanged).
+
+    The skip gradient method (Wu et al. 2020, "Skip connections matter: on the
+    transferability of adversarial examples generated with ResNets",
+    https://arxiv.org/abs/2002.05990): the image follows more of the gradient that reaches
+    it along skip connections, i.e. through fewer nonlinear layers, and less of the
+    gradient specific to this network's deep branches. The objective and the network's
+    outputs are unchanged; only the ascent direction is. Acts whenever a gradient is
+    recorded; on a model without residual blocks it does nothing (``describe`` says so).
+    """
+
+    def __init__(self, module: nn.Module, gamma: float) -> None:
+        self.gamma = gamma
+        self.handles = []
+        if gamma < 1:
+            self.handles = [b.register_forward_hook(self._hook) for b in residual_branches(module)]
+        self.branches = len(self.handles)
+
+    def describe(self) -> str:
+        if self.gamma >= 1:
+            return ""
+        if not self.branches:
+            return f"skip gradient {self.gamma:g} off: no residual blocks"
+        return f"skip gradient {self.gamma:g} on {self.branches} residual branches"
+
+    def _hook(self, _module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor | None:
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return None
+        return _ScaleGradient.apply(out, self.gamma)
 
     def close(self) -> None:
         for handle in self.handles:

@@ -1,4 +1,4 @@
-"""How the image is perturbed each step: pad, jitter, random scale, random rotate, noise, blur.
+"""How the image is perturbed each step: pad, jitter, scale, rotate, colour shift, noise, blur.
 
 Transforms act on pixel-space batches. Randomness is drawn per row from that row's own
 generator (see :class:`RowRandom`), so a row's transforms do not depend on the other rows.
@@ -89,6 +89,30 @@ class Noise(Transform):
 
     def describe(self) -> str:
         return f"noise({self.std:g})"
+
+
+class ColorShift(Transform):
+    """Random per-channel contrast and offset (Plug-In Inversion's ColorShift).
+
+    Each view's channels are scaled about 0.5 by ``exp(U(-a, a))`` and shifted by
+    ``U(-a, a) / 4`` (``a`` in units of about one standard deviation of an ImageNet pixel), so
+    the class must be readable under any colour cast. Ghiasi et al. 2022,
+    https://arxiv.org/abs/2201.12961
+    """
+
+    def __init__(self, amount: float) -> None:
+        self.amount = amount
+
+    def __call__(self, x: torch.Tensor, rng: RowRandom) -> torch.Tensor:
+        c, a = x.shape[1], self.amount
+        scale = torch.stack([rng.uniform(-a, a) for _ in range(c)], 1).exp()
+        shift = torch.stack([rng.uniform(-a, a) for _ in range(c)], 1) / 4
+        scale = scale.to(x.device, x.dtype)[:, :, None, None]
+        shift = shift.to(x.device, x.dtype)[:, :, None, None]
+        return (x - 0.5) * scale + 0.5 + shift
+
+    def describe(self) -> str:
+        return f"color_shift({self.amount:g})"
 
 
 def _eye(n: int) -> torch.Tensor:
@@ -212,10 +236,12 @@ def standard_transforms(
     jitter_after: int = 4,
     noise: float = 0.0,
     flip: bool = False,
+    color_shift: float = 0.0,
 ) -> list[Transform]:
     """Lucid's default: pad 12, jitter 8, scale 0.9-1.1, rotate -10..10 degrees, jitter 4;
-    then (``noise`` > 0) Gaussian pixel noise of that standard deviation. ``flip`` mirrors
-    half the views left-right (first of the geometric transforms)."""
+    then (``color_shift`` > 0) a random colour cast and (``noise`` > 0) Gaussian pixel noise
+    of that standard deviation. ``flip`` mirrors half the views left-right (first of the
+    geometric transforms)."""
     out: list[Transform] = []
     if pad:
         out.append(Pad(pad))
@@ -229,6 +255,8 @@ def standard_transforms(
         out.append(RandomRotate(angles))
     if jitter_after > 1:
         out.append(Jitter(jitter_after))
+    if color_shift > 0:
+        out.append(ColorShift(color_shift))
     if noise > 0:
         out.append(Noise(noise))
     return out

@@ -65,6 +65,16 @@ def parse_setting(text: str) -> tuple[str, Any]:
         raise ConvsightError(f"cannot read setting '{text}'") from None
 
 
+def _check_model_hooks(
+    model: Model, settings: RenderSettings, flags: dict[str, Any], extra: Sequence[str]
+) -> None:
+    """Hooks the user switched on must find their layers. The class preset's skip gradient
+    is not checked: on a model without residual blocks it is off (the summary says so)."""
+    given = {parse_setting(t)[0] for t in extra} | {k for k, v in flags.items() if v is not None}
+    skip = settings.skip_gradient if "skip_gradient" in given else 1.0
+    check_model_hooks(model.module, settings.ghost, settings.bn_prior, skip)
+
+
 def collect_settings(
     preset: str, flags: dict[str, Any], extra: Sequence[str], target: str = "channel"
 ) -> RenderSettings:
@@ -113,7 +123,7 @@ def maximize(
     loaded = _load(model, weights, device)
     chans = parse_channels(channels) if isinstance(channels, str) else [int(c) for c in channels]
     check_channels(loaded, layer, chans, settings.size)
-    check_model_hooks(loaded.module, settings.ghost, settings.bn_prior)
+    _check_model_hooks(loaded, settings, flags or {}, extra)
     out = prepare_out_dir(out)
     seed_everything(seed)
     start = time.perf_counter()
@@ -172,7 +182,7 @@ def classviz(
         loaded.class_index(0)  # a model without class scores fails here
         classes = list(range(loaded.card.num_classes or 0))
     indices = [loaded.class_index(c) for c in classes]
-    check_model_hooks(loaded.module, settings.ghost, settings.bn_prior)
+    _check_model_hooks(loaded, settings, flags or {}, extra)
     start_pixels = None
     counts: dict[int, int] = {}
     if init == "mean":
