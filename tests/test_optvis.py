@@ -594,6 +594,15 @@ def test_skip_gradient_scales_only_the_residual_branchs_gradient():
     assert len(residual_branches(mobilenet_v2())) == 10  # blocks with a skip connection
     assert len(residual_branches(resnet18())) == 8
     assert len(residual_branches(resnet50())) == 16
+    # ResNet adds the skip connection in place onto the hooked module's output
+    net = resnet18().eval()
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    (full,) = torch.autograd.grad(net(x)[0, 0], x)
+    hook = SkipGradient(net, 0.5)
+    y = net(x)
+    (damped,) = torch.autograd.grad(y[0, 0], x)
+    hook.close()
+    assert torch.equal(y.detach(), net(x).detach()) and not torch.allclose(damped, full)
     assert residual_branches(nn.Sequential(nn.Conv2d(3, 3, 1))) == []
     with pytest.raises(ConvsightError, match="needs residual blocks"):
         check_model_hooks(nn.Sequential(nn.Conv2d(3, 3, 1)), skip_gradient=0.5)
