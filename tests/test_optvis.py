@@ -112,6 +112,20 @@ def test_log_softmax_class_objective_is_the_log_probability(tiny):
         settings_for("robust", target="class", class_objective="softmax")
 
 
+def three_class_16px(net: nn.Module, name: str) -> Model:
+    """``net`` as a 16 x 16 RGB classifier of classes a, b, c."""
+    card = ModelCard(
+        name=name,
+        arch=f"test:{name}",
+        input_size=(16, 16),
+        channels=3,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        labels=["a", "b", "c"],
+    )
+    return Model(net, card)
+
+
 def changes_and_repeats_per_row(model, settings, **change):
     """Classes [0, 3] rendered without and with ``change``: the change alters the images,
     the same seed repeats them, and class 3 renders the same alone. Returns the changed."""
@@ -264,16 +278,7 @@ def test_batch_norm_prior_is_the_distance_to_the_running_statistics(tiny):
     ).eval()
     net[1].running_mean.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
     net[1].running_var.copy_(torch.tensor([0.5, 1.0, 2.0, 0.2]))
-    card = ModelCard(
-        name="bn",
-        arch="test:bn",
-        input_size=(16, 16),
-        channels=3,
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
-        labels=["a", "b", "c"],
-    )
-    model = Model(net, card)
+    model = three_class_16px(net, "bn")
     x = torch.randn(2, 3, 16, 16)
     prior = BatchNormPrior(net, 1.0)
     prior.active = True
@@ -553,16 +558,7 @@ def residual_model() -> Model:
         nn.Flatten(),
         nn.Linear(8, 3),
     ).eval()
-    card = ModelCard(
-        name="res",
-        arch="test:res",
-        input_size=(16, 16),
-        channels=3,
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
-        labels=["a", "b", "c"],
-    )
-    return Model(net, card)
+    return three_class_16px(net, "res")
 
 
 def test_skip_gradient_scales_only_the_residual_branchs_gradient():
