@@ -132,9 +132,16 @@ class FourierImage(ImageParam):
         decorrelate: bool = True,
         decay_power: float = 1.0,
     ) -> FourierImage:
-        """Lucid's start: a spectrum of N(0, std) noise (a nearly grey image)."""
-        spectrum = row_randn(generators, cls.spectrum_shape(model.card.channels, size)) * std
-        return cls(spectrum.to(model.device), size, decorrelate, decay_power)
+        """A random start, one row per generator: Lucid's N(0, std) spectrum (a nearly grey
+        image); :class:`PhaseImage` draws phases instead (:meth:`_random_start`)."""
+        start = cls._random_start(generators, model.card.channels, size, std)
+        return cls(start.to(model.device), size, decorrelate, decay_power)
+
+    @classmethod
+    def _random_start(
+        cls, generators: Sequence[torch.Generator], channels: int, size: tuple[int, int], std: float
+    ) -> torch.Tensor:
+        return row_randn(generators, cls.spectrum_shape(channels, size)) * std
 
     @classmethod
     def from_pixels(
@@ -159,6 +166,10 @@ class FourierImage(ImageParam):
         raw = self.spectrum if rows is None else self.spectrum[rows]
         spectrum = torch.view_as_complex(self._scaled(raw).contiguous())
         t = torch.fft.irfftn(spectrum, s=(h, w), dim=(2, 3), norm="ortho") / 4.0
+        return self._colour_and_squash(t)
+
+    def _colour_and_squash(self, t: torch.Tensor) -> torch.Tensor:
+        """Decorrelated channels to RGB (3-channel images), then the sigmoid into [0, 1]."""
         if self.decorrelate and t.shape[1] == 3:
             t = torch.einsum("nchw,dc->ndhw", t, self._color)
         return torch.sigmoid(t)
@@ -185,19 +196,12 @@ class PhaseImage(FourierImage):
         del self.spectrum
 
     @classmethod
-    def normal(
-        cls,
-        model: Model,
-        generators: Sequence[torch.Generator],
-        size: tuple[int, int],
-        std: float = 0.01,
-        decorrelate: bool = True,
-        decay_power: float = 1.0,
-    ) -> PhaseImage:
+    def _random_start(
+        cls, generators: Sequence[torch.Generator], channels: int, size: tuple[int, int], std: float
+    ) -> torch.Tensor:
         """Uniformly random phases (``std`` is unused: the magnitude is fixed)."""
-        shape = cls.spectrum_shape(model.card.channels, size)[:-1]
-        phase = torch.stack([(torch.rand(*shape, generator=g) * 2 - 1) * np.pi for g in generators])
-        return cls(phase.to(model.device), size, decorrelate, decay_power)
+        shape = cls.spectrum_shape(channels, size)[:-1]
+        return torch.stack([(torch.rand(*shape, generator=g) * 2 - 1) * np.pi for g in generators])
 
     @classmethod
     def from_pixels(
@@ -220,6 +224,4 @@ class PhaseImage(FourierImage):
         t = torch.fft.irfftn(spectrum, s=(h, w), dim=(2, 3), norm="ortho")
         flat = t.flatten(1)
         t = (t - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-6)
-        if self.decorrelate and t.shape[1] == 3:
-            t = torch.einsum("nchw,dc->ndhw", t, self._color)
-        return torch.sigmoid(t)
+        return self._colour_and_squash(t)
