@@ -65,23 +65,22 @@ def parse_setting(text: str) -> tuple[str, Any]:
         raise ConvsightError(f"cannot read setting '{text}'") from None
 
 
-def _check_model_hooks(
-    model: Model, settings: RenderSettings, flags: dict[str, Any], extra: Sequence[str]
-) -> None:
-    """Hooks the user switched on must find their layers. The class preset's skip gradient
-    is not checked: on a model without residual blocks it is off (the summary says so)."""
-    given = {parse_setting(t)[0] for t in extra} | {k for k, v in flags.items() if v is not None}
+def _check_model_hooks(model: Model, settings: RenderSettings, given: dict[str, Any]) -> None:
+    """Hooks the user switched on (``given``) must find their layers. The class preset's skip
+    gradient is not checked: on a model without residual blocks it is off (the summary says
+    so)."""
     skip = settings.skip_gradient if "skip_gradient" in given else 1.0
     check_model_hooks(model.module, settings.ghost, settings.bn_prior, skip)
 
 
 def collect_settings(
     preset: str, flags: dict[str, Any], extra: Sequence[str], target: str = "channel"
-) -> RenderSettings:
-    """Preset defaults, then ``--set`` pairs, then the dedicated flags given."""
+) -> tuple[RenderSettings, dict[str, Any]]:
+    """Preset defaults, then ``--set`` pairs, then the dedicated flags given; and what the
+    user gave."""
     overrides = dict(parse_setting(text) for text in extra)
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    return settings_for(preset, target, **overrides)
+    return settings_for(preset, target, **overrides), overrides
 
 
 def _load(model: str, weights: str | os.PathLike | None, device: str) -> Model:
@@ -119,11 +118,11 @@ def maximize(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Render channels of ``layer``: grid PNG, one PNG per channel, images.npz, summary.json."""
-    settings = collect_settings(preset, flags or {}, extra)
+    settings, given = collect_settings(preset, flags or {}, extra)
     loaded = _load(model, weights, device)
     chans = parse_channels(channels) if isinstance(channels, str) else [int(c) for c in channels]
     check_channels(loaded, layer, chans, settings.size)
-    _check_model_hooks(loaded, settings, flags or {}, extra)
+    _check_model_hooks(loaded, settings, given)
     out = prepare_out_dir(out)
     seed_everything(seed)
     start = time.perf_counter()
@@ -172,7 +171,7 @@ def classviz(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Class models: grid PNG, one PNG per class, start images if ``init='mean'``, summary."""
-    settings = collect_settings(preset, flags or {}, extra, target="class")
+    settings, given = collect_settings(preset, flags or {}, extra, target="class")
     if init not in ("random", "mean"):
         raise ConvsightError(f"--init must be 'random' or 'mean', not '{init}'")
     if not classes:
@@ -182,7 +181,7 @@ def classviz(
         loaded.class_index(0)  # a model without class scores fails here
         classes = list(range(loaded.card.num_classes or 0))
     indices = [loaded.class_index(c) for c in classes]
-    _check_model_hooks(loaded, settings, flags or {}, extra)
+    _check_model_hooks(loaded, settings, given)
     start_pixels = None
     counts: dict[int, int] = {}
     if init == "mean":
