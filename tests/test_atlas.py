@@ -1,6 +1,8 @@
 """The atlas: pages in a real headless browser, escaping, and a killed run that resumes."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,9 +14,10 @@ from PIL import Image
 
 from convsight.analysis.filters import filter_redundancy
 from convsight.data import load_mnist
+from convsight.errors import ConvsightError
 from convsight.models import load_model
-from convsight.report import write_checkpoint
-from convsight.studies.atlas import build_atlas
+from convsight.report import TEMP_PREFIX, TEMP_SUFFIX, write_checkpoint
+from convsight.studies.atlas import LOCK_FILE, RUN_FILE, build_atlas
 from tests.conftest import assert_images_loaded, open_page
 
 EVIL = "<script>alert(1)</script>"
@@ -173,3 +176,140 @@ def test_killed_atlas_run_resumes_without_redoing_work(mnist_model, tmp_path):
     for record in out.rglob("records/*.json"):
         json.loads(record.read_text())
     assert (out / "index.html").exists() and (out / "features.0" / "c31.html").exists()
+
+
+# Resume, settings, lock and input checks, on the tiny model (fast: two steps, 8 channels).
+
+
+def tiny_atlas(model, out, **options):
+    settings = dict(layers=["features.0"], presets=["paper"], steps=2, show_progress=False)
+    settings.update(options)
+    return build_atlas(model, out=out, **settings)
+
+
+def snapshot(folder):
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def test_atlas_records_its_settings_and_resumes_only_with_them(tiny, tmp_path):
+    out = tmp_path / "atlas"
+    first = tiny_atlas(tiny, out)
+    assert first["rendered_this_run"] == 8
+    run = json.loads((out / RUN_FILE).read_text())
+    assert run["layers"] == ["features.0"] and run["presets"] == ["paper"]
+    assert run["seed"] == 0 and run["render_settings"]["paper"]["steps"] == 2
+    assert run["model"]["name"] == "tiny" and len(run["model"]["parameters_sha256"]) == 64
+
+    before = snapshot(out)
+    for change, fragment in [
+        ({"seed": 1}, "seed (0 there, 1 here)"),
+        ({"steps": 3}, "render settings of preset paper (steps 2 there, 3 here)"),
+        ({"presets": ["paper", "robust"]}, "presets (paper there, paper, robust here)"),
+        ({"top_k": 2}, "top_k"),
+        ({"layers": ["features.3"]}, "layers (features.0 there, not here"),
+    ]:
+        with pytest.raises(ConvsightError, match=re.escape(fragment)) as info:
+            tiny_atlas(tiny, out, **change)
+        message = str(info.value)
+        assert "another --out" in message and "delete" in message and "\n" not in message
+        assert snapshot(out) == before  # the folder is untouched
+
+    other = tiny
+    with torch.no_grad():
+        other.module.features[0].weight.add_(1.0)
+    with pytest.raises(ConvsightError, match="the model"):
+        tiny_atlas(other, out)
+    assert snapshot(out) == before
+
+
+def test_identical_rerun_continues_and_may_add_a_layer(tiny, tmp_path):
+    out = tmp_path / "atlas"
+    tiny_atlas(tiny, out, batch=3)
+    for c in (2, 5):  # as if the run had stopped before these channels
+        (out / "features.0" / "records" / f"c{c}.json").unlink()
+    again = tiny_atlas(tiny, out, batch=8)  # the batch size may change
+    assert again["rendered_this_run"] == 2
+    grown = tiny_atlas(tiny, out, layers=["features.3", "features.0"])
+    assert grown["rendered_this_run"] == 16  # only the new layer's channels
+    assert [layer["name"] for layer in grown["layers"]] == ["features.0", "features.3"]
+    assert json.loads((out / RUN_FILE).read_text())["layers"] == ["features.0", "features.3"]
+    assert (out / "features.3" / "c15.html").exists()
+
+
+def test_atlas_deletes_only_its_own_temporaries(tiny, tmp_path):
+    out = tmp_path / "atlas"
+    tiny_atlas(tiny, out)
+    user = [out / ".movie.mkv.part", out / "sub" / ".movie.mkv.part", out / "features.0" / "x.part"]
+    for path in user:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("keep me")
+    ours = [
+        out / f"{TEMP_PREFIX}index.html.0123abcd{TEMP_SUFFIX}",
+        out / "features.0" / "records" / f"{TEMP_PREFIX}c3.json.89abcdef{TEMP_SUFFIX}",
+        out / "features.0" / "img" / f"{TEMP_PREFIX}c3_paper.png.00000000{TEMP_SUFFIX}",
+    ]
+    for path in ours:
+        path.write_text("half")
+    tiny_atlas(tiny, out)
+    assert all(path.read_text() == "keep me" for path in user)
+    assert not any(path.exists() for path in ours)
+
+
+def test_a_second_atlas_in_the_same_folder_is_refused(tiny, tmp_path):
+    import fcntl
+
+    out = tmp_path / "atlas"
+    out.mkdir()
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(ConvsightError, match=f"another convsight atlas is writing into {out}"):
+            tiny_atlas(tiny, out)
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # nothing written
+    finally:
+        os.close(fd)
+    assert tiny_atlas(tiny, out)["rendered_this_run"] == 8  # free again
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"presets": []}, "give at least one preset"),
+        ({"presets": ["", " "]}, "give at least one preset"),
+        ({"presets": ["nope"]}, "unknown preset"),
+        ({"layers": []}, "give at least one layer"),
+        ({"layers": ["features.0", "nope"]}, "nope"),
+        ({"layers": ["classifier.1"]}, "not channels"),
+        ({"top_k": 0}, "--top-k"),
+        ({"dataset": "missing-folder"}, "does not exist"),
+    ],
+)
+def test_atlas_checks_every_input_before_writing(tiny, tmp_path, options, fragment):
+    out = tmp_path / "atlas"
+    if options.get("dataset"):
+        options["dataset"] = tmp_path / options["dataset"]
+    with pytest.raises(ConvsightError, match=re.escape(fragment)):
+        tiny_atlas(tiny, out, **options)
+    assert not out.exists()
+
+
+def test_atlas_cli_empty_presets_is_one_sentence(tmp_path):
+    from typer.testing import CliRunner
+
+    from convsight.cli import app
+
+    out = tmp_path / "atlas"
+    args = ["atlas", "mnist-cnn", "--layers", "features.0", "--presets", "", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "give at least one preset" in result.stderr
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_duplicate_layers_are_rendered_once(tiny, tmp_path):
+    out = tmp_path / "atlas"
+    summary = tiny_atlas(tiny, out, layers=["features.0", " features.0", "features.0"])
+    assert [layer["name"] for layer in summary["layers"]] == ["features.0"]
+    assert summary["channels"] == 8 and summary["rendered_this_run"] == 8
+    assert json.loads((out / RUN_FILE).read_text())["layers"] == ["features.0"]
+    index = (out / "index.html").read_text()
+    assert index.count('href="features.0/index.html"') == 1

@@ -125,3 +125,19 @@ def test_evaluate_bad_input_exit_2_nothing_written(checkpoint, digits, tmp_path,
 def test_evaluate_missing_folder_exit_2(checkpoint, tmp_path):
     result = run("evaluate", checkpoint, "--images", tmp_path / "nope", "--out", tmp_path / "o")
     assert_bad_input(result, "does not exist")
+
+
+@pytest.mark.parametrize("command", ["saliency", "evaluate"])
+def test_cam_on_a_layer_without_channel_maps_is_refused_before_any_output(
+    command, checkpoint, digits, tmp_path
+):
+    out = tmp_path / "out"
+    images = ["--image", sorted(digits.glob("*.png"))[0]]
+    if command == "evaluate":
+        images = ["--images", digits]
+    result = run(
+        command, checkpoint, *images, "--methods", "gradcam", "--layer", "classifier.1",
+        "--out", out, "--quiet",
+    )  # fmt: skip
+    assert_bad_input(result, "not C x H x W maps")
+    assert not out.exists()

@@ -263,3 +263,28 @@ def test_class_models_of_the_trained_network(trained, tmp_path, init):
     hits = sum(r["model_top1"] == r["name"] for r in rows)
     assert hits == len(SHAPES), rows  # chance would be one in three
     assert (out / "grid.png").stat().st_size > 2000
+
+
+def test_unreadable_training_images_are_skipped_and_reported(trained, tmp_path):
+    subset = tmp_path / "subset"
+    shutil.copytree(trained / "subset", subset)
+    victim = sorted((subset / "train" / "red circle").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated: decodes to nothing
+    result = invoke(
+        "train", "subset", "--data", subset, "--image-size", "16", "--epochs", "1",
+        "--out", tmp_path / "run", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [s["path"] for s in metrics["skipped_images"]] == [str(victim)]
+    assert metrics["settings"]["train_examples"] == len(list((subset / "train").rglob("*.jpg"))) - 1
+
+
+def test_subset_training_that_diverges_leaves_nothing(trained, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(
+        "train", "subset", "--data", trained / "subset", "--image-size", "16", "--epochs", "1",
+        "--lr", "1e30", "--out", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "diverged" in result.stderr, result.output
+    assert not out.exists()

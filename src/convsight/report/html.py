@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import cache
 from pathlib import Path
@@ -31,15 +32,22 @@ def render_page(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)
 
 
-def write_page(path: str | os.PathLike, template: str, **context: Any) -> Path:
-    """Write a page atomically."""
-    return write_text(path, render_page(template, **context))
+def write_page(
+    path: str | os.PathLike,
+    template: str,
+    within: str | os.PathLike | None = None,
+    **context: Any,
+) -> Path:
+    """Write a page atomically (inside the output folder ``within`` when given)."""
+    return write_text(path, render_page(template, **context), within=within)
 
 
 def histogram_svg(values: list[float], bins: int = 30, width: int = 320, height: int = 120) -> str:
-    """A small inline SVG bar chart of ``values`` (numbers only, so safe to mark as markup)."""
+    """A small inline SVG bar chart of ``values`` (numbers only, so safe to mark as markup);
+    NaN and infinities are left out."""
     from markupsafe import Markup
 
+    values = [float(v) for v in values if v is not None and math.isfinite(v)]
     if not values:
         return Markup("")
     lo, hi = min(values), max(values)

@@ -21,13 +21,21 @@ def to_pil(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array.permute(1, 2, 0).numpy()), "RGB")
 
 
-def write_image(path: str | os.PathLike, pixels: torch.Tensor, min_side: int = 0) -> Path:
-    """Save one image as PNG, enlarged (nearest neighbour) to at least ``min_side`` pixels."""
+def write_image(
+    path: str | os.PathLike,
+    pixels: torch.Tensor,
+    min_side: int = 0,
+    within: str | os.PathLike | None = None,
+) -> Path:
+    """Save one image as PNG, enlarged (nearest neighbour) to at least ``min_side`` pixels.
+
+    ``within``: the output folder the path must stay inside (see :func:`atomic_path`).
+    """
     img = to_pil(pixels)
     if min_side and min(img.size) < min_side:
         factor = -(-min_side // min(img.size))
         img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, within) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)
 
@@ -56,8 +64,10 @@ def examples_strip(
     return strip
 
 
-def write_pil(path: str | os.PathLike, img: Image.Image) -> Path:
-    """Save a PIL image as PNG atomically."""
-    with atomic_path(path) as tmp:
+def write_pil(
+    path: str | os.PathLike, img: Image.Image, within: str | os.PathLike | None = None
+) -> Path:
+    """Save a PIL image as PNG atomically (inside ``within`` when given)."""
+    with atomic_path(path, within) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)

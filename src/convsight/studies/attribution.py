@@ -18,11 +18,20 @@ import torch
 from convsight.attribution import CAM, Method, method_class
 from convsight.data import load_image_tensor
 from convsight.errors import ConvsightError
-from convsight.layers import get_layer
+from convsight.layers import check_map_layers, get_layer
 from convsight.metrics import deletion, insertion, model_randomization
 from convsight.models import Model, load_model
+from convsight.paths import require_folder
 from convsight.progress import progress_bar
-from convsight.report import prepare_out_dir, write_figure, write_json, write_npz
+from convsight.report import (
+    out_file,
+    prepare_out_dir,
+    safe_filename,
+    unique_names,
+    write_figure,
+    write_json,
+    write_npz,
+)
 from convsight.report.overlays import faithfulness_curves, saliency_panel, sanity_plot
 from convsight.runtime import seed_everything
 
@@ -81,6 +90,9 @@ def _check_methods(model: Model, methods: Sequence[str], layer: str | None) -> l
         get_layer(model.module, layer)
         if not any(issubclass(c, CAM) for c in classes):
             raise ConvsightError("--layer is for the CAM methods (gradcam, gradcam++, scorecam)")
+        check_map_layers(
+            model.module, [layer], model.example_input(), "; a CAM needs a conv layer (--layer)"
+        )
     if model.card.features_only or not model.card.num_classes:
         raise ConvsightError(f"model '{model.card.name}' has no class scores to attribute")
     return classes
@@ -105,7 +117,7 @@ def _targets(model: Model, target: Sequence[str] | None, count: int) -> list[int
 
 
 def write_saliency(
-    model: str,
+    model: str | Model,
     images: Sequence[str | os.PathLike],
     weights: str | os.PathLike | None = None,
     target: Sequence[str] | None = None,
@@ -121,13 +133,14 @@ def write_saliency(
 ) -> list[Path]:
     """A panel per image (the image, then each method's map over it), the maps and a summary.
 
-    Writes ``saliency_<image>.png`` per image, ``saliency.png`` (all images),
+    Writes ``saliency_<image>.png`` per image (distinct names, see :func:`panel_names`; the
+    image -> file mapping is ``panels`` in the JSON), ``saliency.png`` (all images),
     ``saliency.npz`` (per method: the raw attributions and the N x H x W maps) and
     ``saliency.json``. ``target``: one class for all images, or one per image; default: the
     predicted class.
     """
     seed_everything(seed)
-    loaded = load_model(model, weights)
+    loaded = model if isinstance(model, Model) else load_model(model, weights)
     classes = _check_methods(loaded, methods, layer)
     _check_settings(batch_size, ig_steps, smoothgrad_samples, engine)
     if not images:
@@ -135,6 +148,7 @@ def write_saliency(
     paths = [Path(p) for p in images]
     pixels = torch.cat([load_image_tensor(p, loaded.card) for p in paths]).to(loaded.device)
     targets = _targets(loaded, target, len(paths))
+    panels = panel_names(paths)
     out = prepare_out_dir(out)
 
     with torch.no_grad():
@@ -169,17 +183,18 @@ def write_saliency(
         t = targets[i]
         titles.append(f"{path.stem[:24]}\n{loaded.card.label(t)[:22]} p={float(probs[i, t]):.2f}")
     written = []
-    for i, path in enumerate(paths):
+    for i, panel in enumerate(panels):
         one = {name: maps[i : i + 1] for name, maps in heatmaps.items()}
         figure = saliency_panel(pixels[i : i + 1], one, [titles[i]])
-        written.append(write_figure(out / f"saliency_{path.stem}.png", figure))
+        written.append(write_figure(out_file(out, panel), figure, within=out))
     figure = saliency_panel(pixels, heatmaps, titles, title=f"{loaded.card.name}")
     written.append(write_figure(out / "saliency.png", figure))
     written.append(write_npz(out / "saliency.npz", **arrays))
     summary = {
-        "model": model,
+        "model": model if isinstance(model, str) else loaded.card.name,
         "weights": str(weights) if weights else None,
         "images": [str(p) for p in paths],
+        "panels": [{"image": str(p), "file": f} for p, f in zip(paths, panels, strict=True)],
         "targets": [{"class": t, "label": loaded.card.label(t)} for t in targets],
         "target_probability": [float(probs[i, t]) for i, t in enumerate(targets)],
         "predicted": [{"class": p, "label": loaded.card.label(p)} for p in predicted],
@@ -198,11 +213,23 @@ def write_saliency(
     return written
 
 
+def panel_names(paths: Sequence[Path]) -> list[str]:
+    """``saliency_<image>.png`` for each image, distinct and the same for the same list.
+
+    Images sharing a name (``a/x.jpg``, ``b/x.jpg``) are told apart by their folder's name,
+    then by ``-2``, ``-3``, ...; every name goes through the one file-name sanitizer.
+    """
+    stems = [safe_filename(p.stem).casefold() for p in paths]
+    names = [
+        f"{p.parent.name}_{p.stem}" if stems.count(stem) > 1 and p.parent.name else p.stem
+        for p, stem in zip(paths, stems, strict=True)
+    ]
+    return [f"saliency_{name}.png" for name in unique_names(names)]
+
+
 def image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
     """The image files of a folder, sorted; a missing or empty folder is an input error."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConvsightError(f"image folder {folder} does not exist")
+    folder = require_folder(folder, "image folder")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ConvsightError(f"no images in {folder}")
@@ -297,7 +324,7 @@ def evaluate_methods(
 
 
 def write_evaluation(
-    model: str,
+    model: str | Model,
     images: str | os.PathLike,
     weights: str | os.PathLike | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
@@ -320,7 +347,7 @@ def write_evaluation(
     setting), ``curves.png`` and ``curves.npz``, and ``sanity.png`` when asked for.
     """
     seed_everything(seed)
-    loaded = load_model(model, weights)
+    loaded = model if isinstance(model, Model) else load_model(model, weights)
     classes = _check_methods(loaded, methods, layer)
     _check_settings(batch_size, 1, 1, engine)
     unknown = [m for m in metrics if m not in METRICS]
@@ -365,7 +392,7 @@ def write_evaluation(
             )
         table.append(row)
     summary = {
-        "model": model,
+        "model": model if isinstance(model, str) else loaded.card.name,
         "weights": str(weights) if weights else None,
         "images": [str(p) for p in files],
         "targets": "the predicted class of each image",

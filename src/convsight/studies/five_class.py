@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from convsight.data.folder import (
     class_folders,
     class_means,
     load_folder,
-    safe_name,
     scan_folder,
     scan_imagenet,
     split_files,
@@ -28,8 +28,11 @@ from convsight.models import ModelCard, build_seed, load_model, replace_head
 from convsight.models.zoo import SEEDS, torchvision_card, torchvision_models
 from convsight.report import (
     atomic_path,
+    out_dir_kept_if_written,
     prepare_out_dir,
+    safe_filename,
     training_curves,
+    unique_names,
     write_checkpoint,
     write_figure,
     write_json,
@@ -38,7 +41,7 @@ from convsight.report import (
 from convsight.report.grids import image_grid
 from convsight.report.plots import confusion_matrix
 from convsight.runtime import resolve_device, seed_everything
-from convsight.train import evaluate, fit
+from convsight.train import check_lr, evaluate, fit
 
 STUDY = {"self_built": {"train": 0.879, "test": 0.801}, "vgg16": {"test": 0.927}}
 FASHION_CLASSES = [
@@ -114,6 +117,7 @@ def make_subset(
         )
     files = _sample(scan.files, per_class, seed) if per_class is not None else scan.files
     splits = split_files(files, test_fraction, seed)
+    class_dirs(splits["train"])
     out = prepare_out_dir(out)
     entries = _write_splits(
         out, splits, lambda path: path.name, str, lambda path, tmp: shutil.copyfile(path, tmp)
@@ -180,14 +184,36 @@ def _sample(items: dict[str, list], per_class: int, seed: int) -> dict[str, list
     }
 
 
+def class_dirs(classes: Iterable[str]) -> dict[str, str]:
+    """The folder of each class: its name made safe (spaces and common punctuation kept, so
+    the folder name is the label training reads back). Two classes that would share a folder
+    are an input error."""
+    dirs: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name in classes:
+        folder = safe_filename(name, max_length=200, readable=True)
+        other = seen.setdefault(folder.casefold(), name)
+        if other != name:
+            raise ConvsightError(
+                f"classes '{other}' and '{name}' would share the folder '{folder}'; rename one"
+            )
+        dirs[name] = folder
+    return dirs
+
+
 def _write_splits(out: Path, splits, file_name, source, write) -> list[dict[str, str]]:
-    """Write every item to ``out/<split>/<class>/<file_name(item)>`` whole; the manifest rows."""
+    """Write every item to ``out/<split>/<class>/<file_name(item)>`` whole (both names made
+    safe, file names distinct within a folder); the manifest rows."""
     entries = []
+    dirs = class_dirs(splits["train"])
     for split, by_class in splits.items():
         for name, items in by_class.items():
-            for item in items:
-                dest = out / split / safe_name(name) / file_name(item)
-                with atomic_path(dest) as tmp:
+            names = unique_names(
+                [file_name(item) for item in items], max_length=200, readable=True, extension=True
+            )
+            for item, file in zip(items, names, strict=True):
+                dest = out / split / dirs[name] / file
+                with atomic_path(dest, within=out) as tmp:
                     write(item, tmp)
                 entries.append(
                     {"split": split, "class": name, "source": source(item), "path": str(dest)}
@@ -292,6 +318,7 @@ def train_subset(
 ) -> dict[str, Any]:
     """Train on ``data/train``, test on ``data/test``; write checkpoint + card, metrics.json,
     training curves, confusion matrix, per-class accuracy and the class-mean images."""
+    check_lr(lr)
     data = Path(data)
     for split in ("train", "test"):
         if not (data / split).is_dir():
@@ -312,18 +339,23 @@ def train_subset(
     module, card, params = _build(model, classes, image_size, finetune, weights)
     train_data = load_folder(data / "train", card, classes, show_progress)
     test_data = load_folder(data / "test", card, classes, show_progress)
-    out = prepare_out_dir(out)
+    empty = [c for i, c in enumerate(classes) if not (train_data.labels == i).any()]
+    if empty:
+        raise ConvsightError(
+            f"class(es) {', '.join(empty)} have no readable training image in {data / 'train'}"
+        )
     start = time.perf_counter()
-    history = fit(
-        module,
-        _loader(train_data, card, batch_size, True, seed),
-        _loader(test_data, card, batch_size, False, seed),
-        epochs,
-        lr,
-        dev,
-        show_progress,
-        parameters=params,
-    )
+    with out_dir_kept_if_written(out) as out:  # a diverged run leaves no empty folder
+        history = fit(
+            module,
+            _loader(train_data, card, batch_size, True, seed),
+            _loader(test_data, card, batch_size, False, seed),
+            epochs,
+            lr,
+            dev,
+            show_progress,
+            parameters=params,
+        )
     seconds = time.perf_counter() - start
     _, test_acc, predictions = evaluate(
         module, _loader(test_data, card, batch_size, False, seed), dev
@@ -364,6 +396,7 @@ def train_subset(
         "test_accuracy": test_acc,
         "per_class_accuracy": per_class,
         "confusion_matrix": matrix.tolist(),
+        "skipped_images": train_data.skipped + test_data.skipped,
         "study": STUDY,
         "seconds": seconds,
     }

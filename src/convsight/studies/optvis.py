@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from convsight.errors import ConvsightError
-from convsight.layers import get_layer
+from convsight.layers import get_layer, output_shapes
 from convsight.models import Model, load_model
 from convsight.optvis.means import class_counts, class_mean_images
 from convsight.optvis.model_hooks import check_model_hooks
@@ -29,7 +29,14 @@ from convsight.optvis.render import (
     render_classes,
     settings_for,
 )
-from convsight.report import prepare_out_dir, write_figure, write_json, write_npz
+from convsight.report import (
+    out_file,
+    prepare_out_dir,
+    safe_filename,
+    write_figure,
+    write_json,
+    write_npz,
+)
 from convsight.report.grids import image_grid
 from convsight.report.images import write_image
 from convsight.runtime import resolve_device, seed_everything
@@ -83,9 +90,10 @@ def collect_settings(
     return settings_for(preset, target, **overrides), overrides
 
 
-def _load(model: str, weights: str | os.PathLike | None, device: str) -> Model:
+def _load(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
     dev = resolve_device(device)
-    return load_model(model, weights).to(dev)
+    loaded = model if isinstance(model, Model) else load_model(model, weights)
+    return loaded.to(dev)
 
 
 def check_channels(model: Model, layer: str, channels: Sequence[int], size: int | None) -> None:
@@ -105,7 +113,7 @@ def _summary_rows(result: RenderResult, names: Sequence[str]) -> list[dict[str, 
 
 
 def maximize(
-    model: str,
+    model: str | Model,
     layer: str,
     channels: str | Sequence[int],
     weights: str | os.PathLike | None = None,
@@ -120,7 +128,14 @@ def maximize(
     """Render channels of ``layer``: grid PNG, one PNG per channel, images.npz, summary.json."""
     settings, given = collect_settings(preset, flags or {}, extra)
     loaded = _load(model, weights, device)
-    chans = parse_channels(channels) if isinstance(channels, str) else [int(c) for c in channels]
+    if isinstance(channels, str):
+        get_layer(loaded.module, layer)
+        h, w = (settings.size, settings.size) if settings.size else loaded.card.input_size
+        probe = torch.zeros(1, loaded.card.channels, h, w, device=loaded.device)
+        count = output_shapes(loaded.module, [layer], probe)[layer][0]
+        chans = parse_channels(channels, limit=count)
+    else:
+        chans = [int(c) for c in channels]
     check_channels(loaded, layer, chans, settings.size)
     _check_model_hooks(loaded, settings, given)
     out = prepare_out_dir(out)
@@ -156,7 +171,7 @@ def maximize(
 
 
 def classviz(
-    model: str,
+    model: str | Model,
     classes: Sequence[str | int],
     weights: str | os.PathLike | None = None,
     init: str = "random",
@@ -215,8 +230,11 @@ def classviz(
     ]
     title = f"{loaded.card.name}, preset {preset}, init {init}, {settings.steps} steps"
     written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
+    files = []
     for i, name, image in zip(indices, names, result.images, strict=True):
-        written.append(write_image(out / f"class_{i:04d}_{name.replace(' ', '_')}.png", image))
+        path = out_file(out, f"class_{i:04d}_{safe_filename(name)}.png")
+        written.append(write_image(path, image, within=out))
+        files.append(path.name)
     if start_pixels is not None:
         start_titles = [
             f"mean of {counts.get(i, '?')} image(s): {n}"
@@ -234,6 +252,7 @@ def classviz(
                 "probability": float(probs[r, indices[r]]),
                 "logit": float(logits[r, indices[r]]),
                 "model_top1": loaded.card.label(top1[r]),
+                "file": files[r],
             }
         )
         if start_pixels is not None:
