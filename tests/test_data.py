@@ -105,3 +105,26 @@ def test_exact_size_models_reject_other_sizes_and_channels(tmp_path):
 def test_photo_models_resize_and_crop(samples, mobilenet_v2):
     x = load_image_tensor(samples[0], mobilenet_v2.card)
     assert x.shape == (1, 3, 224, 224) and 0 <= x.min() and x.max() <= 1
+
+
+def test_idx_header_claiming_gigabytes_is_refused_before_reading(tmp_path):
+    header = bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (60000, 4096, 4096))
+    raw = tmp_path / "huge-idx3-ubyte"
+    raw.write_bytes(header + b"\x00" * 100)
+    with pytest.raises(ConvsightError, match="claims shape"):
+        read_idx(raw)
+    gz = tmp_path / "huge-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(header + b"\x00" * 100))
+    with pytest.raises(ConvsightError, match="claims shape"):
+        read_idx(gz)
+    padded = tmp_path / "padded"
+    padded.write_bytes(idx_bytes(np.zeros((2, 3), dtype=np.uint8)) + b"\x00")
+    with pytest.raises(ConvsightError, match="padded"):
+        read_idx(padded)
+
+
+def test_mnist_data_dir_that_is_a_file(tmp_path):
+    not_a_folder = tmp_path / "mnist.gz"
+    not_a_folder.write_bytes(b"x")
+    with pytest.raises(ConvsightError, match="is a file, not a folder"):
+        load_mnist("test", not_a_folder)

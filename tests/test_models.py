@@ -113,8 +113,9 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
 def test_checkpoint_that_unpickles_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(1), "fn": print}, path)
-    with pytest.raises(ConvsightError, match="cannot read checkpoint"):
+    with pytest.raises(ConvsightError, match="contains code or objects") as info:
         load_model("mnist-cnn", weights=path)
+    assert "weights_only=True" in str(info.value) and "weights_only=False" not in str(info.value)
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path):

@@ -13,6 +13,7 @@ import torch
 from convsight.data.images import load_image, to_model_pixels
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
+from convsight.paths import require_folder
 from convsight.progress import progress_bar
 
 # The study's five classes: synset -> readable name.
@@ -82,9 +83,7 @@ def scan_imagenet(
 
     A synset that is absent or empty is recorded in ``missing``; unreadable files in ``skipped``.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ConvsightError(f"ImageNet root {root} is not a folder")
+    root = require_folder(root, "ImageNet root")
     train = root / "train" if (root / "train").is_dir() else root
     synsets = list(synsets or STUDY_SYNSETS)
     names = {**STUDY_SYNSETS, **(names or {})}
@@ -102,9 +101,7 @@ def scan_imagenet(
 
 def scan_folder(folder: str | os.PathLike, check: bool = True, show_progress: bool = False) -> Scan:
     """Files of every class of an ImageFolder-style tree (``folder/<class>/<image>``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConvsightError(f"image folder {folder} is not a folder")
+    folder = require_folder(folder, "image folder")
     dirs = {
         p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
     }
@@ -133,20 +130,19 @@ def split_files(
     return splits
 
 
-def safe_name(name: str) -> str:
-    """A class name usable as a folder name (slashes and leading dots replaced)."""
-    cleaned = name.replace("/", "-").replace("\\", "-").strip().lstrip(".")
-    return cleaned or "_"
-
-
 @dataclass
 class FolderData:
-    """A split loaded for training: uint8 pixels, labels, class names and the files."""
+    """A split loaded for training: uint8 pixels, labels, class names and the files.
+
+    ``paths`` are the files loaded (one per row of ``pixels``); ``skipped`` the files left out,
+    each ``{"path": ..., "reason": ...}`` (unreadable, corrupt, too large...).
+    """
 
     pixels: torch.Tensor  # N x C x H x W, uint8, already resized/cropped for the card
     labels: torch.Tensor
     classes: list[str]
     paths: list[Path]
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 def class_folders(folder: Path) -> list[Path]:
@@ -160,10 +156,13 @@ def load_folder(
     show_progress: bool = False,
     max_bytes: int = 6 * 2**30,
 ) -> FolderData:
-    """Every image of an ImageFolder split, shaped for ``card`` (resize + centre crop)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConvsightError(f"data folder {folder} does not exist")
+    """Every image of an ImageFolder split, shaped for ``card`` (resize + centre crop).
+
+    A file that cannot be used (unreadable, corrupt, too large, wrong size for the card) is
+    left out and listed in ``FolderData.skipped`` with the reason; only a split with no usable
+    image at all is an error.
+    """
+    folder = require_folder(folder, "data folder")
     dirs = class_folders(folder)
     names = list(classes) if classes is not None else [d.name for d in dirs]
     by_name = {d.name: d for d in dirs}
@@ -186,13 +185,27 @@ def load_folder(
             "use a smaller --image-size"
         )
     pixels = torch.empty(len(items), card.channels, h, w, dtype=torch.uint8)
+    kept: list[tuple[Path, int]] = []
+    skipped: list[dict[str, str]] = []
     with progress_bar(show_progress) as bar:
         task = bar.add_task(f"loading {folder.name}", total=len(items), status="")
-        for k, (path, _) in enumerate(items):
-            pixels[k] = to_model_pixels(load_image(path), card, str(path)).mul(255).round().byte()
+        for path, index in items:
             bar.update(task, advance=1)
-    labels = torch.tensor([i for _, i in items])
-    return FolderData(pixels, labels, names, [p for p, _ in items])
+            try:
+                image = to_model_pixels(load_image(path), card, str(path))
+            except ConvsightError as exc:
+                skipped.append({"path": str(path), "reason": str(exc)})
+                continue
+            pixels[len(kept)] = image.mul(255).round().byte()
+            kept.append((path, index))
+    if not kept:
+        raise ConvsightError(
+            f"none of the {len(items)} images in {folder} can be used (e.g. {skipped[0]['reason']})"
+        )
+    if len(kept) < len(items):
+        pixels = pixels[: len(kept)].clone()
+    labels = torch.tensor([i for _, i in kept])
+    return FolderData(pixels, labels, names, [p for p, _ in kept], skipped)
 
 
 def class_means(data: FolderData) -> torch.Tensor:

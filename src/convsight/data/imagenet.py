@@ -7,6 +7,7 @@ from pathlib import Path
 
 from convsight.errors import ConvsightError
 from convsight.models.card import imagenet_labels
+from convsight.paths import require_folder
 
 
 def imagenet_class_of(path: str | os.PathLike) -> int:
@@ -22,8 +23,10 @@ def imagenet_class_of(path: str | os.PathLike) -> int:
 
 def imagenet_samples(folder: str | os.PathLike) -> list[tuple[Path, int]]:
     """Every sample photo in ``folder`` (sorted by synset) with its class index."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpeg", ".jpg", ".png"})
+    folder = require_folder(folder, "sample folder")
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in {".jpeg", ".jpg", ".png"}
+    )
     if not files:
         raise ConvsightError(f"no images in {folder}")
     return [(p, imagenet_class_of(p)) for p in files]

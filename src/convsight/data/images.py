@@ -1,8 +1,20 @@
-"""Image files in, pixel tensors ([0, 1], C x H x W) shaped for a model out."""
+"""Image files in, pixel tensors ([0, 1], C x H x W) shaped for a model out.
+
+Decoding is guarded: the size in the file's header is checked before any pixel is decoded
+(at most :data:`MAX_IMAGE_PIXELS`), a photo is resized only when its aspect ratio is sane
+(at most :data:`MAX_ASPECT_RATIO`) and only the centre crop is ever resampled, so a tiny file
+cannot claim gigabytes. High bit depths are read at their real range: 16-bit grey
+(``I;16*``) is divided by 65535, 32-bit integer grey (``I``) is read as 16-bit data and
+refused outside 0..65535, float grey (``F``) is taken as [0, 1] and refused outside it.
+16-bit colour PNGs are decoded by Pillow to 8 bits per channel. Palette, CMYK, ``1``, ``LA``
+and ``RGBA`` images are converted by Pillow; an alpha channel is dropped (not composited).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,29 +23,128 @@ from PIL import Image, UnidentifiedImageError
 
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
+from convsight.paths import require_file
+
+MAX_IMAGE_PIXELS = 64_000_000
+"""The largest image (width x height, from the file's header) convsight decodes: 64 megapixels."""
+
+MAX_ASPECT_RATIO = 20.0
+"""The most elongated image a photo model takes (longer side / shorter side)."""
+
+_HIGH_BIT_MODES = ("I", "F")  # and every "I;16..." mode
+
+
+def check_image_size(width: int, height: int, name: str = "image") -> None:
+    """Refuse an image larger than :data:`MAX_IMAGE_PIXELS` (a decompression bomb)."""
+    if width < 1 or height < 1:
+        raise ConvsightError(f"{name} is {width}x{height} pixels, an empty image")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ConvsightError(
+            f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), "
+            f"more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels convsight decodes"
+        )
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file; a missing, non-image or corrupt file raises."""
+    """Open and fully decode an image file; a missing, non-image, corrupt or huge file raises.
+
+    The size in the header is checked before decoding (:data:`MAX_IMAGE_PIXELS`).
+    """
     path = Path(path)
-    if not path.exists():
-        raise ConvsightError(f"image {path} does not exist")
-    if not path.is_file():
-        raise ConvsightError(f"image {path} is not a file")
+    require_file(path, "image")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                check_image_size(img.width, img.height, f"image {path}")
+                img.load()
+                return img.copy()
+    except ConvsightError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow's size of the image
+        size = f"{int(claimed.group(1)) / 1e6:.0f} megapixels" if claimed else "too large"
+        raise ConvsightError(
+            f"image {path} is {size}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+            "convsight decodes (a possible decompression bomb)"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ConvsightError(f"{path} is not an image file that can be read") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except PermissionError as exc:
+        raise ConvsightError(f"cannot read image {path}: permission denied") from exc
+    except OSError as exc:
+        if exc.errno is not None:  # the file system, not the decoder
+            reason = (exc.strerror or str(exc)).lower()
+            raise ConvsightError(f"cannot read image {path}: {reason}") from exc
+        raise ConvsightError(f"image {path} is corrupt or truncated ({exc})") from exc
+    except (SyntaxError, ValueError, EOFError) as exc:
         raise ConvsightError(f"image {path} is corrupt or truncated ({exc})") from exc
 
 
 def _channels(img: Image.Image) -> int:
-    return {"1": 1, "L": 1, "I": 1, "F": 1, "I;16": 1, "LA": 2, "RGB": 3, "RGBA": 4}.get(
+    if img.mode.startswith("I;16"):
+        return 1
+    return {"1": 1, "L": 1, "I": 1, "F": 1, "LA": 2, "RGB": 3, "RGBA": 4}.get(
         img.mode, len(img.getbands())
     )
+
+
+def _is_high_bit(img: Image.Image) -> bool:
+    return img.mode in _HIGH_BIT_MODES or img.mode.startswith("I;")
+
+
+def _high_bit_as_float(img: Image.Image, name: str) -> Image.Image:
+    """A high-bit-depth grey image as a float ("F") image in [0, 1], scaled by its real range."""
+    array = np.asarray(img)
+    if img.mode.startswith("I;"):
+        if array.dtype.kind != "u" or array.dtype.itemsize != 2:
+            raise ConvsightError(
+                f"{name} has pixel mode {img.mode}, which convsight does not read; "
+                "save it as 8- or 16-bit unsigned grey, or as RGB"
+            )
+        scaled = array.astype(np.float32) / 65535.0
+    elif img.mode == "I":
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise ConvsightError(
+                f"{name} has 32-bit integer pixels from {low} to {high}; convsight reads "
+                "integer grey images as 16-bit (0 to 65535), so save it as 8- or 16-bit"
+            )
+        scaled = array.astype(np.float32) / 65535.0
+    else:  # "F"
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise ConvsightError(f"{name} has floating-point pixels that are NaN or infinite")
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if low < 0 or high > 1:
+            raise ConvsightError(
+                f"{name} has floating-point pixels from {low:g} to {high:g}; convsight reads "
+                "float images only when they lie in [0, 1]"
+            )
+        scaled = array
+    return Image.fromarray(np.ascontiguousarray(scaled, dtype=np.float32), mode="F")
+
+
+def _resize_and_crop(img: Image.Image, card: ModelCard, name: str) -> Image.Image:
+    """Resize the shorter side to ``card.resize`` and take the centre crop of ``input_size``.
+
+    Only the crop is resampled (Pillow's ``box``), so an elongated image never allocates its
+    whole resized size.
+    """
+    h, w = card.input_size
+    short, long = min(img.width, img.height), max(img.width, img.height)
+    if long / short > MAX_ASPECT_RATIO:
+        raise ConvsightError(
+            f"{name} is {img.width}x{img.height} pixels, an aspect ratio of "
+            f"{long / short:.0f}:1; model '{card.name}' takes photos of at most "
+            f"{MAX_ASPECT_RATIO:.0f}:1"
+        )
+    scale = card.resize / short
+    width, height = max(w, round(img.width * scale)), max(h, round(img.height * scale))
+    left, top = (width - w) // 2, (height - h) // 2
+    sx, sy = img.width / width, img.height / height
+    box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+    return img.resize((w, h), Image.BILINEAR, box=box)
 
 
 def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> torch.Tensor:
@@ -41,8 +152,15 @@ def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> t
 
     Models with ``card.resize`` take any photo (resize the shorter side, centre crop), with
     colour converted to the model's channel count. Models without it (e.g. the MNIST CNN)
-    take only images of exactly their size and channel count.
+    take only images of exactly their size and channel count. See the module's docstring for
+    bit depths, colour modes and size limits.
     """
+    if card.channels not in (1, 3):
+        raise ConvsightError(
+            f"model '{card.name}' takes {card.channels} input channels; image files can be "
+            "given only to grey (1) or RGB (3) models"
+        )
+    check_image_size(img.width, img.height, name)
     h, w = card.input_size
     if card.resize is None:
         if (img.height, img.width) != (h, w):
@@ -55,17 +173,26 @@ def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> t
                 f"{name} has {_channels(img)} channels ({img.mode}); model '{card.name}' "
                 f"takes {card.channels}"
             )
+    if _is_high_bit(img):
+        img = _high_bit_as_float(img, name)
+    if card.resize is not None:
+        img = _resize_and_crop(img, card, name)
+    if img.mode == "F":
+        array = np.asarray(img, dtype=np.float32)[:, :, None]
+        if card.channels == 3:
+            array = np.repeat(array, 3, axis=2)
     else:
-        scale = card.resize / min(img.width, img.height)
-        size = (max(w, round(img.width * scale)), max(h, round(img.height * scale)))
-        img = img.resize(size, Image.BILINEAR)
-        left, top = (img.width - w) // 2, (img.height - h) // 2
-        img = img.crop((left, top, left + w, top + h))
-    img = img.convert("L" if card.channels == 1 else "RGB")
-    array = np.asarray(img, dtype=np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        try:
+            img = img.convert("L" if card.channels == 1 else "RGB")
+        except ValueError as exc:
+            raise ConvsightError(
+                f"{name} has colour mode {img.mode}, which cannot be converted to "
+                f"{'grey' if card.channels == 1 else 'RGB'} ({exc})"
+            ) from exc
+        array = np.asarray(img, dtype=np.float32) / 255.0
+        if array.ndim == 2:
+            array = array[:, :, None]
+    return torch.from_numpy(np.array(array, dtype=np.float32)).permute(2, 0, 1).contiguous()
 
 
 def load_image_tensor(path: str | os.PathLike, card: ModelCard) -> torch.Tensor:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -12,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
+from convsight.paths import require_folder
 
 FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -19,6 +23,8 @@ FILES = {
     ("test", "images"): "t10k-images-idx3-ubyte",
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
+MAX_IDX_BYTES = 2**30
+"""The most data bytes an idx file may claim in its header (MNIST's largest holds 47 MB)."""
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -29,27 +35,47 @@ def data_dir_from_env() -> Path | None:
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an idx file (``.gz`` or raw); a truncated or malformed file raises ConvsightError."""
+    """Read an idx file (``.gz`` or raw); a truncated, malformed or huge file raises ConvsightError.
+
+    The header is read first: a file that claims more than :data:`MAX_IDX_BYTES` of data is
+    refused before anything else is read or decompressed.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConvsightError(f"idx file {path} is a folder, not a file")
     try:
-        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as exc:  # BadGzipFile is an OSError
+        with gzip.open(path) if path.suffix == ".gz" else open(path, "rb") as stream:
+            return _read_idx_stream(stream, path)
+    except PermissionError as exc:
+        raise ConvsightError(f"cannot read idx file {path}: permission denied") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise ConvsightError(f"cannot read idx file {path}: {exc}") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
+
+
+def _read_idx_stream(stream: BinaryIO, path: Path) -> np.ndarray:
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
         raise ConvsightError(f"{path} is not an idx file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    ndim = magic[3]
+    dims_raw = stream.read(4 * ndim)
+    if len(dims_raw) < 4 * ndim:
         raise ConvsightError(f"idx file {path} is truncated (header cut short)")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    dtype = np.dtype(_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
+    dims = [int.from_bytes(dims_raw[4 * i : 4 + 4 * i], "big") for i in range(ndim)]
+    dtype = np.dtype(_DTYPES[magic[2]])
+    expected = math.prod(dims) * dtype.itemsize
+    if expected > MAX_IDX_BYTES:
         raise ConvsightError(
-            f"idx file {path} is truncated or padded: {len(raw) - header} data bytes, "
+            f"idx file {path} claims shape {tuple(dims)} ({expected / 2**30:.1f} GiB), more than "
+            f"the {MAX_IDX_BYTES / 2**30:.0f} GiB convsight reads"
+        )
+    data = stream.read(expected + 1)  # one byte more tells a padded file
+    if len(data) != expected:
+        found = f"{len(data)}" if len(data) <= expected else "more"
+        raise ConvsightError(
+            f"idx file {path} is truncated or padded: {found} data bytes, "
             f"expected {expected} for shape {tuple(dims)}"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -88,6 +114,7 @@ def load_mnist(
     folder = Path(data_dir) if data_dir is not None else data_dir_from_env()
     if folder is None:
         return _download(split)
+    require_folder(folder, "MNIST data folder")
     paths = {kind: _find(folder, FILES[(split, kind)]) for kind in ("images", "labels")}
     missing = [FILES[(split, k)] for k, p in paths.items() if p is None]
     if missing:

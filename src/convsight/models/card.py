@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,10 @@ from convsight.errors import ConvsightError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_INPUT_SIDE = 4096
+"""The largest input side (height or width, and resize) a card may give."""
+MAX_CHANNELS = 4
+MAX_NUM_CLASSES = 100_000
 
 
 def imagenet_labels() -> list[str]:
@@ -44,16 +51,120 @@ class ModelCard:
     source: str = ""
 
     def __post_init__(self) -> None:
-        self.input_size = tuple(int(s) for s in self.input_size)  # type: ignore[assignment]
-        self.mean = tuple(float(m) for m in self.mean)
-        self.std = tuple(float(s) for s in self.std)
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ConvsightError(
-                f"model card '{self.name}' gives {len(self.mean)} means and {len(self.std)} stds "
-                f"for {self.channels} input channels"
+        self.validate()
+
+    def _bad(self, field_name: str, problem: str) -> ConvsightError:
+        card = f"'{self.name}'" if self.name else "(unnamed)"
+        return ConvsightError(f"model card {card} has a bad {field_name}: {problem}")
+
+    def validate(self) -> None:
+        """Check every field (and normalize their types); a bad one raises one sentence.
+
+        Field names in messages follow the JSON layout (``input.mean``, ``labels``...).
+        """
+        if not isinstance(self.name, str):
+            raise ConvsightError(f"model card name must be text, not {self.name!r}")
+        if not isinstance(self.arch, str) or not self.arch.strip():
+            raise self._bad("arch", f"it must name an architecture, not {self.arch!r}")
+        size = self.input_size
+        if _integer(size) is not None:
+            size = (_integer(size), _integer(size))
+        elif isinstance(size, (list, tuple)) and len(size) == 2:
+            size = tuple(_integer(s) for s in size)
+        if (
+            not isinstance(size, tuple)
+            or None in size
+            or not all(1 <= s <= MAX_INPUT_SIDE for s in size)
+        ):
+            raise self._bad(
+                "input.size",
+                f"it must be one or two whole numbers from 1 to {MAX_INPUT_SIDE}, "
+                f"not {_show(self.input_size)}",
             )
-        if self.labels is not None and self.num_classes is None:
-            self.num_classes = len(self.labels)
+        self.input_size = size  # type: ignore[assignment]
+        channels = _integer(self.channels)
+        if channels is None or not 1 <= channels <= MAX_CHANNELS:
+            raise self._bad(
+                "input.channels",
+                f"it must be a whole number from 1 to {MAX_CHANNELS}, not {_show(self.channels)}",
+            )
+        self.channels = channels
+        self.mean = self._numbers("input.mean", self.mean, positive=False)
+        self.std = self._numbers("input.std", self.std, positive=True)
+        if self.resize is not None:
+            resize = _integer(self.resize)
+            if resize is None or not min(size) <= resize <= MAX_INPUT_SIDE:
+                raise self._bad(
+                    "input.resize",
+                    f"it must be a whole number from the input's shorter side ({min(size)}) "
+                    f"to {MAX_INPUT_SIDE}, or null, not {_show(self.resize)}",
+                )
+            self.resize = resize
+        if self.labels is not None:
+            if isinstance(self.labels, (str, bytes)) or not isinstance(self.labels, (list, tuple)):
+                raise self._bad(
+                    "labels",
+                    f'it must be a list of class names or "imagenet", not {_show(self.labels)}',
+                )
+            not_text = [label for label in self.labels if not isinstance(label, str)]
+            if not_text:
+                raise self._bad(
+                    "labels", f"every class name must be text, not {_show(not_text[0])}"
+                )
+            if not self.labels:
+                raise self._bad("labels", "the list is empty (use null for no labels)")
+            if len(self.labels) > MAX_NUM_CLASSES:
+                raise self._bad(
+                    "labels", f"it names {len(self.labels)} classes, more than {MAX_NUM_CLASSES}"
+                )
+            self.labels = list(self.labels)
+        if self.num_classes is not None:
+            num_classes = _integer(self.num_classes)
+            if num_classes is None or not 1 <= num_classes <= MAX_NUM_CLASSES:
+                raise self._bad(
+                    "num_classes",
+                    f"it must be a whole number from 1 to {MAX_NUM_CLASSES}, "
+                    f"not {_show(self.num_classes)}",
+                )
+            self.num_classes = num_classes
+        if self.labels is not None:
+            if self.num_classes is None:
+                self.num_classes = len(self.labels)
+            elif self.num_classes != len(self.labels):
+                raise self._bad(
+                    "labels",
+                    f"it names {len(self.labels)} classes but num_classes is {self.num_classes}",
+                )
+        if not isinstance(self.features_only, bool):
+            raise self._bad(
+                "features_only", f"it must be true or false, not {_show(self.features_only)}"
+            )
+        if not isinstance(self.arch_options, dict):
+            raise self._bad("arch_options", f"it must be an object, not {_show(self.arch_options)}")
+        if not isinstance(self.source, str):
+            raise self._bad("source", f"it must be text, not {_show(self.source)}")
+
+    def _numbers(self, field_name: str, values: Any, positive: bool) -> tuple[float, ...]:
+        """``values`` as one finite float per input channel (above 0 when ``positive``)."""
+        wanted = "finite numbers above 0" if positive else "finite numbers"
+        if isinstance(values, numbers.Real) and not isinstance(values, bool):
+            values = [values] * self.channels  # one number for every channel
+        if isinstance(values, (str, bytes, dict)) or not isinstance(values, Iterable):
+            raise self._bad(field_name, f"it must be a list of {wanted}, not {_show(values)}")
+        result = []
+        for value in values:
+            if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
+                raise self._bad(field_name, f"it must hold {wanted}, not {_show(value)}")
+            number = float(value)
+            if not math.isfinite(number) or (positive and number <= 0):
+                raise self._bad(field_name, f"it must hold {wanted}, not {_show(value)}")
+            result.append(number)
+        if len(result) != self.channels:
+            raise self._bad(
+                field_name,
+                f"it gives {len(result)} values for {self.channels} input channels",
+            )
+        return tuple(result)
 
     def to_dict(self) -> dict[str, Any]:
         """The card as JSON-ready data (the same layout as the cards in ../shared/models)."""
@@ -69,42 +180,65 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], name: str = "") -> ModelCard:
-        """Read a card; ``labels: "imagenet"`` expands to the 1000 ImageNet names."""
-        try:
-            inp = data["input"]
-            labels = data.get("labels")
-            if labels == "imagenet":
-                labels = imagenet_labels()
-            size = inp["size"]
-            return cls(
-                name=data.get("name") or name,
-                arch=data["arch"],
-                input_size=(size, size) if isinstance(size, int) else tuple(size),
-                channels=int(inp["channels"]),
-                mean=tuple(inp.get("mean", [0.0] * int(inp["channels"]))),
-                std=tuple(inp.get("std", [1.0] * int(inp["channels"]))),
-                labels=labels,
-                num_classes=data.get("num_classes"),
-                features_only=bool(data.get("features_only", False)),
-                resize=inp.get("resize", _default_resize(size)),
-                arch_options=dict(data.get("arch_options") or {}),
-                source=str(data.get("source", "")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+        """Read and validate a card; ``labels: "imagenet"`` expands to the 1000 ImageNet names."""
+        if not isinstance(data, dict):
+            raise ConvsightError(f"model card '{name}' is not a JSON object")
+        card_name = data.get("name") or name
+        if not isinstance(card_name, str):
+            raise ConvsightError(f"model card '{name}' has a bad name: {_show(card_name)}")
+        missing = [key for key in ("arch", "input") if key not in data]
+        if missing:
+            raise ConvsightError(f"model card '{card_name}' lacks the field {missing[0]!r}")
+        inp = data["input"]
+        if not isinstance(inp, dict):
             raise ConvsightError(
-                f"model card '{name}' is missing or has a bad field: {exc}"
-            ) from exc
+                f"model card '{card_name}' has a bad input: it must be an object with "
+                f"size and channels, not {_show(inp)}"
+            )
+        for key in ("size", "channels"):
+            if key not in inp:
+                raise ConvsightError(f"model card '{card_name}' lacks the field 'input.{key}'")
+        size, channels = inp["size"], inp["channels"]
+        if _integer(size) is not None:
+            size = (size, size)
+        n = _integer(channels)
+        n = n if n is not None and 1 <= n <= MAX_CHANNELS else 1  # a bad count is refused below
+        labels = data.get("labels")
+        if labels == "imagenet":
+            labels = imagenet_labels()
+        return cls(
+            name=card_name,
+            arch=data["arch"],
+            input_size=size,
+            channels=channels,
+            mean=inp.get("mean", [0.0] * n),
+            std=inp.get("std", [1.0] * n),
+            labels=labels,
+            num_classes=data.get("num_classes"),
+            features_only=data.get("features_only", False),
+            resize=inp["resize"] if "resize" in inp else _default_resize(size),
+            arch_options=data.get("arch_options") or {},
+            source=str(data.get("source") or ""),
+        )
 
     @classmethod
     def read(cls, path: Path) -> ModelCard:
-        """Read a card from a JSON file."""
+        """Read and validate a card from a JSON file."""
+        path = Path(path)
+        if path.is_dir():
+            raise ConvsightError(f"model card {path} is a folder, not a JSON file")
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(path.read_text())
+        except PermissionError as exc:
+            raise ConvsightError(f"cannot read model card {path}: permission denied") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConvsightError(f"cannot read model card {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ConvsightError(f"model card {path} is not a JSON object")
-        return cls.from_dict(data, name=Path(path).stem)
+        try:
+            return cls.from_dict(data, name=path.stem)
+        except ConvsightError as exc:
+            raise ConvsightError(f"{exc} (in {path})") from exc
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, self.channels, 1, 1)
@@ -129,9 +263,33 @@ class ModelCard:
         return str(index)
 
 
-def _default_resize(size: int | list[int]) -> int | None:
-    side = size if isinstance(size, int) else min(size)
+def _default_resize(size: Any) -> int | None:
+    """The usual resize for a photo model of this input size (None below 64 pixels)."""
+    sides = [_integer(s) for s in size] if isinstance(size, (list, tuple)) else [None]
+    if not sides or None in sides:
+        return None  # the size itself is refused when the card is built
+    side = min(sides)
     return None if side < 64 else round(side * 256 / 224)
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (not a bool); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def _show(value: Any) -> str:
+    """A short readable form of a bad value for an error message."""
+    try:
+        text = json.dumps(value) if isinstance(value, (list, tuple, dict, str)) else repr(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def card_path(weights: Path) -> Path:

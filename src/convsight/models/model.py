@@ -45,6 +45,44 @@ class Model:
         h, w = self.card.input_size
         return torch.zeros(batch, self.card.channels, h, w, device=self.device)
 
+    def check_card(self) -> None:
+        """Run the card's example input once; refuse a card that does not fit the module.
+
+        The module must run on a batch of the card's input size and channels and, unless the
+        card is ``features_only`` or names no classes, return one score per class the card
+        names (N x num_classes).
+        """
+        card = self.card
+        x = self.example_input()
+        try:
+            with torch.no_grad():
+                out = self.module(x)
+        except Exception as exc:  # the module says why in its own words
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ConvsightError(
+                f"model '{card.name}' does not run on the input its card describes "
+                f"({card.channels} channel{'s' if card.channels > 1 else ''}, "
+                f"{card.input_size[1]}x{card.input_size[0]} pixels): {reason}"
+            ) from exc
+        if card.features_only or card.num_classes is None:
+            return
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            got = (
+                "x".join(map(str, out.shape)) + " tensor"
+                if isinstance(out, torch.Tensor)
+                else type(out).__name__
+            )
+            raise ConvsightError(
+                f"model '{card.name}' returns a {got} for one input, not one row of "
+                f"{card.num_classes} class scores as its card says"
+            )
+        if out.shape[1] != card.num_classes:
+            named = "labels" if card.labels is not None else "num_classes"
+            raise ConvsightError(
+                f"model card '{card.name}' names {card.num_classes} classes ({named}) but the "
+                f"model returns {out.shape[1]} scores per input"
+            )
+
     def class_index(self, target: int | str) -> int:
         """A class given by index or by label (case-insensitive), checked against the card."""
         n = self.card.num_classes

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,13 @@ from convsight.errors import ConvsightError
 from convsight.models.card import IMAGENET_MEAN, IMAGENET_STD, ModelCard, card_path
 from convsight.models.model import Model
 from convsight.models.seeds import FiveClassCNN, MnistCNN
+from convsight.paths import require_file
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
 def _mnist_card(options: dict[str, Any]) -> ModelCard:
+    n = int(options.get("num_classes", 10))
     return ModelCard(
         name="mnist-cnn",
         arch="convsight:mnist-cnn",
@@ -27,7 +31,8 @@ def _mnist_card(options: dict[str, Any]) -> ModelCard:
         channels=1,
         mean=MNIST_MEAN,
         std=MNIST_STD,
-        labels=[str(d) for d in range(10)],
+        labels=options.get("labels") or [str(d) for d in range(n)],
+        num_classes=n,
         arch_options=options,
         source="the study's MNIST CNN (untrained unless weights are given)",
     )
@@ -35,8 +40,9 @@ def _mnist_card(options: dict[str, Any]) -> ModelCard:
 
 def _five_class_card(options: dict[str, Any]) -> ModelCard:
     size = int(options.get("image_size", 224))
-    n = int(options.get("num_classes", 5))
-    labels = options.get("labels") or (
+    given = options.get("labels")
+    n = int(options.get("num_classes", len(given) if isinstance(given, (list, tuple)) else 5))
+    labels = given or (
         ["goldfish", "ostrich", "green snake", "Siberian husky", "lemon"]
         if n == 5
         else [str(i) for i in range(n)]
@@ -48,7 +54,8 @@ def _five_class_card(options: dict[str, Any]) -> ModelCard:
         channels=int(options.get("channels", 3)),
         mean=IMAGENET_MEAN if int(options.get("channels", 3)) == 3 else (0.5,),
         std=IMAGENET_STD if int(options.get("channels", 3)) == 3 else (0.5,),
-        labels=list(labels),
+        labels=labels,
+        num_classes=n,
         resize=round(size * 256 / 224),
         arch_options={k: v for k, v in options.items() if k != "labels"},
         source="the study's five-class CNN (untrained unless weights are given)",
@@ -85,28 +92,54 @@ def build_seed(name: str, options: dict[str, Any] | None = None) -> tuple[nn.Mod
     unknown = set(options) - accepted - {"labels"}
     if unknown:
         raise ConvsightError(f"model '{name}' has no option(s) {', '.join(sorted(unknown))}")
-    card = make_card(options)
-    kwargs = {k: v for k, v in options.items() if k in accepted}
-    if name == "five-class-cnn":
-        kwargs["num_classes"] = card.num_classes
-    return builder(**kwargs), card
+    try:
+        card = make_card(options)
+        kwargs = {k: v for k, v in options.items() if k in accepted}
+        if name == "five-class-cnn":
+            kwargs["num_classes"] = card.num_classes
+        return builder(**kwargs), card
+    except ConvsightError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConvsightError(
+            f"model '{name}' cannot be built with the options {options}: {reason}"
+        ) from exc
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a checkpoint file, read with ``weights_only=True``."""
     path = Path(path)
-    if not path.is_file():
-        raise ConvsightError(f"weights file {path} does not exist")
+    require_file(path, "weights file")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it half reads
+            warnings.simplefilter("ignore", UserWarning)
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as exc:
+        raise ConvsightError(f"cannot read checkpoint {path}: permission denied") from exc
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():  # not a pickle of tensors at all
+            raise ConvsightError(
+                f"cannot read checkpoint {path}: it is not a PyTorch state dict file "
+                "(or it is corrupt)"
+            ) from exc
+        raise ConvsightError(
+            f"checkpoint {path} contains code or objects convsight will not load (only "
+            "tensors are read, weights_only=True); re-save its state dict with "
+            "torch.save(model.state_dict(), ...)"
+        ) from exc
     except Exception as exc:  # torch raises many types for a bad file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConvsightError(f"cannot read checkpoint {path}: {reason[:200]}") from exc
+        raise ConvsightError(f"cannot read checkpoint {path}: {_first_line(exc)}") from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ConvsightError(f"checkpoint {path} does not hold a state dict of tensors")
     return data
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _load_weights(
@@ -203,7 +236,7 @@ def _torchscript(path: Path, card: ModelCard | None) -> Model:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise ConvsightError(f"cannot read TorchScript model {path}: {exc}") from exc
+        raise ConvsightError(f"cannot read TorchScript model {path}: {_first_line(exc)}") from exc
     return Model(module, card)
 
 
@@ -216,22 +249,48 @@ def load_model(
     """A Model from a name (seed network or torchvision classifier) or a checkpoint path.
 
     ``weights`` is a local state dict (read with ``weights_only=True``); the card beside it
-    (same stem, ``.json``) says its architecture, input and labels. Without weights, a
-    torchvision model downloads its default ImageNet weights; a seed network is untrained.
-    ``options`` are architecture options of a seed network (``stride=1``...).
+    (same stem, ``.json``) says its architecture, input and labels, and must name the same
+    architecture as ``spec`` when ``spec`` is a model name. Without weights, a torchvision
+    model downloads its default ImageNet weights; a seed network is untrained.
+    ``options`` are architecture options of a seed network (``stride=1``...). The card is
+    checked against the module (one forward pass of its example input) before returning.
     """
     spec = str(spec)
     path = Path(spec)
+    named = True  # spec is a model name, not the checkpoint itself
     if weights is None and (path.suffix in {".pt", ".pth", ".ts"} or path.is_file()):
-        weights, spec = path, path.stem
+        weights, spec, named = path, path.stem, False
     weights = Path(weights) if weights is not None else None
-    if weights is not None and not weights.is_file():
-        raise ConvsightError(f"weights file {weights} does not exist")
+    if weights is not None:
+        require_file(weights, "weights file")
     if card is None and weights is not None and card_path(weights).is_file():
         card = ModelCard.read(card_path(weights))
+    if card is not None and named and (spec in SEEDS or spec in torchvision_models()):
+        _check_same_architecture(spec, card, weights)
+    model = _load(spec, path, weights, card, options)
+    model.check_card()
+    return model
+
+
+def _check_same_architecture(spec: str, card: ModelCard, weights: Path | None) -> None:
+    kind, _, arch = card.arch.partition(":")
+    if arch != spec or kind not in ("convsight", "torchvision"):
+        given = f"weights {weights} come with a card that" if weights else "the card given"
+        raise ConvsightError(
+            f"{given} names another architecture ({card.arch}), not '{spec}'; "
+            "give the checkpoint path alone to load the model its card names"
+        )
+
+
+def _load(
+    spec: str,
+    path: Path,
+    weights: Path | None,
+    card: ModelCard | None,
+    options: dict[str, Any],
+) -> Model:
     if weights is not None and weights.suffix == ".ts":
         return _torchscript(weights, card)
-
     if card is not None:
         if options:
             card.arch_options = {**card.arch_options, **options}
@@ -248,6 +307,11 @@ def load_model(
         tv_card = torchvision_card(spec)
         tv_card.source = f"weights {weights}"
         return _from_card(tv_card, weights, spec)
+    if weights is None and path.is_dir():
+        raise ConvsightError(
+            f"model {spec} is a folder, not a model name or checkpoint file "
+            "(give the .pt file inside it)"
+        )
     if weights is None and path.suffix:
         raise ConvsightError(f"weights file {spec} does not exist")
     close = difflib.get_close_matches(spec, list_models(), n=4, cutoff=0.5)

@@ -19,6 +19,7 @@ import torch
 from convsight.data import load_image, load_mnist, to_model_pixels
 from convsight.errors import ConvsightError
 from convsight.models import ModelCard
+from convsight.paths import require_folder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -49,9 +50,7 @@ def _class_of_folder(name: str, card: ModelCard) -> int | None:
 
 def dataset_files(dataset: str | os.PathLike, card: ModelCard) -> dict[int, list[Path]]:
     """Image files per class index of an ImageFolder or flat ImageNet-samples folder."""
-    folder = Path(dataset)
-    if not folder.is_dir():
-        raise ConvsightError(f"dataset folder {folder} does not exist")
+    folder = require_folder(dataset, "dataset folder")
     files: dict[int, list[Path]] = {}
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
     if subdirs:
