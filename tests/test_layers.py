@@ -1,14 +1,16 @@
 import pytest
 import torch
 
-from convsight.errors import UnknownLayerError
+from convsight.errors import ConvsightError, UnknownLayerError
 from convsight.layers import (
     capture,
+    check_map_layers,
     conv_layer_names,
     describe_layers,
     forward_to,
     get_layer,
     layer_names,
+    output_shapes,
 )
 from convsight.models import load_model
 from tests.conftest import hook_count
@@ -83,3 +85,16 @@ def test_forward_to_keeps_gradients(tiny):
 
 def test_conv_layer_names(tiny):
     assert conv_layer_names(tiny.module) == ["features.0", "features.3"]
+
+
+def test_output_shapes_and_map_layer_check():
+    model = load_model("mnist-cnn", stride=1, padding="valid")
+    x = model.example_input()
+    shapes = output_shapes(model.module, ["features.3", "classifier.4"], x)
+    assert shapes == {"features.3": (64, 11, 11), "classifier.4": (10,)}
+    assert check_map_layers(model.module, ["features.0"], x) == {"features.0": (32, 26, 26)}
+    with pytest.raises(ConvsightError, match=r"'classifier.4' outputs 10 per input, not C x H"):
+        check_map_layers(model.module, ["features.0", "classifier.4"], x, "; a CAM needs one")
+    with pytest.raises(UnknownLayerError, match="unknown layer 'features.9'"):
+        check_map_layers(model.module, ["features.9"], x)
+    assert hook_count(model.module) == 0

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch.hub
 
-from convsight.studies.paper import Plan, run_paper
+from convsight.errors import ConvsightError
+from convsight.studies.paper import Plan, check_paper_inputs, run_paper
 from tests.conftest import assert_images_loaded, open_page
 
 TINY = Plan(
@@ -94,3 +95,77 @@ def test_report_page_in_a_real_browser(report, browser):
     assert_images_loaded(page)
     assert page.eval_on_selector_all("img", "els => els.length") >= 15
     assert not errors and not dialogs
+
+
+# --- the check phase: every given input before any work ----------------------------------------
+
+
+def _photo_folder(tmp_path, shared, names):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    samples = shared / "data" / "imagenet-samples"
+    for name in names:
+        (folder / name).symlink_to(next(samples.glob(f"*_{name.split('_', 1)[1]}")))
+    return folder
+
+
+STUDY_PHOTOS = ["n01518878_ostrich.JPEG", "n01443537_goldfish.JPEG", "n07749582_lemon.JPEG"]
+
+
+def test_check_paper_inputs_accepts_the_real_inputs(shared, tmp_path):
+    check_paper_inputs(
+        data_dir=shared / "data",
+        vgg16_weights=shared / "models" / "vgg16_hed_features.pt",
+        classifier_weights=shared / "models" / "mobilenet_v2_imagenet.pt",
+        photos=shared / "data" / "imagenet-samples",
+        fashion_mnist=shared / "data" / "mnist",
+    )
+    check_paper_inputs(photos=_photo_folder(tmp_path, shared, STUDY_PHOTOS))
+
+
+def test_check_paper_inputs_refuses_odd_photos(shared, tmp_path):
+    folder = _photo_folder(tmp_path, shared, STUDY_PHOTOS)
+    (folder / "lemon.JPEG").symlink_to(folder / "n07749582_lemon.JPEG")
+    with pytest.raises(ConvsightError, match=r"photo lemon.JPEG in --photos .* <synset>_<class"):
+        check_paper_inputs(photos=folder)
+    (folder / "lemon.JPEG").unlink()
+    (folder / "n07749582_lemon.JPEG").unlink()
+    with pytest.raises(ConvsightError, match="has no photo of lemon"):
+        check_paper_inputs(photos=folder)
+    (folder / "n07749582_lemon.JPEG").write_bytes(b"not a JPEG")
+    with pytest.raises(ConvsightError, match="n07749582_lemon.JPEG"):
+        check_paper_inputs(photos=folder)
+    (folder / "n07749582_lemon.JPEG").unlink()
+    (folder / "lemons").mkdir()
+    with pytest.raises(ConvsightError, match="holds sub-folders"):
+        check_paper_inputs(photos=folder)
+
+
+def test_check_paper_inputs_refuses_bad_folders_and_weights(shared, tmp_path):
+    subset = tmp_path / "subset"
+    (subset / "train" / "a").mkdir(parents=True)
+    with pytest.raises(ConvsightError, match="no test/ folder"):
+        check_paper_inputs(subset=subset)
+    (subset / "test" / "a").mkdir(parents=True)
+    with pytest.raises(ConvsightError, match="same classes"):
+        check_paper_inputs(subset=subset)
+    (subset / "train" / "b").mkdir()
+    (subset / "test" / "b").mkdir()
+    with pytest.raises(ConvsightError, match="holds no images"):
+        check_paper_inputs(subset=subset)
+    with pytest.raises(ConvsightError, match="MNIST file"):
+        check_paper_inputs(fashion_mnist=tmp_path)
+    with pytest.raises(ConvsightError, match="is not a folder"):
+        check_paper_inputs(photos=shared / "models" / "vgg16_hed_features.pt")
+    with pytest.raises(ConvsightError, match="is not a file"):
+        check_paper_inputs(vgg16_weights=tmp_path)
+    features_only = shared / "models" / "vgg16_hed_features.pt"
+    with pytest.raises(ConvsightError, match="class"):  # no class scores for the class models
+        check_paper_inputs(classifier="vgg16", classifier_weights=features_only)
+
+
+def test_run_paper_writes_nothing_for_bad_input(tmp_path):
+    out = tmp_path / "paper"
+    with pytest.raises(ConvsightError, match="--subset"):
+        run_paper(out, subset=tmp_path / "missing", show_progress=False)
+    assert not out.exists()

@@ -13,10 +13,73 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from convsight.errors import ConvsightError
 
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def say(kind: str, style: str, message: str) -> None:
+    """One line on stderr: ``kind`` in colour, then ``message`` as plain text (no markup)."""
+    text = Text.assemble((kind, style), " ", " ".join(str(message).split()))
+    err_console.print(text, highlight=False, soft_wrap=True)
+
+
+# Click's error base class, whether typer uses click or its own copy of it (typer >= 0.2x).
+ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+
+
+def usage_sentence(exc: Any) -> str:
+    """A click usage error as one sentence, pointing at the command's --help."""
+    if getattr(exc, "possibilities", None):  # an unknown option with near names
+        guesses = ", ".join(sorted(exc.possibilities))
+        message = f"{exc.message.rstrip('.')} (did you mean {guesses}?)"
+    else:
+        message = exc.format_message()
+    message = " ".join(message.split()).rstrip(".").replace(". Did you mean", " (did you mean")
+    if "(did you mean" in message and not message.endswith(")"):
+        message += ")"
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f"; see '{ctx.command_path} --help'"
+    return message
+
+
+class OneLineErrors(TyperGroup):
+    """The root command: a usage error (missing or unknown option, bad value) is one line on
+    stderr and exit 2, instead of click's usage box."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # else the help is already printed
+                say("error:", "red", usage_sentence(exc))
+            sys.exit(getattr(exc, "exit_code", 2))
+        except typer.Abort:
+            err_console.print("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="See how convolutional networks see: activations, visualizations, attributions.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -27,8 +90,6 @@ app.add_typer(train_app, name="train")
 data_app = typer.Typer(help="Build datasets: reproducible train/test subsets of image folders.")
 app.add_typer(data_app, name="data")
 
-out_console = Console()
-err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Options shared by many commands.
@@ -57,21 +118,15 @@ def command(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ConvsightError as exc:
-            message = " ".join(str(exc).split())
-            err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+            say("error:", "red", str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, ClickException):
             raise
         except Exception as exc:  # a failure, not bad input
-            message = " ".join(str(exc).split())
-            err_console.print(
-                f"[red]failed:[/red] {type(exc).__name__}: {message}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            say("failed:", "red", f"{type(exc).__name__}: {exc}")
             if os.environ.get("CONVSIGHT_DEBUG"):
                 raise
             raise typer.Exit(1) from None
@@ -377,12 +432,13 @@ def maximize_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Render the input each channel of a layer wants most (one batch row per channel)."""
+    from convsight.optvis.render import parse_channels
     from convsight.studies.optvis import maximize
 
     summary = maximize(
         model=model,
         layer=layer,
-        channels=channels,
+        channels=parse_channels(channels),  # garbage or a huge range fails before any work
         weights=weights,
         preset=preset,
         flags=_render_flags(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convsight.errors import UnknownLayerError
+from convsight.errors import ConvsightError, UnknownLayerError
 
 # Layers that act on each value alone in eval mode (activations, identity, dropout) and batch
 # norm, which acts on each channel alone: each position and each channel of their output
@@ -55,6 +55,34 @@ def check_layers(module: nn.Module, names: Sequence[str]) -> None:
     """Fail before any work if one of ``names`` is not a layer."""
     for name in names:
         get_layer(module, name)
+
+
+def output_shapes(
+    module: nn.Module, names: Sequence[str], example: torch.Tensor
+) -> dict[str, tuple[int, ...]]:
+    """Output shape (batch dimension dropped) of each named layer for ``example``.
+
+    One truncated forward without gradients; unknown names fail first with the nearest names.
+    """
+    check_layers(module, names)
+    with torch.no_grad():
+        outputs = forward_to(module, example, list(dict.fromkeys(names)))
+    return {name: tuple(outputs[name].shape[1:]) for name in names}
+
+
+def check_map_layers(
+    module: nn.Module, names: Sequence[str], example: torch.Tensor, why: str = ""
+) -> dict[str, tuple[int, ...]]:
+    """Fail before any work unless every named layer outputs C x H x W maps for ``example``;
+    return the shapes. ``why`` ends the message (e.g. "; a CAM needs a conv layer")."""
+    shapes = output_shapes(module, names, example)
+    for name, shape in shapes.items():
+        if len(shape) != 3:
+            size = "x".join(map(str, shape)) or "a scalar"
+            raise ConvsightError(
+                f"layer '{name}' outputs {size} per input, not C x H x W maps{why}"
+            )
+    return shapes
 
 
 def conv_layer_names(module: nn.Module) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -9,7 +10,26 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from convsight.errors import ConvsightError
 from convsight.progress import progress_bar
+
+
+class TrainingDiverged(ConvsightError):
+    """The loss became NaN or infinite: the run stops and writes no checkpoint."""
+
+
+def check_lr(lr: float) -> None:
+    """Refuse a learning rate that cannot train (negative, zero, NaN or infinite)."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConvsightError(f"--lr must be a positive finite number, not {lr}")
+
+
+def _check_finite(loss: float, lr: float, where: str) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged: {where} is {loss} with learning rate {lr:g}, so no "
+            "checkpoint is written; try a lower --lr"
+        )
 
 
 @dataclass
@@ -69,6 +89,7 @@ def fit(
 
     ``parameters`` restricts what is trained (a new head when fine-tuning).
     """
+    check_lr(lr)
     module.to(device)
     params = parameters if parameters is not None else [p for p in module.parameters()]
     for p in params:
@@ -82,14 +103,16 @@ def fit(
             _train_mode(module)
             loss_sum = 0.0
             correct = total = 0
-            for x, y in train_loader:
+            for step, (x, y) in enumerate(train_loader, 1):
                 x, y = x.to(device), y.to(device)
                 logits = module(x)
                 loss = nn.functional.cross_entropy(logits, y)
+                value = loss.item()
+                _check_finite(value, lr, f"the training loss at epoch {epoch}, step {step}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += loss.item() * len(y)
+                loss_sum += value * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 total += len(y)
                 bar.update(
@@ -98,6 +121,7 @@ def fit(
                     status=f"loss {loss_sum / total:.4f} acc {correct / total:.4f}",
                 )
             test_loss, test_acc, _ = evaluate(module, test_loader, device)
+            _check_finite(test_loss, lr, f"the test loss after epoch {epoch}")
             history.append(
                 EpochResult(
                     epoch=epoch,

@@ -13,10 +13,12 @@ import torch
 from convsight.activations import activations
 from convsight.data import load_image_tensor, load_mnist, mnist_loaders
 from convsight.errors import ConvsightError
-from convsight.layers import check_layers, conv_layer_names
+from convsight.layers import check_map_layers, conv_layer_names
 from convsight.models import build_seed, load_model
 from convsight.report import (
     channel_grid,
+    out_dir_kept_if_written,
+    out_file,
     prepare_out_dir,
     training_curves,
     write_checkpoint,
@@ -26,7 +28,7 @@ from convsight.report import (
 )
 from convsight.report.grids import image_grid
 from convsight.runtime import resolve_device, seed_everything
-from convsight.train import fit
+from convsight.train import check_lr, fit
 
 STUDY_ACCURACY = 0.982
 
@@ -46,15 +48,18 @@ def train_mnist(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Train the MNIST CNN; write ``model.pt`` + card, ``metrics.json``, ``training_curves.png``."""
+    check_lr(lr)
+    if epochs < 1 or batch_size < 1:
+        raise ConvsightError("--epochs and --batch-size must be at least 1")
     dev = resolve_device(device)
     seed_everything(seed)
     module, card = build_seed("mnist-cnn", {"stride": stride, "padding": padding})
     train_loader, test_loader = mnist_loaders(
         card, data_dir, batch_size, train_limit, test_limit, seed
     )
-    out = prepare_out_dir(out)
     start = time.perf_counter()
-    history = fit(module, train_loader, test_loader, epochs, lr, dev, show_progress)
+    with out_dir_kept_if_written(out) as out:  # a diverged run leaves no empty folder
+        history = fit(module, train_loader, test_loader, epochs, lr, dev, show_progress)
     seconds = time.perf_counter() - start
     card.source = (
         f"convsight train mnist: stride {stride}, padding {padding}, {epochs} epochs, seed {seed}"
@@ -118,7 +123,7 @@ def write_activations(
     names = list(layers) or conv_layer_names(loaded.module)
     if not names:
         raise ConvsightError(f"model '{card.name}' has no conv layers; pass --layers")
-    check_layers(loaded.module, names)
+    check_map_layers(loaded.module, names, loaded.example_input())
     if image is not None and mnist_index is not None:
         raise ConvsightError("give either --image or --mnist-index, not both")
     if image is not None:
@@ -135,27 +140,29 @@ def write_activations(
             raise ConvsightError(f"--mnist-index {index} is out of range (0-{len(images) - 1})")
         pixels = images[index].float().div(255).view(1, 1, 28, 28)
         source = f"MNIST test image {index} (label {int(labels[index])})"
-    out = prepare_out_dir(out)
     maps = activations(loaded, pixels, names)
+    for name, value in maps.items():
+        if value[0].dim() != 3:
+            raise ConvsightError(
+                f"layer '{name}' outputs shape {tuple(value[0].shape)}, not a C x H x W map"
+            )
     prediction = None
     if card.num_classes and not card.features_only:
         with torch.no_grad():
             logits = loaded.module(loaded.normalize(pixels.to(loaded.device)))
         top = int(logits.argmax(1))
         prediction = {"class": top, "label": card.label(top)}
+    out = prepare_out_dir(out)
     written = [write_figure(out / "input.png", image_grid(pixels, [source]))]
     summary = []
     for name, value in maps.items():
         fmap = value[0]
-        if fmap.dim() != 3:
-            raise ConvsightError(
-                f"layer '{name}' outputs shape {tuple(fmap.shape)}, not a C x H x W map"
-            )
         shown = min(max_channels, fmap.shape[0])
         title = f"{card.name} {name}: {fmap.shape[0]} channels, {fmap.shape[1]}x{fmap.shape[2]}"
         if shown < fmap.shape[0]:
             title += f" (first {shown})"
-        written.append(write_figure(out / f"{name}.png", channel_grid(fmap[:shown], title)))
+        grid = channel_grid(fmap[:shown], title)
+        written.append(write_figure(out_file(out, f"{name}.png"), grid))  # a safe file name
         summary.append(
             {
                 "layer": name,

@@ -82,11 +82,159 @@ def _short(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
 
 
-def _check_inputs(**paths: Any) -> None:
-    for name, path in paths.items():
-        if path is not None and not Path(path).exists():
-            flag = "--" + name.replace("_", "-")
-            raise ConvsightError(f"{flag} {path} does not exist")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _require(name: str, path: str | os.PathLike, folder: bool) -> Path:
+    """``path`` of flag ``name`` exists, is a folder (or a file) and can be read."""
+    path, flag = Path(path), _flag(name)
+    if not path.exists():
+        raise ConvsightError(f"{flag} {path} does not exist")
+    if folder and not path.is_dir():
+        raise ConvsightError(f"{flag} {path} is not a folder")
+    if not folder and not path.is_file():
+        raise ConvsightError(f"{flag} {path} is not a file")
+    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+        raise ConvsightError(f"{flag} {path} cannot be read (permission denied)")
+    return path
+
+
+def photo_files(folder: str | os.PathLike) -> dict[str, list[Path]]:
+    """The photos of a ``--photos`` folder by lower-case ImageNet label; every image file must
+    be named ``<synset>_<class name>.<ext>`` and the folder must hold no sub-folders."""
+    from convsight.data.imagenet import imagenet_class_of
+    from convsight.models.card import imagenet_labels
+    from convsight.optvis.means import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    entries = sorted(folder.iterdir())
+    subfolders = [p.name for p in entries if p.is_dir()]
+    if subfolders:
+        raise ConvsightError(
+            f"--photos {folder} holds sub-folders ({', '.join(subfolders[:3])}); it takes a flat "
+            "folder of ImageNet photos named <synset>_<class name>.JPEG"
+        )
+    labels = imagenet_labels()
+    photos: dict[str, list[Path]] = {}
+    for path in entries:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            index = imagenet_class_of(path)
+        except ConvsightError:
+            raise ConvsightError(
+                f"photo {path.name} in --photos {folder} is not named <synset>_<class name>"
+                f"{path.suffix} (e.g. n01443537_goldfish.JPEG)"
+            ) from None
+        photos.setdefault(labels[index].lower(), []).append(path)
+    if not photos:
+        raise ConvsightError(f"--photos {folder} holds no photos (.JPEG, .jpg, .png ...)")
+    return photos
+
+
+def _check_photos(photos: str | os.PathLike) -> None:
+    from convsight.data import load_image
+
+    found = photo_files(photos)
+    missing = [c for c in STUDY_CLASSES if c.lower() not in found]
+    if missing:
+        raise ConvsightError(
+            f"--photos {photos} has no photo of {', '.join(missing)} (the class means need "
+            f"{', '.join(STUDY_CLASSES)})"
+        )
+    for name in {*STUDY_CLASSES, *FIVE_PHOTOS}:
+        for path in found.get(name.replace("_", " ").lower(), []):
+            load_image(path)  # a photo that cannot be decoded fails now, not after minutes
+
+
+def _check_classifier(classifier: str, weights: str | os.PathLike | None) -> None:
+    """A classifier given with local weights (or as a checkpoint) loads now and knows the
+    study's classes; a name alone must be one ``load_model`` accepts (its download is tried
+    only when needed)."""
+    from convsight.models.zoo import list_models
+
+    if weights is None and not Path(classifier).is_file():
+        if classifier not in list_models():
+            raise ConvsightError(
+                f"unknown --classifier '{classifier}' (`convsight models` lists the names)"
+            )
+        return
+    model = load_model(classifier, weights)
+    for name in [*STUDY_CLASSES, *FIVE_PHOTOS]:
+        model.class_index(name.replace("_", " "))
+
+
+def _check_subset(subset: Path) -> None:
+    from convsight.data.folder import IMAGE_SUFFIXES, class_folders
+
+    for split in ("train", "test"):
+        if not (subset / split).is_dir():
+            raise ConvsightError(
+                f"--subset {subset} has no {split}/ folder (make one with convsight data subset)"
+            )
+    classes = {split: class_folders(subset / split) for split in ("train", "test")}
+    train, test = ([d.name for d in classes[split]] for split in ("train", "test"))
+    if len(train) < 2 or train != test:
+        raise ConvsightError(
+            f"train/ and test/ of --subset {subset} must hold the same classes (at least two): "
+            f"{train} vs {test}"
+        )
+    for folder in classes["train"] + classes["test"]:
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+            raise ConvsightError(f"--subset class folder {folder} holds no images")
+
+
+def _check_fashion(folder: Path) -> None:
+    from convsight.data import load_mnist
+    from convsight.studies.five_class import FASHION_CLASSES, FASHION_DEFAULT
+
+    _, labels = load_mnist("train", folder)
+    present = set(labels.tolist())
+    missing = [c for c in FASHION_DEFAULT if FASHION_CLASSES.index(c) not in present]
+    if missing:
+        raise ConvsightError(
+            f"--fashion-mnist {folder} has no images of class(es) {', '.join(missing)}"
+        )
+
+
+def check_paper_inputs(
+    data_dir: str | os.PathLike | None = None,
+    vgg16_weights: str | os.PathLike | None = None,
+    classifier: str = "mobilenet_v2",
+    classifier_weights: str | os.PathLike | None = None,
+    photos: str | os.PathLike | None = None,
+    fashion_mnist: str | os.PathLike | None = None,
+    subset: str | os.PathLike | None = None,
+) -> None:
+    """Check every given input before any work: paths exist and can be read, weights load
+    (``weights_only=True``) and fit, folders hold what the parts read, photo names parse.
+
+    An input that is not given makes its part skip (with the reason in the report); an input
+    that is given but bad is an error here.
+    """
+    from convsight.data import load_mnist
+
+    folders = {"data_dir": data_dir, "photos": photos, "fashion_mnist": fashion_mnist}
+    files = {"vgg16_weights": vgg16_weights, "classifier_weights": classifier_weights}
+    for name, path in {**folders, "subset": subset}.items():
+        if path is not None:
+            _require(name, path, folder=True)
+    for name, path in files.items():
+        if path is not None:
+            _require(name, path, folder=False)
+    if data_dir is not None:
+        for split in ("train", "test"):
+            load_mnist(split, data_dir)
+    if vgg16_weights is not None:
+        load_model("vgg16", vgg16_weights)
+    _check_classifier(classifier, classifier_weights)
+    if photos is not None:
+        _check_photos(photos)
+    if subset is not None:
+        _check_subset(Path(subset))
+    if fashion_mnist is not None:
+        _check_fashion(Path(fashion_mnist))
 
 
 def run_paper(
@@ -107,11 +255,12 @@ def run_paper(
 
     ``plan`` overrides how much work each part does (default: ``QUICK`` or ``FULL``).
     """
-    _check_inputs(
+    check_paper_inputs(
         data_dir=data_dir,
         vgg16_weights=vgg16_weights,
-        photos=photos,
+        classifier=classifier,
         classifier_weights=classifier_weights,
+        photos=photos,
         fashion_mnist=fashion_mnist,
         subset=subset,
     )
@@ -483,8 +632,10 @@ def _related(ctx: _Context, results: dict, classifier, weights, photos) -> Secti
     section = Section("related", "Related work made concrete — saliency, DeconvNet, Grad-CAM")
     if photos is None:
         return _skip(section, results, "attribution", ConvsightError("no --photos folder given"))
-    files = [next(iter(sorted(Path(photos).glob(f"*_{name}.*"))), None) for name in FIVE_PHOTOS]
-    found = [(name, f) for name, f in zip(FIVE_PHOTOS, files, strict=True) if f is not None]
+    by_label = photo_files(photos)
+    labels = {name: name.replace("_", " ").lower() for name in FIVE_PHOTOS}
+    found = [(name, by_label[labels[name]][0]) for name in FIVE_PHOTOS if labels[name] in by_label]
+    absent = [name.replace("_", " ") for name in FIVE_PHOTOS if labels[name] not in by_label]
     if not found:
         return _skip(
             section,
@@ -492,6 +643,8 @@ def _related(ctx: _Context, results: dict, classifier, weights, photos) -> Secti
             "attribution",
             ConvsightError(f"none of the five classes' photos is in {photos}"),
         )
+    if absent:
+        section.notes.append(f"No photo of {', '.join(absent)} in {Path(photos).name}: not shown.")
     try:
         spec, spec_weights, note = _classifier(classifier, weights)
     except ConvsightError as exc:
