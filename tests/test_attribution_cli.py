@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +143,23 @@ def test_cam_on_a_layer_without_channel_maps_is_refused_before_any_output(
     )  # fmt: skip
     assert_bad_input(result, "not C x H x W maps")
     assert not out.exists()
+
+
+def test_evaluate_skips_and_reports_a_bomb_and_a_corrupt_file(checkpoint, digits, tmp_path):
+    folder = tmp_path / "imgs"
+    shutil.copytree(digits, folder)
+    Image.new("L", (10000, 1)).save(folder / "bomb.png")  # refused from its header
+    (folder / "corrupt.png").write_bytes((folder / "digit0.png").read_bytes()[:30])
+    out = tmp_path / "eval"
+    result = run(
+        "evaluate", checkpoint, "--images", folder, "--methods", "saliency",
+        "--metrics", "deletion", "--step", "196", "--out", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "evaluation.json").read_text())
+    assert sorted(Path(s["path"]).name for s in data["skipped_images"]) == [
+        "bomb.png",
+        "corrupt.png",
+    ]
+    assert [Path(p).name for p in data["images"]] == ["digit0.png", "digit1.png", "digit2.png"]
+    assert "skipped:" in result.stderr and "bomb.png" in result.stderr

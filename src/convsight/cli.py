@@ -698,7 +698,10 @@ def evaluate_cmd(
     table = Table("method", "deletion AUC", "insertion AUC", "sanity (fully randomized)")
     import json
 
-    for row in json.loads(written[0].read_text())["table"]:
+    summary = json.loads(written[0].read_text())
+    for item in summary["skipped_images"]:
+        say("skipped:", "yellow", f"{item['path']}: {item['reason']}")
+    for row in summary["table"]:
         table.add_row(
             row["method"],
             str(row.get("deletion_auc", "-")),

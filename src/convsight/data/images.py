@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,23 @@ def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> t
 def load_image_tensor(path: str | os.PathLike, card: ModelCard) -> torch.Tensor:
     """Load ``path`` and shape it for the model: 1 x C x H x W pixels in [0, 1]."""
     return to_model_pixels(load_image(path), card, name=str(path)).unsqueeze(0)
+
+
+def load_readable_images(
+    files: Sequence[Path], card: ModelCard, what: str = "image"
+) -> tuple[torch.Tensor, list[Path], list[dict[str, str]]]:
+    """Pixels (N x C x H x W) of every readable file for ``card``, the files kept, and the
+    files left out with the reason (unreadable, corrupt, too large, wrong shape).
+
+    For a folder of images: one bad file is skipped and reported, not an abort.
+    """
+    pixels, kept, skipped = [], [], []
+    for path in files:
+        try:
+            pixels.append(to_model_pixels(load_image(path), card, str(path)))
+            kept.append(Path(path))
+        except ConvsightError as exc:
+            skipped.append({"path": str(path), "reason": str(exc)})
+    if not pixels:
+        raise ConvsightError(f"no {what} could be read for model '{card.name}'")
+    return torch.stack(pixels), kept, skipped

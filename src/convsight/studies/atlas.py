@@ -30,7 +30,7 @@ import convsight
 from convsight.analysis.dataset_examples import receptive_field, top_examples
 from convsight.analysis.filters import filter_redundancy
 from convsight.data.folder import IMAGE_SUFFIXES
-from convsight.data.images import load_image, to_model_pixels
+from convsight.data.images import load_readable_images
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to, get_layer
 from convsight.models import Model, load_model
@@ -76,16 +76,8 @@ def load_dataset(
 
     Names are paths relative to ``root`` (so a class folder shows as ``class/file``).
     """
-    pixels, names, skipped = [], [], []
-    for path in files:
-        try:
-            pixels.append(to_model_pixels(load_image(path), model.card, str(path)))
-            names.append(str(path.relative_to(root)))
-        except ConvsightError as exc:
-            skipped.append({"path": str(path), "reason": str(exc)})
-    if not pixels:
-        raise ConvsightError("no image of the dataset could be read for this model")
-    return torch.stack(pixels), names, skipped
+    pixels, kept, skipped = load_readable_images(files, model.card, "image of the dataset")
+    return pixels, [str(path.relative_to(root)) for path in kept], skipped
 
 
 def _redundancy_figure(curve: list[tuple[float, int]], total: int, layer: str) -> Figure:

@@ -17,6 +17,7 @@ import torch
 
 from convsight.attribution import CAM, Method, method_class
 from convsight.data import load_image_tensor
+from convsight.data.images import load_readable_images
 from convsight.errors import ConvsightError
 from convsight.layers import check_map_layers, get_layer
 from convsight.metrics import deletion, insertion, model_randomization
@@ -360,8 +361,8 @@ def write_evaluation(
         raise ConvsightError("--step must be at least one pixel")
     if sanity_images < 1 or sanity_stages < 1:
         raise ConvsightError("--sanity-images and --sanity-stages must be at least 1")
-    files = image_files(images, limit)
-    pixels = torch.cat([load_image_tensor(p, loaded.card) for p in files]).to(loaded.device)
+    pixels, files, skipped = load_readable_images(image_files(images, limit), loaded.card)
+    pixels = pixels.to(loaded.device)
     out = prepare_out_dir(out)
     with torch.no_grad():
         predicted = loaded.module(loaded.normalize(pixels)).argmax(1).tolist()
@@ -395,6 +396,7 @@ def write_evaluation(
         "model": model if isinstance(model, str) else loaded.card.name,
         "weights": str(weights) if weights else None,
         "images": [str(p) for p in files],
+        "skipped_images": skipped,
         "targets": "the predicted class of each image",
         "settings": {
             "step_pixels": step,
