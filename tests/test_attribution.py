@@ -23,6 +23,7 @@ from convsight.attribution import (
     get_method,
     rectifier_rule,
 )
+from convsight.attribution.base import memory_format_for
 from convsight.errors import ConvsightError, UnknownLayerError
 from convsight.layers import get_layer
 from convsight.models import Model, ModelCard, load_model
@@ -370,6 +371,9 @@ class RectNet(nn.Module):
         if self.kind == "functional":
             x = F.relu(self.conv1(x))
             x = torch.relu(self.conv2(x))
+        elif self.kind == "method":  # tensor methods, one of them in place
+            x = self.conv1(x).relu()
+            x = self.conv2(x).relu_()
         else:
             x = self.act2(self.conv2(self.act1(self.conv1(x))))
         return self.head(x.mean((2, 3)))
@@ -381,7 +385,7 @@ def _rect_model(kind: str) -> Model:
     return Model(RectNet(kind), _card("rect", 12))
 
 
-@pytest.mark.parametrize("kind", ["relu-inplace", "relu6-inplace", "functional"])
+@pytest.mark.parametrize("kind", ["relu-inplace", "relu6-inplace", "functional", "method"])
 @pytest.mark.parametrize("cls", [GuidedBackprop, DeconvNet])
 def test_rectifier_rule_handles_relu6_inplace_and_functional(kind, cls):
     from captum.attr import Deconvolution
@@ -414,9 +418,12 @@ def test_rectifier_rule_on_mobilenet_v2_relu6(mobilenet_v2, samples):
     captum_guided = CGuidedBackprop(_Normalized(model)).attribute(x, target=1)
     _close(captum_guided, plain, rtol=1e-4)  # captum: the plain gradient
     before = _structure(model.module)
-    with rectifier_rule(model.module, "guided") as swapped:
-        assert swapped == 35  # every ReLU6 of MobileNet v2
-    assert _structure(model.module) == before
+    with rectifier_rule(model.module, "guided") as counts:
+        with torch.no_grad():
+            model.module(model.normalize(x))
+        assert _structure(model.module) == before  # nothing is swapped or hooked
+        assert hook_count(model.module) == 0
+    assert (counts.applied, counts.unreached) == (35, 0)  # every ReLU6 of MobileNet v2
     guided = GuidedBackprop(model).attribute(x, 1)
     assert float((guided - plain).abs().max()) > 0.1 * float(plain.abs().max())
     # guided maps are sparse and far less noisy than the gradient
@@ -448,6 +455,7 @@ def test_scorecam_shares_passes_for_equal_masks_and_still_matches_pytorch_grad_c
         conv.weight[2], conv.bias[2] = 0.0, -1.0
     x, t = _pixels(model, n=2), [1, 3]
     theirs = _gradcam_lib(pytorch_grad_cam.ScoreCAM, model, "features.4", x, t)
+    memory_format_for(model)  # the layout probe (once per model) is not counted below
     calls = []
     handle = model.module.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     try:

@@ -65,6 +65,9 @@ def test_saliency_writes_a_panel_per_image_maps_and_json(checkpoint, digits, tmp
     assert [t["class"] for t in summary["targets"]] == [3, 7]
     assert summary["methods"]["gradcam"]["options"]["layer"] == "features.4"
     assert summary["methods"]["ig"]["reference"].startswith("arxiv.org")
+    occlusion = summary["methods"]["occlusion"]["run"]
+    assert occlusion["requested_engine"] and occlusion["engine"]
+    assert occlusion["memory_format"] in ("channels_last", "contiguous")
 
 
 @pytest.mark.parametrize(
@@ -102,6 +105,8 @@ def test_evaluate_writes_table_curves_and_sanity(checkpoint, digits, tmp_path):
     data = json.loads((out / "evaluation.json").read_text())
     assert [row["method"] for row in data["table"]] == ["saliency", "gradcam", "guided"]
     entry = data["methods"]["gradcam"]
+    assert entry["run"]["engine"] and "fallback" in entry["run"]
+    assert entry["deletion_run"]["engine"] in ("eager", "frozen")
     assert len(entry["deletion_auc_per_image"]) == 3
     assert len(entry["insertion_curve"]["fraction"]) == 9  # ceil(784 / 98) + 1
     assert len(entry["sanity"]["stages"]) == 2

@@ -121,9 +121,11 @@ def test_the_original_network_is_left_alone():
 def test_incremental_occlusion_equals_the_whole_network(name):
     model = _model(_networks()[name], 40)
     x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(2))
-    options = dict(window=10, stride=11, batch_size=5)  # the last windows hang over the edges
-    assert incremental_net(model) is not None
-    fast = Occlusion(model).attribute(x, [1, 3], engine="incremental", **options)
+    options = dict(window=10, stride=7, batch_size=5)  # the last windows hang over the edges
+    assert incremental_net(model)[0] is not None
+    method = Occlusion(model)
+    fast = method.attribute(x, [1, 3], engine="incremental", **options)
+    assert method.last_run["engine"] == "incremental" and method.last_run["fallback"] is None
     slow = Occlusion(model).attribute(x, [1, 3], engine="eager", **options)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
     default = Occlusion(model).attribute(x, [1, 3], **options)
@@ -134,7 +136,11 @@ def test_untraceable_network_falls_back_to_the_whole_network():
     torch.manual_seed(0)
     model = _model(Moody().eval(), 24)
     x = torch.rand(1, 3, 24, 24)
-    assert incremental_net(model) is None
-    fast = Occlusion(model).attribute(x, 2, window=6, stride=6)
+    net, reason = incremental_net(model)
+    assert net is None and reason.startswith("torch.fx cannot trace the network (TraceError")
+    method = Occlusion(model)
+    fast = method.attribute(x, 2, window=6, stride=6)
+    assert method.last_run["requested_engine"] == "incremental"
+    assert (method.engine_used, method.last_run["fallback"]) == ("eager", reason)
     slow = Occlusion(model).attribute(x, 2, window=6, stride=6, engine="eager")
     torch.testing.assert_close(fast, slow)

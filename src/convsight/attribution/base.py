@@ -9,6 +9,7 @@ means the class the model predicts.
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -80,6 +81,11 @@ class Method:
     Subclasses implement :meth:`_attribute` on checked pixels and resolved targets. ``name`` is
     the short name used on the command line; ``reduce`` says how :meth:`heatmap` collapses the
     colour channels into one map ("sum", "max_abs" or "mean").
+
+    ``last_run`` says how the last :meth:`attribute` call ran, for the output JSON: ``engine``
+    (the one that ran), ``requested_engine``, ``fallback`` (why the requested engine did not
+    run, or None), ``memory_format`` ("channels_last" or "contiguous") and
+    ``memory_format_note`` (why not channels-last, or None); some methods add their own keys.
     """
 
     name: ClassVar[str] = ""
@@ -88,6 +94,7 @@ class Method:
 
     def __init__(self, model: Model) -> None:
         self.model = model
+        self.last_run: dict[str, Any] = {}
 
     # -- the contract -----------------------------------------------------------------------
     def attribute(
@@ -97,6 +104,15 @@ class Method:
         inputs = check_inputs(self.model, inputs)
         self.check_options(options)
         targets = resolve_targets(self.model, target, inputs.shape[0])
+        # the layout is probed here, once per model, before any method registers a hook
+        layout, note = memory_format_for(self.model)
+        self.last_run = {
+            "engine": "eager",
+            "requested_engine": "eager",
+            "fallback": None,
+            "memory_format": LAYOUT_NAMES[layout],
+            "memory_format_note": note,
+        }
         if targets is None:
             targets = self.predict(inputs)
         return self._attribute(inputs.detach(), targets, **options)
@@ -126,10 +142,16 @@ class Method:
                 f"it takes {', '.join(sorted(accepted)) or 'none'}"
             )
 
+    @property
+    def engine_used(self) -> str | None:
+        """The engine the last :meth:`attribute` call ran ("eager", "frozen", "incremental")."""
+        return self.last_run.get("engine")
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Class scores (logits) for pixel inputs (run in channels-last memory layout)."""
-        x = self.model.normalize(pixels).contiguous(memory_format=torch.channels_last)
-        return self.model.module(x)
+        """Class scores (logits) for pixel inputs, in the memory layout that is safe and fast
+        for this network (:func:`memory_format_for`)."""
+        layout, _ = memory_format_for(self.model)
+        return self.model.module(self.model.normalize(pixels).contiguous(memory_format=layout))
 
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """The predicted class of each image."""
@@ -157,6 +179,22 @@ class Method:
         raise NotImplementedError
 
 
+def baseline_like(baseline: float | torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """A baseline (pixels) as N x C x H x W like ``inputs``: from a number, one value per
+    channel (C or C x 1 x 1), an image (C x H x W) or one image per input (N x C x H x W)."""
+    base = torch.as_tensor(baseline, dtype=inputs.dtype, device=inputs.device)
+    if base.dim() == 1 and base.numel() == inputs.shape[1]:
+        base = base.view(-1, 1, 1)
+    try:
+        return torch.broadcast_to(base, inputs.shape)
+    except RuntimeError as exc:
+        raise ConvsightError(
+            f"a baseline of shape {tuple(base.shape)} does not fit inputs of shape "
+            f"{tuple(inputs.shape)}: give a number, one value per channel, an image (C x H x W) "
+            "or one image per input (N x C x H x W)"
+        ) from exc
+
+
 def forward_batch(device: torch.device) -> int:
     """Rows per forward pass when none is given: 4 on a CPU (on MobileNet v2 at 224 px a batch
     of 4 runs 2.3x faster per image than a batch of 16 there: the activations stay in cache),
@@ -172,13 +210,16 @@ def forward_scores(
     output: str = "logit",
     total: int | None = None,
     engine: str = "eager",
+    run: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Target scores for many pixel inputs, no gradients, in chunks of ``batch_size`` rows.
 
     ``pixels`` is a tensor, or a function that builds the rows of a slice (with ``total``
     rows in all) so that only one chunk is in memory. ``targets`` has one class per row.
     ``output`` is "logit" or "probability" (softmax). ``engine`` "eager" runs the module
-    itself, "frozen" a traced and frozen copy (see :func:`inference_module`).
+    itself, "frozen" a traced and frozen copy (see :func:`frozen_module`), which falls back to
+    the module when it cannot be built or fails. ``run``, when given, receives ``engine`` (the
+    one that ran) and ``fallback`` (why not the one asked for, or None).
     """
     if engine not in ("eager", "frozen"):
         raise ConvsightError(f"unknown engine '{engine}' (eager or frozen)")
@@ -192,18 +233,103 @@ def forward_scores(
         build = pixels
         if total is None:
             raise ValueError("total is needed when pixels is a function")
-    result = torch.empty(total)
-    net = inference_module(model, build(slice(0, 1))) if engine == "frozen" else model.module
-    with torch.inference_mode():
-        for part in chunks(total, batch_size):
-            x = model.normalize(build(part).to(model.device))
-            logits = net(x.contiguous(memory_format=torch.channels_last))
-            if output == "probability":
-                logits = logits.softmax(1)
-            result[part] = select(logits, targets[part]).float().cpu()
+    layout, _ = memory_format_for(model)
+    net: Callable[[torch.Tensor], torch.Tensor] = model.module
+    used, fallback = "eager", None
+    if engine == "frozen":
+        frozen, fallback = frozen_module(model, build(slice(0, 1)))
+        if frozen is not None:
+            net, used = frozen, "frozen"
+
+    def scores(net: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        result = torch.empty(total)
+        with torch.inference_mode():
+            for part in chunks(total, batch_size):
+                x = model.normalize(build(part).to(model.device))
+                logits = net(x.contiguous(memory_format=layout))
+                if output == "probability":
+                    logits = logits.softmax(1)
+                result[part] = select(logits, targets[part]).float().cpu()
+        return result
+
+    try:
+        result = scores(net)
+    except Exception as exc:  # noqa: BLE001 - the frozen copy failed: run the module itself
+        if used == "eager":
+            raise
+        used, fallback = "eager", f"the frozen copy failed ({failure_reason(exc)})"
+        result = scores(model.module)
+    if run is not None:
+        run.update(engine=used, fallback=fallback)
     return result
 
 
+def failure_reason(exc: BaseException) -> str:
+    """An exception as a short phrase: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+# -- memory layout: channels-last where it is safe and faster ----------------------------------
+LAYOUT_NAMES = {torch.channels_last: "channels_last", torch.contiguous_format: "contiguous"}
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def memory_format_for(model: Model) -> tuple[torch.memory_format, str | None]:
+    """The memory layout to run ``model`` in, and why it is not channels-last (or None).
+
+    Channels-last makes convolutions faster (MobileNet v2 on CPU runs about twice as fast), but
+    breaks code written for the default layout: ``x.view(x.size(0), -1)`` after a conv raises, and
+    a custom kernel may read the wrong numbers. It is used only for a network with conv
+    layers that gives the same outputs in both layouts on a probe batch; the answer is kept
+    per module, device and dtype, so the probe (two forward passes of two rows) runs once.
+    """
+    module = model.module
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    key = (str(model.device), tensor.dtype if tensor is not None else None)
+    cached = _LAYOUTS.get(module)
+    if cached is None or cached[0] != key:
+        cached = (key, _probe_layout(model))
+        _LAYOUTS[module] = cached
+    return cached[1]
+
+
+def _first_tensor(output: Any) -> Any:
+    if isinstance(output, (tuple, list)) and output:
+        return output[0]
+    return output
+
+
+def _probe_layout(model: Model) -> tuple[torch.memory_format, str | None]:
+    module, card = model.module, model.card
+    if not any(isinstance(m, nn.Conv2d) for m in module.modules()):
+        return torch.contiguous_format, "no conv layer, so channels-last would not be faster"
+    h, w = card.input_size
+    pixels = torch.rand(2, card.channels, h, w, generator=torch.Generator().manual_seed(0))
+    x = model.normalize(pixels.to(model.device))
+    try:
+        with torch.no_grad():
+            expected = _first_tensor(module(x.contiguous()))
+    except Exception:  # noqa: BLE001 - the network's own error surfaces in the real call
+        return torch.contiguous_format, "the network failed on the probe batch"
+    try:
+        with torch.no_grad():
+            got = _first_tensor(module(x.contiguous(memory_format=torch.channels_last)))
+    except Exception as exc:  # noqa: BLE001 - any failure in channels-last: do not use it
+        why = failure_reason(exc)
+        return torch.contiguous_format, f"the network fails in channels-last layout ({why})"
+    if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
+        return torch.contiguous_format, "the network does not return a tensor"
+    # loose: the layouts differ by rounding (TF32 on GPUs: ~1e-3); wrong numbers differ grossly
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    if got.shape != expected.shape or not torch.allclose(
+        got.float(), expected.float(), rtol=1e-2, atol=1e-3 * max(scale, 1.0)
+    ):
+        return torch.contiguous_format, "the network gives other outputs in channels-last layout"
+    return torch.channels_last, None
+
+
+# -- the frozen engine ----------------------------------------------------------------------------
 _FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -224,34 +350,45 @@ def cached_for(cache: weakref.WeakKeyDictionary, module: nn.Module, build: Calla
     return cached[1]
 
 
-def inference_module(model: Model, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A frozen, inference-optimized copy of the network for forward passes without gradients.
+def frozen_module(
+    model: Model, example: torch.Tensor
+) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str | None]:
+    """A frozen, inference-optimized copy of the network, or None and why not.
 
     Perturbation methods only run the network forwards, many times; a traced and frozen copy
     (batch norm folded into convolutions, activations fused) runs those up to twice as fast on
-    CPU. The copy is checked against the module on ``example`` (pixels) and cached until a
-    parameter changes; a network that cannot be traced, or whose copy disagrees, runs as is.
-    The model itself is never changed. Caveat of tracing: Python control flow and forward hooks
-    are fixed as they were when traced, which is why this is opt-in (``engine="frozen"``).
+    CPU. The copy is checked against the module on ``example`` (pixels) and on a second batch
+    size, and cached until a parameter changes; a network that cannot be traced, or whose copy
+    disagrees, gets None and the reason. The model itself is never changed. Caveat of
+    tracing: Python control flow and forward hooks are fixed as they were when traced, which
+    is why this is opt-in (``engine="frozen"``).
     """
     module = model.module
 
-    def build() -> Callable[[torch.Tensor], torch.Tensor]:
-        x = model.normalize(example[:1].to(model.device))
-        x = x.contiguous(memory_format=torch.channels_last)
+    def build() -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str | None]:
+        layout, _ = memory_format_for(model)
+        x = model.normalize(example[:1].to(model.device)).contiguous(memory_format=layout)
         try:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(copy.deepcopy(module).eval(), x, check_trace=False)
                 frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
                 expected, got = module(x), frozen(x)
-                frozen(torch.cat([x, x]))  # a second batch size must work too
-                if expected.shape == got.shape and torch.allclose(
-                    got, expected, rtol=1e-3, atol=1e-4
-                ):
-                    return frozen
-        except Exception:  # noqa: BLE001 - any tracing failure means: run the module itself
-            pass
-        return module
+                twice = torch.cat([x, x])
+                expected_twice, got_twice = module(twice), frozen(twice)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure: run the module itself
+            return None, f"the network cannot be traced and frozen ({failure_reason(exc)})"
+        for want, have in ((expected, got), (expected_twice, got_twice)):
+            if not isinstance(have, torch.Tensor) or have.shape != want.shape:
+                return None, "the frozen copy gives outputs of another shape"
+            if not torch.allclose(have, want, rtol=1e-3, atol=1e-4):
+                return None, "the frozen copy gives other outputs than the network"
+        return frozen, None
 
     return cached_for(_FROZEN, module, build)
+
+
+def inference_module(model: Model, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The frozen copy of :func:`frozen_module`, or the module itself where there is none."""
+    frozen, _ = frozen_module(model, example)
+    return model.module if frozen is None else frozen

@@ -2,12 +2,15 @@
 
 A CAM variant only says how it weights the channels (:meth:`CAM.channel_weights`), as in
 pytorch-grad-cam. Maps come out at the layer's resolution (N x 1 x h x w); ``upsample=True``
-or :meth:`CAM.heatmap` gives them at the input's.
+or :meth:`CAM.heatmap` gives them at the input's. Every variant reads the same thing at a
+layer: its own output, also where an in-place operation follows it (:func:`own_output`).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,7 +19,7 @@ from torch import nn
 
 from convsight.attribution.base import Method, forward_batch, forward_scores, select
 from convsight.errors import ConvsightError
-from convsight.layers import capture, conv_layer_names, forward_to, get_layer
+from convsight.layers import conv_layer_names, forward_to, get_layer
 
 _ELEMENTWISE = (
     nn.BatchNorm2d,
@@ -52,6 +55,33 @@ def default_cam_layer(module: nn.Module) -> str:
     return name
 
 
+@contextmanager
+def own_output(module: nn.Module, name: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Record layer ``name``'s output (as ``"output"``) in forward passes inside the block.
+
+    The network goes on with a copy of the output, so an in-place operation after the layer
+    (``ReLU(inplace=True)``, ``out += identity``) changes the copy, not what is recorded: its
+    values, and gradients taken with respect to it, are the layer's own. The hook is removed on
+    exit, also on exceptions.
+    """
+    recorded: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, _inputs: object, output: Any) -> Any:
+        if isinstance(output, torch.Tensor):
+            recorded["output"] = output
+            return output.clone()
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            recorded["output"] = output[0]
+            return type(output)([output[0].clone(), *output[1:]])
+        raise ConvsightError(f"layer '{name}' gives {type(output).__name__}, not a tensor")
+
+    handle = get_layer(module, name).register_forward_hook(hook)
+    try:
+        yield recorded
+    finally:
+        handle.remove()
+
+
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Layer-resolution maps (N x 1 x h x w) at input resolution, bilinear."""
     if tuple(maps.shape[-2:]) == tuple(size):
@@ -83,6 +113,30 @@ class CAM(Method):
         get_layer(self.model.module, layer)
         return layer
 
+    def layer_values(
+        self, inputs: torch.Tensor, targets: torch.Tensor, layer: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layer's own output for ``inputs`` and, for a gradient CAM, the gradient of each
+        row's target score with respect to it (None for Score-CAM).
+
+        "Own output" holds even when an in-place operation follows the layer (torchvision's
+        VGG: ``features.28`` then ``ReLU(inplace=True)``): the network goes on with a copy.
+        """
+        module = self.model.module
+        if not self.uses_gradients:  # a truncated forward: nothing after the layer runs
+            with torch.no_grad():
+                return forward_to(module, self.model.normalize(inputs), [layer])[layer], None
+        with torch.enable_grad(), own_output(module, layer) as recorded:
+            x = inputs.detach().requires_grad_(True)
+            score = select(self.forward(x), targets).sum()
+            if "output" not in recorded:
+                raise ConvsightError(f"layer '{layer}' did not run in the forward pass")
+            activations = recorded["output"]
+            (gradients,) = torch.autograd.grad(score, activations, allow_unused=True)
+        if gradients is None:
+            raise ConvsightError(f"the class scores do not depend on layer '{layer}'")
+        return activations.detach(), gradients
+
     def _attribute(
         self,
         inputs: torch.Tensor,
@@ -93,20 +147,7 @@ class CAM(Method):
         **weight_options: Any,
     ) -> torch.Tensor:
         name = self.layer_name(layer)
-        module = self.model.module
-        if self.uses_gradients:
-            with torch.enable_grad(), capture(module, [name]) as outputs:
-                x = inputs.detach().requires_grad_(True)
-                score = select(self.forward(x), targets).sum()
-                if name not in outputs:
-                    raise ConvsightError(f"layer '{name}' did not run in the forward pass")
-                activations = outputs[name]
-                (gradients,) = torch.autograd.grad(score, activations)
-            activations = activations.detach()
-        else:
-            with torch.no_grad():
-                activations = forward_to(module, self.model.normalize(inputs), [name])[name]
-            gradients = None
+        activations, gradients = self.layer_values(inputs, targets, name)
         if activations.dim() != 4:
             raise ConvsightError(
                 f"layer '{name}' gives {activations.dim()}-d output; a CAM needs a conv layer "
@@ -173,7 +214,8 @@ class ScoreCAM(CAM):
     :func:`~convsight.attribution.base.forward_batch`) masked images per
     forward pass; channels that are constant (an all-zero mask) or equal up to scale and shift
     (the same mask) share one pass.
-    ``engine="frozen"`` runs a traced, frozen copy of the network (faster on CPU).
+    ``engine="frozen"`` runs a traced, frozen copy of the network (faster on CPU); where the
+    copy cannot be built, disagrees or fails, the module runs and ``last_run`` says why.
     """
 
     name = "scorecam"
@@ -192,6 +234,14 @@ class ScoreCAM(CAM):
         n, k, h, w = activations.shape
         size = tuple(inputs.shape[-2:])
         scores = torch.empty(n, k)
+        run: dict[str, Any] = {"engine": engine, "fallback": None}
+        fallbacks: list[str] = []
+
+        def record(found: torch.Tensor) -> torch.Tensor:
+            if run["fallback"]:
+                fallbacks.append(run["fallback"])
+            return found
+
         for i in range(n):
             flat = activations[i].flatten(1)
             low, high = flat.amin(1), flat.amax(1)
@@ -219,12 +269,18 @@ class ScoreCAM(CAM):
                     batch_size or forward_batch(self.model.device),
                     total=len(unique),
                     engine=engine,
+                    run=run,
                 )
-                scores[i, varying.cpu()] = found[inverse.cpu()]
+                scores[i, varying.cpu()] = record(found)[inverse.cpu()]
             if len(varying) < k:  # constant channels: an all-zero mask, one shared pass
                 zero = torch.zeros_like(image)
                 constant = (high <= low).cpu()
-                scores[i, constant] = forward_scores(
-                    self.model, zero, targets[i : i + 1], engine=engine
+                scores[i, constant] = record(
+                    forward_scores(self.model, zero, targets[i : i + 1], engine=engine, run=run)
                 )
+        self.last_run.update(
+            requested_engine=engine,
+            engine="eager" if fallbacks else engine,
+            fallback=fallbacks[0] if fallbacks else None,
+        )
         return scores.softmax(1).to(activations.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from convsight.attribution.base import Method, chunks, select
+from convsight.attribution.base import Method, baseline_like, chunks, select
 from convsight.errors import ConvsightError
 
 
@@ -112,7 +112,8 @@ def path_weights(steps: int, rule: str) -> tuple[list[float], list[float]]:
 class IntegratedGradients(Method):
     """Integrated Gradients (Sundararajan et al. 2017), https://arxiv.org/abs/1703.01365.
 
-    The path from ``baseline`` (pixels; default black) to the input is integrated with
+    The path from ``baseline`` (pixels, default black: a number, one value per channel, an
+    image or one image per input) to the input is integrated with
     ``steps`` points of ``rule``; ``batch_size`` bounds how many path points (over all images)
     go through the network at once, so memory does not grow with ``steps``.
     """
@@ -132,8 +133,7 @@ class IntegratedGradients(Method):
         alphas, weights = path_weights(steps, rule)
         alpha = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device)
         weight = torch.tensor(weights, dtype=inputs.dtype, device=inputs.device)
-        base = torch.as_tensor(baseline, dtype=inputs.dtype, device=inputs.device)
-        base = base.expand_as(inputs)
+        base = baseline_like(baseline, inputs)
         delta = inputs - base
         n = inputs.shape[0]
         total = torch.zeros_like(inputs)

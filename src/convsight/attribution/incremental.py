@@ -94,11 +94,17 @@ def _gather(
 
 
 def materialize(patch: Patch, flat: torch.Tensor | None = None) -> torch.Tensor:
-    """The whole maps (N x C x H x W): the clean map with each row's box pasted in."""
+    """The whole maps (N x C x H x W): the clean map with each row's box pasted in, in the
+    clean map's memory layout (code after it may ``view`` them as the network would)."""
     h, w = patch.clean.shape[-2:]
     zero = torch.zeros_like(patch.top)
     flat = flat_map(patch.clean) if flat is None else flat
-    return _gather(flat, w, patch, zero, zero, h, w)
+    maps = _gather(flat, w, patch, zero, zero, h, w)
+    clean = patch.clean
+    channels_last = clean.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and not clean.is_contiguous():
+        return maps.contiguous(memory_format=torch.channels_last)
+    return maps.contiguous()
 
 
 def _out_range(start: torch.Tensor, length: int, k: int, s: int, p: int, d: int, size: int):

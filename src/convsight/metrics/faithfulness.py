@@ -12,7 +12,8 @@ and every step of a batch go through the network in chunks of ``batch_size`` row
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ class Curves:
     kind: str
     scores: torch.Tensor
     fractions: torch.Tensor
+    run: dict[str, Any] = field(default_factory=dict)  # engine that ran, and any fallback
 
     @property
     def auc(self) -> torch.Tensor:
@@ -104,6 +106,7 @@ def _curves(
         changed = rank[image] < (k * step).view(-1, 1, 1, 1)
         return torch.where(changed, finish[image], start[image])
 
+    run: dict[str, Any] = {}
     scores = forward_scores(
         model,
         build,
@@ -112,9 +115,10 @@ def _curves(
         output="probability",
         total=n * (steps + 1),
         engine=engine,
+        run=run,
     ).view(n, steps + 1)
     fractions = torch.clamp(torch.arange(steps + 1) * step / (h * w), max=1.0)
-    return Curves(kind, scores, fractions)
+    return Curves(kind, scores, fractions, run)
 
 
 def deletion(

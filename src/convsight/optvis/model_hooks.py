@@ -9,8 +9,13 @@ which the render calls in its ``finally``.
 
 from __future__ import annotations
 
+import operator
+import warnings
+import weakref
+from dataclasses import dataclass
+
 import torch
-from torch import nn
+from torch import fx, nn
 from torchvision.models.convnext import CNBlock
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -37,26 +42,143 @@ def _batch_norms(module: nn.Module) -> list[nn.BatchNorm2d]:
     return norms
 
 
+@dataclass(frozen=True)
+class ResidualAddition:
+    """One residual addition: ``block`` (a ``named_modules`` name, "" for the root) adds its
+    input (or a shortcut of it) to the output of ``branch``, the last module of the branch."""
+
+    block: str
+    branch: str
+
+
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_ADD_METHODS = ("add", "add_")
+_RESIDUALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def residual_additions(module: nn.Module) -> list[ResidualAddition]:
+    """Every residual addition in ``module``, found in the code of each block, not by class.
+
+    Each module that has children is traced one level deep with ``torch.fx`` (its children
+    stay calls). An addition (``+``, ``+=``, ``torch.add``, ``.add``) counts when one operand is
+    a value ``x`` of the block, or one step from it (a downsample / shortcut), and the other is
+    computed from ``x`` through more steps; its last module is the branch. This finds the
+    blocks of torchvision (ResNet, MobileNet, EfficientNet, ConvNeXt) and timm (ResNet,
+    ConvNeXt, EfficientNet, ...) alike; a torchvision block that cannot be traced is found by
+    its class. Cached per module.
+    """
+    key = tuple(id(m) for m in module.modules())
+    cached = _RESIDUALS.get(module)
+    if cached is None or cached[0] != key:
+        found: list[ResidualAddition] = []
+        for name, block in module.named_modules():
+            if next(block.children(), None) is None or type(block).__module__.startswith(
+                "torch.nn."
+            ):
+                continue  # a leaf, or torch's own containers (Sequential, ...): no addition
+            branches = _traced_branches(block)
+            if branches is None:
+                branches = _torchvision_branch(block)
+            found += [ResidualAddition(name, _join(name, b)) for b in branches]
+        cached = (key, found)
+        _RESIDUALS[module] = cached
+    return list(cached[1])
+
+
 def residual_branches(module: nn.Module) -> list[nn.Module]:
-    """The residual branch (the part added to the skip connection) of every residual block
-    torchvision builds: MobileNet v2/v3 and EfficientNet blocks that use their skip
-    connection (``conv`` / ``block``), ResNet's BasicBlock (from ``bn2``) and Bottleneck
-    (``bn3``), ConvNeXt's CNBlock (``block``). Hooking the branch's last module scales the
-    gradient of the whole branch. Empty for a model without such blocks."""
-    found: list[nn.Module] = []
-    for m in module.modules():
-        branch = None
-        if isinstance(m, BasicBlock):
-            branch = m.bn2
-        elif isinstance(m, Bottleneck):
-            branch = m.bn3
-        elif isinstance(m, CNBlock):
-            branch = m.block
-        elif getattr(m, "use_res_connect", False) is True:
-            branch = next((getattr(m, a) for a in ("conv", "block") if hasattr(m, a)), None)
-        if isinstance(branch, nn.Module):
-            found.append(branch)
+    """The branch module of every residual addition (:func:`residual_additions`); hooking a
+    branch's last module scales the gradient of the whole branch. Empty without any."""
+    return [module.get_submodule(a.branch) for a in residual_additions(module)]
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+class _OneLevel(fx.Tracer):
+    """Traces one module's own forward; every submodule stays one call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _traced_branches(block: nn.Module) -> list[str] | None:
+    """Names (relative to ``block``) of the branch modules its own forward adds to a skip
+    connection; None when ``torch.fx`` cannot trace it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = _OneLevel().trace(block)
+    except Exception:  # noqa: BLE001 - control flow on values, odd inputs: not traceable
+        return None
+    nodes = list(graph.nodes)
+    order = {node: i for i, node in enumerate(nodes)}
+    calls: dict[str, int] = {}
+    for node in nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    ancestors: dict[fx.Node, set[fx.Node]] = {}
+    for node in nodes:
+        ancestors[node] = {node}.union(*(ancestors[i] for i in node.all_input_nodes))
+    found = []
+    for node in nodes:
+        is_add = (node.op == "call_function" and node.target in _ADD_FUNCTIONS) or (
+            node.op == "call_method" and node.target in _ADD_METHODS
+        )
+        if not is_add or node.kwargs or len(node.args) != 2:
+            continue
+        a, b = node.args
+        if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
+            continue
+        common = [n for n in ancestors[a] & ancestors[b] if n.op != "get_attr"]
+        if not common:
+            continue
+        source = max(common, key=order.__getitem__)  # the latest value both come from
+        (skip_steps, _), (branch_steps, branch) = sorted(
+            ((_steps(source, a, ancestors), a), (_steps(source, b, ancestors), b)),
+            key=lambda pair: pair[0],
+        )
+        if skip_steps > 1 or branch_steps <= skip_steps:
+            continue  # not a skip connection beside a deeper branch
+        hooked = _branch_module(branch, source, node, ancestors)
+        if hooked is not None and calls[hooked.target] == 1:
+            found.append(str(hooked.target))
     return found
+
+
+def _steps(source: fx.Node, node: fx.Node, ancestors: dict) -> int:
+    """Operations on the longest path from ``source`` to ``node``."""
+    if node is source:
+        return 0
+    inputs = [i for i in node.all_input_nodes if source in ancestors[i]]
+    return 1 + max(_steps(source, i, ancestors) for i in inputs)
+
+
+def _branch_module(
+    branch: fx.Node, source: fx.Node, add: fx.Node, ancestors: dict
+) -> fx.Node | None:
+    """The last module call of the branch: ``branch`` itself or the module it comes from
+    through single-input steps (a layer scale, a permute) that nothing else reads."""
+    node = branch
+    while node.op != "call_module":
+        inputs = [i for i in node.all_input_nodes if source in ancestors[i]]
+        if len(inputs) != 1 or inputs[0] is source or len(node.users) != 1:
+            return None
+        node = inputs[0]
+    return node if node is not source and len(node.users) == 1 else None
+
+
+def _torchvision_branch(m: nn.Module) -> list[str]:
+    """The branch of a torchvision residual block, by its class (for untraceable blocks)."""
+    if isinstance(m, BasicBlock):
+        return ["bn2"]
+    if isinstance(m, Bottleneck):
+        return ["bn3"]
+    if isinstance(m, CNBlock):
+        return ["block"]
+    if getattr(m, "use_res_connect", False) is True:
+        return [a for a in ("conv", "block") if isinstance(getattr(m, a, None), nn.Module)][:1]
+    return []
 
 
 def check_model_hooks(
@@ -69,8 +191,9 @@ def check_model_hooks(
         _batch_norms(module)
     if skip_gradient < 1 and not residual_branches(module):
         raise ConvsightError(
-            "skip-gradient needs residual blocks (torchvision ResNet, MobileNet v2/v3, "
-            "EfficientNet or ConvNeXt); the model has none"
+            "skip-gradient needs residual blocks (a block that adds its input to a branch "
+            "computed from it, as in ResNet, MobileNet v2/v3, EfficientNet or ConvNeXt); "
+            "the model has none"
         )
 
 
@@ -172,8 +295,13 @@ class SkipGradient:
     def __init__(self, module: nn.Module, gamma: float) -> None:
         self.gamma = gamma
         self.handles = []
+        self.branch_names: list[str] = []
         if gamma < 1:
-            self.handles = [b.register_forward_hook(self._hook) for b in residual_branches(module)]
+            self.branch_names = [a.branch for a in residual_additions(module)]
+            self.handles = [
+                module.get_submodule(name).register_forward_hook(self._hook)
+                for name in self.branch_names
+            ]
         self.branches = len(self.handles)
 
     def describe(self) -> str:

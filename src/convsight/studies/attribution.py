@@ -160,6 +160,7 @@ def write_saliency(
     arrays: dict[str, Any] = {"pixels": pixels, "targets": torch.tensor(targets)}
     timings: dict[str, float] = {}
     settings: dict[str, dict[str, Any]] = {}
+    runs: dict[str, dict[str, Any]] = {}  # how each method ran: engine, fallback, memory format
     with progress_bar(show_progress) as bar:
         task = bar.add_task("saliency", total=len(classes), status="")
         for cls in classes:
@@ -173,6 +174,7 @@ def write_saliency(
             start = time.perf_counter()
             raw = method.attribute(pixels, targets, **options)
             timings[cls.name] = time.perf_counter() - start
+            runs[cls.name] = dict(method.last_run)
             heatmaps[cls.title] = method.to_heatmap(raw)
             arrays[f"{cls.name}_attributions"] = raw
             arrays[f"{cls.name}_map"] = heatmaps[cls.title]
@@ -204,6 +206,7 @@ def write_saliency(
                 "title": cls.title,
                 "reference": (cls.__doc__ or "").split("https://")[-1].split()[0],
                 "options": settings[cls.name],
+                "run": runs[cls.name],
                 "seconds": timings[cls.name],
             }
             for cls in classes
@@ -235,6 +238,12 @@ def image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Pat
     if not files:
         raise ConvsightError(f"no images in {folder}")
     return files[:limit] if limit else files
+
+
+def _keep_run(entry: dict[str, Any], key: str, run: dict[str, Any]) -> None:
+    """Record how a method or curve ran; across chunks, the first run with a fallback wins."""
+    if key not in entry or (run.get("fallback") and not entry[key].get("fallback")):
+        entry[key] = dict(run)
 
 
 def evaluate_methods(
@@ -280,6 +289,7 @@ def evaluate_methods(
                 torch.manual_seed(seed + start)
                 heat = method.heatmap(x, t, **options)
                 seconds["attribution"] += time.perf_counter() - began
+                _keep_run(entry, "run", method.last_run)
                 for kind in aucs:
                     began = time.perf_counter()
                     run = deletion if kind == "deletion" else insertion
@@ -293,6 +303,7 @@ def evaluate_methods(
                         engine=forward_engine(engine),
                     )
                     seconds[kind] += time.perf_counter() - began
+                    _keep_run(entry, f"{kind}_run", curves.run)
                     aucs[kind].extend(curves.auc.tolist())
                     sums[kind] = sums.get(kind, 0) + curves.scores.sum(0)
                     fractions[kind] = curves.fractions
