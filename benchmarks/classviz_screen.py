@@ -34,7 +34,7 @@ from common import RESULTS, shared_dir, write_result
 from convsight.data.imagenet import imagenet_samples
 from convsight.models import load_model
 from convsight.optvis import render_classes
-from convsight.optvis.render import CLASS_PRESETS
+from convsight.optvis.settings import CLASS_PRESETS
 
 
 def zoom(text: str, count: int = 11) -> tuple[float, ...]:

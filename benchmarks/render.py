@@ -35,9 +35,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from convsight.layers import forward_to
 from convsight.models import load_model
 from convsight.optvis import render_channels
+from convsight.optvis.forward import Forward
 from convsight.optvis.objectives import Context, channel
 from convsight.optvis.param import FourierImage
-from convsight.optvis.render import _Forward, make_transforms, row_generators, settings_for
+from convsight.optvis.recipes import make_transforms, row_generators
+from convsight.optvis.settings import settings_for
 from convsight.optvis.transforms import Compose, RowRandom
 
 LAYERS = ("features.2", "features.28")
@@ -65,7 +67,7 @@ def step_flops(model, layer: str, slice_channels: bool, rows: int = 1) -> tuple[
     param = FourierImage.normal(model, generators, (224, 224))
     transforms = Compose(make_transforms(settings))
     objective = channel(layer, list(range(5, 5 + rows)) if rows > 1 else [5])
-    forward = _Forward(model, objective, slice_channels)
+    forward = Forward(model, objective, slice_channels)
     model.module.to(memory_format=torch.channels_last)
 
     def step():

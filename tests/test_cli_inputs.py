@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from convsight.cli import app
 from convsight.errors import ConvsightError
-from convsight.optvis import render
-from convsight.optvis.render import MAX_CHANNELS, parse_channels
+from convsight.optvis import channels
+from convsight.optvis.channels import MAX_CHANNELS, parse_channels
 
 runner = CliRunner()
 
@@ -118,7 +118,7 @@ def test_a_huge_range_is_refused_before_a_list_is_built(monkeypatch):
     def no_range(*args):
         raise AssertionError("a list of channels was built")
 
-    monkeypatch.setattr(render, "range", no_range, raising=False)  # render's own range()
+    monkeypatch.setattr(channels, "range", no_range, raising=False)  # the module's own range()
     for limit in (64, None):
         with pytest.raises(ConvsightError, match="out of range"):
             parse_channels("0-100000000", limit=limit)

@@ -16,17 +16,19 @@ from convsight.errors import ConvsightError
 from convsight.layers import capture, forward_to
 from convsight.models import Model, ModelCard
 from convsight.optvis import (
+    build,
     class_mean_images,
     parse_channels,
     render,
     render_channels,
     render_classes,
+    render_settings,
     settings_for,
 )
 from convsight.optvis import objectives as obj
 from convsight.optvis.objectives import OUTPUT, Context
 from convsight.optvis.param import FourierImage
-from convsight.optvis.render import make_param, row_generators
+from convsight.optvis.recipes import make_param, paper, row_generators
 from tests.conftest import hook_count
 
 runner = CliRunner()
@@ -56,7 +58,7 @@ def plain(**changes):
     ids=lambda o: o.description,
 )
 def test_each_objective_rises_within_a_few_steps(tiny, objective):
-    result = render(tiny, objective, 2, plain())
+    result = render_settings(tiny, objective, 2, plain())
     assert result.trace.shape == (8, 2)
     assert (result.trace[-1] > result.trace[0]).all(), result.trace[:, :]
 
@@ -211,8 +213,8 @@ def test_ghost_noise_perturbs_the_network_per_row_and_leaves_no_hooks(tiny):
 
 def test_average_returns_the_moving_average_of_the_parameters(tiny):
     settings = plain(steps=1)
-    last = render(tiny, obj.class_logit([1, 2]), 2, settings)
-    averaged = render(tiny, obj.class_logit([1, 2]), 2, plain(steps=1, average=0.75))
+    last = render_settings(tiny, obj.class_logit([1, 2]), 2, settings)
+    averaged = render_settings(tiny, obj.class_logit([1, 2]), 2, plain(steps=1, average=0.75))
     start = make_param(tiny, settings, row_generators([0, 1])).pixels().detach()
     expected = (0.75 * start + 0.25 * last.images).clamp(0, 1)  # pixel param: linear
     assert torch.allclose(averaged.images, expected, atol=1e-5)
@@ -244,7 +246,7 @@ def test_coarse_to_fine_keeps_only_the_low_band_then_opens_it(tiny):
 
 
 def test_cossim_class_objective_is_dot_times_cosine_on_the_penultimate_layer(tiny):
-    from convsight.optvis.render import class_objective
+    from convsight.optvis.recipes import class_objective
 
     objective = class_objective(tiny, [1, 3], "cossim")
     assert list(objective.layers) == ["classifier.0"]  # the flatten before the last dense layer
@@ -258,7 +260,7 @@ def test_cossim_class_objective_is_dot_times_cosine_on_the_penultimate_layer(tin
     cos = torch.nn.functional.cosine_similarity(features, vectors, dim=1)
     value = objective(Context({"classifier.0": features}, tiny.denormalize(x), x))
     assert torch.allclose(value, dot * cos.clamp(min=0.1) ** 2, atol=1e-5)
-    result = render(tiny, objective, 2, plain())
+    result = render_settings(tiny, objective, 2, plain())
     assert (result.trace[-1] > result.trace[0]).all(), result.trace
     scripted = Model(torch.jit.script(tiny.module), tiny.card)  # no nn.Linear to read
     assert class_objective(scripted, [1], "cossim").description.startswith("margin(")
@@ -307,7 +309,9 @@ def test_batch_norm_prior_is_the_distance_to_the_running_statistics(tiny):
         raise AssertionError("no step should run")
 
     with pytest.raises(ConvsightError, match="needs batch norm layers"):
-        render(tiny, obj.class_logit([0]), 1, plain(ghost=0.1, bn_prior=1.0), callback=boom)
+        render_settings(
+            tiny, obj.class_logit([0]), 1, plain(ghost=0.1, bn_prior=1.0), callback=boom
+        )
     assert hook_count(tiny.module) == 0  # the ghost hooks made just before are gone too
     assert tiny.module.features[0].weight.is_contiguous()
     batch = render_classes(model, [0, 2], steps=4, bn_prior=1.0, seed=1)
@@ -387,7 +391,7 @@ def _no_step(step, values):  # pragma: no cover - must never run
 )
 def test_bad_objective_fails_before_any_step(tiny, objective, message):
     with pytest.raises(ConvsightError, match=message):
-        render(tiny, objective, 2, plain(), callback=_no_step)
+        render_settings(tiny, objective, 2, plain(), callback=_no_step)
 
 
 def test_bad_class_and_settings_fail_clearly(tiny):
@@ -408,17 +412,17 @@ def test_hooks_are_released_after_an_exception_mid_render(tiny):
 
     before = hook_count(tiny.module)
     with pytest.raises(RuntimeError, match="stop"):
-        render(tiny, obj.channel("features.3", [0, 1]), 2, plain(), callback=boom)
+        render_settings(tiny, obj.channel("features.3", [0, 1]), 2, plain(), callback=boom)
     assert hook_count(tiny.module) == before == 0
     with pytest.raises(RuntimeError, match="stop"):
-        render(tiny, obj.class_logit([0, 1]), 2, plain(channels_last=True), callback=boom)
+        render_settings(tiny, obj.class_logit([0, 1]), 2, plain(channels_last=True), callback=boom)
     assert hook_count(tiny.module) == 0
     with pytest.raises(RuntimeError, match="stop"):  # ghost noise hooks every conv
-        render(tiny, obj.class_logit([0, 1]), 2, plain(ghost=0.1), callback=boom)
+        render_settings(tiny, obj.class_logit([0, 1]), 2, plain(ghost=0.1), callback=boom)
     assert hook_count(tiny.module) == 0
     res = residual_model()
     with pytest.raises(RuntimeError, match="stop"):  # skip gradient hooks every branch
-        render(res, obj.class_logit([0, 1]), 2, plain(skip_gradient=0.5), callback=boom)
+        render_settings(res, obj.class_logit([0, 1]), 2, plain(skip_gradient=0.5), callback=boom)
     assert hook_count(res.module) == 0
     weight = tiny.module.features[0].weight
     assert weight.is_contiguous()  # channels_last conversion undone
@@ -429,7 +433,9 @@ def test_dead_channels_are_reported_and_skipped(tiny):
     with torch.no_grad():
         conv.weight[5] = 0
         conv.bias[5] = -1.0  # ReLU output of channel 5 is 0 for every input
-    result = render(tiny, obj.channel("features.4", [5, 6]), 2, plain(l1=0.1), seeds=[0, 1])
+    result = render_settings(
+        tiny, obj.channel("features.4", [5, 6]), 2, plain(l1=0.1), seeds=[0, 1]
+    )
     assert result.dead == [0]
     start = make_param(tiny, plain(), row_generators([0, 1])).pixels().clamp(0, 1)
     assert torch.allclose(result.images[0], start[0])  # skipped: keeps its start image
@@ -633,10 +639,10 @@ def test_skip_gradient_is_off_on_a_model_without_residual_blocks(tiny):
 @pytest.mark.parametrize("layer", ["features.3", "features.4", "features.2"])
 def test_computing_only_the_rows_channel_of_a_conv_gives_the_same_render(tiny, layer):
     # a conv, the ReLU after a conv, and a max-pool after a conv and a ReLU
-    from convsight.optvis.render import _Forward
+    from convsight.optvis.forward import Forward
 
     channels = [1, 4, 7]
-    assert _Forward(tiny, obj.channel(layer, channels), True).sliced == {layer}
+    assert Forward(tiny, obj.channel(layer, channels), True).sliced == {layer}
     common = dict(steps=4, size=32, seed=2, views=2, chunk=3)
     sliced = render_channels(tiny, layer, channels, slice_channels=True, **common)
     whole = render_channels(tiny, layer, channels, slice_channels=False, **common)
@@ -645,7 +651,7 @@ def test_computing_only_the_rows_channel_of_a_conv_gives_the_same_render(tiny, l
 
 
 def test_slicing_through_batch_norm_and_not_past_a_non_channelwise_layer():
-    from convsight.optvis.render import _Forward
+    from convsight.optvis.forward import Forward
 
     torch.manual_seed(0)
     net = nn.Sequential(
@@ -662,13 +668,58 @@ def test_slicing_through_batch_norm_and_not_past_a_non_channelwise_layer():
     x = torch.rand(3, 3, 16, 16)
     for layer in ("1", "2"):
         objective = obj.channel(layer, [0, 5, 2])
-        forward = _Forward(model, objective, True)
+        forward = Forward(model, objective, True)
         assert forward.sliced == {layer}
         sliced = forward(model.normalize(x))[layer]
-        whole = _Forward(model, objective, False)(model.normalize(x))[layer]
+        whole = Forward(model, objective, False)(model.normalize(x))[layer]
         expected = whole[torch.arange(3), torch.tensor([0, 5, 2])][:, None]
         torch.testing.assert_close(sliced, expected, rtol=1e-5, atol=1e-5)
     # the walk back stops at the nearest conv; a grouped conv is not sliced at all
-    assert _Forward(model, obj.channel("3", [0, 1, 2]), True).sliced == {"3"}
+    assert Forward(model, obj.channel("3", [0, 1, 2]), True).sliced == {"3"}
     grouped = nn.Sequential(nn.Conv2d(3, 6, 3, groups=3), nn.ReLU())
-    assert not _Forward(Model(grouped.eval(), card), obj.channel("1", [0]), True).sliced
+    assert not Forward(Model(grouped.eval(), card), obj.channel("1", [0]), True).sliced
+
+
+def test_render_takes_built_objects_and_a_recipe_builds_them(tiny):
+    from convsight.optvis.callbacks import Callback
+    from convsight.optvis.transforms import Jitter
+
+    settings = settings_for("robust", steps=3, size=32, average=0.5, coarse_to_fine=0.5)
+    objective = obj.channel("features.4", [1, 4])
+    from_settings = render_settings(tiny, objective, 2, settings, seeds=[3, 4])
+    by_hand = render(tiny, **build(tiny, objective, 2, settings, seeds=[3, 4]).parts())
+    assert torch.equal(by_hand.images, from_settings.images)
+    assert torch.equal(by_hand.trace, from_settings.trace)
+    # a preset is a function returning the built objects
+    paper_recipe = paper(tiny, objective, 2, steps=2, size=32, seeds=[0, 1])
+    paper_settings = settings_for("paper", steps=2, size=32)
+    assert torch.equal(
+        render(tiny, **paper_recipe.parts()).images,
+        render_settings(tiny, objective, 2, paper_settings, seeds=[0, 1]).images,
+    )
+
+    # swap an object instead of adding an option: own parameterization, transforms,
+    # optimizer and step callback
+    seen = []
+
+    class Steps(Callback):
+        def end_step(self, state):
+            seen.append(state.step)
+
+    generators = row_generators([0, 1])
+    param = FourierImage.normal(tiny, generators, (32, 32))
+    optimizer = torch.optim.Adam(param.params, lr=0.05)
+    result = render(
+        tiny, objective, param, [Jitter(4)], optimizer, 3, [Steps()], generators=generators
+    )
+    assert seen == [0, 1, 2] and result.images.shape == (2, 3, 32, 32)
+    assert result.description == "channel(features.4, [1, 4])" and hook_count(tiny.module) == 0
+
+
+def test_a_snapshot_is_the_image_a_shorter_render_ends_with(tiny):
+    common = dict(preset="paper", size=32, seed=1)
+    longer = render_classes(tiny, [0, 2], steps=5, snapshots=(2, 3), **common)
+    assert sorted(longer.snapshots) == [2, 3]
+    for steps in (2, 3):
+        shorter = render_classes(tiny, [0, 2], steps=steps, **common)
+        assert torch.equal(longer.snapshots[steps], shorter.images)

@@ -48,6 +48,14 @@ class Context:
         values = torch.as_tensor(list(value), dtype=torch.long)
         return values if self.rows is None else values[self.rows]
 
+    def own_channel(self, layer: str, values: torch.Tensor, channels: Rows) -> torch.Tensor:
+        """Each row's own channel of ``values`` (N x C x ..., computed from ``acts[layer]``):
+        channel ``channels[row]``, or the one channel a sliced forward computed for the row."""
+        if layer in self.sliced:
+            return values[:, 0]
+        index = self.pick(channels, "channels").to(values.device)
+        return values.gather(1, index[:, None])[:, 0]
+
     @property
     def batch(self) -> int:
         return self.image.shape[0]
@@ -205,10 +213,7 @@ def channel(layer: str, channels: Rows) -> Objective:
 
     def fn(ctx: Context) -> torch.Tensor:
         act = _view_mean(_spatial_mean(ctx.acts[layer]), ctx.views)
-        if layer in ctx.sliced:
-            return act[:, 0]
-        index = ctx.pick(channels, "channels").to(act.device)
-        return act.gather(1, index[:, None])[:, 0]
+        return ctx.own_channel(layer, act, channels)
 
     objective = Objective(
         fn,
@@ -228,11 +233,7 @@ def neuron(layer: str, channels: Rows, x: int | None = None, y: int | None = Non
         if act.dim() == 4:
             h, w = act.shape[2:]
             act = act[:, :, h // 2 if y is None else y, w // 2 if x is None else x]
-        act = _view_mean(act, ctx.views)
-        if layer in ctx.sliced:
-            return act[:, 0]
-        index = ctx.pick(channels, "channels").to(act.device)
-        return act.gather(1, index[:, None])[:, 0]
+        return ctx.own_channel(layer, _view_mean(act, ctx.views), channels)
 
     where = "" if x is None and y is None else f", x={x}, y={y}"
     objective = Objective(

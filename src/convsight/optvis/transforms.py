@@ -78,6 +78,23 @@ class Pad(Transform):
         return f"pad({self.width})"
 
 
+class CenterCrop(Transform):
+    """Crop every view to its central ``size`` (for a model that takes only its own input
+    size, e.g. a flatten + dense head, after padding)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = tuple(size)
+
+    def __call__(self, x: torch.Tensor, rng: RowRandom) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        top, left = (x.shape[-2] - self.size[0]) // 2, (x.shape[-1] - self.size[1]) // 2
+        return x[..., top : top + self.size[0], left : left + self.size[1]]
+
+    def describe(self) -> str:
+        return f"center_crop({self.size[0]}x{self.size[1]})"
+
+
 class Noise(Transform):
     """Add N(0, std^2) noise to every pixel of every view (pixel space)."""
 

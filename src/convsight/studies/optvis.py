@@ -6,7 +6,6 @@ before the first optimization step; nothing is written for bad input.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -17,18 +16,13 @@ import torch
 from convsight.errors import ConvsightError
 from convsight.layers import get_layer, output_shapes
 from convsight.models import Model, load_model
+from convsight.optvis.channels import parse_channels
+from convsight.optvis.forward import probe_shapes
 from convsight.optvis.means import class_counts, class_mean_images
 from convsight.optvis.model_hooks import check_model_hooks
 from convsight.optvis.objectives import channel
-from convsight.optvis.render import (
-    RenderResult,
-    RenderSettings,
-    parse_channels,
-    probe_shapes,
-    render_channels,
-    render_classes,
-    settings_for,
-)
+from convsight.optvis.render import RenderResult, render_channels, render_classes
+from convsight.optvis.settings import RenderSettings, parse_setting, settings_for
 from convsight.report import (
     out_file,
     prepare_out_dir,
@@ -40,36 +34,6 @@ from convsight.report import (
 from convsight.report.grids import image_grid
 from convsight.report.images import write_image
 from convsight.runtime import resolve_device, seed_everything
-
-
-def parse_setting(text: str) -> tuple[str, Any]:
-    """'views=4' / 'scales=0.8,1,1.2' / 'decorrelate=false' -> typed (key, value)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip().replace("-", "_")
-    fields = {f.name: f for f in dataclasses.fields(RenderSettings)}
-    if not sep or key not in fields:
-        names = ", ".join(sorted(set(fields) - {"preset"}))
-        raise ConvsightError(f"--set takes KEY=VALUE with KEY one of: {names}; got '{text}'")
-    default = getattr(RenderSettings(), key)
-    raw = raw.strip()
-    try:
-        if isinstance(default, bool):
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return key, raw.lower() in ("true", "1", "yes")
-        if isinstance(default, tuple):
-            items = [v for v in raw.split(",") if v.strip()]
-            cast = str if key == "penalty_layers" else float
-            return key, tuple(cast(v.strip()) for v in items)
-        if isinstance(default, int) and key != "size":
-            return key, int(raw)
-        if key == "size":
-            return key, None if raw.lower() == "none" else int(raw)
-        if isinstance(default, float):
-            return key, float(raw)
-        return key, raw
-    except ValueError:
-        raise ConvsightError(f"cannot read setting '{text}'") from None
 
 
 def _check_model_hooks(model: Model, settings: RenderSettings, given: dict[str, Any]) -> None:
@@ -141,9 +105,8 @@ def maximize(
     out = prepare_out_dir(out)
     seed_everything(seed)
     start = time.perf_counter()
-    overrides = {k: v for k, v in settings.to_dict().items() if k != "preset"}
     result = render_channels(
-        loaded, layer, chans, preset=preset, seed=seed, progress=show_progress, **overrides
+        loaded, layer, chans, seed=seed, progress=show_progress, settings=settings
     )
     seconds = time.perf_counter() - start
     titles = [
@@ -208,15 +171,13 @@ def classviz(
     out = prepare_out_dir(out)
     seed_everything(seed)
     began = time.perf_counter()
-    overrides = {k: v for k, v in settings.to_dict().items() if k != "preset"}
     result = render_classes(
         loaded,
         indices,
-        preset=preset,
         seed=seed,
         init_pixels=start_pixels,
         progress=show_progress,
-        **overrides,
+        settings=settings,
     )
     seconds = time.perf_counter() - began
     with torch.no_grad():

@@ -1,0 +1,226 @@
+"""The serialized form of a render recipe: :class:`RenderSettings`, the presets as sets of
+defaults for it, and its validation. ``--set KEY=VALUE``, JSON summaries and the command line
+read and write this; :mod:`convsight.optvis.recipes` turns it into built objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from convsight.errors import ConvsightError
+
+
+@dataclass
+class RenderSettings:
+    """Every knob of a render recipe, serialized (``--set KEY=VALUE``, JSON summaries). A
+    preset is a set of defaults for these; :func:`convsight.optvis.recipes.build` turns
+    them into the objects :func:`convsight.optvis.render.render` takes."""
+
+    preset: str = "custom"
+    steps: int = 256
+    size: int | None = None  # None: the model's input size
+    # what is optimized
+    param: str = "fourier"  # "pixel" (model input space, the study) | "fourier" | "maco"
+    # ("maco": fixed 1/f^decay magnitude spectrum and contrast, only the phase is optimized)
+    decorrelate: bool = True
+    init_std: float = 0.01  # std of the random start (input space for pixel, spectrum for fourier)
+    decay_power: float = 1.0
+    # fourier: over this fraction of the steps the highest frequency the image may hold
+    # rises linearly from 1/8 of the band to all of it (coarse to fine; 0: all from the start)
+    coarse_to_fine: float = 0.0
+    # how
+    optimizer: str = "adam"  # "ascent" (plain gradient ascent) | "adam"
+    lr: float = 0.05
+    normalize_grad: bool = False  # ascent: step along grad / RMS(grad) per row (Chollet's recipe)
+    lr_schedule: str = "constant"  # "constant" | "cosine"
+    # transforms (all pixel space); 0 / empty switches one off
+    pad: int = 12
+    jitter: int = 8
+    scales: tuple[float, ...] = tuple(1 + (i - 5) / 50 for i in range(11))
+    angles: tuple[float, ...] = tuple(list(range(-10, 11)) + 5 * [0])
+    jitter_after: int = 4
+    flip: bool = False  # mirror each view left-right with probability 1/2
+    noise: float = 0.0  # std of Gaussian pixel noise added to each transformed view
+    # random colour cast per view and channel: contrast x e^U(-a, a), offset U(-a, a) / 4
+    color_shift: float = 0.0
+    views: int = 1  # transformed views of each image per step (gradient averaged)
+    blur_every: int = 0  # pixel param: blur the image every k steps (0: never)
+    blur_sigma: float = 0.5
+    # penalties (subtracted, weight x measure)
+    l1: float = 0.0
+    l2: float = 0.0
+    tv: float = 0.0
+    blur: float = 0.0
+    activation_penalty: float = 0.0
+    penalty_layers: tuple[str, ...] = ()
+    # class objective: "logit" (score before softmax, the study) | "margin" (logit - mean
+    # logit) | "logsoftmax" (log-probability: logit - logsumexp of all logits) | "cossim"
+    # (features before the last dense layer: dot x max(cos, 0.1)^2 with the class's weights
+    # minus the mean weights; "margin" for a model without an nn.Linear head)
+    class_objective: str = "logit"
+    cossim_power: float = 2.0  # "cossim": the power of the cosine
+    dead_steps: int = 3  # a row whose objective is exactly 0 for these first steps is dead
+    precision: str = "fp32"  # "fp32" | "bf16" (CPU/CUDA autocast)
+    channels_last: bool = True  # CPU: run the model in channels-last memory format (faster)
+    chunk: int = 0  # rows per forward/backward pass (0: auto; rows are independent)
+    # model-side augmentation: each step multiplies every channel of every conv layer's output
+    # by 1 + N(0, ghost^2), a slightly different network each step ("ghost networks")
+    ghost: float = 0.0
+    # prior: minus this weight x how far each batch norm layer's input statistics (per row and
+    # channel: mean and variance over positions) are from the layer's running statistics
+    bn_prior: float = 0.0
+    # gradient through every residual branch times this (skip gradient method; 1: off)
+    skip_gradient: float = 1.0
+    average: float = 0.0  # EMA decay of the parameters; the final image is the average (0: off)
+    slice_channels: bool = True  # channel objective on a conv: compute only the row's channel
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The study as written: N(0, 1) start in input space, plain gradient ascent with step 0.5
+    # along the RMS-normalized gradient, mean activation (or class score) minus 0.1 L1.
+    "paper": dict(
+        steps=20,
+        param="pixel",
+        decorrelate=False,
+        init_std=1.0,
+        optimizer="ascent",
+        lr=0.5,
+        normalize_grad=True,
+        pad=0,
+        jitter=0,
+        scales=(),
+        angles=(),
+        jitter_after=0,
+        l1=0.1,
+    ),
+    # What the field learned since: the RenderSettings defaults (256 steps, Fourier +
+    # decorrelated colour from a 0.01 start, Lucid's transforms, Adam at 0.05).
+    "robust": {},
+}
+
+
+# For class models (render_classes) a preset adds these on top: the robust recipe tuned for
+# images that another network also recognizes (benchmarks/classviz_quality.py, screened with
+# benchmarks/classviz_screen.py): a wide random zoom (0.5-1.5: the class must be readable
+# when shrunk to half size and when cropped to its central two thirds), Adam at a constant
+# 0.05 (0.1 or 0.03, or a cosine decay from 0.1, did worse once the zoom is wide), the
+# penultimate features' dot product with the class direction times their cosine squared
+# ("cossim": as good as score minus mean score at 128 steps, better at 64), and the gradient
+# through residual branches damped to 0.3 (the skip gradient method; by far the largest gain:
+# the image follows the gradient that reaches it along skip connections, features less
+# specific to this one network; off on a model without residual blocks). Tried and dropped
+# (worse or within noise, 20 classes x 2 seeds): log-softmax (its gradient vanishes once the
+# class wins, leaving adversarial noise), MACO-style fixed magnitude (param="maco"), decay
+# power 0.75 or 1.5, zoom 0.3-1.7, pixel noise, flips, a random colour cast, ghost networks,
+# a batch norm statistics prior, coarse-to-fine frequencies, parameter averaging.
+CLASS_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "robust": dict(
+        lr=0.05,
+        lr_schedule="constant",
+        scales=tuple(round(0.5 + 0.1 * i, 2) for i in range(11)),
+        class_objective="cossim",
+        skip_gradient=0.3,
+    ),
+}
+
+
+def settings_for(
+    preset: str = "robust", target: str = "channel", **overrides: Any
+) -> RenderSettings:
+    """The settings of ``preset`` with ``overrides`` (None values are ignored).
+
+    ``target="class"`` adds the preset's class-model defaults (:data:`CLASS_PRESETS`).
+    """
+    if preset not in PRESETS:
+        raise ConvsightError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    fields = {f.name for f in dataclasses.fields(RenderSettings)}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ConvsightError(f"unknown render setting(s): {', '.join(unknown)}")
+    base = {**PRESETS[preset], **(CLASS_PRESETS.get(preset, {}) if target == "class" else {})}
+    settings = RenderSettings(**{**base, **given, "preset": preset})
+    validate_settings(settings)
+    return settings
+
+
+def validate_settings(s: RenderSettings) -> None:
+    """Bad values fail here, before any work."""
+    checks = [
+        (s.steps >= 1, f"steps must be at least 1, not {s.steps}"),
+        (s.size is None or s.size >= 8, f"size must be at least 8 pixels, not {s.size}"),
+        (s.param in ("pixel", "fourier", "maco"), f"unknown parameterization '{s.param}'"),
+        (s.optimizer in ("ascent", "adam"), f"unknown optimizer '{s.optimizer}'"),
+        (s.lr > 0, f"learning rate must be positive, not {s.lr}"),
+        (s.lr_schedule in ("constant", "cosine"), f"unknown schedule '{s.lr_schedule}'"),
+        (s.views >= 1, f"views must be at least 1, not {s.views}"),
+        (s.chunk >= 0, f"chunk must be >= 0, not {s.chunk}"),
+        (s.precision in ("fp32", "bf16"), f"unknown precision '{s.precision}'"),
+        (
+            s.class_objective in ("logit", "margin", "logsoftmax", "cossim"),
+            f"unknown class objective '{s.class_objective}'",
+        ),
+        (
+            s.blur_every == 0 or s.param == "pixel",
+            "blur-every works on the pixel parameterization only",
+        ),
+        (min(s.l1, s.l2, s.tv, s.blur, s.activation_penalty) >= 0, "penalties must be >= 0"),
+        (s.noise >= 0, f"noise must be >= 0, not {s.noise}"),
+        (s.color_shift >= 0, f"color shift must be >= 0, not {s.color_shift}"),
+        (s.ghost >= 0, f"ghost must be >= 0, not {s.ghost}"),
+        (0 <= s.coarse_to_fine <= 1, f"coarse-to-fine must be in [0, 1], not {s.coarse_to_fine}"),
+        (
+            s.coarse_to_fine == 0 or s.param == "fourier",
+            "coarse-to-fine works on the fourier parameterization only",
+        ),
+        (s.bn_prior >= 0, f"bn-prior must be >= 0, not {s.bn_prior}"),
+        (
+            0 < s.skip_gradient <= 1,
+            f"skip-gradient must be in (0, 1], not {s.skip_gradient}",
+        ),
+        (s.cossim_power >= 0, f"cossim power must be >= 0, not {s.cossim_power}"),
+        (0 <= s.average < 1, f"average must be in [0, 1), not {s.average}"),
+        (
+            s.activation_penalty == 0 or bool(s.penalty_layers),
+            "an activation penalty needs penalty layers",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConvsightError(message)
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """'views=4' / 'scales=0.8,1,1.2' / 'decorrelate=false' -> typed (key, value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    fields = {f.name: f for f in dataclasses.fields(RenderSettings)}
+    if not sep or key not in fields:
+        names = ", ".join(sorted(set(fields) - {"preset"}))
+        raise ConvsightError(f"--set takes KEY=VALUE with KEY one of: {names}; got '{text}'")
+    default = getattr(RenderSettings(), key)
+    raw = raw.strip()
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1", "yes")
+        if isinstance(default, tuple):
+            items = [v for v in raw.split(",") if v.strip()]
+            cast = str if key == "penalty_layers" else float
+            return key, tuple(cast(v.strip()) for v in items)
+        if isinstance(default, int) and key != "size":
+            return key, int(raw)
+        if key == "size":
+            return key, None if raw.lower() == "none" else int(raw)
+        if isinstance(default, float):
+            return key, float(raw)
+        return key, raw
+    except ValueError:
+        raise ConvsightError(f"cannot read setting '{text}'") from None
