@@ -723,3 +723,27 @@ def test_a_snapshot_is_the_image_a_shorter_render_ends_with(tiny):
     for steps in (2, 3):
         shorter = render_classes(tiny, [0, 2], steps=steps, **common)
         assert torch.equal(longer.snapshots[steps], shorter.images)
+
+
+class _ViewAfterConv(nn.Module):
+    """A tutorial CNN: conv, then x.view(...) into a linear head (breaks in channels-last)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 16 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        return self.head(x.view(x.size(0), -1))
+
+
+def test_a_model_that_views_after_a_conv_renders_contiguous_and_says_so():
+    torch.manual_seed(0)
+    card = ModelCard("view", "test:view", (16, 16), 3, (0.5,) * 3, (0.25,) * 3, ["a", "b", "c"])
+    model = Model(_ViewAfterConv(), card)
+    result = render_classes(model, [0, 2], steps=3, size=16, seed=0)
+    assert torch.isfinite(result.images).all()
+    assert "contiguous memory format" in result.description
+    channels = render_channels(model, "conv", [1], steps=3, size=16, pad=2, seed=0)
+    assert torch.isfinite(channels.images).all()

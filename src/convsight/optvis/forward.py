@@ -185,6 +185,7 @@ class Execution:
     precision: str = "fp32"
     channels_last: bool = True
     slice_channels: bool = True
+    note: str = ""  # why channels-last is not used, when it was asked for
 
     @property
     def memory_format(self) -> torch.memory_format:

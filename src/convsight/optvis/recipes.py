@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from convsight.attribution.base import memory_format_for
 from convsight.errors import ConvsightError
+from convsight.layers import capture
 from convsight.models import Model
 from convsight.optvis import objectives as obj
 from convsight.optvis.callbacks import (
@@ -116,7 +118,7 @@ def fixed_size_crop(
     try:
         with torch.no_grad():
             probe_shapes(model, objective, bigger)
-    except RuntimeError:
+    except Exception:  # noqa: BLE001 - any framework's shape error (Keras raises ValueError)
         return CenterCrop((start.shape[-2], start.shape[-1]))
     return None
 
@@ -211,7 +213,7 @@ def build(
     generators = row_generators(seeds)
     param = make_param(model, settings, generators, init_pixels)
     with torch.no_grad():
-        start = param.model_input(model)
+        start = param.model_input(model).contiguous()  # the probe below runs in either layout
     transforms = make_transforms(settings)
     crop = fixed_size_crop(model, full, start, settings.pad)
     if crop is not None:
@@ -227,9 +229,19 @@ def build(
         generators=generators,
         views=settings.views,
         hooks=ModelHooks(settings.ghost, settings.bn_prior, settings.skip_gradient),
-        execution=Execution(
-            settings.chunk, settings.precision, settings.channels_last, settings.slice_channels
-        ),
+        execution=execution(model, settings),
+    )
+
+
+def execution(model: Model, settings: RenderSettings) -> Execution:
+    """How the passes run; channels-last only where a probe shows this model allows it."""
+    layout, why_not = memory_format_for(model) if settings.channels_last else (None, None)
+    return Execution(
+        settings.chunk,
+        settings.precision,
+        layout == torch.channels_last,
+        settings.slice_channels,
+        note=f"contiguous memory format: {why_not}" if why_not else "",
     )
 
 
@@ -271,12 +283,12 @@ def class_objective(
     }
     if kind == "cossim":
         found = _penultimate(model)
-        if found is not None:
+        if found is not None and _feeds_head(model, *found):
             layer, head = found
             weight = head.weight.detach().float().cpu()
             vectors = (weight - weight.mean(0))[list(classes)]
             return obj.direction_cossim(layer, vectors, power, label=labels)
-        kind = "margin"  # no nn.Linear head to read class directions from (e.g. TorchScript)
+        kind = "margin"  # no nn.Linear head fed by a layer's vector output (e.g. TorchScript)
     maker = makers[kind]
     return maker(list(classes), label=labels)
 
@@ -295,3 +307,21 @@ def _penultimate(model: Model) -> tuple[str, nn.Linear] | None:
                 before = children[i - 1][0]
                 found = (f"{name}.{before}" if name else before, children[i][1])
     return found
+
+
+def _feeds_head(model: Model, layer: str, head: nn.Linear) -> bool:
+    """Whether ``layer`` outputs one vector per row (no spatial extent) that is exactly what
+    ``head`` reads: not so when the forward flattens a feature map with ``x.view`` itself."""
+    read: dict[str, torch.Tensor] = {}
+    handle = head.register_forward_pre_hook(lambda _m, args: read.setdefault("x", args[0]))
+    h, w = model.card.input_size
+    probe = torch.rand(1, model.card.channels, h, w, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad(), capture(model.module, [layer]) as outputs:
+            model.module(model.normalize(probe.to(model.device)))
+    finally:
+        handle.remove()
+    out, x = outputs.get(layer), read.get("x")
+    if out is None or x is None or out[0].numel() != out.shape[1]:
+        return False
+    return out.flatten(1).shape == x.shape and torch.equal(out.flatten(1), x)

@@ -116,7 +116,9 @@ def render(
         dead=[int(i) for i in state.dead.nonzero()],
         settings={},
         seconds=time.perf_counter() - began,
-        description="; ".join(filter(None, [objective.description, hooks.describe()])),
+        description="; ".join(
+            filter(None, [objective.description, hooks.describe(), execution.note])
+        ),
         trace=state.trace,
         snapshots=state.snapshots,
     )
@@ -141,7 +143,7 @@ class _Passes:
         self.generators, self.batch = generators, len(generators)
         self.forward = Forward(model, objective, execution.slice_channels)
         with torch.no_grad():
-            start = param.model_input(model)
+            start = param.model_input(model).contiguous(memory_format=execution.memory_format)
         objective.check(probe_shapes(model, objective, start), self.batch)
         size = (start.shape[-2], start.shape[-1])
         self.chunks = execution.chunks(model.device, self.batch, size, objective.coupled)
