@@ -313,3 +313,38 @@ def test_duplicate_layers_are_rendered_once(tiny, tmp_path):
     assert json.loads((out / RUN_FILE).read_text())["layers"] == ["features.0"]
     index = (out / "index.html").read_text()
     assert index.count('href="features.0/index.html"') == 1
+
+
+def test_atlas_renders_only_the_channels_asked_for(tiny, tmp_path):
+    out = tmp_path / "atlas"
+    summary = tiny_atlas(tiny, out, channels="5,0-2")
+    assert summary["channels"] == 4 and summary["rendered_this_run"] == 4
+    records = sorted(p.name for p in (out / "features.0" / "records").glob("c*.json"))
+    assert records == ["c0.json", "c1.json", "c2.json", "c5.json"]
+    assert json.loads((out / RUN_FILE).read_text())["channels"] == "0-2,5"
+    assert summary["layers"][0]["channels"] == [0, 1, 2, 5]
+    # Every link between channel pages points at a channel that was rendered.
+    for page in (out / "features.0").glob("*.html"):
+        linked = set(re.findall(r'href="c(\d+)\.html"', page.read_text()))
+        assert linked <= {"0", "1", "2", "5"}, (page.name, linked)
+    assert 'href="c5.html"' in (out / "features.0" / "c2.html").read_text()  # next of 2
+    assert tiny_atlas(tiny, out, channels=[0, 1, 2, 5])["rendered_this_run"] == 0
+    before = snapshot(out)
+    with pytest.raises(ConvsightError, match=re.escape("channels (0-2,5 there, all here)")):
+        tiny_atlas(tiny, out)
+    assert snapshot(out) == before
+
+
+def test_atlas_channels_out_of_range_fail_before_writing(tiny, tmp_path):
+    out = tmp_path / "atlas"
+    with pytest.raises(ConvsightError, match=r"the layer has 8 channels .*layer 'features.0'"):
+        tiny_atlas(tiny, out, channels="0-8")
+    assert not out.exists()
+    from typer.testing import CliRunner
+
+    from convsight.cli import app
+
+    args = ["atlas", "mnist-cnn", "--layers", "features.0", "--channels", "40", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "the layer has 32 channels" in result.stderr
+    assert not out.exists()

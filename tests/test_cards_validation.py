@@ -66,6 +66,12 @@ HOSTILE = [
     ("no channels", setter("input", "channels", value=0), "input.channels"),
     ("huge channels", setter("input", "channels", value=10**9), "input.channels"),
     ("negative resize", setter("input", "resize", value=-5), "input.resize"),
+    ("resize a word", setter("input", "resize", value="big"), "input.resize"),
+    (
+        "unknown interpolation",
+        setter("input", "interpolation", value="cubic"),
+        "input.interpolation",
+    ),
     ("huge resize", setter("input", "resize", value=10**6), "input.resize"),
     ("label count", setter("labels", value=["a", "b", "c"]), "labels"),
     ("labels not text", setter("labels", value=list(range(10))), "labels"),

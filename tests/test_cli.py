@@ -159,3 +159,46 @@ def test_train_with_bad_stride_exit_2(tmp_path, mnist_dir):
         "train", "mnist", "--stride", "3", "--data-dir", mnist_dir, "--out", tmp_path / "o"
     )
     assert_bad_input(result, "stride must be 1 or 2")
+
+
+def test_models_command_lists_every_source():
+    import timm
+
+    result = run("models")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    for text in ("seed", "torchvision", "timm:NAME", ".safetensors", ".ts", ".onnx", ".keras"):
+        assert text in flat, text
+    assert f"{len(timm.list_models()):,}" in flat  # how many timm models
+    listed = run("models", "--source", "timm")
+    assert listed.exit_code == 0 and "timm:convnext_atto" in listed.output.split()
+    assert run("models", "--source", "seed").output.split() == ["mnist-cnn", "five-class-cnn"]
+    assert_bad_input(run("models", "--source", "hub"), "unknown source 'hub'")
+
+
+def test_card_flags_reach_every_model_command():
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    card_flags = {
+        "--input-size",
+        "--input-channels",
+        "--mean",
+        "--std",
+        "--labels",
+        "--num-classes",
+    }
+    for name in ("layers", "card", "activations", "atlas", "maximize", "classviz", "saliency"):
+        flags = {flag for param in commands[name].params for flag in param.opts}
+        assert card_flags <= flags, name
+        # --channels means the input's channels unless the command has its own --channels.
+        own = name in ("maximize", "atlas")
+        channels = next(p for p in commands[name].params if "--channels" in p.opts)
+        assert (channels.name == "channels") == own, name
+    assert card_flags <= {f for p in commands["evaluate"].params for f in p.opts}
+
+
+def test_card_flags_for_a_seed_network():
+    result = run("layers", "mnist-cnn", "--num-classes", "5")
+    assert result.exit_code == 0, result.output
+    assert "classifier.4" in result.output and "645" in result.output  # Linear(128, 5)

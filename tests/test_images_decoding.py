@@ -275,3 +275,15 @@ def test_cli_refuses_a_decompression_bomb_in_one_line(tmp_path):
     assert "megapixels" in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) <= 2
     assert not out.exists()
+
+
+def test_photos_are_resized_with_the_cards_interpolation():
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (90, 120), dtype=np.uint8), "L")
+    values = set(np.asarray(photo).ravel().tolist())
+    nearest = card((32, 32), 1, resize=40).updated(interpolation="nearest")
+    bilinear = card((32, 32), 1, resize=40)
+    near = (to_model_pixels(photo, nearest) * 255).round().int()
+    assert set(near.ravel().tolist()) <= values  # nearest only copies pixels
+    smooth = to_model_pixels(photo, bilinear)
+    assert not torch.equal((smooth * 255).round().int(), near)

@@ -9,6 +9,7 @@ from convsight.data import load_image_tensor
 from convsight.data.imagenet import imagenet_class_of
 from convsight.errors import ConvsightError
 from convsight.models import ModelCard, card_path, imagenet_labels, list_models, load_model
+from convsight.models.card import IMAGENET_MEAN, IMAGENET_STD
 from convsight.report import write_checkpoint
 
 
@@ -52,9 +53,12 @@ def test_mobilenet_v2_with_wrong_normalization_is_worse(mobilenet_batch, mobilen
     # The card's normalization matters: ImageNet mean/std instead of 128/255 hurts.
     x, y = mobilenet_batch[0][:48], mobilenet_batch[1][:48]
     wrong = ModelCard.from_dict(
-        {"arch": "x", "input": {"size": 224, "channels": 3}, "labels": None}, "wrong"
+        {
+            "arch": "x",
+            "input": {"size": 224, "channels": 3, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        },
+        "wrong",
     )
-    wrong.mean, wrong.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     with torch.no_grad():
         good = mobilenet_v2.module(mobilenet_v2.normalize(x)).argmax(1)
         bad = mobilenet_v2.module(wrong.normalize(x)).argmax(1)

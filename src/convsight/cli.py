@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import os
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +20,9 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from convsight.errors import ConvsightError
+
+if TYPE_CHECKING:
+    from convsight.models import Model
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -110,13 +116,34 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 
+@contextlib.contextmanager
+def card_warnings_on_stderr() -> Iterator[None]:
+    """Show each card warning (no mean/std...) as one line on stderr while inside."""
+    from convsight.models import CardWarning
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *rest: Any, **named: Any) -> None:
+            if issubclass(category, CardWarning):
+                say("warning:", "yellow", str(message))
+            else:
+                shown(message, category, *rest, **named)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", CardWarning)
+        yield
+
+
 def command(fn: F) -> F:
-    """Turn bad input into one sentence and exit 2, other failures into one line and exit 1."""
+    """Turn bad input into one sentence and exit 2, other failures into one line and exit 1;
+    a card warning is one line on stderr."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with card_warnings_on_stderr():
+                return fn(*args, **kwargs)
         except ConvsightError as exc:
             say("error:", "red", str(exc))
             raise typer.Exit(2) from None
@@ -139,37 +166,212 @@ def split_list(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+# Card fields from the command line: a model without a card, or changes to its card's.
+InputSizeOpt = Annotated[
+    str | None,
+    typer.Option(help="Input size HEIGHTxWIDTH in pixels (e.g. 64x128), or one side (224)."),
+]
+InputChannelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--input-channels", "--channels", min=1, max=4, help="Input channels: 1 grey, 3 RGB."
+    ),
+]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option(help="Normalization mean: one number, or one per channel (0.485,0.456,0.406)."),
+]
+StdOpt = Annotated[
+    str | None,
+    typer.Option(help="Normalization std: one number, or one per channel (0.229,0.224,0.225)."),
+]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(help="Class names: a file (one per line, or a JSON list), or 'imagenet'."),
+]
+NumClassesOpt = Annotated[
+    int | None, typer.Option(min=1, help="Number of classes (default: the weights' head).")
+]
+CARD_OPTIONS: dict[str, Any] = {
+    "input_size": InputSizeOpt,
+    "input_channels": InputChannelsOpt,
+    "mean": MeanOpt,
+    "std": StdOpt,
+    "labels": LabelsOpt,
+    "num_classes": NumClassesOpt,
+}
+
+
+def card_fields(
+    input_size: str | None = None,
+    input_channels: int | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    labels: str | None = None,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """The card fields (``ModelCard.updated`` names) that the card flags given say."""
+    from convsight.models.card import parse_input_size, parse_numbers, read_labels
+
+    fields: dict[str, Any] = {}
+    if input_size is not None:
+        fields["input_size"] = parse_input_size(input_size)
+    if input_channels is not None:
+        fields["channels"] = input_channels
+    if mean is not None:
+        fields["mean"] = parse_numbers(mean, "--mean")
+    if std is not None:
+        fields["std"] = parse_numbers(std, "--std")
+    if labels is not None:
+        fields["labels"] = read_labels(labels)
+    if num_classes is not None:
+        fields["num_classes"] = num_classes
+    return fields
+
+
+def _option_without(option: Any, taken: set[str]) -> Any:
+    """``option`` (an Annotated option type) without the flag names a command uses itself."""
+    import copy
+
+    info = copy.copy(option.__metadata__[0])
+    info.param_decls = tuple(d for d in info.param_decls if d.lstrip("-") not in taken)
+    return Annotated[option.__origin__, info]
+
+
+def card_options(fn: F) -> F:
+    """Give a command the card flags (--input-size, --input-channels, --mean, --std,
+    --labels, --num-classes); it receives what they say as ``card_fields``, a dict of card
+    fields (empty when none is given). ``--channels`` also means --input-channels where the
+    command has no --channels of its own."""
+    signature = inspect.signature(fn, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "card_fields"]
+    taken = {p.name for p in own}
+    added = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option_without(o, taken)
+        )
+        for name, o in CARD_OPTIONS.items()
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name, None) for name in CARD_OPTIONS}
+        return fn(*args, card_fields=card_fields(**given), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+def model_for(
+    model: str, weights: Path | None, fields: dict[str, Any], seed: int = 0
+) -> str | Model:
+    """What a study takes as its model: the spec itself, or (card flags given) the model
+    loaded with them, seeded first as the study would seed it (an untrained network)."""
+    if not fields:
+        return model
+    from convsight.models import load_model
+    from convsight.runtime import seed_everything
+
+    seed_everything(seed)
+    return load_model(model, weights, card_fields=fields)
+
+
 @app.command("models")
 @command
-def models_cmd() -> None:
-    """List the model names convsight can load (seed networks and torchvision classifiers)."""
-    from convsight.models.zoo import SEEDS, torchvision_models
+def models_cmd(
+    source: Annotated[
+        str | None, typer.Option(help="List every name of one source: seed, torchvision, timm.")
+    ] = None,
+) -> None:
+    """List where models come from: seed networks, torchvision, timm and model files."""
+    from convsight.models.zoo import SEEDS, model_sources, torchvision_models
 
-    table = Table("name", "kind")
-    for name in SEEDS:
-        table.add_row(name, "seed network of the study")
-    for name in torchvision_models():
-        table.add_row(name, "torchvision, ImageNet weights on first use")
+    if source is not None:
+        from convsight.models.timm_source import TIMM_PREFIX, timm_names
+
+        listing: dict[str, Callable[[], list[str]]] = {
+            "seed": lambda: list(SEEDS),
+            "torchvision": torchvision_models,
+            "timm": lambda: [TIMM_PREFIX + name for name in timm_names()],
+        }
+        if source not in listing:
+            raise ConvsightError(f"unknown source '{source}': give seed, torchvision or timm")
+        for name in listing[source]():
+            out_console.print(name, highlight=False)
+        return
+    table = Table("source", "spec", "models", "notes")
+    for row in model_sources():
+        count = "-" if row.models is None else f"{row.models:,}"
+        table.add_row(row.kind, row.spec, count, row.note)
     out_console.print(table)
-    out_console.print("Also: a checkpoint path, or --weights FILE with a card (.json) beside it.")
+    out_console.print(
+        "`convsight models --source torchvision` (or seed, timm) lists every name; "
+        "`convsight card WEIGHTS --arch ...` writes the card of a checkpoint.",
+        highlight=False,
+    )
 
 
 @app.command("layers")
 @command
+@card_options
 def layers_cmd(
     model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
     weights: WeightsOpt = None,
+    card_fields: dict[str, Any] | None = None,
 ) -> None:
     """Print every layer name (as in named_modules), its type and output shape."""
     from convsight.layers import describe_layers
     from convsight.models import load_model
 
-    loaded = load_model(model, weights)
+    loaded = load_model(model, weights, card_fields=card_fields)
     table = Table("layer", "type", "output shape", "parameters", title=loaded.card.name)
     for row in describe_layers(loaded.module, loaded.example_input()):
         shape = "x".join(map(str, row.output_shape)) if row.output_shape else "-"
         table.add_row(row.name, row.type, shape, f"{row.parameters:,}" if row.parameters else "")
     out_console.print(table)
+
+
+@app.command("card")
+@command
+@card_options
+def card_cmd(
+    weights: Annotated[
+        Path,
+        typer.Argument(help="A state dict (.pt, .safetensors) or model file (.ts, .onnx ...)."),
+    ],
+    arch: Annotated[
+        str | None,
+        typer.Option(help="Architecture of a state dict: torchvision name, timm:NAME, seed."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the file's).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace a card already beside the file.")] = False,
+    card_fields: dict[str, Any] | None = None,
+) -> None:
+    """Write the model card (.json) beside a weights file, checked by loading it.
+
+    The card starts from the architecture's own (torchvision's, timm's pretrained_cfg, a
+    seed network's), takes the class count and input channels from the weights, then the
+    flags given.
+    """
+    from convsight.models import card_path, make_card
+    from convsight.paths import require_file
+    from convsight.report import write_json
+
+    path = require_file(weights, "weights file")
+    target = card_path(path)
+    if target.is_dir():
+        raise ConvsightError(f"the card's place {target} is a folder")
+    if target.exists() and not force:
+        raise ConvsightError(f"{target} already exists: pass --force to replace it")
+    fields = {**(card_fields or {}), **({"name": name} if name else {})}
+    card = make_card(path, arch, fields)
+    write_json(target, card.to_dict())
+    h, w = card.input_size
+    classes = f"{card.num_classes} classes" if card.num_classes else "no class scores"
+    out_console.print(
+        f"wrote {target}: {card.arch}, {card.channels} x {h}x{w} input, {classes}",
+        highlight=False,
+    )
 
 
 @train_app.command("mnist")
@@ -307,6 +509,7 @@ def data_subset_cmd(
 
 @app.command("activations")
 @command
+@card_options
 def activations_cmd(
     model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
     weights: WeightsOpt = None,
@@ -321,12 +524,13 @@ def activations_cmd(
     data_dir: DataDirOpt = None,
     out: OutOpt = Path("runs/activations"),
     seed: SeedOpt = 0,
+    card_fields: dict[str, Any] | None = None,
 ) -> None:
     """Write each chosen layer's output for one input as a channel grid, plus the arrays."""
     from convsight.studies.mnist import write_activations
 
     written = write_activations(
-        model=model,
+        model=model_for(model, weights, card_fields, seed),
         weights=weights,
         image=image,
         mnist_index=mnist_index,
@@ -342,9 +546,13 @@ def activations_cmd(
 
 @app.command("atlas")
 @command
+@card_options
 def atlas_cmd(
     model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
     layers: Annotated[str, typer.Option(help="Comma-separated layer names.")],
+    channels: Annotated[
+        str | None, typer.Option(help="Channels of every layer, e.g. 0-7 or 0,5,9 (default: all).")
+    ] = None,
     weights: WeightsOpt = None,
     dataset: Annotated[
         Path | None, typer.Option(help="Image folder for the top dataset examples.")
@@ -359,15 +567,17 @@ def atlas_cmd(
     out: OutOpt = Path("runs/atlas"),
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
 ) -> None:
     """Build a static atlas site of a model's channels; a stopped run resumes where it was."""
     from convsight.studies.atlas import build_atlas
 
     summary = build_atlas(
-        model=model,
+        model=model_for(model, weights, card_fields, seed),
         layers=split_list(layers),
         out=out,
         weights=weights,
+        channels=channels,
         dataset=dataset,
         top_k=top_k,
         presets=split_list(presets),
@@ -409,6 +619,7 @@ def _render_flags(**flags: Any) -> dict[str, Any]:
 
 @app.command("maximize")
 @command
+@card_options
 def maximize_cmd(
     model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
     layer: Annotated[str, typer.Option(help="Layer name (see `convsight layers`).")],
@@ -430,13 +641,14 @@ def maximize_cmd(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
 ) -> None:
     """Render the input each channel of a layer wants most (one batch row per channel)."""
     from convsight.optvis.render import parse_channels
     from convsight.studies.optvis import maximize
 
     summary = maximize(
-        model=model,
+        model=model_for(model, weights, card_fields, seed),
         layer=layer,
         channels=parse_channels(channels),  # garbage or a huge range fails before any work
         weights=weights,
@@ -469,6 +681,7 @@ def maximize_cmd(
 
 @app.command("classviz")
 @command
+@card_options
 def classviz_cmd(
     model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
     classes: Annotated[str, typer.Option(help="Class names or indices, comma-separated, or all.")],
@@ -497,12 +710,13 @@ def classviz_cmd(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
 ) -> None:
     """Render the input each class wants most (its score before softmax), one row per class."""
     from convsight.studies.optvis import classviz
 
     summary = classviz(
-        model=model,
+        model=model_for(model, weights, card_fields, seed),
         classes=split_list(classes),
         weights=weights,
         init=init,
@@ -611,6 +825,7 @@ EngineOpt = Annotated[
 
 @app.command("saliency")
 @command
+@card_options
 def saliency_cmd(
     model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
     image: Annotated[list[Path], typer.Option(help="Input image file (repeat for more).")],
@@ -631,12 +846,13 @@ def saliency_cmd(
     out: OutOpt = Path("runs/saliency"),
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
 ) -> None:
     """A panel per image: the image, then each method's map as a heat map over it."""
     from convsight.studies.attribution import write_saliency
 
     written = write_saliency(
-        model=model,
+        model=model_for(model, weights, card_fields, seed),
         images=image,
         weights=weights,
         target=split_list(target),
@@ -656,6 +872,7 @@ def saliency_cmd(
 
 @app.command("evaluate")
 @command
+@card_options
 def evaluate_cmd(
     model: Annotated[str, typer.Argument(help="Model name or checkpoint path.")],
     images: Annotated[Path, typer.Option(help="Folder of images (target: predicted class).")],
@@ -674,12 +891,13 @@ def evaluate_cmd(
     out: OutOpt = Path("runs/evaluate"),
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
 ) -> None:
     """Deletion / insertion AUC and the randomization check: evaluation.json and plots."""
     from convsight.studies.attribution import write_evaluation
 
     written = write_evaluation(
-        model=model,
+        model=model_for(model, weights, card_fields, seed),
         images=images,
         weights=weights,
         methods=split_list(methods),

@@ -33,6 +33,21 @@ ELEMENTWISE_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 
+TORCHSCRIPT_LAYERS = (
+    "this model is TorchScript, whose layers take no hooks, so layer methods (convsight "
+    "layers, activations, maximize, atlas, CAMs, guided backprop, the sanity check) need it as "
+    "a PyTorch module (a checkpoint with its card, or Model.from_module); TorchScript works "
+    "with classviz, and with saliency and evaluate's deletion/insertion for the saliency, ixg, "
+    "smoothgrad, ig and occlusion methods"
+)
+
+
+def require_hookable(module: nn.Module) -> None:
+    """Refuse a TorchScript module before any layer work (hooks cannot be registered on it)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ConvsightError(TORCHSCRIPT_LAYERS)
+
+
 def layer_names(module: nn.Module) -> list[str]:
     """Every addressable layer name, in ``named_modules`` order (the root, '', excluded)."""
     return [name for name, _ in module.named_modules() if name]
@@ -40,8 +55,10 @@ def layer_names(module: nn.Module) -> list[str]:
 
 def get_layer(module: nn.Module, name: str) -> nn.Module:
     """The sub-module called ``name``; an unknown name raises with the nearest names."""
+    require_hookable(module)
     modules = dict(module.named_modules())
     if name in modules and name:
+        require_hookable(modules[name])  # a scripted part of a PyTorch model
         return modules[name]
     names = layer_names(module)
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
@@ -87,6 +104,7 @@ def check_map_layers(
 
 def conv_layer_names(module: nn.Module) -> list[str]:
     """Names of every ``nn.Conv2d`` in the model."""
+    require_hookable(module)
     return [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
 
 
@@ -111,6 +129,8 @@ def capture(
     With ``stop=True`` the forward pass is cut short once every named layer has produced
     its output (use :func:`forward_to`). Hooks are removed on exit, also on exceptions.
     """
+    if names:
+        require_hookable(module)
     outputs: dict[str, torch.Tensor] = {}
     wanted = set(names)
     handles = []
@@ -164,6 +184,7 @@ class LayerInfo:
 
 def describe_layers(module: nn.Module, example: torch.Tensor) -> list[LayerInfo]:
     """Name, type and output shape (batch dimension dropped) of every layer for ``example``."""
+    require_hookable(module)
     names = layer_names(module)
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []

@@ -127,7 +127,8 @@ def _high_bit_as_float(img: Image.Image, name: str) -> Image.Image:
 
 
 def _resize_and_crop(img: Image.Image, card: ModelCard, name: str) -> Image.Image:
-    """Resize the shorter side to ``card.resize`` and take the centre crop of ``input_size``.
+    """Resize the shorter side to ``card.resize`` and take the centre crop of ``input_size``,
+    with the card's interpolation.
 
     Only the crop is resampled (Pillow's ``box``), so an elongated image never allocates its
     whole resized size.
@@ -145,7 +146,7 @@ def _resize_and_crop(img: Image.Image, card: ModelCard, name: str) -> Image.Imag
     left, top = (width - w) // 2, (height - h) // 2
     sx, sy = img.width / width, img.height / height
     box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-    return img.resize((w, h), Image.BILINEAR, box=box)
+    return img.resize((w, h), card.resample, box=box)
 
 
 def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> torch.Tensor:

@@ -1,17 +1,20 @@
 """Models: ``load_model(spec)`` returns a :class:`Model` (module + :class:`ModelCard`)."""
 
-from convsight.models.card import ModelCard, card_path, imagenet_labels
+from convsight.models.card import CardWarning, ModelCard, card_path, imagenet_labels, read_labels
 from convsight.models.model import Model
 from convsight.models.seeds import FiveClassCNN, MnistCNN
 from convsight.models.zoo import (
     build_seed,
     list_models,
     load_model,
+    make_card,
+    model_sources,
     read_state_dict,
     replace_head,
 )
 
 __all__ = [
+    "CardWarning",
     "FiveClassCNN",
     "MnistCNN",
     "Model",
@@ -21,6 +24,9 @@ __all__ = [
     "imagenet_labels",
     "list_models",
     "load_model",
+    "make_card",
+    "model_sources",
+    "read_labels",
     "read_state_dict",
     "replace_head",
 ]

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
+import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from convsight.errors import ConvsightError
+from convsight.paths import require_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,6 +23,28 @@ MAX_INPUT_SIDE = 4096
 """The largest input side (height or width, and resize) a card may give."""
 MAX_CHANNELS = 4
 MAX_NUM_CLASSES = 100_000
+MAX_LABELS_BYTES = 16 * 2**20
+IDENTITY = {"mean": 0.0, "std": 1.0}
+AUTO = "auto"
+"""``resize="auto"``: the usual resize for the input size (see :func:`default_resize`)."""
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+"""How a photo may be resampled to the model's input (``input.interpolation``)."""
+FIELD_NAMES = (
+    "name",
+    "input_size",
+    "channels",
+    "mean",
+    "std",
+    "resize",
+    "interpolation",
+    "labels",
+    "num_classes",
+)
+"""The card fields a user may give without writing a card (``ModelCard.updated``)."""
+
+
+class CardWarning(UserWarning):
+    """Something a card leaves to a default the user should know about (no mean/std)."""
 
 
 def imagenet_labels() -> list[str]:
@@ -33,8 +58,11 @@ def imagenet_labels() -> list[str]:
 class ModelCard:
     """Input size and channels, normalization, class labels and provenance of a model.
 
-    ``resize`` is the shorter side a photo is resized to before the centre crop to
-    ``input_size``; ``None`` means the model takes only images of exactly ``input_size``.
+    ``resize`` is the shorter side a photo is resized to (with ``interpolation``) before the
+    centre crop to ``input_size``; ``None`` means the model takes only images of exactly
+    ``input_size``; ``"auto"`` (the default, in Python as in JSON) is
+    :func:`default_resize` of the input size: 256/224 of its shorter side from 64 pixels up,
+    else ``None``. ``labels="imagenet"`` stands for the 1000 ImageNet class names.
     """
 
     name: str
@@ -46,9 +74,10 @@ class ModelCard:
     labels: list[str] | None = None
     num_classes: int | None = None
     features_only: bool = False
-    resize: int | None = None
+    resize: int | None | Literal["auto"] = AUTO
     arch_options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,15 +120,24 @@ class ModelCard:
         self.channels = channels
         self.mean = self._numbers("input.mean", self.mean, positive=False)
         self.std = self._numbers("input.std", self.std, positive=True)
+        if self.resize == AUTO:
+            self.resize = default_resize(size)
         if self.resize is not None:
             resize = _integer(self.resize)
             if resize is None or not min(size) <= resize <= MAX_INPUT_SIDE:
                 raise self._bad(
                     "input.resize",
                     f"it must be a whole number from the input's shorter side ({min(size)}) "
-                    f"to {MAX_INPUT_SIDE}, or null, not {_show(self.resize)}",
+                    f'to {MAX_INPUT_SIDE}, "auto" or null, not {_show(self.resize)}',
                 )
             self.resize = resize
+        if self.interpolation not in INTERPOLATIONS:
+            raise self._bad(
+                "input.interpolation",
+                f"it must be one of {', '.join(INTERPOLATIONS)}, not {_show(self.interpolation)}",
+            )
+        if isinstance(self.labels, str) and self.labels == "imagenet":
+            self.labels = imagenet_labels()
         if self.labels is not None:
             if isinstance(self.labels, (str, bytes)) or not isinstance(self.labels, (list, tuple)):
                 raise self._bad(
@@ -167,16 +205,53 @@ class ModelCard:
         return tuple(result)
 
     def to_dict(self) -> dict[str, Any]:
-        """The card as JSON-ready data (the same layout as the cards in ../shared/models)."""
+        """The card as JSON-ready data (the same layout as the cards in ../shared/models); the
+        1000 ImageNet names are written as ``"imagenet"``."""
         data = asdict(self)
+        if (
+            self.labels is not None
+            and len(self.labels) == 1000
+            and self.labels == imagenet_labels()
+        ):
+            data["labels"] = "imagenet"
         data["input"] = {
             "size": list(data.pop("input_size")),
             "channels": data.pop("channels"),
             "mean": list(data.pop("mean")),
             "std": list(data.pop("std")),
             "resize": data.pop("resize"),
+            "interpolation": data.pop("interpolation"),
         }
         return data
+
+    def updated(self, **given: Any) -> ModelCard:
+        """A validated copy with the fields in ``given`` (see :data:`FIELD_NAMES`) replaced.
+
+        Fields that follow from a replaced one follow it unless given too: the resize from a
+        new input size, the class count from new labels, labels of another count are dropped
+        for a new class count, and a new channel count without mean/std gets identity
+        normalization (with a :class:`CardWarning`).
+        """
+        unknown = sorted(set(given) - set(FIELD_NAMES))
+        if unknown:
+            raise ConvsightError(
+                f"model card has no field {unknown[0]!r} (fields: {', '.join(FIELD_NAMES)})"
+            )
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if "input_size" in given and "resize" not in given:
+            data["resize"] = AUTO
+        if "labels" in given and "num_classes" not in given:
+            data["num_classes"] = None
+        labels = self.labels
+        if "num_classes" in given and "labels" not in given and labels is not None:
+            if len(labels) != _integer(given["num_classes"]):
+                data["labels"] = None
+        if "channels" in given and given["channels"] != self.channels:
+            name = given.get("name", self.name) or "model"
+            count = _channel_count(given["channels"])
+            data.update(identity_normalization(count, name, {"mean", "std"} - set(given)))
+        data.update(given)
+        return ModelCard(**data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], name: str = "") -> ModelCard:
@@ -201,24 +276,22 @@ class ModelCard:
         size, channels = inp["size"], inp["channels"]
         if _integer(size) is not None:
             size = (size, size)
-        n = _integer(channels)
-        n = n if n is not None and 1 <= n <= MAX_CHANNELS else 1  # a bad count is refused below
-        labels = data.get("labels")
-        if labels == "imagenet":
-            labels = imagenet_labels()
+        normalization = {k: inp[k] for k in ("mean", "std") if k in inp}
+        missing = {"mean", "std"} - set(inp)
+        normalization |= identity_normalization(_channel_count(channels), card_name, missing)
         return cls(
             name=card_name,
             arch=data["arch"],
             input_size=size,
             channels=channels,
-            mean=inp.get("mean", [0.0] * n),
-            std=inp.get("std", [1.0] * n),
-            labels=labels,
+            labels=data.get("labels"),
             num_classes=data.get("num_classes"),
             features_only=data.get("features_only", False),
-            resize=inp["resize"] if "resize" in inp else _default_resize(size),
+            resize=inp.get("resize", AUTO),
+            interpolation=inp.get("interpolation", "bilinear"),
             arch_options=data.get("arch_options") or {},
             source=str(data.get("source") or ""),
+            **normalization,
         )
 
     @classmethod
@@ -262,14 +335,116 @@ class ModelCard:
             return self.labels[index]
         return str(index)
 
+    @property
+    def resample(self) -> int:
+        """The Pillow resampling filter of ``interpolation``."""
+        from PIL import Image
 
-def _default_resize(size: Any) -> int | None:
-    """The usual resize for a photo model of this input size (None below 64 pixels)."""
-    sides = [_integer(s) for s in size] if isinstance(size, (list, tuple)) else [None]
-    if not sides or None in sides:
-        return None  # the size itself is refused when the card is built
-    side = min(sides)
+        return {
+            "bilinear": Image.BILINEAR,
+            "bicubic": Image.BICUBIC,
+            "nearest": Image.NEAREST,
+        }[self.interpolation]
+
+
+def default_resize(size: tuple[int, int]) -> int | None:
+    """The usual resize for a photo model of this input size: 256/224 of its shorter side,
+    or None (exact size only) below 64 pixels."""
+    side = min(size)
     return None if side < 64 else round(side * 256 / 224)
+
+
+def identity_normalization(
+    channels: int, name: str, missing: Iterable[str] = ("mean", "std")
+) -> dict[str, tuple[float, ...]]:
+    """Mean 0 and std 1 for every channel (the ``missing`` ones only), with a
+    :class:`CardWarning` that says so."""
+    missing = [key for key in ("mean", "std") if key in set(missing)]
+    warn_no_normalization(name, missing)
+    return {key: (IDENTITY[key],) * channels for key in missing}
+
+
+def warn_no_normalization(name: str, missing: Iterable[str] = ("mean", "std")) -> None:
+    """A :class:`CardWarning` that model ``name`` has no mean/std (the ``missing`` ones), so
+    convsight uses 0 and 1; nothing when none is missing."""
+    missing = [key for key in ("mean", "std") if key in set(missing)]
+    if missing:
+        warnings.warn(
+            f"model '{name}' has no {'/'.join(missing)}, so convsight uses "
+            f"{' and '.join(f'{k} {IDENTITY[k]}' for k in missing)} (pixels in [0, 1] go to it "
+            "unchanged); give --mean and --std, or input.mean and input.std in its card",
+            CardWarning,
+            stacklevel=4,
+        )
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """'64x128' (height x width) or '224' (a square) as (height, width)."""
+    parts = str(text).lower().replace("×", "x").split("x")
+    try:
+        sides = [int(p.strip()) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or not all(1 <= s <= MAX_INPUT_SIDE for s in sides):
+        raise ConvsightError(
+            f"cannot read the input size '{text}': give HEIGHTxWIDTH (e.g. 64x128) or one "
+            f"side for a square, from 1 to {MAX_INPUT_SIDE} pixels"
+        )
+    return sides[0], sides[1]
+
+
+def parse_numbers(text: str, what: str) -> float | tuple[float, ...]:
+    """'0.5' as one number (for every channel) or '0.485,0.456,0.406' as one per channel."""
+    try:
+        values = tuple(float(v) for v in str(text).replace(" ", ",").split(",") if v)
+    except ValueError:
+        values = ()
+    if not values:
+        raise ConvsightError(
+            f"cannot read {what} '{text}': give one number, or one per input channel "
+            "separated by commas (e.g. 0.485,0.456,0.406)"
+        )
+    return values[0] if len(values) == 1 else values
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Class names from a file: a JSON list, or one name per line (blank lines skipped).
+
+    ``imagenet`` (not a file of that name) stands for the 1000 ImageNet class names.
+    """
+    if str(path) == "imagenet" and not Path(path).exists():
+        return imagenet_labels()
+    path = require_file(path, "labels file")
+    if path.stat().st_size > MAX_LABELS_BYTES:
+        raise ConvsightError(
+            f"labels file {path} is larger than {MAX_LABELS_BYTES // 2**20} MiB; "
+            "it should hold class names only"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConvsightError(f"cannot read labels file {path}: {exc}") from exc
+    if text.lstrip().startswith("["):
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConvsightError(f"labels file {path} is not a valid JSON list: {exc}") from exc
+        if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+            raise ConvsightError(f"labels file {path} must be a JSON list of class names")
+    else:
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise ConvsightError(f"labels file {path} names no classes")
+    return labels
+
+
+def _channel_count(value: Any) -> int:
+    """``value`` as a channel count for default mean/std (1 when it is bad: the card refuses
+    a bad count itself)."""
+    count = _integer(value)
+    return count if count is not None and 1 <= count <= MAX_CHANNELS else 1
 
 
 def _integer(value: Any) -> int | None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from convsight.errors import ConvsightError
-from convsight.models.card import ModelCard
+from convsight.models.card import AUTO, ModelCard
 
 
 @dataclass
@@ -45,6 +47,73 @@ class Model:
         h, w = self.card.input_size
         return torch.zeros(batch, self.card.channels, h, w, device=self.device)
 
+    @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        input_size: int | Sequence[int] = 224,
+        channels: int = 3,
+        mean: float | Sequence[float] = 0.0,
+        std: float | Sequence[float] = 1.0,
+        labels: Sequence[str] | Literal["imagenet"] | None = None,
+        num_classes: int | None = None,
+        name: str | None = None,
+        resize: int | None | Literal["auto"] = AUTO,
+        interpolation: str = "bilinear",
+        arch: str | None = None,
+        source: str = "",
+    ) -> Model:
+        """Any ``nn.Module`` with a card built from these arguments, checked against it.
+
+        Defaults: 224x224 RGB input, identity normalization (the module takes pixels in
+        [0, 1]), the usual resize for the size, and the number of classes probed from the
+        module's output for one input (an N x K output has K classes, named by their
+        numbers; another output shape means no class scores). ``input_size`` is one side
+        (a square) or (height, width); ``mean``/``std`` one number or one per channel.
+        """
+        card = ModelCard(
+            name=name or type(module).__name__,
+            arch=arch or f"python:{type(module).__module__}.{type(module).__qualname__}",
+            input_size=input_size,  # type: ignore[arg-type]
+            channels=channels,
+            mean=mean,  # type: ignore[arg-type]
+            std=std,  # type: ignore[arg-type]
+            labels=labels,  # type: ignore[arg-type]
+            num_classes=num_classes,
+            resize=resize,
+            interpolation=interpolation,
+            source=source or f"Model.from_module({type(module).__name__})",
+        )
+        model = cls(module, card)
+        model.probe_classes()
+        return model
+
+    def probe_classes(self) -> None:
+        """Run the card's example input once: a card that names no classes takes K from an
+        N x K output (unless ``features_only``); then the card is checked as by
+        :meth:`check_card`."""
+        out = self._example_output()
+        card = self.card
+        if card.num_classes is None and not card.features_only:
+            if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] >= 1:
+                card.num_classes = int(out.shape[1])
+                card.validate()
+        self._check_output(out)
+
+    def _example_output(self) -> Any:
+        """The module's output for the card's example input (one sentence if it fails)."""
+        card = self.card
+        try:
+            with torch.no_grad():
+                return self.module(self.example_input())
+        except Exception as exc:  # the module says why in its own words
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ConvsightError(
+                f"model '{card.name}' does not run on the input its card describes "
+                f"({card.channels} channel{'s' if card.channels > 1 else ''}, "
+                f"{card.input_size[0]}x{card.input_size[1]} pixels, height x width): {reason}"
+            ) from exc
+
     def check_card(self) -> None:
         """Run the card's example input once; refuse a card that does not fit the module.
 
@@ -52,18 +121,10 @@ class Model:
         card is ``features_only`` or names no classes, return one score per class the card
         names (N x num_classes).
         """
+        self._check_output(self._example_output())
+
+    def _check_output(self, out: Any) -> None:
         card = self.card
-        x = self.example_input()
-        try:
-            with torch.no_grad():
-                out = self.module(x)
-        except Exception as exc:  # the module says why in its own words
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise ConvsightError(
-                f"model '{card.name}' does not run on the input its card describes "
-                f"({card.channels} channel{'s' if card.channels > 1 else ''}, "
-                f"{card.input_size[1]}x{card.input_size[0]} pixels): {reason}"
-            ) from exc
         if card.features_only or card.num_classes is None:
             return
         if not isinstance(out, torch.Tensor) or out.ndim != 2:

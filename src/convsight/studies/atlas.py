@@ -34,7 +34,7 @@ from convsight.data.images import load_readable_images
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to, get_layer
 from convsight.models import Model, load_model
-from convsight.optvis.render import render_channels, settings_for
+from convsight.optvis.render import parse_channels, render_channels, settings_for
 from convsight.paths import require_folder
 from convsight.progress import progress_bar
 from convsight.report import (
@@ -159,6 +159,7 @@ def _run_record(
     dataset_sha256: str | None,
     dataset_size: int,
     batch: int,
+    channels: str | None,
 ) -> dict[str, Any]:
     """What ``atlas-run.json`` holds: every setting that shapes the atlas's files."""
     card = model.card
@@ -192,6 +193,7 @@ def _run_record(
                 else None
             ),
             "batch": batch,
+            "channels": channels,
         }
     )
 
@@ -231,6 +233,9 @@ def _differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
     for key in ("seed", "top_k"):
         if earlier.get(key) != now[key]:
             found.append(f"{key} ({earlier.get(key)} there, {now[key]} here)")
+    if earlier.get("channels") != now["channels"]:
+        was, new = earlier.get("channels") or "all", now["channels"] or "all"
+        found.append(f"channels ({was} there, {new} here)")
     was_data, data = earlier.get("dataset"), now["dataset"]
     if (was_data or {}).get("sha256") != (data or {}).get("sha256"):
         if was_data and data and was_data.get("path") == data["path"]:
@@ -294,11 +299,36 @@ def atlas_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def chosen_channels(
+    channels: str | Sequence[int] | None, counts: dict[str, int]
+) -> tuple[str | None, dict[str, list[int]]]:
+    """The channels to render of each layer (every one when ``channels`` is None) and the
+    selection as recorded (``"0-7,9"``); a channel a layer lacks fails in one sentence."""
+    if channels is None:
+        return None, {name: list(range(count)) for name, count in counts.items()}
+    text = channels if isinstance(channels, str) else ",".join(str(int(c)) for c in channels)
+    chosen = {}
+    for name, count in counts.items():
+        try:
+            chosen[name] = sorted(parse_channels(text, limit=count))
+        except ConvsightError as exc:
+            raise ConvsightError(f"{exc} (--channels, layer '{name}')") from None
+    first = next(iter(chosen.values()))
+    runs: list[list[int]] = []
+    for c in first:
+        if runs and c == runs[-1][-1] + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs), chosen
+
+
 def build_atlas(
     model: str | Model,
     layers: Sequence[str],
     out: str | os.PathLike,
     weights: str | os.PathLike | None = None,
+    channels: str | Sequence[int] | None = None,
     dataset: str | os.PathLike | None = None,
     top_k: int = 9,
     presets: Sequence[str] = ("paper", "robust"),
@@ -310,10 +340,12 @@ def build_atlas(
 ) -> dict[str, Any]:
     """Render every channel of ``layers`` (each preset), find dataset examples, write the site.
 
-    Every input is checked before ``out`` is created. The settings are recorded in
-    ``out/atlas-run.json``; a rerun into the same folder continues only with the same model,
-    presets, render settings, seed, top-k and dataset (it may add layers; ``batch`` is free),
-    anything else is refused. One atlas at a time writes into a folder (a lock file).
+    ``channels`` (``"0-7"``, or a list) renders only those channels of every layer (each
+    layer must have them); None renders all. Every input is checked before ``out`` is
+    created. The settings are recorded in ``out/atlas-run.json``; a rerun into the same
+    folder continues only with the same model, presets, render settings, channels, seed,
+    top-k and dataset (it may add layers; ``batch`` is free), anything else is refused. One
+    atlas at a time writes into a folder (a lock file).
     """
     layers = _distinct(layers)
     if not layers:
@@ -332,6 +364,9 @@ def build_atlas(
     for name, value in outputs.items():
         if value.dim() != 4:
             raise ConvsightError(f"layer '{name}' outputs {tuple(value.shape[1:])}, not channels")
+    selection, chosen = chosen_channels(
+        channels, {name: int(value.shape[1]) for name, value in outputs.items()}
+    )
     _check_render_size(loaded, layers, {s.size for s in settings.values()})
     files = dataset_images(dataset) if dataset is not None else []
     pixels, names, skipped = load_dataset(loaded, files, Path(dataset)) if files else (None, [], [])
@@ -350,6 +385,7 @@ def build_atlas(
         _dataset_sha256(names, pixels),
         len(names),
         batch,
+        selection,
     )
     out = Path(out)
     check_resume(out, run)  # refuse before creating or touching anything
@@ -371,7 +407,7 @@ def build_atlas(
             layers,
             dirs,
             out,
-            outputs,
+            chosen,
             settings,
             presets,
             pixels,
@@ -391,7 +427,7 @@ def _build(
     layers: list[str],
     dirs: dict[str, str],
     out: Path,
-    outputs: dict[str, torch.Tensor],
+    chosen: dict[str, list[int]],
     settings: dict[str, Any],
     presets: list[str],
     pixels: torch.Tensor | None,
@@ -407,19 +443,19 @@ def _build(
     """Render what is not done yet and write every page (inputs checked, lock held)."""
     start = time.perf_counter()
     rendered = 0
-    total = sum(int(outputs[name].shape[1]) for name in layers)
+    total = sum(len(chosen[name]) for name in layers)
     layer_rows = []
     with progress_bar(show_progress) as bar:
         task = bar.add_task("atlas", total=total, status="")
         for name in layers:
-            count = int(outputs[name].shape[1])
+            count = len(chosen[name])
             folder = out / dirs[name]
             records = folder / "records"
             examples = (
                 _examples(loaded, name, pixels, top_k, folder, out) if pixels is not None else None
             )
             field = receptive_field(loaded, name) if pixels is not None else None
-            todo = [c for c in range(count) if not (records / f"c{c}.json").exists()]
+            todo = [c for c in chosen[name] if not (records / f"c{c}.json").exists()]
             bar.update(task, advance=count - len(todo), status=f"{name}")
             for i in range(0, len(todo), batch):
                 chunk = todo[i : i + batch]
@@ -448,7 +484,7 @@ def _build(
                     rendered += 1
                     bar.update(task, advance=1)
             layer_rows.append(
-                _layer_pages(loaded, name, dirs[name], count, out, presets, len(names))
+                _layer_pages(loaded, name, dirs[name], chosen[name], out, presets, len(names))
             )
     render_seconds = time.perf_counter() - start
     summary = {
@@ -538,32 +574,38 @@ def _layer_pages(
     model: Model,
     name: str,
     folder_name: str,
-    count: int,
+    channels: list[int],
     out: Path,
     presets: list[str],
     dataset_size: int,
 ) -> dict[str, Any]:
+    """The layer's page and a page per rendered channel (links only among ``channels``)."""
     folder = out / folder_name
     module = get_layer(model.module, name)
     redundancy = filter_redundancy(model.module, name) if isinstance(module, nn.Conv2d) else None
     if redundancy is not None and not (folder / "redundancy.png").exists():
-        figure = _redundancy_figure(redundancy.curve(), count, name)
+        figure = _redundancy_figure(redundancy.curve(), len(redundancy.similarity), name)
         write_figure(folder / "redundancy.png", figure, within=out)
-    records = [json.loads((folder / "records" / f"c{c}.json").read_text()) for c in range(count)]
     histograms = None
     if (folder / "examples.npz").exists():
         histograms = _load_npz(folder / "examples.npz")["max_per_image"]
+    shown = set(channels)
     rows = []
-    for c, record in enumerate(records):
+    for i, c in enumerate(channels):
+        record = json.loads((folder / "records" / f"c{c}.json").read_text())
+        similar = []
+        if redundancy is not None:
+            ranked = redundancy.most_similar(c, len(redundancy.similarity) - 1)
+            similar = [s for s in ranked if s[0] in shown][:5]
         row = {
             "index": c,
             "dead": record["dead"],
             "objective": record["values"],
             "examples": record.get("examples", []),
             "histogram": histograms[c].tolist() if histograms is not None else [],
-            "similar": redundancy.most_similar(c, 5) if redundancy is not None else [],
-            "prev": (c - 1) % count,
-            "next": (c + 1) % count,
+            "similar": similar,
+            "prev": channels[i - 1],
+            "next": channels[(i + 1) % len(channels)],
         }
         rows.append(row)
         write_page(
@@ -580,16 +622,18 @@ def _layer_pages(
         )
     pairs = []
     if redundancy is not None:
-        sim = torch.triu(redundancy.similarity, 1)
-        top = sim.flatten().topk(min(10, count * (count - 1) // 2))
+        index = torch.tensor(channels)
+        sim = torch.triu(redundancy.similarity[index][:, index], 1)
+        n = len(channels)
+        top = sim.flatten().topk(min(10, n * (n - 1) // 2))
         for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            a, b = divmod(flat, count)
+            a, b = (channels[i] for i in divmod(flat, n))
             pairs.append((a, b, value, redundancy.transform[a][b]))
     layer = {
         "name": name,
         "dir": folder_name,
         "type": type(module).__name__,
-        "channels": list(range(count)),
+        "channels": list(channels),
         "dead": [r["index"] for r in rows if r["dead"]],
         "channel_rows": rows,
         "redundancy": redundancy.curve() if redundancy is not None else None,

@@ -14,7 +14,7 @@ from convsight.activations import activations
 from convsight.data import load_image_tensor, load_mnist, mnist_loaders
 from convsight.errors import ConvsightError
 from convsight.layers import check_map_layers, conv_layer_names
-from convsight.models import build_seed, load_model
+from convsight.models import Model, build_seed, load_model
 from convsight.report import (
     channel_grid,
     out_dir_kept_if_written,
@@ -102,7 +102,7 @@ def first_index_of(labels: torch.Tensor, digit: int) -> int:
 
 
 def write_activations(
-    model: str,
+    model: str | Model,
     weights: str | os.PathLike | None = None,
     image: str | os.PathLike | None = None,
     mnist_index: int | None = None,
@@ -114,11 +114,12 @@ def write_activations(
 ) -> list[Path]:
     """One channel-grid PNG per layer, ``activations.npz`` and ``activations.json``.
 
+    ``model``: a spec for :func:`load_model` (with ``weights``) or a loaded :class:`Model`.
     Input: ``image``, or MNIST test image ``mnist_index``, or (for 1x28x28 models) the first 7.
     Every input is checked before anything is computed or written.
     """
     seed_everything(seed)
-    loaded = load_model(model, weights)
+    loaded = model if isinstance(model, Model) else load_model(model, weights)
     card = loaded.card
     names = list(layers) or conv_layer_names(loaded.module)
     if not names:
