@@ -29,7 +29,7 @@ from convsight.optvis.callbacks import (
     Snapshots,
 )
 from convsight.optvis.forward import Execution, probe_shapes
-from convsight.optvis.objectives import Objective
+from convsight.optvis.objectives import OUTPUT, Objective
 from convsight.optvis.param import FourierImage, ImageParam, PhaseImage, PixelImage
 from convsight.optvis.settings import RenderSettings, settings_for, validate_settings
 from convsight.optvis.transforms import CenterCrop, Transform, standard_transforms
@@ -229,13 +229,15 @@ def build(
         generators=generators,
         views=settings.views,
         hooks=ModelHooks(settings.ghost, settings.bn_prior, settings.skip_gradient),
-        execution=execution(model, settings),
+        execution=execution(model, settings, full.layers),
     )
 
 
-def execution(model: Model, settings: RenderSettings) -> Execution:
-    """How the passes run; channels-last only where a probe shows this model allows it."""
-    layout, why_not = memory_format_for(model) if settings.channels_last else (None, None)
+def execution(model: Model, settings: RenderSettings, layers: Sequence[str] = ()) -> Execution:
+    """How the passes run; channels-last only where a probe (truncated at ``layers``, the
+    layers the objective reads, when none is the model's output) shows this model allows it."""
+    probe = None if not layers or OUTPUT in layers else layers
+    layout, why_not = memory_format_for(model, probe) if settings.channels_last else (None, None)
     return Execution(
         settings.chunk,
         settings.precision,
