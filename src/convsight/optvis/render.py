@@ -111,7 +111,7 @@ def render(
         each.finish(state)
         images, values = passes.final()
     return RenderResult(
-        images=images.clamp(0, 1).cpu(),
+        images=images.clamp(0, 1).cpu().contiguous(),  # the layout a user's .view() expects
         values=values,
         dead=[int(i) for i in state.dead.nonzero()],
         settings={},
