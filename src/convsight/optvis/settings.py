@@ -150,20 +150,28 @@ def settings_for(
     return settings
 
 
+# The names a setting may take (validation and the command line's help read these).
+PARAMS = ("pixel", "fourier", "maco")
+OPTIMIZERS = ("ascent", "adam")
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16")
+CLASS_OBJECTIVES = ("logit", "margin", "logsoftmax", "cossim")
+
+
 def validate_settings(s: RenderSettings) -> None:
     """Bad values fail here, before any work."""
     checks = [
         (s.steps >= 1, f"steps must be at least 1, not {s.steps}"),
         (s.size is None or s.size >= 8, f"size must be at least 8 pixels, not {s.size}"),
-        (s.param in ("pixel", "fourier", "maco"), f"unknown parameterization '{s.param}'"),
-        (s.optimizer in ("ascent", "adam"), f"unknown optimizer '{s.optimizer}'"),
+        (s.param in PARAMS, f"unknown parameterization '{s.param}'"),
+        (s.optimizer in OPTIMIZERS, f"unknown optimizer '{s.optimizer}'"),
         (s.lr > 0, f"learning rate must be positive, not {s.lr}"),
-        (s.lr_schedule in ("constant", "cosine"), f"unknown schedule '{s.lr_schedule}'"),
+        (s.lr_schedule in SCHEDULES, f"unknown schedule '{s.lr_schedule}'"),
         (s.views >= 1, f"views must be at least 1, not {s.views}"),
         (s.chunk >= 0, f"chunk must be >= 0, not {s.chunk}"),
-        (s.precision in ("fp32", "bf16"), f"unknown precision '{s.precision}'"),
+        (s.precision in PRECISIONS, f"unknown precision '{s.precision}'"),
         (
-            s.class_objective in ("logit", "margin", "logsoftmax", "cossim"),
+            s.class_objective in CLASS_OBJECTIVES,
             f"unknown class objective '{s.class_objective}'",
         ),
         (
