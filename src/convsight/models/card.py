@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import numbers
-import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -15,20 +12,46 @@ from typing import Any, Literal
 import torch
 
 from convsight.errors import ConvsightError
-from convsight.paths import require_file
+from convsight.models.card_validation import (
+    AUTO,
+    INTERPOLATIONS,
+    MAX_CHANNELS,
+    MAX_INPUT_SIDE,
+    MAX_NUM_CLASSES,
+    channel_count,
+    default_resize,
+    integer,
+    show,
+    validate_card,
+)
+from convsight.models.labels import MAX_LABELS_BYTES, imagenet_labels, read_labels
+
+__all__ = [
+    "AUTO",
+    "FIELD_NAMES",
+    "IDENTITY",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "MAX_CHANNELS",
+    "MAX_INPUT_SIDE",
+    "MAX_LABELS_BYTES",
+    "MAX_NUM_CLASSES",
+    "CardWarning",
+    "ModelCard",
+    "card_path",
+    "default_resize",
+    "identity_normalization",
+    "imagenet_labels",
+    "parse_input_size",
+    "parse_numbers",
+    "read_labels",
+    "warn_no_normalization",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_INPUT_SIDE = 4096
-"""The largest input side (height or width, and resize) a card may give."""
-MAX_CHANNELS = 4
-MAX_NUM_CLASSES = 100_000
-MAX_LABELS_BYTES = 16 * 2**20
 IDENTITY = {"mean": 0.0, "std": 1.0}
-AUTO = "auto"
-"""``resize="auto"``: the usual resize for the input size (see :func:`default_resize`)."""
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-"""How a photo may be resampled to the model's input (``input.interpolation``)."""
 FIELD_NAMES = (
     "name",
     "input_size",
@@ -45,13 +68,6 @@ FIELD_NAMES = (
 
 class CardWarning(UserWarning):
     """Something a card leaves to a default the user should know about (no mean/std)."""
-
-
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names in torchvision's order (sorted synsets)."""
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 @dataclass
@@ -82,127 +98,12 @@ class ModelCard:
     def __post_init__(self) -> None:
         self.validate()
 
-    def _bad(self, field_name: str, problem: str) -> ConvsightError:
-        card = f"'{self.name}'" if self.name else "(unnamed)"
-        return ConvsightError(f"model card {card} has a bad {field_name}: {problem}")
-
     def validate(self) -> None:
         """Check every field (and normalize their types); a bad one raises one sentence.
 
         Field names in messages follow the JSON layout (``input.mean``, ``labels``...).
         """
-        if not isinstance(self.name, str):
-            raise ConvsightError(f"model card name must be text, not {self.name!r}")
-        if not isinstance(self.arch, str) or not self.arch.strip():
-            raise self._bad("arch", f"it must name an architecture, not {self.arch!r}")
-        size = self.input_size
-        if _integer(size) is not None:
-            size = (_integer(size), _integer(size))
-        elif isinstance(size, (list, tuple)) and len(size) == 2:
-            size = tuple(_integer(s) for s in size)
-        if (
-            not isinstance(size, tuple)
-            or None in size
-            or not all(1 <= s <= MAX_INPUT_SIDE for s in size)
-        ):
-            raise self._bad(
-                "input.size",
-                f"it must be one or two whole numbers from 1 to {MAX_INPUT_SIDE}, "
-                f"not {_show(self.input_size)}",
-            )
-        self.input_size = size  # type: ignore[assignment]
-        channels = _integer(self.channels)
-        if channels is None or not 1 <= channels <= MAX_CHANNELS:
-            raise self._bad(
-                "input.channels",
-                f"it must be a whole number from 1 to {MAX_CHANNELS}, not {_show(self.channels)}",
-            )
-        self.channels = channels
-        self.mean = self._numbers("input.mean", self.mean, positive=False)
-        self.std = self._numbers("input.std", self.std, positive=True)
-        if self.resize == AUTO:
-            self.resize = default_resize(size)
-        if self.resize is not None:
-            resize = _integer(self.resize)
-            if resize is None or not min(size) <= resize <= MAX_INPUT_SIDE:
-                raise self._bad(
-                    "input.resize",
-                    f"it must be a whole number from the input's shorter side ({min(size)}) "
-                    f'to {MAX_INPUT_SIDE}, "auto" or null, not {_show(self.resize)}',
-                )
-            self.resize = resize
-        if self.interpolation not in INTERPOLATIONS:
-            raise self._bad(
-                "input.interpolation",
-                f"it must be one of {', '.join(INTERPOLATIONS)}, not {_show(self.interpolation)}",
-            )
-        if isinstance(self.labels, str) and self.labels == "imagenet":
-            self.labels = imagenet_labels()
-        if self.labels is not None:
-            if isinstance(self.labels, (str, bytes)) or not isinstance(self.labels, (list, tuple)):
-                raise self._bad(
-                    "labels",
-                    f'it must be a list of class names or "imagenet", not {_show(self.labels)}',
-                )
-            not_text = [label for label in self.labels if not isinstance(label, str)]
-            if not_text:
-                raise self._bad(
-                    "labels", f"every class name must be text, not {_show(not_text[0])}"
-                )
-            if not self.labels:
-                raise self._bad("labels", "the list is empty (use null for no labels)")
-            if len(self.labels) > MAX_NUM_CLASSES:
-                raise self._bad(
-                    "labels", f"it names {len(self.labels)} classes, more than {MAX_NUM_CLASSES}"
-                )
-            self.labels = list(self.labels)
-        if self.num_classes is not None:
-            num_classes = _integer(self.num_classes)
-            if num_classes is None or not 1 <= num_classes <= MAX_NUM_CLASSES:
-                raise self._bad(
-                    "num_classes",
-                    f"it must be a whole number from 1 to {MAX_NUM_CLASSES}, "
-                    f"not {_show(self.num_classes)}",
-                )
-            self.num_classes = num_classes
-        if self.labels is not None:
-            if self.num_classes is None:
-                self.num_classes = len(self.labels)
-            elif self.num_classes != len(self.labels):
-                raise self._bad(
-                    "labels",
-                    f"it names {len(self.labels)} classes but num_classes is {self.num_classes}",
-                )
-        if not isinstance(self.features_only, bool):
-            raise self._bad(
-                "features_only", f"it must be true or false, not {_show(self.features_only)}"
-            )
-        if not isinstance(self.arch_options, dict):
-            raise self._bad("arch_options", f"it must be an object, not {_show(self.arch_options)}")
-        if not isinstance(self.source, str):
-            raise self._bad("source", f"it must be text, not {_show(self.source)}")
-
-    def _numbers(self, field_name: str, values: Any, positive: bool) -> tuple[float, ...]:
-        """``values`` as one finite float per input channel (above 0 when ``positive``)."""
-        wanted = "finite numbers above 0" if positive else "finite numbers"
-        if isinstance(values, numbers.Real) and not isinstance(values, bool):
-            values = [values] * self.channels  # one number for every channel
-        if isinstance(values, (str, bytes, dict)) or not isinstance(values, Iterable):
-            raise self._bad(field_name, f"it must be a list of {wanted}, not {_show(values)}")
-        result = []
-        for value in values:
-            if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
-                raise self._bad(field_name, f"it must hold {wanted}, not {_show(value)}")
-            number = float(value)
-            if not math.isfinite(number) or (positive and number <= 0):
-                raise self._bad(field_name, f"it must hold {wanted}, not {_show(value)}")
-            result.append(number)
-        if len(result) != self.channels:
-            raise self._bad(
-                field_name,
-                f"it gives {len(result)} values for {self.channels} input channels",
-            )
-        return tuple(result)
+        validate_card(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The card as JSON-ready data (the same layout as the cards in ../shared/models); the
@@ -244,11 +145,11 @@ class ModelCard:
             data["num_classes"] = None
         labels = self.labels
         if "num_classes" in given and "labels" not in given and labels is not None:
-            if len(labels) != _integer(given["num_classes"]):
+            if len(labels) != integer(given["num_classes"]):
                 data["labels"] = None
         if "channels" in given and given["channels"] != self.channels:
             name = given.get("name", self.name) or "model"
-            count = _channel_count(given["channels"])
+            count = channel_count(given["channels"])
             data.update(identity_normalization(count, name, {"mean", "std"} - set(given)))
         data.update(given)
         return ModelCard(**data)
@@ -260,7 +161,7 @@ class ModelCard:
             raise ConvsightError(f"model card '{name}' is not a JSON object")
         card_name = data.get("name") or name
         if not isinstance(card_name, str):
-            raise ConvsightError(f"model card '{name}' has a bad name: {_show(card_name)}")
+            raise ConvsightError(f"model card '{name}' has a bad name: {show(card_name)}")
         missing = [key for key in ("arch", "input") if key not in data]
         if missing:
             raise ConvsightError(f"model card '{card_name}' lacks the field {missing[0]!r}")
@@ -268,17 +169,17 @@ class ModelCard:
         if not isinstance(inp, dict):
             raise ConvsightError(
                 f"model card '{card_name}' has a bad input: it must be an object with "
-                f"size and channels, not {_show(inp)}"
+                f"size and channels, not {show(inp)}"
             )
         for key in ("size", "channels"):
             if key not in inp:
                 raise ConvsightError(f"model card '{card_name}' lacks the field 'input.{key}'")
         size, channels = inp["size"], inp["channels"]
-        if _integer(size) is not None:
+        if integer(size) is not None:
             size = (size, size)
         normalization = {k: inp[k] for k in ("mean", "std") if k in inp}
         missing = {"mean", "std"} - set(inp)
-        normalization |= identity_normalization(_channel_count(channels), card_name, missing)
+        normalization |= identity_normalization(channel_count(channels), card_name, missing)
         return cls(
             name=card_name,
             arch=data["arch"],
@@ -347,13 +248,6 @@ class ModelCard:
         }[self.interpolation]
 
 
-def default_resize(size: tuple[int, int]) -> int | None:
-    """The usual resize for a photo model of this input size: 256/224 of its shorter side,
-    or None (exact size only) below 64 pixels."""
-    side = min(size)
-    return None if side < 64 else round(side * 256 / 224)
-
-
 def identity_normalization(
     channels: int, name: str, missing: Iterable[str] = ("mean", "std")
 ) -> dict[str, tuple[float, ...]]:
@@ -407,64 +301,6 @@ def parse_numbers(text: str, what: str) -> float | tuple[float, ...]:
             "separated by commas (e.g. 0.485,0.456,0.406)"
         )
     return values[0] if len(values) == 1 else values
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """Class names from a file: a JSON list, or one name per line (blank lines skipped).
-
-    ``imagenet`` (not a file of that name) stands for the 1000 ImageNet class names.
-    """
-    if str(path) == "imagenet" and not Path(path).exists():
-        return imagenet_labels()
-    path = require_file(path, "labels file")
-    if path.stat().st_size > MAX_LABELS_BYTES:
-        raise ConvsightError(
-            f"labels file {path} is larger than {MAX_LABELS_BYTES // 2**20} MiB; "
-            "it should hold class names only"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConvsightError(f"cannot read labels file {path}: {exc}") from exc
-    if text.lstrip().startswith("["):
-        try:
-            labels = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConvsightError(f"labels file {path} is not a valid JSON list: {exc}") from exc
-        if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
-            raise ConvsightError(f"labels file {path} must be a JSON list of class names")
-    else:
-        labels = [line.strip() for line in text.splitlines() if line.strip()]
-    if not labels:
-        raise ConvsightError(f"labels file {path} names no classes")
-    return labels
-
-
-def _channel_count(value: Any) -> int:
-    """``value`` as a channel count for default mean/std (1 when it is bad: the card refuses
-    a bad count itself)."""
-    count = _integer(value)
-    return count if count is not None and 1 <= count <= MAX_CHANNELS else 1
-
-
-def _integer(value: Any) -> int | None:
-    """``value`` as an int when it is a whole number (not a bool); else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real) and float(value).is_integer():
-        return int(value)
-    return None
-
-
-def _show(value: Any) -> str:
-    """A short readable form of a bad value for an error message."""
-    try:
-        text = json.dumps(value) if isinstance(value, (list, tuple, dict, str)) else repr(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def card_path(weights: Path) -> Path:
