@@ -1,4 +1,4 @@
-"""The card of a model converted from another framework's file (ONNX, Keras)."""
+"""What models converted from another framework's file (ONNX, Keras) share: card, check."""
 
 from __future__ import annotations
 
@@ -87,3 +87,9 @@ def checked_model(
     model = Model(module, dataclasses.replace(card, arch_options=options, source=source))
     model.check_card()
     return model
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error from a converter or its runtime, for one sentence."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200].rstrip(".")

@@ -29,7 +29,7 @@ from torch import nn
 
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
-from convsight.models.converted import checked_model, converted_card
+from convsight.models.converted import checked_model, converted_card, first_line
 from convsight.models.keras_layers import convert_layer
 from convsight.models.model import Model
 from convsight.paths import require_file
@@ -114,7 +114,7 @@ def _read(keras: Any, path: Path) -> Any:
                 "Keras, which convsight cannot rebuild (it reads built-in Keras layers only)"
             ) from exc
         raise ConvsightError(
-            f"cannot read Keras file {path}: it is not a Keras 3 model file ({_first_line(exc)})"
+            f"cannot read Keras file {path}: it is not a Keras 3 model file ({first_line(exc)})"
         ) from exc
 
 
@@ -238,7 +238,7 @@ def _check_against_keras(
     except Exception as exc:
         raise ConvsightError(
             f"Keras cannot run the model in {path} on {height}x{width} inputs to check the "
-            f"rebuild: {_first_line(exc)}"
+            f"rebuild: {first_line(exc)}"
         ) from exc
     if expected.ndim == 4:
         expected = expected.permute(0, 3, 1, 2)
@@ -249,7 +249,7 @@ def _check_against_keras(
     except Exception as exc:
         raise ConvsightError(
             f"the PyTorch rebuild of Keras file {path} does not run on "
-            f"{card.channels}x{height}x{width} inputs: {_first_line(exc)}"
+            f"{card.channels}x{height}x{width} inputs: {first_line(exc)}"
         ) from exc
     if got.shape != expected.shape:
         raise ConvsightError(
@@ -269,8 +269,3 @@ def _check_against_keras(
 
 def _shape(shape: tuple) -> str:
     return "x".join("?" if s is None else str(s) for s in shape)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200].rstrip(".")
