@@ -15,6 +15,7 @@ from convsight.attribution import (
     GuidedBackprop,
     InputXGradient,
     IntegratedGradients,
+    NoiseTunnel,
     Occlusion,
     Saliency,
     ScoreCAM,
@@ -36,6 +37,9 @@ FAST = {
     "occlusion": {"window": 8, "stride": 4, "batch_size": 7},
     "scorecam": {"batch_size": 5},
 }
+for _name, _cls in METHODS.items():  # every noise tunnel (VarGrad, ...): few samples
+    if issubclass(_cls, NoiseTunnel):
+        FAST.setdefault(_name, FAST["smoothgrad"])
 
 
 def _card(name: str, size: int, channels: int = 3, classes: int = 4) -> ModelCard:
@@ -233,7 +237,8 @@ def test_gradcam_plusplus_and_scorecam_match_pytorch_grad_cam(matrix_model, ours
 
 
 # -- batching ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", [n for n in METHODS if n != "smoothgrad"])
+# noise is drawn for the whole batch at once: noise tunnels are checked without noise below
+@pytest.mark.parametrize("name", [n for n, c in METHODS.items() if not issubclass(c, NoiseTunnel)])
 def test_mixed_targets_in_a_batch_equal_one_image_at_a_time(matrix_model, name):
     model, x = matrix_model, _pixels(matrix_model)
     targets = [0, model.card.labels[1], 3]

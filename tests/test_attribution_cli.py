@@ -64,7 +64,8 @@ def test_saliency_writes_a_panel_per_image_maps_and_json(checkpoint, digits, tmp
     summary = json.loads((out / "saliency.json").read_text())
     assert [t["class"] for t in summary["targets"]] == [3, 7]
     assert summary["methods"]["gradcam"]["options"]["layer"] == "features.4"
-    assert summary["methods"]["ig"]["reference"].startswith("arxiv.org")
+    assert summary["methods"]["ig"]["reference"] == "https://arxiv.org/abs/1703.01365"
+    assert summary["methods"]["ig"]["options"] == {"steps": 4}
     occlusion = summary["methods"]["occlusion"]["run"]
     assert occlusion["requested_engine"] and occlusion["engine"]
     assert occlusion["memory_format"] in ("channels_last", "contiguous")
@@ -168,3 +169,13 @@ def test_evaluate_skips_and_reports_a_bomb_and_a_corrupt_file(checkpoint, digits
     ]
     assert [Path(p).name for p in data["images"]] == ["digit0.png", "digit1.png", "digit2.png"]
     assert "skipped:" in result.stderr and "bomb.png" in result.stderr
+
+
+def test_the_jobs_stay_importable_from_the_attribution_study():
+    from convsight.studies import attribution, evaluation, saliency
+
+    assert attribution.write_saliency is saliency.write_saliency
+    assert attribution.write_evaluation is evaluation.write_evaluation
+    assert attribution.evaluate_methods is evaluation.evaluate_methods
+    with pytest.raises(AttributeError, match="no attribute 'write_atlas'"):
+        attribution.write_atlas  # noqa: B018

@@ -16,6 +16,7 @@ from convsight.attribution import (
     GradCAM,
     GradCAMPlusPlus,
     GuidedBackprop,
+    NoiseTunnel,
     Occlusion,
     Saliency,
     ScoreCAM,
@@ -33,6 +34,9 @@ FAST = {
     "occlusion": {"window": 8, "stride": 8},
     "scorecam": {"batch_size": 8},
 }
+for _name, _cls in METHODS.items():  # every noise tunnel (VarGrad, ...): few samples
+    if issubclass(_cls, NoiseTunnel):
+        FAST.setdefault(_name, FAST["smoothgrad"])
 
 
 def _card(size: int = 16, classes: int = 4) -> ModelCard:

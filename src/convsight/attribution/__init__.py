@@ -1,12 +1,17 @@
 """Which pixels a decision rests on: attribution methods with one contract.
 
-``METHODS[name](model).attribute(pixels, target, **options)``; see :mod:`.base`.
+``METHODS[name](model).attribute(pixels, target, **options)``; see :mod:`.base`. A method class
+with a short ``name`` registers itself in ``METHODS`` when its module is imported; every class
+there can be imported from this package by its class name.
 """
 
 from __future__ import annotations
 
+# isort: off
+# The method families, imported in the order ``METHODS`` (and the command line) lists them.
+from convsight.attribution.gradient import InputXGradient, IntegratedGradients, Saliency
+from convsight.attribution.noise import NoiseTunnel, SmoothGrad
 from convsight.attribution.backprop import DeconvNet, GuidedBackprop, rectifier_rule
-from convsight.attribution.base import Method, Target, check_inputs, resolve_targets
 from convsight.attribution.cam import (
     CAM,
     GradCAM,
@@ -15,31 +20,13 @@ from convsight.attribution.cam import (
     default_cam_layer,
     upsample_maps,
 )
-from convsight.attribution.gradient import (
-    InputXGradient,
-    IntegratedGradients,
-    Saliency,
-    SmoothGrad,
-)
 from convsight.attribution.perturbation import Occlusion
+
+# isort: on
+from convsight.attribution.base import METHODS, Method, Target, check_inputs, resolve_targets
+from convsight.attribution.options import Option
 from convsight.errors import ConvsightError
 from convsight.models import Model
-
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (
-        Saliency,
-        InputXGradient,
-        SmoothGrad,
-        IntegratedGradients,
-        GuidedBackprop,
-        DeconvNet,
-        GradCAM,
-        GradCAMPlusPlus,
-        ScoreCAM,
-        Occlusion,
-    )
-}
 
 
 def method_class(name: str) -> type[Method]:
@@ -55,6 +42,14 @@ def get_method(name: str, model: Model) -> Method:
     return method_class(name)(model)
 
 
+def __getattr__(name: str) -> type[Method]:
+    """A registered method class by its class name (``VarGrad``), as if imported here."""
+    for cls in METHODS.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CAM",
     "METHODS",
@@ -65,7 +60,9 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "Method",
+    "NoiseTunnel",
     "Occlusion",
+    "Option",
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",

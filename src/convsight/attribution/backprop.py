@@ -196,6 +196,7 @@ class GuidedBackprop(_RuleBackprop):
 
     name = "guided"
     title = "Guided Backprop"
+    paper = "https://arxiv.org/abs/1412.6806"
     rule = "guided"
 
 
@@ -207,4 +208,5 @@ class DeconvNet(_RuleBackprop):
 
     name = "deconvnet"
     title = "DeconvNet"
+    paper = "https://arxiv.org/abs/1311.2901"
     rule = "deconvnet"

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from convsight.attribution.options import Option, resolve
 from convsight.errors import ConvsightError
 from convsight.layers import forward_to
 from convsight.models import Model
@@ -76,12 +77,19 @@ def select(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return scores.gather(1, targets.to(scores.device).view(-1, 1)).squeeze(1)
 
 
+METHODS: dict[str, type[Method]] = {}
+"""Every method with a short name, by that name, in the order their classes were defined."""
+
+
 class Method:
     """Base of every attribution method.
 
-    Subclasses implement :meth:`_attribute` on checked pixels and resolved targets. ``name`` is
-    the short name used on the command line; ``reduce`` says how :meth:`heatmap` collapses the
-    colour channels into one map ("sum", "max_abs" or "mean").
+    Subclasses implement :meth:`_attribute` on checked pixels and resolved targets; it receives
+    every declared option by keyword, at its default where the call gave none. Each declares:
+    ``name`` (the short name used on the command line; a class with a name registers itself in
+    :data:`METHODS`), ``title``, ``paper`` (the link to its paper), ``options`` (what it takes:
+    a tuple of :class:`~convsight.attribution.options.Option`) and ``reduce``, how
+    :meth:`heatmap` collapses the colour channels into one map ("sum", "max_abs" or "mean").
 
     ``last_run`` says how the last :meth:`attribute` call ran, for the output JSON: ``engine``
     (the one that ran), ``requested_engine``, ``fallback`` (why the requested engine did not
@@ -91,11 +99,28 @@ class Method:
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
     reduce: ClassVar[str] = "sum"
+    options: tuple[Option, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("name"):  # a base, or a subclass that keeps its parent's name
+            return
+        if cls.name in METHODS and METHODS[cls.name].__qualname__ != cls.__qualname__:
+            raise TypeError(f"two attribution methods are called {cls.name!r}")
+        METHODS[cls.name] = cls
 
     def __init__(self, model: Model) -> None:
         self.model = model
         self.last_run: dict[str, Any] = {}
+
+    @classmethod
+    def describe(cls) -> str:
+        """The method in a few lines: title, short name, paper and each option."""
+        lines = [f"{cls.title} ({cls.name}): {cls.paper}"]
+        lines += [f"  {option.describe()}" for option in cls.options]
+        return "\n".join(lines)
 
     # -- the contract -----------------------------------------------------------------------
     def attribute(
@@ -103,7 +128,7 @@ class Method:
     ) -> torch.Tensor:
         """Attributions shaped like ``inputs`` (CAMs: N x 1 x h x w, like the layer)."""
         inputs = check_inputs(self.model, inputs)
-        self.check_options(options)
+        settings = self.resolve(options)
         targets = resolve_targets(self.model, target, inputs.shape[0])
         # the layout is probed here, once per model, before any method registers a hook
         layout, note = memory_format_for(self.model)
@@ -116,7 +141,7 @@ class Method:
         }
         if targets is None:
             targets = self.predict(inputs)
-        return self._attribute(inputs.detach(), targets, **options)
+        return self._attribute(inputs.detach(), targets, **settings)
 
     def heatmap(self, inputs: torch.Tensor, target: Target = None, **options: Any) -> torch.Tensor:
         """One map per image at input resolution (N x H x W): attributions, channels reduced."""
@@ -131,17 +156,10 @@ class Method:
         return attributions.sum(1)
 
     # -- helpers for subclasses ---------------------------------------------------------------
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Reject options the method does not take (before any work)."""
-        import inspect
-
-        accepted = set(inspect.signature(self._attribute).parameters) - {"inputs", "targets"}
-        unknown = set(options) - accepted
-        if unknown:
-            raise ConvsightError(
-                f"{type(self).__name__} has no option(s) {', '.join(sorted(unknown))}; "
-                f"it takes {', '.join(sorted(accepted)) or 'none'}"
-            )
+    def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options of a call, checked against the declared ones (before any work), with
+        the defaults of the rest."""
+        return resolve(type(self).__name__, self.options, options)
 
     @property
     def engine_used(self) -> str | None:
@@ -176,11 +194,17 @@ class Method:
                 out[part] = grad
         return out
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor, **options: Any):
+    def _attribute(
+        self, inputs: torch.Tensor, targets: torch.Tensor, **options: Any
+    ) -> torch.Tensor:
         raise NotImplementedError
 
 
-def baseline_like(baseline: float | torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+Baseline = float | Sequence[float] | torch.Tensor
+BASELINE_HELP = "pixels: a number, one value per channel, an image or one image per input"
+
+
+def baseline_like(baseline: Baseline, inputs: torch.Tensor) -> torch.Tensor:
     """A baseline (pixels) as N x C x H x W like ``inputs``: from a number, one value per
     channel (C or C x 1 x 1), an image (C x H x W) or one image per input (N x C x H x W)."""
     base = torch.as_tensor(baseline, dtype=inputs.dtype, device=inputs.device)

@@ -8,7 +8,6 @@ layer: its own output, also where an in-place operation follows it (:func:`own_o
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,9 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from convsight.attribution.base import Method, forward_batch, forward_scores, select
+from convsight.attribution.options import Option
 from convsight.errors import ConvsightError
 from convsight.layers import conv_layer_names, forward_to, get_layer
 
+ENGINES = ("eager", "frozen")
 _ELEMENTWISE = (
     nn.BatchNorm2d,
     nn.ReLU,
@@ -90,21 +91,18 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class CAM(Method):
-    """Base of the CAM family: ``channel_weights`` says how much each channel counts."""
+    """Base of the CAM family: ``channel_weights`` says how much each channel counts.
+
+    A variant's own options (after ``layer``, ``relu`` and ``upsample``) go to its
+    ``channel_weights``.
+    """
 
     uses_gradients = True
-
-    def check_options(self, options: dict[str, Any]) -> None:
-        accepted = set(inspect.signature(self._attribute).parameters) | set(
-            inspect.signature(self.channel_weights).parameters
-        )
-        accepted -= {"inputs", "targets", "activations", "gradients", "weight_options"}
-        unknown = set(options) - accepted
-        if unknown:
-            raise ConvsightError(
-                f"{type(self).__name__} has no option(s) {', '.join(sorted(unknown))}; "
-                f"it takes {', '.join(sorted(accepted))}"
-            )
+    options = (
+        Option("layer", str | None, None, "the conv layer (default: the last one)"),
+        Option("relu", bool, True, "keep only the positive part of the map"),
+        Option("upsample", bool, False, "give the map at the input's resolution"),
+    )
 
     def layer_name(self, layer: str | None) -> str:
         """The layer to use: ``layer`` (checked) or the default for this model."""
@@ -141,9 +139,10 @@ class CAM(Method):
         self,
         inputs: torch.Tensor,
         targets: torch.Tensor,
-        layer: str | None = None,
-        relu: bool = True,
-        upsample: bool = False,
+        *,
+        layer: str | None,
+        relu: bool,
+        upsample: bool,
         **weight_options: Any,
     ) -> torch.Tensor:
         name = self.layer_name(layer)
@@ -183,6 +182,7 @@ class GradCAM(CAM):
 
     name = "gradcam"
     title = "Grad-CAM"
+    paper = "https://arxiv.org/abs/1610.02391"
 
     def channel_weights(self, inputs, targets, activations, gradients):
         return gradients.mean((2, 3))
@@ -196,6 +196,7 @@ class GradCAMPlusPlus(CAM):
 
     name = "gradcam++"
     title = "Grad-CAM++"
+    paper = "https://arxiv.org/abs/1710.11063"
 
     def channel_weights(self, inputs, targets, activations, gradients):
         g2 = gradients.pow(2)
@@ -220,67 +221,71 @@ class ScoreCAM(CAM):
 
     name = "scorecam"
     title = "Score-CAM"
+    paper = "https://arxiv.org/abs/1910.01279"
     uses_gradients = False
+    options = CAM.options + (
+        Option("batch_size", int | None, None, "masked images per forward pass"),
+        Option("engine", str, "eager", "the module itself, or a traced frozen copy", ENGINES),
+    )
 
-    def channel_weights(
-        self,
-        inputs,
-        targets,
-        activations,
-        gradients,
-        batch_size: int | None = None,
-        engine: str = "eager",
-    ):
-        n, k, h, w = activations.shape
-        size = tuple(inputs.shape[-2:])
-        scores = torch.empty(n, k)
-        run: dict[str, Any] = {"engine": engine, "fallback": None}
+    def channel_weights(self, inputs, targets, activations, gradients, *, batch_size, engine):
+        batch = batch_size or forward_batch(self.model.device)
         fallbacks: list[str] = []
-
-        def record(found: torch.Tensor) -> torch.Tensor:
-            if run["fallback"]:
-                fallbacks.append(run["fallback"])
-            return found
-
-        for i in range(n):
-            flat = activations[i].flatten(1)
-            low, high = flat.amin(1), flat.amax(1)
-            varying = (high > low).nonzero().flatten()
-            image = inputs[i : i + 1]
-            # Channels equal up to a positive scale and shift give the same mask: one pass each.
-            scaled = (flat[varying] - low[varying, None]) / (high - low)[varying, None]
-            unique, inverse = torch.unique(scaled, dim=0, return_inverse=True)
-
-            def build(part: slice, unique=unique, image=image) -> torch.Tensor:
-                up = F.interpolate(
-                    unique[part].view(1, -1, h, w), size=size, mode="bilinear", align_corners=True
-                )[0]
-                lo = up.flatten(1).amin(1).view(-1, 1, 1)
-                hi = up.flatten(1).amax(1).view(-1, 1, 1)
-                mask = (up - lo) / (hi - lo + 1e-8)
-                return image * mask.unsqueeze(1)
-
-            if len(unique):
-                row_targets = targets[i : i + 1].expand(len(unique))
-                found = forward_scores(
-                    self.model,
-                    build,
-                    row_targets,
-                    batch_size or forward_batch(self.model.device),
-                    total=len(unique),
-                    engine=engine,
-                    run=run,
-                )
-                scores[i, varying.cpu()] = record(found)[inverse.cpu()]
-            if len(varying) < k:  # constant channels: an all-zero mask, one shared pass
-                zero = torch.zeros_like(image)
-                constant = (high <= low).cpu()
-                scores[i, constant] = record(
-                    forward_scores(self.model, zero, targets[i : i + 1], engine=engine, run=run)
-                )
+        scores = [
+            self.masked_scores(image[None], target[None], maps, batch, engine, fallbacks)
+            for image, target, maps in zip(inputs, targets, activations, strict=True)
+        ]
         self.last_run.update(
             requested_engine=engine,
             engine="eager" if fallbacks else engine,
             fallback=fallbacks[0] if fallbacks else None,
         )
-        return scores.softmax(1).to(activations.device)
+        return torch.stack(scores).softmax(1).to(activations.device)
+
+    def masked_scores(
+        self,
+        image: torch.Tensor,
+        target: torch.Tensor,
+        activations: torch.Tensor,
+        batch_size: int,
+        engine: str,
+        fallbacks: list[str],
+    ) -> torch.Tensor:
+        """The target score of ``image`` (1 x C x H x W) masked by each channel of its
+        ``activations`` (K x h x w): K scores on the CPU. Why ``engine`` fell back, each
+        time it did, is appended to ``fallbacks``."""
+        k, h, w = activations.shape
+        size = tuple(image.shape[-2:])
+        scores = torch.empty(k)
+
+        def scored(pixels: Any, targets: torch.Tensor, **how: Any) -> torch.Tensor:
+            run: dict[str, Any] = {}
+            found = forward_scores(self.model, pixels, targets, engine=engine, run=run, **how)
+            if run["fallback"]:
+                fallbacks.append(run["fallback"])
+            return found
+
+        flat = activations.flatten(1)
+        low, high = flat.amin(1), flat.amax(1)
+        varying = (high > low).nonzero().flatten()
+        # Channels equal up to a positive scale and shift give the same mask: one pass each.
+        scaled = (flat[varying] - low[varying, None]) / (high - low)[varying, None]
+        unique, inverse = torch.unique(scaled, dim=0, return_inverse=True)
+
+        def build(part: slice) -> torch.Tensor:
+            up = F.interpolate(
+                unique[part].view(1, -1, h, w), size=size, mode="bilinear", align_corners=True
+            )[0]
+            lo = up.flatten(1).amin(1).view(-1, 1, 1)
+            hi = up.flatten(1).amax(1).view(-1, 1, 1)
+            mask = (up - lo) / (hi - lo + 1e-8)
+            return image * mask.unsqueeze(1)
+
+        if len(unique):
+            found = scored(
+                build, target.expand(len(unique)), batch_size=batch_size, total=len(unique)
+            )
+            scores[varying.cpu()] = found[inverse.cpu()]
+        if len(varying) < k:  # constant channels: an all-zero mask, one shared pass
+            scores[(high <= low).cpu()] = scored(torch.zeros_like(image), target)
+        return scores

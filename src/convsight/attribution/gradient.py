@@ -1,12 +1,43 @@
-"""Gradient methods: the input gradient and what is built on it."""
+"""Gradient methods: the input gradient and what is built on it.
+
+:func:`sum_rows` is the one chunked loop of the methods that run the network on many rows per
+image (points on a path here, noisy copies in :mod:`.noise`).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from convsight.attribution.base import Method, baseline_like, chunks, select
+from convsight.attribution.base import BASELINE_HELP, Baseline, Method, baseline_like, chunks
+from convsight.attribution.options import Option
 from convsight.errors import ConvsightError
+
+RowMaps = Callable[[slice, torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
+
+
+def sum_rows(
+    images: int, per_image: int, batch_size: int, maps: RowMaps, device: torch.device
+) -> list[torch.Tensor]:
+    """Sums over each image's ``per_image`` rows of what ``maps`` gives for them.
+
+    Row ``r`` belongs to image ``r // per_image`` and is that image's row ``r % per_image``.
+    ``maps(part, image, index)`` gets ``batch_size`` consecutive rows at a time (their slice
+    and, per row, its image and index, on ``device``) and returns one or more tensors with a
+    row each; their sums come back in the same order, one row per image.
+    """
+    totals: list[torch.Tensor] = []
+    for part in chunks(images * per_image, batch_size):
+        rows = torch.arange(part.start, part.stop, device=device)
+        image = rows // per_image
+        values = maps(part, image, rows % per_image)
+        if not totals:
+            totals = [v.new_zeros(images, *v.shape[1:]) for v in values]
+        for total, value in zip(totals, values, strict=True):
+            total.index_add_(0, image, value)
+    return totals
 
 
 class Saliency(Method):
@@ -17,10 +48,12 @@ class Saliency(Method):
 
     name = "saliency"
     title = "Saliency"
+    paper = "https://arxiv.org/abs/1312.6034"
     reduce = "max_abs"
+    options = (Option("absolute", bool, True, "the gradient's absolute value"),)
 
     def _attribute(
-        self, inputs: torch.Tensor, targets: torch.Tensor, absolute: bool = True
+        self, inputs: torch.Tensor, targets: torch.Tensor, *, absolute: bool
     ) -> torch.Tensor:
         grad = self.input_gradient(inputs, targets)
         return grad.abs() if absolute else grad
@@ -31,60 +64,13 @@ class InputXGradient(Method):
 
     name = "ixg"
     title = "Input x Gradient"
+    paper = "https://arxiv.org/abs/1605.01713"
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return inputs * self.input_gradient(inputs, targets)
 
 
-class SmoothGrad(Method):
-    """SmoothGrad: saliency averaged over noisy copies (Smilkov et al. 2017).
-
-    https://arxiv.org/abs/1706.03825 — ``noise_level`` is the noise's standard deviation as a
-    fraction of each image's value range (the paper's 10-20%); ``stdev`` gives it absolutely.
-    Noise is drawn from torch's generator (seed it for the same maps), ``batch_size`` rows of
-    noisy images go through the network at a time.
-    """
-
-    name = "smoothgrad"
-    title = "SmoothGrad"
-    reduce = "max_abs"
-
-    def _attribute(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        samples: int = 16,
-        noise_level: float = 0.15,
-        stdev: float | None = None,
-        absolute: bool = True,
-        batch_size: int = 64,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        if samples < 1:
-            raise ConvsightError("SmoothGrad needs at least one sample")
-        n = inputs.shape[0]
-        if stdev is None:
-            spread = inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1)
-            sigma = (noise_level * spread).view(n, 1, 1, 1, 1)
-        else:
-            sigma = torch.full((n, 1, 1, 1, 1), float(stdev), device=inputs.device)
-        shape = (n * samples, *inputs.shape[1:])
-        noise = torch.randn(shape, generator=generator, device=inputs.device)
-        noisy = (inputs.unsqueeze(1) + noise.view(n, samples, *inputs.shape[1:]) * sigma).flatten(
-            0, 1
-        )
-        rows = targets.repeat_interleave(samples)
-        total = torch.zeros_like(inputs)
-        with torch.enable_grad():
-            for part in chunks(noisy.shape[0], batch_size):
-                x = noisy[part].detach().requires_grad_(True)
-                score = select(self.forward(x), rows[part]).sum()
-                (grad,) = torch.autograd.grad(score, x)
-                if absolute:
-                    grad = grad.abs()
-                image = torch.arange(part.start, part.stop, device=grad.device) // samples
-                total.index_add_(0, image, grad)
-        return total / samples
+RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_middle", "riemann_right")
 
 
 def path_weights(steps: int, rule: str) -> tuple[list[float], list[float]]:
@@ -102,10 +88,7 @@ def path_weights(steps: int, rule: str) -> tuple[list[float], list[float]]:
         return list(np.linspace(0, 1, steps)), w
     offsets = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}
     if rule not in offsets:
-        raise ConvsightError(
-            f"unknown integration rule '{rule}' "
-            "(gausslegendre, riemann_trapezoid, riemann_left, riemann_middle, riemann_right)"
-        )
+        raise ConvsightError(f"unknown integration rule '{rule}' ({', '.join(RULES)})")
     return [(i + offsets[rule]) / steps for i in range(steps)], [1 / steps] * steps
 
 
@@ -120,30 +103,33 @@ class IntegratedGradients(Method):
 
     name = "ig"
     title = "Integrated Gradients"
+    paper = "https://arxiv.org/abs/1703.01365"
+    options = (
+        Option("steps", int, 50, "points on the path from the baseline to the input"),
+        Option("baseline", Baseline, 0.0, f"where the path starts ({BASELINE_HELP})"),
+        Option("rule", str, "gausslegendre", "the quadrature rule", RULES),
+        Option("batch_size", int, 32, "path points (over all images) per forward pass"),
+    )
 
     def _attribute(
         self,
         inputs: torch.Tensor,
         targets: torch.Tensor,
-        steps: int = 50,
-        baseline: float | torch.Tensor = 0.0,
-        rule: str = "gausslegendre",
-        batch_size: int = 32,
+        *,
+        steps: int,
+        baseline: Baseline,
+        rule: str,
+        batch_size: int,
     ) -> torch.Tensor:
         alphas, weights = path_weights(steps, rule)
-        alpha = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device)
-        weight = torch.tensor(weights, dtype=inputs.dtype, device=inputs.device)
+        alpha = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device).view(-1, 1, 1, 1)
+        weight = torch.tensor(weights, dtype=inputs.dtype, device=inputs.device).view(-1, 1, 1, 1)
         base = baseline_like(baseline, inputs)
         delta = inputs - base
-        n = inputs.shape[0]
-        total = torch.zeros_like(inputs)
-        with torch.enable_grad():
-            for part in chunks(n * steps, batch_size):
-                rows = torch.arange(part.start, part.stop, device=inputs.device)
-                image, step = rows // steps, rows % steps
-                x = base[image] + alpha[step].view(-1, 1, 1, 1) * delta[image]
-                x.requires_grad_(True)
-                score = select(self.forward(x), targets[image.cpu()]).sum()
-                (grad,) = torch.autograd.grad(score, x)
-                total.index_add_(0, image, grad * weight[step].view(-1, 1, 1, 1))
+
+        def gradients(part: slice, image: torch.Tensor, step: torch.Tensor) -> list[torch.Tensor]:
+            x = base[image] + alpha[step] * delta[image]
+            return [self.input_gradient(x, targets[image.cpu()]) * weight[step]]
+
+        (total,) = sum_rows(inputs.shape[0], steps, batch_size, gradients, inputs.device)
         return delta * total

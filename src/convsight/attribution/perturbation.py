@@ -8,6 +8,8 @@ import weakref
 import torch
 
 from convsight.attribution.base import (
+    BASELINE_HELP,
+    Baseline,
     Method,
     baseline_like,
     cached_for,
@@ -19,11 +21,15 @@ from convsight.attribution.base import (
     select,
 )
 from convsight.attribution.incremental import IncrementalNet, Patch, materialize
+from convsight.attribution.options import Option
 from convsight.errors import ConvsightError
 from convsight.models import Model
 
+ENGINES = ("incremental", "frozen", "eager")
+Size = int | tuple[int, int]
 
-def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
+
+def _pair(value: Size, what: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or min(pair) < 1:
         raise ConvsightError(f"occlusion {what} must be a positive int or (height, width)")
@@ -79,20 +85,27 @@ class Occlusion(Method):
 
     name = "occlusion"
     title = "Occlusion"
+    paper = "https://arxiv.org/abs/1311.2901"
     reduce = "mean"
+    options = (
+        Option("window", Size, 16, "the occluded window's side, or (height, width)"),
+        Option("stride", Size, 8, "pixels between windows, or (down, across)"),
+        Option("baseline", Baseline, 0.0, f"what a window is set to ({BASELINE_HELP})"),
+        Option("batch_size", int | None, None, "occluded images per forward pass"),
+        Option("engine", str, "incremental", "how the occluded images are scored", ENGINES),
+    )
 
     def _attribute(
         self,
         inputs: torch.Tensor,
         targets: torch.Tensor,
-        window: int | tuple[int, int] = 16,
-        stride: int | tuple[int, int] = 8,
-        baseline: float | torch.Tensor = 0.0,
-        batch_size: int | None = None,
-        engine: str = "incremental",
+        *,
+        window: Size,
+        stride: Size,
+        baseline: Baseline,
+        batch_size: int | None,
+        engine: str,
     ) -> torch.Tensor:
-        if engine not in ENGINES:
-            raise ConvsightError(f"unknown engine '{engine}' ({', '.join(ENGINES)})")
         n, c, h, w = inputs.shape
         size, win, step = (h, w), _pair(window, "window"), _pair(stride, "stride")
         masks = window_masks(size, win, step).to(inputs.device)
@@ -142,7 +155,6 @@ class Occlusion(Method):
         return (original.repeat_interleave(count) - occluded).view(n, count).to(inputs.device)
 
 
-ENGINES = ("incremental", "frozen", "eager")
 _INCREMENTAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from convsight.attribution.base import Target, check_inputs, forward_scores, resolve_targets
 from convsight.errors import ConvsightError
 from convsight.models import Model
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 @dataclass
@@ -76,9 +79,9 @@ def _curves(
     target: Target,
     start: torch.Tensor,
     finish: torch.Tensor,
-    step: int,
-    batch_size: int,
-    engine: str,
+    step: int = 224,
+    batch_size: int = 16,
+    engine: str = "eager",
 ) -> Curves:
     inputs = check_inputs(model, inputs)
     n, _, h, w = inputs.shape
@@ -121,15 +124,24 @@ def _curves(
     return Curves(kind, scores, fractions, run)
 
 
+class CurveSettings(TypedDict, total=False):
+    """What both curves take besides the model, images, maps and targets: ``step`` (pixels
+    changed per step, default 224), ``batch_size`` (rows per forward pass, default 16) and
+    ``engine`` ("eager", the default, or "frozen": a traced, frozen copy of the network)."""
+
+    step: int
+    batch_size: int
+    engine: str
+
+
 def deletion(
     model: Model,
     inputs: torch.Tensor,
     saliency: torch.Tensor,
     target: Target = None,
-    step: int = 224,
+    *,
     baseline: float | torch.Tensor | None = None,
-    batch_size: int = 16,
-    engine: str = "eager",
+    **settings: Unpack[CurveSettings],
 ) -> Curves:
     """Deletion curves: the most salient ``step`` pixels at a time set to ``baseline``.
 
@@ -142,18 +154,8 @@ def deletion(
         base = base.view(1, -1, 1, 1)
     else:
         base = torch.as_tensor(baseline, dtype=inputs.dtype, device=inputs.device)
-    return _curves(
-        "deletion",
-        model,
-        inputs,
-        saliency,
-        target,
-        inputs,
-        base.expand_as(inputs),
-        step,
-        batch_size,
-        engine,
-    )
+    finish = base.expand_as(inputs)
+    return _curves("deletion", model, inputs, saliency, target, inputs, finish, **settings)
 
 
 def insertion(
@@ -161,18 +163,15 @@ def insertion(
     inputs: torch.Tensor,
     saliency: torch.Tensor,
     target: Target = None,
-    step: int = 224,
+    *,
     blur_kernel: int = 11,
     blur_sigma: float = 5.0,
-    batch_size: int = 16,
-    engine: str = "eager",
+    **settings: Unpack[CurveSettings],
 ) -> Curves:
     """Insertion curves: from a blurred copy, the most salient ``step`` pixels at a time back."""
     inputs = check_inputs(model, inputs)
     blurred = gaussian_blur(inputs, blur_kernel, blur_sigma)
-    return _curves(
-        "insertion", model, inputs, saliency, target, blurred, inputs, step, batch_size, engine
-    )
+    return _curves("insertion", model, inputs, saliency, target, blurred, inputs, **settings)
 
 
 def deletion_auc(

@@ -1,0 +1,140 @@
+"""Noise averaging: a method's maps for noisy copies of each image, combined.
+
+:class:`NoiseTunnel` wraps any method (as captum's NoiseTunnel does); a variant only says which
+moments of the noisy maps it needs and how it combines them. SmoothGrad is the noise tunnel
+over :class:`~convsight.attribution.gradient.Saliency` that takes their mean.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from convsight.attribution.base import Method
+from convsight.attribution.gradient import Saliency, sum_rows
+from convsight.attribution.options import Option
+from convsight.errors import ConvsightError
+from convsight.models import Model
+
+NOISE_OPTIONS = (
+    Option("samples", int, 16, "noisy copies per image"),
+    Option(
+        "noise_level",
+        float,
+        0.15,
+        "the noise's standard deviation as a fraction of each image's value range",
+    ),
+    Option("stdev", float | None, None, "the noise's standard deviation in pixels (overrides)"),
+    Option("batch_size", int, 64, "noisy images per forward pass"),
+    Option(
+        "generator",
+        torch.Generator | None,
+        None,
+        "where the noise is drawn from (default: torch's global generator: seed it)",
+    ),
+)
+
+
+def tunnel_options(method: type[Method] | Method) -> tuple[Option, ...]:
+    """The noise options, then those of the wrapped ``method`` that are not named alike."""
+    names = {option.name for option in NOISE_OPTIONS}
+    return NOISE_OPTIONS + tuple(o for o in method.options if o.name not in names)
+
+
+def noisy_copies(
+    inputs: torch.Tensor,
+    samples: int,
+    noise_level: float,
+    stdev: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """``samples`` noisy copies of each image, image by image (N * samples rows).
+
+    The noise is drawn in one call (N * samples x C x H x W standard normals), as captum's
+    NoiseTunnel does: the same seed gives the same noise.
+    """
+    n = inputs.shape[0]
+    if stdev is None:
+        spread = inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1)
+        sigma = (noise_level * spread).view(n, 1, 1, 1, 1)
+    else:
+        sigma = torch.full((n, 1, 1, 1, 1), float(stdev), device=inputs.device)
+    shape = (n * samples, *inputs.shape[1:])
+    noise = torch.randn(shape, generator=generator, device=inputs.device)
+    noisy = inputs.unsqueeze(1) + noise.view(n, samples, *inputs.shape[1:]) * sigma
+    return noisy.flatten(0, 1)
+
+
+class NoiseTunnel(Method):
+    """A method's maps for noisy copies of each image, averaged (captum's NoiseTunnel).
+
+    ``NoiseTunnel(GuidedBackprop(model))`` smooths Guided Backprop; given a model, a tunnel
+    wraps its class's ``wrapped`` method (Saliency). ``noise_level`` is the noise's standard
+    deviation as a fraction of each image's value range (SmoothGrad's 10-20%); ``stdev`` gives
+    it in pixels. Noise is drawn from torch's generator (seed it for the same maps) or
+    ``generator``; ``batch_size`` noisy images go through the wrapped method at a time. The
+    wrapped method's own options are options of the tunnel too (those not named like a noise
+    option). A variant sets ``moments`` (which powers of the noisy maps it averages) and
+    :meth:`combine`.
+    """
+
+    title = "Noise tunnel"
+    reduce = Saliency.reduce
+    wrapped: ClassVar[type[Method]] = Saliency
+    moments: ClassVar[tuple[int, ...]] = (1,)
+    options = tunnel_options(Saliency)
+
+    def __init__(self, model: Model | Method) -> None:
+        method = model if isinstance(model, Method) else self.wrapped(model)
+        super().__init__(method.model)
+        self.method = method
+        if isinstance(model, Method):
+            self.options = tunnel_options(method)
+
+    def combine(self, means: list[torch.Tensor]) -> torch.Tensor:
+        """The map from the means of the noisy maps raised to each of ``moments``."""
+        return means[0]
+
+    def to_heatmap(self, attributions: torch.Tensor) -> torch.Tensor:
+        return self.method.to_heatmap(attributions)
+
+    def _attribute(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        samples: int,
+        noise_level: float,
+        stdev: float | None,
+        batch_size: int,
+        generator: torch.Generator | None,
+        **wrapped_options: Any,
+    ) -> torch.Tensor:
+        if samples < 1:
+            raise ConvsightError(f"{self.title} needs at least one sample")
+        noisy = noisy_copies(inputs, samples, noise_level, stdev, generator)
+        rows = targets.repeat_interleave(samples)
+        own = self.method.resolve(wrapped_options)  # with its defaults of shadowed options
+        self.method.last_run = {}
+
+        def powers(part: slice, image: torch.Tensor, sample: torch.Tensor) -> list[torch.Tensor]:
+            maps = self.method._attribute(noisy[part], rows[part], **own)
+            return [maps if k == 1 else maps.pow(k) for k in self.moments]
+
+        sums = sum_rows(inputs.shape[0], samples, batch_size, powers, inputs.device)
+        for key, value in self.method.last_run.items():  # what the wrapped method adds
+            self.last_run.setdefault(key, value)
+        return self.combine([total / samples for total in sums])
+
+
+class SmoothGrad(NoiseTunnel):
+    """SmoothGrad: saliency averaged over noisy copies (Smilkov et al. 2017).
+
+    https://arxiv.org/abs/1706.03825 — the noise tunnel over Saliency that takes the mean;
+    ``absolute`` (Saliency's option) averages the gradients' absolute values.
+    """
+
+    name = "smoothgrad"
+    title = "SmoothGrad"
+    paper = "https://arxiv.org/abs/1706.03825"
