@@ -25,7 +25,7 @@ from convsight.data.folder import (
 from convsight.data.mnist import load_mnist
 from convsight.errors import ConvsightError
 from convsight.models import ModelCard, build_seed, load_model, replace_head
-from convsight.models.zoo import SEEDS, torchvision_card, torchvision_models
+from convsight.models.registry import SEEDS, torchvision_card, torchvision_models
 from convsight.report import (
     atomic_path,
     out_dir_kept_if_written,
