@@ -63,6 +63,27 @@ def test_from_module_fields_and_their_checks():
     assert ModelCard.from_dict(imagenet.card.to_dict()) == imagenet.card
 
 
+def test_from_module_leaves_the_callers_module_as_it_was():
+    net = TinyNet()
+    net.train()
+    model = Model.from_module(net, input_size=32)
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert not model.module.training
+    assert not any(p.requires_grad for p in model.module.parameters())
+    for mine, theirs in zip(model.module.parameters(), net.parameters(), strict=True):
+        assert mine.data_ptr() == theirs.data_ptr()  # the weights are shared, not copied
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.module(x), net.eval()(x))
+
+
+def test_model_adopts_the_module_it_is_given():
+    net = TinyNet().train()
+    model = Model(net, Model.from_module(TinyNet(), input_size=32).card)
+    assert model.module is net and not net.training
+    assert not any(p.requires_grad for p in net.parameters())
+
+
 def test_python_and_json_cards_share_their_defaults(tmp_path):
     for size in (28, 96, (80, 120)):
         from_python = Model.from_module(TinyNet(), input_size=size).card

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,6 +19,9 @@ class Model:
     """A network ready for visualization: eval mode, parameters frozen, and its card.
 
     ``module`` takes normalized input; :meth:`normalize` maps pixel space ([0, 1]) to it.
+    ``Model(module, card)`` adopts ``module`` as it is: it is put in eval mode and its
+    parameters are frozen in place (``load_model`` passes modules it built itself). To
+    visualize a module you keep using, call :meth:`from_module`, which leaves it as it was.
     """
 
     module: nn.Module
@@ -70,6 +74,11 @@ class Model:
         module's output for one input (an N x K output has K classes, named by their
         numbers; another output shape means no class scores). ``input_size`` is one side
         (a square) or (height, width); ``mean``/``std`` one number or one per channel.
+
+        ``module`` itself is left as it was (train/eval mode, ``requires_grad``, device): the
+        Model holds a copy of its structure that shares its weights (see :func:`shared_copy`;
+        no tensor is copied, so weights changed in place show through). A module that
+        cannot be copied (TorchScript, uninitialized lazy layers) is adopted as it is.
         """
         card = ModelCard(
             name=name or type(module).__name__,
@@ -84,7 +93,7 @@ class Model:
             interpolation=interpolation,
             source=source or f"Model.from_module({type(module).__name__})",
         )
-        model = cls(module, card)
+        model = cls(shared_copy(module), card)
         model.probe_classes()
         return model
 
@@ -173,3 +182,24 @@ class Model:
     def to(self, device: str | torch.device) -> Model:
         self.module.to(device)
         return self
+
+
+def shared_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s structure whose parameters and buffers share its tensors.
+
+    The copy has its own modules, so its mode, ``requires_grad`` flags (off) and device can
+    change without touching ``module``; it costs no memory for weights. A TorchScript
+    module, one with uninitialized lazy parameters, or one that cannot be copied is
+    returned as it is.
+    """
+    parameters = list(module.parameters())
+    lazy = any(nn.parameter.is_lazy(p) for p in parameters)
+    if lazy or isinstance(module, torch.jit.ScriptModule):
+        return module
+    memo: dict[int, Any] = {id(b): b for b in module.buffers()}
+    for p in parameters:
+        memo[id(p)] = nn.Parameter(p.detach(), requires_grad=False)
+    try:
+        return copy.deepcopy(module, memo)
+    except Exception:  # an attribute that cannot be copied (a lock, a file, a C++ object)
+        return module
