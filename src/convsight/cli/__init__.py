@@ -1,0 +1,35 @@
+"""The ``convsight`` command line: parse, call the library, write outputs.
+
+:mod:`.app` holds the command groups, :mod:`.options` the options commands share (declared
+once; the lists in their help come from the registries), :mod:`.errors` how a command fails;
+each other module registers the commands of one kind of work.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from convsight.cli import attribute, models, paper, training, visualize  # noqa: F401 - register
+from convsight.cli.app import app, model_for
+from convsight.cli.errors import command, say, usage_sentence
+from convsight.cli.options import card_fields, split_list
+
+
+def main() -> None:
+    """Entry point of the ``convsight`` command."""
+    app(prog_name="convsight")
+
+
+__all__ = [
+    "app",
+    "card_fields",
+    "command",
+    "main",
+    "model_for",
+    "say",
+    "split_list",
+    "usage_sentence",
+]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

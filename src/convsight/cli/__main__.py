@@ -1,0 +1,5 @@
+"""``python -m convsight.cli``: the ``convsight`` command."""
+
+from convsight.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""Commands for attribution maps and their evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from convsight.cli.app import app, model_for
+from convsight.cli.errors import command, out_console, say
+from convsight.cli.options import (
+    MetricsOpt,
+    ModelArg,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    WeightsOpt,
+    card_options,
+    method_options,
+    split_list,
+)
+from convsight.studies.attribution import METRICS
+
+
+@app.command("saliency")
+@command
+@card_options
+@method_options
+def saliency_cmd(
+    model: ModelArg,
+    image: Annotated[list[Path], typer.Option(help="Input image file (repeat for more).")],
+    weights: WeightsOpt = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Class (index or name) for all images, or one per image, comma-separated; "
+            "default: the predicted class."
+        ),
+    ] = None,
+    ig_steps: Annotated[int, typer.Option(min=1, help="Integrated Gradients steps.")] = 50,
+    smoothgrad_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad samples.")] = 16,
+    out: OutOpt = Path("runs/saliency"),
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
+    attribution: dict[str, Any] | None = None,
+) -> None:
+    """A panel per image: the image, then each method's map as a heat map over it."""
+    from convsight.studies.attribution import write_saliency
+
+    written = write_saliency(
+        model=model_for(model, weights, card_fields, seed),
+        images=image,
+        weights=weights,
+        **attribution,
+        target=split_list(target),
+        out=out,
+        seed=seed,
+        ig_steps=ig_steps,
+        smoothgrad_samples=smoothgrad_samples,
+        show_progress=not quiet,
+    )
+    for path in written:
+        out_console.print(f"wrote {path}")
+
+
+@app.command("evaluate")
+@command
+@card_options
+@method_options
+def evaluate_cmd(
+    model: ModelArg,
+    images: Annotated[Path, typer.Option(help="Folder of images (target: predicted class).")],
+    weights: WeightsOpt = None,
+    metrics: MetricsOpt = ",".join(METRICS),
+    step: Annotated[int, typer.Option(help="Pixels deleted / inserted per step.")] = 224,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use the first N images.")] = None,
+    sanity_images: Annotated[int, typer.Option(help="Images for the sanity check.")] = 4,
+    sanity_stages: Annotated[int, typer.Option(help="Randomization stages with a map.")] = 8,
+    out: OutOpt = Path("runs/evaluate"),
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
+    attribution: dict[str, Any] | None = None,
+) -> None:
+    """Deletion / insertion AUC and the randomization check: evaluation.json and plots."""
+    from convsight.studies.attribution import write_evaluation
+
+    written = write_evaluation(
+        model=model_for(model, weights, card_fields, seed),
+        images=images,
+        weights=weights,
+        **attribution,
+        metrics=split_list(metrics),
+        step=step,
+        limit=limit,
+        sanity_images=sanity_images,
+        sanity_stages=sanity_stages,
+        out=out,
+        seed=seed,
+        show_progress=not quiet,
+    )
+    table = Table("method", "deletion AUC", "insertion AUC", "sanity (fully randomized)")
+    import json
+
+    summary = json.loads(written[0].read_text())
+    for item in summary["skipped_images"]:
+        say("skipped:", "yellow", f"{item['path']}: {item['reason']}")
+    for row in summary["table"]:
+        table.add_row(
+            row["method"],
+            str(row.get("deletion_auc", "-")),
+            str(row.get("insertion_auc", "-")),
+            str(row.get("sanity_spearman_fully_randomized", "-")),
+        )
+    out_console.print(table)
+    for path in written:
+        out_console.print(f"wrote {path}")

@@ -1,0 +1,300 @@
+"""Options the commands share, declared once; lists in the help come from the registries.
+
+An option group (:func:`option_group`) gives a command a set of flags and hands it what they
+say as one value: the card flags become ``card_fields`` (a dict of card fields), the render
+knobs of ``maximize`` / ``classviz`` become ``render`` (:class:`RenderFlags`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from convsight.attribution import METHODS
+from convsight.optvis.settings import OPTIMIZERS as RENDER_OPTIMIZERS
+from convsight.optvis.settings import PARAMS, PRECISIONS, PRESETS
+from convsight.studies.attribution import DEFAULT_METHODS, ENGINES, METRICS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_of(names: Sequence[str]) -> str:
+    """'a, b or c': the names a flag takes, for its help."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def split_list(value: str | None) -> list[str]:
+    """'a,b, c' -> ['a', 'b', 'c']."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+# -- single options ------------------------------------------------------------------------------
+ModelArg = Annotated[str, typer.Argument(help="Model name or checkpoint path.")]
+WeightsOpt = Annotated[
+    Path | None, typer.Option("--weights", help="Local state dict; its card (.json) beside it.")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="CONVSIGHT_DATA",
+        help="Offline data folder (MNIST idx files, ...). Env: CONVSIGHT_DATA.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+MetricsOpt = Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(METRICS)}.")]
+
+
+# -- groups --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Flag:
+    """One flag of a group: its option type and default."""
+
+    option: Any  # an Annotated[type, typer.Option(...)]
+    default: Any = None
+
+
+def _option_without(option: Any, taken: set[str]) -> Any:
+    """``option`` (an Annotated option type) without the flag names a command uses itself."""
+    info = copy.copy(option.__metadata__[0])
+    info.param_decls = tuple(d for d in info.param_decls if d.lstrip("-") not in taken)
+    return Annotated[option.__origin__, info]
+
+
+def option_group(flags: dict[str, Flag], collect: Callable[..., Any], name: str):
+    """A decorator that adds ``flags`` to a command (after its own parameters) and passes it
+    ``collect(**what they say)`` as the keyword ``name``. A flag name the command already
+    takes is dropped from the group's option (``--channels`` of the card flags)."""
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != name]
+        taken = {p.name for p in own}
+        added = [
+            inspect.Parameter(
+                key,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=flag.default,
+                annotation=_option_without(flag.option, taken),
+            )
+            for key, flag in flags.items()
+        ]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {key: kwargs.pop(key, flag.default) for key, flag in flags.items()}
+            return fn(*args, **{name: collect(**given)}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+# Card fields from the command line: a model without a card, or changes to its card's.
+CARD_FLAGS = {
+    "input_size": Flag(
+        Annotated[
+            str | None,
+            typer.Option(help="Input size HEIGHTxWIDTH in pixels (e.g. 64x128), or one side."),
+        ]
+    ),
+    "input_channels": Flag(
+        Annotated[
+            int | None,
+            typer.Option(
+                "--input-channels",
+                "--channels",
+                min=1,
+                max=4,
+                help="Input channels: 1 grey, 3 RGB.",
+            ),
+        ]
+    ),
+    "mean": Flag(
+        Annotated[
+            str | None,
+            typer.Option(help="Normalization mean: one number, or one per channel (0.485,...)."),
+        ]
+    ),
+    "std": Flag(
+        Annotated[
+            str | None,
+            typer.Option(help="Normalization std: one number, or one per channel (0.229,...)."),
+        ]
+    ),
+    "labels": Flag(
+        Annotated[
+            str | None,
+            typer.Option(help="Class names: a file (one per line, or a JSON list), or 'imagenet'."),
+        ]
+    ),
+    "num_classes": Flag(
+        Annotated[
+            int | None, typer.Option(min=1, help="Number of classes (default: the weights' head).")
+        ]
+    ),
+}
+
+
+def card_fields(
+    input_size: str | None = None,
+    input_channels: int | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    labels: str | None = None,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """The card fields (``ModelCard.updated`` names) that the card flags given say."""
+    from convsight.models.card import parse_input_size, parse_numbers, read_labels
+
+    fields: dict[str, Any] = {}
+    if input_size is not None:
+        fields["input_size"] = parse_input_size(input_size)
+    if input_channels is not None:
+        fields["channels"] = input_channels
+    if mean is not None:
+        fields["mean"] = parse_numbers(mean, "--mean")
+    if std is not None:
+        fields["std"] = parse_numbers(std, "--std")
+    if labels is not None:
+        fields["labels"] = read_labels(labels)
+    if num_classes is not None:
+        fields["num_classes"] = num_classes
+    return fields
+
+
+card_options = option_group(CARD_FLAGS, card_fields, "card_fields")
+
+
+@dataclass(frozen=True)
+class RenderFlags:
+    """What the render flags of a command said: the preset, the knobs given (None: the
+    preset's value, left out) and the ``--set KEY=VALUE`` pairs."""
+
+    preset: str = "robust"
+    flags: dict[str, Any] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)
+
+    def arguments(self) -> dict[str, Any]:
+        """As the keyword arguments of ``maximize`` / ``classviz``."""
+        return {"preset": self.preset, "flags": self.flags, "extra": self.extra}
+
+
+def render_flags(
+    preset: str = "robust", set_: list[str] | None = None, **knobs: Any
+) -> RenderFlags:
+    """The :class:`RenderFlags` of what the render flags say."""
+    given = {k: v for k, v in knobs.items() if v is not None}
+    return RenderFlags(preset, given, list(set_ or []))
+
+
+RENDER_FLAGS = {
+    "preset": Flag(
+        Annotated[
+            str,
+            typer.Option(help=f"{one_of(list(PRESETS))}: paper is the study, robust Lucid-style."),
+        ],
+        "robust",
+    ),
+    "steps": Flag(Annotated[int | None, typer.Option(min=1, help="Optimization steps.")]),
+    "size": Flag(
+        Annotated[int | None, typer.Option(min=8, help="Image side (default: the model's).")]
+    ),
+    "lr": Flag(
+        Annotated[float | None, typer.Option(help="Step size (ascent) or Adam learning rate.")]
+    ),
+    "optimizer": Flag(
+        Annotated[
+            str | None, typer.Option(help=f"{one_of(RENDER_OPTIMIZERS)} (ascent: plain gradient).")
+        ]
+    ),
+    "param": Flag(
+        Annotated[
+            str | None,
+            typer.Option(
+                help=f"{one_of(PARAMS)}: the model's input pixels, a Fourier spectrum, or its "
+                "phase only (fixed magnitude)."
+            ),
+        ]
+    ),
+    "decorrelate": Flag(
+        Annotated[
+            bool | None,
+            typer.Option("--decorrelate/--no-decorrelate", help="Decorrelated colour."),
+        ]
+    ),
+    "views": Flag(Annotated[int | None, typer.Option(min=1, help="Augmented views per step.")]),
+    "l1": Flag(Annotated[float | None, typer.Option(min=0.0, help="L1 penalty weight.")]),
+    "tv": Flag(
+        Annotated[float | None, typer.Option(min=0.0, help="Total-variation penalty weight.")]
+    ),
+    "precision": Flag(
+        Annotated[str | None, typer.Option(help=f"{one_of(PRECISIONS)} (autocast).")]
+    ),
+    "set_": Flag(
+        Annotated[
+            list[str] | None,
+            typer.Option("--set", help="Any other render setting, KEY=VALUE (e.g. jitter=16)."),
+        ]
+    ),
+}
+render_options = option_group(RENDER_FLAGS, render_flags, "render")
+
+
+def method_flags(
+    methods: str, layer: str | None = None, batch_size: int | None = None, engine: str = "auto"
+) -> dict[str, Any]:
+    """What the attribution flags say, as keyword arguments of the attribution studies."""
+    return {
+        "methods": split_list(methods),
+        "layer": layer,
+        "batch_size": batch_size,
+        "engine": engine,
+    }
+
+
+METHOD_FLAGS = {
+    "methods": Flag(
+        Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(METHODS)}.")],
+        ",".join(DEFAULT_METHODS),
+    ),
+    "layer": Flag(
+        Annotated[
+            str | None, typer.Option("--layer", help="CAM layer (default: the last conv layer).")
+        ]
+    ),
+    "batch_size": Flag(
+        Annotated[
+            int | None,
+            typer.Option(
+                min=1,
+                help="Rows per pass in batched work (default: each method's own: IG 32 path "
+                "points, SmoothGrad 64 noisy copies, occlusion 16 windows, Score-CAM 4 masks "
+                "on a CPU; deletion / insertion 16).",
+            ),
+        ]
+    ),
+    "engine": Flag(
+        Annotated[
+            str,
+            typer.Option(
+                help=f"{one_of(ENGINES)}: auto is incremental inference for occlusion, else "
+                "eager; frozen is a traced copy (faster Score-CAM / deletion / insertion)."
+            ),
+        ],
+        "auto",
+    ),
+}
+method_options = option_group(METHOD_FLAGS, method_flags, "attribution")

@@ -1,0 +1,195 @@
+"""Commands that show what a network computes: activations, maximize, classviz, atlas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from convsight.cli.app import app, model_for
+from convsight.cli.errors import command, out_console
+from convsight.cli.options import (
+    DataDirOpt,
+    DeviceOpt,
+    ModelArg,
+    OutOpt,
+    QuietOpt,
+    RenderFlags,
+    SeedOpt,
+    WeightsOpt,
+    card_options,
+    render_options,
+    split_list,
+)
+
+
+@app.command("activations")
+@command
+@card_options
+def activations_cmd(
+    model: ModelArg,
+    weights: WeightsOpt = None,
+    image: Annotated[Path | None, typer.Option(help="Input image file.")] = None,
+    mnist_index: Annotated[
+        int | None, typer.Option(min=0, help="Input: MNIST test image N (default: the first 7).")
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Comma-separated; default: every conv.")
+    ] = None,
+    max_channels: Annotated[int, typer.Option(min=1, help="Channels shown per grid.")] = 64,
+    data_dir: DataDirOpt = None,
+    out: OutOpt = Path("runs/activations"),
+    seed: SeedOpt = 0,
+    card_fields: dict[str, Any] | None = None,
+) -> None:
+    """Write each chosen layer's output for one input as a channel grid, plus the arrays."""
+    from convsight.studies.mnist import write_activations
+
+    written = write_activations(
+        model=model_for(model, weights, card_fields, seed),
+        weights=weights,
+        image=image,
+        mnist_index=mnist_index,
+        layers=split_list(layers),
+        max_channels=max_channels,
+        data_dir=data_dir,
+        out=out,
+        seed=seed,
+    )
+    for path in written:
+        out_console.print(f"wrote {path}")
+
+
+@app.command("atlas")
+@command
+@card_options
+def atlas_cmd(
+    model: ModelArg,
+    layers: Annotated[str, typer.Option(help="Comma-separated layer names.")],
+    channels: Annotated[
+        str | None, typer.Option(help="Channels of every layer, e.g. 0-7 or 0,5,9 (default: all).")
+    ] = None,
+    weights: WeightsOpt = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="Image folder for the top dataset examples.")
+    ] = None,
+    top_k: Annotated[int, typer.Option(min=1, help="Dataset examples per channel.")] = 9,
+    presets: Annotated[str, typer.Option(help="Visualization presets, comma-separated.")] = (
+        "paper,robust"
+    ),
+    steps: Annotated[int | None, typer.Option(min=1, help="Steps for every preset.")] = None,
+    size: Annotated[int | None, typer.Option(min=8, help="Image side for every preset.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Channels rendered together.")] = 16,
+    out: OutOpt = Path("runs/atlas"),
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
+) -> None:
+    """Build a static atlas site of a model's channels; a stopped run resumes where it was."""
+    from convsight.studies.atlas import build_atlas
+
+    summary = build_atlas(
+        model=model_for(model, weights, card_fields, seed),
+        layers=split_list(layers),
+        out=out,
+        weights=weights,
+        channels=channels,
+        dataset=dataset,
+        top_k=top_k,
+        presets=split_list(presets),
+        steps=steps,
+        size=size,
+        batch=batch,
+        seed=seed,
+        show_progress=not quiet,
+    )
+    out_console.print(
+        f"{summary['channels']} channels ({summary['rendered_this_run']} rendered now) "
+        f"in {summary['seconds_this_run']:.0f} s; open {out / 'index.html'}"
+    )
+
+
+@app.command("maximize")
+@command
+@card_options
+@render_options
+def maximize_cmd(
+    model: ModelArg,
+    layer: Annotated[str, typer.Option(help="Layer name (see `convsight layers`).")],
+    channels: Annotated[str, typer.Option(help="Channels, e.g. 0-63 or 0,5,9.")] = "0-15",
+    weights: WeightsOpt = None,
+    out: OutOpt = Path("runs/maximize"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
+    render: RenderFlags | None = None,
+) -> None:
+    """Render the input each channel of a layer wants most (one batch row per channel)."""
+    from convsight.optvis.render import parse_channels
+    from convsight.studies.optvis import maximize
+
+    summary = maximize(
+        model=model_for(model, weights, card_fields, seed),
+        layer=layer,
+        channels=parse_channels(channels),  # garbage or a huge range fails before any work
+        weights=weights,
+        **render.arguments(),
+        out=out,
+        seed=seed,
+        device=device,
+        show_progress=not quiet,
+    )
+    dead = summary["dead_channels"]
+    out_console.print(
+        f"{len(summary['channels'])} channels of {layer} in {summary['seconds']:.1f} s"
+        + (f"; dead: {', '.join(map(str, dead))}" if dead else "")
+        + f"; outputs in {out}"
+    )
+
+
+@app.command("classviz")
+@command
+@card_options
+@render_options
+def classviz_cmd(
+    model: ModelArg,
+    classes: Annotated[str, typer.Option(help="Class names or indices, comma-separated, or all.")],
+    weights: WeightsOpt = None,
+    init: Annotated[str, typer.Option(help="random (noise) or mean (class-mean image).")] = (
+        "random"
+    ),
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="For --init mean: an image folder (per-class sub-folders) or 'mnist'."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    out: OutOpt = Path("runs/classviz"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+    card_fields: dict[str, Any] | None = None,
+    render: RenderFlags | None = None,
+) -> None:
+    """Render the input each class wants most (its score before softmax), one row per class."""
+    from convsight.studies.optvis import classviz
+
+    summary = classviz(
+        model=model_for(model, weights, card_fields, seed),
+        classes=split_list(classes),
+        weights=weights,
+        init=init,
+        dataset=dataset,
+        **render.arguments(),
+        out=out,
+        seed=seed,
+        data_dir=data_dir,
+        device=device,
+        show_progress=not quiet,
+    )
+    for row in summary["classes"]:
+        out_console.print(
+            f"{row['name']}: score {row['objective']:.3g}, p={row['probability']:.2f}"
+        )
+    out_console.print(f"{summary['seconds']:.1f} s; outputs in {out}")
