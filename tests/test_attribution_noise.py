@@ -13,9 +13,10 @@ from convsight.attribution import (
     NoiseTunnel,
     Saliency,
     SmoothGrad,
+    get_method,
 )
 from convsight.attribution.gradient import sum_rows
-from convsight.attribution.noise import noisy_copies
+from convsight.attribution.noise import SmoothGradSquared, VarGrad, noisy_copies
 from convsight.models import Model
 from tests.conftest import hook_count
 
@@ -131,3 +132,57 @@ def test_sum_rows_adds_each_images_rows_in_chunks():
     first, second = sum_rows(2, 3, 4, rows, torch.device("cpu"))
     assert seen == [(4, [0, 0, 0, 1], [0, 1, 2, 0]), (2, [1, 1], [1, 2])]
     assert first.tolist() == [3.0, 33.0] and second.tolist() == [5.0, 100 + 121 + 144.0]
+
+
+@pytest.mark.parametrize(
+    "name,nt_type,absolute",
+    [
+        ("vargrad", "vargrad", False),
+        ("vargrad", "vargrad", True),
+        ("smoothgrad-sq", "smoothgrad_sq", True),
+    ],
+)
+def test_vargrad_and_smoothgrad_squared_match_captum(tiny, name, nt_type, absolute):
+    from captum.attr import NoiseTunnel as CNoiseTunnel
+    from captum.attr import Saliency as CSaliency
+
+    x, t = _pixels(), [2, 0, 1]
+    torch.manual_seed(7)  # the same noise: drawn in one call, image by image, as captum does
+    theirs = CNoiseTunnel(CSaliency(_Pixels(tiny))).attribute(
+        x, nt_type=nt_type, nt_samples=4, stdevs=0.2, target=t, abs=absolute
+    )
+    method = get_method(name, tiny)
+    torch.manual_seed(7)
+    ours = method.attribute(x, t, samples=4, stdev=0.2, batch_size=5, absolute=absolute)
+    _close(ours, theirs)
+    assert method.heatmap(x, t, samples=2).shape == (3, 32, 32)
+    assert hook_count(tiny.module) == 0
+
+
+def test_vargrad_is_the_spread_and_smoothgrad_squared_the_mean_square_of_the_gradients(tiny):
+    x, t = _pixels(2), [1, 3]
+    noisy = noisy_copies(x, 5, 0.3, None, torch.Generator().manual_seed(4))
+    grads = Saliency(tiny).attribute(noisy, [1] * 5 + [3] * 5, absolute=False).view(2, 5, 3, 32, 32)
+
+    def run(cls, **options):
+        generator = torch.Generator().manual_seed(4)
+        return cls(tiny).attribute(x, t, samples=5, noise_level=0.3, generator=generator, **options)
+
+    _close(run(VarGrad), grads.var(1, unbiased=False), rtol=1e-3)
+    _close(run(SmoothGradSquared), grads.pow(2).mean(1))
+    _close(run(SmoothGradSquared, absolute=False), grads.pow(2).mean(1))
+    assert VarGrad.options != SmoothGrad.options  # VarGrad's own default: signed gradients
+    assert {o.name: o.default for o in VarGrad.options}["absolute"] is False
+    # without noise there is no spread, and the mean square is the gradient squared
+    plain = Saliency(tiny).attribute(x, t)
+    spread = VarGrad(tiny).attribute(x, t, samples=3, stdev=0.0)  # E[g²] - E[g]²: rounding
+    assert float(spread.abs().max()) <= 1e-6 * float(plain.pow(2).max())
+    _close(SmoothGradSquared(tiny).attribute(x, t, samples=3, stdev=0.0), plain**2)
+
+
+def test_the_noise_variants_are_registered_with_their_papers():
+    from convsight.attribution import METHODS, method_class
+
+    assert method_class("VarGrad") is VarGrad and METHODS["smoothgrad-sq"] is SmoothGradSquared
+    assert VarGrad.paper == "https://arxiv.org/abs/1810.03307"
+    assert SmoothGradSquared.paper == "https://arxiv.org/abs/1806.10758"

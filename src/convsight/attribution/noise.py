@@ -1,8 +1,9 @@
 """Noise averaging: a method's maps for noisy copies of each image, combined.
 
 :class:`NoiseTunnel` wraps any method (as captum's NoiseTunnel does); a variant only says which
-moments of the noisy maps it needs and how it combines them. SmoothGrad is the noise tunnel
-over :class:`~convsight.attribution.gradient.Saliency` that takes their mean.
+moments of the noisy maps it needs and how it combines them. SmoothGrad, VarGrad and
+SmoothGrad-squared are noise tunnels over :class:`~convsight.attribution.gradient.Saliency`:
+the mean, the variance and the mean square of the noisy gradients.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from convsight.attribution.base import Method
 from convsight.attribution.gradient import Saliency, sum_rows
-from convsight.attribution.options import Option
+from convsight.attribution.options import Option, with_defaults
 from convsight.errors import ConvsightError
 from convsight.models import Model
 
@@ -138,3 +139,35 @@ class SmoothGrad(NoiseTunnel):
     name = "smoothgrad"
     title = "SmoothGrad"
     paper = "https://arxiv.org/abs/1706.03825"
+
+
+class VarGrad(NoiseTunnel):
+    """VarGrad: the variance of the gradients of noisy copies (Adebayo et al. 2018).
+
+    https://arxiv.org/abs/1810.03307 — the noise tunnel over Saliency that takes the
+    variance, E[g²] - E[g]² as in captum's NoiseTunnel("vargrad"); by default of the signed
+    gradients (``absolute=True``: of their absolute values).
+    """
+
+    name = "vargrad"
+    title = "VarGrad"
+    paper = "https://arxiv.org/abs/1810.03307"
+    moments = (1, 2)
+    options = with_defaults(tunnel_options(Saliency), absolute=False)
+
+    def combine(self, means: list[torch.Tensor]) -> torch.Tensor:
+        mean, mean_square = means
+        return mean_square - mean * mean
+
+
+class SmoothGradSquared(NoiseTunnel):
+    """SmoothGrad-squared: noisy copies' squared gradients, averaged (Hooker et al. 2019).
+
+    https://arxiv.org/abs/1806.10758 — the noise tunnel over Saliency that averages the squares
+    (captum's NoiseTunnel("smoothgrad_sq")); ``absolute`` makes no difference here.
+    """
+
+    name = "smoothgrad-sq"
+    title = "SmoothGrad-Squared"
+    paper = "https://arxiv.org/abs/1806.10758"
+    moments = (2,)
