@@ -6,7 +6,8 @@ import pytest
 import torch.hub
 
 from convsight.errors import ConvsightError
-from convsight.studies.paper import Plan, check_paper_inputs, run_paper
+from convsight.studies.numbers import STUDY
+from convsight.studies.paper import PaperInputs, Plan, check_paper_inputs, remake, run_paper
 from tests.conftest import assert_images_loaded, open_page
 
 TINY = Plan(
@@ -35,18 +36,14 @@ def report(tmp_path_factory, shared, monkeypatch_module):
     out = tmp_path_factory.mktemp("paper")
     fashion = tmp_path_factory.mktemp("fashion")
     _fake_fashion(fashion, shared)
-    results = run_paper(
-        out,
-        quick=True,
-        plan=TINY,
+    inputs = PaperInputs(
         data_dir=shared / "data",
         vgg16_weights=shared / "models" / "vgg16_hed_features.pt",
         classifier_weights=shared / "models" / "mobilenet_v2_imagenet.pt",
         photos=shared / "data" / "imagenet-samples",
         fashion_mnist=fashion,
-        show_progress=False,
     )
-    return out, results
+    return out, remake(out, inputs, quick=True, plan=TINY, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -64,32 +61,51 @@ def _fake_fashion(folder, shared):
 
 
 def test_every_part_ran(report):
-    out, results = report
-    assert results["mnist"]["test_accuracy"] > 0.5  # one epoch on 2000 digits; chance is 0.1
-    assert set(results["vgg16_channels"]) == {
-        f"{layer}/{preset}"
+    out, run = report
+    assert [o.skipped for o in run.outcomes] == [None] * 5
+    mnist = run.outcome("mnist").result
+    assert mnist.test_accuracy > 0.5  # one epoch on 2000 digits; chance is 0.1
+    assert [(r.layer, r.preset) for r in run.outcome("vgg16_channels").result.runs] == [
+        (layer, preset)
         for layer in ("features.0", "features.2", "features.28")
         for preset in ("paper", "robust")
-    }
-    assert results["class_models"]["model"] == "mobilenet_v2"
-    assert "unavailable" in results["class_models"]["note"]
-    assert set(results["class_models"]["runs"]) == {
+    ]
+    classes = run.outcome("class_models").result
+    assert classes.model.spec == "mobilenet_v2"
+    assert "unavailable" in classes.note
+    assert [(r.init, r.preset) for r in classes.runs] == [
+        ("random", "paper"),
+        ("random", "robust"),
+        ("mean", "paper"),
+        ("mean", "robust"),
+    ]
+    # five digit classes in the Fashion-MNIST layout, one epoch: about 0.96; chance is 0.2
+    assert run.outcome("five_class").result.self_built.test_accuracy > 0.6
+    assert run.outcome("attribution").result.methods == [
+        "saliency",
+        "deconvnet",
+        "guided",
+        "gradcam",
+    ]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["settings"]["quick"] is True
+    assert saved["mnist"]["test_accuracy"] == mnist.test_accuracy
+    assert list(saved["class_models"]["runs"]) == [
         "random/paper",
         "random/robust",
         "mean/paper",
         "mean/robust",
-    }
-    assert results["five_class"]["self_built"]["test_accuracy"] > 0.2
-    assert results["attribution"]["methods"] == ["saliency", "deconvnet", "guided", "gradcam"]
-    saved = json.loads((out / "results.json").read_text())
-    assert saved["settings"]["quick"] is True
+    ]
 
 
 def test_report_page_in_a_real_browser(report, browser):
-    out, _ = report
+    out, run = report
     page, errors, dialogs = open_page(browser, (out / "index.html").as_uri())
     text = page.inner_text("body")
-    assert "0.982" in text and "the study reports" in text.lower()
+    measured = f"{run.outcome('mnist').result.test_accuracy:.4f}"  # this run's, beside the study's
+    assert (
+        f"reaches test accuracy {measured}; the study reports {STUDY.mnist_test_accuracy}" in text
+    )
     assert "Fashion-MNIST" in text  # the stand-in is labelled
     assert "mobilenet_v2" in text  # the caption says which model made the class models
     assert_images_loaded(page)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -75,6 +76,28 @@ def _train_mode(module: nn.Module) -> None:
             sub.eval()
 
 
+def _train_epoch(module, loader, optimizer, device, lr: float, epoch: int, report):
+    """One pass over ``loader``; the summed loss, the number right and the number seen.
+    ``report(status=...)`` receives the running loss and accuracy after every step."""
+    _train_mode(module)
+    loss_sum = 0.0
+    correct = total = 0
+    for step, (x, y) in enumerate(loader, 1):
+        x, y = x.to(device), y.to(device)
+        logits = module(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        value = loss.item()
+        _check_finite(value, lr, f"the training loss at epoch {epoch}, step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += value * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        total += len(y)
+        report(status=f"loss {loss_sum / total:.4f} acc {correct / total:.4f}")
+    return loss_sum, correct, total
+
+
 def fit(
     module: nn.Module,
     train_loader: DataLoader,
@@ -100,26 +123,10 @@ def fit(
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=len(train_loader), status="")
-            _train_mode(module)
-            loss_sum = 0.0
-            correct = total = 0
-            for step, (x, y) in enumerate(train_loader, 1):
-                x, y = x.to(device), y.to(device)
-                logits = module(x)
-                loss = nn.functional.cross_entropy(logits, y)
-                value = loss.item()
-                _check_finite(value, lr, f"the training loss at epoch {epoch}, step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += value * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                total += len(y)
-                bar.update(
-                    task,
-                    advance=1,
-                    status=f"loss {loss_sum / total:.4f} acc {correct / total:.4f}",
-                )
+            report = partial(bar.update, task, advance=1)
+            loss_sum, correct, total = _train_epoch(
+                module, train_loader, optimizer, device, lr, epoch, report
+            )
             test_loss, test_acc, _ = evaluate(module, test_loader, device)
             _check_finite(test_loss, lr, f"the test loss after epoch {epoch}")
             history.append(

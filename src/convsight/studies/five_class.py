@@ -41,9 +41,9 @@ from convsight.report import (
 from convsight.report.grids import image_grid
 from convsight.report.plots import confusion_matrix
 from convsight.runtime import resolve_device, seed_everything
+from convsight.studies.numbers import STUDY
 from convsight.train import check_lr, evaluate, fit
 
-STUDY = {"self_built": {"train": 0.879, "test": 0.801}, "vgg16": {"test": 0.927}}
 FASHION_CLASSES = [
     "T-shirt-top",
     "Trouser",
@@ -83,34 +83,16 @@ def make_subset(
     tree, or the Fashion-MNIST idx files. Unreadable files and absent or empty classes are
     reported in the manifest and left out; the split is seeded and reproducible.
     """
-    sources = [s for s in (imagenet_root, from_folder, from_fashion_mnist) if s is not None]
-    if len(sources) != 1:
-        raise ConvsightError(
-            "give exactly one source: --imagenet-root, --from-folder or --from-fashion-mnist"
-        )
-    if not 0 < test_fraction < 1:
-        raise ConvsightError(
-            f"--test-fraction must be between 0 and 1 (exclusive), not {test_fraction}"
-        )
-    if per_class is not None and per_class < 2:
-        raise ConvsightError("--per-class must be at least 2")
+    _check_subset_request(
+        (imagenet_root, from_folder, from_fashion_mnist), test_fraction, per_class
+    )
     out = Path(out)
     _check_out_is_new(out)
     if from_fashion_mnist is not None:
         return _fashion_subset(
             out, Path(from_fashion_mnist), classes, per_class or 578, test_fraction, seed
         )
-    if imagenet_root is not None:
-        scan = scan_imagenet(imagenet_root, synsets, show_progress=show_progress)
-        source = f"ImageNet train tree {imagenet_root}"
-    else:
-        scan = scan_folder(from_folder, show_progress=show_progress)
-        source = f"image folder {from_folder}"
-        if classes:
-            unknown = [c for c in classes if c not in scan.files and c not in scan.missing]
-            if unknown:
-                scan.missing += [f"class '{c}' not found" for c in unknown]
-            scan.files = {c: f for c, f in scan.files.items() if c in classes}
+    scan, source = _scan_source(imagenet_root, synsets, from_folder, classes, show_progress)
     if len(scan.files) < 2:
         raise ConvsightError(
             f"fewer than two usable classes in {source}: " + "; ".join(scan.missing or ["none"])
@@ -131,6 +113,34 @@ def make_subset(
         scan.missing,
         {"synsets": synsets, "per_class": per_class, "test_fraction": test_fraction, "seed": seed},
     )
+
+
+def _check_subset_request(sources: tuple, test_fraction: float, per_class: int | None) -> None:
+    if sum(source is not None for source in sources) != 1:
+        raise ConvsightError(
+            "give exactly one source: --imagenet-root, --from-folder or --from-fashion-mnist"
+        )
+    if not 0 < test_fraction < 1:
+        raise ConvsightError(
+            f"--test-fraction must be between 0 and 1 (exclusive), not {test_fraction}"
+        )
+    if per_class is not None and per_class < 2:
+        raise ConvsightError("--per-class must be at least 2")
+
+
+def _scan_source(imagenet_root, synsets, from_folder, classes, show_progress: bool):
+    """The readable files of each class in an ImageNet tree or an image folder, and a name
+    for the source; classes asked for but absent are recorded as missing."""
+    if imagenet_root is not None:
+        scan = scan_imagenet(imagenet_root, synsets, show_progress=show_progress)
+        return scan, f"ImageNet train tree {imagenet_root}"
+    scan = scan_folder(from_folder, show_progress=show_progress)
+    if classes:
+        unknown = [c for c in classes if c not in scan.files and c not in scan.missing]
+        if unknown:
+            scan.missing += [f"class '{c}' not found" for c in unknown]
+        scan.files = {c: f for c, f in scan.files.items() if c in classes}
+    return scan, f"image folder {from_folder}"
 
 
 def _fashion_subset(
@@ -302,6 +312,42 @@ def _build(
     return module, card, params
 
 
+def _subset_classes(data: Path) -> list[str]:
+    """The classes of a subset folder: the same ones (at least two) in train/ and test/."""
+    for split in ("train", "test"):
+        if not (data / split).is_dir():
+            raise ConvsightError(
+                f"{data} has no {split}/ folder (make one with convsight data subset)"
+            )
+    classes = [d.name for d in class_folders(data / "train")]
+    test_classes = [d.name for d in class_folders(data / "test")]
+    if len(classes) < 2 or classes != test_classes:
+        raise ConvsightError(
+            f"train/ and test/ in {data} must hold the same classes (at least two): "
+            f"{classes} vs {test_classes}"
+        )
+    return classes
+
+
+def _confusion(
+    labels: torch.Tensor, predictions: torch.Tensor, classes: list[str]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The confusion matrix (rows: true class) and each class's accuracy."""
+    k = len(classes)
+    matrix = torch.zeros(k, k, dtype=torch.long)
+    matrix.index_put_((labels, predictions), torch.ones_like(predictions), accumulate=True)
+    per_class = {
+        c: float(matrix[i, i] / max(int(matrix[i].sum()), 1)) for i, c in enumerate(classes)
+    }
+    return matrix, per_class
+
+
+def _write_class_means(out: Path, train_data: FolderData, classes: list[str]) -> None:
+    means = class_means(train_data)
+    write_npz(out / "class_means.npz", means=means, labels=classes)
+    write_figure(out / "class_means.png", image_grid(means, classes, title="class means (train)"))
+
+
 def train_subset(
     data: str | os.PathLike,
     out: Path,
@@ -320,60 +366,22 @@ def train_subset(
     training curves, confusion matrix, per-class accuracy and the class-mean images."""
     check_lr(lr)
     data = Path(data)
-    for split in ("train", "test"):
-        if not (data / split).is_dir():
-            raise ConvsightError(
-                f"{data} has no {split}/ folder (make one with convsight data subset)"
-            )
-    classes = [d.name for d in class_folders(data / "train")]
-    test_classes = [d.name for d in class_folders(data / "test")]
-    if len(classes) < 2 or classes != test_classes:
-        raise ConvsightError(
-            f"train/ and test/ in {data} must hold the same classes (at least two): "
-            f"{classes} vs {test_classes}"
-        )
+    classes = _subset_classes(data)
     if image_size < 16:
         raise ConvsightError("--image-size must be at least 16")
     dev = resolve_device(device)
     seed_everything(seed)
     module, card, params = _build(model, classes, image_size, finetune, weights)
-    train_data = load_folder(data / "train", card, classes, show_progress)
-    test_data = load_folder(data / "test", card, classes, show_progress)
-    empty = [c for i, c in enumerate(classes) if not (train_data.labels == i).any()]
-    if empty:
-        raise ConvsightError(
-            f"class(es) {', '.join(empty)} have no readable training image in {data / 'train'}"
-        )
+    train_data, test_data = _load_splits(data, card, classes, show_progress)
+    test_loader = _loader(test_data, card, batch_size, False, seed)
     start = time.perf_counter()
     with out_dir_kept_if_written(out) as out:  # a diverged run leaves no empty folder
+        train_loader = _loader(train_data, card, batch_size, True, seed)
         history = fit(
-            module,
-            _loader(train_data, card, batch_size, True, seed),
-            _loader(test_data, card, batch_size, False, seed),
-            epochs,
-            lr,
-            dev,
-            show_progress,
-            parameters=params,
+            module, train_loader, test_loader, epochs, lr, dev, show_progress, parameters=params
         )
     seconds = time.perf_counter() - start
-    _, test_acc, predictions = evaluate(
-        module, _loader(test_data, card, batch_size, False, seed), dev
-    )
-    k = len(classes)
-    matrix = torch.zeros(k, k, dtype=torch.long)
-    matrix.index_put_(
-        (test_data.labels, predictions), torch.ones_like(predictions), accumulate=True
-    )
-    per_class = {
-        c: float(matrix[i, i] / max(int(matrix[i].sum()), 1)) for i, c in enumerate(classes)
-    }
     card.source += f"; convsight train subset {data}, {epochs} epochs, seed {seed}"
-    write_checkpoint(out / "model.pt", module.cpu(), card)
-    means = class_means(train_data)
-    write_npz(out / "class_means.npz", means=means, labels=classes)
-    write_figure(out / "class_means.png", image_grid(means, classes, title="class means (train)"))
-    rows = [h.to_dict() for h in history]
     result = {
         "model": model,
         "finetune": finetune,
@@ -391,17 +399,45 @@ def train_subset(
             "train_examples": len(train_data.labels),
             "test_examples": len(test_data.labels),
         },
+    }
+    title = f"{card.name} on {data.name}" + (" (fine-tuned head)" if finetune else "")
+    tested = evaluate(module, test_loader, dev)
+    _write_run(out, module, card, (train_data, test_data), tested, history, result, title)
+    result["seconds"] = seconds
+    write_json(out / "metrics.json", result)
+    return result
+
+
+def _load_splits(
+    data: Path, card: ModelCard, classes: list[str], show_progress: bool
+) -> tuple[FolderData, FolderData]:
+    train_data = load_folder(data / "train", card, classes, show_progress)
+    test_data = load_folder(data / "test", card, classes, show_progress)
+    empty = [c for i, c in enumerate(classes) if not (train_data.labels == i).any()]
+    if empty:
+        raise ConvsightError(
+            f"class(es) {', '.join(empty)} have no readable training image in {data / 'train'}"
+        )
+    return train_data, test_data
+
+
+def _write_run(out, module, card, splits, tested, history, result, title) -> None:
+    """Write the checkpoint, class means and figures; add the scores to ``result``."""
+    train_data, test_data = splits
+    classes = result["classes"]
+    _, test_acc, predictions = tested
+    matrix, per_class = _confusion(test_data.labels, predictions, classes)
+    write_checkpoint(out / "model.pt", module.cpu(), card)
+    _write_class_means(out, train_data, classes)
+    rows = [h.to_dict() for h in history]
+    result |= {
         "history": rows,
         "train_accuracy": rows[-1]["train_accuracy"],
         "test_accuracy": test_acc,
         "per_class_accuracy": per_class,
         "confusion_matrix": matrix.tolist(),
         "skipped_images": train_data.skipped + test_data.skipped,
-        "study": STUDY,
-        "seconds": seconds,
+        "study": STUDY.five_class_json(),
     }
-    write_json(out / "metrics.json", result)
-    title = f"{card.name} on {data.name}" + (" (fine-tuned head)" if finetune else "")
     write_figure(out / "training_curves.png", training_curves(rows, title))
     write_figure(out / "confusion_matrix.png", confusion_matrix(matrix.tolist(), classes, title))
-    return result

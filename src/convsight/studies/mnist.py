@@ -28,9 +28,8 @@ from convsight.report import (
 )
 from convsight.report.grids import image_grid
 from convsight.runtime import resolve_device, seed_everything
+from convsight.studies.numbers import STUDY
 from convsight.train import check_lr, fit
-
-STUDY_ACCURACY = 0.982
 
 
 def train_mnist(
@@ -83,13 +82,15 @@ def train_mnist(
         },
         "history": rows,
         "test_accuracy": rows[-1]["test_accuracy"],
-        "study_test_accuracy": STUDY_ACCURACY,
+        "study_test_accuracy": STUDY.mnist_test_accuracy,
         "seconds": seconds,
         "torch_threads": torch.get_num_threads(),
     }
     write_json(out / "metrics.json", result)
     title = f"MNIST CNN, stride {stride}, padding {padding}"
-    write_figure(out / "training_curves.png", training_curves(rows, title, STUDY_ACCURACY))
+    write_figure(
+        out / "training_curves.png", training_curves(rows, title, STUDY.mnist_test_accuracy)
+    )
     return result
 
 
@@ -99,6 +100,47 @@ def first_index_of(labels: torch.Tensor, digit: int) -> int:
     if len(hits) == 0:
         raise ConvsightError(f"no example of class {digit} in the data")
     return int(hits[0])
+
+
+def _activation_input(
+    card, image: str | os.PathLike | None, mnist_index: int | None, data_dir
+) -> tuple[torch.Tensor, str]:
+    """The input image (1 x C x H x W in [0, 1]) and a sentence saying where it came from."""
+    if image is not None and mnist_index is not None:
+        raise ConvsightError("give either --image or --mnist-index, not both")
+    if image is not None:
+        return load_image_tensor(image, card), str(image)
+    if (card.channels, *card.input_size) != (1, 28, 28):
+        raise ConvsightError(
+            f"model '{card.name}' takes {card.channels}x{card.input_size[0]}x"
+            f"{card.input_size[1]} images, not MNIST digits; pass --image FILE"
+        )
+    images, labels = load_mnist("test", data_dir)
+    index = first_index_of(labels, 7) if mnist_index is None else mnist_index
+    if index >= len(images):
+        raise ConvsightError(f"--mnist-index {index} is out of range (0-{len(images) - 1})")
+    pixels = images[index].float().div(255).view(1, 1, 28, 28)
+    return pixels, f"MNIST test image {index} (label {int(labels[index])})"
+
+
+def _prediction(loaded: Model, pixels: torch.Tensor) -> dict[str, Any] | None:
+    """The model's top class for the input, when it is a classifier."""
+    card = loaded.card
+    if not card.num_classes or card.features_only:
+        return None
+    with torch.no_grad():
+        logits = loaded.module(loaded.normalize(pixels.to(loaded.device)))
+    top = int(logits.argmax(1))
+    return {"class": top, "label": card.label(top)}
+
+
+def _write_channel_grid(out: Path, model_name: str, name: str, fmap, max_channels: int) -> Path:
+    shown = min(max_channels, fmap.shape[0])
+    title = f"{model_name} {name}: {fmap.shape[0]} channels, {fmap.shape[1]}x{fmap.shape[2]}"
+    if shown < fmap.shape[0]:
+        title += f" (first {shown})"
+    grid = channel_grid(fmap[:shown], title)
+    return write_figure(out_file(out, f"{name}.png"), grid)  # a safe file name
 
 
 def write_activations(
@@ -125,52 +167,21 @@ def write_activations(
     if not names:
         raise ConvsightError(f"model '{card.name}' has no conv layers; pass --layers")
     check_map_layers(loaded.module, names, loaded.example_input())
-    if image is not None and mnist_index is not None:
-        raise ConvsightError("give either --image or --mnist-index, not both")
-    if image is not None:
-        pixels, source = load_image_tensor(image, card), str(image)
-    else:
-        if (card.channels, *card.input_size) != (1, 28, 28):
-            raise ConvsightError(
-                f"model '{card.name}' takes {card.channels}x{card.input_size[0]}x"
-                f"{card.input_size[1]} images, not MNIST digits; pass --image FILE"
-            )
-        images, labels = load_mnist("test", data_dir)
-        index = first_index_of(labels, 7) if mnist_index is None else mnist_index
-        if index >= len(images):
-            raise ConvsightError(f"--mnist-index {index} is out of range (0-{len(images) - 1})")
-        pixels = images[index].float().div(255).view(1, 1, 28, 28)
-        source = f"MNIST test image {index} (label {int(labels[index])})"
+    pixels, source = _activation_input(card, image, mnist_index, data_dir)
     maps = activations(loaded, pixels, names)
     for name, value in maps.items():
         if value[0].dim() != 3:
             raise ConvsightError(
                 f"layer '{name}' outputs shape {tuple(value[0].shape)}, not a C x H x W map"
             )
-    prediction = None
-    if card.num_classes and not card.features_only:
-        with torch.no_grad():
-            logits = loaded.module(loaded.normalize(pixels.to(loaded.device)))
-        top = int(logits.argmax(1))
-        prediction = {"class": top, "label": card.label(top)}
+    prediction = _prediction(loaded, pixels)
     out = prepare_out_dir(out)
     written = [write_figure(out / "input.png", image_grid(pixels, [source]))]
     summary = []
     for name, value in maps.items():
-        fmap = value[0]
-        shown = min(max_channels, fmap.shape[0])
-        title = f"{card.name} {name}: {fmap.shape[0]} channels, {fmap.shape[1]}x{fmap.shape[2]}"
-        if shown < fmap.shape[0]:
-            title += f" (first {shown})"
-        grid = channel_grid(fmap[:shown], title)
-        written.append(write_figure(out_file(out, f"{name}.png"), grid))  # a safe file name
-        summary.append(
-            {
-                "layer": name,
-                "shape": list(fmap.shape),
-                "dead_channels": [int(c) for c in (fmap.flatten(1).abs().amax(1) == 0).nonzero()],
-            }
-        )
+        written.append(_write_channel_grid(out, card.name, name, value[0], max_channels))
+        dead = [int(c) for c in (value[0].flatten(1).abs().amax(1) == 0).nonzero()]
+        summary.append({"layer": name, "shape": list(value[0].shape), "dead_channels": dead})
     written.append(write_npz(out / "activations.npz", input=pixels, **maps))
     written.append(
         write_json(

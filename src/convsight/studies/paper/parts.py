@@ -1,0 +1,135 @@
+"""The protocol every part of the study follows: what it needs, what it runs, what it returns.
+
+A part declares the inputs it needs (and the one-sentence reason it skips without them), runs its
+jobs, and returns a result dataclass: its figures (paths relative to the report), the numbers the
+table shows, and the data ``results.json`` records (``to_json``). The part's template turns the
+result into prose; the study runs the parts in order.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from convsight.errors import ConvsightError
+from convsight.studies.paper.inputs import PaperInputs
+from convsight.studies.paper.plan import Plan
+
+PRESETS = ("paper", "robust")  # the study's method beside what the field learned since
+
+
+class Skip(Exception):
+    """A part cannot run; the message is the one-sentence reason the report shows."""
+
+
+class PartResult(Protocol):
+    """What a part returns: a dataclass that says what ``results.json`` records of it."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=PartResult)
+
+
+def recorded(result: object, *names: str) -> dict[str, Any]:
+    """The fields ``names`` of ``result``, as ``results.json`` records them."""
+    return {name: getattr(result, name) for name in names}
+
+
+@dataclass(frozen=True)
+class ClassScoreModel:
+    """The model whose class scores the class models and maps use: VGG16 with its ImageNet
+    classifier, else ``--classifier`` (``fallback``: VGG16's classifier was unavailable)."""
+
+    spec: str
+    weights: str | os.PathLike | None = None
+    fallback: bool = False
+
+    @property
+    def weights_name(self) -> str | None:
+        return Path(self.weights).name if self.weights else None
+
+    def note(self, use: str) -> str | None:
+        """The sentence that records the fallback for ``use`` ("class models", "maps")."""
+        from convsight.report.html import render_page
+
+        return (
+            render_page("paper_fallback_note.txt", model=self, use=use) if self.fallback else None
+        )
+
+
+@dataclass
+class Context:
+    """What every part runs with: the output folder, the plan, the seed and the inputs."""
+
+    out: Path
+    plan: Plan
+    seed: int
+    show_progress: bool
+    inputs: PaperInputs
+    _class_model: ClassScoreModel | None = field(default=None, repr=False)
+
+    def rel(self, path: Path) -> str:
+        """``path`` as the report links it (relative to the output folder)."""
+        return str(Path(path).relative_to(self.out))
+
+    def class_model(self) -> ClassScoreModel:
+        """VGG16 if its ImageNet classifier loads, else ``--classifier``; found once per run
+        (a failure is tried again by the next part that asks)."""
+        from convsight.models import load_model
+
+        if self._class_model is None:
+            try:
+                load_model("vgg16")
+                self._class_model = ClassScoreModel("vgg16")
+            except ConvsightError:
+                load_model(self.inputs.classifier, self.inputs.classifier_weights)
+                weights = self.inputs.classifier_weights
+                self._class_model = ClassScoreModel(self.inputs.classifier, weights, True)
+        return self._class_model
+
+
+class Part(ABC, Generic[R]):
+    """One part of the study. Subclasses set ``key`` (its entry in ``results.json``),
+    ``section`` (its id in the report; its template is ``paper_<section>.html``) and
+    ``table_rank`` (where its rows stand in the table: the study's accuracies first)."""
+
+    key: ClassVar[str]
+    section: ClassVar[str]
+    table_rank: ClassVar[int] = 0
+
+    @property
+    def template(self) -> str:
+        return f"paper_{self.section}.html"
+
+    def missing(self, inputs: PaperInputs) -> str | None:
+        """Why the part skips for want of an input; ``None`` when it has what it needs."""
+        return None
+
+    @abstractmethod
+    def run(self, ctx: Context) -> R:
+        """Do the part's work and return its result; raise :class:`Skip` when it cannot."""
+
+    def __call__(self, ctx: Context) -> Outcome[R]:
+        reason = self.missing(ctx.inputs)
+        if reason is None:
+            try:
+                return Outcome(self, self.run(ctx))
+            except Skip as skip:
+                reason = str(skip)
+        return Outcome(self, skipped=reason)
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[R]):
+    """A part after its run: its result, or the reason it skipped."""
+
+    part: Part[R]
+    result: R | None = None
+    skipped: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.result.to_json() if self.result is not None else {"skipped": self.skipped}
