@@ -1,0 +1,111 @@
+"""``build_atlas``: check the inputs, take the folder (resuming an earlier run), render what
+is not done yet and write every page."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from convsight.models import Model
+from convsight.progress import progress_bar
+from convsight.report import (
+    prepare_out_dir,
+    remove_own_temporaries,
+    unique_names,
+    write_json,
+    write_text,
+)
+from convsight.report.html import environment
+from convsight.studies.atlas.inputs import AtlasJob, check_inputs
+from convsight.studies.atlas.pages import layer_pages, write_index
+from convsight.studies.atlas.rendering import render_layer
+from convsight.studies.atlas.run import (
+    RESERVED_NAMES,
+    RUN_FILE,
+    atlas_lock,
+    check_resume,
+    run_record,
+)
+
+
+def build_atlas(
+    model: str | Model,
+    layers: Sequence[str],
+    out: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    channels: str | Sequence[int] | None = None,
+    dataset: str | os.PathLike | None = None,
+    top_k: int = 9,
+    presets: Sequence[str] = ("paper", "robust"),
+    steps: int | None = None,
+    size: int | None = None,
+    batch: int = 16,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Render every channel of ``layers`` (each preset), find dataset examples, write the site.
+
+    ``channels`` (``"0-7"``, or a list) renders only those channels of every layer (each
+    layer must have them); None renders all. Every input is checked before ``out`` is
+    created. The settings are recorded in ``out/atlas-run.json``; a rerun into the same
+    folder continues only with the same model, presets, render settings, channels, seed,
+    top-k and dataset (it may add layers; ``batch`` is free), anything else is refused. One
+    atlas at a time writes into a folder (a lock file).
+    """
+    job = check_inputs(
+        model, layers, weights, channels, dataset, top_k, presets, steps, size, batch, seed
+    )
+    run = run_record(job)
+    out = Path(out)
+    check_resume(out, run)  # refuse before creating or touching anything
+    out = prepare_out_dir(out)
+    with atlas_lock(out):
+        run = check_resume(out, run)  # again, now that no other atlas can write here
+        job.layers = run["layers"]  # the earlier run's layers first (each one is named again)
+        dirs = dict(zip(job.layers, unique_names(job.layers, taken=RESERVED_NAMES), strict=True))
+        run["layer_folders"] = dirs
+        write_json(out / RUN_FILE, run)
+        for folder in (
+            out,
+            *(out / d / sub for d in dirs.values() for sub in ("", "records", "img")),
+        ):
+            remove_own_temporaries(folder)
+        write_text(out / "style.css", environment().get_template("style.css").render())
+        return _build(job, dirs, out, show_progress)
+
+
+def _build(job: AtlasJob, dirs: dict[str, str], out: Path, show_progress: bool) -> dict[str, Any]:
+    """Render what is not done yet and write every page (inputs checked, lock held)."""
+    start = time.perf_counter()
+    rendered = 0
+    total = sum(len(job.chosen[name]) for name in job.layers)
+    layer_rows = []
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("atlas", total=total, status="")
+        for name in job.layers:
+            rendered += render_layer(job, name, out / dirs[name], out, bar, task)
+            layer_rows.append(layer_pages(job, name, dirs[name], out))
+    render_seconds = time.perf_counter() - start
+    dataset = str(job.dataset.path) if job.dataset is not None else None
+    summary = {
+        "model": job.model.card.name,
+        "weights": str(job.weights) if job.weights else None,
+        "layers": [{k: v for k, v in r.items() if k != "channel_rows"} for r in layer_rows],
+        "presets": job.presets,
+        "render_settings": {p: s.to_dict() for p, s in job.settings.items()},
+        "dataset": dataset,
+        "dataset_size": len(job.names),
+        "skipped_images": job.dataset.skipped if job.dataset is not None else [],
+        "top_k": job.top_k,
+        "seed": job.seed,
+        "channels": total,
+        "rendered_this_run": rendered,
+        "seconds_this_run": render_seconds,
+        "seconds_per_channel": render_seconds / rendered if rendered else None,
+    }
+    write_index(job, out, layer_rows, dataset)
+    write_json(out / "atlas.json", summary)
+    return summary

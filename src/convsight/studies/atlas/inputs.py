@@ -1,0 +1,202 @@
+"""What an atlas renders, checked before anything is written: :class:`AtlasJob`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from convsight.data.folder import IMAGE_SUFFIXES
+from convsight.data.images import load_readable_images
+from convsight.errors import ConvsightError
+from convsight.layers import check_layers, forward_to
+from convsight.models import Model, load_model
+from convsight.optvis.render import parse_channels, settings_for
+from convsight.optvis.settings import RenderSettings
+from convsight.paths import require_folder
+from convsight.runtime import seed_everything
+
+
+@dataclass
+class AtlasDataset:
+    """The images an atlas finds top examples in: pixels for the model, their names (paths
+    relative to the dataset folder) and the files left out as unreadable."""
+
+    path: str | os.PathLike
+    pixels: torch.Tensor
+    names: list[str]
+    skipped: list
+
+    def sha256(self) -> str:
+        """A fingerprint of the names and pixels."""
+        digest = hashlib.sha256("\n".join(self.names).encode())
+        digest.update(self.pixels.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+
+@dataclass
+class AtlasJob:
+    """One atlas run with every input checked: the model, the channels of each layer, the
+    render settings of each preset and the dataset (if any)."""
+
+    model: Model
+    spec: str | None
+    weights: str | os.PathLike | None
+    layers: list[str]
+    chosen: dict[str, list[int]]
+    selection: str | None
+    """The channels as recorded (``"0-7,9"``); None: every channel."""
+    presets: list[str]
+    settings: dict[str, RenderSettings]
+    steps: int | None
+    size: int | None
+    seed: int
+    top_k: int
+    batch: int
+    dataset: AtlasDataset | None
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the dataset images (none without a dataset)."""
+        return self.dataset.names if self.dataset is not None else []
+
+
+def check_inputs(
+    model: str | Model,
+    layers: Sequence[str],
+    weights: str | os.PathLike | None,
+    channels: str | Sequence[int] | None,
+    dataset: str | os.PathLike | None,
+    top_k: int,
+    presets: Sequence[str],
+    steps: int | None,
+    size: int | None,
+    batch: int,
+    seed: int,
+) -> AtlasJob:
+    """The job :func:`convsight.studies.atlas.build_atlas` runs; a bad input fails in one
+    sentence (the model is loaded and run once, the dataset read)."""
+    layers = _distinct(layers)
+    if not layers:
+        raise ConvsightError("give at least one layer (--layers)")
+    presets = _distinct(presets)
+    if not presets:
+        raise ConvsightError("give at least one preset (--presets paper,robust)")
+    if top_k < 1 or batch < 1:
+        raise ConvsightError("--top-k and --batch must be at least 1")
+    settings = {p: settings_for(p, steps=steps, size=size) for p in presets}
+    seed_everything(seed)
+    loaded = model if isinstance(model, Model) else load_model(model, weights)
+    selection, chosen = _channels_of_layers(loaded, layers, channels)
+    _check_render_size(loaded, layers, {s.size for s in settings.values()})
+    return AtlasJob(
+        model=loaded,
+        spec=model if isinstance(model, str) else None,
+        weights=weights,
+        layers=layers,
+        chosen=chosen,
+        selection=selection,
+        presets=presets,
+        settings=settings,
+        steps=steps,
+        size=size,
+        seed=seed,
+        top_k=top_k,
+        batch=batch,
+        dataset=_read_dataset(loaded, dataset) if dataset is not None else None,
+    )
+
+
+def _channels_of_layers(
+    model: Model, layers: list[str], channels: str | Sequence[int] | None
+) -> tuple[str | None, dict[str, list[int]]]:
+    """The layers' channels to render (see :func:`chosen_channels`); each layer must exist
+    and output channel maps."""
+    check_layers(model.module, layers)
+    with torch.no_grad():
+        outputs = forward_to(model.module, model.example_input(), list(layers))
+    for name, value in outputs.items():
+        if value.dim() != 4:
+            raise ConvsightError(f"layer '{name}' outputs {tuple(value.shape[1:])}, not channels")
+    return chosen_channels(channels, {name: int(value.shape[1]) for name, value in outputs.items()})
+
+
+def _read_dataset(model: Model, dataset: str | os.PathLike) -> AtlasDataset:
+    """The readable images of the dataset folder, for the model."""
+    pixels, names, skipped = load_dataset(model, dataset_images(dataset), Path(dataset))
+    return AtlasDataset(dataset, pixels, names, skipped)
+
+
+def dataset_images(folder: str | os.PathLike) -> list[Path]:
+    """Every image file under ``folder`` (flat or one level of class folders), sorted."""
+    folder = require_folder(folder, "dataset folder")
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise ConvsightError(f"no images in dataset folder {folder}")
+    return files
+
+
+def load_dataset(
+    model: Model, files: Sequence[Path], root: Path
+) -> tuple[torch.Tensor, list[str], list]:
+    """Pixels of every readable file for the model; unreadable ones are reported and left out.
+
+    Names are paths relative to ``root`` (so a class folder shows as ``class/file``).
+    """
+    pixels, kept, skipped = load_readable_images(files, model.card, "image of the dataset")
+    return pixels, [str(path.relative_to(root)) for path in kept], skipped
+
+
+def chosen_channels(
+    channels: str | Sequence[int] | None, counts: dict[str, int]
+) -> tuple[str | None, dict[str, list[int]]]:
+    """The channels to render of each layer (every one when ``channels`` is None) and the
+    selection as recorded (``"0-7,9"``); a channel a layer lacks fails in one sentence."""
+    if channels is None:
+        return None, {name: list(range(count)) for name, count in counts.items()}
+    text = channels if isinstance(channels, str) else ",".join(str(int(c)) for c in channels)
+    chosen = {}
+    for name, count in counts.items():
+        try:
+            chosen[name] = sorted(parse_channels(text, limit=count))
+        except ConvsightError as exc:
+            raise ConvsightError(f"{exc} (--channels, layer '{name}')") from None
+    first = next(iter(chosen.values()))
+    runs: list[list[int]] = []
+    for c in first:
+        if runs and c == runs[-1][-1] + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs), chosen
+
+
+def _distinct(values: Sequence[str]) -> list[str]:
+    """Stripped, blank ones dropped, each once, in the order given."""
+    return list(dict.fromkeys(v.strip() for v in values if v and v.strip()))
+
+
+def _check_render_size(model: Model, layers: Sequence[str], sizes: set[int | None]) -> None:
+    """Every layer must give a channel map at every render size (one small forward each)."""
+    for size in sorted(s for s in sizes if s is not None and (s, s) != model.card.input_size):
+        x = torch.zeros(1, model.card.channels, size, size, device=model.device)
+        try:
+            with torch.no_grad():
+                outputs = forward_to(model.module, x, list(layers))
+        except ConvsightError:
+            raise
+        except Exception as exc:  # the module says why in its own words
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            raise ConvsightError(
+                f"model '{model.card.name}' does not run on {size}x{size} images up to the "
+                f"atlas layers ({reason}); give another --size"
+            ) from exc
+        for name, value in outputs.items():
+            if value.dim() != 4 or min(value.shape[-2:]) < 1:
+                raise ConvsightError(f"layer '{name}' has no channel map at --size {size}")
