@@ -13,12 +13,11 @@ from convsight.cli.errors import command, out_console, say
 from convsight.cli.options import (
     MetricsOpt,
     ModelArg,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
+    RunFlags,
     WeightsOpt,
     card_options,
     method_options,
+    run_options,
     split_list,
 )
 from convsight.studies.attribution import METRICS
@@ -28,6 +27,7 @@ from convsight.studies.attribution import METRICS
 @command
 @card_options
 @method_options
+@run_options("runs/saliency")
 def saliency_cmd(
     model: ModelArg,
     image: Annotated[list[Path], typer.Option(help="Input image file (repeat for more).")],
@@ -41,26 +41,22 @@ def saliency_cmd(
     ] = None,
     ig_steps: Annotated[int, typer.Option(min=1, help="Integrated Gradients steps.")] = 50,
     smoothgrad_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad samples.")] = 16,
-    out: OutOpt = Path("runs/saliency"),
-    seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
     card_fields: dict[str, Any] | None = None,
     attribution: dict[str, Any] | None = None,
+    run: RunFlags | None = None,
 ) -> None:
     """A panel per image: the image, then each method's map as a heat map over it."""
     from convsight.studies.attribution import write_saliency
 
     written = write_saliency(
-        model=model_for(model, weights, card_fields, seed),
+        model=model_for(model, weights, card_fields, run.seed),
         images=image,
         weights=weights,
         **attribution,
         target=split_list(target),
-        out=out,
-        seed=seed,
         ig_steps=ig_steps,
         smoothgrad_samples=smoothgrad_samples,
-        show_progress=not quiet,
+        **run.arguments(),
     )
     for path in written:
         out_console.print(f"wrote {path}")
@@ -70,6 +66,7 @@ def saliency_cmd(
 @command
 @card_options
 @method_options
+@run_options("runs/evaluate")
 def evaluate_cmd(
     model: ModelArg,
     images: Annotated[Path, typer.Option(help="Folder of images (target: predicted class).")],
@@ -79,17 +76,15 @@ def evaluate_cmd(
     limit: Annotated[int | None, typer.Option(min=1, help="Use the first N images.")] = None,
     sanity_images: Annotated[int, typer.Option(help="Images for the sanity check.")] = 4,
     sanity_stages: Annotated[int, typer.Option(help="Randomization stages with a map.")] = 8,
-    out: OutOpt = Path("runs/evaluate"),
-    seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
     card_fields: dict[str, Any] | None = None,
     attribution: dict[str, Any] | None = None,
+    run: RunFlags | None = None,
 ) -> None:
     """Deletion / insertion AUC and the randomization check: evaluation.json and plots."""
     from convsight.studies.attribution import write_evaluation
 
     written = write_evaluation(
-        model=model_for(model, weights, card_fields, seed),
+        model=model_for(model, weights, card_fields, run.seed),
         images=images,
         weights=weights,
         **attribution,
@@ -98,9 +93,7 @@ def evaluate_cmd(
         limit=limit,
         sanity_images=sanity_images,
         sanity_stages=sanity_stages,
-        out=out,
-        seed=seed,
-        show_progress=not quiet,
+        **run.arguments(),
     )
     table = Table("method", "deletion AUC", "insertion AUC", "sanity (fully randomized)")
     import json

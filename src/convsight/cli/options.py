@@ -2,7 +2,8 @@
 
 An option group (:func:`option_group`) gives a command a set of flags and hands it what they
 say as one value: the card flags become ``card_fields`` (a dict of card fields), the render
-knobs of ``maximize`` / ``classviz`` become ``render`` (:class:`RenderFlags`).
+knobs of ``maximize`` / ``classviz`` become ``render`` (:class:`RenderFlags`), and every
+command's ``--out`` / ``--seed`` (/ ``--device`` / ``--quiet``) become ``run`` (:class:`RunFlags`).
 """
 
 from __future__ import annotations
@@ -298,3 +299,35 @@ METHOD_FLAGS = {
     ),
 }
 method_options = option_group(METHOD_FLAGS, method_flags, "attribution")
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    """Where a command writes, its seed, and (for commands that take them) its device and
+    whether it shows progress bars; None: the command has no such flag."""
+
+    out: Path
+    seed: int = 0
+    device: str | None = None
+    quiet: bool | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """As keyword arguments of a study: ``out``, ``seed``, ``device``, ``show_progress``."""
+        given = {"out": self.out, "seed": self.seed, "device": self.device}
+        if self.quiet is not None:
+            given["show_progress"] = not self.quiet
+        return {key: value for key, value in given.items() if value is not None}
+
+
+def run_options(out: str | None, device: bool = False, quiet: bool = True):
+    """The ``--out`` (default ``out``; None: required), ``--seed`` and, when asked for,
+    ``--device`` and ``--quiet`` flags, handed to the command as ``run``."""
+    flags = {
+        "out": Flag(OutOpt, inspect.Parameter.empty if out is None else Path(out)),
+        "seed": Flag(SeedOpt, 0),
+    }
+    if device:
+        flags["device"] = Flag(DeviceOpt, "auto")
+    if quiet:
+        flags["quiet"] = Flag(QuietOpt, False)
+    return option_group(flags, RunFlags, "run")

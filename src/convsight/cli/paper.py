@@ -11,16 +11,15 @@ from convsight.cli.app import app
 from convsight.cli.errors import command, out_console
 from convsight.cli.options import (
     DataDirOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
+    RunFlags,
+    run_options,
 )
 
 
 @app.command("paper")
 @command
+@run_options("runs/paper")
 def paper_cmd(
-    out: OutOpt = Path("runs/paper"),
     quick: Annotated[bool, typer.Option(help="Fewer epochs, channels and steps.")] = False,
     data_dir: DataDirOpt = None,
     vgg16_weights: Annotated[
@@ -42,16 +41,13 @@ def paper_cmd(
     subset: Annotated[
         Path | None, typer.Option(help="A five-class subset from `convsight data subset`.")
     ] = None,
-    seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
+    run: RunFlags | None = None,
 ) -> None:
     """Remake the study: every part its inputs allow, as DIR/index.html with the numbers."""
     from convsight.studies.paper import run_paper
 
     results = run_paper(
-        out=out,
         quick=quick,
-        seed=seed,
         data_dir=data_dir,
         vgg16_weights=vgg16_weights,
         classifier=classifier,
@@ -59,6 +55,8 @@ def paper_cmd(
         photos=photos,
         fashion_mnist=fashion_mnist,
         subset=subset,
-        show_progress=not quiet,
+        **run.arguments(),
     )
-    out_console.print(f"the study remade in {results['seconds']:.0f} s: open {out / 'index.html'}")
+    out_console.print(
+        f"the study remade in {results['seconds']:.0f} s: open {run.out / 'index.html'}"
+    )

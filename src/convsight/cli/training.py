@@ -12,19 +12,18 @@ from convsight.cli.app import app, data_app, train_app
 from convsight.cli.errors import command, err_console, out_console
 from convsight.cli.options import (
     DataDirOpt,
-    DeviceOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
+    RunFlags,
     WeightsOpt,
+    run_options,
     split_list,
 )
+from convsight.studies.numbers import STUDY
 
 
 @train_app.command("mnist")
 @command
+@run_options("runs/mnist", device=True)
 def train_mnist_cmd(
-    out: OutOpt = Path("runs/mnist"),
     stride: Annotated[
         int, typer.Option(help="Convolution stride: 2 as the study states, or 1.")
     ] = 2,
@@ -35,15 +34,12 @@ def train_mnist_cmd(
     train_limit: Annotated[int | None, typer.Option(min=1, help="Use the first N.")] = None,
     test_limit: Annotated[int | None, typer.Option(min=1, help="Use the first N.")] = None,
     data_dir: DataDirOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    quiet: QuietOpt = False,
+    run: RunFlags | None = None,
 ) -> None:
     """Train the study's MNIST CNN; write model.pt + model.json, metrics.json, curves PNG."""
     from convsight.studies.mnist import train_mnist
 
     result = train_mnist(
-        out=out,
         stride=stride,
         padding=padding,
         epochs=epochs,
@@ -52,16 +48,18 @@ def train_mnist_cmd(
         train_limit=train_limit,
         test_limit=test_limit,
         data_dir=data_dir,
-        seed=seed,
-        device=device,
-        show_progress=not quiet,
+        **run.arguments(),
     )
     acc = result["history"][-1]["test_accuracy"]
-    out_console.print(f"test accuracy {acc:.4f} (the study reports 0.982); outputs in {out}")
+    out_console.print(
+        f"test accuracy {acc:.4f} (the study reports {STUDY.mnist_test_accuracy}); "
+        f"outputs in {run.out}"
+    )
 
 
 @train_app.command("subset")
 @command
+@run_options("runs/subset", device=True)
 def train_subset_cmd(
     data: Annotated[Path, typer.Option(help="A subset folder with train/ and test/.")],
     model: Annotated[
@@ -75,17 +73,13 @@ def train_subset_cmd(
     epochs: Annotated[int, typer.Option(min=1)] = 5,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    out: OutOpt = Path("runs/subset"),
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    quiet: QuietOpt = False,
+    run: RunFlags | None = None,
 ) -> None:
     """Train on a subset: checkpoint + card, metrics, curves, confusion matrix, class means."""
     from convsight.studies.five_class import train_subset
 
     result = train_subset(
         data=data,
-        out=out,
         model=model,
         finetune=finetune,
         weights=weights,
@@ -93,21 +87,20 @@ def train_subset_cmd(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
-        seed=seed,
-        device=device,
-        show_progress=not quiet,
+        **run.arguments(),
     )
     out_console.print(
         f"train accuracy {result['train_accuracy']:.3f}, test accuracy "
-        f"{result['test_accuracy']:.3f} (the study: self-built 0.801, VGG16 0.927); "
-        f"outputs in {out}"
+        f"{result['test_accuracy']:.3f} (the study: self-built "
+        f"{STUDY.five_class_test_accuracy}, VGG16 {STUDY.vgg16_five_class_test_accuracy}); "
+        f"outputs in {run.out}"
     )
 
 
 @data_app.command("subset")
 @command
+@run_options(None)
 def data_subset_cmd(
-    out: OutOpt,
     imagenet_root: Annotated[
         Path | None, typer.Option(help="ImageNet folder holding train/<synset>/*.JPEG.")
     ] = None,
@@ -125,14 +118,12 @@ def data_subset_cmd(
     ] = None,
     per_class: Annotated[int | None, typer.Option(help="At most N images per class.")] = None,
     test_fraction: Annotated[float, typer.Option(help="Share of each class held out.")] = 0.2,
-    seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
+    run: RunFlags | None = None,
 ) -> None:
     """Make a reproducible train/test ImageFolder split with a manifest of every file."""
     from convsight.studies.five_class import make_subset
 
     manifest = make_subset(
-        out=out,
         imagenet_root=imagenet_root,
         synsets=split_list(synsets) or None,
         from_folder=from_folder,
@@ -140,8 +131,7 @@ def data_subset_cmd(
         classes=split_list(classes) or None,
         per_class=per_class,
         test_fraction=test_fraction,
-        seed=seed,
-        show_progress=not quiet,
+        **run.arguments(),
     )
     for name, count in manifest["counts"].items():
         out_console.print(f"{name}: {count['train']} train, {count['test']} test", highlight=False)
@@ -151,42 +141,42 @@ def data_subset_cmd(
         err_console.print(
             f"[yellow]skipped:[/yellow] {item['path']}: {item['reason']}", highlight=False
         )
-    out_console.print(f"manifest: {out / 'manifest.json'}")
+    out_console.print(f"manifest: {run.out / 'manifest.json'}")
 
 
 @app.command("demo")
 @command
+@run_options("demo-out")
 def demo_cmd(
-    out: OutOpt = Path("demo-out"),
     epochs: Annotated[int, typer.Option(min=1)] = 2,
     stride: Annotated[int, typer.Option(help="1 gives larger, more readable maps.")] = 1,
     data_dir: DataDirOpt = None,
-    seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
+    run: RunFlags | None = None,
 ) -> None:
     """Train the MNIST CNN briefly and show its conv outputs for a 7."""
     from convsight.studies.mnist import train_mnist, write_activations
 
     start = time.perf_counter()
-    run = out / "mnist"
+    mnist = run.out / "mnist"
     result = train_mnist(
-        out=run,
         stride=stride,
         padding="valid" if stride == 1 else "same",
         epochs=epochs,
         data_dir=data_dir,
-        seed=seed,
-        show_progress=not quiet,
+        **(run.arguments() | {"out": mnist}),
     )
     written = write_activations(
-        model=str(run / "model.pt"), data_dir=data_dir, out=out / "activations", seed=seed
+        model=str(mnist / "model.pt"),
+        data_dir=data_dir,
+        out=run.out / "activations",
+        seed=run.seed,
     )
     acc = result["history"][-1]["test_accuracy"]
     out_console.print(
         f"MNIST CNN (stride {stride}): test accuracy {acc:.4f} after {epochs} epoch(s) "
-        f"(the study: 0.982) in {time.perf_counter() - start:.0f} s"
+        f"(the study: {STUDY.mnist_test_accuracy}) in {time.perf_counter() - start:.0f} s"
     )
-    out_console.print(f"training curves: {run / 'training_curves.png'}")
+    out_console.print(f"training curves: {mnist / 'training_curves.png'}")
     for path in written:
         if path.suffix == ".png":
             out_console.print(f"activation grid: {path}")

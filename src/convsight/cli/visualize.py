@@ -11,15 +11,13 @@ from convsight.cli.app import app, model_for
 from convsight.cli.errors import command, out_console
 from convsight.cli.options import (
     DataDirOpt,
-    DeviceOpt,
     ModelArg,
-    OutOpt,
-    QuietOpt,
     RenderFlags,
-    SeedOpt,
+    RunFlags,
     WeightsOpt,
     card_options,
     render_options,
+    run_options,
     split_list,
 )
 
@@ -27,6 +25,7 @@ from convsight.cli.options import (
 @app.command("activations")
 @command
 @card_options
+@run_options("runs/activations", quiet=False)
 def activations_cmd(
     model: ModelArg,
     weights: WeightsOpt = None,
@@ -39,23 +38,21 @@ def activations_cmd(
     ] = None,
     max_channels: Annotated[int, typer.Option(min=1, help="Channels shown per grid.")] = 64,
     data_dir: DataDirOpt = None,
-    out: OutOpt = Path("runs/activations"),
-    seed: SeedOpt = 0,
     card_fields: dict[str, Any] | None = None,
+    run: RunFlags | None = None,
 ) -> None:
     """Write each chosen layer's output for one input as a channel grid, plus the arrays."""
     from convsight.studies.mnist import write_activations
 
     written = write_activations(
-        model=model_for(model, weights, card_fields, seed),
+        model=model_for(model, weights, card_fields, run.seed),
         weights=weights,
         image=image,
         mnist_index=mnist_index,
         layers=split_list(layers),
         max_channels=max_channels,
         data_dir=data_dir,
-        out=out,
-        seed=seed,
+        **run.arguments(),
     )
     for path in written:
         out_console.print(f"wrote {path}")
@@ -64,6 +61,7 @@ def activations_cmd(
 @app.command("atlas")
 @command
 @card_options
+@run_options("runs/atlas")
 def atlas_cmd(
     model: ModelArg,
     layers: Annotated[str, typer.Option(help="Comma-separated layer names.")],
@@ -81,18 +79,15 @@ def atlas_cmd(
     steps: Annotated[int | None, typer.Option(min=1, help="Steps for every preset.")] = None,
     size: Annotated[int | None, typer.Option(min=8, help="Image side for every preset.")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Channels rendered together.")] = 16,
-    out: OutOpt = Path("runs/atlas"),
-    seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
     card_fields: dict[str, Any] | None = None,
+    run: RunFlags | None = None,
 ) -> None:
     """Build a static atlas site of a model's channels; a stopped run resumes where it was."""
     from convsight.studies.atlas import build_atlas
 
     summary = build_atlas(
-        model=model_for(model, weights, card_fields, seed),
+        model=model_for(model, weights, card_fields, run.seed),
         layers=split_list(layers),
-        out=out,
         weights=weights,
         channels=channels,
         dataset=dataset,
@@ -101,12 +96,11 @@ def atlas_cmd(
         steps=steps,
         size=size,
         batch=batch,
-        seed=seed,
-        show_progress=not quiet,
+        **run.arguments(),
     )
     out_console.print(
         f"{summary['channels']} channels ({summary['rendered_this_run']} rendered now) "
-        f"in {summary['seconds_this_run']:.0f} s; open {out / 'index.html'}"
+        f"in {summary['seconds_this_run']:.0f} s; open {run.out / 'index.html'}"
     )
 
 
@@ -114,38 +108,33 @@ def atlas_cmd(
 @command
 @card_options
 @render_options
+@run_options("runs/maximize", device=True)
 def maximize_cmd(
     model: ModelArg,
     layer: Annotated[str, typer.Option(help="Layer name (see `convsight layers`).")],
     channels: Annotated[str, typer.Option(help="Channels, e.g. 0-63 or 0,5,9.")] = "0-15",
     weights: WeightsOpt = None,
-    out: OutOpt = Path("runs/maximize"),
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    quiet: QuietOpt = False,
     card_fields: dict[str, Any] | None = None,
     render: RenderFlags | None = None,
+    run: RunFlags | None = None,
 ) -> None:
     """Render the input each channel of a layer wants most (one batch row per channel)."""
     from convsight.optvis.render import parse_channels
     from convsight.studies.optvis import maximize
 
     summary = maximize(
-        model=model_for(model, weights, card_fields, seed),
+        model=model_for(model, weights, card_fields, run.seed),
         layer=layer,
         channels=parse_channels(channels),  # garbage or a huge range fails before any work
         weights=weights,
         **render.arguments(),
-        out=out,
-        seed=seed,
-        device=device,
-        show_progress=not quiet,
+        **run.arguments(),
     )
     dead = summary["dead_channels"]
     out_console.print(
         f"{len(summary['channels'])} channels of {layer} in {summary['seconds']:.1f} s"
         + (f"; dead: {', '.join(map(str, dead))}" if dead else "")
-        + f"; outputs in {out}"
+        + f"; outputs in {run.out}"
     )
 
 
@@ -153,6 +142,7 @@ def maximize_cmd(
 @command
 @card_options
 @render_options
+@run_options("runs/classviz", device=True)
 def classviz_cmd(
     model: ModelArg,
     classes: Annotated[str, typer.Option(help="Class names or indices, comma-separated, or all.")],
@@ -165,31 +155,25 @@ def classviz_cmd(
         typer.Option(help="For --init mean: an image folder (per-class sub-folders) or 'mnist'."),
     ] = None,
     data_dir: DataDirOpt = None,
-    out: OutOpt = Path("runs/classviz"),
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    quiet: QuietOpt = False,
     card_fields: dict[str, Any] | None = None,
     render: RenderFlags | None = None,
+    run: RunFlags | None = None,
 ) -> None:
     """Render the input each class wants most (its score before softmax), one row per class."""
     from convsight.studies.optvis import classviz
 
     summary = classviz(
-        model=model_for(model, weights, card_fields, seed),
+        model=model_for(model, weights, card_fields, run.seed),
         classes=split_list(classes),
         weights=weights,
         init=init,
         dataset=dataset,
-        **render.arguments(),
-        out=out,
-        seed=seed,
         data_dir=data_dir,
-        device=device,
-        show_progress=not quiet,
+        **render.arguments(),
+        **run.arguments(),
     )
     for row in summary["classes"]:
         out_console.print(
             f"{row['name']}: score {row['objective']:.3g}, p={row['probability']:.2f}"
         )
-    out_console.print(f"{summary['seconds']:.1f} s; outputs in {out}")
+    out_console.print(f"{summary['seconds']:.1f} s; outputs in {run.out}")
