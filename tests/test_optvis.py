@@ -442,9 +442,10 @@ def test_dead_channels_are_reported_and_skipped(tiny):
     assert not torch.allclose(result.images[1], start[1])
 
 
-def test_fourier_param_starts_from_a_given_image():
+@pytest.mark.parametrize("decay_power", [1.0, 1.5])
+def test_fourier_param_starts_from_a_given_image(decay_power):
     pixels = torch.rand(2, 3, 20, 24) * 0.9 + 0.05
-    param = FourierImage.from_pixels(pixels)
+    param = FourierImage.from_pixels(pixels, decay_power=decay_power)
     assert torch.allclose(param.pixels(), pixels, atol=1e-4)
 
 

@@ -151,15 +151,22 @@ class FourierImage(ImageParam):
         decay_power: float = 1.0,
         eps: float = 1e-3,
     ) -> FourierImage:
-        """The spectrum whose image is ``pixels`` (clipped into the sigmoid's open range)."""
+        """The parameter whose image is ``pixels`` (clipped into the sigmoid's open range)."""
         size = tuple(pixels.shape[2:])
-        probe = cls(torch.zeros(1, *cls.spectrum_shape(pixels.shape[1], size)), size, decorrelate)
+        shape = FourierImage.spectrum_shape(pixels.shape[1], size)
+        probe = FourierImage(torch.zeros(1, *shape), size, decorrelate, decay_power)
         t = torch.logit(pixels.float().clamp(eps, 1 - eps))
         if decorrelate and pixels.shape[1] == 3:
             t = torch.einsum("nchw,dc->ndhw", t, torch.linalg.inv(probe._color))
         spectrum = torch.fft.rfftn(t * 4.0, dim=(2, 3), norm="ortho")
         spectrum = torch.view_as_real(spectrum) / probe.scale
-        return cls(spectrum.to(pixels.device), size, decorrelate, decay_power)
+        return cls._from_spectrum(spectrum.to(pixels.device), size, decorrelate, decay_power)
+
+    @classmethod
+    def _from_spectrum(
+        cls, spectrum: torch.Tensor, size: tuple[int, int], decorrelate: bool, decay_power: float
+    ) -> FourierImage:
+        return cls(spectrum, size, decorrelate, decay_power)
 
     def pixels(self, rows: slice | None = None) -> torch.Tensor:
         h, w = self.size
@@ -204,18 +211,11 @@ class PhaseImage(FourierImage):
         return torch.stack([(torch.rand(*shape, generator=g) * 2 - 1) * np.pi for g in generators])
 
     @classmethod
-    def from_pixels(
-        cls,
-        pixels: torch.Tensor,
-        decorrelate: bool = True,
-        decay_power: float = 1.0,
-        eps: float = 1e-3,
+    def _from_spectrum(
+        cls, spectrum: torch.Tensor, size: tuple[int, int], decorrelate: bool, decay_power: float
     ) -> PhaseImage:
-        """The phases of ``pixels`` (their magnitudes are replaced by the fixed profile)."""
-        spectrum = torch.view_as_complex(
-            FourierImage.from_pixels(pixels, decorrelate, decay_power, eps).spectrum
-        )
-        return cls(spectrum.angle(), tuple(pixels.shape[2:]), decorrelate, decay_power)
+        """The phases of the spectrum (its magnitudes are replaced by the fixed profile)."""
+        return cls(torch.view_as_complex(spectrum).angle(), size, decorrelate, decay_power)
 
     def pixels(self, rows: slice | None = None) -> torch.Tensor:
         h, w = self.size

@@ -224,6 +224,23 @@ def render_settings(
     return result
 
 
+def _render_rows(model, rows, settings, init_pixels, progress, description, snapshots=()):
+    """Render ``rows`` = (objective, the channel or class of each row, seed): each row seeded
+    from (seed, its channel or class)."""
+    objective, keys, seed = rows
+    return render_settings(
+        model,
+        objective,
+        len(keys),
+        settings,
+        channel_seeds(seed, keys),
+        init_pixels,
+        progress,
+        description,
+        snapshots,
+    )
+
+
 def _chosen(
     settings: RenderSettings | None, preset: str, target: str, overrides: dict[str, Any]
 ) -> RenderSettings:
@@ -256,16 +273,9 @@ def render_channels(
     if not channels:
         raise ConvsightError("no channels given")
     check_layers(model.module, [layer])
-    return render_settings(
-        model,
-        obj.channel(layer, channels),
-        len(channels),
-        settings,
-        seeds=channel_seeds(seed, channels),
-        init_pixels=init_pixels,
-        progress=progress,
-        description=f"{layer}: {len(channels)} channels",
-    )
+    description = f"{layer}: {len(channels)} channels"
+    rows = (obj.channel(layer, channels), channels, seed)
+    return _render_rows(model, rows, settings, init_pixels, progress, description)
 
 
 def render_classes(
@@ -289,14 +299,7 @@ def render_classes(
     indices = [model.class_index(c) for c in classes]
     if not indices:
         raise ConvsightError("no classes given")
-    return render_settings(
-        model,
-        class_objective(model, indices, settings.class_objective, settings.cossim_power),
-        len(indices),
-        settings,
-        seeds=channel_seeds(seed, indices),
-        init_pixels=init_pixels,
-        progress=progress,
-        description=f"{len(indices)} classes",
-        snapshots=snapshots,
-    )
+    objective = class_objective(model, indices, settings.class_objective, settings.cossim_power)
+    rows = (objective, indices, seed)
+    description = f"{len(indices)} classes"
+    return _render_rows(model, rows, settings, init_pixels, progress, description, snapshots)

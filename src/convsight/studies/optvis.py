@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -133,6 +134,63 @@ def maximize(
     return {**summary, "written": written}
 
 
+def _class_indices(loaded: Model, classes: Sequence[str | int]) -> list[int]:
+    """Class indices of names or numbers; ``all`` is every class of the model."""
+    if [str(c).lower() for c in classes] == ["all"]:
+        loaded.class_index(0)  # a model without class scores fails here
+        classes = list(range(loaded.card.num_classes or 0))
+    return [loaded.class_index(c) for c in classes]
+
+
+def _mean_start(dataset, loaded: Model, indices: list[int], data_dir):
+    """Start images for ``init='mean'``: each class's mean image, and how many were averaged."""
+    if dataset is None:
+        raise ConvsightError("--init mean needs --dataset DIR (or 'mnist')")
+    means = class_mean_images(dataset, loaded.card, indices, data_dir=data_dir)
+    return torch.stack([means[i] for i in indices]), class_counts(dataset, loaded.card)
+
+
+def _write_class_models(out: Path, loaded: Model, result, indices: list[int], title: str):
+    """The grid and one PNG per class model, the images as npz; the summary rows (with the
+    model's probability for each class) and the files written."""
+    with torch.no_grad():
+        logits = loaded.module(loaded.normalize(result.images.to(loaded.device))).cpu()
+    probs = logits.softmax(1)
+    names = [loaded.card.label(i) for i in indices]
+    top1 = logits.argmax(1).tolist()
+    titles = [
+        f"{name}: p={float(probs[r, i]):.2f}"
+        for r, (name, i) in enumerate(zip(names, indices, strict=True))
+    ]
+    written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
+    files = []
+    for i, name, image in zip(indices, names, result.images, strict=True):
+        path = out_file(out, f"class_{i:04d}_{safe_filename(name)}.png")
+        written.append(write_image(path, image, within=out))
+        files.append(path.name)
+    written.append(write_npz(out / "images.npz", images=result.images, classes=indices))
+    rows = _summary_rows(result, names)
+    for r, row in enumerate(rows):
+        row.update(
+            {
+                "class": indices[r],
+                "probability": float(probs[r, indices[r]]),
+                "logit": float(logits[r, indices[r]]),
+                "model_top1": loaded.card.label(top1[r]),
+                "file": files[r],
+            }
+        )
+    return rows, written
+
+
+def _write_start(out: Path, start_pixels: torch.Tensor, counts: dict, rows: list[dict]) -> Path:
+    """The start images of ``init='mean'``; each row learns how many images its mean holds."""
+    titles = [f"mean of {counts.get(row['class'], '?')} image(s): {row['name']}" for row in rows]
+    for row in rows:
+        row["mean_of_images"] = counts.get(row["class"])
+    return write_figure(out / "start.png", image_grid(start_pixels, titles, 8, "start"))
+
+
 def classviz(
     model: str | Model,
     classes: Sequence[str | int],
@@ -155,19 +213,11 @@ def classviz(
     if not classes:
         raise ConvsightError("no classes given")
     loaded = _load(model, weights, device)
-    if [str(c).lower() for c in classes] == ["all"]:
-        loaded.class_index(0)  # a model without class scores fails here
-        classes = list(range(loaded.card.num_classes or 0))
-    indices = [loaded.class_index(c) for c in classes]
+    indices = _class_indices(loaded, classes)
     _check_model_hooks(loaded, settings, given)
-    start_pixels = None
-    counts: dict[int, int] = {}
+    start_pixels, counts = None, {}
     if init == "mean":
-        if dataset is None:
-            raise ConvsightError("--init mean needs --dataset DIR (or 'mnist')")
-        means = class_mean_images(dataset, loaded.card, indices, data_dir=data_dir)
-        start_pixels = torch.stack([means[i] for i in indices])
-        counts = class_counts(dataset, loaded.card)
+        start_pixels, counts = _mean_start(dataset, loaded, indices, data_dir)
     out = prepare_out_dir(out)
     seed_everything(seed)
     began = time.perf_counter()
@@ -180,44 +230,10 @@ def classviz(
         settings=settings,
     )
     seconds = time.perf_counter() - began
-    with torch.no_grad():
-        logits = loaded.module(loaded.normalize(result.images.to(loaded.device))).cpu()
-    probs = logits.softmax(1)
-    names = [loaded.card.label(i) for i in indices]
-    top1 = logits.argmax(1).tolist()
-    titles = [
-        f"{name}: p={float(probs[r, i]):.2f}"
-        for r, (name, i) in enumerate(zip(names, indices, strict=True))
-    ]
     title = f"{loaded.card.name}, preset {preset}, init {init}, {settings.steps} steps"
-    written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
-    files = []
-    for i, name, image in zip(indices, names, result.images, strict=True):
-        path = out_file(out, f"class_{i:04d}_{safe_filename(name)}.png")
-        written.append(write_image(path, image, within=out))
-        files.append(path.name)
+    rows, written = _write_class_models(out, loaded, result, indices, title)
     if start_pixels is not None:
-        start_titles = [
-            f"mean of {counts.get(i, '?')} image(s): {n}"
-            for i, n in zip(indices, names, strict=True)
-        ]
-        written.append(
-            write_figure(out / "start.png", image_grid(start_pixels, start_titles, 8, "start"))
-        )
-    written.append(write_npz(out / "images.npz", images=result.images, classes=indices))
-    rows = _summary_rows(result, names)
-    for r, row in enumerate(rows):
-        row.update(
-            {
-                "class": indices[r],
-                "probability": float(probs[r, indices[r]]),
-                "logit": float(logits[r, indices[r]]),
-                "model_top1": loaded.card.label(top1[r]),
-                "file": files[r],
-            }
-        )
-        if start_pixels is not None:
-            row["mean_of_images"] = counts.get(indices[r])
+        written.append(_write_start(out, start_pixels, counts, rows))
     summary = {
         "model": loaded.card.name,
         "weights": str(weights) if weights else None,
