@@ -202,26 +202,59 @@ def test_occlusion_matches_captum(matrix_model):
         theirs = COcclusion(_forward(model)).attribute(
             x, sliding_window_shapes=(c, window, window), strides=(c, stride, stride), target=t
         )
-        ours = Occlusion(model).attribute(x, t, window=window, stride=stride, batch_size=7)
+        method = Occlusion(model)
+        ours = method.attribute(x, t, window=window, stride=stride, batch_size=7)
         _close(ours, theirs, rtol=1e-4, atol=1e-5)
+        # the default engine, incremental inference, gave that map: not a fallback to the module
+        assert method.last_run["requested_engine"] == method.engine_used == "incremental"
+        assert method.last_run["fallback"] is None
 
 
-def _gradcam_lib(cls, model: Model, layer: str, x: torch.Tensor, t: list[int]) -> np.ndarray:
+def _gradcam_lib(cls, model: Model, layer: str, x: torch.Tensor, t: list[int]) -> torch.Tensor:
+    """pytorch-grad-cam's raw maps (N x h x w, at the layer's resolution), unscaled.
+
+    Its ``forward`` min-max scales each map (and resizes it); the raw map is what its own
+    ``get_cam_image`` returns inside that ``forward``: its channel weights
+    (``get_cam_weights``) times the layer's activations, summed over the channels, before its
+    ReLU, scaling and resize.
+    """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     wrapped = _Normalized(model)
     cam = cls(wrapped, [get_layer(wrapped.model, layer)])
+    raw: list[np.ndarray] = []
+
+    def get_cam_image(*args, **kwargs):
+        image = type(cam).get_cam_image(cam, *args, **kwargs)
+        raw.append(np.array(image, copy=True))
+        return image
+
+    cam.get_cam_image = get_cam_image  # found before the class's method by its forward
     try:
-        return cam(x.clone().requires_grad_(True), [ClassifierOutputTarget(i) for i in t])
+        cam(x.clone().requires_grad_(True), [ClassifierOutputTarget(i) for i in t])
     finally:
         cam.activations_and_grads.release()
+    assert len(raw) == 1, "one target layer: one raw map"
+    return torch.from_numpy(raw[0])
 
 
-def _scaled(maps: torch.Tensor) -> torch.Tensor:
-    """pytorch-grad-cam's output: each map minus its min, over its max."""
-    flat = maps.flatten(1)
-    flat = flat - flat.amin(1, keepdim=True)
-    return (flat / (1e-7 + flat.amax(1, keepdim=True))).view_as(maps)
+def _lib_resized(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """pytorch-grad-cam's map as shown (its ReLU, then its resize: OpenCV's bilinear, in
+    ``scale_cam_image``), without its min-max scaling."""
+    import cv2
+
+    maps = [cv2.resize(np.maximum(m, 0), (size[1], size[0])) for m in raw.numpy()]
+    return torch.from_numpy(np.stack(maps))
+
+
+def _close_unscaled(ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 2e-4) -> None:
+    """Within ``rtol`` of ``theirs``' largest magnitude, however small that is (random-weight
+    MobileNet's maps are ~1e-15): both are divided by that one number, which keeps any factor
+    or offset between them, unlike min-max scaling each (``_close`` alone would pass maps
+    below its 1e-12 floor)."""
+    unit = float(theirs.abs().max())
+    assert unit > 0, "a map of zeros proves nothing"
+    _close(ours / unit, theirs / unit, rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize("ours,lib", [("gradcam++", "GradCAMPlusPlus"), ("scorecam", "ScoreCAM")])
@@ -229,11 +262,21 @@ def test_gradcam_plusplus_and_scorecam_match_pytorch_grad_cam(matrix_model, ours
     import pytorch_grad_cam
 
     model, x, t = matrix_model, _pixels(matrix_model, n=2), [1, 3]
-    layer = CAM_LAYER.get(model.card.name, default_cam_layer(model.module))
+    # at 32 px MobileNet's features.17 gives 1 x 1 maps, a constant once upsampled:
+    # features.6 (4 x 4, 8 channels) has a map to compare
+    layer = {"mini-mobilenet": "features.6"}.get(model.card.name, default_cam_layer(model.module))
     theirs = _gradcam_lib(getattr(pytorch_grad_cam, lib), model, layer, x, t)
+    assert min(theirs.shape[-2:]) > 1 and float(theirs.amax()) > 0
     method = get_method(ours, model)
-    mine = _scaled(method.heatmap(x, t, **{**_options(model, ours), "layer": layer}))
-    _close(mine, torch.from_numpy(theirs), rtol=0, atol=2e-4)
+    # the raw maps at the layer's resolution (``attribute``; ``heatmap`` upsamples them):
+    # the weighted sum of the channels, negative parts included (relu=False), so a wrong
+    # weight of a channel, a common factor or an offset shows (min-max scaling hides the last
+    # two)
+    raw = method.attribute(x, t, **{**_options(model, ours), "layer": layer, "relu": False})
+    _close_unscaled(raw[:, 0], theirs)
+    # the map as shown, also unscaled: the ReLU (CAM's relu=True is this clamp), then the
+    # bilinear upsampling to the input
+    _close_unscaled(method.to_heatmap(raw.clamp(min=0)), _lib_resized(theirs, x.shape[-2:]))
 
 
 # -- batching ------------------------------------------------------------------------------------
@@ -379,6 +422,9 @@ class RectNet(nn.Module):
         elif self.kind == "method":  # tensor methods, one of them in place
             x = self.conv1(x).relu()
             x = self.conv2(x).relu_()
+        elif self.kind == "relu6-functional":  # the two functional forms of ReLU6
+            x = F.relu6(self.conv1(x))
+            x = F.hardtanh(self.conv2(x), 0.0, 6.0)
         else:
             x = self.act2(self.conv2(self.act1(self.conv1(x))))
         return self.head(x.mean((2, 3)))
@@ -406,6 +452,64 @@ def test_rectifier_rule_handles_relu6_inplace_and_functional(kind, cls):
     _close(cls(model).attribute(x, [0, 1, 2]), expected)
     plain = Saliency(model).attribute(x, [0, 1, 2], absolute=False)
     assert float((plain - expected).abs().max()) > 1e-3  # the rule changes the map
+
+
+def _rule_by_hand(model: Model, x: torch.Tensor, targets: list[int], passes) -> tuple:
+    """RectNet's input gradient with a rectifier rule applied by hand, and both rectifiers'
+    inputs z1, z2. Autograd runs only the linear parts (head, conv2, conv1, normalization);
+    each rectifier's backward is written out: the positive part of the gradient, times
+    ``passes(z)`` (a mask of its input z) unless that is None."""
+    net = model.module
+    pixels = x.clone().requires_grad_(True)
+    z1 = net.conv1(model.normalize(pixels))
+    a1 = z1.detach().clamp(0, 6).requires_grad_(True)
+    z2 = net.conv2(a1)
+    a2 = z2.detach().clamp(0, 6).requires_grad_(True)
+    score = net.head(a2.mean((2, 3)))[torch.arange(len(targets)), torch.tensor(targets)].sum()
+
+    def backward(grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        grad = grad.clamp(min=0)
+        return grad if passes is None else grad * passes(z)
+
+    (grad,) = torch.autograd.grad(score, a2)
+    (grad,) = torch.autograd.grad(z2, a1, backward(grad, z2.detach()))
+    (grad,) = torch.autograd.grad(z1, pixels, backward(grad, z1.detach()))
+    return grad, z1.detach(), z2.detach()
+
+
+@pytest.mark.parametrize("kind", ["relu6-inplace", "relu6-functional"])
+@pytest.mark.parametrize("cls", [GuidedBackprop, DeconvNet])
+def test_rectifier_rule_on_relu6_above_its_clip(kind, cls):
+    """ReLU6 where its input exceeds 6, checked against the rule applied by hand.
+
+    Guided backprop passes the gradient where the forward passed its input on (the local
+    derivative is 1) and the gradient is positive: for ReLU6 where 0 < z < 6. Above 6 the
+    output is the constant 6 and the derivative 0, so nothing passes there, as below 0.
+    DeconvNet passes the positive part of the gradient whatever the forward input was: it
+    never looks at the input, so the clip at 6 changes nothing for it either (clamping the
+    backward signal at 6 instead would make no sense: gradients have the score's units).
+    """
+    model = _rect_model(kind)
+    with torch.no_grad():  # large pre-activations: both ReLU6s clip some at 6
+        for conv, factor in ((model.module.conv1, 10.0), (model.module.conv2, 3.0)):
+            conv.weight.mul_(factor)
+            conv.bias.mul_(factor)
+    x, t = _pixels(model, n=3), [0, 1, 2]
+    if cls is GuidedBackprop:
+        right, wrong = (lambda z: (z > 0) & (z < 6)), (lambda z: z > 0)  # wrong: ReLU's mask
+    else:
+        right, wrong = None, (lambda z: z < 6)  # wrong: cut where the input was above 6
+    expected, z1, z2 = _rule_by_hand(model, x, t, right)
+    for z in (z1, z2):  # every region of ReLU6: below 0, passed on, clipped at 6
+        for region in (z < 0, (z > 0) & (z < 6), z > 6):
+            assert float(region.float().mean()) > 0.05
+    # the inputs above 6 matter: treating them otherwise gives another map
+    other, _, _ = _rule_by_hand(model, x, t, wrong)
+    assert float((other - expected).abs().max()) > 0.1 * float(expected.abs().max())
+    method = cls(model)
+    _close(method.attribute(x, t), expected)
+    assert method.last_run["rectifier_calls"] == 2  # one forward pass, two ReLU6s
+    assert hook_count(model.module) == 0
 
 
 def test_rectifier_rule_on_mobilenet_v2_relu6(mobilenet_v2, samples):
@@ -446,8 +550,12 @@ def test_frozen_engine_gives_the_same_maps_and_leaves_the_model_alone(tiny):
     state = {k: v.clone() for k, v in tiny.module.state_dict().items()}
     for name, options in (("occlusion", FAST["occlusion"]), ("scorecam", FAST["scorecam"])):
         method = get_method(name, tiny)
-        eager = method.attribute(x, [0, 2], **options)
+        eager = method.attribute(x, [0, 2], engine="eager", **options)
+        assert method.engine_used == "eager", name
         frozen = method.attribute(x, [0, 2], engine="frozen", **options)
+        # the frozen copy ran, not the module it falls back to (which would match trivially)
+        assert (method.last_run["requested_engine"], method.engine_used) == ("frozen", "frozen")
+        assert method.last_run["fallback"] is None, name
         _close(frozen, eager, rtol=1e-4, atol=1e-5)
     assert hook_count(tiny.module) == 0
     assert all(torch.equal(v, state[k]) for k, v in tiny.module.state_dict().items())
@@ -469,8 +577,9 @@ def test_scorecam_shares_passes_for_equal_masks_and_still_matches_pytorch_grad_c
     calls = []
     handle = model.module.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     try:
-        mine = ScoreCAM(model).heatmap(x, t, batch_size=64)
+        raw = ScoreCAM(model).attribute(x, t, batch_size=64, relu=False)
     finally:
         handle.remove()
-    _close(_scaled(mine), torch.from_numpy(theirs), rtol=0, atol=2e-4)
+    _close_unscaled(raw[:, 0], theirs)  # the raw maps, not min-max scaled
+    _close_unscaled(ScoreCAM(model).to_heatmap(raw.clamp(min=0)), _lib_resized(theirs, (32, 32)))
     assert sum(calls) <= 2 * 14 + 2  # 16 channels: at most 14 distinct masks + 1 zero mask

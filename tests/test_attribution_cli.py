@@ -67,8 +67,11 @@ def test_saliency_writes_a_panel_per_image_maps_and_json(checkpoint, digits, tmp
     assert summary["methods"]["ig"]["reference"] == "https://arxiv.org/abs/1703.01365"
     assert summary["methods"]["ig"]["options"] == {"steps": 4}
     occlusion = summary["methods"]["occlusion"]["run"]
-    assert occlusion["requested_engine"] and occlusion["engine"]
-    assert occlusion["memory_format"] in ("channels_last", "contiguous")
+    # --engine auto: occlusion's own default, incremental inference, which torch.fx can trace
+    # on this CNN: it must have run, not the module it falls back to
+    assert occlusion["requested_engine"] == occlusion["engine"] == "incremental"
+    assert occlusion["fallback"] is None
+    assert occlusion["memory_format"] == "channels_last"  # no view after a conv in this CNN
 
 
 @pytest.mark.parametrize(
@@ -106,13 +109,40 @@ def test_evaluate_writes_table_curves_and_sanity(checkpoint, digits, tmp_path):
     data = json.loads((out / "evaluation.json").read_text())
     assert [row["method"] for row in data["table"]] == ["saliency", "gradcam", "guided"]
     entry = data["methods"]["gradcam"]
-    assert entry["run"]["engine"] and "fallback" in entry["run"]
-    assert entry["deletion_run"]["engine"] in ("eager", "frozen")
+    assert entry["run"]["engine"] == "eager" and entry["run"]["fallback"] is None
+    # --engine auto: the curves run the module itself (eager); --engine frozen is below
+    for curve in ("deletion_run", "insertion_run"):
+        assert entry[curve] == {"engine": "eager", "fallback": None}, curve
     assert len(entry["deletion_auc_per_image"]) == 3
     assert len(entry["insertion_curve"]["fraction"]) == 9  # ceil(784 / 98) + 1
     assert len(entry["sanity"]["stages"]) == 2
     for name in ("curves.png", "curves.npz", "sanity.png"):
         assert (out / name).is_file(), name
+
+
+def test_evaluate_runs_the_curves_on_the_frozen_copy_and_gets_the_eager_numbers(
+    checkpoint, digits, tmp_path
+):
+    """--engine frozen: the curves run the traced, frozen copy (the JSON says so, with no
+    fallback) and give the eager run's AUCs; were the copy silently replaced by the module,
+    the engine recorded would be "eager"."""
+    runs = {}
+    for engine in ("eager", "frozen"):
+        out = tmp_path / engine
+        result = run(
+            "evaluate", checkpoint, "--images", digits, "--methods", "saliency",
+            "--metrics", "deletion", "--step", "196", "--engine", engine, "--out", out, "--quiet",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        runs[engine] = json.loads((out / "evaluation.json").read_text())["methods"]["saliency"]
+    for engine, entry in runs.items():
+        assert entry["deletion_run"] == {"engine": engine, "fallback": None}, engine
+    np.testing.assert_allclose(
+        runs["frozen"]["deletion_auc_per_image"],
+        runs["eager"]["deletion_auc_per_image"],
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize(

@@ -205,11 +205,13 @@ def test_every_method_matches_captum(case, name):
     torch.manual_seed(7)
     ours = method.attribute(x, t, **options)
     _close(ours, theirs(model, x, t, options), rtol, atol)
-    # how it ran: the layout chosen for this model, no engine fallback
+    # how it ran: the layout chosen for this model, no engine fallback; occlusion by
+    # incremental inference (had it fallen back to the module, captum's map would match
+    # trivially), every other method by the module itself
     assert method.last_run["memory_format"] == spec.memory_format
     assert method.last_run["fallback"] is None
-    if name == "occlusion":
-        assert method.engine_used == "incremental"
+    engine = "incremental" if name == "occlusion" else "eager"
+    assert method.last_run["requested_engine"] == method.engine_used == engine
     assert hook_count(model.module) == 0
 
 

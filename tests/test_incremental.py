@@ -97,6 +97,10 @@ def test_patches_give_the_whole_network_output_and_skip_work(name):
         first = net._output(values)  # interpreted (and the tail frozen for the next call)
         second = net.forward(clean, patch)
         again = net.forward(clean, patch)
+    # the later calls ran the frozen tail: had it not been built, they would interpret the
+    # graph again, as the first call did, and match trivially
+    tail = net._tails[(tuple(patch.values.shape[1:]), tuple(x.shape))]
+    assert tail is not None and set(dense) == tail[0]
     torch.testing.assert_close(first, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(again, second)
@@ -128,7 +132,11 @@ def test_incremental_occlusion_equals_the_whole_network(name):
     assert method.last_run["engine"] == "incremental" and method.last_run["fallback"] is None
     slow = Occlusion(model).attribute(x, [1, 3], engine="eager", **options)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
-    default = Occlusion(model).attribute(x, [1, 3], **options)
+    # the default is incremental inference too, not the module it falls back to
+    method = Occlusion(model)
+    default = method.attribute(x, [1, 3], **options)
+    assert (method.last_run["requested_engine"], method.engine_used) == ("incremental",) * 2
+    assert method.last_run["fallback"] is None
     torch.testing.assert_close(default, fast)
 
 
