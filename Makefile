@@ -70,5 +70,32 @@ bench-deps: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet --no-deps torch-lucent==0.1.8 kornia==0.4.1
 	$(BIN)/pip install --quiet tqdm decorator ipython
 
+# make bench: the whole benchmark suite (after `make bench-deps`), each script at the budget its
+# flags state, at the default thread count, then the README's tables regenerated from the JSON.
+# Budget: about 4 hours on 2 CPU cores (render ~50 min, Lucent timed on 4 of 16 channels and
+# scaled; faithfulness ~1 h, 104 photos; class-model quality ~50 min, seeds 0-1 and 2-3;
+# attribution ~20 min, occlusion / Score-CAM on 4 photos; figures ~30 min; atlas ~10 min; MNIST
+# ~5 min). The scripts refuse to write benchmarks/results/ from a dirty tree: commit first
+# (CONVSIGHT_BENCH_ALLOW_DIRTY=1 records the run as dirty instead; CONVSIGHT_BENCH_RESULTS=DIR
+# writes a trial run into DIR and leaves README.md alone). benchmarks/classviz_screen.py is a
+# screening tool (recipes on the command line), not part of the suite.
+BENCH_PY := $(BIN)/python benchmarks
+.PHONY: bench
+bench: $(VENV)/.installed
+	$(BENCH_PY)/mnist.py
+	$(BENCH_PY)/atlas.py
+	$(BENCH_PY)/render.py --lucent-channels 4
+	$(BENCH_PY)/render.py --flops-only
+	$(BENCH_PY)/render.py --precision-only --channels 4
+	$(BENCH_PY)/attribution.py --occlusion-ppe 1,2 --engines frozen,incremental --slow-images 4
+	$(BENCH_PY)/faithfulness.py
+	$(BENCH_PY)/classviz_quality.py --size 160
+	$(BENCH_PY)/classviz_quality.py --size 160 --seed-list 2,3 --skip-lucent \
+		--only 'robust,lucent-style adam 0.1' --name classviz_quality_seeds23
+	$(BENCH_PY)/optvis_figures.py --out runs/optvis-figures --docs runs/optvis-figures/docs
+	@if [ -n "$$CONVSIGHT_BENCH_RESULTS" ]; then \
+		echo "trial run in $$CONVSIGHT_BENCH_RESULTS: README.md left as it is"; \
+	else $(BIN)/python benchmarks/tables.py; fi
+
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

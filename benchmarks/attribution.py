@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import shared_dir, write_result
+from common import earlier_provenance, results_dir, shared_dir, write_result
 from torch import nn
 
 from convsight.attribution import (
@@ -115,15 +115,15 @@ def main() -> None:
     def wanted(name: str) -> bool:
         return not only or name in only
 
+    earlier: list[dict[str, Any]] = []  # provenance of the runs whose rows are kept
     if args.merge:
         import json
 
-        from common import RESULTS
-
-        previous = RESULTS / "attribution.json"
+        previous = results_dir() / "attribution.json"
         if previous.is_file():  # keep the rows of the methods not run now
             kept = json.loads(previous.read_text())["rows"]
             rows.extend(r for r in kept if not wanted(r["method"]))
+            earlier = earlier_provenance(previous)
 
     settings = {
         "images": [p.name for p, _ in samples],
@@ -145,6 +145,7 @@ def main() -> None:
                 "ratio": "their seconds / convsight seconds (> 1: convsight faster)",
                 "rows": rows,
                 "load_average_at_end": os.getloadavg(),
+                **({"earlier_provenance": earlier} if earlier else {}),
             },
         )
 

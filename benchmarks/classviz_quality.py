@@ -10,8 +10,9 @@ top-5 hit rates. Recipes:
 
 * ``paper``: the study (N(0, 1) start in input space, plain gradient ascent, step 0.5 along
   the RMS-normalized gradient, logit - 0.1 L1).
-* ``lucent-style``: Fourier + decorrelated colour, Lucent's transforms, Adam 0.1, logit (the
-  best Lucent-style recipe of the issue's trial).
+* ``lucent-style``: Fourier + decorrelated colour, Lucent's transforms, Adam 0.1, logit, no
+  skip gradient (the best Lucent-style recipe of the issue's trial), every setting written out
+  in :data:`LUCENT_STYLE`, not taken from a preset that may move.
 * ``robust``: convsight's robust preset for classes (CLASS_PRESETS["robust"]: a wide random
   zoom 0.5-1.5, Adam at a constant 0.05, the penultimate features' dot x cosine with the
   class direction, the gradient through residual branches x 0.3), at 128 and 64 steps; and
@@ -24,13 +25,16 @@ top-5 hit rates. Recipes:
   with its own normalization (``preprocess=False``), defaults otherwise (Adam 0.05).
 
 Every row reports forward/backward passes per image (steps x views). Each model gets its own
-normalization. Writes benchmarks/results/classviz_quality.json (``--name``). Recipes were
-screened with benchmarks/classviz_screen.py (other seeds, the ablation classes).
+normalization. Writes benchmarks/results/classviz_quality.json (``--name``); with seeds other
+than the default (``--seed-list``) the rows of seeded recipes are named ``<recipe> (seeds 2,
+3)``. Recipes were screened with benchmarks/classviz_screen.py (other seeds, the ablation
+classes).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from typing import Any
@@ -44,8 +48,68 @@ from convsight.data.imagenet import imagenet_samples
 from convsight.data.images import load_image_tensor
 from convsight.models import load_model
 from convsight.optvis import render_classes
+from convsight.optvis.settings import RenderSettings
 
 PAPER_CLASSES = (1, 9, 55, 250, 951)  # goldfish, ostrich, green snake, Siberian husky, lemon
+
+# The Lucent-style baseline, every RenderSettings field written out (steps and size are the
+# rows'), so that no preset default reaches it: Lucent's image (Fourier spectrum from a 0.01
+# start, 1/f scaling, decorrelated colour, sigmoid), Lucent's transforms (pad 12, jitter 8,
+# scale 0.9-1.1, rotate -10..10 with extra zeros, jitter 4), Adam at a constant 0.1, the class
+# logit, no penalties, no skip gradient, fp32. (Built on the robust class preset, it inherited
+# that preset's skip_gradient=0.3 when the preset gained it; the published rows have none.)
+LUCENT_STYLE: dict[str, Any] = dict(
+    param="fourier",
+    decorrelate=True,
+    init_std=0.01,
+    decay_power=1.0,
+    coarse_to_fine=0.0,
+    optimizer="adam",
+    lr=0.1,
+    normalize_grad=False,
+    lr_schedule="constant",
+    pad=12,
+    jitter=8,
+    scales=tuple(1 + (i - 5) / 50 for i in range(11)),
+    angles=tuple(list(range(-10, 11)) + 5 * [0]),
+    jitter_after=4,
+    flip=False,
+    noise=0.0,
+    color_shift=0.0,
+    views=1,
+    blur_every=0,
+    blur_sigma=0.5,
+    l1=0.0,
+    l2=0.0,
+    tv=0.0,
+    blur=0.0,
+    activation_penalty=0.0,
+    penalty_layers=(),
+    class_objective="logit",
+    cossim_power=2.0,
+    dead_steps=3,
+    precision="fp32",
+    channels_last=True,
+    chunk=0,
+    ghost=0.0,
+    bn_prior=0.0,
+    skip_gradient=1.0,
+    average=0.0,
+    slice_channels=True,
+)
+LUCENT_STYLE_NAME = f"lucent-style adam {LUCENT_STYLE['lr']:g}"  # the rows' name, as published
+
+
+def lucent_style() -> dict[str, Any]:
+    """render_classes kwargs of the Lucent-style baseline; fails when RenderSettings has a
+    field the recipe does not set (a preset default would reach the baseline through it)."""
+    fields = {f.name for f in dataclasses.fields(RenderSettings)} - {"preset", "steps", "size"}
+    missing = sorted(fields - set(LUCENT_STYLE))
+    if missing:
+        raise SystemExit(f"LUCENT_STYLE does not set {', '.join(missing)}: write them out")
+    # "robust" only names the base in the recorded settings: every field is overridden
+    return {"preset": "robust", **LUCENT_STYLE}
+
 
 # Each ablation changes one ingredient of the robust class preset (CLASS_PRESETS["robust"]:
 # zoom 0.5-1.5, constant Adam 0.05, cossim, skip gradient 0.3) back to an alternative.
@@ -188,17 +252,11 @@ def main() -> None:
     real = torch.cat([load_image_tensor(photos[c], model.card) for c in classes])
     summarize(rows, "real photo (one per class)", 0, judge.hits(real, classes), len(classes), 0)
 
-    lucent_style = dict(
-        preset="robust",
-        lr_schedule="constant",
-        scales=tuple(1 + (i - 5) / 50 for i in range(11)),
-        class_objective="logit",
-    )
     robust = dict(preset="robust")
     recipes = [
         # name, render kwargs, steps, snapshots, classes, seeds
         ("paper", dict(preset="paper"), 20, (), classes, seeds[:1]),
-        ("lucent-style adam 0.1", {**lucent_style, "lr": 0.1}, 128, (64,), classes, seeds),
+        (LUCENT_STYLE_NAME, lucent_style(), 128, (64,), classes, seeds),
         ("robust", robust, 128, (64,), classes, seeds),
         ("robust bf16", {**robust, "precision": "bf16"}, 128, (64,), classes, seeds),
         *[
@@ -214,6 +272,9 @@ def main() -> None:
         ],
     ]
     only = {s.strip() for s in args.only.split(",") if s.strip()}
+    # rows of seeded recipes name their seeds when they are not the default ones
+    default_seeds = seeds == list(range(args.seeds))
+    suffix = "" if default_seeds else f" (seeds {', '.join(str(s) for s in seeds)})"
 
     def save() -> None:
         write_result(
@@ -227,6 +288,11 @@ def main() -> None:
                 "size": args.size,
                 "threads": torch.get_num_threads(),
                 "load_average_after": os.getloadavg()[0],
+                "recipes": {
+                    name + suffix: {"steps": steps, "snapshots": list(snaps), **kwargs}
+                    for name, kwargs, steps, snaps, _, _ in recipes
+                    if not only or name in only
+                },
                 "rows": rows,
             },
         )
@@ -256,9 +322,9 @@ def main() -> None:
         views = result.settings["views"]
         for s in sorted(base):
             n = len(base[s]["top1"])
-            summarize(rows, "robust (ablation classes)", s, base[s], n, 0, views)
+            summarize(rows, "robust (ablation classes)" + suffix, s, base[s], n, 0, views)
         for s in sorted(judged):
-            summarize(rows, name, s, judged[s], len(judged[s]["top1"]), seconds, views)
+            summarize(rows, name + suffix, s, judged[s], len(judged[s]["top1"]), seconds, views)
         save()
     if not args.skip_lucent and (not only or "torch-lucent" in only):
         start = time.perf_counter()

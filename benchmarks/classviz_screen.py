@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from classviz_quality import Judge, pick_classes
-from common import RESULTS, shared_dir, write_result
+from common import earlier_provenance, results_dir, shared_dir, write_result
 
 from convsight.data.imagenet import imagenet_samples
 from convsight.models import load_model
@@ -99,8 +99,9 @@ def main() -> None:
     samples = imagenet_samples(shared / "data" / "imagenet-samples")
     classes = pick_classes(samples, args.classes)
     which = classes[:: max(1, len(classes) // args.ablation_classes)][: args.ablation_classes]
-    path = RESULTS / f"{args.name}.json"
+    path = results_dir() / f"{args.name}.json"
     rows: list[dict[str, Any]] = json.loads(path.read_text())["rows"] if path.exists() else []
+    earlier = earlier_provenance(path)  # the runs whose rows are appended to
     also = [int(v) for v in args.also.split(",") if v.strip()]
     for name, kwargs in recipes:
         start = time.perf_counter()
@@ -145,7 +146,15 @@ def main() -> None:
                 f"  p {row['judge_prob_mean']:.2f}  ({seconds:.0f} s)",
                 flush=True,
             )
-        write_result(args.name, {"classes": which, "size": args.size, "rows": rows})
+        write_result(
+            args.name,
+            {
+                "classes": which,
+                "size": args.size,
+                "rows": rows,
+                **({"earlier_provenance": earlier} if earlier else {}),
+            },
+        )
 
 
 if __name__ == "__main__":

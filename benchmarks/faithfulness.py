@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import RESULTS, shared_dir, write_result
+from common import earlier_provenance, results_dir, shared_dir, write_result
 from torch import nn
 
 from convsight.attribution import GradCAM, method_class
@@ -204,14 +204,15 @@ def main() -> None:
     }
     methods: dict[str, Any] = {}
     results: dict[str, Any] = {"settings": settings, "methods": methods}
-    if args.merge and (RESULTS / "faithfulness.json").is_file():
+    if args.merge and (results_dir() / "faithfulness.json").is_file():
         import json
 
-        previous = json.loads((RESULTS / "faithfulness.json").read_text())
+        previous = json.loads((results_dir() / "faithfulness.json").read_text())
         methods.update(previous.get("methods", {}))
         if "quantus" in previous:
             results["quantus"] = previous["quantus"]
         settings["merged_runs"] = previous.get("settings", {}).get("merged_runs", 1) + 1
+        results["earlier_provenance"] = earlier_provenance(results_dir() / "faithfulness.json")
 
     def save() -> None:
         write_result(
@@ -318,7 +319,9 @@ def main() -> None:
         for kind in ("deletion", "insertion")
     }
     title = f"MobileNet v2, {x.shape[0]} sample photos, {args.step} px per step"
-    write_figure(RESULTS / "faithfulness_curves.png", faithfulness_curves(curves, title), dpi=80)
+    write_figure(
+        results_dir() / "faithfulness_curves.png", faithfulness_curves(curves, title), dpi=80
+    )
     lines = {
         name: (
             [s["randomized_down_to"] for s in entry["sanity"]["stages"]],
@@ -327,7 +330,7 @@ def main() -> None:
         for name, entry in named.items()
     }
     write_figure(
-        RESULTS / "faithfulness_sanity.png",
+        results_dir() / "faithfulness_sanity.png",
         sanity_plot(lines, "MobileNet v2: cascading randomization from the logits down"),
         dpi=80,
     )

@@ -8,7 +8,9 @@
   robust. The "mean" start is the mean of ../shared/data/imagenet-samples, which holds a
   single photo per class: the mean image is that one photo.
 
-Writes full-size PNGs and summary.json into --out, and small palette PNGs into --docs.
+Writes full-size PNGs into --out, small palette PNGs into --docs, and the numbers (final
+objectives, dead channels, class probabilities, times) into benchmarks/results/optvis_figures.json
+(through common.write_result, like every benchmark).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import time
 from pathlib import Path
 
 import torch
-from common import shared_dir
+from common import shared_dir, write_result
 from matplotlib.figure import Figure
 from PIL import Image
 
 from convsight.models import load_model
 from convsight.optvis import class_mean_images, render_channels, render_classes
-from convsight.report import write_figure, write_json
+from convsight.report import write_figure
 
 LAYERS = {
     "features.0": [0, 12, 25, 40],
@@ -81,6 +83,9 @@ def main() -> None:
     shared = shared_dir()
     args.out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"seed": args.seed, "layers": {}, "classes": {}}
+    # docs/img copies are made after the JSON is written: copying them first would leave the
+    # tree dirty for write_result (a tracked docs/img file changed)
+    docs: list[tuple[Path, Path]] = []
     vgg = load_model("vgg16", weights=shared / "models" / "vgg16_hed_features.pt")
     for layer in [name.strip() for name in args.layers.split(",") if name.strip()]:
         channels = LAYERS[layer]
@@ -108,10 +113,12 @@ def main() -> None:
             args.out / f"vgg16_{layer}.png",
             panel(rows, f"VGG16 (HED features) {layer}: channel, final mean activation"),
         )
-        small_copy(path, args.docs / f"optvis_vgg16_{layer}.png")
+        docs.append((path, args.docs / f"optvis_vgg16_{layer}.png"))
 
     if args.skip_classes:
-        write_json(args.out / "summary_layers.json", summary)
+        write_result("optvis_figures", {**summary, "skip_classes": True})
+        for src, dst in docs:
+            small_copy(src, dst)
         return
     mobilenet = load_model("mobilenet_v2", weights=shared / "models" / "mobilenet_v2_imagenet.pt")
     indices = [mobilenet.class_index(c) for c in CLASSES]
@@ -147,8 +154,10 @@ def main() -> None:
         args.out / "mobilenet_v2_classes.png",
         panel(rows, "MobileNet v2 class models (p: MobileNet v2's own softmax probability)"),
     )
-    small_copy(path, args.docs / "optvis_mobilenet_v2_classes.png")
-    write_json(args.out / "summary.json", summary)
+    docs.append((path, args.docs / "optvis_mobilenet_v2_classes.png"))
+    write_result("optvis_figures", summary)
+    for src, dst in docs:
+        small_copy(src, dst)
     print(f"wrote {args.out}")
 
 

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 import torch
-from common import shared_dir, write_result
+from common import results_dir, shared_dir, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from convsight.layers import forward_to
@@ -236,15 +236,15 @@ def add_to_render_json(key: str, result: dict) -> None:
     """Store ``result`` (with load and threads) under ``key`` of render.json, keeping its rows."""
     import json
 
-    from common import RESULTS
-
     result["load_average_after"] = os.getloadavg()
     result["threads"] = torch.get_num_threads()
-    path = RESULTS / "render.json"
+    path = results_dir() / "render.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[key] = result
     if "machine" in data:  # the machine of the timed rows; write_result adds this run's
         data.setdefault("machine_of_rows", data.pop("machine"))
+    if "provenance" in data:  # likewise; write_result also keeps it in "earlier_provenance"
+        data.setdefault("provenance_of_rows", data["provenance"])
     write_result("render", data)
 
 
