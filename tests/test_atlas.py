@@ -71,6 +71,9 @@ def test_atlas_files_and_redundancy(atlas_site, mnist_model):
             assert set(record["values"]) == {"paper", "robust"}
             assert len(record["examples"]) == 4
             assert (atlas_site / layer / f"c{c}.html").exists()
+            assert (atlas_site / layer / "img" / f"c{c}_projections.png").exists()
+            page = (atlas_site / layer / f"c{c}.html").read_text()
+            assert f'src="img/c{c}_projections.png"' in page  # under the patches
     assert not list(atlas_site.rglob("*.part"))
     model = load_model(str(mnist_model[0]))
     redundancy = filter_redundancy(model.module, "features.0")

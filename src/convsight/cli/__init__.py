@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from convsight.cli import attribute, models, paper, training, visualize  # noqa: F401 - register
+from convsight.cli import analysis, attribute, models, paper, training, visualize  # noqa: F401 - register
 from convsight.cli.app import app, model_for
 from convsight.cli.errors import command, say, usage_sentence
 from convsight.cli.options import card_fields, split_list

@@ -99,6 +99,7 @@ def _channel_pages(
             "dead": record["dead"],
             "objective": record["values"],
             "examples": record.get("examples", []),
+            "projections": record.get("projections", False),
             "histogram": histograms[c].tolist() if histograms is not None else [],
             "similar": similar,
             "prev": channels[i - 1],

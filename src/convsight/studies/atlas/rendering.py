@@ -11,6 +11,7 @@ import torch
 from rich.progress import Progress, TaskID
 
 from convsight.analysis.dataset_examples import ReceptiveField, receptive_field, top_examples
+from convsight.analysis.projections import display, project_units, tiles
 from convsight.models import Model
 from convsight.optvis.render import RenderResult, render_channels
 from convsight.optvis.settings import RenderSettings
@@ -43,7 +44,10 @@ def render_layer(
         for row, channel in enumerate(chunk):
             record = _channel_record(job, results, row, channel, folder, out)
             if examples is not None:
-                record["examples"] = _write_examples(folder, channel, examples, field, data, out)
+                record["examples"] = _write_examples(
+                    job.model, name, folder, channel, examples, field, data, out
+                )
+                record["projections"] = True
             write_json(records / f"c{channel}.json", record, within=out)
             bar.update(task, advance=1)
     return len(todo)
@@ -104,6 +108,8 @@ def _examples(
 
 
 def _write_examples(
+    model: Model,
+    layer: str,
     folder: Path,
     channel: int,
     examples: dict[str, torch.Tensor],
@@ -111,13 +117,18 @@ def _write_examples(
     data: AtlasDataset,
     out: Path,
 ) -> list[dict[str, Any]]:
-    """The strip of a channel's top examples (receptive fields boxed); their names, values
-    and boxes for its record."""
+    """The strip of a channel's top examples (receptive fields boxed) and, tile under tile,
+    the DeconvNet projection of each one's strongest unit; their names, values and boxes
+    for its record."""
     chosen = examples["top_images"][channel].tolist()
     positions = examples["top_positions"][channel].tolist()
     boxes = [field.box(y, x) for y, x in positions]
     strip = examples_strip([data.pixels[i] for i in chosen], boxes)
     write_pil(folder / "img" / f"c{channel}_examples.png", strip, within=out)
+    units = torch.tensor([[channel, y, x] for y, x in positions])
+    projected = project_units(model, data.pixels[chosen], layer, units, field)
+    shown = tiles([[display(m) for m in projected.crops()]])
+    write_pil(folder / "img" / f"c{channel}_projections.png", shown, within=out)
     values = examples["top_values"][channel].tolist()
     return [
         {"name": data.names[i], "value": v, "box": b}

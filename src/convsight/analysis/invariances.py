@@ -1,0 +1,444 @@
+"""Invariances around an optimum: eigen-directions of a unit's Hessian on the sphere.
+
+Berkes and Wiskott (2006, https://doi.org/10.1162/neco.2006.18.8.1868) described a quadratic
+unit by how its response curves on the sphere of its optimum's norm: along its invariances
+the response falls least, along what it is most selective to it falls most. The study asks
+the same of a network's units ("the Hessian of a given unit may be computed numerically around
+the optimal response"). A unit is any ``f(pixels) -> one value per row``; for a network, the
+mean activation of a channel or a class score before softmax of the pixel-space image ([0, 1],
+the space the optimization works in): :func:`channel_response`, :func:`class_response`.
+
+The Hessian on the sphere |y| = r through x (r = |x|) is the Riemannian Hessian
+
+    Hess f(x) = P (H - (g·x / r²) I) P,      P = I - x xᵀ / r²,
+
+H and g being f's Hessian and gradient at x; the second term is the sphere's own curvature
+(at a constrained maximum g = λx and it is -λ). It is solved in the tangent space itself (an
+orthonormal basis of it from one Householder reflection, so the radial direction, where P H P
+has a spurious 0, never competes): the largest eigenvalues are the invariances, the smallest
+the most selective directions, found by scipy's Lanczos (``eigsh`` on a ``LinearOperator``)
+from Hessian-vector products; H is never formed.
+
+The scale. A ReLU / max-pool network is piecewise linear: its exact Hessian is zero almost
+everywhere. The Hessian is computed "numerically", at a stated scale (:class:`HessianScale`):
+
+* finite differences of gradients (default): Hv ≈ |v| (g(x + s v̂) - g(x - s v̂)) / 2s, the
+  step s = h √n (``h``: RMS change per pixel, n pixels): f's curvature seen at the scale h;
+* the Hessian of the Gaussian-smoothed response f_σ(x) = E f(x + σε) (``sigma`` > 0): the same
+  differences averaged over ``samples`` draws x + σε_i, and g likewise. The draws are made once
+  and shared by every product (common random numbers), so the estimate is one fixed map, as
+  Lanczos needs. The Stein estimators (E[(εεᵀ - I) f(x + σε)] / σ², E[g(x + σε) εᵀ] / σ) were
+  not chosen: their variance grows with the number of pixels, and with N draws their sample
+  matrix has rank N (or 2N) and is not symmetric; differences of gradients at shared points
+  vary only as much as the curvature does.
+
+For a smooth f both agree with the exact Hessian up to O(h²) (tests compare with torch's double
+backward). For a piecewise-linear f a difference of gradients counts the kinks its step
+crosses, so the product is linear in v only on average (on VGG16 ``features.28`` at 32 px,
+|A(v1 + v2) - A v1 - A v2| is 43-85% of |A v1| + |A v2| for h from 1e-3 to 0.2, 22% smoothed
+with sigma 0.05 and 32 samples), and Lanczos on such a map returns pairs that are not eigenpairs.
+So every result carries its :class:`OperatorCheck` (linearity and symmetry on two random
+tangent vectors, each direction's residual; 3 + 2k more products) and says if it is reliable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+from convsight.errors import ConvsightError
+from convsight.models import Model
+from convsight.optvis import objectives as obj
+from convsight.optvis.forward import Forward, auto_chunk, probe_shapes
+from convsight.optvis.objectives import Context, Objective
+
+#: A unit: pixel-space images (N x C x H x W) -> one value per row (N).
+Response = Callable[[torch.Tensor], torch.Tensor]
+
+#: Largest relative error (linearity, symmetry, residuals) of a result called reliable.
+RELIABLE = 0.1
+
+
+@dataclass(frozen=True)
+class HessianScale:
+    """The scale of the numerical Hessian: the finite-difference step ``h`` (RMS change per
+    pixel), Gaussian smoothing ``sigma`` (noise std per pixel; 0: none) and its ``samples``."""
+
+    h: float = 0.01
+    sigma: float = 0.0
+    samples: int = 8
+
+    def check(self) -> None:
+        """One sentence for a step, smoothing or sample count that cannot work."""
+        if not math.isfinite(self.h) or self.h <= 0:
+            raise ConvsightError(f"--h must be a number above 0, not {self.h}")
+        if not math.isfinite(self.sigma) or self.sigma < 0:
+            raise ConvsightError(f"--smooth must be 0 (off) or a number above 0, not {self.sigma}")
+        if self.samples < 1:
+            raise ConvsightError(f"--samples must be at least 1, not {self.samples}")
+
+    def to_dict(self) -> dict[str, Any]:
+        smooth = self.sigma > 0
+        method = "finite differences of gradients" + (
+            ", Gaussian-smoothed (common random numbers)" if smooth else ""
+        )
+        return {
+            "h": self.h,
+            "sigma": self.sigma,
+            "samples": self.samples if smooth else 1,
+            "method": method,
+        }
+
+
+# --- units ------------------------------------------------------------------------------------
+
+
+def objective_response(model: Model, objective: Objective) -> Response:
+    """``objective`` of pixel-space images, run as a render runs it: normalized with the card,
+    the forward truncated at the layer (for a conv channel, only that channel computed)."""
+    forward = Forward(model, objective, slice_channels=True)
+
+    def response(pixels: torch.Tensor) -> torch.Tensor:
+        inputs = model.normalize(pixels)
+        return objective(Context(forward(inputs), pixels, inputs, sliced=forward.sliced))
+
+    return response
+
+
+def channel_response(model: Model, layer: str, channel: int, size: int | None = None) -> Response:
+    """The mean activation of ``channel`` of ``layer``; an unknown layer or a channel out of
+    range fails here (one forward of a zero image ``size`` pixels square, or the card's)."""
+    objective = obj.channel(layer, int(channel))
+    h, w = (size, size) if size else model.card.input_size
+    probe = torch.zeros(1, model.card.channels, h, w, device=model.device)
+    objective.check(probe_shapes(model, objective, probe), 1)
+    return objective_response(model, objective)
+
+
+def class_response(model: Model, target: int | str) -> Response:
+    """The score of class ``target`` (index or label) before softmax."""
+    index = model.class_index(target)
+    return objective_response(model, obj.class_logit(index, model.card.label(index)))
+
+
+# --- Hessian-vector products ------------------------------------------------------------------
+
+
+def gradients(
+    f: Response, points: torch.Tensor, batch: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f and its gradient at each row of ``points`` (``batch`` rows per pass)."""
+    values, grads = [], []
+    for chunk in points.split(max(1, batch)):
+        with torch.enable_grad():
+            p = chunk.detach().requires_grad_(True)
+            out = f(p)
+            (grad,) = torch.autograd.grad(out.sum(), p)
+        values.append(out.detach())
+        grads.append(grad)
+    return torch.cat(values), torch.cat(grads)
+
+
+def check_k(k: int, dim: int) -> None:
+    """k directions of each kind must fit the dim - 1 tangent directions (Lanczos: k < dim - 1)."""
+    if k < 1:
+        raise ConvsightError(f"--k must be at least 1, not {k}")
+    if k > dim - 2:
+        raise ConvsightError(
+            f"--k {k} is too large: an image of {dim} values has {dim - 1} tangent directions, "
+            f"so k may be at most {dim - 2}"
+        )
+
+
+class SphereHessian:
+    """Products with f's numerical Hessian at ``x`` at ``scale``, and what the Riemannian
+    Hessian on the sphere |y| = |x| adds (see the module docstring)."""
+
+    def __init__(
+        self, f: Response, x: torch.Tensor, scale: HessianScale, seed: int = 0, batch: int = 0
+    ) -> None:
+        scale.check()
+        self.f, self.x, self.scale = f, x.detach(), scale
+        self.radius = float(self.x.norm())
+        if not self.radius > 0:
+            raise ConvsightError("the optimum is the zero image: there is no sphere to move on")
+        self.step = scale.h * math.sqrt(self.x.numel())
+        draws = scale.samples if scale.sigma > 0 else 1
+        generator = torch.Generator().manual_seed(seed)
+        eps = torch.randn((draws, *x.shape), generator=generator, dtype=x.dtype).to(x.device)
+        self.noise = scale.sigma * eps  # shared by every product (common random numbers)
+        rows = 2 * len(self.noise)
+        self.batch = batch or auto_chunk(x.device, rows, tuple(x.shape[-2:]))
+        values, grads = gradients(f, self.x + self.noise, self.batch)
+        self.value, self.gradient = float(values.mean()), grads.mean(0)
+        self.radial = float((self.gradient * self.x).sum()) / self.radius**2
+        self.products = 0
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """P v: ``v`` without its part along x."""
+        return v - (v * self.x).sum() / self.radius**2 * self.x
+
+    @property
+    def tangent_gradient_norm(self) -> float:
+        """|P g|: 0 at an exact optimum on the sphere."""
+        return float(self.tangent(self.gradient).norm())
+
+    def hessian_product(self, v: torch.Tensor) -> torch.Tensor:
+        """H v by central differences of gradients at the scale (smoothed: averaged over the
+        shared noise draws)."""
+        self.products += 1
+        norm = float(v.norm())
+        if norm == 0:
+            return torch.zeros_like(self.x)
+        d = v.to(self.x.dtype) * (self.step / norm)
+        points = torch.cat([self.x + self.noise + d, self.x + self.noise - d])
+        _, grads = gradients(self.f, points, self.batch)
+        plus, minus = grads.split(len(self.noise))
+        return (plus - minus).mean(0) * (norm / (2 * self.step))
+
+    def riemannian_product(self, v: torch.Tensor) -> torch.Tensor:
+        """P (H - (g·x / r²) I) P v."""
+        v = self.tangent(v)
+        return self.tangent(self.hessian_product(v) - self.radial * v)
+
+
+class _TangentBasis:
+    """An orthonormal basis of the tangent space x⊥ (R^(n-1) <-> R^n): the first n - 1 columns
+    of the Householder reflection Q that maps x / |x| onto the last axis."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        unit = x / np.linalg.norm(x)
+        u = unit.copy()
+        u[-1] += 1.0 if unit[-1] >= 0 else -1.0
+        self.u = u / np.linalg.norm(u)
+
+    def _reflect(self, w: np.ndarray) -> np.ndarray:
+        return w - 2.0 * self.u * (self.u @ w)
+
+    def embed(self, y: np.ndarray) -> np.ndarray:
+        return self._reflect(np.append(y, 0.0))
+
+    def restrict(self, w: np.ndarray) -> np.ndarray:
+        return self._reflect(w)[:-1]
+
+
+def sphere_operator(hessian: SphereHessian) -> tuple[LinearOperator, _TangentBasis]:
+    """The Riemannian Hessian as a symmetric operator on the n - 1 tangent coordinates."""
+    x = hessian.x
+    basis = _TangentBasis(x.flatten().double().cpu().numpy())
+
+    def matvec(y: np.ndarray) -> np.ndarray:
+        v = basis.embed(np.asarray(y, dtype=np.float64).ravel())
+        t = torch.from_numpy(v).to(x.device, x.dtype).reshape(x.shape)
+        w = hessian.hessian_product(t) - hessian.radial * t
+        return basis.restrict(w.flatten().double().cpu().numpy())
+
+    dim = x.numel() - 1
+    return LinearOperator((dim, dim), matvec=matvec, dtype=np.float64), basis
+
+
+def _extreme_pairs(
+    operator: LinearOperator, k: int, seed: int, tol: float, maxiter: int | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The k largest and k smallest eigenpairs (ascending; fewer if Lanczos stopped early),
+    and how many converged: one run for both ends when 2k fits, else one per end."""
+    dim = operator.shape[0]
+    v0 = np.random.default_rng(seed).standard_normal(dim)
+    runs = [("BE", 2 * k)] if 2 * k < dim else [("LA", k), ("SA", k)]
+    values, vectors = [], []
+    for which, count in runs:
+        try:
+            w, y = eigsh(operator, k=count, which=which, v0=v0, tol=tol, maxiter=maxiter)
+        except ArpackNoConvergence as exc:
+            w, y = exc.eigenvalues, exc.eigenvectors
+        values.append(w)
+        vectors.append(y)
+    w, y = np.concatenate(values), np.concatenate(vectors, axis=1)
+    order = np.argsort(w)
+    return w[order], y[:, order], len(w)
+
+
+@dataclass(frozen=True)
+class OperatorCheck:
+    """How far the numerical operator A (the Riemannian Hessian at the scale) is from a
+    symmetric linear map, relative to |A v|: ``linearity`` |A(v1 + v2) - A v1 - A v2| and
+    ``symmetry`` |v1·A v2 - v2·A v1| for random unit tangent v1, v2; ``residuals``
+    |A v - λ v| / max |λ| of each direction found (invariant ones first)."""
+
+    linearity: float
+    symmetry: float
+    residuals: tuple[float, ...] = ()
+
+    @property
+    def reliable(self) -> bool:
+        worst = max((self.linearity, self.symmetry, *self.residuals))
+        return bool(worst <= RELIABLE)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "linearity_error": self.linearity,
+            "symmetry_error": self.symmetry,
+            "eigen_residuals": list(self.residuals),
+            "reliable": self.reliable,
+            "reliable_below": RELIABLE,
+        }
+
+
+def check_operator(
+    hessian: SphereHessian,
+    directions: torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
+    seed: int = 0,
+) -> OperatorCheck:
+    """:class:`OperatorCheck` of ``hessian`` (3 products, and one per direction given)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = hessian.x
+    v1, v2 = (
+        hessian.tangent(torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device))
+        for _ in range(2)
+    )
+    v1, v2 = v1 / v1.norm(), v2 / v2.norm()
+    a1, a2 = hessian.riemannian_product(v1), hessian.riemannian_product(v2)
+    a12 = hessian.riemannian_product(v1 + v2)
+    size = float(a1.norm() + a2.norm()) or 1.0
+    linearity = float((a12 - a1 - a2).norm()) / size
+    symmetry = abs(float((v1 * a2).sum() - (v2 * a1).sum())) / size
+    residuals: list[float] = []
+    if directions is not None and values is not None and len(values):
+        spread = float(values.abs().max()) or 1.0
+        for v, value in zip(directions, values.tolist(), strict=True):
+            v = v.to(x)
+            residuals.append(float((hessian.riemannian_product(v) - value * v).norm()) / spread)
+    return OperatorCheck(linearity, symmetry, tuple(residuals))
+
+
+@dataclass
+class Invariances:
+    """Eigen-directions of the Riemannian Hessian at ``point`` (unit tangent vectors shaped
+    like it): ``invariant`` (the response falls least first) and ``selective`` (falls most
+    first), with their eigenvalues; the response there, the radius, the radial term g·x/r²,
+    |P g| (0 at an exact optimum), the scale, products used, pairs converged, seconds, and
+    the :class:`OperatorCheck` of the numerical operator (None when not asked for)."""
+
+    point: torch.Tensor
+    value: float
+    radius: float
+    radial: float
+    tangent_gradient_norm: float
+    invariant: torch.Tensor
+    invariant_values: torch.Tensor
+    selective: torch.Tensor
+    selective_values: torch.Tensor
+    scale: HessianScale = field(default_factory=HessianScale)
+    products: int = 0
+    converged: int = 0
+    seconds: float = 0.0
+    check: OperatorCheck | None = None
+
+    @property
+    def reliable(self) -> bool | None:
+        """Whether the check passed (None: not checked)."""
+        return None if self.check is None else self.check.reliable
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers, for a JSON summary."""
+        return {
+            "response": self.value,
+            "radius": self.radius,
+            "radial_term": self.radial,
+            "tangent_gradient_norm": self.tangent_gradient_norm,
+            "invariant_eigenvalues": self.invariant_values.tolist(),
+            "selective_eigenvalues": self.selective_values.tolist(),
+            "scale": self.scale.to_dict(),
+            "hessian_vector_products": self.products,
+            "eigenpairs_converged": self.converged,
+            "seconds": self.seconds,
+            "check": None if self.check is None else self.check.to_dict(),
+        }
+
+
+def _directions(basis: _TangentBasis, y: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """Tangent coordinates (dim x m) -> m unit directions shaped like ``like``, each signed so
+    that its largest entry is positive."""
+    rows = []
+    for column in y.T:
+        v = basis.embed(column)
+        v = v / np.linalg.norm(v)
+        rows.append(v if v[np.argmax(np.abs(v))] >= 0 else -v)
+    flat = np.stack(rows) if rows else np.zeros((0, like.numel()))
+    return torch.from_numpy(flat).to(like.dtype).reshape(len(rows), *like.shape)
+
+
+def invariances(
+    f: Response,
+    x: torch.Tensor,
+    k: int = 4,
+    scale: HessianScale | None = None,
+    seed: int = 0,
+    tol: float = 1e-3,
+    maxiter: int | None = None,
+    batch: int = 0,
+    check: bool = True,
+) -> Invariances:
+    """The k invariances and k most selective directions of unit ``f`` at ``x`` (C x H x W)
+    on the sphere |y| = |x|, from Lanczos on Hessian-vector products at ``scale``.
+
+    ``tol`` is Lanczos's relative tolerance, ``maxiter`` its restarts (scipy's default when
+    None), ``batch`` the rows per gradient pass (0: auto); ``check`` adds the
+    :class:`OperatorCheck` (3 + 2k products). Inputs are checked before any work.
+    """
+    scale = scale or HessianScale()
+    scale.check()
+    check_k(k, x.numel())
+    began = time.perf_counter()
+    hessian = SphereHessian(f, x, scale, seed, batch)
+    operator, basis = sphere_operator(hessian)
+    values, coords, converged = _extreme_pairs(operator, k, seed, tol, maxiter)
+    directions = _directions(basis, coords, hessian.x.cpu())
+    high = min(k, (len(values) + 1) // 2)
+    low = min(k, len(values) - high)
+    found = Invariances(
+        point=hessian.x.cpu(),
+        value=hessian.value,
+        radius=hessian.radius,
+        radial=hessian.radial,
+        tangent_gradient_norm=hessian.tangent_gradient_norm,
+        invariant=directions.flip(0)[:high],
+        invariant_values=torch.from_numpy(values[::-1][:high].copy()),
+        selective=directions[:low],
+        selective_values=torch.from_numpy(values[:low].copy()),
+        scale=scale,
+        converged=converged,
+    )
+    if check:
+        found.check = check_operator(
+            hessian,
+            torch.cat([found.invariant, found.selective]),
+            torch.cat([found.invariant_values, found.selective_values]),
+            seed,
+        )
+    found.products, found.seconds = hessian.products, time.perf_counter() - began
+    return found
+
+
+def sphere_path(x: torch.Tensor, direction: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Points x(t) = cos t · x + sin t · r · v̂ (r = |x|, v̂ the unit direction, t in radians)
+    on the sphere through x: T x C x H x W, not clipped."""
+    x = x.detach()
+    unit = direction.to(x) / direction.norm()
+    shape = (-1,) + (1,) * x.dim()
+    t = angles.to(x).reshape(shape)
+    return torch.cos(t) * x + torch.sin(t) * x.norm() * unit
+
+
+@torch.no_grad()
+def responses(f: Response, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """f of each image (N x C x H x W), ``batch`` at a time."""
+    return torch.cat([f(chunk).detach() for chunk in images.split(max(1, batch))])

@@ -1,0 +1,270 @@
+"""DeconvNet projections (Zeiler & Fergus 2014, https://arxiv.org/abs/1311.2901): one unit of a
+layer taken back to the input, to show which pixels of its top dataset patch it responds to.
+
+The projection of unit (channel, y, x) of an image is the backward pass from that one unit
+(every other activation of the layer set to zero) through the truncated network, with the
+DeconvNet rule at every rectifier (:func:`~convsight.attribution.backprop.rectifier_rule`: only
+the positive part of the signal passes, whatever the forward input was). The rest is autograd,
+which is the deconvnet of the paper: a convolution goes back through its transposed filters
+(no bias), and max-pooling through the switches of the forward pass, since the gradient of
+``MaxPool2d`` goes to the argmax of each window, which is unpooling with the forward's
+switches (for overlapping windows a position chosen twice gets the sum). The map is seeded
+with 1, so the paper's (seeded with the activation) is this times the unit's value.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from convsight.analysis.dataset_examples import (
+    ChannelExamples,
+    ReceptiveField,
+    crop,
+    receptive_field,
+    top_examples,
+)
+from convsight.attribution.backprop import rectifier_rule
+from convsight.errors import ConvsightError
+from convsight.layers import check_layers, forward_to
+from convsight.models import Model, load_model
+from convsight.optvis.channels import parse_channels
+from convsight.report import prepare_out_dir, safe_filename, write_json, write_npz
+from convsight.report.images import to_pil, write_pil
+from convsight.runtime import seed_everything
+
+PAPER = "https://arxiv.org/abs/1311.2901"
+
+
+@dataclass
+class Projections:
+    """DeconvNet projections of one unit per image, in the model's input space (what its
+    first layer sees), with each unit's receptive field box in input pixels."""
+
+    layer: str
+    units: torch.Tensor  # N x 3: channel, y, x of the unit projected from each image
+    maps: torch.Tensor  # N x C x H x W
+    boxes: list[tuple[int, int, int, int]]  # (top, left, bottom, right) per row, clipped
+    rectifier_calls: int  # rectifier calls the DeconvNet rule was applied to
+
+    def crops(self) -> list[torch.Tensor]:
+        """Each map cut to its unit's receptive field box (the same crop as the patch)."""
+        return [crop(m, b) for m, b in zip(self.maps, self.boxes, strict=True)]
+
+
+@dataclass
+class ChannelProjections:
+    """A channel's top dataset examples: which images, their patches and projections."""
+
+    channel: int
+    images: list[int]  # dataset indices, strongest first
+    scores: list[float]  # the channel's largest activation in each image
+    patches: list[torch.Tensor]  # the receptive field box of each image, pixels in [0, 1]
+    projections: Projections
+
+
+def project_units(
+    model: Model,
+    pixels: torch.Tensor,
+    layer: str,
+    units: torch.Tensor,
+    field: ReceptiveField | None = None,
+    batch_size: int = 16,
+) -> Projections:
+    """Project unit ``units[i]`` (channel, y, x) of ``layer`` for image ``pixels[i]``
+    (N x C x H x W in [0, 1]) back to the input, with the DeconvNet rule.
+
+    Only the network up to ``layer`` runs. ``field``: the layer's receptive field (measured
+    when None). A rectifier the rule cannot reach (TorchScript, raw ``aten`` calls) is refused.
+    """
+    check_layers(model.module, [layer])
+    units = torch.as_tensor(units, dtype=torch.long).reshape(-1, 3)
+    if len(units) != len(pixels):
+        raise ConvsightError(f"{len(pixels)} images but {len(units)} units to project")
+    field = field if field is not None else receptive_field(model, layer)
+    maps, calls = [], 0
+    for start in range(0, len(pixels), batch_size):
+        chunk, rows = pixels[start : start + batch_size], units[start : start + batch_size]
+        projected, applied = _project_batch(model, chunk, layer, rows)
+        maps.append(projected)
+        calls += applied
+    boxes = [field.box(int(y), int(x)) for _, y, x in units.tolist()]
+    return Projections(layer, units, torch.cat(maps), boxes, calls)
+
+
+def _project_batch(
+    model: Model, pixels: torch.Tensor, layer: str, units: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """One backward pass from one unit per row (rows are independent in eval mode)."""
+    with torch.enable_grad():
+        x = model.normalize(pixels.to(model.device).float()).detach().requires_grad_(True)
+        with rectifier_rule(model.module, "deconvnet") as counts:
+            out = forward_to(model.module, x, [layer])[layer]
+            if out.dim() != 4:
+                size = "x".join(map(str, out.shape[1:]))
+                raise ConvsightError(f"layer '{layer}' outputs {size}, not channel maps")
+            c, y, x_ = (units[:, i].to(out.device) for i in range(3))
+            picked = out[torch.arange(len(out), device=out.device), c, y, x_]
+            (gradient,) = torch.autograd.grad(picked.sum(), x)
+    if counts.unreached:
+        raise ConvsightError(
+            f"DeconvNet cannot reach {counts.unreached} rectifier(s) of model "
+            f"'{model.card.name}' (run inside TorchScript or as raw aten calls), so its "
+            "projection would be wrong"
+        )
+    return gradient.detach().cpu(), counts.applied
+
+
+def project_examples(
+    model: Model,
+    pixels: torch.Tensor,
+    examples: ChannelExamples,
+    field: ReceptiveField | None = None,
+    batch_size: int = 16,
+) -> list[ChannelProjections]:
+    """For each channel of ``examples`` (from :func:`top_examples` on ``pixels``): its top
+    images' patches and the projections of their strongest units, strongest first."""
+    field = field if field is not None else receptive_field(model, examples.layer)
+    found = []
+    for row, channel in enumerate(examples.channels):
+        chosen = examples.top_images[row].tolist()
+        positions = examples.top_positions[row]
+        units = torch.cat((torch.full((len(chosen), 1), channel), positions.long()), 1)
+        projections = project_units(model, pixels[chosen], examples.layer, units, field, batch_size)
+        patches = [crop(pixels[i], b) for i, b in zip(chosen, projections.boxes, strict=True)]
+        scores = [float(v) for v in examples.top_values[row].tolist()]
+        found.append(ChannelProjections(channel, chosen, scores, patches, projections))
+    return found
+
+
+def display(projection: torch.Tensor) -> torch.Tensor:
+    """A signed map shown in [0, 1]: 0.5 + x / (2 max|x|) over the whole image (grey is 0)."""
+    top = projection.abs().max()
+    if top == 0:
+        return torch.full_like(projection, 0.5)
+    return 0.5 + projection / (2 * top)
+
+
+def tiles(rows: list[list[torch.Tensor]], tile: int = 112) -> Image.Image:
+    """Rows of images (C x h x w in [0, 1]), each enlarged to ``tile`` x ``tile``, 4 pixels
+    apart: the same layout as the atlas's examples strip."""
+    width = max(len(r) for r in rows)
+    size = (tile * width + 4 * (width - 1), tile * len(rows) + 4 * (len(rows) - 1))
+    sheet = Image.new("RGB", size, "white")
+    for r, images in enumerate(rows):
+        for i, pixels in enumerate(images):
+            if min(pixels.shape[-2:]) == 0:  # a box clipped away entirely: left blank
+                continue
+            img = to_pil(pixels).convert("RGB")
+            resample = Image.NEAREST if max(img.size) < tile // 2 else Image.BILINEAR
+            sheet.paste(img.resize((tile, tile), resample), (i * (tile + 4), r * (tile + 4)))
+    return sheet
+
+
+def check_projection_inputs(
+    model: Model, layer: str, channels: str | Sequence[int], top_k: int
+) -> list[int]:
+    """The channels of ``layer`` to project; a bad layer, channel or ``top_k`` fails in one
+    sentence (one small forward)."""
+    if top_k < 1:
+        raise ConvsightError(f"--top-k must be at least 1, not {top_k}")
+    check_layers(model.module, [layer])
+    with torch.no_grad():
+        out = forward_to(model.module, model.example_input(), [layer])[layer]
+    if out.dim() != 4:
+        raise ConvsightError(f"layer '{layer}' outputs {tuple(out.shape[1:])}, not channel maps")
+    text = channels if isinstance(channels, str) else ",".join(str(int(c)) for c in channels)
+    try:
+        return parse_channels(text, limit=int(out.shape[1]))
+    except ConvsightError as exc:
+        raise ConvsightError(f"{exc} (--channels, layer '{layer}')") from None
+
+
+def write_projections(
+    model: str | Model,
+    layer: str,
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    channels: str | Sequence[int] = "0-3",
+    weights: str | os.PathLike | None = None,
+    top_k: int = 9,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """For each channel: its top-``top_k`` dataset images, and the DeconvNet projection of each
+    one's strongest unit. Writes per channel a PNG (patches row, projections row), and
+    ``projections.npz`` and ``projections.json`` for all. Every input is checked (the dataset
+    read) before ``out`` is created."""
+    from convsight.studies.atlas.inputs import dataset_images, load_dataset
+
+    start = time.perf_counter()
+    seed_everything(seed)
+    loaded = model if isinstance(model, Model) else load_model(model, weights)
+    chosen = check_projection_inputs(loaded, layer, channels, top_k)
+    pixels, names, skipped = load_dataset(loaded, dataset_images(dataset), Path(dataset))
+    out = prepare_out_dir(out)
+    examples = top_examples(loaded, pixels, layer, chosen, top_k, show_progress=show_progress)
+    field = receptive_field(loaded, layer)
+    found = project_examples(loaded, pixels, examples, field)
+    rows = []
+    for item in found:
+        grid = safe_filename(f"{layer}-c{item.channel}.png")
+        crops = [display(m) for m in item.projections.crops()]
+        write_pil(out / grid, tiles([item.patches, crops]), within=out)
+        rows.append(_channel_row(item, grid, names))
+    _write_arrays(out, examples, found)
+    summary = {
+        "model": loaded.card.name,
+        "weights": str(weights) if weights else None,
+        "layer": layer,
+        "method": f"DeconvNet projection of each image's strongest unit ({PAPER})",
+        "dataset": str(dataset),
+        "dataset_size": len(names),
+        "skipped_images": skipped,
+        "top_k": top_k,
+        "seed": seed,
+        "receptive_field": {"size": field.size, "stride": field.stride, "offset": field.offset},
+        "rectifier_calls": sum(p.projections.rectifier_calls for p in found),
+        "display": "each projection shown as 0.5 + x / (2 max|x|), per image (grey is 0)",
+        "channels": rows,
+        "seconds": time.perf_counter() - start,
+    }
+    write_json(out / "projections.json", summary, within=out)
+    return summary
+
+
+def _write_arrays(out: Path, examples: ChannelExamples, found: list[ChannelProjections]) -> None:
+    """``projections.npz``: per channel its top images, values, unit positions, boxes and
+    full projections (channels x k x C x H x W, the model's input space)."""
+    write_npz(
+        out / "projections.npz",
+        within=out,
+        channels=torch.tensor(examples.channels),
+        top_images=examples.top_images,
+        top_values=examples.top_values,
+        top_positions=examples.top_positions,
+        boxes=torch.tensor([p.projections.boxes for p in found]),
+        projections=torch.stack([p.projections.maps for p in found]),
+    )
+
+
+def _channel_row(item: ChannelProjections, grid: str, names: list[str]) -> dict[str, Any]:
+    """The JSON of one channel: its grid and, per example, image, score, unit and box."""
+    examples = [
+        {"image": names[i], "score": s, "unit": {"y": int(u[1]), "x": int(u[2])}, "box": list(b)}
+        for i, s, u, b in zip(
+            item.images,
+            item.scores,
+            item.projections.units.tolist(),
+            item.projections.boxes,
+            strict=True,
+        )
+    ]
+    return {"channel": item.channel, "grid": grid, "examples": examples}

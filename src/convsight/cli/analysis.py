@@ -1,0 +1,134 @@
+"""Commands that analyse a trained network around what it computes: invariances, DeconvNet
+projections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from convsight.cli.app import app, model_for
+from convsight.cli.errors import command, out_console, say
+from convsight.cli.options import (
+    ModelArg,
+    RenderFlags,
+    RunFlags,
+    WeightsOpt,
+    card_options,
+    render_options,
+    run_options,
+)
+
+LayerOpt = Annotated[
+    str | None, typer.Option(help="Layer name (see `convsight layers`); with --channel.")
+]
+ChannelOpt = Annotated[int | None, typer.Option(min=0, help="Channel of --layer.")]
+ClassOpt = Annotated[
+    str | None, typer.Option("--class", help="Class name or index (instead of a channel).")
+]
+KOpt = Annotated[int, typer.Option("--k", help="Directions of each kind (invariant, selective).")]
+StepOpt = Annotated[
+    float, typer.Option("--h", help="Finite-difference step: RMS change per pixel ([0, 1] pixels).")
+]
+SmoothOpt = Annotated[
+    float,
+    typer.Option(
+        "--smooth",
+        metavar="SIGMA",
+        help="Hessian of the Gaussian-smoothed response: noise std per pixel (0: off).",
+    ),
+]
+SamplesOpt = Annotated[int, typer.Option(help="Noise draws for --smooth.")]
+FramesOpt = Annotated[int, typer.Option(help="Frames per direction, optimum first.")]
+AngleOpt = Annotated[float, typer.Option(help="Degrees moved along each direction on the sphere.")]
+
+
+def warn_if_unreliable(check: dict[str, Any] | None) -> None:
+    """One line on stderr when the numerical Hessian failed its own check."""
+    if not check or check["reliable"]:
+        return
+    say(
+        "warning:",
+        "yellow",
+        f"the numerical Hessian at this scale is far from a symmetric linear map (linearity "
+        f"error {check['linearity_error']:.2f}, worst eigen-residual "
+        f"{max(check['eigen_residuals'], default=0):.2f}): the directions are unreliable; "
+        "compare them with random_directions in summary.json, or smooth more "
+        "(--smooth SIGMA --samples N)",
+    )
+
+
+@app.command("invariances")
+@command
+@card_options
+@render_options
+@run_options("runs/invariances", device=True)
+def invariances_cmd(
+    model: ModelArg,
+    layer: LayerOpt = None,
+    channel: ChannelOpt = None,
+    target: ClassOpt = None,
+    k: KOpt = 4,
+    h: StepOpt = 0.01,
+    smooth: SmoothOpt = 0.0,
+    samples: SamplesOpt = 8,
+    frames: FramesOpt = 9,
+    angle: AngleOpt = 45.0,
+    weights: WeightsOpt = None,
+    card_fields: dict[str, Any] | None = None,
+    render: RenderFlags | None = None,
+    run: RunFlags | None = None,
+) -> None:
+    """Render the optimum of a channel (or class), then the directions on the sphere of its norm
+    along which the response falls least (invariances) and most (selective), from the Hessian."""
+    from convsight.studies.invariances import write_invariances
+
+    summary = write_invariances(
+        model=model_for(model, weights, card_fields, run.seed),
+        **{"layer": layer, "channel": channel, "target": target, "weights": weights, "k": k},
+        **{"h": h, "smooth": smooth, "samples": samples, "frames": frames, "angle": angle},
+        **render.arguments(),
+        **run.arguments(),
+    )
+    warn_if_unreliable(summary["check"])
+    inv = ", ".join(f"{v:.3g}" for v in summary["invariant_eigenvalues"])
+    sel = ", ".join(f"{v:.3g}" for v in summary["selective_eigenvalues"])
+    out_console.print(
+        f"response {summary['response']:.3g}; invariances {inv}; selective {sel}; "
+        f"{summary['hessian_vector_products']} Hessian-vector products in "
+        f"{summary['seconds']:.1f} s; outputs in {run.out}"
+    )
+
+
+@app.command("projections")
+@command
+@card_options
+@run_options("runs/projections")
+def projections_cmd(
+    model: ModelArg,
+    layer: Annotated[str, typer.Option(help="Layer name (see `convsight layers`).")],
+    dataset: Annotated[Path, typer.Option(help="Image folder to find the top examples in.")],
+    channels: Annotated[str, typer.Option(help="Channels, e.g. 0-3 or 0,5,9.")] = "0-3",
+    top_k: Annotated[int, typer.Option(min=1, help="Dataset examples per channel.")] = 9,
+    weights: WeightsOpt = None,
+    card_fields: dict[str, Any] | None = None,
+    run: RunFlags | None = None,
+) -> None:
+    """Project each channel's strongest unit in its top dataset images back to pixels
+    (DeconvNet, Zeiler & Fergus 2014): a PNG per channel (patches, projections), npz, JSON."""
+    from convsight.analysis.projections import write_projections
+
+    summary = write_projections(
+        model=model_for(model, weights, card_fields, run.seed),
+        layer=layer,
+        dataset=dataset,
+        channels=channels,
+        weights=weights,
+        top_k=top_k,
+        **run.arguments(),
+    )
+    out_console.print(
+        f"{len(summary['channels'])} channels of {layer}, top {top_k} of "
+        f"{summary['dataset_size']} images, in {summary['seconds']:.1f} s; outputs in {run.out}"
+    )

@@ -1,0 +1,288 @@
+"""Job behind ``convsight invariances``: render a unit's optimum, find its invariances, write.
+
+Every input (model, unit, k, the Hessian's scale, frames, render settings, output folder) is
+checked before the optimum is rendered; nothing is written for bad input. The frames of each
+direction follow the sphere x(t) = cos t · x + sin t · r · v̂ from the optimum (t from 0 to
+``angle``); they are clipped to [0, 1] only to be shown (the JSON gives the response on the
+sphere and on the clipped image).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+from convsight.analysis.invariances import (
+    HessianScale,
+    Invariances,
+    Response,
+    channel_response,
+    check_k,
+    class_response,
+    invariances,
+    responses,
+    sphere_path,
+)
+from convsight.errors import ConvsightError
+from convsight.models import Model, load_model
+from convsight.optvis.model_hooks import check_model_hooks
+from convsight.optvis.render import RenderResult, render_channels, render_classes
+from convsight.report import atomic_path, prepare_out_dir, write_figure, write_json, write_npz
+from convsight.report.grids import image_grid
+from convsight.report.images import to_pil, write_image
+from convsight.runtime import resolve_device, seed_everything
+from convsight.studies.optvis import collect_settings
+
+GIF_SIDE = 160  # GIF frames are enlarged (nearest neighbour) to at least this many pixels
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The unit whose optimum is analysed: a channel of a layer, or a class."""
+
+    layer: str | None = None
+    channel: int | None = None
+    target: str | int | None = None
+
+    def check(self) -> None:
+        """Exactly one of a layer channel and a class."""
+        if self.target is not None and (self.layer is not None or self.channel is not None):
+            raise ConvsightError("give --layer with --channel, or --class, not both")
+        if self.target is None and (self.layer is None or self.channel is None):
+            raise ConvsightError("give --layer and --channel (a channel), or --class (a class)")
+
+    @property
+    def kind(self) -> str:
+        return "channel" if self.target is None else "class"
+
+    def response(self, model: Model, size: int | None) -> tuple[Response, int | None, str]:
+        """f(pixels), the class index (None for a channel) and a name; checks the unit."""
+        if self.target is None:
+            assert self.layer is not None and self.channel is not None
+            f = channel_response(model, self.layer, self.channel, size)
+            return f, None, f"{self.layer} channel {self.channel}"
+        index = model.class_index(self.target)
+        return class_response(model, index), index, f"class {model.card.label(index)}"
+
+    def render(self, model: Model, index: int | None, settings, seed: int, progress: bool):
+        """The optimum, rendered by the library (one row)."""
+        if index is None:
+            assert self.layer is not None and self.channel is not None
+            return render_channels(
+                model, self.layer, [self.channel], seed=seed, progress=progress, settings=settings
+            )
+        return render_classes(model, [index], seed=seed, progress=progress, settings=settings)
+
+
+def check_frames(frames: int, angle: float) -> None:
+    """Two frames at least; an angle in (0, 180] degrees."""
+    if frames < 2:
+        raise ConvsightError(f"--frames must be at least 2, not {frames}")
+    if not math.isfinite(angle) or not 0 < angle <= 180:
+        raise ConvsightError(f"--angle must be above 0 and at most 180 degrees, not {angle}")
+
+
+def _load(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
+    loaded = model if isinstance(model, Model) else load_model(model, weights)
+    return loaded.to(resolve_device(device))
+
+
+def random_tangents(x: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """``count`` random unit directions tangent to the sphere at ``x``: the baseline that
+    invariant and selective directions are judged against."""
+    noise = torch.randn((count, *x.shape), generator=torch.Generator().manual_seed(seed + 2))
+    flat, unit = noise.to(x).flatten(1), x.flatten() / x.norm()
+    flat = flat - torch.outer(flat @ unit, unit)
+    return (flat / flat.norm(dim=1, keepdim=True)).reshape(noise.shape)
+
+
+def _paths(
+    f: Response, found: Invariances, frames: int, angle: float, device: torch.device, seed: int
+) -> dict[str, dict[str, torch.Tensor]]:
+    """For each kind (invariant, selective, random): the frames (m x T x C x H x W, on the
+    sphere) and the response on the sphere and on the clipped frames (m x T)."""
+    angles = torch.linspace(0.0, math.radians(angle), frames, dtype=torch.float64)
+    result = {}
+    kinds = {"invariant": found.invariant, "selective": found.selective}
+    kinds["random"] = random_tangents(found.point, len(found.invariant), seed)
+    for kind, directions in kinds.items():
+        path = [sphere_path(found.point, v, angles) for v in directions]
+        images = torch.stack(path) if path else found.point.new_zeros(0, frames, *found.point.shape)
+        flat = images.flatten(0, 1).float()
+        on_sphere = responses(f, flat.to(device)).reshape(len(path), frames)
+        clipped = responses(f, flat.clamp(0, 1).to(device)).reshape(len(path), frames)
+        result[kind] = {"images": images, "on_sphere": on_sphere.cpu(), "clipped": clipped.cpu()}
+    return result
+
+
+def _strip(images: torch.Tensor, values: torch.Tensor, angles: Sequence[float], title: str):
+    titles = [f"{a:.0f}°: {v:.3g}" for a, v in zip(angles, values.tolist(), strict=True)]
+    return image_grid(images.float().clamp(0, 1), titles, len(angles), title)
+
+
+def spectrum_figure(found: Invariances, title: str) -> Figure:
+    """The eigenvalues found: invariances (falls least) and selective directions (falls most)."""
+    fig = Figure(figsize=(6, 3.4), layout="constrained")
+    ax = fig.subplots()
+    inv, sel = found.invariant_values.tolist(), found.selective_values.tolist()
+    ax.plot(range(1, len(inv) + 1), inv, "o-", label="invariances (response falls least)")
+    ax.plot(range(1, len(sel) + 1), sel, "s-", label="selective (response falls most)")
+    ax.axhline(0, color="grey", lw=1, ls="--")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("rank")
+    ax.set_ylabel("eigenvalue of the Hessian on the sphere")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def write_gif(path: Path, frames: torch.Tensor, within: Path, ms: int = 120) -> Path:
+    """The frames (T x C x H x W, clipped) there and back as a looping GIF, written atomically."""
+    images = [to_pil(frame) for frame in frames]
+    factor = max(1, -(-GIF_SIDE // min(images[0].size)))
+    images = [
+        img.resize((img.width * factor, img.height * factor), Image.NEAREST) for img in images
+    ]
+    loop = images + images[-2:0:-1]
+    with atomic_path(path, within) as tmp:
+        loop[0].save(tmp, format="GIF", save_all=True, append_images=loop[1:], duration=ms, loop=0)
+    return path
+
+
+def _write_directions(out: Path, found: Invariances, paths: dict, angles: list[float], name: str):
+    """Per direction: a strip PNG and a GIF; all of them in one figure; the rows of the JSON."""
+    written, rows, tiles, titles = [], [], [], []
+    for kind in ("invariant", "selective"):
+        values = getattr(found, f"{kind}_values").tolist()
+        for i, eigenvalue in enumerate(values):
+            stem = f"{kind}_{i + 1:02d}"
+            images, on_sphere = paths[kind]["images"][i], paths[kind]["on_sphere"][i]
+            label = f"{name}: {kind} {i + 1}, eigenvalue {eigenvalue:.3g}"
+            strip = _strip(images, on_sphere, angles, label)
+            written.append(write_figure(out / f"{stem}.png", strip, within=out))
+            written.append(write_gif(out / f"{stem}.gif", images, out))
+            tiles.append(images)
+            titles += [
+                f"{kind[:3]} {i + 1}, {a:.0f}°: {v:.3g}"
+                for a, v in zip(angles, on_sphere.tolist(), strict=True)
+            ]
+            rows.append(
+                {
+                    "kind": kind,
+                    "rank": i + 1,
+                    "eigenvalue": eigenvalue,
+                    "angles_degrees": angles,
+                    "response_on_sphere": on_sphere.tolist(),
+                    "response_clipped": paths[kind]["clipped"][i].tolist(),
+                    "strip": f"{stem}.png",
+                    "gif": f"{stem}.gif",
+                }
+            )
+    overview = image_grid(torch.cat(tiles).float().clamp(0, 1), titles, len(angles), name)
+    written.append(write_figure(out / "invariances.png", overview, within=out))
+    return written, rows
+
+
+def write_invariances(
+    model: str | Model,
+    layer: str | None = None,
+    channel: int | None = None,
+    target: str | int | None = None,
+    weights: str | os.PathLike | None = None,
+    k: int = 4,
+    h: float = 0.01,
+    smooth: float = 0.0,
+    samples: int = 8,
+    frames: int = 9,
+    angle: float = 45.0,
+    preset: str = "robust",
+    flags: dict[str, Any] | None = None,
+    extra: Sequence[str] = (),
+    out: str | os.PathLike = "runs/invariances",
+    seed: int = 0,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Render the optimum of a channel of ``layer`` (or of class ``target``), then its k
+    invariances and k most selective directions: strips, GIFs, spectrum, npz, summary.json."""
+    unit, scale = Unit(layer, channel, target), HessianScale(h, smooth, samples)
+    unit.check(), scale.check(), check_frames(frames, angle)
+    settings, given = collect_settings(preset, flags or {}, extra, target=unit.kind)
+    seed_everything(seed)  # an untrained network's weights, too, come from the seed
+    loaded = _load(model, weights, device)
+    f, index, name = unit.response(loaded, settings.size)
+    side = (settings.size, settings.size) if settings.size else loaded.card.input_size
+    check_k(k, loaded.card.channels * side[0] * side[1])
+    skip = settings.skip_gradient if "skip_gradient" in given else 1.0
+    check_model_hooks(loaded.module, settings.ghost, settings.bn_prior, skip)
+    out = prepare_out_dir(out)
+    seed_everything(seed)
+    began = time.perf_counter()
+    rendered: RenderResult = unit.render(loaded, index, settings, seed, show_progress)
+    found = invariances(f, rendered.images[0].to(loaded.device), k, scale, seed=seed)
+    angles = torch.linspace(0.0, angle, frames).tolist()
+    paths = _paths(f, found, frames, angle, loaded.device, seed)
+    written, rows = _write_outputs(out, found, paths, angles, f"{loaded.card.name} {name}")
+    summary = _summary(loaded, unit, index, weights, rendered, found, rows)
+    summary["random_directions"] = {
+        "angles_degrees": angles,
+        "response_on_sphere": paths["random"]["on_sphere"].tolist(),
+    }
+    summary["settings"] = {
+        **found.scale.to_dict(),
+        **{"k": k, "frames": frames, "angle_degrees": angle},
+        "render": {**settings.to_dict(), "seed": seed, "device": str(loaded.device)},
+    }
+    summary["seconds_total"] = time.perf_counter() - began
+    written.append(write_json(out / "summary.json", summary, within=out))
+    return {**summary, "written": written}
+
+
+def _write_outputs(out: Path, found: Invariances, paths: dict, angles: list[float], title: str):
+    """Optimum, strips, GIFs, the overview, the spectrum and the arrays; the JSON rows."""
+    written = [write_image(out / "optimum.png", found.point, min_side=128, within=out)]
+    more, rows = _write_directions(out, found, paths, angles, title)
+    written += more
+    written.append(write_figure(out / "spectrum.png", spectrum_figure(found, title), within=out))
+    arrays = {f"{kind}_frames": paths[kind]["images"] for kind in ("invariant", "selective")}
+    directions = {"invariant": found.invariant, "selective": found.selective}
+    path = out / "invariances.npz"
+    written.append(write_npz(path, within=out, optimum=found.point, **directions, **arrays))
+    return written, rows
+
+
+def _summary(loaded, unit, index, weights, rendered, found, rows) -> dict[str, Any]:
+    return {
+        "model": loaded.card.name,
+        "weights": str(weights) if weights else None,
+        "unit": {
+            "kind": unit.kind,
+            "layer": unit.layer,
+            "channel": unit.channel,
+            "class": index,
+            "label": None if index is None else loaded.card.label(index),
+        },
+        "objective": "the channel's mean activation"
+        if index is None
+        else "the class score before softmax",
+        "render": {
+            "objective": rendered.description,
+            "value": float(rendered.values[0]),
+            "dead": bool(rendered.dead),
+            "seconds": rendered.seconds,
+        },
+        **found.summary(),
+        "directions": rows,
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,243 @@
+"""Invariances around an optimum: known answers on quadratic units, the Hessian-vector
+products against torch's double backward, bad input, and the command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+from convsight.analysis.invariances import (
+    HessianScale,
+    SphereHessian,
+    channel_response,
+    invariances,
+    sphere_path,
+)
+from convsight.cli import app
+from convsight.errors import ConvsightError
+from convsight.models import Model, load_model
+from convsight.studies import invariances as study
+
+SIDE = 16
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def gabor_pair(side: int = SIDE, theta: float = 0.4, freq: float = 0.2, sigma: float = 3.0):
+    """Cosine and sine Gabors centred on the image (1 x side x side), zero mean, orthogonal."""
+    c = (side - 1) / 2
+    yy, xx = torch.meshgrid(
+        torch.arange(side, dtype=torch.float64) - c,
+        torch.arange(side, dtype=torch.float64) - c,
+        indexing="ij",
+    )
+    u = xx * math.cos(theta) + yy * math.sin(theta)
+    envelope = torch.exp(-(xx**2 + yy**2) / (2 * sigma**2))
+    even = envelope * torch.cos(2 * math.pi * freq * u)
+    even = even - envelope * (even.sum() / envelope.sum())  # no response to a flat image
+    odd = envelope * torch.sin(2 * math.pi * freq * u)
+    return even[None], odd[None]
+
+
+@pytest.mark.parametrize(
+    "scale", [HessianScale(), HessianScale(h=0.02, sigma=0.05, samples=4)], ids=["fd", "smooth"]
+)
+def test_complex_cell_is_invariant_to_phase(scale):
+    even, odd = gabor_pair()
+
+    def energy(pixels: torch.Tensor) -> torch.Tensor:  # a complex cell at the image centre
+        return (pixels * even).flatten(1).sum(1) ** 2 + (pixels * odd).flatten(1).sum(1) ** 2
+
+    x = 3 * even / even.norm()  # the optimum on the sphere of radius 3
+    found = invariances(energy, x, k=3, scale=scale)
+    tangent = odd - (odd * x).sum() / (x * x).sum() * x  # the phase shift: the sine Gabor, in x⊥
+    assert abs(cosine(found.invariant[0], tangent)) > 0.9  # either sign
+    assert abs(cosine(found.selective[0], tangent)) < 0.5
+    assert found.invariant_values[0] > found.selective_values[0]
+    assert found.converged == 6 and found.reliable  # a quadratic: its products are exact
+    if scale.sigma == 0:  # x is a critical point on the sphere (smoothed: nearly)
+        assert found.tangent_gradient_norm < 1e-6 * found.radius
+    for v in (*found.invariant, *found.selective):  # unit tangent directions
+        assert abs(float(v.norm()) - 1) < 1e-6 and abs(cosine(v, x)) < 1e-6
+
+
+class Square(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
+def test_translation_invariant_unit_through_a_model():
+    """Mean over positions of a squared circular convolution: its optimum is a plane wave at
+    the kernel's strongest frequency; its invariance, the optimum's translation tangent."""
+    torch.manual_seed(9)  # a kernel whose strongest frequency is well ahead of the next
+    conv = nn.Conv2d(1, 1, 5, padding=2, padding_mode="circular", bias=False)
+    model = Model.from_module(nn.Sequential(conv, Square()), input_size=SIDE, channels=1)
+    f = channel_response(model, "1", 0)
+    kernel = torch.zeros(SIDE, SIDE)
+    kernel[:5, :5] = conv.weight[0, 0].detach()
+    power = torch.fft.fft2(kernel).abs() ** 2
+    top = torch.topk(power.flatten(), 3)
+    first, second, third = top.values.tolist()
+    assert second == pytest.approx(first, rel=1e-5)  # k and -k
+    assert third < 0.9 * first  # and no other frequency ties with them
+    ky, kx = divmod(int(top.indices[0]), SIDE)
+    yy, xx = torch.meshgrid(torch.arange(SIDE), torch.arange(SIDE), indexing="ij")
+    x = torch.cos(2 * math.pi * (kx * xx + ky * yy) / SIDE + 0.3)[None]
+    frequencies = torch.fft.fftfreq(SIDE)
+    shift_x = torch.fft.ifft2(torch.fft.fft2(x) * (-2j * math.pi * frequencies)).real
+    shift_y = torch.fft.ifft2(torch.fft.fft2(x) * (-2j * math.pi * frequencies[:, None])).real
+    tangent = shift_x if shift_x.norm() > shift_y.norm() else shift_y  # d/du x(p - u)
+    found = invariances(f, x, k=2)
+    assert abs(cosine(found.invariant[0], tangent)) > 0.9 and found.reliable
+    assert abs(cosine(found.selective[0], tangent)) < 0.5
+    assert abs(float(found.invariant_values[0])) < 1e-3 * abs(float(found.selective_values[0]))
+
+
+def smooth_unit():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Conv2d(3, 1, 3), nn.Softplus()).double()
+
+    def f(pixels: torch.Tensor) -> torch.Tensor:
+        return net(pixels).flatten(1).mean(1) + 0.1 * pixels.pow(3).flatten(1).sum(1)
+
+    return f
+
+
+def test_finite_difference_products_match_double_backward():
+    f = smooth_unit()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 6, 6, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 6, 6, generator=gen, dtype=torch.float64)
+    exact = torch.autograd.functional.hvp(lambda p: f(p[None])[0], x, v)[1]
+    fd = SphereHessian(f, x, HessianScale(h=1e-4)).hessian_product(v)
+    assert torch.allclose(fd, exact, rtol=1e-5, atol=1e-7 * float(exact.norm()))
+    smoothed = SphereHessian(f, x, HessianScale(h=1e-4, sigma=0.1, samples=3), seed=5)
+    noisy = [x + n for n in smoothed.noise]  # the smoothed product: the mean at the draws
+    expected = torch.stack(
+        [torch.autograd.functional.hvp(lambda p: f(p[None])[0], p, v)[1] for p in noisy]
+    ).mean(0)
+    assert torch.allclose(smoothed.hessian_product(v), expected, rtol=1e-5, atol=1e-8)
+
+
+def test_eigenvalues_match_the_dense_riemannian_hessian():
+    f = smooth_unit()
+    x = torch.rand(1, 5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    n = x.numel()
+    hessian = torch.autograd.functional.hessian(lambda p: f(p.reshape(1, *x.shape))[0], x.flatten())
+    grad = torch.autograd.functional.jacobian(lambda p: f(p.reshape(1, *x.shape))[0], x.flatten())
+    xf = x.flatten()
+    projector = torch.eye(n, dtype=torch.float64) - torch.outer(xf, xf) / (xf @ xf)
+    riemannian = projector @ (hessian - (grad @ xf) / (xf @ xf) * torch.eye(n)) @ projector
+    values, vectors = torch.linalg.eigh(riemannian)
+    tangent = (vectors.T @ xf).abs() < 1e-8  # drop the radial direction's spurious 0
+    values = values[tangent]
+    found = invariances(f, x, k=3, scale=HessianScale(h=1e-5), tol=1e-10)
+    assert torch.allclose(found.invariant_values, values.flip(0)[:3], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(found.selective_values, values[:3], rtol=1e-5, atol=1e-7)
+
+
+def test_piecewise_linear_unit_is_flagged_unreliable():
+    """Differences of gradients of a ReLU unit count kinks: not a linear map, and said so."""
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = torch.randn(8, 1, 5, 5, generator=gen), torch.randn(1, 8, 3, 3, generator=gen)
+
+    def relu_unit(p: torch.Tensor) -> torch.Tensor:
+        return F.relu(F.conv2d(F.relu(F.conv2d(p, w1)), w2)).flatten(1).mean(1)
+
+    found = invariances(relu_unit, torch.rand(1, SIDE, SIDE, generator=gen), k=2)
+    assert found.check is not None and found.check.linearity > 0.1 and not found.reliable
+    assert found.summary()["check"]["reliable"] is False
+
+
+def test_sphere_path_stays_on_the_sphere():
+    x = torch.rand(3, 4, 4)
+    v = torch.randn(3, 4, 4)
+    v = v - (v * x).sum() / (x * x).sum() * x
+    path = sphere_path(x, v, torch.linspace(0, math.pi / 2, 5))
+    assert torch.allclose(path[0], x)
+    assert torch.allclose(path.flatten(1).norm(dim=1), x.norm().expand(5), rtol=1e-5)
+    assert torch.allclose(path[-1], x.norm() * v / v.norm(), atol=1e-6)
+
+
+def test_bad_input_is_one_sentence_before_any_work(tmp_path, monkeypatch):
+    calls = []
+    x = torch.rand(1, 4, 4)
+    with pytest.raises(ConvsightError, match="at most 14"):
+        invariances(lambda p: calls.append(1) or p.sum(), x, k=15)
+    with pytest.raises(ConvsightError, match="--h must be"):
+        invariances(lambda p: calls.append(1) or p.sum(), x, k=2, scale=HessianScale(h=0))
+    assert not calls
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("rendered before the input was checked")
+
+    monkeypatch.setattr(study, "render_channels", no_render)
+    model = load_model("mnist-cnn")
+    out = tmp_path / "out"
+    cases = [
+        ({"layer": "features.9", "channel": 0}, "unknown layer 'features.9'"),
+        ({"layer": "features.3", "channel": 64}, "channel 64 is out of range"),
+        ({"layer": "features.3", "channel": 0, "k": 783}, "at most 782"),
+        ({"layer": "features.3", "channel": 0, "h": 0.0}, "--h must be"),
+        ({"layer": "features.3", "channel": 0, "h": -1.0}, "--h must be"),
+        ({"layer": "features.3"}, "--channel"),
+        ({"layer": "features.3", "channel": 0, "target": "3"}, "not both"),
+    ]
+    for given, fragment in cases:
+        with pytest.raises(ConvsightError, match=fragment.replace("-", r"\-")) as info:
+            study.write_invariances(model, out=out, **given)
+        assert "\n" not in str(info.value)
+    assert not out.exists()
+
+
+runner = CliRunner()
+
+
+def test_command_writes_the_outputs(tmp_path):
+    out = tmp_path / "inv"
+    args = ["invariances", "mnist-cnn", "--layer", "features.3", "--channel", "5", "--k", "2"]
+    args += ["--steps", "4", "--size", "16", "--frames", "3", "--out", str(out), "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["invariant_eigenvalues"]) == 2 and len(summary["directions"]) == 4
+    assert summary["settings"]["h"] == 0.01 and summary["settings"]["k"] == 2
+    assert summary["invariant_eigenvalues"][0] >= summary["selective_eigenvalues"][0]
+    assert set(summary["check"]) >= {"linearity_error", "eigen_residuals", "reliable"}
+    assert len(summary["random_directions"]["response_on_sphere"]) == 2
+    if not summary["check"]["reliable"]:  # a ReLU network: the warning is on stderr
+        assert "warning:" in result.stderr
+    for name in ("optimum.png", "spectrum.png", "invariances.png", "invariances.npz"):
+        assert (out / name).is_file()
+    for stem in ("invariant_01", "invariant_02", "selective_01", "selective_02"):
+        assert (out / f"{stem}.png").is_file() and (out / f"{stem}.gif").is_file()
+    assert len(summary["directions"][0]["response_on_sphere"]) == 3
+
+
+def test_class_unit(tmp_path):
+    model = load_model("mnist-cnn")
+    flags = {"steps": 3, "class_objective": "logit"}  # rendered on the score itself
+    summary = study.write_invariances(
+        model, target="3", k=1, frames=2, flags=flags, out=tmp_path, show_progress=False
+    )
+    assert summary["unit"]["class"] == 3 and summary["objective"].startswith("the class score")
+    assert summary["render"]["value"] == pytest.approx(summary["response"], rel=1e-4, abs=1e-5)
+    assert (tmp_path / "invariant_01.gif").is_file()
+
+
+def test_command_bad_channel_exit_2(tmp_path):
+    out = tmp_path / "inv"
+    args = ["invariances", "mnist-cnn", "--layer", "features.3", "--channel", "64"]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "channel 64 is out of range" in result.stderr and "Traceback" not in result.output
+    assert not out.exists()
