@@ -14,12 +14,7 @@ with 1, so the paper's (seeded with the activation) is this times the unit's val
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -29,16 +24,12 @@ from convsight.analysis.dataset_examples import (
     ReceptiveField,
     crop,
     receptive_field,
-    top_examples,
 )
 from convsight.attribution.backprop import rectifier_rule
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to
-from convsight.models import Model, load_model
-from convsight.optvis.channels import parse_channels
-from convsight.report import prepare_out_dir, safe_filename, write_json, write_npz
-from convsight.report.images import to_pil, write_pil
-from convsight.runtime import seed_everything
+from convsight.models import Model
+from convsight.report.images import to_pil
 
 PAPER = "https://arxiv.org/abs/1311.2901"
 
@@ -166,105 +157,3 @@ def tiles(rows: list[list[torch.Tensor]], tile: int = 112) -> Image.Image:
             resample = Image.NEAREST if max(img.size) < tile // 2 else Image.BILINEAR
             sheet.paste(img.resize((tile, tile), resample), (i * (tile + 4), r * (tile + 4)))
     return sheet
-
-
-def check_projection_inputs(
-    model: Model, layer: str, channels: str | Sequence[int], top_k: int
-) -> list[int]:
-    """The channels of ``layer`` to project; a bad layer, channel or ``top_k`` fails in one
-    sentence (one small forward)."""
-    if top_k < 1:
-        raise ConvsightError(f"--top-k must be at least 1, not {top_k}")
-    check_layers(model.module, [layer])
-    with torch.no_grad():
-        out = forward_to(model.module, model.example_input(), [layer])[layer]
-    if out.dim() != 4:
-        raise ConvsightError(f"layer '{layer}' outputs {tuple(out.shape[1:])}, not channel maps")
-    text = channels if isinstance(channels, str) else ",".join(str(int(c)) for c in channels)
-    try:
-        return parse_channels(text, limit=int(out.shape[1]))
-    except ConvsightError as exc:
-        raise ConvsightError(f"{exc} (--channels, layer '{layer}')") from None
-
-
-def write_projections(
-    model: str | Model,
-    layer: str,
-    dataset: str | os.PathLike,
-    out: str | os.PathLike,
-    channels: str | Sequence[int] = "0-3",
-    weights: str | os.PathLike | None = None,
-    top_k: int = 9,
-    seed: int = 0,
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """For each channel: its top-``top_k`` dataset images, and the DeconvNet projection of each
-    one's strongest unit. Writes per channel a PNG (patches row, projections row), and
-    ``projections.npz`` and ``projections.json`` for all. Every input is checked (the dataset
-    read) before ``out`` is created."""
-    from convsight.studies.atlas.inputs import dataset_images, load_dataset
-
-    start = time.perf_counter()
-    seed_everything(seed)
-    loaded = model if isinstance(model, Model) else load_model(model, weights)
-    chosen = check_projection_inputs(loaded, layer, channels, top_k)
-    pixels, names, skipped = load_dataset(loaded, dataset_images(dataset), Path(dataset))
-    out = prepare_out_dir(out)
-    examples = top_examples(loaded, pixels, layer, chosen, top_k, show_progress=show_progress)
-    field = receptive_field(loaded, layer)
-    found = project_examples(loaded, pixels, examples, field)
-    rows = []
-    for item in found:
-        grid = safe_filename(f"{layer}-c{item.channel}.png")
-        crops = [display(m) for m in item.projections.crops()]
-        write_pil(out / grid, tiles([item.patches, crops]), within=out)
-        rows.append(_channel_row(item, grid, names))
-    _write_arrays(out, examples, found)
-    summary = {
-        "model": loaded.card.name,
-        "weights": str(weights) if weights else None,
-        "layer": layer,
-        "method": f"DeconvNet projection of each image's strongest unit ({PAPER})",
-        "dataset": str(dataset),
-        "dataset_size": len(names),
-        "skipped_images": skipped,
-        "top_k": top_k,
-        "seed": seed,
-        "receptive_field": {"size": field.size, "stride": field.stride, "offset": field.offset},
-        "rectifier_calls": sum(p.projections.rectifier_calls for p in found),
-        "display": "each projection shown as 0.5 + x / (2 max|x|), per image (grey is 0)",
-        "channels": rows,
-        "seconds": time.perf_counter() - start,
-    }
-    write_json(out / "projections.json", summary, within=out)
-    return summary
-
-
-def _write_arrays(out: Path, examples: ChannelExamples, found: list[ChannelProjections]) -> None:
-    """``projections.npz``: per channel its top images, values, unit positions, boxes and
-    full projections (channels x k x C x H x W, the model's input space)."""
-    write_npz(
-        out / "projections.npz",
-        within=out,
-        channels=torch.tensor(examples.channels),
-        top_images=examples.top_images,
-        top_values=examples.top_values,
-        top_positions=examples.top_positions,
-        boxes=torch.tensor([p.projections.boxes for p in found]),
-        projections=torch.stack([p.projections.maps for p in found]),
-    )
-
-
-def _channel_row(item: ChannelProjections, grid: str, names: list[str]) -> dict[str, Any]:
-    """The JSON of one channel: its grid and, per example, image, score, unit and box."""
-    examples = [
-        {"image": names[i], "score": s, "unit": {"y": int(u[1]), "x": int(u[2])}, "box": list(b)}
-        for i, s, u, b in zip(
-            item.images,
-            item.scores,
-            item.projections.units.tolist(),
-            item.projections.boxes,
-            strict=True,
-        )
-    ]
-    return {"channel": item.channel, "grid": grid, "examples": examples}

@@ -86,18 +86,30 @@ def invariances_cmd(
 
     summary = write_invariances(
         model=model_for(model, weights, card_fields, run.seed),
-        **{"layer": layer, "channel": channel, "target": target, "weights": weights, "k": k},
-        **{"h": h, "smooth": smooth, "samples": samples, "frames": frames, "angle": angle},
+        layer=layer,
+        channel=channel,
+        target=target,
+        weights=weights,
+        k=k,
+        h=h,
+        smooth=smooth,
+        samples=samples,
+        frames=frames,
+        angle=angle,
         **render.arguments(),
         **run.arguments(),
     )
+    _print_invariances(summary, run.out)
+
+
+def _print_invariances(summary: dict[str, Any], out: Path) -> None:
     warn_if_unreliable(summary["check"])
     inv = ", ".join(f"{v:.3g}" for v in summary["invariant_eigenvalues"])
     sel = ", ".join(f"{v:.3g}" for v in summary["selective_eigenvalues"])
     out_console.print(
         f"response {summary['response']:.3g}; invariances {inv}; selective {sel}; "
         f"{summary['hessian_vector_products']} Hessian-vector products in "
-        f"{summary['seconds']:.1f} s; outputs in {run.out}"
+        f"{summary['seconds']:.1f} s; outputs in {out}"
     )
 
 
@@ -117,7 +129,7 @@ def projections_cmd(
 ) -> None:
     """Project each channel's strongest unit in its top dataset images back to pixels
     (DeconvNet, Zeiler & Fergus 2014): a PNG per channel (patches, projections), npz, JSON."""
-    from convsight.analysis.projections import write_projections
+    from convsight.studies.projections import write_projections
 
     summary = write_projections(
         model=model_for(model, weights, card_fields, run.seed),

@@ -31,12 +31,33 @@ def write_image(
 
     ``within``: the output folder the path must stay inside (see :func:`atomic_path`).
     """
-    img = to_pil(pixels)
-    if min_side and min(img.size) < min_side:
-        factor = -(-min_side // min(img.size))
-        img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+    img = enlarged(to_pil(pixels), min_side)
     with atomic_path(path, within) as tmp:
         img.save(tmp, format="PNG")
+    return Path(path)
+
+
+def enlarged(img: Image.Image, min_side: int) -> Image.Image:
+    """``img`` enlarged by a whole factor (nearest neighbour) to at least ``min_side`` pixels."""
+    if not min_side or min(img.size) >= min_side:
+        return img
+    factor = -(-min_side // min(img.size))
+    return img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+
+
+def write_gif(
+    path: str | os.PathLike,
+    frames: torch.Tensor,
+    min_side: int = 0,
+    within: str | os.PathLike | None = None,
+    ms: int = 120,
+) -> Path:
+    """The frames (T x C x H x W) there and back as a looping GIF, enlarged as
+    :func:`write_image` does, written atomically."""
+    images = [enlarged(to_pil(frame), min_side) for frame in frames]
+    loop = images + images[-2:0:-1]
+    with atomic_path(path, within) as tmp:
+        loop[0].save(tmp, format="GIF", save_all=True, append_images=loop[1:], duration=ms, loop=0)
     return Path(path)
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
 
 from convsight.analysis.invariances import (
     HessianScale,
@@ -34,14 +33,14 @@ from convsight.analysis.invariances import (
     sphere_path,
 )
 from convsight.errors import ConvsightError
-from convsight.models import Model, load_model
+from convsight.models import Model
 from convsight.optvis.model_hooks import check_model_hooks
 from convsight.optvis.render import RenderResult, render_channels, render_classes
-from convsight.report import atomic_path, prepare_out_dir, write_figure, write_json, write_npz
+from convsight.report import prepare_out_dir, write_figure, write_json, write_npz
 from convsight.report.grids import image_grid
-from convsight.report.images import to_pil, write_image
-from convsight.runtime import resolve_device, seed_everything
-from convsight.studies.optvis import collect_settings
+from convsight.report.images import write_gif, write_image
+from convsight.runtime import seed_everything
+from convsight.studies.optvis import collect_settings, load_on_device
 
 GIF_SIDE = 160  # GIF frames are enlarged (nearest neighbour) to at least this many pixels
 
@@ -90,11 +89,6 @@ def check_frames(frames: int, angle: float) -> None:
         raise ConvsightError(f"--frames must be at least 2, not {frames}")
     if not math.isfinite(angle) or not 0 < angle <= 180:
         raise ConvsightError(f"--angle must be above 0 and at most 180 degrees, not {angle}")
-
-
-def _load(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
-    loaded = model if isinstance(model, Model) else load_model(model, weights)
-    return loaded.to(resolve_device(device))
 
 
 def random_tangents(x: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -147,19 +141,6 @@ def spectrum_figure(found: Invariances, title: str) -> Figure:
     return fig
 
 
-def write_gif(path: Path, frames: torch.Tensor, within: Path, ms: int = 120) -> Path:
-    """The frames (T x C x H x W, clipped) there and back as a looping GIF, written atomically."""
-    images = [to_pil(frame) for frame in frames]
-    factor = max(1, -(-GIF_SIDE // min(images[0].size)))
-    images = [
-        img.resize((img.width * factor, img.height * factor), Image.NEAREST) for img in images
-    ]
-    loop = images + images[-2:0:-1]
-    with atomic_path(path, within) as tmp:
-        loop[0].save(tmp, format="GIF", save_all=True, append_images=loop[1:], duration=ms, loop=0)
-    return path
-
-
 def _write_directions(out: Path, found: Invariances, paths: dict, angles: list[float], name: str):
     """Per direction: a strip PNG and a GIF; all of them in one figure; the rows of the JSON."""
     written, rows, tiles, titles = [], [], [], []
@@ -171,7 +152,7 @@ def _write_directions(out: Path, found: Invariances, paths: dict, angles: list[f
             label = f"{name}: {kind} {i + 1}, eigenvalue {eigenvalue:.3g}"
             strip = _strip(images, on_sphere, angles, label)
             written.append(write_figure(out / f"{stem}.png", strip, within=out))
-            written.append(write_gif(out / f"{stem}.gif", images, out))
+            written.append(write_gif(out / f"{stem}.gif", images, GIF_SIDE, within=out))
             tiles.append(images)
             titles += [
                 f"{kind[:3]} {i + 1}, {a:.0f}°: {v:.3g}"
@@ -220,7 +201,7 @@ def write_invariances(
     unit.check(), scale.check(), check_frames(frames, angle)
     settings, given = collect_settings(preset, flags or {}, extra, target=unit.kind)
     seed_everything(seed)  # an untrained network's weights, too, come from the seed
-    loaded = _load(model, weights, device)
+    loaded = load_on_device(model, weights, device)
     f, index, name = unit.response(loaded, settings.size)
     side = (settings.size, settings.size) if settings.size else loaded.card.input_size
     check_k(k, loaded.card.channels * side[0] * side[1])

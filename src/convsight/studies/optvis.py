@@ -55,7 +55,8 @@ def collect_settings(
     return settings_for(preset, target, **overrides), overrides
 
 
-def _load(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
+def load_on_device(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
+    """The model (a spec is loaded with ``weights``) on ``device``."""
     dev = resolve_device(device)
     loaded = model if isinstance(model, Model) else load_model(model, weights)
     return loaded.to(dev)
@@ -92,7 +93,7 @@ def maximize(
 ) -> dict[str, Any]:
     """Render channels of ``layer``: grid PNG, one PNG per channel, images.npz, summary.json."""
     settings, given = collect_settings(preset, flags or {}, extra)
-    loaded = _load(model, weights, device)
+    loaded = load_on_device(model, weights, device)
     if isinstance(channels, str):
         get_layer(loaded.module, layer)
         h, w = (settings.size, settings.size) if settings.size else loaded.card.input_size
@@ -212,7 +213,7 @@ def classviz(
         raise ConvsightError(f"--init must be 'random' or 'mean', not '{init}'")
     if not classes:
         raise ConvsightError("no classes given")
-    loaded = _load(model, weights, device)
+    loaded = load_on_device(model, weights, device)
     indices = _class_indices(loaded, classes)
     _check_model_hooks(loaded, settings, given)
     start_pixels, counts = None, {}
