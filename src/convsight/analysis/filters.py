@@ -53,9 +53,9 @@ class Redundancy:
             for v, j in zip(top.values, top.indices, strict=True)
         ]
 
-    def remaining(self, threshold: float) -> int:
-        """How many filters remain when those at least ``threshold`` alike are merged
-        (connected groups of the similarity graph)."""
+    def groups(self, threshold: float) -> list[list[int]]:
+        """Filters at least ``threshold`` alike, joined into groups (connected components of
+        the similarity graph), each sorted, in order of their first filter."""
         n = len(self.similarity)
         parent = list(range(n))
 
@@ -68,7 +68,14 @@ class Redundancy:
         pairs = (torch.triu(self.similarity, 1) >= threshold).nonzero().tolist()
         for i, j in pairs:
             parent[find(i)] = find(j)
-        return len({find(i) for i in range(n)})
+        members: dict[int, list[int]] = {}
+        for i in range(n):
+            members.setdefault(find(i), []).append(i)
+        return sorted(members.values())
+
+    def remaining(self, threshold: float) -> int:
+        """How many filters remain when those at least ``threshold`` alike are merged."""
+        return len(self.groups(threshold))
 
     def curve(self, thresholds: list[float] | None = None) -> list[tuple[float, int]]:
         """(threshold, filters remaining) for a range of thresholds."""

@@ -1,5 +1,5 @@
 """Commands that analyse a trained network around what it computes: invariances, DeconvNet
-projections."""
+projections, and what removing its near-copy filters costs."""
 
 from __future__ import annotations
 
@@ -40,6 +40,15 @@ SmoothOpt = Annotated[
     ),
 ]
 SamplesOpt = Annotated[int, typer.Option(help="Noise draws for --smooth.")]
+SoftplusOpt = Annotated[
+    float,
+    typer.Option(
+        "--softplus",
+        metavar="BETA",
+        help="Exact Hessian of the network with each ReLU replaced by softplus(BETA x)/BETA "
+        "(0: off; instead of --h/--smooth).",
+    ),
+]
 FramesOpt = Annotated[int, typer.Option(help="Frames per direction, optimum first.")]
 AngleOpt = Annotated[float, typer.Option(help="Degrees moved along each direction on the sphere.")]
 
@@ -73,6 +82,7 @@ def invariances_cmd(
     h: StepOpt = 0.01,
     smooth: SmoothOpt = 0.0,
     samples: SamplesOpt = 8,
+    softplus: SoftplusOpt = 0.0,
     frames: FramesOpt = 9,
     angle: AngleOpt = 45.0,
     weights: WeightsOpt = None,
@@ -94,6 +104,7 @@ def invariances_cmd(
         h=h,
         smooth=smooth,
         samples=samples,
+        softplus=softplus,
         frames=frames,
         angle=angle,
         **render.arguments(),
@@ -143,4 +154,61 @@ def projections_cmd(
     out_console.print(
         f"{len(summary['channels'])} channels of {layer}, top {top_k} of "
         f"{summary['dataset_size']} images, in {summary['seconds']:.1f} s; outputs in {run.out}"
+    )
+
+
+def _thresholds(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"not a comma-separated list of numbers: {text!r}") from None
+
+
+@app.command("compress")
+@command
+@card_options
+@run_options("runs/compress", device=True)
+def compress_cmd(
+    model: ModelArg,
+    data: Annotated[
+        Path,
+        typer.Option(help="MNIST folder, or a subset folder with train/ and test/ (the model's)."),
+    ],
+    thresholds: Annotated[
+        str, typer.Option(help="Similarity thresholds (Pearson r), comma-separated.")
+    ] = "0.95,0.9,0.85,0.8",
+    random_repeats: Annotated[int, typer.Option(help="Random removals per point.")] = 3,
+    finetune_images: Annotated[
+        int, typer.Option(help="Training images of the one fine-tuning epoch (0: none).")
+    ] = 10000,
+    test_images: Annotated[
+        int | None, typer.Option(help="Score on the first N test images only (default: all).")
+    ] = None,
+    lr: Annotated[float, typer.Option(help="Adam learning rate of the fine-tuning.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
+    weights: WeightsOpt = None,
+    card_fields: dict[str, Any] | None = None,
+    run: RunFlags | None = None,
+) -> None:
+    """Remove the filters that are near-copies of another (up to rotation, flip, colour order)
+    at several thresholds, beside as many smallest-L1 and random filters; test accuracy with
+    no retraining and after one fine-tuning epoch (compression.json, compression.png)."""
+    from convsight.studies.compression import compress
+
+    summary = compress(
+        model=model_for(model, weights, card_fields, run.seed),
+        data=data,
+        weights=weights,
+        thresholds=_thresholds(thresholds),
+        random_repeats=random_repeats,
+        finetune_images=finetune_images,
+        test_images=test_images,
+        lr=lr,
+        batch_size=batch_size,
+        **run.arguments(),
+    )
+    out_console.print(
+        f"{len(summary['trials'])} removals of {summary['model']} scored on {summary['data']} "
+        f"(all filters: {summary['baseline_accuracy']:.4f}) in {summary['seconds']:.1f} s; "
+        f"outputs in {run.out}"
     )

@@ -249,7 +249,9 @@ def _write_manifest(out, source, splits, entries, skipped, missing, settings) ->
     return manifest
 
 
-def _loader(data: FolderData, card: ModelCard, batch_size: int, train: bool, seed: int):
+def folder_loader(data: FolderData, card: ModelCard, batch_size: int, train: bool, seed: int):
+    """Normalized batches of ``data`` for ``card``; a training loader shuffles and flips at
+    random (both seeded by ``seed``)."""
     mean = torch.tensor(card.mean).view(1, -1, 1, 1)
     std = torch.tensor(card.std).view(1, -1, 1, 1)
     generator = torch.Generator().manual_seed(seed)
@@ -312,7 +314,7 @@ def _build(
     return module, card, params
 
 
-def _subset_classes(data: Path) -> list[str]:
+def subset_classes(data: Path) -> list[str]:
     """The classes of a subset folder: the same ones (at least two) in train/ and test/."""
     for split in ("train", "test"):
         if not (data / split).is_dir():
@@ -366,17 +368,17 @@ def train_subset(
     training curves, confusion matrix, per-class accuracy and the class-mean images."""
     check_lr(lr)
     data = Path(data)
-    classes = _subset_classes(data)
+    classes = subset_classes(data)
     if image_size < 16:
         raise ConvsightError("--image-size must be at least 16")
     dev = resolve_device(device)
     seed_everything(seed)
     module, card, params = _build(model, classes, image_size, finetune, weights)
-    train_data, test_data = _load_splits(data, card, classes, show_progress)
-    test_loader = _loader(test_data, card, batch_size, False, seed)
+    train_data, test_data = load_splits(data, card, classes, show_progress)
+    test_loader = folder_loader(test_data, card, batch_size, False, seed)
     start = time.perf_counter()
     with out_dir_kept_if_written(out) as out:  # a diverged run leaves no empty folder
-        train_loader = _loader(train_data, card, batch_size, True, seed)
+        train_loader = folder_loader(train_data, card, batch_size, True, seed)
         history = fit(
             module, train_loader, test_loader, epochs, lr, dev, show_progress, parameters=params
         )
@@ -408,7 +410,7 @@ def train_subset(
     return result
 
 
-def _load_splits(
+def load_splits(
     data: Path, card: ModelCard, classes: list[str], show_progress: bool
 ) -> tuple[FolderData, FolderData]:
     train_data = load_folder(data / "train", card, classes, show_progress)
