@@ -129,20 +129,28 @@ def check_clean(script: str) -> None:
         refuse(f"refusing to run {script} for benchmarks/results/: {problem}; {HOW}.")
 
 
+VECTOR_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}
+
+
 def machine() -> dict[str, Any]:
     """What ran the benchmark."""
     import torch
 
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if cpu and flags:
                 break
     except OSError:
         pass
     return {
         "cpu": cpu,
+        # the vector units matter: without avx512_bf16, bf16 is emulated; "AMD EPYC" says little
+        "cpu_vector_flags": sorted(flags & VECTOR_FLAGS),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -135,6 +135,11 @@ def main() -> None:
         help="only convsight fp32 vs bf16 (autocast): time and objective reached, added to "
         "render.json",
     )
+    parser.add_argument(
+        "--layers",
+        default=",".join(LAYERS),
+        help="with --precision-only: the layers to time (default: both)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,7 +151,8 @@ def main() -> None:
         flops_only(model, args.channels)
         return
     if args.precision_only:
-        precision_only(model, args.channels, args.steps, args.seed)
+        layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+        precision_only(model, args.channels, args.steps, args.seed, layers)
         return
     channels = list(range(args.channels))
     peak = matmul_flops()
@@ -248,11 +254,11 @@ def add_to_render_json(key: str, result: dict) -> None:
     write_result("render", data)
 
 
-def precision_only(model, channels: int, steps: int, seed: int) -> None:
+def precision_only(model, channels: int, steps: int, seed: int, layers=LAYERS) -> None:
     """bf16 autocast against fp32: the same render, timed, and the objective each reaches
     (mean channel activation of its final image, both evaluated in fp32)."""
     result: dict = {"channels": channels, "steps": steps, "layers": {}}
-    for layer in LAYERS:
+    for layer in layers:
         row: dict = {}
         for precision in ("fp32", "bf16"):
             start = time.perf_counter()

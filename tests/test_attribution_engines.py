@@ -193,6 +193,9 @@ def test_occlusion_baseline_shaped_like_the_image_in_every_engine(shape):
         # each engine ran itself: a fallback to the module would match captum trivially
         assert (method.last_run["requested_engine"], method.engine_used) == (engine, engine)
         assert method.last_run["fallback"] is None
+        if engine == "incremental":  # where its time went: the whole-map tail is a part of it
+            run = method.last_run
+            assert 0 < run["whole_map_tail_seconds"] < run["incremental_seconds"]
     with pytest.raises(ConvsightError, match="baseline of shape"):
         Occlusion(model).attribute(x, t, baseline=torch.zeros(3, 16, 16))
 
@@ -242,6 +245,7 @@ def test_engine_failures_fall_back_to_the_module_and_say_why(monkeypatch):
     monkeypatch.setattr(IncrementalNet, "forward", wrong)
     method.attribute(x, t, **options)
     assert method.last_run["fallback"] == "incremental inference disagrees with the network"
+    assert "whole_map_tail_seconds" not in method.last_run  # no timing of a run thrown away
 
     def untraceable(*args, **kwargs):
         raise RuntimeError("cannot trace")

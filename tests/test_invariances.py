@@ -17,11 +17,11 @@ from convsight.analysis.invariances import (
     SphereHessian,
     channel_response,
     invariances,
-    sphere_path,
 )
+from convsight.analysis.surrogate import ExactSphereHessian, softplus_surrogate
 from convsight.cli import app
 from convsight.errors import ConvsightError
-from convsight.models import Model, load_model
+from convsight.models import Model, ModelCard, load_model
 from convsight.studies import invariances as study
 
 SIDE = 16
@@ -158,11 +158,48 @@ def test_piecewise_linear_unit_is_flagged_unreliable():
     assert found.summary()["check"]["reliable"] is False
 
 
+def _relu_model() -> Model:
+    torch.manual_seed(3)
+    module = nn.Sequential(
+        nn.Conv2d(1, 8, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(8, 4, 3), nn.ReLU()
+    )
+    card = ModelCard("relu", "test:relu", (SIDE, SIDE), 1, (0.0,), (1.0,))
+    return Model(module.eval(), card)
+
+
+def test_softplus_surrogate_is_close_to_the_network_and_exactly_linear():
+    model = _relu_model()
+    surrogate, replaced = softplus_surrogate(model, beta=50.0)
+    assert replaced == 2 and type(model.module[1]) is nn.ReLU  # the model itself is untouched
+    f = channel_response(model, "3", 1)
+    g = channel_response(surrogate, "3", 1)
+    x = torch.rand(2, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # softplus(bx)/b - relu(x) is in (0, log(2)/b] at every unit
+        gap = g(x) - f(x)
+    assert (gap.abs() < 2 * math.log(2) / 50.0).all()
+    # products are double backward of the surrogate, checked against torch.autograd.functional
+    hessian = ExactSphereHessian(g, x[0], HessianScale(softplus=50.0))
+    v = torch.randn(1, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+    exact = torch.autograd.functional.hvp(lambda p: g(p[None])[0], x[0], v)[1]
+    torch.testing.assert_close(hessian.hessian_product(v), exact)
+    found = invariances(g, x[0], k=2, scale=HessianScale(softplus=50.0))
+    assert found.check.linearity < 1e-4 and found.check.symmetry < 1e-4 and found.reliable
+    assert found.summary()["scale"]["softplus_beta"] == 50.0
+
+
+def test_softplus_needs_a_relu_and_not_smoothing_too():
+    no_relu = Model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh()), load_model("mnist-cnn").card)
+    with pytest.raises(ConvsightError, match="no nn.ReLU"):
+        softplus_surrogate(no_relu, 10.0)
+    with pytest.raises(ConvsightError, match="not with --smooth"):
+        HessianScale(sigma=0.1, softplus=10.0).check()
+
+
 def test_sphere_path_stays_on_the_sphere():
     x = torch.rand(3, 4, 4)
     v = torch.randn(3, 4, 4)
     v = v - (v * x).sum() / (x * x).sum() * x
-    path = sphere_path(x, v, torch.linspace(0, math.pi / 2, 5))
+    path = study.sphere_path(x, v, torch.linspace(0, math.pi / 2, 5))
     assert torch.allclose(path[0], x)
     assert torch.allclose(path.flatten(1).norm(dim=1), x.norm().expand(5), rtol=1e-5)
     assert torch.allclose(path[-1], x.norm() * v / v.norm(), atol=1e-6)
@@ -221,6 +258,19 @@ def test_command_writes_the_outputs(tmp_path):
     for stem in ("invariant_01", "invariant_02", "selective_01", "selective_02"):
         assert (out / f"{stem}.png").is_file() and (out / f"{stem}.gif").is_file()
     assert len(summary["directions"][0]["response_on_sphere"]) == 3
+
+
+def test_command_with_the_softplus_surrogate_is_reliable(tmp_path):
+    out = tmp_path / "inv"
+    args = ["invariances", "mnist-cnn", "--layer", "features.3", "--channel", "5", "--k", "2"]
+    args += ["--softplus", "20", "--steps", "8", "--size", "16", "--frames", "3"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["method"].startswith("exact (double backward)")
+    assert summary["surrogate"]["relus_replaced"] == 3
+    assert summary["check"]["reliable"] and "warning:" not in result.stderr
+    assert summary["check"]["linearity_error"] < 1e-3
 
 
 def test_class_unit(tmp_path):

@@ -22,6 +22,12 @@ TINY = Plan(
     paper_size=48,
     class_size=64,
     mnist_train_limit=2000,
+    compression_thresholds=(0.8,),
+    compression_repeats=1,
+    compression_finetune_images=200,
+    threads_k=1,
+    threads_vgg16_size=32,
+    threads_channels=1,
 )
 
 
@@ -62,7 +68,7 @@ def _fake_fashion(folder, shared):
 
 def test_every_part_ran(report):
     out, run = report
-    assert [o.skipped for o in run.outcomes] == [None] * 5
+    assert [o.skipped for o in run.outcomes] == [None] * 7
     mnist = run.outcome("mnist").result
     assert mnist.test_accuracy > 0.5  # one epoch on 2000 digits; chance is 0.1
     assert [(r.layer, r.preset) for r in run.outcome("vgg16_channels").result.runs] == [
@@ -87,7 +93,26 @@ def test_every_part_ran(report):
         "guided",
         "gradcam",
     ]
+    # the compression part scores the networks this run trained, on the same test sets
+    compression = run.outcome("compression").result
+    assert [r.network for r in compression.runs] == ["MNIST CNN", "five-class CNN"]
+    mnist_run, five_run = compression.runs
+    assert mnist_run.result["baseline_accuracy"] == mnist.test_accuracy
+    five = run.outcome("five_class").result.self_built.test_accuracy
+    assert five_run.result["baseline_accuracy"] == pytest.approx(five, abs=1e-12)
+    assert mnist_run.result["summary"]  # one epoch: some first-layer filters are near-copies
+    assert all(row["redundant_finetuned"] is not None for row in mnist_run.result["summary"])
+    threads = run.outcome("open_threads").result
+    assert [(i.network, i.unit) for i in threads.invariances] == [
+        ("MNIST CNN", "features.3 channel 0"),
+        ("VGG16", "features.28 channel 0"),
+    ]
+    for found in threads.invariances:  # the softplus surrogate's Hessian is a linear map
+        assert found.summary["check"]["linearity_error"] < 1e-3
+        assert (out / found.gif).is_file()
+    assert len(threads.projections[0].figures) == 1
     saved = json.loads((out / "results.json").read_text())
+    assert saved["compression"]["MNIST CNN"]["baseline_accuracy"] == mnist.test_accuracy
     assert saved["settings"]["quick"] is True
     assert saved["mnist"]["test_accuracy"] == mnist.test_accuracy
     assert list(saved["class_models"]["runs"]) == [
@@ -108,6 +133,8 @@ def test_report_page_in_a_real_browser(report, browser):
     )
     assert "Fashion-MNIST" in text  # the stand-in is labelled
     assert "mobilenet_v2" in text  # the caption says which model made the class models
+    compressed = run.outcome("compression").result.runs[0].result
+    assert f"All filters: {compressed['baseline_accuracy']:.4f} on MNIST test set" in text
     assert_images_loaded(page)
     assert page.eval_on_selector_all("img", "els => els.length") >= 15
     assert not errors and not dialogs

@@ -27,18 +27,18 @@ everywhere. The Hessian is computed "numerically", at a stated scale (:class:`He
 * the Hessian of the Gaussian-smoothed response f_σ(x) = E f(x + σε) (``sigma`` > 0): the same
   differences averaged over ``samples`` draws x + σε_i, and g likewise. The draws are made once
   and shared by every product (common random numbers), so the estimate is one fixed map, as
-  Lanczos needs. The Stein estimators (E[(εεᵀ - I) f(x + σε)] / σ², E[g(x + σε) εᵀ] / σ) were
-  not chosen: their variance grows with the number of pixels, and with N draws their sample
-  matrix has rank N (or 2N) and is not symmetric; differences of gradients at shared points
-  vary only as much as the curvature does.
+  Lanczos needs (Stein estimators were not chosen: their variance grows with the pixels and
+  their sample matrix is not symmetric);
+* the exact Hessian of a softplus surrogate (``softplus`` β > 0, see
+  :mod:`convsight.analysis.surrogate`): every ReLU becomes softplus(βx)/β; double backward.
 
 For a smooth f both agree with the exact Hessian up to O(h²) (tests compare with torch's double
 backward). For a piecewise-linear f a difference of gradients counts the kinks its step
 crosses, so the product is linear in v only on average (on VGG16 ``features.28`` at 32 px,
 |A(v1 + v2) - A v1 - A v2| is 43-85% of |A v1| + |A v2| for h from 1e-3 to 0.2, 22% smoothed
-with sigma 0.05 and 32 samples), and Lanczos on such a map returns pairs that are not eigenpairs.
-So every result carries its :class:`OperatorCheck` (linearity and symmetry on two random
-tangent vectors, each direction's residual; 3 + 2k more products) and says if it is reliable.
+with sigma 0.05 and 32 samples): Lanczos on such a map returns pairs that are not eigenpairs.
+The surrogate is linear by construction. Every result carries its :class:`OperatorCheck`
+(linearity, symmetry, each direction's residual; 3 + 2k products): reliable or not.
 """
 
 from __future__ import annotations
@@ -69,11 +69,14 @@ RELIABLE = 0.1
 @dataclass(frozen=True)
 class HessianScale:
     """The scale of the numerical Hessian: the finite-difference step ``h`` (RMS change per
-    pixel), Gaussian smoothing ``sigma`` (noise std per pixel; 0: none) and its ``samples``."""
+    pixel), Gaussian smoothing ``sigma`` (noise std per pixel; 0: none) and its ``samples``;
+    or ``softplus`` β > 0: f is the response of the network with every ReLU replaced by
+    softplus(βx)/β (:mod:`convsight.analysis.surrogate`) and the products are exact."""
 
     h: float = 0.01
     sigma: float = 0.0
     samples: int = 8
+    softplus: float = 0.0
 
     def check(self) -> None:
         """One sentence for a step, smoothing or sample count that cannot work."""
@@ -83,16 +86,21 @@ class HessianScale:
             raise ConvsightError(f"--smooth must be 0 (off) or a number above 0, not {self.sigma}")
         if self.samples < 1:
             raise ConvsightError(f"--samples must be at least 1, not {self.samples}")
+        if not math.isfinite(self.softplus) or self.softplus < 0 or self.softplus * self.sigma:
+            raise ConvsightError("--softplus must be 0 (off) or above 0, and not with --smooth")
 
     def to_dict(self) -> dict[str, Any]:
         smooth = self.sigma > 0
         method = "finite differences of gradients" + (
             ", Gaussian-smoothed (common random numbers)" if smooth else ""
         )
+        if self.softplus:
+            method = "exact (double backward), every ReLU replaced by softplus(beta x)/beta"
         return {
-            "h": self.h,
+            "h": None if self.softplus else self.h,
             "sigma": self.sigma,
             "samples": self.samples if smooth else 1,
+            "softplus_beta": self.softplus or None,
             "method": method,
         }
 
@@ -398,7 +406,11 @@ def invariances(
     scale.check()
     check_k(k, x.numel())
     began = time.perf_counter()
-    hessian = SphereHessian(f, x, scale, seed, batch)
+    if scale.softplus:
+        from convsight.analysis.surrogate import ExactSphereHessian as Hessian
+    else:
+        Hessian = SphereHessian  # noqa: N806
+    hessian = Hessian(f, x, scale, seed, batch)
     operator, basis = sphere_operator(hessian)
     values, coords, converged = _extreme_pairs(operator, k, seed, tol, maxiter)
     directions = _directions(basis, coords, hessian.x.cpu())
@@ -426,19 +438,3 @@ def invariances(
         )
     found.products, found.seconds = hessian.products, time.perf_counter() - began
     return found
-
-
-def sphere_path(x: torch.Tensor, direction: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Points x(t) = cos t · x + sin t · r · v̂ (r = |x|, v̂ the unit direction, t in radians)
-    on the sphere through x: T x C x H x W, not clipped."""
-    x = x.detach()
-    unit = direction.to(x) / direction.norm()
-    shape = (-1,) + (1,) * x.dim()
-    t = angles.to(x).reshape(shape)
-    return torch.cos(t) * x + torch.sin(t) * x.norm() * unit
-
-
-@torch.no_grad()
-def responses(f: Response, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """f of each image (N x C x H x W), ``batch`` at a time."""
-    return torch.cat([f(chunk).detach() for chunk in images.split(max(1, batch))])

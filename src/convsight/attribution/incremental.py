@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -142,6 +143,7 @@ class IncrementalNet:
         self.dense_fraction = dense_fraction
         self._tails: dict[tuple, tuple | None] = {}
         self._flats: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.tail_seconds = 0.0  # time in the frozen whole-map tail (where the time goes)
 
     # -- one clean pass, keeping every node's value -------------------------------------
     def clean_values(self, x: torch.Tensor) -> dict[fx.Node, object]:
@@ -211,7 +213,10 @@ class IncrementalNet:
         nodes, frontier, frozen = tail
         values, _ = self._interpret(clean, patch, skip=nodes)
         inputs = [self._dense(values[n]) for n in frontier]
-        return frozen(*inputs)
+        began = time.perf_counter()
+        out = frozen(*inputs)
+        self.tail_seconds += time.perf_counter() - began
+        return out
 
     def _interpret(self, clean: dict, patch: Patch, skip: set) -> tuple[dict, list[fx.Node]]:
         """Run every node not in ``skip``; return the values and the nodes run on whole maps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import weakref
 
 import torch
@@ -117,9 +118,13 @@ class Occlusion(Method):
             if net is not None:  # small boxes: larger batches amortize the per-layer work
                 starts = window_starts(size, win, step)
                 try:
+                    net.tail_seconds, began = 0.0, time.perf_counter()
                     drop, fallback = _incremental_drops(
                         self.model, net, inputs, targets, masks, starts, win, base, batch_size or 16
                     )
+                    if drop is not None:  # where the time went: the rows' whole-map tail
+                        self.last_run["incremental_seconds"] = time.perf_counter() - began
+                        self.last_run["whole_map_tail_seconds"] = net.tail_seconds
                 except Exception as exc:  # noqa: BLE001 - any failure: run the module itself
                     fallback = f"incremental inference failed ({failure_reason(exc)})"
         if drop is None:

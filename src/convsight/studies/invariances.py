@@ -29,8 +29,6 @@ from convsight.analysis.invariances import (
     check_k,
     class_response,
     invariances,
-    responses,
-    sphere_path,
 )
 from convsight.errors import ConvsightError
 from convsight.models import Model
@@ -81,6 +79,22 @@ class Unit:
                 model, self.layer, [self.channel], seed=seed, progress=progress, settings=settings
             )
         return render_classes(model, [index], seed=seed, progress=progress, settings=settings)
+
+
+def sphere_path(x: torch.Tensor, direction: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Points x(t) = cos t · x + sin t · r · v̂ (r = |x|, v̂ the unit direction, t in radians)
+    on the sphere through x: T x C x H x W, not clipped."""
+    x = x.detach()
+    unit = direction.to(x) / direction.norm()
+    shape = (-1,) + (1,) * x.dim()
+    t = angles.to(x).reshape(shape)
+    return torch.cos(t) * x + torch.sin(t) * x.norm() * unit
+
+
+@torch.no_grad()
+def responses(f: Response, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """f of each image (N x C x H x W), ``batch`` at a time."""
+    return torch.cat([f(chunk).detach() for chunk in images.split(max(1, batch))])
 
 
 def check_frames(frames: int, angle: float) -> None:
@@ -185,6 +199,7 @@ def write_invariances(
     h: float = 0.01,
     smooth: float = 0.0,
     samples: int = 8,
+    softplus: float = 0.0,
     frames: int = 9,
     angle: float = 45.0,
     preset: str = "robust",
@@ -197,12 +212,13 @@ def write_invariances(
 ) -> dict[str, Any]:
     """Render the optimum of a channel of ``layer`` (or of class ``target``), then its k
     invariances and k most selective directions: strips, GIFs, spectrum, npz, summary.json."""
-    unit, scale = Unit(layer, channel, target), HessianScale(h, smooth, samples)
+    unit, scale = Unit(layer, channel, target), HessianScale(h, smooth, samples, softplus)
     unit.check(), scale.check(), check_frames(frames, angle)
     settings, given = collect_settings(preset, flags or {}, extra, target=unit.kind)
     seed_everything(seed)  # an untrained network's weights, too, come from the seed
     loaded = load_on_device(model, weights, device)
     f, index, name = unit.response(loaded, settings.size)
+    smooth_f, replaced = _surrogate_response(loaded, unit, settings.size, softplus)
     side = (settings.size, settings.size) if settings.size else loaded.card.input_size
     check_k(k, loaded.card.channels * side[0] * side[1])
     skip = settings.skip_gradient if "skip_gradient" in given else 1.0
@@ -211,7 +227,7 @@ def write_invariances(
     seed_everything(seed)
     began = time.perf_counter()
     rendered: RenderResult = unit.render(loaded, index, settings, seed, show_progress)
-    found = invariances(f, rendered.images[0].to(loaded.device), k, scale, seed=seed)
+    found = invariances(smooth_f or f, rendered.images[0].to(loaded.device), k, scale, seed=seed)
     angles = torch.linspace(0.0, angle, frames).tolist()
     paths = _paths(f, found, frames, angle, loaded.device, seed)
     written, rows = _write_outputs(out, found, paths, angles, f"{loaded.card.name} {name}")
@@ -220,6 +236,10 @@ def write_invariances(
         "angles_degrees": angles,
         "response_on_sphere": paths["random"]["on_sphere"].tolist(),
     }
+    if smooth_f is not None:  # the Hessian is the surrogate's; the paths show the network
+        point = found.point[None].to(loaded.device)
+        network = float(responses(f, point)[0])
+        summary["surrogate"] = {"relus_replaced": replaced, "response_of_network": network}
     summary["settings"] = {
         **found.scale.to_dict(),
         **{"k": k, "frames": frames, "angle_degrees": angle},
@@ -228,6 +248,16 @@ def write_invariances(
     summary["seconds_total"] = time.perf_counter() - began
     written.append(write_json(out / "summary.json", summary, within=out))
     return {**summary, "written": written}
+
+
+def _surrogate_response(loaded: Model, unit: Unit, size: int | None, beta: float):
+    """The unit's response in the softplus surrogate and the ReLUs it replaced (None, 0: off)."""
+    if not beta:
+        return None, 0
+    from convsight.analysis.surrogate import softplus_surrogate
+
+    surrogate, replaced = softplus_surrogate(loaded, beta)
+    return unit.response(surrogate, size)[0], replaced
 
 
 def _write_outputs(out: Path, found: Invariances, paths: dict, angles: list[float], title: str):

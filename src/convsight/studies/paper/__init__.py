@@ -3,7 +3,8 @@
 Parts: 2, the MNIST CNN (accuracy, conv outputs of a 7); 3, VGG16 channels and class models
 (paper preset beside the robust one); 4, the five-class study (an ImageNet subset when given,
 else Fashion-MNIST as a labelled stand-in); and the related work made concrete (saliency,
-DeconvNet, Grad-CAM). A part whose inputs are missing is skipped with a note saying why.
+DeconvNet, Grad-CAM); and the discussion's compression idea tested on the networks the run
+trained. A part whose inputs are missing is skipped with a note saying why.
 Each part follows :class:`~convsight.studies.paper.parts.Part`; the study's own numbers are
 :data:`~convsight.studies.numbers.STUDY`; the prose is in ``report/templates/paper*``.
 """

@@ -13,6 +13,8 @@ from convsight.studies.paper.part2_mnist import MnistPart
 from convsight.studies.paper.part3_channels import ChannelsPart
 from convsight.studies.paper.part3_classes import ClassModelsPart
 from convsight.studies.paper.part4_five_class import FiveClassPart
+from convsight.studies.paper.part5_compression import CompressionPart
+from convsight.studies.paper.part6_threads import ThreadsPart
 from convsight.studies.paper.parts import Context, Part
 from convsight.studies.paper.plan import FULL, QUICK, Plan
 from convsight.studies.paper.related_work import RelatedWorkPart
@@ -24,6 +26,8 @@ PARTS: tuple[Part, ...] = (
     ClassModelsPart(),
     FiveClassPart(),
     RelatedWorkPart(),
+    CompressionPart(),
+    ThreadsPart(),
 )
 
 

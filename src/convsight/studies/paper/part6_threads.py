@@ -1,0 +1,129 @@
+"""The study's open threads made concrete: invariances from the Hessian, DeconvNet projections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convsight.errors import ConvsightError
+from convsight.studies.paper.inputs import PaperInputs
+from convsight.studies.paper.parts import Context, Part, Skip
+
+
+@dataclass(frozen=True)
+class InvarianceFigure:
+    """One unit's invariances: the overview, the spectrum, the first invariance's GIF and the
+    numbers of ``summary.json`` (eigenvalues, method, operator check)."""
+
+    network: str
+    unit: str
+    overview: str
+    spectrum: str
+    gif: str
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProjectionFigure:
+    """DeconvNet projections of one layer's channels: a figure per channel."""
+
+    network: str
+    layer: str
+    figures: list[str]
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ThreadsResult:
+    """The units analysed, the layers projected, and why something was left out."""
+
+    invariances: list[InvarianceFigure]
+    projections: list[ProjectionFigure]
+    not_run: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        units = {
+            f"{i.network} {i.unit}": {k: v for k, v in i.summary.items() if k != "directions"}
+            for i in self.invariances
+        }
+        layers = {f"{p.network} {p.layer}": p.summary for p in self.projections}
+        return {"invariances": units, "projections": layers, "not_run": self.not_run}
+
+
+class ThreadsPart(Part[ThreadsResult]):
+    """Invariances of a channel of the MNIST CNN (part 2) and of VGG16's last conv layer, from
+    the exact Hessian of their softplus surrogates; DeconvNet projections of VGG16's
+    ``features.28`` channels in the photos."""
+
+    key = "open_threads"
+    section = "threads"
+
+    def missing(self, inputs: PaperInputs) -> str | None:
+        if inputs.vgg16_weights is None and inputs.data_dir is None:
+            return "no --vgg16-weights and no MNIST --data-dir given"
+        return None
+
+    def run(self, ctx: Context) -> ThreadsResult:
+        invariances, projections, not_run = [], [], {}
+        mnist = ctx.out / "part2" / "mnist" / "model.pt"
+        units = [("MNIST CNN", str(mnist), None, "features.3", ctx.plan.threads_mnist_size)]
+        if ctx.inputs.vgg16_weights is not None:
+            weights = ctx.inputs.vgg16_weights
+            units.append(("VGG16", "vgg16", weights, "features.28", ctx.plan.threads_vgg16_size))
+        for network, spec, weights, layer, size in units:
+            try:
+                invariances.append(self._invariances(ctx, network, spec, weights, layer, size))
+            except ConvsightError as exc:
+                not_run[f"{network} invariances"] = str(exc)
+        if ctx.inputs.vgg16_weights is not None and ctx.inputs.photos is not None:
+            projections.append(self._projections(ctx))
+        else:
+            not_run["projections"] = "VGG16 weights and --photos are both needed"
+        if not invariances and not projections:
+            raise Skip("; ".join(f"{k}: {v}" for k, v in not_run.items()))
+        return ThreadsResult(invariances, projections, not_run)
+
+    def _invariances(self, ctx, network, spec, weights, layer, size) -> InvarianceFigure:
+        from convsight.studies.invariances import write_invariances
+
+        out = ctx.out / "threads" / f"invariances-{layer}-{Path(str(spec)).stem}"
+        summary = write_invariances(
+            spec,
+            layer=layer,
+            channel=0,
+            weights=weights,
+            k=ctx.plan.threads_k,
+            softplus=ctx.plan.threads_softplus,
+            flags={"steps": ctx.plan.class_steps or 256, **({"size": size} if size else {})},
+            out=out,
+            seed=ctx.seed,
+            show_progress=ctx.show_progress,
+        )
+        summary.pop("written")
+        return InvarianceFigure(
+            network,
+            f"{layer} channel 0",
+            ctx.rel(out / "invariances.png"),
+            ctx.rel(out / "spectrum.png"),
+            ctx.rel(out / "invariant_01.gif"),
+            summary,
+        )
+
+    def _projections(self, ctx) -> ProjectionFigure:
+        from convsight.studies.projections import write_projections
+
+        out = ctx.out / "threads" / "projections-features.28"
+        summary = write_projections(
+            "vgg16",
+            "features.28",
+            ctx.inputs.photos,
+            out,
+            channels=list(range(ctx.plan.threads_channels)),
+            weights=ctx.inputs.vgg16_weights,
+            top_k=4,
+            seed=ctx.seed,
+            show_progress=ctx.show_progress,
+        )
+        figures = [ctx.rel(out / row["grid"]) for row in summary["channels"]]
+        return ProjectionFigure("VGG16", "features.28", figures, summary)
