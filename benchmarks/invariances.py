@@ -1,12 +1,14 @@
 """Invariances of a deep VGG16 channel: time and peak memory of the Hessian eigen-directions.
 
     python benchmarks/invariances.py [--layer features.28] [--channel 0] [--size 128] [--k 8]
+        [--softplus 10]
 
 The optimum of one channel of VGG16 ``features.28`` (the HED edge detector's ImageNet-VGG16
 conv stack, ``$CONVSIGHT_SHARED/models/vgg16_hed_features.pt``) is rendered with the robust
 preset at ``--size`` pixels (``--steps`` steps), then the k invariances and k most selective
 directions on the sphere of its norm are found by Lanczos (scipy ``eigsh``) on finite-difference
-Hessian-vector products (``--h``; ``--smooth SIGMA --samples N`` for the smoothed Hessian).
+Hessian-vector products (``--h``; ``--smooth SIGMA --samples N`` for the smoothed Hessian;
+``--softplus BETA`` for the exact Hessian of the softplus surrogate, double backward).
 No other library computes this, so there is no side-by-side timing; the check of the result is
 its own (``check`` in the JSON): how far the numerical operator is from a symmetric linear map
 and each direction's eigen-residual (3 + 2k more products, included in the time).
@@ -30,6 +32,7 @@ import torch
 from common import shared_dir, write_result
 
 from convsight.analysis.invariances import HessianScale, channel_response, invariances
+from convsight.analysis.surrogate import softplus_surrogate
 from convsight.models import load_model
 from convsight.optvis import render_channels
 from convsight.runtime import resolve_device, seed_everything
@@ -66,6 +69,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--h", type=float, default=0.01)
     parser.add_argument("--smooth", type=float, default=0.0, help="sigma (0: off)")
     parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument(
+        "--softplus", type=float, default=0.0, help="beta of the softplus surrogate (0: off)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -82,8 +88,11 @@ def main() -> None:
     model = load_model("vgg16", weights=weights).to(device)
     rss_loaded = peak_rss_mib()
     windows = reset_peak()
-    scale = HessianScale(args.h, args.smooth, args.samples)
+    scale = HessianScale(args.h, args.smooth, args.samples, args.softplus)
     f = channel_response(model, args.layer, args.channel, args.size)  # checks layer, channel
+    if args.softplus:  # the Hessian of the surrogate, exact
+        surrogate, _ = softplus_surrogate(model, args.softplus)
+        f = channel_response(surrogate, args.layer, args.channel, args.size)
     start = time.perf_counter()
     rendered = render_channels(
         model, args.layer, [args.channel], steps=args.steps, size=args.size, seed=args.seed

@@ -316,7 +316,12 @@ def attribution_table(results: Path) -> list[str]:
                 call,
                 fixed(r["their_seconds"], 2),
                 fixed(r["convsight_seconds"], 2),
-                f"{r['ratio']:.2f}x",
+                f"{r['ratio']:.2f}x"
+                + (
+                    f" (at most {r['ratio_if_only_the_tail_ran']:.2f}x: its whole-map tail alone)"
+                    if "ratio_if_only_the_tail_ran" in r
+                    else ""
+                ),
                 differ,
             ]
         )
@@ -380,6 +385,41 @@ def atlas_table(results: Path) -> list[str]:
     return [*markdown(header, out), "", source("atlas", data)]
 
 
+def compression_table(results: Path) -> list[str]:
+    data = load(results, "compression")
+    out = []
+    keys = ["redundant", "l1", "random"]
+    for network, run in data["networks"].items():
+        out.append([f"{network}, all filters", "", "", fixed(run["baseline_accuracy"], 4)])
+        if not run["summary"]:
+            thresholds = ", ".join(str(t) for t in run["settings"]["thresholds"])
+            out.append([f"{network}: no two filters near-copies at {thresholds}"])
+        for row in run["summary"]:
+            cells = [
+                " / ".join(fixed(row[f"{k}_{when}"], 4) for k in keys)
+                for when in ("accuracy", "finetuned")
+            ]
+            out.append(
+                [
+                    f"{network}, `{row['scope']}`"
+                    if row["scope"] != "all conv layers"
+                    else f"{network}, all conv layers",
+                    ", ".join(str(t) for t in row["thresholds"]),
+                    f"{row['kept']} / {row['total']}",
+                    *cells,
+                ]
+            )
+    header = [
+        "network, where",
+        "threshold",
+        "filters kept",
+        "accuracy: near-copies / smallest L1 / random removed",
+        "after 1 fine-tuning epoch",
+    ]
+    out = [row + [""] * (len(header) - len(row)) for row in out]
+    return [*markdown(header, out), "", source("compression", data)]
+
+
 TABLES: dict[str, Callable[[Path], list[str]]] = {
     "mnist": mnist_table,
     "render": render_table,
@@ -388,6 +428,7 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
     "attribution": attribution_table,
     "faithfulness": faithfulness_table,
     "atlas": atlas_table,
+    # "compression": compression_table,  (registered with its results)
 }
 
 

@@ -351,3 +351,34 @@ def test_atlas_channels_out_of_range_fail_before_writing(tiny, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "the layer has 32 channels" in result.stderr
     assert not out.exists()
+
+
+def test_atlas_shows_each_channels_first_invariance(tiny, tmp_path):
+    out = tmp_path / "atlas"
+    tiny_atlas(tiny, out, channels="0-2", invariances=10.0)
+    for c in range(3):
+        record = json.loads((out / "features.0" / "records" / f"c{c}.json").read_text())
+        found = record["invariance"]
+        assert found["from"] == "paper" and found["reliable"] is True
+        gif = Image.open(out / "features.0" / "img" / f"c{c}_invariance.gif")
+        assert gif.n_frames == 16 and min(gif.size) >= 112  # 9 frames there, 7 back
+        page = (out / "features.0" / f"c{c}.html").read_text()
+        assert f'src="img/c{c}_invariance.gif"' in page and "softplus" in page
+    assert json.loads((out / RUN_FILE).read_text())["invariances_softplus"] == 10.0
+    with pytest.raises(ConvsightError, match=re.escape("invariances_softplus (10.0 there, 5.0")):
+        tiny_atlas(tiny, out, channels="0-2", invariances=5.0)
+    plain = tmp_path / "plain"
+    tiny_atlas(tiny, plain, channels="0")
+    record = json.loads((plain / "features.0" / "records" / "c0.json").read_text())
+    assert "invariance" not in record
+    assert "invariance.gif" not in (plain / "features.0" / "c0.html").read_text()
+
+
+def test_atlas_invariances_need_a_relu_to_smooth(tmp_path):
+    from convsight.models import Model
+
+    card = load_model("mnist-cnn").card
+    module = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Tanh())
+    with pytest.raises(ConvsightError, match="no nn.ReLU"):
+        tiny_atlas(Model(module, card), tmp_path / "atlas", layers=["0"], invariances=10.0)
+    assert not (tmp_path / "atlas").exists()

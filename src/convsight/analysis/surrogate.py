@@ -46,5 +46,7 @@ class ExactSphereHessian(SphereHessian):
         with torch.enable_grad():
             x = self.x[None].detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.f(x).sum(), x, create_graph=True)
-            (product,) = torch.autograd.grad((grad[0] * v.to(grad)).sum(), x)
-        return product[0]
+            if not grad.requires_grad:  # f is linear in x (a first conv): H = 0
+                return torch.zeros_like(self.x)
+            (product,) = torch.autograd.grad((grad[0] * v.to(grad)).sum(), x, allow_unused=True)
+        return torch.zeros_like(self.x) if product is None else product[0]

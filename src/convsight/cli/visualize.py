@@ -79,6 +79,14 @@ def atlas_cmd(
     steps: Annotated[int | None, typer.Option(min=1, help="Steps for every preset.")] = None,
     size: Annotated[int | None, typer.Option(min=8, help="Image side for every preset.")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Channels rendered together.")] = 16,
+    invariances: Annotated[
+        float,
+        typer.Option(
+            metavar="BETA",
+            help="Each channel's first invariance as a GIF, from the softplus(BETA) surrogate's "
+            "exact Hessian (0: none).",
+        ),
+    ] = 0.0,
     card_fields: dict[str, Any] | None = None,
     run: RunFlags | None = None,
 ) -> None:
@@ -96,6 +104,7 @@ def atlas_cmd(
         steps=steps,
         size=size,
         batch=batch,
+        invariances=invariances,
         **run.arguments(),
     )
     out_console.print(

@@ -45,6 +45,7 @@ def build_atlas(
     batch: int = 16,
     seed: int = 0,
     show_progress: bool = True,
+    invariances: float = 0.0,
 ) -> dict[str, Any]:
     """Render every channel of ``layers`` (each preset), find dataset examples, write the site.
 
@@ -53,11 +54,13 @@ def build_atlas(
     created. The settings are recorded in ``out/atlas-run.json``; a rerun into the same
     folder continues only with the same model, presets, render settings, channels, seed,
     top-k and dataset (it may add layers; ``batch`` is free), anything else is refused. One
-    atlas at a time writes into a folder (a lock file).
+    atlas at a time writes into a folder (a lock file). ``invariances`` (a softplus beta
+    above 0) adds each channel's first invariance around its optimum, as a GIF.
     """
     job = check_inputs(
-        model, layers, weights, channels, dataset, top_k, presets, steps, size, batch, seed
-    )
+        model, layers, weights, channels, dataset, top_k, presets, steps, size, batch, seed,
+        invariances,
+    )  # fmt: skip
     run = run_record(job)
     out = Path(out)
     check_resume(out, run)  # refuse before creating or touching anything

@@ -58,6 +58,8 @@ class AtlasJob:
     top_k: int
     batch: int
     dataset: AtlasDataset | None
+    invariances: float = 0.0
+    """Softplus beta of each channel's first invariance (0: none)."""
 
     @property
     def names(self) -> list[str]:
@@ -77,6 +79,7 @@ def check_inputs(
     size: int | None,
     batch: int,
     seed: int,
+    invariances: float = 0.0,
 ) -> AtlasJob:
     """The job :func:`convsight.studies.atlas.build_atlas` runs; a bad input fails in one
     sentence (the model is loaded and run once, the dataset read)."""
@@ -93,6 +96,10 @@ def check_inputs(
     loaded = model if isinstance(model, Model) else load_model(model, weights)
     selection, chosen = _channels_of_layers(loaded, layers, channels)
     _check_render_size(loaded, layers, {s.size for s in settings.values()})
+    if invariances:  # the surrogate must exist: a beta above 0 and a ReLU to replace
+        from convsight.analysis.surrogate import softplus_surrogate
+
+        softplus_surrogate(loaded, invariances)
     return AtlasJob(
         model=loaded,
         spec=model if isinstance(model, str) else None,
@@ -108,6 +115,7 @@ def check_inputs(
         top_k=top_k,
         batch=batch,
         dataset=_read_dataset(loaded, dataset) if dataset is not None else None,
+        invariances=invariances,
     )
 
 

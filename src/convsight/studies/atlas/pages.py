@@ -100,6 +100,7 @@ def _channel_pages(
             "objective": record["values"],
             "examples": record.get("examples", []),
             "projections": record.get("projections", False),
+            "invariance": record.get("invariance"),
             "histogram": histograms[c].tolist() if histograms is not None else [],
             "similar": similar,
             "prev": channels[i - 1],
@@ -116,6 +117,7 @@ def _channel_pages(
             channel=row,
             presets=job.presets,
             dataset_size=len(job.names),
+            softplus=job.invariances,
         )
     return rows
 

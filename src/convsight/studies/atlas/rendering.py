@@ -3,6 +3,7 @@ top dataset examples; one record per channel marks it done."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,16 @@ import torch
 from rich.progress import Progress, TaskID
 
 from convsight.analysis.dataset_examples import ReceptiveField, receptive_field, top_examples
+from convsight.analysis.invariances import HessianScale, channel_response, invariances
 from convsight.analysis.projections import display, project_units, tiles
+from convsight.analysis.surrogate import softplus_surrogate
 from convsight.models import Model
 from convsight.optvis.render import RenderResult, render_channels
 from convsight.optvis.settings import RenderSettings
 from convsight.report import safe_filename, write_json, write_npz
-from convsight.report.images import examples_strip, write_image, write_pil
+from convsight.report.images import examples_strip, write_gif, write_image, write_pil
 from convsight.studies.atlas.inputs import AtlasDataset, AtlasJob
+from convsight.studies.invariances import GIF_SIDE, sphere_path
 
 
 def render_layer(
@@ -33,6 +37,7 @@ def render_layer(
         else None
     )
     field = receptive_field(job.model, name) if data is not None else None
+    surrogate = softplus_surrogate(job.model, job.invariances)[0] if job.invariances else None
     todo = [c for c in job.chosen[name] if not (records / f"c{c}.json").exists()]
     bar.update(task, advance=len(job.chosen[name]) - len(todo), status=f"{name}")
     for i in range(0, len(todo), job.batch):
@@ -48,6 +53,10 @@ def render_layer(
                     job.model, name, folder, channel, examples, field, data, out
                 )
                 record["projections"] = True
+            if surrogate is not None:
+                record["invariance"] = _write_invariance(
+                    job, surrogate, name, results, row, channel, folder, out
+                )
             write_json(records / f"c{channel}.json", record, within=out)
             bar.update(task, advance=1)
     return len(todo)
@@ -74,6 +83,35 @@ def _channel_record(
         "values": values,
         "dead": row in dead_from.dead,
         "rendered_at": time.time(),
+    }
+
+
+def _write_invariance(
+    job: AtlasJob,
+    surrogate: Model,
+    layer: str,
+    results: dict[str, RenderResult],
+    row: int,
+    channel: int,
+    folder: Path,
+    out: Path,
+) -> dict[str, Any]:
+    """The channel's first invariance around its optimum (the robust render, else the first
+    preset's), from the exact Hessian of the softplus surrogate: a GIF of the network's
+    images along it, and its eigenvalue and check for the record."""
+    preset = "robust" if "robust" in results else job.presets[0]
+    x = results[preset].images[row].to(job.model.device)
+    f = channel_response(surrogate, layer, channel, x.shape[-1])
+    found = invariances(f, x, k=1, scale=HessianScale(softplus=job.invariances), seed=job.seed)
+    angles = torch.linspace(0.0, math.radians(45.0), 9)
+    frames = sphere_path(found.point, found.invariant[0], angles).clamp(0, 1)
+    write_gif(folder / "img" / f"c{channel}_invariance.gif", frames, GIF_SIDE, within=out)
+    return {
+        "from": preset,
+        "eigenvalue": float(found.invariant_values[0]),
+        "reliable": found.reliable,
+        "products": found.products,
+        "seconds": found.seconds,
     }
 
 
