@@ -74,8 +74,8 @@ bench-deps: $(VENV)/.installed-test
 # flags state, at the default thread count, then the README's tables regenerated from the JSON.
 # Budget: about 4 hours on 2 CPU cores (render ~50 min, Lucent timed on 4 of 16 channels and
 # scaled; faithfulness ~1 h, 104 photos; class-model quality ~50 min, seeds 0-1 and 2-3;
-# attribution ~20 min, occlusion / Score-CAM on 4 photos; figures ~30 min; atlas ~10 min; MNIST
-# ~5 min). The scripts refuse to write benchmarks/results/ from a dirty tree: commit first
+# attribution ~20 min, occlusion / Score-CAM on 4 photos, then those two again, best of 2, ~10
+# min; figures ~30 min; atlas ~10 min; MNIST ~5 min; compression ~3 min; invariances ~1 min). The scripts refuse to write benchmarks/results/ from a dirty tree: commit first
 # (CONVSIGHT_BENCH_ALLOW_DIRTY=1 records the run as dirty instead; CONVSIGHT_BENCH_RESULTS=DIR
 # writes a trial run into DIR and leaves README.md alone). benchmarks/classviz_screen.py is a
 # screening tool (recipes on the command line), not part of the suite.
@@ -86,8 +86,12 @@ bench: $(VENV)/.installed
 	$(BENCH_PY)/atlas.py
 	$(BENCH_PY)/render.py --lucent-channels 4
 	$(BENCH_PY)/render.py --flops-only
-	$(BENCH_PY)/render.py --precision-only --channels 4
+	$(BENCH_PY)/render.py --precision-only --channels 4 --layers features.2
 	$(BENCH_PY)/attribution.py --occlusion-ppe 1,2 --engines frozen,incremental --slow-images 4
+	$(BENCH_PY)/attribution.py --only occlusion,scorecam --merge --occlusion-ppe 1,2 \
+		--engines frozen,incremental --slow-images 4 --repeats 2
+	$(BENCH_PY)/compression.py
+	$(BENCH_PY)/invariances.py --softplus 10 --k 4
 	$(BENCH_PY)/faithfulness.py
 	$(BENCH_PY)/classviz_quality.py --size 160
 	$(BENCH_PY)/classviz_quality.py --size 160 --seed-list 2,3 --skip-lucent \

@@ -428,7 +428,7 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
     "attribution": attribution_table,
     "faithfulness": faithfulness_table,
     "atlas": atlas_table,
-    # "compression": compression_table,  (registered with its results)
+    "compression": compression_table,
 }
 
 
