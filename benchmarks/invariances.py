@@ -36,6 +36,7 @@ from convsight.analysis.surrogate import softplus_surrogate
 from convsight.models import load_model
 from convsight.optvis import render_channels
 from convsight.runtime import resolve_device, seed_everything
+from convsight.studies.invariances import ascend_on_sphere
 
 
 def peak_rss_mib() -> float:
@@ -72,6 +73,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--softplus", type=float, default=0.0, help="beta of the softplus surrogate (0: off)"
     )
+    parser.add_argument("--ascend", type=int, default=100, help="steps up the sphere first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -103,7 +105,10 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     print(f"rendered in {render_seconds:.1f} s; finding {args.k} + {args.k} directions", flush=True)
-    found = invariances(f, rendered.images[0].to(device), args.k, scale, seed=args.seed)
+    start = time.perf_counter()
+    point, ascent = ascend_on_sphere(f, rendered.images[0].to(device), args.ascend)
+    ascent["seconds"] = time.perf_counter() - start
+    found = invariances(f, point, args.k, scale, seed=args.seed)
     gpu_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     rss_found = peak_rss_mib()
     print(
@@ -120,11 +125,13 @@ def main() -> None:
             "k": args.k,
             "render_steps": args.steps,
             "render_preset": "robust",
+            "ascend": args.ascend,
             "seed": args.seed,
             "device": str(device),
             **scale.to_dict(),
         },
         "render_seconds": render_seconds,
+        "ascent": ascent,
         "render_value": float(rendered.values[0]),
         "invariances_seconds": found.seconds,
         "seconds_per_product": found.seconds / max(found.products, 1),

@@ -195,6 +195,23 @@ def test_softplus_needs_a_relu_and_not_smoothing_too():
         HessianScale(sigma=0.1, softplus=10.0).check()
 
 
+def test_ascent_on_the_sphere_finds_the_optimum_of_a_linear_unit():
+    """f(x) = a·x is largest on the sphere at r a/|a|, where the tangent gradient vanishes."""
+    gen = torch.Generator().manual_seed(0)
+    a, x = torch.randn(2, 6, 6, generator=gen), torch.rand(2, 6, 6, generator=gen)
+
+    def f(p: torch.Tensor) -> torch.Tensor:
+        return (p * a).flatten(1).sum(1)
+
+    moved, record = study.ascend_on_sphere(f, x, steps=200)
+    assert float(moved.norm()) == pytest.approx(float(x.norm()), rel=1e-5)  # on the sphere
+    assert cosine(moved, a) > 0.9999
+    assert record["tangent_gradient_norm_after"] < 1e-2 * record["tangent_gradient_norm_before"]
+    assert record["response_after"] == pytest.approx(float(a.norm() * x.norm()), rel=1e-4)
+    unmoved, none = study.ascend_on_sphere(f, x, steps=0)
+    assert torch.equal(unmoved, x) and none["accepted"] == 0
+
+
 def test_sphere_path_stays_on_the_sphere():
     x = torch.rand(3, 4, 4)
     v = torch.randn(3, 4, 4)
@@ -271,6 +288,9 @@ def test_command_with_the_softplus_surrogate_is_reliable(tmp_path):
     assert summary["surrogate"]["relus_replaced"] == 3
     assert summary["check"]["reliable"] and "warning:" not in result.stderr
     assert summary["check"]["linearity_error"] < 1e-3
+    ascent = summary["ascent"]  # up the sphere from the render: |P g| falls, the response rises
+    assert ascent["accepted"] > 0 and ascent["response_after"] > ascent["response_before"]
+    assert ascent["tangent_gradient_norm_after"] < ascent["tangent_gradient_norm_before"]
 
 
 def test_class_unit(tmp_path):
@@ -280,7 +300,10 @@ def test_class_unit(tmp_path):
         model, target="3", k=1, frames=2, flags=flags, out=tmp_path, show_progress=False
     )
     assert summary["unit"]["class"] == 3 and summary["objective"].startswith("the class score")
-    assert summary["render"]["value"] == pytest.approx(summary["response"], rel=1e-4, abs=1e-5)
+    ascent = summary["ascent"]  # from the render, up the sphere: the response only rises
+    assert ascent["response_before"] == pytest.approx(summary["render"]["value"], rel=1e-4)
+    assert summary["response"] == pytest.approx(ascent["response_after"], rel=1e-5)
+    assert ascent["response_after"] >= ascent["response_before"]
     assert (tmp_path / "invariant_01.gif").is_file()
 
 

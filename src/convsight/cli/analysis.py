@@ -83,6 +83,9 @@ def invariances_cmd(
     smooth: SmoothOpt = 0.0,
     samples: SamplesOpt = 8,
     softplus: SoftplusOpt = 0.0,
+    ascend: Annotated[
+        int, typer.Option(min=0, help="Steps of ascent on the sphere before the Hessian.")
+    ] = 100,
     frames: FramesOpt = 9,
     angle: AngleOpt = 45.0,
     weights: WeightsOpt = None,
@@ -105,6 +108,7 @@ def invariances_cmd(
         smooth=smooth,
         samples=samples,
         softplus=softplus,
+        ascend=ascend,
         frames=frames,
         angle=angle,
         **render.arguments(),

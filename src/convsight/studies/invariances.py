@@ -28,6 +28,7 @@ from convsight.analysis.invariances import (
     channel_response,
     check_k,
     class_response,
+    gradients,
     invariances,
 )
 from convsight.errors import ConvsightError
@@ -103,6 +104,41 @@ def check_frames(frames: int, angle: float) -> None:
         raise ConvsightError(f"--frames must be at least 2, not {frames}")
     if not math.isfinite(angle) or not 0 < angle <= 180:
         raise ConvsightError(f"--angle must be above 0 and at most 180 degrees, not {angle}")
+
+
+def ascend_on_sphere(
+    f: Response, x: torch.Tensor, steps: int, angle: float = 0.02
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Up to ``steps`` steps of gradient ascent of f on the sphere |y| = |x| (along geodesics;
+    the step angle, in radians, grows 1.5x after a step that raised f and halves after one that
+    did not): the render's image moved towards a point where the tangent gradient vanishes,
+    the optimum on the sphere that the Hessian analysis is about. Returns the point and a
+    record of the ascent (responses and |P g| before and after)."""
+    x, radius = x.detach(), float(x.norm())
+    values, grads = gradients(f, x[None], 1)
+    value, grad = float(values[0]), grads[0]
+
+    def tangent_norm(g: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, float]:
+        tangent = g - (g * at).sum() / radius**2 * at
+        return tangent, float(tangent.norm())
+
+    record = {"steps": steps, "accepted": 0, "response_before": value}
+    record["tangent_gradient_norm_before"] = tangent_norm(grad, x)[1]
+    for _ in range(steps):
+        tangent, norm = tangent_norm(grad, x)
+        if norm == 0 or angle < 1e-7:
+            break
+        moved = math.cos(angle) * x + math.sin(angle) * radius * tangent / norm
+        new_values, new_grads = gradients(f, moved[None], 1)
+        if float(new_values[0]) > value:
+            x, value, grad = moved, float(new_values[0]), new_grads[0]
+            record["accepted"] += 1
+            angle *= 1.5
+        else:
+            angle *= 0.5
+    record["response_after"] = value
+    record["tangent_gradient_norm_after"] = tangent_norm(grad, x)[1]
+    return x, record
 
 
 def random_tangents(x: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -200,6 +236,7 @@ def write_invariances(
     smooth: float = 0.0,
     samples: int = 8,
     softplus: float = 0.0,
+    ascend: int = 100,
     frames: int = 9,
     angle: float = 45.0,
     preset: str = "robust",
@@ -210,8 +247,11 @@ def write_invariances(
     device: str = "auto",
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Render the optimum of a channel of ``layer`` (or of class ``target``), then its k
-    invariances and k most selective directions: strips, GIFs, spectrum, npz, summary.json."""
+    """Render the optimum of a channel of ``layer`` (or of class ``target``), move it up to
+    ``ascend`` steps towards the optimum on its sphere, then find its k invariances and k most
+    selective directions: strips, GIFs, spectrum, npz, summary.json."""
+    if ascend < 0:
+        raise ConvsightError(f"--ascend must be 0 or more, not {ascend}")
     unit, scale = Unit(layer, channel, target), HessianScale(h, smooth, samples, softplus)
     unit.check(), scale.check(), check_frames(frames, angle)
     settings, given = collect_settings(preset, flags or {}, extra, target=unit.kind)
@@ -227,27 +267,36 @@ def write_invariances(
     seed_everything(seed)
     began = time.perf_counter()
     rendered: RenderResult = unit.render(loaded, index, settings, seed, show_progress)
-    found = invariances(smooth_f or f, rendered.images[0].to(loaded.device), k, scale, seed=seed)
+    point, ascent = ascend_on_sphere(smooth_f or f, rendered.images[0].to(loaded.device), ascend)
+    found = invariances(smooth_f or f, point, k, scale, seed=seed)
     angles = torch.linspace(0.0, angle, frames).tolist()
     paths = _paths(f, found, frames, angle, loaded.device, seed)
     written, rows = _write_outputs(out, found, paths, angles, f"{loaded.card.name} {name}")
     summary = _summary(loaded, unit, index, weights, rendered, found, rows)
-    summary["random_directions"] = {
-        "angles_degrees": angles,
-        "response_on_sphere": paths["random"]["on_sphere"].tolist(),
-    }
+    summary |= _details(found, paths, angles, ascent, settings, loaded, seed)
+    summary["settings"]["k"], summary["settings"]["ascend"] = k, ascend
+    summary["settings"]["frames"], summary["settings"]["angle_degrees"] = frames, angle
     if smooth_f is not None:  # the Hessian is the surrogate's; the paths show the network
-        point = found.point[None].to(loaded.device)
-        network = float(responses(f, point)[0])
+        network = float(responses(f, found.point[None].to(loaded.device))[0])
         summary["surrogate"] = {"relus_replaced": replaced, "response_of_network": network}
-    summary["settings"] = {
-        **found.scale.to_dict(),
-        **{"k": k, "frames": frames, "angle_degrees": angle},
-        "render": {**settings.to_dict(), "seed": seed, "device": str(loaded.device)},
-    }
     summary["seconds_total"] = time.perf_counter() - began
     written.append(write_json(out / "summary.json", summary, within=out))
     return {**summary, "written": written}
+
+
+def _details(found, paths, angles, ascent, settings, loaded, seed) -> dict[str, Any]:
+    """The random-direction baseline, the ascent and the settings, for ``summary.json``."""
+    return {
+        "random_directions": {
+            "angles_degrees": angles,
+            "response_on_sphere": paths["random"]["on_sphere"].tolist(),
+        },
+        "ascent": ascent,
+        "settings": {
+            **found.scale.to_dict(),
+            "render": {**settings.to_dict(), "seed": seed, "device": str(loaded.device)},
+        },
+    }
 
 
 def _surrogate_response(loaded: Model, unit: Unit, size: int | None, beta: float):

@@ -21,7 +21,9 @@ from convsight.optvis.settings import RenderSettings
 from convsight.report import safe_filename, write_json, write_npz
 from convsight.report.images import examples_strip, write_gif, write_image, write_pil
 from convsight.studies.atlas.inputs import AtlasDataset, AtlasJob
-from convsight.studies.invariances import GIF_SIDE, sphere_path
+from convsight.studies.invariances import GIF_SIDE, ascend_on_sphere, sphere_path
+
+ATLAS_ASCENT = 50  # steps towards the optimum on the sphere before a channel's invariance
 
 
 def render_layer(
@@ -97,11 +99,13 @@ def _write_invariance(
     out: Path,
 ) -> dict[str, Any]:
     """The channel's first invariance around its optimum (the robust render, else the first
-    preset's), from the exact Hessian of the softplus surrogate: a GIF of the network's
-    images along it, and its eigenvalue and check for the record."""
+    preset's, moved up the sphere by :data:`ATLAS_ASCENT` steps), from the exact Hessian of the
+    softplus surrogate: a GIF of the network's images along it, and its eigenvalue and check
+    for the record."""
     preset = "robust" if "robust" in results else job.presets[0]
     x = results[preset].images[row].to(job.model.device)
     f = channel_response(surrogate, layer, channel, x.shape[-1])
+    x, ascent = ascend_on_sphere(f, x, ATLAS_ASCENT)
     found = invariances(f, x, k=1, scale=HessianScale(softplus=job.invariances), seed=job.seed)
     angles = torch.linspace(0.0, math.radians(45.0), 9)
     frames = sphere_path(found.point, found.invariant[0], angles).clamp(0, 1)
@@ -111,6 +115,7 @@ def _write_invariance(
         "eigenvalue": float(found.invariant_values[0]),
         "reliable": found.reliable,
         "products": found.products,
+        "ascent": ascent,
         "seconds": found.seconds,
     }
 
