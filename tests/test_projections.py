@@ -39,6 +39,19 @@ def pool_net() -> nn.Sequential:
 UNITS = [(0, 0, 0), (1, 3, 4), (4, 7, 7), (2, 5, 1), (3, 4, 4)]
 
 
+def test_a_field_larger_than_the_image_is_measured_whole():
+    """Six 5x5 convolutions see 25 pixels: more than the 16-pixel input, so the middle unit's
+    gradient reaches the border there, and the field is measured again on a larger input."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(2 if i == 0 else 3, 3, 5, padding=2) for i in range(6)]
+    model = model_of(nn.Sequential(*layers))
+    field = receptive_field(model, "5")
+    assert field.size == (25, 25) and field.stride == (1.0, 1.0)
+    assert field.offset == (0.5, 0.5)  # unit (y, x) looks around pixel (y, x): same padding
+    assert field.box(8, 8) == (0, 0, SIDE, SIDE)  # clipped to the image only when drawn
+    assert receptive_field(model, "0").size == (5, 5)  # a small field: measured once
+
+
 def test_support_lies_inside_the_receptive_field():
     model = model_of(pool_net())
     field = receptive_field(model, "3")

@@ -31,29 +31,45 @@ class ReceptiveField:
         return max(top, 0), max(left, 0), min(top + self.size[0], h), min(left + self.size[1], w)
 
 
+def _measure_field(model: Model, layer: str, size: tuple[int, int], trials: int):
+    """Back-propagate from the middle unit of ``layer`` on random inputs of ``size``: the rows
+    and columns of input pixels it reaches, and the layer's map size."""
+    x = torch.randn(trials, model.card.channels, *size, device=model.device, requires_grad=True)
+    out = forward_to(model.module, x, [layer])[layer]
+    ly, lx = out.shape[-2], out.shape[-1]
+    out[:, :, ly // 2, lx // 2].sum().backward()
+    seen = x.grad.abs().sum((0, 1)) > 0
+    return seen.any(1).nonzero().flatten(), seen.any(0).nonzero().flatten(), (ly, lx)
+
+
 def receptive_field(model: Model, layer: str, trials: int = 4) -> ReceptiveField:
     """Measure the receptive field of ``layer`` by back-propagating from one unit in its middle.
 
-    Input pixels with a non-zero gradient (over a few random inputs) are the unit's field.
+    Input pixels with a non-zero gradient (over a few random inputs) are the unit's field. A
+    field that reaches the border of the model's input size is measured again on inputs two and
+    four times as large (a convolutional stack takes them), so a field larger than the image is
+    not cut short; where the larger input fails, the cut field is kept.
     """
     check_layers(model.module, [layer])
     h, w = model.card.input_size
-    x = torch.randn(trials, model.card.channels, h, w, device=model.device, requires_grad=True)
-    out = forward_to(model.module, x, [layer])[layer]
-    ly, lx = out.shape[-2], out.shape[-1]
-    cy, cx = ly // 2, lx // 2
-    out[:, :, cy, cx].sum().backward()
-    seen = x.grad.abs().sum((0, 1)) > 0
-    rows = seen.any(1).nonzero().flatten()
-    cols = seen.any(0).nonzero().flatten()
+    scale = 1
+    rows, cols, (ly, lx) = _measure_field(model, layer, (h, w), trials)
+    for factor in (2, 4):
+        touches = len(rows) and (rows[0] == 0 or rows[-1] == scale * h - 1 or cols[0] == 0
+                                 or cols[-1] == scale * w - 1)  # fmt: skip
+        if not touches:
+            break
+        try:
+            bigger = _measure_field(model, layer, (factor * h, factor * w), trials)
+        except (RuntimeError, ValueError):  # not fully convolutional up to the layer
+            break
+        scale, (rows, cols, (ly, lx)) = factor, bigger
     if len(rows) == 0:  # a unit that no input reaches (dead on random input): whole image
         return ReceptiveField((h, w), (h / ly, w / lx), (h / 2, w / 2), (h, w))
     size = (int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
-    stride = (h / ly, w / lx)
+    stride = (scale * h / ly, scale * w / lx)
     centre = ((rows[0] + rows[-1]).item() / 2 + 0.5, (cols[0] + cols[-1]).item() / 2 + 0.5)
-    # Grow a clipped field back to its full size (the middle unit of a deep layer may be cut).
-    size = (max(size[0], 1), max(size[1], 1))
-    offset = (centre[0] - cy * stride[0], centre[1] - cx * stride[1])
+    offset = (centre[0] - (ly // 2) * stride[0], centre[1] - (lx // 2) * stride[1])
     return ReceptiveField(size, stride, offset, (h, w))
 
 
