@@ -13,7 +13,7 @@ from convsight.analysis.compression import (
     filters_removed,
     random_filters,
     redundant_filters,
-    removal_point,
+    removal_points,
     smallest_l1,
 )
 from convsight.analysis.filters import filter_redundancy
@@ -106,22 +106,24 @@ def test_zeroing_the_conv_output_would_not_be_removal():
     the norm and the pooling, where the next conv reads the channel."""
     model = load_model("five-class-cnn", image_size=32)
     module = _trained_like(model)
-    assert removal_point(module, "features.0", model.example_input()) == "features.3"
-    assert removal_point(model.module, "features.12", model.example_input()) == "features.15"
+    found = removal_points(module, ["features.0", "features.12"], model.example_input())
+    assert found == {"features.0": "features.3", "features.12": "features.15"}
     mnist = load_model("mnist-cnn")
-    assert removal_point(mnist.module, "features.3", mnist.example_input()) == "features.5"
+    assert removal_points(mnist.module, ["features.3"], mnist.example_input()) == {
+        "features.3": "features.5"
+    }
 
 
 def test_removal_refuses_a_residual_block():
     module = torchvision.models.resnet18(weights=None).eval()
     example = torch.zeros(1, 3, 64, 64)
     with pytest.raises(ConvsightError, match="sequential blocks"):
-        removal_point(module, "layer1.0.conv2", example)
+        removal_points(module, ["layer1.0.conv2"], example)
     with pytest.raises(ConvsightError, match="not a Conv2d"):
-        removal_point(module, "layer1.0.bn1", example)
+        removal_points(module, ["layer1.0.bn1"], example)
     # conv1 -> bn1 -> relu -> conv2 is sequential, but that relu module also runs after the sum
     with pytest.raises(ConvsightError, match="'layer1.0.relu' after 'layer1.0.conv1' runs 2"):
-        removal_point(module, "layer1.0.conv1", example)
+        removal_points(module, ["layer1.0.conv1"], example)
 
 
 def test_removed_filters_get_no_gradient():

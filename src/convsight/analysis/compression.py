@@ -103,21 +103,29 @@ def _reads_output_of(call: _Call, point: _Call) -> bool:
     )
 
 
-def removal_point(module: nn.Module, layer: str, example: torch.Tensor) -> str:
-    """The layer whose output carries conv ``layer``'s channels into the next layer that mixes
-    channels: ``layer`` itself, or the last of the channel-wise layers (activation, batch norm,
-    pooling, dropout) that read its output one after the other.
+def removal_points(
+    module: nn.Module, layers: Sequence[str], example: torch.Tensor
+) -> dict[str, str]:
+    """For each conv layer: the layer whose output carries its channels into the next layer
+    that mixes channels: the conv itself, or the last of the channel-wise layers (activation,
+    batch norm, pooling, dropout) that read its output one after the other. One probe forward
+    pass for all of them.
 
-    Fails in one sentence when ``layer`` is not a Conv2d, when that layer runs more than once
-    in a forward pass (a hook there would zero its other outputs too), or when what follows
-    does not read its output unchanged (a residual sum, a functional op): a zeroed channel
-    there would not be a removed filter.
+    Fails in one sentence when a layer is not a Conv2d, when it (or a channel-wise layer after
+    it) runs more than once in a forward pass (a hook there would zero its other outputs too),
+    or when what follows does not read its output unchanged (a residual sum, a functional op):
+    a zeroed channel there would not be a removed filter.
     """
-    conv = get_layer(module, layer)
-    if not isinstance(conv, nn.Conv2d):
-        raise ConvsightError(f"layer '{layer}' is a {type(conv).__name__}, not a Conv2d")
-    calls = _calls(module, example)
+    for layer in layers:
+        conv = get_layer(module, layer)
+        if not isinstance(conv, nn.Conv2d):
+            raise ConvsightError(f"layer '{layer}' is a {type(conv).__name__}, not a Conv2d")
+    calls = _calls(module, example) if layers else []
     runs = {name: sum(c.name == name for c in calls) for name in {c.name for c in calls}}
+    return {layer: _point_after(calls, runs, layer) for layer in layers}
+
+
+def _point_after(calls: list[_Call], runs: dict[str, int], layer: str) -> str:
     index = [i for i, call in enumerate(calls) if call.name == layer]
     if len(index) != 1:
         raise ConvsightError(
@@ -143,15 +151,25 @@ def removal_point(module: nn.Module, layer: str, example: torch.Tensor) -> str:
 
 @contextmanager
 def filters_removed(
-    module: nn.Module, removed: Mapping[str, Sequence[int]], example: torch.Tensor
+    module: nn.Module,
+    removed: Mapping[str, Sequence[int]],
+    example: torch.Tensor | None = None,
+    points: Mapping[str, str] | None = None,
 ) -> Iterator[None]:
     """Within the block, ``module`` runs as if the filters ``removed[layer]`` of each conv
-    layer were pruned away (see the module docstring); gradients to them are zero."""
+    layer were pruned away (see the module docstring); gradients to them are zero.
+
+    ``points``: the :func:`removal_points` already found (a name per layer); without them
+    they are found from one forward pass of ``example``.
+    """
+    if points is None:
+        if example is None:
+            raise ValueError("filters_removed needs an example input or the removal points")
+        points = removal_points(module, list(removed), example)
     handles = []
     try:
         for layer, channels in removed.items():
             conv = get_layer(module, layer)
-            point = get_layer(module, removal_point(module, layer, example))
             bad = [c for c in channels if not 0 <= c < conv.out_channels]
             if bad:
                 raise ConvsightError(
@@ -163,6 +181,7 @@ def filters_removed(
             def zero(mod, args, output, keep=keep):
                 return output * keep.to(output).view(1, -1, *([1] * (output.dim() - 2)))
 
+            point = get_layer(module, points[layer])
             handles.append(point.register_forward_hook(zero))
         yield
     finally:

@@ -13,7 +13,7 @@ import copy
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from convsight.analysis.compression import (
     filters_removed,
     random_filters,
     redundant_filters,
-    removal_point,
+    removal_points,
     smallest_l1,
 )
 from convsight.analysis.filters import filter_redundancy
@@ -186,21 +186,19 @@ def plan_trials(
 
 @dataclass
 class _Runner:
-    """Scores a removal: accuracy as it is, and after one fine-tuning epoch on a copy."""
+    """Scores a removal: accuracy as it is, and after one fine-tuning epoch on a copy.
+    ``points``: where each conv layer's filters are removed (found once, for every trial)."""
 
     model: Model
     data: CompressionData
     lr: float
     seed: int
     device: torch.device
-    example: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.example = self.model.example_input()
+    points: dict[str, str]
 
     def accuracy(self, removed: Removal) -> float:
         module = self.model.module
-        with filters_removed(module, removed, self.example):
+        with filters_removed(module, removed, points=self.points):
             accuracy = evaluate(module.to(self.device), self.data.test, self.device)[1]
         module.cpu()
         return accuracy
@@ -220,7 +218,7 @@ class _Runner:
             return None
         module = copy.deepcopy(self.model.module)
         seed_everything(self.seed)
-        with filters_removed(module, removed, self.example):
+        with filters_removed(module, removed, points=self.points):
             history = fit(module, self.data.train(), self.data.test, 1, self.lr, self.device, False)
         return history[-1].test_accuracy
 
@@ -231,8 +229,7 @@ def _removal_points(model: Model) -> dict[str, str]:
     layers = conv_layer_names(model.module)
     if not layers:
         raise ConvsightError("the model has no Conv2d layer to remove filters from")
-    example = model.example_input()
-    return {layer: removal_point(model.module, layer, example) for layer in layers}
+    return removal_points(model.module, layers, model.example_input())
 
 
 def _layer_rows(points, norms, redundancy, thresholds) -> dict[str, dict[str, Any]]:
@@ -292,7 +289,7 @@ def compress(
     redundancy = {layer: filter_redundancy(module, layer) for layer in layers}
     norms = {layer: filter_norms(module, layer) for layer in layers}
     trials = plan_trials(layers, redundancy, norms, thresholds, random_repeats, seed)
-    runner = _Runner(loaded, data_, lr, seed, resolve_device(device))
+    runner = _Runner(loaded, data_, lr, seed, resolve_device(device), points)
     baseline = runner.score(trials, show_progress)
     settings = {
         **{"thresholds": sorted(thresholds, reverse=True), "random_repeats": random_repeats},

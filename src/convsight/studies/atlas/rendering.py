@@ -40,6 +40,7 @@ def render_layer(
     )
     field = receptive_field(job.model, name) if data is not None else None
     surrogate = softplus_surrogate(job.model, job.invariances)[0] if job.invariances else None
+    invariance_from = "robust" if "robust" in job.settings else job.presets[0]
     todo = [c for c in job.chosen[name] if not (records / f"c{c}.json").exists()]
     bar.update(task, advance=len(job.chosen[name]) - len(todo), status=f"{name}")
     for i in range(0, len(todo), job.batch):
@@ -56,9 +57,10 @@ def render_layer(
                 )
                 record["projections"] = True
             if surrogate is not None:
-                record["invariance"] = _write_invariance(
-                    job, surrogate, name, results, row, channel, folder, out
-                )
+                optimum = results[invariance_from].images[row]
+                gif = folder / "img" / f"c{channel}_invariance.gif"
+                found = _write_invariance(job, surrogate, name, channel, optimum, gif, out)
+                record["invariance"] = {"from": invariance_from, **found}
             write_json(records / f"c{channel}.json", record, within=out)
             bar.update(task, advance=1)
     return len(todo)
@@ -92,26 +94,22 @@ def _write_invariance(
     job: AtlasJob,
     surrogate: Model,
     layer: str,
-    results: dict[str, RenderResult],
-    row: int,
     channel: int,
-    folder: Path,
+    optimum: torch.Tensor,
+    gif: Path,
     out: Path,
 ) -> dict[str, Any]:
-    """The channel's first invariance around its optimum (the robust render, else the first
-    preset's, moved up the sphere by :data:`ATLAS_ASCENT` steps), from the exact Hessian of the
-    softplus surrogate: a GIF of the network's images along it, and its eigenvalue and check
-    for the record."""
-    preset = "robust" if "robust" in results else job.presets[0]
-    x = results[preset].images[row].to(job.model.device)
+    """The channel's first invariance around its rendered ``optimum``, moved up the sphere by
+    :data:`ATLAS_ASCENT` steps, from the exact Hessian of the softplus surrogate: a GIF of the
+    network's images along it; its eigenvalue and check for the record."""
+    x = optimum.to(job.model.device)
     f = channel_response(surrogate, layer, channel, x.shape[-1])
     x, ascent = ascend_on_sphere(f, x, ATLAS_ASCENT)
     found = invariances(f, x, k=1, scale=HessianScale(softplus=job.invariances), seed=job.seed)
     angles = torch.linspace(0.0, math.radians(45.0), 9)
     frames = sphere_path(found.point, found.invariant[0], angles).clamp(0, 1)
-    write_gif(folder / "img" / f"c{channel}_invariance.gif", frames, GIF_SIDE, within=out)
+    write_gif(gif, frames, GIF_SIDE, within=out)
     return {
-        "from": preset,
         "eigenvalue": float(found.invariant_values[0]),
         "reliable": found.reliable,
         "products": found.products,

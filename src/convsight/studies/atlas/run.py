@@ -74,7 +74,7 @@ def run_record(job: AtlasJob) -> dict[str, Any]:
             ),
             "batch": job.batch,
             "channels": job.selection,
-            "invariances_softplus": job.invariances,
+            "invariances_softplus": job.invariances or None,  # None: no invariances
         }
     )
 
@@ -142,8 +142,8 @@ def _differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
                 changes = ", ".join(f"{k} {was.get(k)} there, {settings[k]} here" for k in keys)
                 found.append(f"render settings of preset {preset} ({changes})")
     for key in ("seed", "top_k", "invariances_softplus"):
-        if earlier.get(key, 0.0 if key == "invariances_softplus" else None) != now[key]:
-            found.append(f"{key} ({earlier.get(key)} there, {now[key]} here)")
+        if earlier.get(key) != now.get(key):
+            found.append(f"{key} ({earlier.get(key)} there, {now.get(key)} here)")
     if earlier.get("channels") != now["channels"]:
         was, new = earlier.get("channels") or "all", now["channels"] or "all"
         found.append(f"channels ({was} there, {new} here)")
