@@ -20,7 +20,9 @@ top-5 hit rates. Recipes:
   classes with every seed (the robust rows on those classes are their baseline). With a
   constant learning rate the image after 64 of 128 steps is the image of a 64-step render
   (same seeds, same draws), so 64-step rows are snapshots of the 128-step renders.
-* ``robust bf16``: the robust preset under bf16 autocast (``precision="bf16"``).
+* ``robust bf16``: the robust preset under bf16 autocast (``precision="bf16"``), only on a CPU
+  with native bf16 (avx512_bf16 or amx_bf16) or with ``--bf16``: elsewhere bf16 is emulated,
+  many times slower, and the JSON says the row was skipped and why.
 * ``torch-lucent``: torch-lucent 0.1.8's ``render_vis`` on the same logit, the model wrapped
   with its own normalization (``preprocess=False``), defaults otherwise (Adam 0.05).
 
@@ -41,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import shared_dir, write_result
+from common import machine, shared_dir, write_result
 from torch import nn
 
 from convsight.data.imagenet import imagenet_samples
@@ -232,6 +234,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--seed-list", default="", help="e.g. '1': these seeds instead")
     parser.add_argument("--name", default="classviz_quality", help="results file name")
+    parser.add_argument("--bf16", action="store_true", help="run the bf16 row on any CPU")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -272,6 +275,11 @@ def main() -> None:
         ],
     ]
     only = {s.strip() for s in args.only.split(",") if s.strip()}
+    skipped = {}
+    native_bf16 = {"avx512_bf16", "amx_bf16"} & set(machine()["cpu_vector_flags"])
+    if not (args.bf16 or native_bf16 or "robust bf16" in only):
+        recipes = [r for r in recipes if r[0] != "robust bf16"]
+        skipped["robust bf16"] = "no avx512_bf16 or amx_bf16 on this CPU: bf16 is emulated"
     # rows of seeded recipes name their seeds when they are not the default ones
     default_seeds = seeds == list(range(args.seeds))
     suffix = "" if default_seeds else f" (seeds {', '.join(str(s) for s in seeds)})"
@@ -293,6 +301,7 @@ def main() -> None:
                     for name, kwargs, steps, snaps, _, _ in recipes
                     if not only or name in only
                 },
+                "skipped": skipped,
                 "rows": rows,
             },
         )

@@ -188,7 +188,7 @@ CLASSVIZ_ROWS: list[tuple[str, list[list[str]], list[int], bool, bool]] = [
     ("lucent-style", [[LUCENT]], [128], False, False),
     ("**robust**", [["robust"]], [64], True, False),
     ("**robust**", [["robust"]], [128], True, False),
-    ("robust, `precision=bf16`", [["robust bf16"]], [64, 128], False, False),
+    ("robust, `precision=bf16`", [["robust bf16"]], [64, 128], False, True),
     ("lucent-style, seeds 2 and 3", [[LUCENT + S23]], [64, 128], False, False),
     ("robust, seeds 2 and 3", [["robust" + S23]], [64, 128], False, False),
     ("**lucent-style, all four seeds**", [[LUCENT, LUCENT + S23]], [128], True, False),
@@ -203,7 +203,18 @@ CLASSVIZ_ROWS: list[tuple[str, list[list[str]], list[int], bool, bool]] = [
 ]
 
 
-MERGED = "rows of several runs merged by hand; commit and threads of the last"
+def classviz_source(results: Path, main: dict[str, Any]) -> str:
+    """The line under a class-model table: the main JSON's, plus the seeds 2-3 file's when it
+    has rows of its own; an old hand-merged file says so."""
+    if not main.get("provenance"):
+        return source(
+            CLASSVIZ_FILES[0], main, "rows of several runs merged by hand; commit of the last"
+        )
+    line = source(CLASSVIZ_FILES[0], main)
+    if (results / f"{CLASSVIZ_FILES[1]}.json").is_file():
+        more = source(CLASSVIZ_FILES[1], load(results, CLASSVIZ_FILES[1]), "seeds 2 and 3")
+        line = line[: -len(".</sub>")] + "; " + more.split(" from ", 1)[1]
+    return line
 
 
 def classviz_rows(results: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict]]:
@@ -254,7 +265,7 @@ def classviz_table(results: Path) -> list[str]:
         step_text = " / ".join(str(s) for s in steps) if steps != [0] else "-"
         out.append([label, step_text, renders, cells["top1"], cells["top5"]])
     header = ["recipe", "steps", "renders", "top-1", "top-5"]
-    return [*markdown(header, out), "", source(CLASSVIZ_FILES[0], main, MERGED)]
+    return [*markdown(header, out), "", classviz_source(results, main)]
 
 
 ABLATION_BASE = "robust (ablation classes)"
@@ -292,7 +303,7 @@ def ablation_table(results: Path) -> list[str]:
                 line.append("-")
         out.append(line)
     header = ["change", "top-1, 64 steps", "top-1, 128 steps"]
-    return [*markdown(header, out), "", source(CLASSVIZ_FILES[0], main, MERGED)]
+    return [*markdown(header, out), "", classviz_source(results, main)]
 
 
 def attribution_table(results: Path) -> list[str]:
