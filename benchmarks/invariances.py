@@ -5,8 +5,9 @@
 
 The optimum of one channel of VGG16 ``features.28`` (the HED edge detector's ImageNet-VGG16
 conv stack, ``$CONVSIGHT_SHARED/models/vgg16_hed_features.pt``) is rendered with the robust
-preset at ``--size`` pixels (``--steps`` steps), then the k invariances and k most selective
-directions on the sphere of its norm are found by Lanczos (scipy ``eigsh``) on finite-difference
+preset at ``--size`` pixels (``--steps`` steps), optionally moved ``--ascend`` steps up its
+sphere, then the k invariances and k most selective directions on the response's level set
+within the sphere of its norm are found by Lanczos (scipy ``eigsh``) on finite-difference
 Hessian-vector products (``--h``; ``--smooth SIGMA --samples N`` for the smoothed Hessian;
 ``--softplus BETA`` for the exact Hessian of the softplus surrogate, double backward).
 No other library computes this, so there is no side-by-side timing; the check of the result is
@@ -73,7 +74,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--softplus", type=float, default=0.0, help="beta of the softplus surrogate (0: off)"
     )
-    parser.add_argument("--ascend", type=int, default=100, help="steps up the sphere first")
+    parser.add_argument("--ascend", type=int, default=0, help="steps up the sphere first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

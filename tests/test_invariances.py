@@ -212,6 +212,43 @@ def test_ascent_on_the_sphere_finds_the_optimum_of_a_linear_unit():
     assert torch.equal(unmoved, x) and none["accepted"] == 0
 
 
+def test_directions_on_the_level_set_of_a_point_that_is_not_stationary():
+    """A quadratic unit at a point where its tangent gradient is not 0: the directions are
+    ⊥ x and ⊥ P g, the eigenvalues are those of the Riemannian Hessian on that subspace
+    (formed densely here), and along each direction the response has no first-order change
+    and the eigenvalue as its second-order one."""
+    gen = torch.Generator().manual_seed(3)
+    shape, n = (2, 3, 3), 18
+    m = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    a, b = (m + m.T) / 2, torch.randn(n, generator=gen, dtype=torch.float64)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+
+    def f(p: torch.Tensor) -> torch.Tensor:
+        flat = p.flatten(1)
+        return 0.5 * ((flat @ a) * flat).sum(1) + flat @ b
+
+    found = invariances(f, x, k=2, tol=1e-10, level_set=True)
+    g, r2 = a @ x.flatten() + b, float((x * x).sum())
+    tangent = g - (g @ x.flatten()) / r2 * x.flatten()
+    assert found.normal is not None and found.tangent_gradient_norm > 0.1
+    assert abs(cosine(found.normal, tangent)) > 1 - 1e-9
+    basis, _ = torch.linalg.qr(torch.cat([x.reshape(n, 1), tangent[:, None], torch.eye(n)], 1))
+    rest = basis[:, 2:n]  # orthonormal, ⊥ x and ⊥ P g
+    exact = torch.linalg.eigvalsh(rest.T @ (a - (g @ x.flatten()) / r2 * torch.eye(n)) @ rest)
+    assert torch.allclose(found.invariant_values, exact.flip(0)[:2], rtol=1e-6)
+    assert torch.allclose(found.selective_values, exact[:2], rtol=1e-6)
+    t = torch.tensor([-1e-3, 0.0, 1e-3], dtype=torch.float64)
+    for v, value in zip(found.invariant, found.invariant_values.tolist(), strict=True):
+        assert abs(cosine(v, x)) < 1e-9 and abs(cosine(v, tangent)) < 1e-9
+        lo, mid, hi = f(study.sphere_path(x, v, t)).tolist()
+        assert abs(hi - lo) / 2e-3 < 1e-6 * found.tangent_gradient_norm * found.radius
+        assert (hi + lo - 2 * mid) / 1e-6 == pytest.approx(r2 * value, rel=1e-4)
+    random = study.random_tangents(x, 3, 0, found.normal)  # the baseline, drawn alike
+    assert all(abs(cosine(v, tangent)) < 1e-9 and abs(cosine(v, x)) < 1e-9 for v in random)
+    plain = invariances(f, x, k=2, tol=1e-10)  # the whole tangent space
+    assert plain.normal is None and max(abs(cosine(v, tangent)) for v in plain.invariant) > 1e-3
+
+
 def test_sphere_path_stays_on_the_sphere():
     x = torch.rand(3, 4, 4)
     v = torch.randn(3, 4, 4)
@@ -225,7 +262,7 @@ def test_sphere_path_stays_on_the_sphere():
 def test_bad_input_is_one_sentence_before_any_work(tmp_path, monkeypatch):
     calls = []
     x = torch.rand(1, 4, 4)
-    with pytest.raises(ConvsightError, match="at most 14"):
+    with pytest.raises(ConvsightError, match="at most 13"):
         invariances(lambda p: calls.append(1) or p.sum(), x, k=15)
     with pytest.raises(ConvsightError, match="--h must be"):
         invariances(lambda p: calls.append(1) or p.sum(), x, k=2, scale=HessianScale(h=0))
@@ -240,7 +277,7 @@ def test_bad_input_is_one_sentence_before_any_work(tmp_path, monkeypatch):
     cases = [
         ({"layer": "features.9", "channel": 0}, "unknown layer 'features.9'"),
         ({"layer": "features.3", "channel": 64}, "channel 64 is out of range"),
-        ({"layer": "features.3", "channel": 0, "k": 783}, "at most 782"),
+        ({"layer": "features.3", "channel": 0, "k": 783}, "at most 781"),
         ({"layer": "features.3", "channel": 0, "h": 0.0}, "--h must be"),
         ({"layer": "features.3", "channel": 0, "h": -1.0}, "--h must be"),
         ({"layer": "features.3"}, "--channel"),
@@ -280,7 +317,7 @@ def test_command_writes_the_outputs(tmp_path):
 def test_command_with_the_softplus_surrogate_is_reliable(tmp_path):
     out = tmp_path / "inv"
     args = ["invariances", "mnist-cnn", "--layer", "features.3", "--channel", "5", "--k", "2"]
-    args += ["--softplus", "20", "--steps", "8", "--size", "16", "--frames", "3"]
+    args += ["--softplus", "20", "--steps", "8", "--size", "16", "--frames", "3", "--ascend", "20"]
     result = runner.invoke(app, [*args, "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -288,6 +325,7 @@ def test_command_with_the_softplus_surrogate_is_reliable(tmp_path):
     assert summary["surrogate"]["relus_replaced"] == 3
     assert summary["check"]["reliable"] and "warning:" not in result.stderr
     assert summary["check"]["linearity_error"] < 1e-3
+    assert summary["settings"]["ascend"] == 20
     ascent = summary["ascent"]  # up the sphere from the render: |P g| falls, the response rises
     assert ascent["accepted"] > 0 and ascent["response_after"] > ascent["response_before"]
     assert ascent["tangent_gradient_norm_after"] < ascent["tangent_gradient_norm_before"]
@@ -300,10 +338,11 @@ def test_class_unit(tmp_path):
         model, target="3", k=1, frames=2, flags=flags, out=tmp_path, show_progress=False
     )
     assert summary["unit"]["class"] == 3 and summary["objective"].startswith("the class score")
-    ascent = summary["ascent"]  # from the render, up the sphere: the response only rises
-    assert ascent["response_before"] == pytest.approx(summary["render"]["value"], rel=1e-4)
-    assert summary["response"] == pytest.approx(ascent["response_after"], rel=1e-5)
-    assert ascent["response_after"] >= ascent["response_before"]
+    ascent = summary["ascent"]  # by default the analysis is at the render itself
+    assert ascent["steps"] == 0 and ascent["accepted"] == 0
+    assert summary["response"] == pytest.approx(summary["render"]["value"], rel=1e-4)
+    assert summary["tangent_gradient_norm"] > 0  # a render is not stationary on its sphere
+    assert summary["directions_taken"].startswith("on the level set")
     assert (tmp_path / "invariant_01.gif").is_file()
 
 

@@ -13,11 +13,24 @@ The Hessian on the sphere |y| = r through x (r = |x|) is the Riemannian Hessian
     Hess f(x) = P (H - (g·x / r²) I) P,      P = I - x xᵀ / r²,
 
 H and g being f's Hessian and gradient at x; the second term is the sphere's own curvature
-(at a constrained maximum g = λx and it is -λ). It is solved in the tangent space itself (an
-orthonormal basis of it from one Householder reflection, so the radial direction, where P H P
-has a spurious 0, never competes): the largest eigenvalues are the invariances, the smallest
-the most selective directions, found by scipy's Lanczos (``eigsh`` on a ``LinearOperator``)
-from Hessian-vector products; H is never formed.
+(at a constrained maximum g = λx and it is -λ). Along the geodesic from x with unit tangent
+v the response is f + t g·v + t²/2 vᵀ Hess f(x) v + O(t³), at any x on the sphere.
+
+Where the analysis is done: at the point given, the render (the optimum ``maximize`` /
+``classviz`` found). A render is not a stationary point on its sphere (|P g| > 0: the
+regularized, transformed objective it climbed is not f, and f keeps rising for hundreds of
+geodesic steps, far from the image), so along a tangent direction the first-order term t g·v
+swamps the curvature. The directions are therefore taken on the response's level set within
+the sphere, v ⊥ x and v ⊥ P g (the "level-set" directions, along which f does not change to
+first order): there the second-order term above is the whole change, and the eigenvalues say
+exactly how fast the response falls (or rises) around the render. At a stationary point (P g
+below :data:`STATIONARY` of |g|) this is the plain tangent space, as in Berkes and Wiskott.
+
+It is solved in that subspace itself (an orthonormal basis of it from Householder
+reflections, so the removed directions, where the projected operator has a spurious 0, never
+compete): the largest eigenvalues are the invariances, the smallest the most selective
+directions, found by scipy's Lanczos (``eigsh`` on a ``LinearOperator``) from Hessian-vector
+products; H is never formed.
 
 The scale. A ReLU / max-pool network is piecewise linear: its exact Hessian is zero almost
 everywhere. The Hessian is computed "numerically", at a stated scale (:class:`HessianScale`):
@@ -64,6 +77,9 @@ Response = Callable[[torch.Tensor], torch.Tensor]
 
 #: Largest relative error (linearity, symmetry, residuals) of a result called reliable.
 RELIABLE = 0.1
+
+#: |P g| / |g| below this: the point is stationary on its sphere (no level-set restriction).
+STATIONARY = 1e-6
 
 
 @dataclass(frozen=True)
@@ -155,13 +171,14 @@ def gradients(
 
 
 def check_k(k: int, dim: int) -> None:
-    """k directions of each kind must fit the dim - 1 tangent directions (Lanczos: k < dim - 1)."""
+    """k directions of each kind must fit the dim - 2 level-set directions (Lanczos: k below
+    their number)."""
     if k < 1:
         raise ConvsightError(f"--k must be at least 1, not {k}")
-    if k > dim - 2:
+    if k > dim - 3:
         raise ConvsightError(
-            f"--k {k} is too large: an image of {dim} values has {dim - 1} tangent directions, "
-            f"so k may be at most {dim - 2}"
+            f"--k {k} is too large: an image of {dim} values has {dim - 2} directions on the "
+            f"response's level set within its sphere, so k may be at most {dim - 3}"
         )
 
 
@@ -187,16 +204,35 @@ class SphereHessian:
         values, grads = gradients(f, self.x + self.noise, self.batch)
         self.value, self.gradient = float(values.mean()), grads.mean(0)
         self.radial = float((self.gradient * self.x).sum()) / self.radius**2
+        self.normal: torch.Tensor | None = None  # P g / |P g| once restricted to the level set
         self.products = 0
 
-    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+    def sphere_tangent(self, v: torch.Tensor) -> torch.Tensor:
         """P v: ``v`` without its part along x."""
         return v - (v * self.x).sum() / self.radius**2 * self.x
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """``v`` within the directions analysed: without its part along x, and along P g once
+        :meth:`restrict_to_level_set` found the point not stationary."""
+        v = self.sphere_tangent(v)
+        if self.normal is not None:
+            v = v - (v * self.normal).sum() * self.normal
+        return v
 
     @property
     def tangent_gradient_norm(self) -> float:
         """|P g|: 0 at an exact optimum on the sphere."""
-        return float(self.tangent(self.gradient).norm())
+        return float(self.sphere_tangent(self.gradient).norm())
+
+    def restrict_to_level_set(self) -> bool:
+        """Analyse only directions ⊥ P g as well (f unchanged to first order along them),
+        unless the point is stationary (|P g| <= :data:`STATIONARY` |g|); True if restricted."""
+        tangent = self.sphere_tangent(self.gradient)
+        norm = float(tangent.norm())
+        if norm <= STATIONARY * float(self.gradient.norm()):
+            return False
+        self.normal = tangent / norm
+        return True
 
     def hessian_product(self, v: torch.Tensor) -> torch.Tensor:
         """H v by central differences of gradients at the scale (smoothed: averaged over the
@@ -217,30 +253,44 @@ class SphereHessian:
         return self.tangent(self.hessian_product(v) - self.radial * v)
 
 
+def _householder(a: np.ndarray) -> np.ndarray:
+    """The unit vector u of the reflection I - 2 u uᵀ that maps a / |a| onto ± the last axis."""
+    u = a / np.linalg.norm(a)
+    u[-1] += 1.0 if u[-1] >= 0 else -1.0
+    return u / np.linalg.norm(u)
+
+
 class _TangentBasis:
-    """An orthonormal basis of the tangent space x⊥ (R^(n-1) <-> R^n): the first n - 1 columns
-    of the Householder reflection Q that maps x / |x| onto the last axis."""
+    """An orthonormal basis of the complement of orthonormal vectors a_1..a_m (R^(n-m) <->
+    R^n): reflection Q_1 maps a_1 onto the last axis, Q_2 the rest of a_2 onto the last axis
+    left, and so on; the basis is the first n - m columns of Q_1 Q_2 ... Q_m."""
 
-    def __init__(self, x: np.ndarray) -> None:
-        unit = x / np.linalg.norm(x)
-        u = unit.copy()
-        u[-1] += 1.0 if unit[-1] >= 0 else -1.0
-        self.u = u / np.linalg.norm(u)
+    def __init__(self, *vectors: np.ndarray) -> None:
+        self.us: list[np.ndarray] = []
+        for a in vectors:
+            self.us.append(_householder(self.restrict(a)) if self.us else _householder(a))
 
-    def _reflect(self, w: np.ndarray) -> np.ndarray:
-        return w - 2.0 * self.u * (self.u @ w)
+    @staticmethod
+    def _reflect(u: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return w - 2.0 * u * (u @ w)
 
     def embed(self, y: np.ndarray) -> np.ndarray:
-        return self._reflect(np.append(y, 0.0))
+        for u in reversed(self.us):
+            y = self._reflect(u, np.append(y, 0.0))
+        return y
 
     def restrict(self, w: np.ndarray) -> np.ndarray:
-        return self._reflect(w)[:-1]
+        for u in self.us:
+            w = self._reflect(u, w)[:-1]
+        return w
 
 
 def sphere_operator(hessian: SphereHessian) -> tuple[LinearOperator, _TangentBasis]:
-    """The Riemannian Hessian as a symmetric operator on the n - 1 tangent coordinates."""
+    """The Riemannian Hessian as a symmetric operator on the coordinates of the directions
+    analysed: the n - 1 tangent ones, or the n - 2 on the level set."""
     x = hessian.x
-    basis = _TangentBasis(x.flatten().double().cpu().numpy())
+    vectors = [x, *([] if hessian.normal is None else [hessian.normal])]
+    basis = _TangentBasis(*(v.flatten().double().cpu().numpy() for v in vectors))
 
     def matvec(y: np.ndarray) -> np.ndarray:
         v = basis.embed(np.asarray(y, dtype=np.float64).ravel())
@@ -248,7 +298,7 @@ def sphere_operator(hessian: SphereHessian) -> tuple[LinearOperator, _TangentBas
         w = hessian.hessian_product(t) - hessian.radial * t
         return basis.restrict(w.flatten().double().cpu().numpy())
 
-    dim = x.numel() - 1
+    dim = x.numel() - len(vectors)
     return LinearOperator((dim, dim), matvec=matvec, dtype=np.float64), basis
 
 
@@ -332,8 +382,10 @@ class Invariances:
     """Eigen-directions of the Riemannian Hessian at ``point`` (unit tangent vectors shaped
     like it): ``invariant`` (the response falls least first) and ``selective`` (falls most
     first), with their eigenvalues; the response there, the radius, the radial term g·x/r²,
-    |P g| (0 at an exact optimum), the scale, products used, pairs converged, seconds, and
-    the :class:`OperatorCheck` of the numerical operator (None when not asked for)."""
+    |P g| (0 at an exact optimum), ``normal`` (P g / |P g| when the directions were kept on
+    the level set, ⊥ to it; None at a stationary point or when not asked for), the scale,
+    products used, pairs converged, seconds, and the :class:`OperatorCheck` of the numerical
+    operator (None when not asked for)."""
 
     point: torch.Tensor
     value: float
@@ -349,6 +401,7 @@ class Invariances:
     converged: int = 0
     seconds: float = 0.0
     check: OperatorCheck | None = None
+    normal: torch.Tensor | None = None
 
     @property
     def reliable(self) -> bool | None:
@@ -362,6 +415,9 @@ class Invariances:
             "radius": self.radius,
             "radial_term": self.radial,
             "tangent_gradient_norm": self.tangent_gradient_norm,
+            "directions_taken": "on the level set (⊥ x and P g: no first-order change)"
+            if self.normal is not None
+            else "tangent to the sphere (⊥ x)",
             "invariant_eigenvalues": self.invariant_values.tolist(),
             "selective_eigenvalues": self.selective_values.tolist(),
             "scale": self.scale.to_dict(),
@@ -394,9 +450,14 @@ def invariances(
     maxiter: int | None = None,
     batch: int = 0,
     check: bool = True,
+    level_set: bool = False,
 ) -> Invariances:
     """The k invariances and k most selective directions of unit ``f`` at ``x`` (C x H x W)
-    on the sphere |y| = |x|, from Lanczos on Hessian-vector products at ``scale``.
+    on the sphere |y| = |x|, from Lanczos on Hessian-vector products at ``scale``; with
+    ``level_set`` only directions along which f does not change to first order, when x is
+    not stationary on its sphere (see the module docstring): the choice for a render, whose
+    tangent gradient is large. Near a true optimum leave it off: there P g is noise of the
+    estimate and may lie along an invariance (a smoothed Hessian's does).
 
     ``tol`` is Lanczos's relative tolerance, ``maxiter`` its restarts (scipy's default when
     None), ``batch`` the rows per gradient pass (0: auto); ``check`` adds the
@@ -411,6 +472,8 @@ def invariances(
     else:
         Hessian = SphereHessian  # noqa: N806
     hessian = Hessian(f, x, scale, seed, batch)
+    if level_set:
+        hessian.restrict_to_level_set()
     operator, basis = sphere_operator(hessian)
     values, coords, converged = _extreme_pairs(operator, k, seed, tol, maxiter)
     directions = _directions(basis, coords, hessian.x.cpu())
@@ -428,6 +491,7 @@ def invariances(
         selective_values=torch.from_numpy(values[:low].copy()),
         scale=scale,
         converged=converged,
+        normal=None if hessian.normal is None else hessian.normal.cpu(),
     )
     if check:
         found.check = check_operator(

@@ -84,8 +84,12 @@ def invariances_cmd(
     samples: SamplesOpt = 8,
     softplus: SoftplusOpt = 0.0,
     ascend: Annotated[
-        int, typer.Option(min=0, help="Steps of ascent on the sphere before the Hessian.")
-    ] = 100,
+        int,
+        typer.Option(
+            min=0,
+            help="Steps of ascent up the sphere before the Hessian (0: analyse the render).",
+        ),
+    ] = 0,
     frames: FramesOpt = 9,
     angle: AngleOpt = 45.0,
     weights: WeightsOpt = None,

@@ -1,10 +1,12 @@
 """Job behind ``convsight invariances``: render a unit's optimum, find its invariances, write.
 
 Every input (model, unit, k, the Hessian's scale, frames, render settings, output folder) is
-checked before the optimum is rendered; nothing is written for bad input. The frames of each
-direction follow the sphere x(t) = cos t · x + sin t · r · v̂ from the optimum (t from 0 to
-``angle``); they are clipped to [0, 1] only to be shown (the JSON gives the response on the
-sphere and on the clipped image).
+checked before the optimum is rendered; nothing is written for bad input. The analysis is at
+the render, on the response's level set within its sphere (see
+:mod:`convsight.analysis.invariances`); ``ascend`` > 0 first moves it up the sphere. The
+frames of each direction follow the sphere x(t) = cos t · x + sin t · r · v̂ from the optimum
+(t from 0 to ``angle``); they are clipped to [0, 1] only to be shown (the JSON gives the
+response on the sphere and on the clipped image).
 """
 
 from __future__ import annotations
@@ -141,12 +143,17 @@ def ascend_on_sphere(
     return x, record
 
 
-def random_tangents(x: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """``count`` random unit directions tangent to the sphere at ``x``: the baseline that
-    invariant and selective directions are judged against."""
+def random_tangents(
+    x: torch.Tensor, count: int, seed: int, normal: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``count`` random unit directions tangent to the sphere at ``x`` (and ⊥ ``normal``, the
+    unit tangent gradient, when the directions were taken on the level set): the baseline
+    that invariant and selective directions are judged against, drawn where they were."""
     noise = torch.randn((count, *x.shape), generator=torch.Generator().manual_seed(seed + 2))
-    flat, unit = noise.to(x).flatten(1), x.flatten() / x.norm()
-    flat = flat - torch.outer(flat @ unit, unit)
+    flat = noise.to(x).flatten(1)
+    for axis in (x, *(() if normal is None else (normal.to(x),))):
+        unit = axis.flatten() / axis.norm()
+        flat = flat - torch.outer(flat @ unit, unit)
     return (flat / flat.norm(dim=1, keepdim=True)).reshape(noise.shape)
 
 
@@ -158,7 +165,7 @@ def _paths(
     angles = torch.linspace(0.0, math.radians(angle), frames, dtype=torch.float64)
     result = {}
     kinds = {"invariant": found.invariant, "selective": found.selective}
-    kinds["random"] = random_tangents(found.point, len(found.invariant), seed)
+    kinds["random"] = random_tangents(found.point, len(found.invariant), seed, found.normal)
     for kind, directions in kinds.items():
         path = [sphere_path(found.point, v, angles) for v in directions]
         images = torch.stack(path) if path else found.point.new_zeros(0, frames, *found.point.shape)
@@ -236,7 +243,7 @@ def write_invariances(
     smooth: float = 0.0,
     samples: int = 8,
     softplus: float = 0.0,
-    ascend: int = 100,
+    ascend: int = 0,
     frames: int = 9,
     angle: float = 45.0,
     preset: str = "robust",
@@ -247,9 +254,9 @@ def write_invariances(
     device: str = "auto",
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Render the optimum of a channel of ``layer`` (or of class ``target``), move it up to
-    ``ascend`` steps towards the optimum on its sphere, then find its k invariances and k most
-    selective directions: strips, GIFs, spectrum, npz, summary.json."""
+    """Render the optimum of a channel of ``layer`` (or of class ``target``), optionally move
+    it ``ascend`` steps up its sphere, then find its k invariances and k most selective
+    directions on the response's level set there: strips, GIFs, spectrum, npz, summary.json."""
     if ascend < 0:
         raise ConvsightError(f"--ascend must be 0 or more, not {ascend}")
     unit, scale = Unit(layer, channel, target), HessianScale(h, smooth, samples, softplus)
@@ -268,7 +275,7 @@ def write_invariances(
     began = time.perf_counter()
     rendered: RenderResult = unit.render(loaded, index, settings, seed, show_progress)
     point, ascent = ascend_on_sphere(smooth_f or f, rendered.images[0].to(loaded.device), ascend)
-    found = invariances(smooth_f or f, point, k, scale, seed=seed)
+    found = invariances(smooth_f or f, point, k, scale, seed=seed, level_set=True)
     angles = torch.linspace(0.0, angle, frames).tolist()
     paths = _paths(f, found, frames, angle, loaded.device, seed)
     written, rows = _write_outputs(out, found, paths, angles, f"{loaded.card.name} {name}")

@@ -21,9 +21,7 @@ from convsight.optvis.settings import RenderSettings
 from convsight.report import safe_filename, write_json, write_npz
 from convsight.report.images import examples_strip, write_gif, write_image, write_pil
 from convsight.studies.atlas.inputs import AtlasDataset, AtlasJob
-from convsight.studies.invariances import GIF_SIDE, ascend_on_sphere, sphere_path
-
-ATLAS_ASCENT = 50  # steps towards the optimum on the sphere before a channel's invariance
+from convsight.studies.invariances import GIF_SIDE, sphere_path
 
 
 def render_layer(
@@ -99,13 +97,13 @@ def _write_invariance(
     gif: Path,
     out: Path,
 ) -> dict[str, Any]:
-    """The channel's first invariance around its rendered ``optimum``, moved up the sphere by
-    :data:`ATLAS_ASCENT` steps, from the exact Hessian of the softplus surrogate: a GIF of the
+    """The channel's first invariance at its rendered ``optimum`` (on the response's level set
+    within its sphere), from the exact Hessian of the softplus surrogate: a GIF of the
     network's images along it; its eigenvalue and check for the record."""
     x = optimum.to(job.model.device)
     f = channel_response(surrogate, layer, channel, x.shape[-1])
-    x, ascent = ascend_on_sphere(f, x, ATLAS_ASCENT)
-    found = invariances(f, x, k=1, scale=HessianScale(softplus=job.invariances), seed=job.seed)
+    scale = HessianScale(softplus=job.invariances)
+    found = invariances(f, x, k=1, scale=scale, seed=job.seed, level_set=True)
     angles = torch.linspace(0.0, math.radians(45.0), 9)
     frames = sphere_path(found.point, found.invariant[0], angles).clamp(0, 1)
     write_gif(gif, frames, GIF_SIDE, within=out)
@@ -113,7 +111,7 @@ def _write_invariance(
         "eigenvalue": float(found.invariant_values[0]),
         "reliable": found.reliable,
         "products": found.products,
-        "ascent": ascent,
+        "tangent_gradient_norm": found.tangent_gradient_norm,
         "seconds": found.seconds,
     }
 

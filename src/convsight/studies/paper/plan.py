@@ -24,7 +24,7 @@ class Plan:
     compression_repeats: int = 3  # random removals per point
     compression_finetune_images: int = 10000
     threads_k: int = 4  # invariances (and selective directions) per unit
-    threads_softplus: float = 10.0  # beta of the softplus surrogate (invariances ascend 100 steps)
+    threads_softplus: float = 10.0  # beta of the softplus surrogate of the invariances
     threads_mnist_size: int | None = None  # render side of the MNIST unit (None: 28)
     threads_vgg16_size: int | None = 128
     threads_channels: int = 4  # channels of features.28 projected
