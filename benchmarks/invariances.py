@@ -109,7 +109,7 @@ def main() -> None:
     start = time.perf_counter()
     point, ascent = ascend_on_sphere(f, rendered.images[0].to(device), args.ascend)
     ascent["seconds"] = time.perf_counter() - start
-    found = invariances(f, point, args.k, scale, seed=args.seed)
+    found = invariances(f, point, args.k, scale, seed=args.seed, level_set=True)  # as the command
     gpu_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     rss_found = peak_rss_mib()
     print(
