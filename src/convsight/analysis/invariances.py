@@ -66,6 +66,8 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from convsight.analysis.operator_check import OperatorCheck, check_operator
+from convsight.analysis.tangent_basis import TangentBasis
 from convsight.errors import ConvsightError
 from convsight.models import Model
 from convsight.optvis import objectives as obj
@@ -75,8 +77,6 @@ from convsight.optvis.objectives import Context, Objective
 #: A unit: pixel-space images (N x C x H x W) -> one value per row (N).
 Response = Callable[[torch.Tensor], torch.Tensor]
 
-#: Largest relative error (linearity, symmetry, residuals) of a result called reliable.
-RELIABLE = 0.1
 
 #: |P g| / |g| below this: the point is stationary on its sphere (no level-set restriction).
 STATIONARY = 1e-6
@@ -253,44 +253,12 @@ class SphereHessian:
         return self.tangent(self.hessian_product(v) - self.radial * v)
 
 
-def _householder(a: np.ndarray) -> np.ndarray:
-    """The unit vector u of the reflection I - 2 u uᵀ that maps a / |a| onto ± the last axis."""
-    u = a / np.linalg.norm(a)
-    u[-1] += 1.0 if u[-1] >= 0 else -1.0
-    return u / np.linalg.norm(u)
-
-
-class _TangentBasis:
-    """An orthonormal basis of the complement of orthonormal vectors a_1..a_m (R^(n-m) <->
-    R^n): reflection Q_1 maps a_1 onto the last axis, Q_2 the rest of a_2 onto the last axis
-    left, and so on; the basis is the first n - m columns of Q_1 Q_2 ... Q_m."""
-
-    def __init__(self, *vectors: np.ndarray) -> None:
-        self.us: list[np.ndarray] = []
-        for a in vectors:
-            self.us.append(_householder(self.restrict(a)) if self.us else _householder(a))
-
-    @staticmethod
-    def _reflect(u: np.ndarray, w: np.ndarray) -> np.ndarray:
-        return w - 2.0 * u * (u @ w)
-
-    def embed(self, y: np.ndarray) -> np.ndarray:
-        for u in reversed(self.us):
-            y = self._reflect(u, np.append(y, 0.0))
-        return y
-
-    def restrict(self, w: np.ndarray) -> np.ndarray:
-        for u in self.us:
-            w = self._reflect(u, w)[:-1]
-        return w
-
-
-def sphere_operator(hessian: SphereHessian) -> tuple[LinearOperator, _TangentBasis]:
+def sphere_operator(hessian: SphereHessian) -> tuple[LinearOperator, TangentBasis]:
     """The Riemannian Hessian as a symmetric operator on the coordinates of the directions
     analysed: the n - 1 tangent ones, or the n - 2 on the level set."""
     x = hessian.x
     vectors = [x, *([] if hessian.normal is None else [hessian.normal])]
-    basis = _TangentBasis(*(v.flatten().double().cpu().numpy() for v in vectors))
+    basis = TangentBasis(*(v.flatten().double().cpu().numpy() for v in vectors))
 
     def matvec(y: np.ndarray) -> np.ndarray:
         v = basis.embed(np.asarray(y, dtype=np.float64).ravel())
@@ -321,60 +289,6 @@ def _extreme_pairs(
     w, y = np.concatenate(values), np.concatenate(vectors, axis=1)
     order = np.argsort(w)
     return w[order], y[:, order], len(w)
-
-
-@dataclass(frozen=True)
-class OperatorCheck:
-    """How far the numerical operator A (the Riemannian Hessian at the scale) is from a
-    symmetric linear map, relative to |A v|: ``linearity`` |A(v1 + v2) - A v1 - A v2| and
-    ``symmetry`` |v1·A v2 - v2·A v1| for random unit tangent v1, v2; ``residuals``
-    |A v - λ v| / max |λ| of each direction found (invariant ones first)."""
-
-    linearity: float
-    symmetry: float
-    residuals: tuple[float, ...] = ()
-
-    @property
-    def reliable(self) -> bool:
-        worst = max((self.linearity, self.symmetry, *self.residuals))
-        return bool(worst <= RELIABLE)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "linearity_error": self.linearity,
-            "symmetry_error": self.symmetry,
-            "eigen_residuals": list(self.residuals),
-            "reliable": self.reliable,
-            "reliable_below": RELIABLE,
-        }
-
-
-def check_operator(
-    hessian: SphereHessian,
-    directions: torch.Tensor | None = None,
-    values: torch.Tensor | None = None,
-    seed: int = 0,
-) -> OperatorCheck:
-    """:class:`OperatorCheck` of ``hessian`` (3 products, and one per direction given)."""
-    generator = torch.Generator().manual_seed(seed + 1)
-    x = hessian.x
-    v1, v2 = (
-        hessian.tangent(torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device))
-        for _ in range(2)
-    )
-    v1, v2 = v1 / v1.norm(), v2 / v2.norm()
-    a1, a2 = hessian.riemannian_product(v1), hessian.riemannian_product(v2)
-    a12 = hessian.riemannian_product(v1 + v2)
-    size = float(a1.norm() + a2.norm()) or 1.0
-    linearity = float((a12 - a1 - a2).norm()) / size
-    symmetry = abs(float((v1 * a2).sum() - (v2 * a1).sum())) / size
-    residuals: list[float] = []
-    if directions is not None and values is not None and len(values):
-        spread = float(values.abs().max()) or 1.0
-        for v, value in zip(directions, values.tolist(), strict=True):
-            v = v.to(x)
-            residuals.append(float((hessian.riemannian_product(v) - value * v).norm()) / spread)
-    return OperatorCheck(linearity, symmetry, tuple(residuals))
 
 
 @dataclass
@@ -428,7 +342,7 @@ class Invariances:
         }
 
 
-def _directions(basis: _TangentBasis, y: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+def _directions(basis: TangentBasis, y: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """Tangent coordinates (dim x m) -> m unit directions shaped like ``like``, each signed so
     that its largest entry is positive."""
     rows = []
@@ -454,14 +368,12 @@ def invariances(
 ) -> Invariances:
     """The k invariances and k most selective directions of unit ``f`` at ``x`` (C x H x W)
     on the sphere |y| = |x|, from Lanczos on Hessian-vector products at ``scale``; with
-    ``level_set`` only directions along which f does not change to first order, when x is
-    not stationary on its sphere (see the module docstring): the choice for a render, whose
-    tangent gradient is large. Near a true optimum leave it off: there P g is noise of the
-    estimate and may lie along an invariance (a smoothed Hessian's does).
-
-    ``tol`` is Lanczos's relative tolerance, ``maxiter`` its restarts (scipy's default when
-    None), ``batch`` the rows per gradient pass (0: auto); ``check`` adds the
-    :class:`OperatorCheck` (3 + 2k products). Inputs are checked before any work.
+    ``level_set`` only directions with no first-order change, unless x is stationary (see the
+    module docstring): for a render. Near a true optimum leave it off: P g is the estimate's
+    noise there and may lie along an invariance. ``tol`` is Lanczos's relative tolerance,
+    ``maxiter`` its restarts (scipy's default when None), ``batch`` the rows per gradient pass
+    (0: auto); ``check`` adds the :class:`OperatorCheck` (3 + 2k products). Inputs are checked
+    before any work.
     """
     scale = scale or HessianScale()
     scale.check()
