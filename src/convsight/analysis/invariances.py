@@ -20,11 +20,14 @@ Where the analysis is done: at the point given, the render (the optimum ``maximi
 ``classviz`` found). A render is not a stationary point on its sphere (|P g| > 0: the
 regularized, transformed objective it climbed is not f, and f keeps rising for hundreds of
 geodesic steps, far from the image), so along a tangent direction the first-order term t g·v
-swamps the curvature. The directions are therefore taken on the response's level set within
-the sphere, v ⊥ x and v ⊥ P g (the "level-set" directions, along which f does not change to
-first order): there the second-order term above is the whole change, and the eigenvalues say
-exactly how fast the response falls (or rises) around the render. At a stationary point (P g
-below :data:`STATIONARY` of |g|) this is the plain tangent space, as in Berkes and Wiskott.
+swamps the curvature. So for a render (``level_set=True``, what the command and the atlas
+use) the directions are taken on the response's level set within the sphere, v ⊥ x and
+v ⊥ P g, along which f does not change to first order: there the second-order term above is
+the whole change, and the eigenvalues say exactly how fast the response falls (or rises)
+around the render. At a stationary point (P g below :data:`STATIONARY` of |g|) this is the
+plain tangent space, as in Berkes and Wiskott. :func:`invariances` takes the plain tangent
+space by default: near a true optimum P g is the estimate's noise and may lie along an
+invariance (a smoothed Hessian's does, in the complex-cell test).
 
 It is solved in that subspace itself (an orthonormal basis of it from Householder
 reflections, so the removed directions, where the projected operator has a spurious 0, never
@@ -224,15 +227,13 @@ class SphereHessian:
         """|P g|: 0 at an exact optimum on the sphere."""
         return float(self.sphere_tangent(self.gradient).norm())
 
-    def restrict_to_level_set(self) -> bool:
+    def restrict_to_level_set(self) -> None:
         """Analyse only directions ⊥ P g as well (f unchanged to first order along them),
-        unless the point is stationary (|P g| <= :data:`STATIONARY` |g|); True if restricted."""
+        unless the point is stationary (|P g| <= :data:`STATIONARY` |g|)."""
         tangent = self.sphere_tangent(self.gradient)
         norm = float(tangent.norm())
-        if norm <= STATIONARY * float(self.gradient.norm()):
-            return False
-        self.normal = tangent / norm
-        return True
+        if norm > STATIONARY * float(self.gradient.norm()):
+            self.normal = tangent / norm
 
     def hessian_product(self, v: torch.Tensor) -> torch.Tensor:
         """H v by central differences of gradients at the scale (smoothed: averaged over the
