@@ -108,6 +108,34 @@ def conv_layer_names(module: nn.Module) -> list[str]:
     return [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+# What ``--layers all`` takes: convolutions, the activations after them and pooling.
+MAP_LAYER_TYPES = (
+    nn.Conv2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+
+
+def map_layer_names(module: nn.Module, example: torch.Tensor) -> list[str]:
+    """Every convolution, activation and pooling layer whose output on ``example`` is a
+    channel map (N x C x H x W), in the order of ``named_modules``."""
+    require_hookable(module)
+    names = [n for n, m in module.named_modules() if n and isinstance(m, MAP_LAYER_TYPES)]
+    with capture(module, names) as outputs, torch.no_grad():
+        module(example)
+    return [n for n in names if n in outputs and outputs[n].dim() == 4]
+
+
 class _StopForward(Exception):
     """Raised by a hook once every wanted layer has run: nothing after it is computed."""
 

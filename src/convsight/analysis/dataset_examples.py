@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,7 +86,76 @@ class ChannelExamples:
     mean_per_image: torch.Tensor  # channels x N, spatial mean of each image
 
 
+@dataclass
+class ImageStats:
+    """Per image and channel of a layer: the spatial maximum, where it is, and the mean."""
+
+    maxima: torch.Tensor  # N x C
+    positions: torch.Tensor  # N x C x 2, (y, x) of the maximum in the layer's map
+    means: torch.Tensor  # N x C
+
+    @staticmethod
+    def join(parts: Sequence[ImageStats]) -> ImageStats:
+        """The statistics of consecutive slices of a dataset, in order, as one."""
+        return ImageStats(
+            torch.cat([p.maxima for p in parts]),
+            torch.cat([p.positions for p in parts]),
+            torch.cat([p.means for p in parts]),
+        )
+
+
 @torch.no_grad()
+def image_stats(
+    model: Model,
+    pixels: torch.Tensor,
+    layer: str,
+    channels: Sequence[int] | None = None,
+    batch_size: int = 16,
+    start: int = 0,
+    stop: int | None = None,
+    bar: Callable[[int], None] | None = None,
+) -> ImageStats:
+    """Run ``pixels[start:stop]`` up to ``layer``, ``batch_size`` images at a time (counted from
+    ``start``, so a slice starting at a multiple of ``batch_size`` sees the same batches as the
+    whole pass); ``bar`` is told how many images each batch held."""
+    stop = len(pixels) if stop is None else stop
+    maxima, means, where = [], [], []
+    for first in range(start, stop, batch_size):
+        batch = pixels[first : min(first + batch_size, stop)].to(model.device)
+        out = forward_to(model.module, model.normalize(batch), [layer])[layer].float()
+        if channels is not None:
+            out = out[:, list(channels)]
+        flat = out.flatten(2)
+        value, index = flat.max(2)
+        maxima.append(value.cpu())
+        means.append(flat.mean(2).cpu())
+        where.append(torch.stack((index // out.shape[-1], index % out.shape[-1]), -1).cpu())
+        if bar is not None:
+            bar(len(batch))
+    return ImageStats(torch.cat(maxima), torch.cat(where), torch.cat(means))
+
+
+def rank_examples(
+    stats: ImageStats, layer: str, channels: Sequence[int] | None, top_k: int
+) -> ChannelExamples:
+    """The top ``top_k`` images of each channel by spatial maximum (``stats`` of the whole
+    dataset, in order; ``channels`` as they were taken, None for all)."""
+    max_per_image = stats.maxima.T  # C x N
+    positions = stats.positions.permute(1, 0, 2)  # C x N x 2
+    k = min(top_k, max_per_image.shape[1])
+    top = max_per_image.topk(k, dim=1)
+    chosen = channels if channels is not None else range(max_per_image.shape[0])
+    return ChannelExamples(
+        layer=layer,
+        channels=[int(c) for c in chosen],
+        top_images=top.indices,
+        top_values=top.values,
+        top_positions=torch.gather(positions, 1, top.indices[..., None].expand(-1, -1, 2)),
+        max_per_image=max_per_image,
+        mean_per_image=stats.means.T,
+    )
+
+
 def top_examples(
     model: Model,
     pixels: torch.Tensor,
@@ -98,34 +167,12 @@ def top_examples(
 ) -> ChannelExamples:
     """Run ``pixels`` (N x C x H x W in [0, 1]) up to ``layer``; rank images per channel."""
     check_layers(model.module, [layer])
-    maxima, means, where = [], [], []
     with progress_bar(show_progress) as bar:
         task = bar.add_task(f"dataset through {layer}", total=len(pixels), status="")
-        for start in range(0, len(pixels), batch_size):
-            batch = pixels[start : start + batch_size].to(model.device)
-            out = forward_to(model.module, model.normalize(batch), [layer])[layer].float()
-            if channels is not None:
-                out = out[:, list(channels)]
-            flat = out.flatten(2)
-            value, index = flat.max(2)
-            maxima.append(value.cpu())
-            means.append(flat.mean(2).cpu())
-            where.append(torch.stack((index // out.shape[-1], index % out.shape[-1]), -1).cpu())
-            bar.update(task, advance=len(batch))
-    max_per_image = torch.cat(maxima).T  # C x N
-    positions = torch.cat(where).permute(1, 0, 2)  # C x N x 2
-    k = min(top_k, max_per_image.shape[1])
-    top = max_per_image.topk(k, dim=1)
-    chosen = channels if channels is not None else range(max_per_image.shape[0])
-    return ChannelExamples(
-        layer=layer,
-        channels=[int(c) for c in chosen],
-        top_images=top.indices,
-        top_values=top.values,
-        top_positions=torch.gather(positions, 1, top.indices[..., None].expand(-1, -1, 2)),
-        max_per_image=max_per_image,
-        mean_per_image=torch.cat(means).T,
-    )
+        stats = image_stats(
+            model, pixels, layer, channels, batch_size, bar=lambda n: bar.update(task, advance=n)
+        )
+    return rank_examples(stats, layer, channels, top_k)
 
 
 def crop(pixels: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:

@@ -64,7 +64,13 @@ def activations_cmd(
 @run_options("runs/atlas")
 def atlas_cmd(
     model: ModelArg,
-    layers: Annotated[str, typer.Option(help="Comma-separated layer names.")],
+    layers: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated layer names, or all (every convolution, activation and "
+            "pooling layer)."
+        ),
+    ],
     channels: Annotated[
         str | None, typer.Option(help="Channels of every layer, e.g. 0-7 or 0,5,9 (default: all).")
     ] = None,
@@ -87,12 +93,32 @@ def atlas_cmd(
             "exact Hessian (0: none).",
         ),
     ] = 0.0,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS",
+            help="Render on a Ray cluster: local (start one here), auto (the one `ray start` "
+            "began on this machine) or HOST:PORT of its head node. Needs convsight[ray].",
+        ),
+    ] = None,
+    plan: Annotated[
+        bool | None,
+        typer.Option(
+            "--plan/--no-plan",
+            help="Print channels per layer, probed seconds per channel and the estimated "
+            "total before the work (default: with --layers all).",
+        ),
+    ] = None,
     card_fields: dict[str, Any] | None = None,
     run: RunFlags | None = None,
 ) -> None:
     """Build a static atlas site of a model's channels; a stopped run resumes where it was."""
     from convsight.studies.atlas import build_atlas
 
+    if ray is not None:
+        from convsight.distributed import check_ray
+
+        check_ray(ray)  # before the model is loaded
     summary = build_atlas(
         model=model_for(model, weights, card_fields, run.seed),
         layers=split_list(layers),
@@ -105,6 +131,8 @@ def atlas_cmd(
         size=size,
         batch=batch,
         invariances=invariances,
+        ray=ray,
+        plan=plan,
         **run.arguments(),
     )
     out_console.print(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from convsight.distributed import LocalWork, Work, check_ray, connect
 from convsight.models import Model
 from convsight.progress import progress_bar
 from convsight.report import (
@@ -21,7 +22,8 @@ from convsight.report import (
 from convsight.report.html import environment
 from convsight.studies.atlas.inputs import AtlasJob, check_inputs
 from convsight.studies.atlas.pages import layer_pages, write_index
-from convsight.studies.atlas.rendering import render_layer
+from convsight.studies.atlas.plan import print_plan, probe
+from convsight.studies.atlas.rendering import render_layer, todo_channels
 from convsight.studies.atlas.run import (
     RESERVED_NAMES,
     RUN_FILE,
@@ -46,6 +48,8 @@ def build_atlas(
     seed: int = 0,
     show_progress: bool = True,
     invariances: float = 0.0,
+    ray: str | None = None,
+    plan: bool | None = None,
 ) -> dict[str, Any]:
     """Render every channel of ``layers`` (each preset), find dataset examples, write the site.
 
@@ -56,7 +60,16 @@ def build_atlas(
     top-k and dataset (it may add layers; ``batch`` is free), anything else is refused. One
     atlas at a time writes into a folder (a lock file). ``invariances`` (a softplus beta
     above 0) adds each channel's first invariance around its optimum, as a GIF.
+
+    ``layers=["all"]`` takes every convolution, activation and pooling layer. ``ray``
+    (``local``, ``auto`` or ``HOST:PORT``) renders chunks of channels and slices of the dataset
+    as Ray tasks, with the same files as a local run; this process alone writes them. ``plan``
+    (default: with ``all`` layers) prints channels per layer, seconds per channel from a
+    short probe and the estimated total for the workers present, before the work.
     """
+    if ray is not None:
+        check_ray(ray)  # Ray installed, the address answers: before any work
+    plan = [name.lower() for name in layers] == ["all"] if plan is None else plan
     job = check_inputs(
         model, layers, weights, channels, dataset, top_k, presets, steps, size, batch, seed,
         invariances,
@@ -64,6 +77,17 @@ def build_atlas(
     run = run_record(job)
     out = Path(out)
     check_resume(out, run)  # refuse before creating or touching anything
+    work = connect(ray) if ray is not None else LocalWork()
+    try:
+        return _run(job, run, Path(out), work, show_progress, plan)
+    finally:
+        work.close()
+
+
+def _run(
+    job: AtlasJob, run: dict[str, Any], out: Path, work: Work, show_progress: bool, plan: bool
+) -> dict[str, Any]:
+    """Take the folder (inputs checked, work connected) and build the atlas in it."""
     out = prepare_out_dir(out)
     with atlas_lock(out):
         run = check_resume(out, run)  # again, now that no other atlas can write here
@@ -77,10 +101,23 @@ def build_atlas(
         ):
             remove_own_temporaries(folder)
         write_text(out / "style.css", environment().get_template("style.css").render())
-        return _build(job, dirs, out, show_progress)
+        planned = None
+        if plan:
+            todo = {n: todo_channels(job, n, out / dirs[n]) for n in job.layers}
+            planned = probe(job, todo, work)
+            if show_progress:
+                print_plan(planned)
+        return _build(job, dirs, out, work, show_progress, planned)
 
 
-def _build(job: AtlasJob, dirs: dict[str, str], out: Path, show_progress: bool) -> dict[str, Any]:
+def _build(
+    job: AtlasJob,
+    dirs: dict[str, str],
+    out: Path,
+    work: Work,
+    show_progress: bool,
+    planned: dict[str, Any] | None,
+) -> dict[str, Any]:
     """Render what is not done yet and write every page (inputs checked, lock held)."""
     start = time.perf_counter()
     rendered = 0
@@ -89,8 +126,13 @@ def _build(job: AtlasJob, dirs: dict[str, str], out: Path, show_progress: bool) 
     with progress_bar(show_progress) as bar:
         task = bar.add_task("atlas", total=total, status="")
         for name in job.layers:
-            rendered += render_layer(job, name, out / dirs[name], out, bar, task)
-            layer_rows.append(layer_pages(job, name, dirs[name], out))
+            began = time.perf_counter()
+            count = render_layer(job, name, out / dirs[name], out, work, bar, task)
+            row = layer_pages(job, name, dirs[name], out)
+            row["rendered_this_run"] = count
+            row["seconds_this_run"] = time.perf_counter() - began
+            layer_rows.append(row)
+            rendered += count
     render_seconds = time.perf_counter() - start
     dataset = str(job.dataset.path) if job.dataset is not None else None
     summary = {
@@ -108,6 +150,8 @@ def _build(job: AtlasJob, dirs: dict[str, str], out: Path, show_progress: bool) 
         "rendered_this_run": rendered,
         "seconds_this_run": render_seconds,
         "seconds_per_channel": render_seconds / rendered if rendered else None,
+        "work": work.describe(),
+        "plan": planned,
     }
     write_index(job, out, layer_rows, dataset)
     write_json(out / "atlas.json", summary)

@@ -13,7 +13,7 @@ import torch
 from convsight.data.folder import IMAGE_SUFFIXES
 from convsight.data.images import load_readable_images
 from convsight.errors import ConvsightError
-from convsight.layers import check_layers, forward_to
+from convsight.layers import check_layers, forward_to, map_layer_names
 from convsight.models import Model, load_model
 from convsight.optvis.render import parse_channels, settings_for
 from convsight.optvis.settings import RenderSettings
@@ -94,6 +94,13 @@ def check_inputs(
     settings = {p: settings_for(p, steps=steps, size=size) for p in presets}
     seed_everything(seed)
     loaded = model if isinstance(model, Model) else load_model(model, weights)
+    if [name.lower() for name in layers] == ["all"]:
+        layers = map_layer_names(loaded.module, loaded.example_input())
+        if not layers:
+            raise ConvsightError(
+                f"model '{loaded.card.name}' has no convolution, activation or pooling layer "
+                "that outputs channel maps (--layers all)"
+            )
     selection, chosen = _channels_of_layers(loaded, layers, channels)
     _check_render_size(loaded, layers, {s.size for s in settings.values()})
     if invariances:  # the surrogate must exist: a beta above 0 and a ReLU to replace

@@ -3,7 +3,6 @@ top dataset examples; one record per channel marks it done."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -11,57 +10,73 @@ from typing import Any
 import torch
 from rich.progress import Progress, TaskID
 
-from convsight.analysis.dataset_examples import ReceptiveField, receptive_field, top_examples
-from convsight.analysis.invariances import HessianScale, channel_response, invariances
+from convsight.analysis.dataset_examples import (
+    ImageStats,
+    ReceptiveField,
+    image_stats,
+    rank_examples,
+    receptive_field,
+)
 from convsight.analysis.projections import display, project_units, tiles
-from convsight.analysis.surrogate import softplus_surrogate
+from convsight.distributed import Work, shards
 from convsight.models import Model
-from convsight.optvis.render import RenderResult, render_channels
-from convsight.optvis.settings import RenderSettings
+from convsight.optvis.render import RenderResult
 from convsight.report import safe_filename, write_json, write_npz
 from convsight.report.images import examples_strip, write_gif, write_image, write_pil
 from convsight.studies.atlas.inputs import AtlasDataset, AtlasJob
-from convsight.studies.invariances import GIF_SIDE, sphere_path
+from convsight.studies.atlas.tasks import render_chunk
+from convsight.studies.invariances import GIF_SIDE
+
+EXAMPLE_BATCH = 16  # images a batch of the dataset pass
 
 
 def render_layer(
-    job: AtlasJob, name: str, folder: Path, out: Path, bar: Progress, task: TaskID
+    job: AtlasJob,
+    name: str,
+    folder: Path,
+    out: Path,
+    work: Work,
+    bar: Progress,
+    task: TaskID,
 ) -> int:
-    """Render the channels of layer ``name`` that have no record yet, ``job.batch`` at a time;
-    write their images and records into ``folder``. Returns how many were rendered."""
+    """Render the channels of layer ``name`` that have no record yet, ``job.batch`` at a time
+    (each chunk a unit of ``work``); write their images and records into ``folder`` as the
+    chunks come back. Returns how many were rendered."""
     records = folder / "records"
     data = job.dataset
-    examples = (
-        _examples(job.model, name, data.pixels, job.top_k, folder, out)
-        if data is not None
-        else None
-    )
+    examples = _examples(job, name, folder, out, work) if data is not None else None
     field = receptive_field(job.model, name) if data is not None else None
-    surrogate = softplus_surrogate(job.model, job.invariances)[0] if job.invariances else None
-    invariance_from = "robust" if "robust" in job.settings else job.presets[0]
-    todo = [c for c in job.chosen[name] if not (records / f"c{c}.json").exists()]
+    todo = todo_channels(job, name, folder)
     bar.update(task, advance=len(job.chosen[name]) - len(todo), status=f"{name}")
-    for i in range(0, len(todo), job.batch):
-        chunk = todo[i : i + job.batch]
-        results = {
-            p: render_channels(job.model, name, chunk, preset=p, seed=job.seed, **_overrides(s))
-            for p, s in job.settings.items()
-        }
-        for row, channel in enumerate(chunk):
-            record = _channel_record(job, results, row, channel, folder, out)
+    shared = {
+        "model": job.model,
+        "layer": name,
+        "settings": job.settings,
+        "seed": job.seed,
+        "invariance_beta": job.invariances,
+    }
+    chunks = [{"channels": todo[i : i + job.batch]} for i in range(0, len(todo), job.batch)]
+    for _, chunk in work.map(render_chunk, shared, chunks):
+        for row, channel in enumerate(chunk.channels):
+            record = _channel_record(job, chunk.renders, row, channel, folder, out)
             if examples is not None:
                 record["examples"] = _write_examples(
                     job.model, name, folder, channel, examples, field, data, out
                 )
                 record["projections"] = True
-            if surrogate is not None:
-                optimum = results[invariance_from].images[row]
+            if chunk.invariances:
+                found = dict(chunk.invariances[row])
                 gif = folder / "img" / f"c{channel}_invariance.gif"
-                found = _write_invariance(job, surrogate, name, channel, optimum, gif, out)
-                record["invariance"] = {"from": invariance_from, **found}
+                write_gif(gif, found.pop("frames"), GIF_SIDE, within=out)
+                record["invariance"] = found
             write_json(records / f"c{channel}.json", record, within=out)
             bar.update(task, advance=1)
     return len(todo)
+
+
+def todo_channels(job: AtlasJob, name: str, folder: Path) -> list[int]:
+    """The chosen channels of layer ``name`` that have no record in ``folder`` yet."""
+    return [c for c in job.chosen[name] if not (folder / "records" / f"c{c}.json").exists()]
 
 
 def _channel_record(
@@ -88,38 +103,6 @@ def _channel_record(
     }
 
 
-def _write_invariance(
-    job: AtlasJob,
-    surrogate: Model,
-    layer: str,
-    channel: int,
-    optimum: torch.Tensor,
-    gif: Path,
-    out: Path,
-) -> dict[str, Any]:
-    """The channel's first invariance at its rendered ``optimum`` (on the response's level set
-    within its sphere), from the exact Hessian of the softplus surrogate: a GIF of the
-    network's images along it; its eigenvalue and check for the record."""
-    x = optimum.to(job.model.device)
-    f = channel_response(surrogate, layer, channel, x.shape[-1])
-    scale = HessianScale(softplus=job.invariances)
-    found = invariances(f, x, k=1, scale=scale, seed=job.seed, level_set=True)
-    angles = torch.linspace(0.0, math.radians(45.0), 9)
-    frames = sphere_path(found.point, found.invariant[0], angles).clamp(0, 1)
-    write_gif(gif, frames, GIF_SIDE, within=out)
-    return {
-        "eigenvalue": float(found.invariant_values[0]),
-        "reliable": found.reliable,
-        "products": found.products,
-        "tangent_gradient_norm": found.tangent_gradient_norm,
-        "seconds": found.seconds,
-    }
-
-
-def _overrides(settings: RenderSettings) -> dict[str, Any]:
-    return {"steps": settings.steps, "size": settings.size}
-
-
 def load_npz(path: Path) -> dict[str, torch.Tensor]:
     """The arrays of an ``.npz`` file as tensors."""
     import numpy as np
@@ -129,18 +112,24 @@ def load_npz(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _examples(
-    model: Model, layer: str, pixels: torch.Tensor, top_k: int, folder: Path, out: Path
+    job: AtlasJob, layer: str, folder: Path, out: Path, work: Work
 ) -> dict[str, torch.Tensor]:
-    """Top dataset examples of every channel of ``layer``; computed once, then read back."""
+    """Top dataset examples of every channel of ``layer``, the dataset cut into slices over
+    the workers; computed once, then read back."""
     cache = folder / "examples.npz"
     if cache.exists():
         return load_npz(cache)
-    found = top_examples(model, pixels, layer, top_k=top_k)
+    pixels = job.dataset.pixels
+    parts = shards(len(pixels), EXAMPLE_BATCH, 2 * work.workers)
+    shared = {"model": job.model, "pixels": pixels, "layer": layer, "batch_size": EXAMPLE_BATCH}
+    found = dict(work.map(image_stats, shared, parts))
+    stats = ImageStats.join([found[i] for i in range(len(parts))])
+    ranked = rank_examples(stats, layer, None, job.top_k)
     data = {
-        "top_images": found.top_images,
-        "top_values": found.top_values,
-        "top_positions": found.top_positions,
-        "max_per_image": found.max_per_image,
+        "top_images": ranked.top_images,
+        "top_values": ranked.top_values,
+        "top_positions": ranked.top_positions,
+        "max_per_image": ranked.max_per_image,
     }
     write_npz(cache, within=out, **data)
     return data

@@ -1,0 +1,79 @@
+"""The atlas's units of work, run in this process or on a Ray worker (plain functions of
+picklable inputs, returning tensors; only the driver writes files): a chunk of a layer's
+channels rendered (each preset, and each one's first invariance), and a slice of the dataset
+through a layer (:func:`convsight.analysis.dataset_examples.image_stats`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from convsight.analysis.invariances import HessianScale, channel_response, invariances
+from convsight.analysis.surrogate import softplus_surrogate
+from convsight.models import Model
+from convsight.optvis.render import RenderResult, render_channels
+from convsight.optvis.settings import RenderSettings
+from convsight.studies.invariances import sphere_path
+
+
+@dataclass
+class RenderedChunk:
+    """Channels of one layer rendered together: one batch row each, per preset; with their
+    first invariance (frames along it and its numbers) when asked for."""
+
+    channels: list[int]
+    renders: dict[str, RenderResult]
+    invariances: list[dict[str, Any]] = field(default_factory=list)
+
+
+def render_chunk(
+    model: Model,
+    layer: str,
+    channels: list[int],
+    settings: dict[str, RenderSettings],
+    seed: int,
+    invariance_beta: float = 0.0,
+) -> RenderedChunk:
+    """Render ``channels`` of ``layer`` with each preset's settings (rows seeded by channel,
+    so a channel looks the same in any chunk); with ``invariance_beta`` > 0, each one's first
+    invariance at the robust render (else the first preset's)."""
+    renders = {
+        p: render_channels(model, layer, channels, preset=p, seed=seed, **_overrides(s))
+        for p, s in settings.items()
+    }
+    chunk = RenderedChunk(list(channels), renders)
+    if invariance_beta:
+        start = "robust" if "robust" in renders else next(iter(renders))
+        surrogate = softplus_surrogate(model, invariance_beta)[0]
+        for row, channel in enumerate(channels):
+            optimum = renders[start].images[row]
+            found = first_invariance(surrogate, layer, channel, optimum, invariance_beta, seed)
+            chunk.invariances.append({"from": start, **found})
+    return chunk
+
+
+def first_invariance(
+    surrogate: Model, layer: str, channel: int, optimum: torch.Tensor, beta: float, seed: int
+) -> dict[str, Any]:
+    """The channel's first invariance at its rendered ``optimum`` (on the response's level
+    set within its sphere), from the exact Hessian of the softplus surrogate: the frames of
+    the network's images along it (``frames``), its eigenvalue and check."""
+    x = optimum.to(surrogate.device)
+    f = channel_response(surrogate, layer, channel, x.shape[-1])
+    found = invariances(f, x, k=1, scale=HessianScale(softplus=beta), seed=seed, level_set=True)
+    angles = torch.linspace(0.0, math.radians(45.0), 9)
+    return {
+        "frames": sphere_path(found.point, found.invariant[0], angles).clamp(0, 1).cpu(),
+        "eigenvalue": float(found.invariant_values[0]),
+        "reliable": found.reliable,
+        "products": found.products,
+        "tangent_gradient_norm": found.tangent_gradient_norm,
+        "seconds": found.seconds,
+    }
+
+
+def _overrides(settings: RenderSettings) -> dict[str, Any]:
+    return {"steps": settings.steps, "size": settings.size}
