@@ -75,7 +75,7 @@ bench-deps: $(VENV)/.installed-test
 # Budget: about 4 hours on 2 CPU cores (render ~50 min, Lucent timed on 4 of 16 channels and
 # scaled; faithfulness ~1 h, 104 photos; class-model quality ~50 min, seeds 0-1 and 2-3;
 # attribution ~20 min, occlusion / Score-CAM on 4 photos, then those two again, best of 2, ~10
-# min; figures ~30 min; atlas ~10 min; MNIST ~5 min; compression ~3 min; invariances ~1 min). The scripts refuse to write benchmarks/results/ from a dirty tree: commit first
+# min; figures ~30 min; atlas ~10 min; atlas on Ray ~25 min; MNIST ~5 min; compression ~3 min; invariances ~1 min). The scripts refuse to write benchmarks/results/ from a dirty tree: commit first
 # (CONVSIGHT_BENCH_ALLOW_DIRTY=1 records the run as dirty instead; CONVSIGHT_BENCH_RESULTS=DIR
 # writes a trial run into DIR and leaves README.md alone). benchmarks/classviz_screen.py is a
 # screening tool (recipes on the command line), not part of the suite.
@@ -84,6 +84,7 @@ BENCH_PY := $(BIN)/python benchmarks
 bench: $(VENV)/.installed
 	$(BENCH_PY)/mnist.py
 	$(BENCH_PY)/atlas.py
+	$(BENCH_PY)/atlas_ray.py
 	$(BENCH_PY)/render.py --lucent-channels 4
 	$(BENCH_PY)/render.py --flops-only
 	$(BENCH_PY)/render.py --precision-only --channels 4 --layers features.2

@@ -390,6 +390,64 @@ def atlas_table(results: Path) -> list[str]:
     return [*markdown(header, out), "", source("atlas", data)]
 
 
+def atlas_ray_table(results: Path) -> list[str]:
+    data = load(results, "atlas_ray")
+    speed, passing, network = data["speedup"], data["dataset"], data["network"]
+    runs = {r["workers"]: r["seconds"] for r in speed["runs"]}
+    rate = passing["images_per_second"]
+    rows = [
+        [
+            f"render `{speed['layer']}`, {speed['runs'][0]['channels']} channels "
+            f"({speed['steps']} steps, {speed['size']} px, chunks of {speed['batch']}): seconds",
+            fixed(runs[1], 1),
+            fixed(runs[2], 1),
+            f"{speed['speedup_2_over_1']:.2f}x (target {speed['target']}x)",
+        ],
+        [
+            f"dataset pass to `{passing['layer']}`, {passing['images']} photos: images a "
+            "second, plain forward / sharded pass",
+            "",
+            f"{sig(rate['plain'])} / {sig(rate['sharded'])}",
+            f"{passing['sharded_over_plain']:.0%} (target {passing['target']:.0%})",
+        ],
+    ]
+    header = ["on Ray, 1-thread workers", "1 worker", "2 workers", "ratio"]
+    reduced, full = network["reduced_run"], network["full_setting"]
+    per_layer = [
+        [f"`{r['layer']}`", r["rendered"], fixed(r["seconds"], 1)] for r in reduced["per_layer"]
+    ]
+    per_layer.append(
+        [
+            f"all {len(reduced['per_layer'])} conv layers"
+            + (" (completed)" if reduced["completed"] else " (NOT completed)"),
+            reduced["records"],
+            fixed(reduced["seconds"], 1),
+        ]
+    )
+    hours = full["estimated_hours"]
+    return [
+        *markdown(header, rows),
+        "",
+        f"Whole VGG16 on 2 worker nodes, one removed after {reduced['node_removed_after_records']}"
+        f" of {reduced['expected']} channels: {reduced['preset']} preset, {reduced['size']} px, "
+        f"{reduced['steps']} steps, channels {reduced['channels']} of every conv layer, top-"
+        f"{reduced['top_k']} of {reduced['dataset_images']} photos:",
+        "",
+        *markdown(["layer", "channels", "seconds"], per_layer),
+        "",
+        f"Estimate for the full setting ({full['channels']} channels, presets "
+        f"{', '.join(full['presets'])} at their default steps and sizes), renders only, from "
+        "the plan's probe: "
+        + ", ".join(
+            f"{n} worker{'s' if n != '1' else ''} {fixed(h, 0 if h >= 10 else 1)} h"
+            for n, h in hours.items()
+        )
+        + f" ({full['assumes']}).",
+        "",
+        source("atlas_ray", data),
+    ]
+
+
 def compression_table(results: Path) -> list[str]:
     data = load(results, "compression")
     out = []
@@ -433,6 +491,7 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
     "attribution": attribution_table,
     "faithfulness": faithfulness_table,
     "atlas": atlas_table,
+    "atlas-ray": atlas_ray_table,
     "compression": compression_table,
 }
 

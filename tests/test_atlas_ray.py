@@ -12,13 +12,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 from typer.testing import CliRunner
 
-from convsight.analysis.dataset_examples import ImageStats, image_stats, top_examples
+from convsight.analysis.dataset_examples import (
+    ImageStats,
+    image_stats,
+    layer_stats,
+    top_examples,
+)
 from convsight.cli import app
 from convsight.data import load_mnist
 from convsight.distributed import LocalWork, shards
-from convsight.models import build_seed, load_model
+from convsight.models import Model, build_seed, load_model
 from convsight.report import write_checkpoint
 from convsight.studies.atlas import build_atlas
 
@@ -207,6 +213,24 @@ def test_sharded_dataset_pass_equals_the_single_pass(tiny):
     joined = ImageStats.join([parts[i] for i in sorted(parts)])
     assert torch.equal(joined.maxima.T, whole.max_per_image)
     assert torch.equal(joined.means.T, whole.mean_per_image)
+
+
+def test_one_pass_for_several_layers_equals_a_pass_for_each(tiny):
+    """Statistics are taken as each layer runs: a conv followed by an in-place ReLU keeps its
+    own (negative) values."""
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3),
+        nn.ReLU(inplace=True),
+    )  # fmt: skip
+    model = Model(module, tiny.card)
+    pixels = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    together = layer_stats(model, pixels, ["0", "1", "3", "4"], batch_size=4)
+    for name, stats in together.items():
+        alone = image_stats(model, pixels, name, batch_size=4)
+        assert torch.equal(stats.maxima, alone.maxima) and torch.equal(stats.means, alone.means)
+        assert torch.equal(stats.positions, alone.positions)
+    assert (together["0"].means < 0).any() and (together["1"].means >= 0).all()
 
 
 def test_layers_all_takes_every_map_layer_and_prints_a_plan(tmp_path, capsys):

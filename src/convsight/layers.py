@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -150,12 +151,18 @@ def _first_tensor(output: object) -> torch.Tensor:
 
 @contextmanager
 def capture(
-    module: nn.Module, names: Sequence[str], stop: bool = False
-) -> Iterator[dict[str, torch.Tensor]]:
+    module: nn.Module,
+    names: Sequence[str],
+    stop: bool = False,
+    reduce: Callable[[str, torch.Tensor], Any] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Record the outputs of the named layers during forward passes inside the block.
 
     With ``stop=True`` the forward pass is cut short once every named layer has produced
-    its output (use :func:`forward_to`). Hooks are removed on exit, also on exceptions.
+    its output (use :func:`forward_to`). With ``reduce``, what ``reduce(name, output)``
+    returns is kept instead of the output, computed the moment the layer has run (before a
+    later in-place operation can change the output). Hooks are removed on exit, also on
+    exceptions.
     """
     if names:
         require_hookable(module)
@@ -165,7 +172,8 @@ def capture(
 
     def make_hook(name: str):
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-            outputs[name] = _first_tensor(output)
+            value = _first_tensor(output)
+            outputs[name] = value if reduce is None else reduce(name, value)
             if stop and wanted.issubset(outputs):
                 raise _StopForward
 
@@ -180,13 +188,19 @@ def capture(
             handle.remove()
 
 
-def forward_to(module: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Run ``module`` on ``x`` only as far as the last of ``names``; return their outputs.
+def forward_to(
+    module: nn.Module,
+    x: torch.Tensor,
+    names: Sequence[str],
+    reduce: Callable[[str, torch.Tensor], Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``module`` on ``x`` only as far as the last of ``names``; return their outputs
+    (or what ``reduce(name, output)`` made of each, as :func:`capture` keeps it).
 
     Layers after the last needed one never run (a truncated forward). Gradients flow
     through the returned tensors as usual.
     """
-    with capture(module, names, stop=True) as outputs:
+    with capture(module, names, stop=True, reduce=reduce) as outputs:
         try:
             module(x)
         except _StopForward:

@@ -105,6 +105,40 @@ class ImageStats:
 
 
 @torch.no_grad()
+def layer_stats(
+    model: Model,
+    pixels: torch.Tensor,
+    layers: Sequence[str],
+    channels: Sequence[int] | None = None,
+    batch_size: int = 16,
+    start: int = 0,
+    stop: int | None = None,
+    bar: Callable[[int], None] | None = None,
+) -> dict[str, ImageStats]:
+    """Run ``pixels[start:stop]`` as far as the last of ``layers`` (one pass for them all),
+    ``batch_size`` images at a time counted from ``start`` (a slice starting at a multiple of
+    ``batch_size`` sees the batches of the whole pass); each layer's statistics are taken the
+    moment it has run. ``bar`` is told how many images each batch held."""
+    stop = len(pixels) if stop is None else stop
+    found: dict[str, list[ImageStats]] = {name: [] for name in layers}
+
+    def reduce(_name: str, out: torch.Tensor) -> ImageStats:
+        out = out.float() if channels is None else out[:, list(channels)].float()
+        flat = out.flatten(2)
+        value, index = flat.max(2)
+        where = torch.stack((index // out.shape[-1], index % out.shape[-1]), -1)
+        return ImageStats(value.cpu(), where.cpu(), flat.mean(2).cpu())
+
+    for first in range(start, stop, batch_size):
+        batch = pixels[first : min(first + batch_size, stop)].to(model.device)
+        outputs = forward_to(model.module, model.normalize(batch), list(layers), reduce=reduce)
+        for name in layers:
+            found[name].append(outputs[name])
+        if bar is not None:
+            bar(len(batch))
+    return {name: ImageStats.join(parts) for name, parts in found.items()}
+
+
 def image_stats(
     model: Model,
     pixels: torch.Tensor,
@@ -115,24 +149,8 @@ def image_stats(
     stop: int | None = None,
     bar: Callable[[int], None] | None = None,
 ) -> ImageStats:
-    """Run ``pixels[start:stop]`` up to ``layer``, ``batch_size`` images at a time (counted from
-    ``start``, so a slice starting at a multiple of ``batch_size`` sees the same batches as the
-    whole pass); ``bar`` is told how many images each batch held."""
-    stop = len(pixels) if stop is None else stop
-    maxima, means, where = [], [], []
-    for first in range(start, stop, batch_size):
-        batch = pixels[first : min(first + batch_size, stop)].to(model.device)
-        out = forward_to(model.module, model.normalize(batch), [layer])[layer].float()
-        if channels is not None:
-            out = out[:, list(channels)]
-        flat = out.flatten(2)
-        value, index = flat.max(2)
-        maxima.append(value.cpu())
-        means.append(flat.mean(2).cpu())
-        where.append(torch.stack((index // out.shape[-1], index % out.shape[-1]), -1).cpu())
-        if bar is not None:
-            bar(len(batch))
-    return ImageStats(torch.cat(maxima), torch.cat(where), torch.cat(means))
+    """:func:`layer_stats` of one layer."""
+    return layer_stats(model, pixels, [layer], channels, batch_size, start, stop, bar)[layer]
 
 
 def rank_examples(

@@ -58,6 +58,32 @@ def activations_cmd(
         out_console.print(f"wrote {path}")
 
 
+AtlasInvariancesOpt = Annotated[
+    float,
+    typer.Option(
+        metavar="BETA",
+        help="Each channel's first invariance as a GIF, from the softplus(BETA) surrogate's "
+        "exact Hessian (0: none).",
+    ),
+]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="ADDRESS",
+        help="Render on a Ray cluster: local (start one here), auto (the one `ray start` "
+        "began on this machine) or HOST:PORT of its head node. Needs convsight[ray].",
+    ),
+]
+PlanOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--plan/--no-plan",
+        help="Print channels per layer, probed seconds per channel and the estimated "
+        "total before the work (default: with --layers all).",
+    ),
+]
+
+
 @app.command("atlas")
 @command
 @card_options
@@ -85,30 +111,9 @@ def atlas_cmd(
     steps: Annotated[int | None, typer.Option(min=1, help="Steps for every preset.")] = None,
     size: Annotated[int | None, typer.Option(min=8, help="Image side for every preset.")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Channels rendered together.")] = 16,
-    invariances: Annotated[
-        float,
-        typer.Option(
-            metavar="BETA",
-            help="Each channel's first invariance as a GIF, from the softplus(BETA) surrogate's "
-            "exact Hessian (0: none).",
-        ),
-    ] = 0.0,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            metavar="ADDRESS",
-            help="Render on a Ray cluster: local (start one here), auto (the one `ray start` "
-            "began on this machine) or HOST:PORT of its head node. Needs convsight[ray].",
-        ),
-    ] = None,
-    plan: Annotated[
-        bool | None,
-        typer.Option(
-            "--plan/--no-plan",
-            help="Print channels per layer, probed seconds per channel and the estimated "
-            "total before the work (default: with --layers all).",
-        ),
-    ] = None,
+    invariances: AtlasInvariancesOpt = 0.0,
+    ray: RayOpt = None,
+    plan: PlanOpt = None,
     card_fields: dict[str, Any] | None = None,
     run: RunFlags | None = None,
 ) -> None:

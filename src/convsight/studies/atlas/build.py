@@ -23,7 +23,7 @@ from convsight.report.html import environment
 from convsight.studies.atlas.inputs import AtlasJob, check_inputs
 from convsight.studies.atlas.pages import layer_pages, write_index
 from convsight.studies.atlas.plan import print_plan, probe
-from convsight.studies.atlas.rendering import render_layer, todo_channels
+from convsight.studies.atlas.rendering import find_examples, render_layer, todo_channels
 from convsight.studies.atlas.run import (
     RESERVED_NAMES,
     RUN_FILE,
@@ -124,7 +124,8 @@ def _build(
     total = sum(len(job.chosen[name]) for name in job.layers)
     layer_rows = []
     with progress_bar(show_progress) as bar:
-        task = bar.add_task("atlas", total=total, status="")
+        task = bar.add_task("atlas", total=total, status="dataset")
+        find_examples(job, {name: out / dirs[name] for name in job.layers}, out, work)
         for name in job.layers:
             began = time.perf_counter()
             count = render_layer(job, name, out / dirs[name], out, work, bar, task)

@@ -13,13 +13,12 @@ from rich.progress import Progress, TaskID
 from convsight.analysis.dataset_examples import (
     ImageStats,
     ReceptiveField,
-    image_stats,
+    layer_stats,
     rank_examples,
     receptive_field,
 )
-from convsight.analysis.projections import display, project_units, tiles
+from convsight.analysis.projections import tiles
 from convsight.distributed import Work, shards
-from convsight.models import Model
 from convsight.optvis.render import RenderResult
 from convsight.report import safe_filename, write_json, write_npz
 from convsight.report.images import examples_strip, write_gif, write_image, write_pil
@@ -28,6 +27,7 @@ from convsight.studies.atlas.tasks import render_chunk
 from convsight.studies.invariances import GIF_SIDE
 
 EXAMPLE_BATCH = 16  # images a batch of the dataset pass
+EXAMPLES_FILE = "examples.npz"  # a layer's top dataset examples, found once
 
 
 def render_layer(
@@ -44,7 +44,7 @@ def render_layer(
     chunks come back. Returns how many were rendered."""
     records = folder / "records"
     data = job.dataset
-    examples = _examples(job, name, folder, out, work) if data is not None else None
+    examples = load_npz(folder / EXAMPLES_FILE) if data is not None else None
     field = receptive_field(job.model, name) if data is not None else None
     todo = todo_channels(job, name, folder)
     bar.update(task, advance=len(job.chosen[name]) - len(todo), status=f"{name}")
@@ -55,13 +55,15 @@ def render_layer(
         "seed": job.seed,
         "invariance_beta": job.invariances,
     }
+    if examples is not None:  # the pixels are sent once; the examples once per layer
+        shared.update(pixels=data.pixels, examples=examples, receptive=field)
     chunks = [{"channels": todo[i : i + job.batch]} for i in range(0, len(todo), job.batch)]
     for _, chunk in work.map(render_chunk, shared, chunks):
         for row, channel in enumerate(chunk.channels):
             record = _channel_record(job, chunk.renders, row, channel, folder, out)
             if examples is not None:
                 record["examples"] = _write_examples(
-                    job.model, name, folder, channel, examples, field, data, out
+                    folder, channel, examples, chunk.projections[row], field, data, out
                 )
                 record["projections"] = True
             if chunk.invariances:
@@ -111,52 +113,48 @@ def load_npz(path: Path) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(data[k]) for k in data.files}
 
 
-def _examples(
-    job: AtlasJob, layer: str, folder: Path, out: Path, work: Work
-) -> dict[str, torch.Tensor]:
-    """Top dataset examples of every channel of ``layer``, the dataset cut into slices over
-    the workers; computed once, then read back."""
-    cache = folder / "examples.npz"
-    if cache.exists():
-        return load_npz(cache)
+def find_examples(job: AtlasJob, folders: dict[str, Path], out: Path, work: Work) -> None:
+    """Top dataset examples of every channel of each layer in ``folders`` that has none
+    recorded yet: one pass over the dataset for them all, cut into slices over the workers;
+    each layer's ``examples.npz`` written."""
+    missing = [name for name, folder in folders.items() if not (folder / EXAMPLES_FILE).exists()]
+    if not missing or job.dataset is None:
+        return
     pixels = job.dataset.pixels
     parts = shards(len(pixels), EXAMPLE_BATCH, 2 * work.workers)
-    shared = {"model": job.model, "pixels": pixels, "layer": layer, "batch_size": EXAMPLE_BATCH}
-    found = dict(work.map(image_stats, shared, parts))
-    stats = ImageStats.join([found[i] for i in range(len(parts))])
-    ranked = rank_examples(stats, layer, None, job.top_k)
-    data = {
-        "top_images": ranked.top_images,
-        "top_values": ranked.top_values,
-        "top_positions": ranked.top_positions,
-        "max_per_image": ranked.max_per_image,
-    }
-    write_npz(cache, within=out, **data)
-    return data
+    shared = {"model": job.model, "pixels": pixels, "layers": missing, "batch_size": EXAMPLE_BATCH}
+    found = dict(work.map(layer_stats, shared, parts))
+    for name in missing:
+        stats = ImageStats.join([found[i][name] for i in range(len(parts))])
+        ranked = rank_examples(stats, name, None, job.top_k)
+        write_npz(
+            folders[name] / EXAMPLES_FILE,
+            within=out,
+            top_images=ranked.top_images,
+            top_values=ranked.top_values,
+            top_positions=ranked.top_positions,
+            max_per_image=ranked.max_per_image,
+        )
 
 
 def _write_examples(
-    model: Model,
-    layer: str,
     folder: Path,
     channel: int,
     examples: dict[str, torch.Tensor],
+    projections: list[torch.Tensor],
     field: ReceptiveField,
     data: AtlasDataset,
     out: Path,
 ) -> list[dict[str, Any]]:
     """The strip of a channel's top examples (receptive fields boxed) and, tile under tile,
-    the DeconvNet projection of each one's strongest unit; their names, values and boxes
-    for its record."""
+    the DeconvNet ``projections`` of each one's strongest unit; their names, values and
+    boxes for its record."""
     chosen = examples["top_images"][channel].tolist()
     positions = examples["top_positions"][channel].tolist()
     boxes = [field.box(y, x) for y, x in positions]
     strip = examples_strip([data.pixels[i] for i in chosen], boxes)
     write_pil(folder / "img" / f"c{channel}_examples.png", strip, within=out)
-    units = torch.tensor([[channel, y, x] for y, x in positions])
-    projected = project_units(model, data.pixels[chosen], layer, units, field)
-    shown = tiles([[display(m) for m in projected.crops()]])
-    write_pil(folder / "img" / f"c{channel}_projections.png", shown, within=out)
+    write_pil(folder / "img" / f"c{channel}_projections.png", tiles([projections]), within=out)
     values = examples["top_values"][channel].tolist()
     return [
         {"name": data.names[i], "value": v, "box": b}

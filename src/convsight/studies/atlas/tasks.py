@@ -1,7 +1,8 @@
 """The atlas's units of work, run in this process or on a Ray worker (plain functions of
 picklable inputs, returning tensors; only the driver writes files): a chunk of a layer's
-channels rendered (each preset, and each one's first invariance), and a slice of the dataset
-through a layer (:func:`convsight.analysis.dataset_examples.image_stats`)."""
+channels rendered (each preset; each one's first invariance and the DeconvNet projections of
+its top examples), and a slice of the dataset through a layer
+(:func:`convsight.analysis.dataset_examples.image_stats`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 
 import torch
 
+from convsight.analysis.dataset_examples import ReceptiveField
 from convsight.analysis.invariances import HessianScale, channel_response, invariances
+from convsight.analysis.projections import display, project_units
 from convsight.analysis.surrogate import softplus_surrogate
 from convsight.models import Model
 from convsight.optvis.render import RenderResult, render_channels
@@ -21,12 +24,14 @@ from convsight.studies.invariances import sphere_path
 
 @dataclass
 class RenderedChunk:
-    """Channels of one layer rendered together: one batch row each, per preset; with their
-    first invariance (frames along it and its numbers) when asked for."""
+    """Channels of one layer rendered together: one batch row each, per preset; when asked
+    for, their first invariance (frames along it and its numbers) and the DeconvNet
+    projections of their top dataset examples (shown in [0, 1], cut to the boxes)."""
 
     channels: list[int]
     renders: dict[str, RenderResult]
     invariances: list[dict[str, Any]] = field(default_factory=list)
+    projections: list[list[torch.Tensor]] = field(default_factory=list)
 
 
 def render_chunk(
@@ -36,10 +41,15 @@ def render_chunk(
     settings: dict[str, RenderSettings],
     seed: int,
     invariance_beta: float = 0.0,
+    pixels: torch.Tensor | None = None,
+    examples: dict[str, torch.Tensor] | None = None,
+    receptive: ReceptiveField | None = None,
 ) -> RenderedChunk:
     """Render ``channels`` of ``layer`` with each preset's settings (rows seeded by channel,
     so a channel looks the same in any chunk); with ``invariance_beta`` > 0, each one's first
-    invariance at the robust render (else the first preset's)."""
+    invariance at the robust render (else the first preset's); with the dataset ``pixels``,
+    the layer's top ``examples`` and ``receptive`` field, the projections of each one's top
+    examples."""
     renders = {
         p: render_channels(model, layer, channels, preset=p, seed=seed, **_overrides(s))
         for p, s in settings.items()
@@ -52,6 +62,13 @@ def render_chunk(
             optimum = renders[start].images[row]
             found = first_invariance(surrogate, layer, channel, optimum, invariance_beta, seed)
             chunk.invariances.append({"from": start, **found})
+    if examples is not None:
+        for channel in channels:
+            chosen = examples["top_images"][channel].tolist()
+            positions = examples["top_positions"][channel].tolist()
+            units = torch.tensor([[channel, y, x] for y, x in positions])
+            projected = project_units(model, pixels[chosen], layer, units, receptive)
+            chunk.projections.append([display(m) for m in projected.crops()])
     return chunk
 
 
