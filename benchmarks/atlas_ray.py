@@ -247,7 +247,7 @@ def main() -> None:
     parser.add_argument("--speedup-steps", type=int, default=64)
     parser.add_argument("--speedup-batch", type=int, default=2)
     parser.add_argument("--dataset-layer", default="features.28")
-    parser.add_argument("--dataset-repeat", type=int, default=2)
+    parser.add_argument("--dataset-repeat", type=int, default=1)
     parser.add_argument("--network-channels", default="0-7")
     parser.add_argument("--network-steps", type=int, default=32)
     parser.add_argument("--network-size", type=int, default=64)
