@@ -435,9 +435,12 @@ def atlas_ray_table(results: Path) -> list[str]:
         "",
         *markdown(["layer", "channels", "seconds"], per_layer),
         "",
-        f"Estimate for the full setting ({full['channels']} channels, presets "
-        f"{', '.join(full['presets'])} at their default steps and sizes), renders only, from "
-        "the plan's probe: "
+        f"Estimate for the full setting ({full['channels']} channels; "
+        + ", ".join(
+            f"{p} {r['steps']} steps at {r['size'] or 'the model input size'}"
+            for p, r in full["presets"].items()
+        )
+        + "), from the plan's probe: "
         + ", ".join(
             f"{n} worker{'s' if n != '1' else ''} {fixed(h, 0 if h >= 10 else 1)} h"
             for n, h in hours.items()
