@@ -382,3 +382,39 @@ def test_atlas_invariances_need_a_relu_to_smooth(tmp_path):
     with pytest.raises(ConvsightError, match="no nn.ReLU"):
         tiny_atlas(Model(module, card), tmp_path / "atlas", layers=["0"], invariances=10.0)
     assert not (tmp_path / "atlas").exists()
+
+
+def test_atlas_shows_the_compression_trials(mnist_model, mnist_dir, tmp_path, browser):
+    ckpt, _ = mnist_model
+    out = tmp_path / "atlas"
+    settings = dict(channels="0-3", presets=["paper"], steps=2, show_progress=False)
+    trials = dict(compression=mnist_dir, compression_finetune=128, compression_test_images=256)
+    summary = build_atlas(str(ckpt), ["features.0", "features.3"], out, **settings, **trials)
+    result = json.loads((out / "compression" / "compression.json").read_text())
+    assert result["summary"], "no near-copies removed: the pages below would show nothing"
+    assert summary["compression"] == "compression/compression.json"
+    assert result["settings"]["test_images"] == 256 and result["settings"]["finetune_images"] == 128
+    page, errors, dialogs = open_page(browser, (out / "index.html").as_uri())
+    assert "Compression: removing near-copy filters" in page.inner_text("body")
+    assert_images_loaded(page)  # the accuracy curves
+    body_rows = page.eval_on_selector_all("#compression ~ table tr", "els => els.length")
+    assert body_rows == 1 + len(result["summary"])  # header and one row per removal
+    for layer in ("features.0", "features.3"):
+        mine = [r for r in result["summary"] if r["scope"] == layer]
+        html = (out / layer / "index.html").read_text()
+        assert ("Removing them" in html) == bool(mine)
+        for row in mine:
+            assert f"{row['kept']} / {row['total']}" in html
+    assert not errors and not dialogs
+    stamp = (out / "compression" / "compression.json").stat().st_mtime_ns
+    build_atlas(str(ckpt), ["features.0", "features.3"], out, **settings, **trials)
+    assert (out / "compression" / "compression.json").stat().st_mtime_ns == stamp  # run once
+    with pytest.raises(ConvsightError, match="compression"):  # other trials: refused
+        build_atlas(str(ckpt), ["features.0"], out, **settings, compression=mnist_dir)
+
+
+def test_atlas_compression_data_must_fit_the_model(tiny, mnist_dir, tmp_path):
+    out = tmp_path / "atlas"
+    with pytest.raises(ConvsightError, match="not an MNIST model"):
+        tiny_atlas(tiny, out, compression=mnist_dir)
+    assert not out.exists()

@@ -83,6 +83,17 @@ PlanOpt = Annotated[
     ),
 ]
 
+CompressionOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Labelled data (as `convsight compress --data` takes it): run the compression "
+        "trials on the model and show them on the index and the conv layers' pages."
+    ),
+]
+CompressionFinetuneOpt = Annotated[
+    int, typer.Option(min=0, help="Fine-tuning images of the compression trials (0: none).")
+]
+
 
 @app.command("atlas")
 @command
@@ -114,6 +125,8 @@ def atlas_cmd(
     invariances: AtlasInvariancesOpt = 0.0,
     ray: RayOpt = None,
     plan: PlanOpt = None,
+    compression: CompressionOpt = None,
+    compression_finetune: CompressionFinetuneOpt = 10000,
     card_fields: dict[str, Any] | None = None,
     run: RunFlags | None = None,
 ) -> None:
@@ -138,6 +151,8 @@ def atlas_cmd(
         invariances=invariances,
         ray=ray,
         plan=plan,
+        compression=compression,
+        compression_finetune=compression_finetune,
         **run.arguments(),
     )
     out_console.print(

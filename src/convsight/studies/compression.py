@@ -253,6 +253,21 @@ def _check_request(thresholds: Sequence[float], repeats: int, images: int, batch
         )
 
 
+def check_compression(
+    model: Model,
+    data: str | os.PathLike,
+    finetune_images: int = 10000,
+    test_images: int | None = None,
+    seed: int = 0,
+) -> None:
+    """What :func:`compress` would refuse, refused now in one sentence (the data is read)."""
+    _check_request(THRESHOLDS, 3, finetune_images, 128)
+    if test_images is not None and test_images < 1:
+        raise ConvsightError(f"--test-images must be at least 1, not {test_images}")
+    _removal_points(model)
+    compression_data(model, data, 128, 0, seed, test_images=1)
+
+
 def compress(
     model: str | Model,
     data: str | os.PathLike,

@@ -3,6 +3,7 @@ is not done yet and write every page."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -20,11 +21,12 @@ from convsight.report import (
     write_text,
 )
 from convsight.report.html import environment
-from convsight.studies.atlas.inputs import AtlasJob, check_inputs
+from convsight.studies.atlas.inputs import AtlasJob, Compression, check_inputs
 from convsight.studies.atlas.pages import layer_pages, write_index
 from convsight.studies.atlas.plan import print_plan, probe
 from convsight.studies.atlas.rendering import find_examples, render_layer, todo_channels
 from convsight.studies.atlas.run import (
+    COMPRESSION_DIR,
     RESERVED_NAMES,
     RUN_FILE,
     atlas_lock,
@@ -50,6 +52,9 @@ def build_atlas(
     invariances: float = 0.0,
     ray: str | None = None,
     plan: bool | None = None,
+    compression: str | os.PathLike | None = None,
+    compression_finetune: int = 10000,
+    compression_test_images: int | None = None,
 ) -> dict[str, Any]:
     """Render every channel of ``layers`` (each preset), find dataset examples, write the site.
 
@@ -66,13 +71,21 @@ def build_atlas(
     as Ray tasks, with the same files as a local run; this process alone writes them. ``plan``
     (default: with ``all`` layers) prints channels per layer, seconds per channel from a
     short probe and the estimated total for the workers present, before the work.
+
+    ``compression`` (labelled data as ``convsight compress --data`` takes it) runs the
+    compression trials on the model (``compression_finetune`` fine-tuning images, 0: none;
+    ``compression_test_images``: the first that many test images, None: all) into
+    ``out/compression/``; the index and each conv layer's page show the results.
     """
     if ray is not None:
         check_ray(ray)  # Ray installed, the address answers: before any work
     plan = [name.lower() for name in layers] == ["all"] if plan is None else plan
+    trials = None
+    if compression is not None:
+        trials = Compression(Path(compression), compression_finetune, compression_test_images)
     job = check_inputs(
         model, layers, weights, channels, dataset, top_k, presets, steps, size, batch, seed,
-        invariances,
+        invariances, trials,
     )  # fmt: skip
     run = run_record(job)
     out = Path(out)
@@ -126,10 +139,11 @@ def _build(
     with progress_bar(show_progress) as bar:
         task = bar.add_task("atlas", total=total, status="dataset")
         find_examples(job, {name: out / dirs[name] for name in job.layers}, out, work)
+        compressed = _compression(job, out, show_progress)
         for name in job.layers:
             began = time.perf_counter()
             count = render_layer(job, name, out / dirs[name], out, work, bar, task)
-            row = layer_pages(job, name, dirs[name], out)
+            row = layer_pages(job, name, dirs[name], out, compressed)
             row["rendered_this_run"] = count
             row["seconds_this_run"] = time.perf_counter() - began
             layer_rows.append(row)
@@ -153,7 +167,25 @@ def _build(
         "seconds_per_channel": render_seconds / rendered if rendered else None,
         "work": work.describe(),
         "plan": planned,
+        "compression": f"{COMPRESSION_DIR}/compression.json" if compressed else None,
     }
-    write_index(job, out, layer_rows, dataset)
+    write_index(job, out, layer_rows, dataset, compressed)
     write_json(out / "atlas.json", summary)
     return summary
+
+
+def _compression(job: AtlasJob, out: Path, show_progress: bool) -> dict[str, Any] | None:
+    """The compression trials' result: run once into ``out/compression``, then read back."""
+    if job.compression is None:
+        return None
+    folder = out / COMPRESSION_DIR
+    done = folder / "compression.json"
+    if not (done.exists() and (folder / "compression.png").exists()):
+        from convsight.studies.compression import compress
+
+        c = job.compression
+        compress(
+            job.model, c.data, folder, finetune_images=c.finetune_images,
+            test_images=c.test_images, seed=job.seed, show_progress=show_progress,
+        )  # fmt: skip
+    return json.loads(done.read_text(encoding="utf-8"))

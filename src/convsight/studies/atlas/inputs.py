@@ -60,11 +60,22 @@ class AtlasJob:
     dataset: AtlasDataset | None
     invariances: float = 0.0
     """Softplus beta of each channel's first invariance (0: none)."""
+    compression: Compression | None = None
 
     @property
     def names(self) -> list[str]:
         """The names of the dataset images (none without a dataset)."""
         return self.dataset.names if self.dataset is not None else []
+
+
+@dataclass
+class Compression:
+    """The compression trials an atlas runs (``convsight compress`` on its model): labelled
+    data, fine-tuning images (0: none) and test images (None: all)."""
+
+    data: Path
+    finetune_images: int = 10000
+    test_images: int | None = None
 
 
 def check_inputs(
@@ -80,6 +91,7 @@ def check_inputs(
     batch: int,
     seed: int,
     invariances: float = 0.0,
+    compression: Compression | None = None,
 ) -> AtlasJob:
     """The job :func:`convsight.studies.atlas.build_atlas` runs; a bad input fails in one
     sentence (the model is loaded and run once, the dataset read)."""
@@ -103,10 +115,7 @@ def check_inputs(
             )
     selection, chosen = _channels_of_layers(loaded, layers, channels)
     _check_render_size(loaded, layers, {s.size for s in settings.values()})
-    if invariances:  # the surrogate must exist: a beta above 0 and a ReLU to replace
-        from convsight.analysis.surrogate import softplus_surrogate
-
-        softplus_surrogate(loaded, invariances)
+    _check_extras(loaded, invariances, compression, seed)
     return AtlasJob(
         model=loaded,
         spec=model if isinstance(model, str) else None,
@@ -123,7 +132,24 @@ def check_inputs(
         batch=batch,
         dataset=_read_dataset(loaded, dataset) if dataset is not None else None,
         invariances=invariances,
+        compression=compression,
     )
+
+
+def _check_extras(
+    model: Model, invariances: float, compression: Compression | None, seed: int
+) -> None:
+    """The invariances need a surrogate (a beta above 0 and a ReLU to replace); the
+    compression trials need data labelled with the model's classes."""
+    if invariances:
+        from convsight.analysis.surrogate import softplus_surrogate
+
+        softplus_surrogate(model, invariances)
+    if compression is not None:
+        from convsight.studies.compression import check_compression
+
+        c = compression
+        check_compression(model, c.data, c.finetune_images, c.test_images, seed)
 
 
 def _channels_of_layers(

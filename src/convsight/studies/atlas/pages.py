@@ -21,9 +21,14 @@ from convsight.studies.atlas.rendering import load_npz
 
 
 def write_index(
-    job: AtlasJob, out: Path, layers: list[dict[str, Any]], dataset: str | None
+    job: AtlasJob,
+    out: Path,
+    layers: list[dict[str, Any]],
+    dataset: str | None,
+    compression: dict[str, Any] | None = None,
 ) -> None:
-    """The atlas's front page: every layer with its dead channels and the settings used."""
+    """The atlas's front page: every layer with its dead channels, the compression trials
+    (when run) and the settings used."""
     _write_atlas_page(
         out / "index.html",
         "atlas_index.html",
@@ -38,12 +43,20 @@ def write_index(
         top_k=job.top_k,
         seed=job.seed,
         render_settings={p: _short(s.to_dict()) for p, s in job.settings.items()},
+        compression=compression,
     )
 
 
-def layer_pages(job: AtlasJob, name: str, folder_name: str, out: Path) -> dict[str, Any]:
-    """The layer's page and a page per rendered channel (links only among its chosen
-    channels); the layer's row of the index (with ``channel_rows``)."""
+def layer_pages(
+    job: AtlasJob,
+    name: str,
+    folder_name: str,
+    out: Path,
+    compression: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The layer's page (with its rows of the ``compression`` trials, when run) and a page
+    per rendered channel (links only among its chosen channels); the layer's row of the
+    index (with ``channel_rows``)."""
     channels = job.chosen[name]
     folder = out / folder_name
     module = get_layer(job.model.module, name)
@@ -65,6 +78,7 @@ def layer_pages(job: AtlasJob, name: str, folder_name: str, out: Path) -> dict[s
         "remaining_090": redundancy.remaining(0.9) if redundancy is not None else None,
         "colour": redundancy is not None and module.in_channels == 3,
         "pairs": _most_similar_pairs(redundancy, channels) if redundancy is not None else [],
+        "compression": [r for r in (compression or {}).get("summary", []) if r["scope"] == name],
     }
     _write_atlas_page(
         folder / "index.html",

@@ -22,7 +22,8 @@ from convsight.studies.atlas.inputs import AtlasJob
 RUN_FILE = "atlas-run.json"  # the settings the atlas in a folder was started with
 LOCK_FILE = ".convsight-atlas.lock"  # held (flock) while an atlas writes into the folder
 # Names at the top of the atlas folder that a layer folder must not take.
-RESERVED_NAMES = ("index.html", "style.css", "atlas.json", RUN_FILE, LOCK_FILE)
+COMPRESSION_DIR = "compression"  # convsight compress's files, when asked for
+RESERVED_NAMES = ("index.html", "style.css", "atlas.json", RUN_FILE, LOCK_FILE, COMPRESSION_DIR)
 
 
 def parameters_sha256(module: nn.Module) -> str:
@@ -75,6 +76,15 @@ def run_record(job: AtlasJob) -> dict[str, Any]:
             "batch": job.batch,
             "channels": job.selection,
             "invariances_softplus": job.invariances or None,  # None: no invariances
+            "compression": (
+                {
+                    "data": str(Path(job.compression.data).resolve()),
+                    "finetune_images": job.compression.finetune_images,
+                    "test_images": job.compression.test_images,
+                }
+                if job.compression is not None
+                else None
+            ),
         }
     )
 
@@ -141,7 +151,7 @@ def _differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if keys:
                 changes = ", ".join(f"{k} {was.get(k)} there, {settings[k]} here" for k in keys)
                 found.append(f"render settings of preset {preset} ({changes})")
-    for key in ("seed", "top_k", "invariances_softplus"):
+    for key in ("seed", "top_k", "invariances_softplus", "compression"):
         if earlier.get(key) != now.get(key):
             found.append(f"{key} ({earlier.get(key)} there, {now.get(key)} here)")
     if earlier.get("channels") != now["channels"]:
