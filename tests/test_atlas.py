@@ -387,7 +387,7 @@ def test_atlas_invariances_need_a_relu_to_smooth(tmp_path):
 def test_atlas_shows_the_compression_trials(mnist_model, mnist_dir, tmp_path, browser):
     ckpt, _ = mnist_model
     out = tmp_path / "atlas"
-    settings = dict(channels="0-3", presets=["paper"], steps=2, show_progress=False)
+    settings = dict(channels="0-3", presets=["paper"], steps=2, show_progress=True)  # bars
     trials = dict(compression=mnist_dir, compression_finetune=128, compression_test_images=256)
     summary = build_atlas(str(ckpt), ["features.0", "features.3"], out, **settings, **trials)
     result = json.loads((out / "compression" / "compression.json").read_text())

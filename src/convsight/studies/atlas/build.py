@@ -110,6 +110,7 @@ def _run(
         write_json(out / RUN_FILE, run)
         for folder in (
             out,
+            out / COMPRESSION_DIR,
             *(out / d / sub for d in dirs.values() for sub in ("", "records", "img")),
         ):
             remove_own_temporaries(folder)
@@ -136,10 +137,10 @@ def _build(
     rendered = 0
     total = sum(len(job.chosen[name]) for name in job.layers)
     layer_rows = []
+    compressed = _compression(job, out, show_progress)  # its own progress bar, first
     with progress_bar(show_progress) as bar:
         task = bar.add_task("atlas", total=total, status="dataset")
         find_examples(job, {name: out / dirs[name] for name in job.layers}, out, work)
-        compressed = _compression(job, out, show_progress)
         for name in job.layers:
             began = time.perf_counter()
             count = render_layer(job, name, out / dirs[name], out, work, bar, task)
