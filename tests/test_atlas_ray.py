@@ -87,6 +87,18 @@ def wait_for_records(out, count, process, seconds=240):
     assert len(records(out)) >= count, "the run did not get going"
 
 
+def start_ray_atlas(inputs, out, cluster):
+    """The atlas CLI on ``cluster``, in the background, once it has recorded 4 channels."""
+    command = atlas_command(inputs, out, "--ray", cluster.address)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_records(out, 4, process)
+    except BaseException:
+        process.kill()
+        raise
+    return command, process
+
+
 def assert_same_atlas(local, other):
     """Every file of the local atlas is in ``other`` with the same content: images to one
     grey level, records and arrays to float tolerance, pages exactly (the run summaries,
@@ -118,10 +130,8 @@ def test_ray_atlas_loses_a_node_midway_and_matches_the_local_run(
 ):
     cluster, workers = cluster
     out = tmp_path / "atlas"
-    command = atlas_command(inputs, out, "--ray", cluster.address)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, process = start_ray_atlas(inputs, out, cluster)
     try:
-        wait_for_records(out, 4, process)
         cluster.remove_node(workers[1])  # its running task is retried on the other node
         _, stderr = process.communicate(timeout=300)
     finally:
@@ -140,10 +150,8 @@ def test_ray_atlas_loses_a_node_midway_and_matches_the_local_run(
 def test_ray_driver_killed_resumes_from_its_records(inputs, local_atlas, cluster, tmp_path):
     cluster, _ = cluster
     out = tmp_path / "atlas"
-    command = atlas_command(inputs, out, "--ray", cluster.address)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command, process = start_ray_atlas(inputs, out, cluster)
     try:
-        wait_for_records(out, 4, process)
         process.send_signal(signal.SIGKILL)
         process.wait()
     finally:

@@ -92,7 +92,7 @@ def build_atlas(
     check_resume(out, run)  # refuse before creating or touching anything
     work = connect(ray) if ray is not None else LocalWork()
     try:
-        return _run(job, run, Path(out), work, show_progress, plan)
+        return _run(job, run, out, work, show_progress, plan)
     finally:
         work.close()
 
