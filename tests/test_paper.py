@@ -114,6 +114,8 @@ def test_every_part_ran(report):
     saved = json.loads((out / "results.json").read_text())
     assert saved["compression"]["MNIST CNN"]["baseline_accuracy"] == mnist.test_accuracy
     assert saved["settings"]["quick"] is True
+    assert list(saved["part_seconds"]) == [o.part.key for o in run.outcomes]
+    assert 0 < sum(saved["part_seconds"].values()) <= saved["seconds"]
     assert saved["mnist"]["test_accuracy"] == mnist.test_accuracy
     assert list(saved["class_models"]["runs"]) == [
         "random/paper",

@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,24 @@ def _mnist_run(accuracy: float) -> PaperRun:
         feature_maps={"features.0": "part2/activations/features.0.png"},
     )
     return PaperRun(True, 0, QUICK, [Outcome(MnistPart(), result)], seconds=2.0)
+
+
+class _SlowDigits(MnistPart):
+    def run(self, ctx):
+        time.sleep(0.2)
+        return _mnist_run(0.9856).outcomes[0].result
+
+
+def test_each_part_s_wall_time_is_in_the_results_and_under_its_section(tmp_path):
+    out = tmp_path / "paper"
+    run = remake(out, PaperInputs(), parts=(_SlowDigits(), FiveClassPart()), plan=QUICK)
+    slow, skipped = (o.seconds for o in run.outcomes)
+    assert 0.2 <= slow < run.seconds and skipped < 0.2
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["part_seconds"] == {"mnist": slow, "five_class": skipped}
+    page = (out / "index.html").read_text()
+    assert f"This part took {slow:.0f} s." in _section(page, "part2")
+    assert "This part took" not in _section(page, "part4")
 
 
 def test_the_report_and_results_read_the_study_numbers_from_the_table(tmp_path, monkeypatch):

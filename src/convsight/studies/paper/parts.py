@@ -9,6 +9,7 @@ result into prose; the study runs the parts in order.
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,22 +115,24 @@ class Part(ABC, Generic[R]):
         """Do the part's work and return its result; raise :class:`Skip` when it cannot."""
 
     def __call__(self, ctx: Context) -> Outcome[R]:
+        start = time.perf_counter()
         reason = self.missing(ctx.inputs)
         if reason is None:
             try:
-                return Outcome(self, self.run(ctx))
+                return Outcome(self, self.run(ctx), seconds=time.perf_counter() - start)
             except Skip as skip:
                 reason = str(skip)
-        return Outcome(self, skipped=reason)
+        return Outcome(self, skipped=reason, seconds=time.perf_counter() - start)
 
 
 @dataclass(frozen=True)
 class Outcome(Generic[R]):
-    """A part after its run: its result, or the reason it skipped."""
+    """A part after its run: its result, or the reason it skipped, and its wall time."""
 
     part: Part[R]
     result: R | None = None
     skipped: str | None = None
+    seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return self.result.to_json() if self.result is not None else {"skipped": self.skipped}

@@ -30,10 +30,12 @@ class PaperRun:
         return next(o for o in self.outcomes if o.part.key == key)
 
     def to_json(self) -> dict[str, Any]:
-        """What ``results.json`` holds: the settings, each part's entry, the time taken."""
+        """What ``results.json`` holds: the settings, each part's entry, the time taken in all
+        and by each part."""
         settings = {"quick": self.quick, "seed": self.seed, **asdict(self.plan)}
         parts = {o.part.key: o.to_json() for o in self.outcomes}
-        return {"settings": settings, **parts, "seconds": self.seconds}
+        per_part = {o.part.key: o.seconds for o in self.outcomes}
+        return {"settings": settings, **parts, "seconds": self.seconds, "part_seconds": per_part}
 
 
 def write_report(out: Path, run: PaperRun) -> Path:
