@@ -65,6 +65,7 @@ def atlas_site(mnist_model, tmp_path_factory):
 def test_atlas_files_and_redundancy(atlas_site, mnist_model):
     summary = json.loads((atlas_site / "atlas.json").read_text())
     assert summary["dataset_size"] == 24
+    measured = {"features.0": 0, "features.3": 0}
     for layer, count in (("features.0", 32), ("features.3", 64)):
         for c in range(count):
             record = json.loads((atlas_site / layer / "records" / f"c{c}.json").read_text())
@@ -74,6 +75,15 @@ def test_atlas_files_and_redundancy(atlas_site, mnist_model):
             assert (atlas_site / layer / "img" / f"c{c}_projections.png").exists()
             page = (atlas_site / layer / f"c{c}.html").read_text()
             assert f'src="img/c{c}_projections.png"' in page  # under the patches
+            for ex in record["examples"]:
+                share, noise = ex["high_frequency_share"], ex["white_noise_share"]
+                measured[layer] += share is not None
+                assert share is None or (0 <= share <= 1 and 0.5 < noise < 1)
+                shown = "–" if share is None else f"{share:.2f} ({noise:.2f})"
+                assert f"<td>{ex['value']:.4g}</td><td>{shown}</td>" in page
+    # features.0's 3 x 3 fields are too small to measure; features.3's 8 x 8 are measured
+    # where the border does not clip them
+    assert measured["features.0"] == 0 and measured["features.3"] > 0
     assert not list(atlas_site.rglob("*.part"))
     model = load_model(str(mnist_model[0]))
     redundancy = filter_redundancy(model.module, "features.0")

@@ -110,7 +110,12 @@ def test_every_part_ran(report):
     for found in threads.invariances:  # the softplus surrogate's Hessian is a linear map
         assert found.summary["check"]["linearity_error"] < 1e-3
         assert (out / found.gif).is_file()
-    assert len(threads.projections[0].figures) == 1
+    assert [(p.layer, len(p.figures)) for p in threads.projections] == [
+        ("features.8", 1),
+        ("features.28", 1),
+    ]
+    for projected in threads.projections:  # one channel's top 4 photos
+        assert projected.summary["high_frequency"]["projections_measured"] == 4
     saved = json.loads((out / "results.json").read_text())
     assert saved["compression"]["MNIST CNN"]["baseline_accuracy"] == mnist.test_accuracy
     assert saved["settings"]["quick"] is True

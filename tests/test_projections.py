@@ -14,7 +14,12 @@ from torch import nn
 from typer.testing import CliRunner
 
 from convsight.analysis.dataset_examples import receptive_field, top_examples
-from convsight.analysis.projections import display, project_examples, project_units
+from convsight.analysis.projections import (
+    display,
+    high_frequency_share,
+    project_examples,
+    project_units,
+)
 from convsight.cli import app
 from convsight.models import Model
 
@@ -156,7 +161,32 @@ def test_command_writes_grids_arrays_and_json(digits, tmp_path):
     with np.load(out / "projections.npz") as arrays:
         assert arrays["projections"].shape == (3, 3, 1, 28, 28)
         assert arrays["boxes"].shape == (3, 3, 4)
+        first = arrays["projections"][0, 0]
+        top, left, bottom, right = arrays["boxes"][0, 0]
+    share, noise = high_frequency_share(torch.from_numpy(first[:, top:bottom, left:right]))
+    example = summary["channels"][0]["examples"][0]
+    assert (example["high_frequency_share"], example["white_noise_share"]) == (share, noise)
+    texture = summary["high_frequency"]
+    assert texture["projections_measured"] == 9 and 0 < texture["mean_share"] < 1
     assert not list(out.rglob("*.part"))
+
+
+def test_high_frequency_share_tells_noise_and_checkerboards_from_smooth_maps():
+    torch.manual_seed(0)
+    share, noise = high_frequency_share(torch.randn(3, 96, 80))
+    assert noise == pytest.approx(1 - torch.pi * 0.25**2, abs=0.01)  # the disc's complement
+    assert share == pytest.approx(noise, abs=0.02)
+    checkerboard = (torch.arange(40)[:, None] + torch.arange(40)[None, :]) % 2
+    assert high_frequency_share(checkerboard[None].double())[0] > 0.999
+    y, x = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    blob = torch.exp(-((y - 20) ** 2 + (x - 17) ** 2) / (2 * 5.0**2))
+    assert high_frequency_share(torch.stack([blob, 2 * blob]))[0] < 1e-3
+    assert high_frequency_share(torch.ones(1, 8, 8)) is None  # no energy once the mean is gone
+    assert high_frequency_share(torch.randn(3, 1, 9)) is None  # a box clipped to one row
+    assert high_frequency_share(torch.randn(1, 7, 30)) is None  # too small to tell
+    assert high_frequency_share(torch.randn(1, 8, 8)) is not None
+    opposite = torch.stack([blob, -blob])  # colours that cancel in the mean
+    assert high_frequency_share(opposite) is None
 
 
 @pytest.mark.parametrize(

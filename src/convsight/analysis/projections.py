@@ -32,6 +32,8 @@ from convsight.models import Model
 from convsight.report.images import to_pil
 
 PAPER = "https://arxiv.org/abs/1311.2901"
+HIGH_FREQUENCY = 0.25  # cycles per pixel: above it lie pixel-scale texture and checkerboards
+TEXTURE_MIN_SIDE = 8  # a smaller box has too few frequencies below the cut to tell
 
 
 @dataclass
@@ -133,6 +135,30 @@ def project_examples(
         scores = [float(v) for v in examples.top_values[row].tolist()]
         found.append(ChannelProjections(channel, chosen, scores, patches, projections))
     return found
+
+
+def high_frequency_share(
+    projection: torch.Tensor, cut: float = HIGH_FREQUENCY
+) -> tuple[float, float] | None:
+    """How much of a projection (C x h x w, cut to its box) is pixel-scale texture: the share of
+    its energy at spatial frequencies above ``cut`` cycles per pixel, with the share white noise
+    has on the same grid (its expected value for a map with no spatial structure at all).
+
+    The map is averaged over colour and its mean removed first. ``None`` for a map with no
+    energy or with a side under ``TEXTURE_MIN_SIDE`` (a small receptive field, or a box clipped
+    at the border), where too few frequencies lie below the cut to tell texture from shape."""
+    if min(projection.shape[-2:]) < TEXTURE_MIN_SIDE:
+        return None
+    grey = projection.double().mean(0)
+    power = torch.fft.fft2(grey - grey.mean()).abs() ** 2
+    total = power.sum()
+    if total == 0:
+        return None
+    fy = torch.fft.fftfreq(grey.shape[0], dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(grey.shape[1], dtype=torch.float64)[None, :]
+    high = (fy**2 + fx**2).sqrt() > cut
+    noise = float(high.sum()) / (high.numel() - 1)  # every bin but the mean's, equally
+    return float(power[high].sum() / total), noise
 
 
 def display(projection: torch.Tensor) -> torch.Tensor:

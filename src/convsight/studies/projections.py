@@ -13,9 +13,11 @@ import torch
 
 from convsight.analysis.dataset_examples import ChannelExamples, receptive_field, top_examples
 from convsight.analysis.projections import (
+    HIGH_FREQUENCY,
     PAPER,
     ChannelProjections,
     display,
+    high_frequency_share,
     project_examples,
     tiles,
 )
@@ -27,6 +29,8 @@ from convsight.report import prepare_out_dir, safe_filename, write_json, write_n
 from convsight.report.images import write_pil
 from convsight.runtime import seed_everything
 from convsight.studies.atlas.inputs import dataset_images, load_dataset
+
+NEAR_NOISE = 0.9  # a layer's projections this close to white noise's share are called noise
 
 
 def check_projection_inputs(
@@ -75,9 +79,9 @@ def write_projections(
     rows = []
     for item in found:
         grid = safe_filename(f"{layer}-c{item.channel}.png")
-        crops = [display(m) for m in item.projections.crops()]
-        write_pil(out / grid, tiles([item.patches, crops]), within=out)
-        rows.append(_channel_row(item, grid, names))
+        crops = item.projections.crops()
+        write_pil(out / grid, tiles([item.patches, [display(c) for c in crops]]), within=out)
+        rows.append(_channel_row(item, grid, names, crops))
     _write_arrays(out, examples, found)
     summary = {
         "model": loaded.card.name,
@@ -92,6 +96,7 @@ def write_projections(
         "receptive_field": {"size": field.size, "stride": field.stride, "offset": field.offset},
         "rectifier_calls": sum(p.projections.rectifier_calls for p in found),
         "display": "each projection shown as 0.5 + x / (2 max|x|), per image (grey is 0)",
+        "high_frequency": _texture_summary(rows),
         "channels": rows,
         "seconds": time.perf_counter() - start,
     }
@@ -114,16 +119,49 @@ def _write_arrays(out: Path, examples: ChannelExamples, found: list[ChannelProje
     )
 
 
-def _channel_row(item: ChannelProjections, grid: str, names: list[str]) -> dict[str, Any]:
-    """The JSON of one channel: its grid and, per example, image, score, unit and box."""
-    examples = [
-        {"image": names[i], "score": s, "unit": {"y": int(u[1]), "x": int(u[2])}, "box": list(b)}
-        for i, s, u, b in zip(
-            item.images,
-            item.scores,
-            item.projections.units.tolist(),
-            item.projections.boxes,
-            strict=True,
+def _channel_row(
+    item: ChannelProjections, grid: str, names: list[str], crops: list[torch.Tensor]
+) -> dict[str, Any]:
+    """The JSON of one channel: its grid and, per example, image, score, unit, box and how
+    much of the projection is pixel-scale texture (:func:`high_frequency_share`)."""
+    examples = []
+    for i, s, u, b, c in zip(
+        item.images,
+        item.scores,
+        item.projections.units.tolist(),
+        item.projections.boxes,
+        crops,
+        strict=True,
+    ):
+        share, noise = high_frequency_share(c) or (None, None)
+        examples.append(
+            {
+                "image": names[i],
+                "score": s,
+                "unit": {"y": int(u[1]), "x": int(u[2])},
+                "box": list(b),
+                "high_frequency_share": share,
+                "white_noise_share": noise,
+            }
         )
-    ]
     return {"channel": item.channel, "grid": grid, "examples": examples}
+
+
+def _texture_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The layer's mean :func:`high_frequency_share` over its projections, beside white noise's;
+    ``near_white_noise`` when the mean is at least ``NEAR_NOISE`` of white noise's."""
+    measured = [e for row in rows for e in row["examples"] if e["high_frequency_share"] is not None]
+    count = len(measured)
+    share = sum(e["high_frequency_share"] for e in measured) / count if count else None
+    noise = sum(e["white_noise_share"] for e in measured) / count if count else None
+    return {
+        "cut_cycles_per_pixel": HIGH_FREQUENCY,
+        "meaning": "share of each projection's energy (colour mean less its mean, in its box) "
+        "above the cut; white noise on the same boxes has white_noise_share, and a projection "
+        "near it has no spatial structure left",
+        "mean_share": share,
+        "white_noise_share": noise,
+        "projections_measured": count,
+        "near_noise_factor": NEAR_NOISE,
+        "near_white_noise": bool(count and share >= NEAR_NOISE * noise),
+    }

@@ -17,7 +17,7 @@ from convsight.analysis.dataset_examples import (
     rank_examples,
     receptive_field,
 )
-from convsight.analysis.projections import tiles
+from convsight.analysis.projections import high_frequency_share, tiles
 from convsight.distributed import Work, shards
 from convsight.optvis.render import RenderResult
 from convsight.report import safe_filename, write_json, write_npz
@@ -156,7 +156,11 @@ def _write_examples(
     write_pil(folder / "img" / f"c{channel}_examples.png", strip, within=out)
     write_pil(folder / "img" / f"c{channel}_projections.png", tiles([projections]), within=out)
     values = examples["top_values"][channel].tolist()
-    return [
-        {"name": data.names[i], "value": v, "box": b}
-        for i, v, b in zip(chosen, values, boxes, strict=True)
-    ]
+    rows = []
+    for i, v, b, shown in zip(chosen, values, boxes, projections, strict=True):
+        share, noise = high_frequency_share(shown) or (None, None)  # display is affine
+        rows.append(
+            {"name": data.names[i], "value": v, "box": b}
+            | {"high_frequency_share": share, "white_noise_share": noise}
+        )
+    return rows

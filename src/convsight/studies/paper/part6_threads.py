@@ -53,8 +53,8 @@ class ThreadsResult:
 
 class ThreadsPart(Part[ThreadsResult]):
     """Invariances of a channel of the MNIST CNN (part 2) and of VGG16's last conv layer, from
-    the exact Hessian of their softplus surrogates; DeconvNet projections of VGG16's
-    ``features.28`` channels in the photos."""
+    the exact Hessian of their softplus surrogates; DeconvNet projections of VGG16's channels
+    in the photos, in the middle of the network and at its last conv layer."""
 
     key = "open_threads"
     section = "threads"
@@ -77,7 +77,9 @@ class ThreadsPart(Part[ThreadsResult]):
             except ConvsightError as exc:
                 not_run[f"{network} invariances"] = str(exc)
         if ctx.inputs.vgg16_weights is not None and ctx.inputs.photos is not None:
-            projections.append(self._projections(ctx))
+            projections += [
+                self._projections(ctx, layer) for layer in ctx.plan.threads_projection_layers
+            ]
         else:
             not_run["projections"] = "VGG16 weights and --photos are both needed"
         if not invariances and not projections:
@@ -110,13 +112,13 @@ class ThreadsPart(Part[ThreadsResult]):
             summary,
         )
 
-    def _projections(self, ctx) -> ProjectionFigure:
+    def _projections(self, ctx, layer: str) -> ProjectionFigure:
         from convsight.studies.projections import write_projections
 
-        out = ctx.out / "threads" / "projections-features.28"
+        out = ctx.out / "threads" / f"projections-{layer}"
         summary = write_projections(
             "vgg16",
-            "features.28",
+            layer,
             ctx.inputs.photos,
             out,
             channels=list(range(ctx.plan.threads_channels)),
@@ -126,4 +128,4 @@ class ThreadsPart(Part[ThreadsResult]):
             show_progress=ctx.show_progress,
         )
         figures = [ctx.rel(out / row["grid"]) for row in summary["channels"]]
-        return ProjectionFigure("VGG16", "features.28", figures, summary)
+        return ProjectionFigure("VGG16", layer, figures, summary)

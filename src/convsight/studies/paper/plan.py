@@ -27,7 +27,9 @@ class Plan:
     threads_softplus: float = 10.0  # beta of the softplus surrogate of the invariances
     threads_mnist_size: int | None = None  # render side of the MNIST unit (None: 28)
     threads_vgg16_size: int | None = 128
-    threads_channels: int = 4  # channels of features.28 projected
+    threads_channels: int = 4  # channels of each projected layer
+    # VGG16 layers projected: the middle (a readable projection) and the last conv layer
+    threads_projection_layers: tuple[str, ...] = ("features.8", "features.28")
 
 
 FULL = Plan(10, 16, None, None, None, 5, 224, 224)
