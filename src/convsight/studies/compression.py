@@ -41,6 +41,8 @@ from convsight.runtime import resolve_device, seed_everything
 from convsight.train import check_lr, evaluate, fit
 
 THRESHOLDS = (0.95, 0.9, 0.85, 0.8)
+RANDOM_REPEATS = 3  # random removals per point
+BATCH_SIZE = 128
 ALL = "all conv layers"
 Removal = dict[str, list[int]]  # conv layer -> filters removed
 
@@ -244,13 +246,17 @@ def _layer_rows(points, norms, redundancy, thresholds) -> dict[str, dict[str, An
     }
 
 
-def _check_request(thresholds: Sequence[float], repeats: int, images: int, batch: int) -> None:
+def _check_request(
+    thresholds: Sequence[float], repeats: int, images: int, batch: int, test: int | None
+) -> None:
     if not thresholds or any(not 0 < t <= 1 for t in thresholds):
         raise ConvsightError(f"--thresholds must be in (0, 1], not {list(thresholds)}")
     if repeats < 1 or images < 0 or batch < 1:
         raise ConvsightError(
             "--random-repeats and --batch-size must be at least 1, --finetune-images at least 0"
         )
+    if test is not None and test < 1:
+        raise ConvsightError(f"--test-images must be at least 1, not {test}")
 
 
 def check_compression(
@@ -261,11 +267,9 @@ def check_compression(
     seed: int = 0,
 ) -> None:
     """What :func:`compress` would refuse, refused now in one sentence (the data is read)."""
-    _check_request(THRESHOLDS, 3, finetune_images, 128)
-    if test_images is not None and test_images < 1:
-        raise ConvsightError(f"--test-images must be at least 1, not {test_images}")
+    _check_request(THRESHOLDS, RANDOM_REPEATS, finetune_images, BATCH_SIZE, test_images)
     _removal_points(model)
-    compression_data(model, data, 128, 0, seed, test_images=1)
+    compression_data(model, data, BATCH_SIZE, 0, seed, test_images=1)
 
 
 def compress(
@@ -274,11 +278,11 @@ def compress(
     out: str | os.PathLike,
     weights: str | os.PathLike | None = None,
     thresholds: Sequence[float] = THRESHOLDS,
-    random_repeats: int = 3,
+    random_repeats: int = RANDOM_REPEATS,
     finetune_images: int = 10000,
     test_images: int | None = None,
     lr: float = 1e-3,
-    batch_size: int = 128,
+    batch_size: int = BATCH_SIZE,
     seed: int = 0,
     device: str = "auto",
     show_progress: bool = True,
@@ -289,9 +293,7 @@ def compress(
     ``finetune_images``: the training images of the one fine-tuning epoch (0: none);
     ``test_images``: score on the first that many test images (None: all).
     """
-    _check_request(thresholds, random_repeats, finetune_images, batch_size)
-    if test_images is not None and test_images < 1:
-        raise ConvsightError(f"--test-images must be at least 1, not {test_images}")
+    _check_request(thresholds, random_repeats, finetune_images, batch_size, test_images)
     check_lr(lr)
     loaded = model if isinstance(model, Model) else load_model(model, weights)
     module = loaded.module.eval()

@@ -78,7 +78,7 @@ def run_record(job: AtlasJob) -> dict[str, Any]:
             "invariances_softplus": job.invariances or None,  # None: no invariances
             "compression": (
                 {
-                    "data": str(Path(job.compression.data).resolve()),
+                    "data": str(job.compression.data.resolve()),
                     "finetune_images": job.compression.finetune_images,
                     "test_images": job.compression.test_images,
                 }
