@@ -16,7 +16,7 @@ from convsight.analysis.filters import filter_redundancy
 from convsight.data import load_mnist
 from convsight.errors import ConvsightError
 from convsight.models import load_model
-from convsight.report import TEMP_PREFIX, TEMP_SUFFIX, write_checkpoint
+from convsight.report import OUT_MARKER, TEMP_PREFIX, TEMP_SUFFIX, write_checkpoint
 from convsight.studies.atlas import LOCK_FILE, RUN_FILE, build_atlas
 from tests.conftest import assert_images_loaded, open_page
 
@@ -278,7 +278,7 @@ def test_a_second_atlas_in_the_same_folder_is_refused(tiny, tmp_path):
         fcntl.flock(fd, fcntl.LOCK_EX)
         with pytest.raises(ConvsightError, match=f"another convsight atlas is writing into {out}"):
             tiny_atlas(tiny, out)
-        assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # nothing written
+        assert {p.name for p in out.iterdir()} == {LOCK_FILE, OUT_MARKER}  # nothing written
     finally:
         os.close(fd)
     assert tiny_atlas(tiny, out)["rendered_this_run"] == 8  # free again

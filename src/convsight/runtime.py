@@ -9,11 +9,18 @@ import torch
 
 from convsight.errors import ConvsightError
 
+COMPUTE_DEVICES = ("cpu", "cuda", "mps")
+"""Device types convsight runs on (``meta`` holds no data; others are untested)."""
+MAX_SEED = 2**32 - 1
+"""The largest seed (NumPy's seeds are 32-bit)."""
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch: same seed, same machine, same output."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConvsightError(f"a seed must be a whole number from 0 to {MAX_SEED}, not {seed}")
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 
@@ -25,6 +32,12 @@ def resolve_device(device: str = "auto") -> torch.device:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise ConvsightError(f"unknown device '{device}'") from exc
+    if dev.type not in COMPUTE_DEVICES:
+        raise ConvsightError(
+            f"device '{device}' holds no data convsight can compute on; use auto, cpu or cuda"
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConvsightError(f"device '{device}' is not available on this machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConvsightError(f"device '{device}' is not available on this machine")
     return dev

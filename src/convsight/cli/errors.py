@@ -16,6 +16,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from convsight.errors import ConvsightError
+from convsight.models.card_validation import finite_float32
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -97,6 +98,15 @@ def card_warnings_on_stderr() -> Iterator[None]:
         yield
 
 
+def check_finite_flags(flags: dict[str, Any]) -> None:
+    """Every number flag finite in 32-bit floating point (``--lr inf`` and ``--lr 1e39`` are
+    refused like ``--lr nan``)."""
+    for name, value in flags.items():
+        if isinstance(value, float) and not finite_float32(value):
+            flag = "--" + name.rstrip("_").replace("_", "-")
+            raise ConvsightError(f"{flag} must be a finite number, not {value:g}")
+
+
 def command(fn: F) -> F:
     """Turn bad input into one sentence and exit 2, other failures into one line and exit 1;
     a card warning is one line on stderr."""
@@ -104,6 +114,7 @@ def command(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            check_finite_flags(kwargs)
             with card_warnings_on_stderr():
                 return fn(*args, **kwargs)
         except ConvsightError as exc:

@@ -21,6 +21,7 @@ import typer
 from convsight.attribution import METHODS
 from convsight.optvis.settings import OPTIMIZERS as RENDER_OPTIMIZERS
 from convsight.optvis.settings import PARAMS, PRECISIONS, PRESETS
+from convsight.runtime import MAX_SEED
 from convsight.studies.attribution import DEFAULT_METHODS, ENGINES, METRICS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,8 +43,11 @@ ModelArg = Annotated[str, typer.Argument(help="Model name or checkpoint path.")]
 WeightsOpt = Annotated[
     Path | None, typer.Option("--weights", help="Local state dict; its card (.json) beside it.")
 ]
-OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+OutOpt = Annotated[str, typer.Option("--out", help="Output folder (new, empty or convsight's).")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Write into an --out folder that holds other files.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED, help="Random seed.")]
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -311,6 +315,14 @@ class RunFlags:
     device: str | None = None
     quiet: bool | None = None
 
+    @classmethod
+    def checked(cls, out: str, force: bool = False, **flags: Any) -> RunFlags:
+        """What the flags say, ``--out`` checked first (:func:`check_out_dir`): before any
+        work, a folder of the user's is not written into without ``--force``."""
+        from convsight.report.files import check_out_dir
+
+        return cls(check_out_dir(out, force), **flags)
+
     def arguments(self) -> dict[str, Any]:
         """As keyword arguments of a study: ``out``, ``seed``, ``device``, ``show_progress``."""
         given = {"out": self.out, "seed": self.seed, "device": self.device}
@@ -320,14 +332,15 @@ class RunFlags:
 
 
 def run_options(out: str | None, device: bool = False, quiet: bool = True):
-    """The ``--out`` (default ``out``; None: required), ``--seed`` and, when asked for,
+    """The ``--out`` (default ``out``; None: required), ``--force``, ``--seed`` and, when asked for,
     ``--device`` and ``--quiet`` flags, handed to the command as ``run``."""
     flags = {
-        "out": Flag(OutOpt, inspect.Parameter.empty if out is None else Path(out)),
+        "out": Flag(OutOpt, inspect.Parameter.empty if out is None else out),
+        "force": Flag(ForceOpt, False),
         "seed": Flag(SeedOpt, 0),
     }
     if device:
         flags["device"] = Flag(DeviceOpt, "auto")
     if quiet:
         flags["quiet"] = Flag(QuietOpt, False)
-    return option_group(flags, RunFlags, "run")
+    return option_group(flags, RunFlags.checked, "run")

@@ -8,19 +8,22 @@ cannot claim gigabytes. High bit depths are read at their real range: 16-bit gre
 refused outside 0..65535, float grey (``F``) is taken as [0, 1] and refused outside it.
 16-bit colour PNGs are decoded by Pillow to 8 bits per channel. Palette, CMYK, ``1``, ``LA``
 and ``RGBA`` images are converted by Pillow; an alpha channel is dropped (not composited).
+An EXIF orientation (a phone photo stored sideways) is applied, so an image is analysed as
+every viewer shows it; :func:`exif_orientation` tells which was applied.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
@@ -33,6 +36,7 @@ MAX_ASPECT_RATIO = 20.0
 """The most elongated image a photo model takes (longer side / shorter side)."""
 
 _HIGH_BIT_MODES = ("I", "F")  # and every "I;16..." mode
+_ORIENTATION_TAG = 0x0112  # EXIF orientation: 1 as stored, 2-8 mirrored and/or rotated
 
 
 def check_image_size(width: int, height: int, name: str = "image") -> None:
@@ -49,7 +53,8 @@ def check_image_size(width: int, height: int, name: str = "image") -> None:
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image file; a missing, non-image, corrupt or huge file raises.
 
-    The size in the header is checked before decoding (:data:`MAX_IMAGE_PIXELS`).
+    The size in the header is checked before decoding (:data:`MAX_IMAGE_PIXELS`); an EXIF
+    orientation is applied (the image as viewers show it).
     """
     path = Path(path)
     require_file(path, "image")
@@ -59,7 +64,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             with Image.open(path) as img:
                 check_image_size(img.width, img.height, f"image {path}")
                 img.load()
-                return img.copy()
+                return _upright(img)
     except ConvsightError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -80,6 +85,26 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ConvsightError(f"image {path} is corrupt or truncated ({exc})") from exc
     except (SyntaxError, ValueError, EOFError) as exc:
         raise ConvsightError(f"image {path} is corrupt or truncated ({exc})") from exc
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """A copy of ``img`` with its EXIF orientation applied (as stored when the EXIF block
+    itself cannot be read: the pixels are fine, only the tag is lost)."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except (ValueError, TypeError, KeyError, SyntaxError, struct.error):
+        return img.copy()
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation :func:`load_image` applies to ``path`` (1: none; 6: stored turned
+    90 degrees); read from the header only, 1 when the file has none or cannot be read."""
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _channels(img: Image.Image) -> int:

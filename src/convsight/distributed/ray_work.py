@@ -75,10 +75,34 @@ def _check_reachable(address: str) -> None:
     if not host or not port.isdigit():
         raise ConvsightError(f"--ray takes local, auto or HOST:PORT, not '{address}'")
     try:
-        socket.create_connection((host, int(port)), timeout=REACH_SECONDS).close()
+        with socket.create_connection((host, int(port)), timeout=REACH_SECONDS) as sock:
+            speaks_grpc = _answers_http2(sock)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConvsightError(f"no Ray cluster answers at {address} ({reason})") from None
+    if not speaks_grpc:
+        raise ConvsightError(
+            f"{address} answers, but not as a Ray head node does (gRPC); give the address "
+            "`ray start --head` printed (its GCS port, 6379 by default)"
+        )
+
+
+# An HTTP/2 client's first bytes: the connection preface and an empty SETTINGS frame.
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _answers_http2(sock: socket.socket) -> bool:
+    """Whether the server on ``sock`` answers an HTTP/2 greeting with a SETTINGS frame, as
+    Ray's GCS (a gRPC server) does; a web server or anything else does not, and Ray would
+    otherwise retry it for minutes, logging every try."""
+    sock.sendall(_HTTP2_HELLO)
+    header = b""
+    while len(header) < 9:
+        chunk = sock.recv(9 - len(header))
+        if not chunk:
+            return False
+        header += chunk
+    return header[3] == 4  # the frame type: SETTINGS
 
 
 def _call(fn: Callable[..., Any], keys: list[str], threads: int, item: dict, *values: Any) -> Any:

@@ -6,10 +6,11 @@ Field names in messages follow the card's JSON layout (``input.mean``, ``labels`
 from __future__ import annotations
 
 import json
-import math
 import numbers
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from convsight.errors import ConvsightError
 from convsight.models.labels import imagenet_labels
@@ -21,6 +22,8 @@ MAX_INPUT_SIDE = 4096
 """The largest input side (height or width, and resize) a card may give."""
 MAX_CHANNELS = 4
 MAX_NUM_CLASSES = 100_000
+MAX_LABEL_CHARS = 1000
+"""The longest class name a card may give (names become titles and file names)."""
 AUTO = "auto"
 """``resize="auto"``: the usual resize for the input size (see :func:`default_resize`)."""
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -76,6 +79,7 @@ def _check_input(card: ModelCard) -> None:
     card.channels = _whole_number(card, "input.channels", card.channels, 1, MAX_CHANNELS, wanted)
     card.mean = channel_values(card, "input.mean", card.mean, positive=False)
     card.std = channel_values(card, "input.std", card.std, positive=True)
+    _check_normalized_range(card)
     if card.resize == AUTO:
         card.resize = default_resize(size)
     if card.resize is not None:
@@ -93,6 +97,27 @@ def _check_input(card: ModelCard) -> None:
             "input.interpolation",
             f"it must be one of {', '.join(INTERPOLATIONS)}, not {show(card.interpolation)}",
         )
+
+
+def finite_float32(number: float) -> bool:
+    """Whether ``number`` stays finite as a 32-bit float (1e308 does not)."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.float32(number)))
+
+
+def _check_normalized_range(card: ModelCard) -> None:
+    """Pixels 0 and 1, normalized with the card's mean and std, must stay finite in 32-bit
+    floats (a std of 1e-40 would turn every pixel into infinity)."""
+    for value in (0.0, 1.0):
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            pixel = (np.float32(value) - np.float32(card.mean)) / np.float32(card.std)
+        if not np.isfinite(pixel).all():
+            raise bad_field(
+                card,
+                "input.std",
+                f"pixel value {value:g} normalized with mean {show(list(card.mean))} and std "
+                f"{show(list(card.std))} overflows 32-bit floating point",
+            )
 
 
 def _check_classes(card: ModelCard) -> None:
@@ -114,6 +139,14 @@ def _check_classes(card: ModelCard) -> None:
             )
         if not labels:
             raise bad_field(card, "labels", "the list is empty (use null for no labels)")
+        longest = max(labels, key=len)
+        if len(longest) > MAX_LABEL_CHARS:
+            raise bad_field(
+                card,
+                "labels",
+                f"class name {show(longest)} has {len(longest)} characters, more than the "
+                f"{MAX_LABEL_CHARS} a class name may have",
+            )
         if len(labels) > MAX_NUM_CLASSES:
             raise bad_field(
                 card, "labels", f"it names {len(labels)} classes, more than {MAX_NUM_CLASSES}"
@@ -159,8 +192,9 @@ def channel_values(
         if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
             raise bad_field(card, field_name, f"it must hold {wanted}, not {show(value)}")
         number = float(value)
-        if not math.isfinite(number) or (positive and number <= 0):
-            raise bad_field(card, field_name, f"it must hold {wanted}, not {show(value)}")
+        if not finite_float32(number) or (positive and np.float32(number) <= 0):
+            wanted_here = f"{wanted} in 32-bit floating point (what the model computes in)"
+            raise bad_field(card, field_name, f"it must hold {wanted_here}, not {show(value)}")
         result.append(number)
     if len(result) != card.channels:
         raise bad_field(

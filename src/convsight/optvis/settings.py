@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from convsight.errors import ConvsightError
+from convsight.models.card_validation import finite_float32
 
 
 @dataclass
@@ -158,8 +159,20 @@ PRECISIONS = ("fp32", "bf16")
 CLASS_OBJECTIVES = ("logit", "margin", "logsoftmax", "cossim")
 
 
+def _check_finite(s: RenderSettings) -> None:
+    """Every number of ``s`` finite in 32-bit floating point (what the render computes in)."""
+    for key, value in s.to_dict().items():
+        numbers = value if isinstance(value, (tuple, list)) else (value,)
+        for number in numbers:
+            if isinstance(number, float) and not finite_float32(number):
+                raise ConvsightError(
+                    f"{key.replace('_', '-')} must be a finite number, not {number}"
+                )
+
+
 def validate_settings(s: RenderSettings) -> None:
     """Bad values fail here, before any work."""
+    _check_finite(s)
     checks = [
         (s.steps >= 1, f"steps must be at least 1, not {s.steps}"),
         (s.size is None or s.size >= 8, f"size must be at least 8 pixels, not {s.size}"),

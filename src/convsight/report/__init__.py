@@ -1,10 +1,12 @@
 """Outputs: figures (grids, plots) and whole files written atomically."""
 
 from convsight.report.files import (
+    OUT_MARKER,
     TEMP_PREFIX,
     TEMP_SUFFIX,
     atomic_path,
     check_inside,
+    check_out_dir,
     is_own_temporary,
     out_dir_kept_if_written,
     out_file,
@@ -22,11 +24,13 @@ from convsight.report.grids import channel_grid
 from convsight.report.plots import training_curves
 
 __all__ = [
+    "OUT_MARKER",
     "TEMP_PREFIX",
     "TEMP_SUFFIX",
     "atomic_path",
     "channel_grid",
     "check_inside",
+    "check_out_dir",
     "is_own_temporary",
     "out_file",
     "out_dir_kept_if_written",

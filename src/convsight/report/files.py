@@ -9,6 +9,7 @@ the user's umask; convsight deletes only its own temporaries (:func:`remove_own_
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import os
@@ -134,8 +135,39 @@ def check_inside(path: str | os.PathLike, root: str | os.PathLike) -> None:
         )
 
 
+OUT_MARKER = ".convsight-output"
+"""The file that marks a folder as convsight's output folder (written by
+:func:`prepare_out_dir`); the command line writes into a folder that holds other files only
+with ``--force``."""
+
+
+def check_out_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """``--out`` as a Path when it names a folder convsight may write into: a new folder, an
+    empty one, or one convsight marked as its own (:data:`OUT_MARKER`); a folder holding
+    other files only with ``force``. Reads only: nothing is created."""
+    if not str(out).strip():
+        raise ConvsightError("--out must name a folder, not an empty string")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConvsightError(f"output path {path} exists and is not a folder")
+    if force or not path.is_dir() or (path / OUT_MARKER).is_file():
+        return path
+    try:
+        foreign = next(iter(os.scandir(path)), None)
+    except OSError as exc:
+        raise ConvsightError(f"cannot read output folder {path}: {exc.strerror}") from exc
+    if foreign is not None:
+        raise ConvsightError(
+            f"output folder {path} holds files convsight did not write (such as "
+            f"'{foreign.name}'); choose a new or empty folder, or pass --force to write into "
+            "it (files of the same name are replaced)"
+        )
+    return path
+
+
 def prepare_out_dir(out: str | os.PathLike) -> Path:
-    """Create the output folder (and parents); fail clearly if it is a file or not writable."""
+    """Create the output folder (and parents) and mark it as convsight's (:data:`OUT_MARKER`);
+    fail clearly if it is a file or not writable."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConvsightError(f"output path {out} exists and is not a folder")
@@ -145,6 +177,8 @@ def prepare_out_dir(out: str | os.PathLike) -> Path:
         raise ConvsightError(f"cannot create output folder {out}: {exc.strerror}") from exc
     if not os.access(out, os.W_OK):
         raise ConvsightError(f"output folder {out} is not writable")
+    if not (out / OUT_MARKER).is_file():
+        write_text(out / OUT_MARKER, "This folder holds convsight's output.\n")
     return out
 
 
@@ -159,7 +193,8 @@ def out_dir_kept_if_written(out: str | os.PathLike) -> Iterator[Path]:
     try:
         yield path
     except BaseException:
-        if created and path.is_dir() and not any(path.iterdir()):
+        if created and path.is_dir() and {p.name for p in path.iterdir()} <= {OUT_MARKER}:
+            (path / OUT_MARKER).unlink(missing_ok=True)
             path.rmdir()
         raise
 
@@ -195,12 +230,17 @@ def _mount_point(path: Path) -> Path:
     return folder
 
 
-def _disk_full(exc: OSError, path: Path) -> ConvsightError | None:
-    """The one-sentence error for a full disk or quota (None for any other OSError)."""
+def _write_error(exc: OSError, path: Path) -> ConvsightError | None:
+    """The one-sentence error for a full disk or quota, or a folder that may not be written
+    (None for any other OSError)."""
     if exc.errno == errno.ENOSPC:
         return ConvsightError(f"no space left on {_mount_point(path)} while writing {path}")
     if exc.errno == getattr(errno, "EDQUOT", None):
         return ConvsightError(f"disk quota exceeded on {_mount_point(path)} while writing {path}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ConvsightError(f"permission denied while writing {path}")
+    if exc.errno == errno.EROFS:
+        return ConvsightError(f"cannot write {path}: {_mount_point(path)} is read-only")
     return None
 
 
@@ -226,8 +266,8 @@ def atomic_path(path: str | os.PathLike, within: str | os.PathLike | None = None
 
     A path with a ``..`` part is refused, and so is one that resolves outside ``within`` (the
     output folder) when given; missing parent folders are created (inside ``within``). The file
-    gets the user's umask. A full disk is one sentence (``ConvsightError``); the temporary is
-    removed and an existing ``path`` is left as it was.
+    gets the user's umask. A full disk or a denied write is one sentence
+    (``ConvsightError``); the temporary is removed and an existing ``path`` is left as it was.
     """
     path = Path(path)
     if ".." in path.parts:
@@ -242,7 +282,7 @@ def atomic_path(path: str | os.PathLike, within: str | os.PathLike | None = None
             yield tmp
             os.replace(tmp, path)
         except OSError as exc:
-            error = _disk_full(exc, path)
+            error = _write_error(exc, path)
             if error is not None:
                 raise error from exc
             raise
@@ -323,8 +363,9 @@ def write_checkpoint(path: str | os.PathLike, module: nn.Module, card: ModelCard
     """Save the state dict (readable with ``weights_only=True``) and its card beside it."""
     path = Path(path)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    buffer = io.BytesIO()  # torch's own writer turns a full disk into a RuntimeError
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:  # write errors (a full disk) surface as OSError
-            torch.save(state, handle)
+        tmp.write_bytes(buffer.getbuffer())  # write errors (a full disk) surface as OSError
     write_json(card_path(path), card.to_dict())
     return path

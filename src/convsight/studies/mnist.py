@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from convsight.activations import activations
-from convsight.data import load_image_tensor, load_mnist, mnist_loaders
+from convsight.data import exif_orientation, load_image_tensor, load_mnist, mnist_loaders
 from convsight.errors import ConvsightError
 from convsight.layers import check_map_layers, conv_layer_names
 from convsight.models import Model, build_seed, load_model
@@ -109,7 +109,9 @@ def _activation_input(
     if image is not None and mnist_index is not None:
         raise ConvsightError("give either --image or --mnist-index, not both")
     if image is not None:
-        return load_image_tensor(image, card), str(image)
+        turned = exif_orientation(image)
+        note = f" (EXIF orientation {turned} applied)" if turned != 1 else ""
+        return load_image_tensor(image, card), f"{image}{note}"
     if (card.channels, *card.input_size) != (1, 28, 28):
         raise ConvsightError(
             f"model '{card.name}' takes {card.channels}x{card.input_size[0]}x"

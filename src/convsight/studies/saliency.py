@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from convsight.attribution import CAM, Method
-from convsight.data import load_image_tensor
+from convsight.data import exif_orientation, load_image_tensor
 from convsight.errors import ConvsightError
 from convsight.models import Model, load_model
 from convsight.progress import progress_bar
@@ -166,6 +166,7 @@ def _images_summary(
     predicted = probs.argmax(1).tolist()
     return {
         "images": [str(p) for p in paths],
+        "exif_orientation": [exif_orientation(p) for p in paths],  # applied; 1: as stored
         "panels": [{"image": str(p), "file": f} for p, f in zip(paths, panels, strict=True)],
         "targets": [{"class": t, "label": label(t)} for t in targets],
         "target_probability": [float(probs[i, t]) for i, t in enumerate(targets)],

@@ -3,7 +3,9 @@ top dataset examples; one record per channel marks it done."""
 
 from __future__ import annotations
 
+import json
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +79,31 @@ def render_layer(
 
 
 def todo_channels(job: AtlasJob, name: str, folder: Path) -> list[int]:
-    """The chosen channels of layer ``name`` that have no record in ``folder`` yet."""
-    return [c for c in job.chosen[name] if not (folder / "records" / f"c{c}.json").exists()]
+    """The chosen channels of layer ``name`` not done in ``folder``: no record yet, or one
+    that cannot be read or names an image that is gone (a damaged channel is redone)."""
+    return [c for c in job.chosen[name] if not _channel_done(job, folder, c)]
+
+
+def _channel_done(job: AtlasJob, folder: Path, channel: int) -> bool:
+    """Whether ``channel`` has a readable record of every preset and all its images."""
+    try:
+        record = json.loads((folder / "records" / f"c{channel}.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or not isinstance(record.get("values"), dict):
+        return False
+    if not isinstance(record.get("dead"), bool):
+        return False
+    images = [f"c{channel}_{safe_filename(p)}.png" for p in job.presets]
+    if job.dataset is not None:
+        images += [f"c{channel}_examples.png", f"c{channel}_projections.png"]
+        if not isinstance(record.get("examples"), list):
+            return False
+    if job.invariances:
+        images.append(f"c{channel}_invariance.gif")
+    return set(job.presets) <= set(record["values"]) and all(
+        (folder / "img" / image).is_file() for image in images
+    )
 
 
 def _channel_record(
@@ -105,6 +130,15 @@ def _channel_record(
     }
 
 
+def _readable(path: Path) -> bool:
+    """Whether the ``.npz`` file at ``path`` exists and reads whole (else it is made again)."""
+    try:
+        load_npz(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+    return True
+
+
 def load_npz(path: Path) -> dict[str, torch.Tensor]:
     """The arrays of an ``.npz`` file as tensors."""
     import numpy as np
@@ -117,7 +151,7 @@ def find_examples(job: AtlasJob, folders: dict[str, Path], out: Path, work: Work
     """Top dataset examples of every channel of each layer in ``folders`` that has none
     recorded yet: one pass over the dataset for them all, cut into slices over the workers;
     each layer's ``examples.npz`` written."""
-    missing = [name for name, folder in folders.items() if not (folder / EXAMPLES_FILE).exists()]
+    missing = [name for name, folder in folders.items() if not _readable(folder / EXAMPLES_FILE)]
     if not missing or job.dataset is None:
         return
     pixels = job.dataset.pixels

@@ -184,7 +184,14 @@ def atlas_lock(out: Path) -> Iterator[None]:
     except ImportError:  # no flock on this system (Windows): no lock
         yield
         return
-    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(out / LOCK_FILE, flags, 0o666)  # a link in its place is not followed
+    except OSError as exc:
+        raise ConvsightError(
+            f"cannot take the atlas lock {out / LOCK_FILE} ({exc.strerror}); if it is a link, "
+            "remove it"
+        ) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
