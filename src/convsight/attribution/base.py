@@ -173,9 +173,8 @@ class Method:
         return self.model.module(self.model.normalize(pixels).contiguous(memory_format=layout))
 
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The predicted class of each image."""
-        with torch.no_grad():
-            return self.forward(inputs).argmax(1).cpu()
+        """The predicted class of each image (:func:`predict_classes`: a batch at a time)."""
+        return predict_classes(self.model, inputs)
 
     def input_gradient(
         self, pixels: torch.Tensor, targets: torch.Tensor, batch_size: int | None = None
@@ -225,6 +224,22 @@ def forward_batch(device: torch.device) -> int:
     of 4 runs 2.3x faster per image than a batch of 16 there: the activations stay in cache),
     64 on a GPU."""
     return 4 if device.type == "cpu" else 64
+
+
+def predict_classes(
+    model: Model, pixels: torch.Tensor, batch_size: int | None = None
+) -> torch.Tensor:
+    """The predicted class of each pixel input (a CPU tensor), no gradients, ``batch_size``
+    rows per forward pass (default :func:`forward_batch`), so memory holds one batch's
+    activations whatever the number of inputs."""
+    layout, _ = memory_format_for(model)
+    size = batch_size or forward_batch(model.device)
+    classes = torch.empty(pixels.shape[0], dtype=torch.long)
+    with torch.no_grad():
+        for part in chunks(pixels.shape[0], size):
+            x = model.normalize(pixels[part].to(model.device))
+            classes[part] = model.module(x.contiguous(memory_format=layout)).argmax(1).cpu()
+    return classes
 
 
 def forward_scores(

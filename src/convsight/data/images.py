@@ -18,7 +18,8 @@ import os
 import re
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -227,21 +228,91 @@ def load_image_tensor(path: str | os.PathLike, card: ModelCard) -> torch.Tensor:
     return to_model_pixels(load_image(path), card, name=str(path)).unsqueeze(0)
 
 
+@dataclass
+class ImageChunk:
+    """Up to ``size`` readable images of a file list (:func:`readable_image_chunks`): their
+    pixels (k x C x H x W), their files, and the files left out on the way with the reason."""
+
+    pixels: torch.Tensor
+    files: list[Path]
+    skipped: list[dict[str, str]]
+
+
+def readable_image_chunks(
+    files: Sequence[Path], card: ModelCard, size: int, what: str = "image"
+) -> Iterator[ImageChunk]:
+    """The readable files for ``card``, ``size`` images at a time, in order; each file is
+    decoded only when its chunk is reached, so memory holds one chunk, not the folder.
+
+    Every chunk but the last holds exactly ``size`` images; the last may hold none (only files
+    skipped after the last image). No readable file at all raises once every file is tried.
+    """
+    size = max(1, int(size))
+    pixels: list[torch.Tensor] = []
+    kept: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    read = 0
+    for path in files:
+        try:
+            pixels.append(to_model_pixels(load_image(path), card, str(path)))
+            kept.append(Path(path))
+            read += 1
+        except ConvsightError as exc:
+            skipped.append({"path": str(path), "reason": str(exc)})
+        if len(kept) == size:
+            yield ImageChunk(torch.stack(pixels), kept, skipped)
+            pixels, kept, skipped = [], [], []
+    if not read:
+        raise ConvsightError(f"no {what} could be read for model '{card.name}'")
+    if kept or skipped:
+        stacked = torch.stack(pixels) if pixels else torch.empty(0, card.channels, *card.input_size)
+        yield ImageChunk(stacked, kept, skipped)
+
+
+class ImageStream:
+    """The readable images of ``files`` for ``card``, ``size`` at a time
+    (:func:`readable_image_chunks`, decoded when reached), and the files kept and skipped so
+    far. :meth:`check` decodes the first chunk ahead, so a list without one readable image
+    fails before any work; iterating yields that chunk and then the rest, once."""
+
+    def __init__(
+        self, files: Sequence[Path], card: ModelCard, size: int, what: str = "image"
+    ) -> None:
+        self.files = list(files)
+        self.kept: list[Path] = []
+        self.skipped: list[dict[str, str]] = []
+        self._chunks = readable_image_chunks(self.files, card, size, what)
+        self._first: ImageChunk | None = None
+
+    def check(self) -> None:
+        """Decode up to the first chunk; no readable file at all raises here."""
+        if self._first is None:
+            self._first = next(self._chunks, None)
+
+    def _decoded(self) -> Iterator[ImageChunk]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+            del first  # the caller holds the chunk only as long as it needs it
+        yield from self._chunks
+
+    def __iter__(self) -> Iterator[ImageChunk]:
+        for chunk in self._decoded():
+            self.kept += chunk.files
+            self.skipped += chunk.skipped
+            yield chunk
+
+
 def load_readable_images(
     files: Sequence[Path], card: ModelCard, what: str = "image"
 ) -> tuple[torch.Tensor, list[Path], list[dict[str, str]]]:
     """Pixels (N x C x H x W) of every readable file for ``card``, the files kept, and the
     files left out with the reason (unreadable, corrupt, too large, wrong shape).
 
-    For a folder of images: one bad file is skipped and reported, not an abort.
+    For a folder of images: one bad file is skipped and reported, not an abort. Every image is
+    held at once; a pass that can go a chunk at a time uses :func:`readable_image_chunks`.
     """
-    pixels, kept, skipped = [], [], []
-    for path in files:
-        try:
-            pixels.append(to_model_pixels(load_image(path), card, str(path)))
-            kept.append(Path(path))
-        except ConvsightError as exc:
-            skipped.append({"path": str(path), "reason": str(exc)})
-    if not pixels:
-        raise ConvsightError(f"no {what} could be read for model '{card.name}'")
-    return torch.stack(pixels), kept, skipped
+    chunks = list(readable_image_chunks(files, card, 64, what))
+    pixels = torch.cat([c.pixels for c in chunks])
+    kept = [f for c in chunks for f in c.files]
+    return pixels, kept, [s for c in chunks for s in c.skipped]

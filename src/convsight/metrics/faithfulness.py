@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import torch
 import torch.nn.functional as F
 
-from convsight.attribution.base import Target, check_inputs, forward_scores, resolve_targets
+from convsight.attribution.base import (
+    Target,
+    check_inputs,
+    forward_scores,
+    predict_classes,
+    resolve_targets,
+)
 from convsight.errors import ConvsightError
 from convsight.models import Model
 
@@ -97,8 +103,7 @@ def _curves(
         raise ConvsightError("the step must be at least one pixel")
     targets = resolve_targets(model, target, n)
     if targets is None:
-        with torch.no_grad():
-            targets = model.module(model.normalize(inputs)).argmax(1).cpu()
+        targets = predict_classes(model, inputs, batch_size)
     steps = math.ceil(h * w / step)
     rank = _order(saliency.to(inputs.device)).view(n, 1, h, w)
     start, finish = start.to(inputs.device), finish.to(inputs.device)

@@ -1,14 +1,15 @@
 """How good are the maps (``evaluate``): deletion / insertion AUC and the randomization check.
 
 Every input is checked before any expensive work; files are written through
-:mod:`convsight.report` (whole files only).
+:mod:`convsight.report` (whole files only). Images go through a chunk at a time (decoded when
+reached, for a folder), so memory does not grow with the number of images.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ import torch
 from rich.progress import Progress, TaskID
 
 from convsight.attribution import Method
+from convsight.attribution.base import predict_classes
 from convsight.data.folder import IMAGE_SUFFIXES
-from convsight.data.images import load_readable_images
+from convsight.data.images import ImageStream
 from convsight.errors import ConvsightError
 from convsight.metrics import Curves, deletion, insertion, model_randomization
 from convsight.models import Model, load_model
@@ -115,60 +117,119 @@ def _curve(
     )
 
 
-def evaluate_method(
-    model: Model,
-    pixels: torch.Tensor,
-    targets: Sequence[int],
-    cls: type[Method],
-    options: dict[str, Any],
-    protocol: Protocol,
-    progress: tuple[Progress, TaskID] | None = None,
-) -> dict[str, Any]:
-    """One method's entry: its options, how it ran, the curves' AUCs (mean, spread, per
-    image) and mean curves, the sanity check, and seconds per part. ``progress`` (a bar and
-    its task) advances by each chunk of images."""
-    n = pixels.shape[0]
-    entry: dict[str, Any] = {"options": options, "seconds": {}}
-    curves = {kind: _Curves() for kind in protocol.metrics if kind != "sanity"}
-    seconds = {"attribution": 0.0, **{kind: 0.0 for kind in curves}}
-    method = cls(model)
-    for start in range(0, n, protocol.chunk):
-        if progress is not None:
-            status = f"{cls.name} images {start + 1}-{min(start + protocol.chunk, n)}"
-            progress[0].update(progress[1], status=status)
-        x = pixels[start : start + protocol.chunk]
-        t = list(targets[start : start + protocol.chunk])
+Chunk = tuple[torch.Tensor, list[int]]
+"""Pixels of up to ``Protocol.chunk`` images (N x C x H x W) and their target classes."""
+
+Bar = tuple[Progress, TaskID]
+
+
+@dataclass
+class _MethodRun:
+    """One method over the chunks: its instance and options, the entry that says how it ran,
+    the curves' running totals and the seconds spent per part."""
+
+    method: Method
+    options: dict[str, Any]
+    entry: dict[str, Any]
+    curves: dict[str, _Curves]
+    seconds: dict[str, float]
+
+    @classmethod
+    def start(
+        cls, model: Model, method: type[Method], options: dict[str, Any], protocol: Protocol
+    ) -> _MethodRun:
+        curves = {kind: _Curves() for kind in protocol.metrics if kind != "sanity"}
+        seconds = {"attribution": 0.0, **{kind: 0.0 for kind in curves}}
+        return cls(method(model), options, {"options": options, "seconds": {}}, curves, seconds)
+
+    def add(self, model: Model, chunk: Chunk, start: int, protocol: Protocol) -> None:
+        """The maps and curves of one chunk (images ``start`` on), added to the totals; the
+        maps and curves themselves are dropped."""
+        pixels, targets = chunk
         began = time.perf_counter()
         torch.manual_seed(protocol.seed + start)
-        heat = method.heatmap(x, t, **options)
-        seconds["attribution"] += time.perf_counter() - began
-        _keep_run(entry, "run", method.last_run)
-        for kind, total in curves.items():
+        heat = self.method.heatmap(pixels, targets, **self.options)
+        self.seconds["attribution"] += time.perf_counter() - began
+        _keep_run(self.entry, "run", self.method.last_run)
+        for kind, total in self.curves.items():
             began = time.perf_counter()
-            found = _curve(kind, model, x, heat, t, protocol)
-            seconds[kind] += time.perf_counter() - began
-            _keep_run(entry, f"{kind}_run", found.run)
+            found = _curve(kind, model, pixels, heat, targets, protocol)
+            self.seconds[kind] += time.perf_counter() - began
+            _keep_run(self.entry, f"{kind}_run", found.run)
             total.add(found)
-        if progress is not None:
-            progress[0].advance(progress[1], len(t))
-    for kind, total in curves.items():
-        entry.update(total.entry(kind, n))
-    if "sanity" in protocol.metrics:
-        began = time.perf_counter()
-        k = min(protocol.sanity_images, n)
-        sanity = model_randomization(
-            model,
-            cls,
-            pixels[:k],
-            list(targets[:k]),
-            seed=protocol.seed,
-            stages=protocol.sanity_stages,
-            **options,
+
+    def finish(
+        self, model: Model, sanity: Chunk | None, images: int, protocol: Protocol
+    ) -> dict[str, Any]:
+        """The method's entry: options, runs, AUCs and mean curves over ``images`` images,
+        the sanity check on ``sanity`` (seeded with ``protocol.seed``), seconds per part."""
+        for kind, total in self.curves.items():
+            self.entry.update(total.entry(kind, images))
+        if sanity is not None:
+            began = time.perf_counter()
+            torch.manual_seed(protocol.seed)
+            result = model_randomization(
+                model,
+                type(self.method),
+                sanity[0],
+                sanity[1],
+                seed=protocol.seed,
+                stages=protocol.sanity_stages,
+                **self.options,
+            )
+            self.seconds["sanity"] = time.perf_counter() - began
+            self.entry["sanity"] = result.to_dict()
+        self.entry["seconds"] = self.seconds
+        return self.entry
+
+
+def _step(bar: Bar | None, status: str | None = None, advance: int = 0) -> None:
+    if bar is not None:
+        bar[0].update(bar[1], advance=advance, **({"status": status} if status else {}))
+
+
+def evaluate_chunks(
+    model: Model,
+    chunks: Iterable[Chunk],
+    classes: Sequence[type[Method]],
+    protocol: Protocol,
+    layer: str | None = None,
+    bar: Bar | None = None,
+    **option_settings: Any,
+) -> dict[str, Any]:
+    """Every method over ``chunks`` (``protocol.chunk`` images each, in order), a chunk at a
+    time: ``{"methods": {name: entry}}``.
+
+    Each chunk goes through every method and its curves and is then dropped; only running
+    totals, one AUC per image and the first ``protocol.sanity_images`` images (for the sanity
+    check, run once all chunks are done) are kept, so memory is bounded by the chunk whatever
+    the number of images. ``bar`` (a progress bar and its task) advances by each chunk.
+    """
+    runs = {}
+    for cls in classes:
+        options = method_options(
+            cls, layer, batch_size=protocol.batch_size, engine=protocol.engine, **option_settings
         )
-        seconds["sanity"] = time.perf_counter() - began
-        entry["sanity"] = sanity.to_dict()
-    entry["seconds"] = seconds
-    return entry
+        runs[cls.name] = _MethodRun.start(model, cls, options, protocol)
+    first: list[torch.Tensor] = []  # the sanity check's images
+    targets: list[int] = []
+    wanted = protocol.sanity_images if "sanity" in protocol.metrics else 0
+    images = 0
+    for chunk in chunks:
+        count = len(chunk[1])
+        if len(targets) < wanted:
+            first.append(chunk[0][: wanted - len(targets)].clone())  # not a view of the chunk
+            targets += chunk[1][: wanted - len(targets)]
+        for name, run in runs.items():
+            _step(bar, f"{name} images {images + 1}-{images + count}")
+            run.add(model, chunk, images, protocol)
+            _step(bar, advance=count)
+        images += count
+    if not images:
+        raise ConvsightError("no image to evaluate")
+    sanity = (torch.cat(first), targets) if first else None
+    entries = {name: run.finish(model, sanity, images, protocol) for name, run in runs.items()}
+    return {"methods": entries}
 
 
 def evaluate_methods(
@@ -213,21 +274,28 @@ def evaluate_with(
     **option_settings: Any,
 ) -> dict[str, Any]:
     """:func:`evaluate_methods` for a :class:`Protocol`: ``{"methods": {name: entry}}``."""
-    result: dict[str, Any] = {"methods": {}}
+    size = protocol.chunk
+    chunks = (
+        (pixels[start : start + size], list(targets[start : start + size]))
+        for start in range(0, pixels.shape[0], size)
+    )
     with progress_bar(show_progress) as bar:
         task = bar.add_task("evaluate", total=len(classes) * pixels.shape[0], status="")
-        for cls in classes:
-            options = method_options(
-                cls,
-                layer,
-                batch_size=protocol.batch_size,
-                engine=protocol.engine,
-                **option_settings,
-            )
-            result["methods"][cls.name] = evaluate_method(
-                model, pixels, targets, cls, options, protocol, (bar, task)
-            )
-    return result
+        return evaluate_chunks(
+            model, chunks, classes, protocol, layer, (bar, task), **option_settings
+        )
+
+
+def _predicted(
+    images: ImageStream, model: Model, protocol: Protocol, bar: Bar | None, methods: int
+) -> Iterator[Chunk]:
+    """Each chunk's pixels (on the model's device) and the class the model predicts for each
+    image; ``bar`` advances by ``methods`` for each file skipped."""
+    for chunk in images:
+        _step(bar, advance=methods * len(chunk.skipped))
+        if chunk.files:
+            pixels = chunk.pixels.to(model.device)
+            yield pixels, predict_classes(model, pixels, protocol.batch_size).tolist()
 
 
 def write_evaluation(
@@ -252,6 +320,14 @@ def write_evaluation(
     The target of each image is the class the model predicts (as in RISE). Writes
     ``evaluation.json`` (a table of mean AUCs, per-image values, sanity correlations, every
     setting), ``curves.png`` and ``curves.npz``, and ``sanity.png`` when asked for.
+
+    The folder is streamed: 8 images at a time are decoded, get their predicted class and go
+    through every method and its curves (:func:`evaluate_chunks`), then are dropped, so
+    memory is bounded by the chunk and the batch whatever the number of images. Per image
+    only scalars are kept (its AUCs and its file name, in ``evaluation.json``); no map is
+    written, and ``curves.npz`` holds only the mean curves (one row per method and curve,
+    bounded by the step count), so nothing on disk grows with a map per image. Unreadable
+    files are skipped and listed; a folder with no readable image fails before any output.
     """
     seed_everything(seed)
     loaded = model if isinstance(model, Model) else load_model(model, weights)
@@ -261,24 +337,25 @@ def write_evaluation(
         tuple(metrics), step, 8, batch_size, engine, sanity_images, sanity_stages, seed
     )
     _check_protocol(protocol)
-    pixels, files, skipped = load_readable_images(image_files(images, limit), loaded.card)
-    pixels = pixels.to(loaded.device)
+    folder = ImageStream(image_files(images, limit), loaded.card, protocol.chunk)
+    folder.check()  # no readable image: an input error, before the output folder exists
     out = prepare_out_dir(out)
-    with torch.no_grad():
-        predicted = loaded.module(loaded.normalize(pixels)).argmax(1).tolist()
-    result = evaluate_with(loaded, pixels, predicted, classes, protocol, layer, show_progress)
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("evaluate", total=len(classes) * len(folder.files), status="")
+        chunks = _predicted(folder, loaded, protocol, (bar, task), len(classes))
+        result = evaluate_chunks(loaded, chunks, classes, protocol, layer, (bar, task))
     summary = {
         "model": model if isinstance(model, str) else loaded.card.name,
         "weights": str(weights) if weights else None,
-        "images": [str(p) for p in files],
-        "skipped_images": skipped,
+        "images": [str(p) for p in folder.kept],
+        "skipped_images": folder.skipped,
         "targets": "the predicted class of each image",
         "settings": _settings(protocol),
         "table": _table(result["methods"]),
         **result,
     }
     written = [write_json(out / "evaluation.json", summary)]
-    title = f"{loaded.card.name}, {len(files)} images, step {step} px"
+    title = f"{loaded.card.name}, {len(folder.kept)} images, step {step} px"
     written += _write_plots(out, result["methods"], metrics, title, loaded.card.name)
     return written
 

@@ -1,0 +1,149 @@
+"""Peak memory of ``convsight evaluate`` as the folder grows: does it stay flat?
+
+    python benchmarks/evaluate_memory.py [--counts 100,1000,10000]
+
+For each count, that many generated 8x8 PNGs (random colours) go through ``convsight evaluate``
+in a fresh process (the command line, as a user runs it) with a small TorchScript CNN written
+here (one 3x3 conv of 32 channels at 64x64 -- the PNGs are resized up to it, as a photo model
+resizes a thumbnail -- then a pooled linear head), saliency maps and the deletion curve. The peak
+resident memory of each process is read from the kernel (``os.wait4``'s ``ru_maxrss``) and set
+beside the first (smallest) folder's. Writes benchmarks/results/evaluate_memory.json. Not a test
+(tests/test_hostile_memory.py checks 100 against 1,000 images); about 2 minutes on 2 cores
+with the defaults, most of it the 10,000 images.
+
+The helpers (:func:`write_model`, :func:`write_images`, :func:`evaluate_peak`) are shared with
+that test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+INPUT_SIDE = 64  # the model's input: the 8x8 PNGs are resized up to it
+CONV_CHANNELS = 32
+
+
+def write_model(folder: Path, side: int = INPUT_SIDE, channels: int = CONV_CHANNELS) -> Path:
+    """A seeded TorchScript CNN (3x3 conv, ReLU, pooled linear head, 4 classes) and its card
+    beside it, in ``folder``; the card resizes any photo to ``side`` x ``side``."""
+    import torch
+    from torch import nn
+
+    from convsight.models import ModelCard
+    from convsight.report.files import card_path, write_json
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, 4),
+    ).eval()
+    path = folder / "tiny.ts"
+    with warnings.catch_warnings():  # torch.jit.script is deprecated, still the simplest file
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(net).save(str(path))
+    card = ModelCard(
+        name="tiny",
+        arch="torchscript",
+        input_size=(side, side),
+        channels=3,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        labels=["a", "b", "c", "d"],
+        resize=side,
+    )
+    write_json(card_path(path), card.to_dict())
+    return path
+
+
+def write_images(folder: Path, count: int, side: int = 8, seed: int = 0) -> Path:
+    """``count`` random-colour ``side`` x ``side`` RGB PNGs in ``folder`` (made if missing)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"image{i:05d}.png")
+    return folder
+
+
+def evaluate_command(model: Path, images: Path, out: Path, side: int = INPUT_SIDE) -> list[str]:
+    """``convsight evaluate`` of saliency maps with the deletion curve (4 steps an image)."""
+    return [
+        sys.executable, "-m", "convsight.cli", "evaluate", str(model), "--images", str(images),
+        "--methods", "saliency", "--metrics", "deletion", "--step", str(side * side // 4),
+        "--out", str(out), "--quiet",
+    ]  # fmt: skip
+
+
+def peak_rss(command: list[str], env: dict[str, str] | None = None) -> tuple[int, int, str]:
+    """Run ``command``; its exit status, its peak resident memory in bytes (the kernel's
+    ``ru_maxrss`` of that process alone) and the end of its stderr."""
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        errors.seek(0)
+        tail = errors.read().decode(errors="replace")[-2000:]
+    return process.returncode, usage.ru_maxrss * 1024, tail  # ru_maxrss: KiB on Linux
+
+
+def evaluate_peak(
+    model: Path, images: Path, out: Path, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Peak memory and wall time of one ``convsight evaluate`` over ``images`` (in ``env``,
+    default this process's environment); a failed run raises with its stderr."""
+    began = time.perf_counter()
+    code, peak, tail = peak_rss(evaluate_command(model, images, out), env)
+    if code != 0:
+        raise RuntimeError(f"convsight evaluate exited with {code}: {tail}")
+    return {"peak_rss_bytes": peak, "seconds": round(time.perf_counter() - began, 2)}
+
+
+def main() -> None:
+    from common import write_result
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--counts", default="100,1000,10000", help="Folder sizes, in images.")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = write_model(Path(tmp))
+        for count in counts:
+            images = write_images(Path(tmp) / f"images{count}", count)
+            row = {"images": count, **evaluate_peak(model, images, Path(tmp) / f"out{count}")}
+            first = rows[0]["peak_rss_bytes"] if rows else row["peak_rss_bytes"]
+            row["peak_rss_mib"] = round(row["peak_rss_bytes"] / 2**20, 1)
+            row["peak_over_first"] = round(row["peak_rss_bytes"] / first, 3)
+            rows.append(row)
+            print(row, flush=True)
+    write_result(
+        "evaluate_memory",
+        {
+            "what": "peak resident memory of `convsight evaluate` over N generated 8x8 PNGs",
+            "settings": {
+                "model": f"TorchScript: conv 3x3/{CONV_CHANNELS} + ReLU + pooled linear head",
+                "input": f"{INPUT_SIDE}x{INPUT_SIDE} (the PNGs resized up)",
+                "command": evaluate_command(Path("MODEL"), Path("IMAGES"), Path("OUT")),
+                "measured": "ru_maxrss of each evaluate process (os.wait4), a fresh process each",
+            },
+            "rows": rows,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
