@@ -82,10 +82,6 @@ def card_cmd(
         Path,
         typer.Argument(help="A state dict (.pt, .safetensors) or model file (.ts, .onnx ...)."),
     ],
-    arch: Annotated[
-        str | None,
-        typer.Option(help="Architecture of a state dict: torchvision name, timm:NAME, seed."),
-    ] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default: the file's).")] = None,
     force: Annotated[bool, typer.Option(help="Replace a card already beside the file.")] = False,
     card_fields: dict[str, Any] | None = None,
@@ -94,7 +90,8 @@ def card_cmd(
 
     The card starts from the architecture's own (torchvision's, timm's pretrained_cfg, a
     seed network's), takes the class count and input channels from the weights, then the
-    flags given.
+    flags given. Your own class (``--arch net.py:SpecNet``, ``--arch-args JSON``) is recorded
+    with the file relative to the card's folder, where it must live.
     """
     from convsight.models import card_path, make_card
     from convsight.paths import require_file
@@ -107,7 +104,7 @@ def card_cmd(
     if target.exists() and not force:
         raise ConvsightError(f"{target} already exists: pass --force to replace it")
     fields = {**(card_fields or {}), **({"name": name} if name else {})}
-    card = make_card(path, arch, fields)
+    card = make_card(path, fields.pop("arch", None), fields)
     write_json(target, card.to_dict())
     h, w = card.input_size
     classes = f"{card.num_classes} classes" if card.num_classes else "no class scores"

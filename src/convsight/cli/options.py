@@ -150,6 +150,24 @@ CARD_FLAGS = {
             int | None, typer.Option(min=1, help="Number of classes (default: the weights' head).")
         ]
     ),
+    "arch": Flag(
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Architecture of a checkpoint without a card (or instead of its card's): a "
+                "torchvision name, timm:NAME, a seed network, or your nn.Module class as "
+                "FILE.py:ClassName or package.module:ClassName (its code is run)."
+            ),
+        ]
+    ),
+    "arch_args": Flag(
+        Annotated[
+            str | None,
+            typer.Option(
+                help="Constructor keywords of that class, a JSON object: '{\"classes\": 5}'."
+            ),
+        ]
+    ),
 }
 
 
@@ -160,8 +178,11 @@ def card_fields(
     std: str | None = None,
     labels: str | None = None,
     num_classes: int | None = None,
+    arch: str | None = None,
+    arch_args: str | None = None,
 ) -> dict[str, Any]:
-    """The card fields (``ModelCard.updated`` names) that the card flags given say."""
+    """The card fields (``ModelCard.updated`` names) that the card flags given say, and the
+    architecture (``arch``, ``arch_options``) of a checkpoint given as the model."""
     from convsight.models.card import parse_input_size, parse_numbers, read_labels
 
     fields: dict[str, Any] = {}
@@ -177,6 +198,12 @@ def card_fields(
         fields["labels"] = read_labels(labels)
     if num_classes is not None:
         fields["num_classes"] = num_classes
+    if arch is not None:
+        fields["arch"] = arch
+    if arch_args is not None:
+        from convsight.models.python_class import parse_arch_args
+
+        fields["arch_options"] = parse_arch_args(arch_args)
     return fields
 
 

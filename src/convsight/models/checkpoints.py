@@ -84,7 +84,7 @@ def _head_outputs(module: nn.Module, state: Mapping[str, torch.Tensor]) -> int |
     return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
-def _input_channels(module: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
+def input_channels(module: nn.Module, state: Mapping[str, torch.Tensor]) -> int | None:
     """Input channels of ``module``'s first convolution as ``state`` gives its weight."""
     convs = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
     weight = state.get(f"{convs[0]}.weight") if convs else None
@@ -93,9 +93,19 @@ def _input_channels(module: nn.Module, state: Mapping[str, torch.Tensor]) -> int
     return int(weight.shape[1])
 
 
+HEAD_FLAG = "--num-classes {n} (num_classes in a card)"
+"""How to give a head of ``n`` classes, for a message of weights that do not fit."""
+
+
 def load_weights(
-    module: nn.Module, state: dict[str, torch.Tensor], path: Path, features_only: bool
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    features_only: bool,
+    head_flag: str = HEAD_FLAG,
 ) -> None:
+    """Load ``state`` into ``module``; weights that do not fit are refused in one sentence
+    (missing, unexpected and reshaped keys, and ``head_flag`` for another class count)."""
     expected = module.state_dict()
     if features_only:
         prefix = "features."
@@ -118,8 +128,7 @@ def load_weights(
             classes = _head_outputs(module, state)
             if classes is not None and classes != _head_outputs(module, expected):
                 parts.append(
-                    f"their head has {classes} classes: give --num-classes {classes} "
-                    "(num_classes in a card)"
+                    f"their head has {classes} classes: give {head_flag.format(n=classes)}"
                 )
         raise ConvsightError(f"weights {path} do not fit the model: {'; '.join(parts)}")
     module.load_state_dict(state, strict=not features_only)
@@ -139,8 +148,8 @@ def fit_to_weights(
     if state is None:
         return module, card
     own = module.state_dict()
-    have = (_head_outputs(module, own), _input_channels(module, own))
-    found = (_head_outputs(module, state), _input_channels(module, state))
+    have = (_head_outputs(module, own), input_channels(module, own))
+    found = (_head_outputs(module, state), input_channels(module, state))
     wanted = tuple(g or f or h for g, f, h in zip(given, found, have, strict=True))
     if wanted != have:
         module, card = build(*wanted)

@@ -82,7 +82,7 @@ class Model:
         """
         card = ModelCard(
             name=name or type(module).__name__,
-            arch=arch or f"python:{type(module).__module__}.{type(module).__qualname__}",
+            arch=arch or f"python:{type(module).__module__}:{type(module).__qualname__}",
             input_size=input_size,  # type: ignore[arg-type]
             channels=channels,
             mean=mean,  # type: ignore[arg-type]

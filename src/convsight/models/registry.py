@@ -136,7 +136,10 @@ MODEL_FILES: dict[str, tuple[str, str, str, str, tuple[str, ...]]] = {
 }
 
 
-ARCH_HELP = "a torchvision name, timm:NAME or a seed network"
+ARCH_HELP = (
+    "a torchvision name, timm:NAME, a seed network, or your nn.Module class as "
+    "FILE.py:ClassName or package.module:ClassName"
+)
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,13 @@ def model_sources() -> list[Source]:
             None,
             "a state dict with its card FILE.json beside it (`convsight card` writes one), "
             "or NAME --weights FILE" + extra("safetensors", ("safetensors",)),
+        ),
+        Source(
+            "your class",
+            "FILE.pt --arch net.py:ClassName (or package.module:ClassName)",
+            None,
+            "your nn.Module class and its state dict; --arch-args JSON for its constructor; "
+            "`convsight card` records both",
         ),
         Source(
             "TorchScript",

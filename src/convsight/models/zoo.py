@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import warnings
@@ -20,6 +21,7 @@ from convsight.models.card import (
     warn_no_normalization,
 )
 from convsight.models.checkpoints import (
+    HEAD_FLAG,
     Build,
     first_line,
     fit_to_weights,
@@ -29,6 +31,17 @@ from convsight.models.checkpoints import (
 )
 from convsight.models.extras import import_extra, is_missing, missing_extra
 from convsight.models.model import Model
+from convsight.models.python_class import (
+    CLASS_HEAD,
+    FORMS,
+    PREFIX,
+    absolute_arch,
+    build_module,
+    card_arch,
+    card_beside,
+    class_checkpoint,
+    names_class,
+)
 from convsight.models.registry import (
     ARCH_HELP,
     FILE_KINDS,
@@ -89,7 +102,11 @@ def _download_torchvision(name: str) -> Model:
 def _from_card(card: ModelCard, weights: Path | None, spec: str) -> Model:
     kind, _, arch = card.arch.partition(":")
     classes = None if card.features_only else card.num_classes
-    if kind == "convsight" and arch in SEEDS:
+    head_flag = HEAD_FLAG
+    if kind == "python":  # a relative file lives beside the card (and the weights)
+        folder = weights.parent if weights is not None else Path.cwd()
+        module, head_flag = build_module(card.arch, card.arch_options, folder), CLASS_HEAD
+    elif kind == "convsight" and arch in SEEDS:
         module, _ = build_seed(arch, card.arch_options)
     elif kind == "torchvision" and arch in torchvision_models():
         module = _torchvision(arch, classes)
@@ -98,7 +115,7 @@ def _from_card(card: ModelCard, weights: Path | None, spec: str) -> Model:
     else:
         raise ConvsightError(f"model card for '{spec}' names an unknown architecture '{card.arch}'")
     if weights is not None:
-        load_weights(module, read_state_dict(weights), weights, card.features_only)
+        load_weights(module, read_state_dict(weights), weights, card.features_only, head_flag)
     if card.features_only:
         # Only the convolution stack has weights: drop the head so nothing random is used.
         for head in ("avgpool", "classifier", "fc"):
@@ -237,11 +254,15 @@ def load_model(
     class count). Without weights, torchvision and timm download their pretrained ones and a
     seed network is untrained. ``card`` replaces the card beside the file; ``card_fields``
     (``input_size``, ``channels``, ``mean``, ``std``, ``labels``, ``num_classes``...) replace
-    those of whichever card applies, or make one for a file that has none. ``options`` are
+    those of whichever card applies, or make one for a file that has none; their ``arch`` and
+    ``arch_options`` say the architecture of a checkpoint given as ``spec`` (a registry's, or
+    a Python class and its constructor keywords, as :func:`make_card` takes). ``options`` are
     architecture options of a seed network (``stride=1``...). The card is checked against the
     module (one forward pass of its example input) before returning.
     """
-    model = _load_model(str(spec), weights, card, dict(card_fields or {}), options, beside=True)
+    fields = dict(card_fields or {})
+    load = _with_arch if "arch" in fields or "arch_options" in fields else _load_model
+    model = load(str(spec), weights, card, fields, options, beside=True)
     model.check_card()
     return model
 
@@ -254,28 +275,36 @@ def make_card(
     """The card of a weights or model file: ``arch``'s defaults (and the shapes of the
     weights) with the ``card_fields`` given, checked by loading the file with it. A card
     already beside the file is not read. ``arch``: a model name, ``torchvision:NAME`` or
-    ``convsight:NAME``; none for a TorchScript, ONNX or Keras file."""
+    ``convsight:NAME``, a Python class (``FILE.py:Class``, recorded relative to the card's
+    folder, or ``package.module:Class``; its keywords as ``arch_options`` in ``card_fields``);
+    none for a TorchScript, ONNX or Keras file."""
     path = require_file(weights, "weights file")
     kind = FILE_KINDS.get(path.suffix.lower(), "checkpoint")
     fields = {"name": path.stem, **(card_fields or {})}
     if kind != "checkpoint":
-        if arch and arch != kind:
-            raise ConvsightError(
-                f"{path} is a {kind} file, which carries its own architecture: leave out --arch"
-            )
+        if (arch and arch != kind) or "arch_options" in fields:
+            raise _carries_architecture(path, kind)
         model = _load_model(str(path), None, None, fields, {}, beside=False)
     elif not arch:
         raise ConvsightError(f"give the architecture of {path} with --arch ({ARCH_HELP})")
     else:
-        kind, _, name = arch.partition(":")
-        spec = name if kind in ("convsight", "torchvision") and name else arch
-        if not is_model_name(spec):
-            raise ConvsightError(
-                f"unknown architecture '{arch}' ({ARCH_HELP}; `convsight models` lists them)"
-            )
-        model = _load_model(spec, path, None, fields, {}, beside=False)
+        recorded = card_arch(arch, path.parent) if names_class(arch) else None
+        model = _with_arch(str(path), None, None, {**fields, "arch": arch}, {}, beside=False)
+        if recorded is not None:  # a file relative to the card's folder, which travels with it
+            model.card.arch, model.card.source = recorded, f"weights {path.name} ({recorded})"
     model.check_card()
     return model.card
+
+
+def _registry_name(arch: str) -> str:
+    """The model name of a registry's ``arch`` (``torchvision:vgg16`` -> ``vgg16``)."""
+    kind, _, name = arch.partition(":")
+    spec = name if kind in ("convsight", "torchvision") and name else arch
+    if not is_model_name(spec):
+        raise ConvsightError(
+            f"unknown architecture '{arch}' ({ARCH_HELP}; `convsight models` lists them)"
+        )
+    return spec
 
 
 def _load_model(
@@ -295,8 +324,8 @@ def _load_model(
     weights = Path(weights) if weights is not None else None
     if weights is not None:
         require_file(weights, "weights file" if named else "model file")
-    if card is None and beside and weights is not None and card_path(weights).is_file():
-        card = ModelCard.read(card_path(weights))
+    if card is None and beside and weights is not None:
+        card = card_beside(weights, check_code=True)
     if card is not None and named and is_model_name(spec) and card.arch != arch_of(spec):
         given = f"weights {weights} come with a card that" if weights else "the card given"
         raise ConvsightError(
@@ -346,3 +375,60 @@ def _near(spec: str) -> str:
             return f"; did you mean {TIMM_PREFIX}{spec}?"
     close = difflib.get_close_matches(spec, list_models(), n=4, cutoff=0.5)
     return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _carries_architecture(path: Path, kind: str) -> ConvsightError:
+    """The refusal of ``--arch`` / ``--arch-args`` for a file that carries its architecture."""
+    return ConvsightError(
+        f"{path} is a {kind} file, which carries its own architecture: leave out --arch and "
+        "--arch-args"
+    )
+
+
+def _with_arch(
+    spec: str,
+    weights: str | os.PathLike | None,
+    card: ModelCard | None,
+    fields: dict[str, Any],
+    options: dict[str, Any],
+    beside: bool,
+) -> Model:
+    """A checkpoint given as the model with ``--arch`` / ``--arch-args`` (``arch`` and
+    ``arch_options`` in ``fields``): a registry's architecture loads as ``ARCH --weights
+    FILE``; a Python class (and its keywords) replaces the class of the card beside it."""
+    fields = dict(fields)
+    arch, arch_options = fields.pop("arch", None), fields.pop("arch_options", None)
+    if weights is not None or is_model_name(spec):
+        raise ConvsightError(
+            f"--arch and --arch-args say the architecture of a checkpoint given as the model "
+            f"(convsight layers FILE.pt --arch ...); '{spec}' names one already: leave them out"
+        )
+    path = require_file(spec, "model file")
+    kind = FILE_KINDS.get(path.suffix.lower(), "checkpoint")
+    if kind != "checkpoint":
+        raise _carries_architecture(path, kind)
+    if arch is not None and not names_class(arch):
+        if arch_options is not None:
+            raise ConvsightError(
+                f"--arch-args gives the constructor keywords of a Python class ({FORMS}), "
+                f"not of '{arch}'"
+            )
+        return _load_model(_registry_name(arch), path, card, fields, options, beside)
+    if card is None and beside:
+        card = card_beside(path, check_code=arch is None)
+    if arch is None:
+        if card is None or not card.arch.startswith(PREFIX):
+            named = f"its card names {card.arch}" if card else "it has no card"
+            raise ConvsightError(
+                f"--arch-args gives the constructor keywords of a Python class, but {path} "
+                f"names none ({named}): give the class with --arch {FORMS}"
+            )
+        arch = card.arch
+    else:
+        arch = absolute_arch(arch)
+    if arch_options is None:
+        arch_options = card.arch_options if card is not None else {}
+    if card is None:
+        return class_checkpoint(path, arch, arch_options, fields)
+    card = dataclasses.replace(card, arch=arch, arch_options=arch_options)
+    return _from_card(card.updated(**fields) if fields else card, path, spec)
