@@ -150,6 +150,27 @@ CARD_FLAGS = {
             int | None, typer.Option(min=1, help="Number of classes (default: the weights' head).")
         ]
     ),
+    "resize": Flag(
+        Annotated[
+            str | None,
+            typer.Option(
+                metavar="N|auto|none",
+                help="Shorter side photos are resized to before the centre crop; none: images "
+                "of exactly the input size only (default auto: 256/224 of the input side, the "
+                "side itself below 64 pixels).",
+            ),
+        ]
+    ),
+    "output": Flag(
+        Annotated[
+            str | None,
+            typer.Option(
+                metavar="INDEX|KEY",
+                help="The part of a model's output that holds the scores, when it returns a "
+                "tuple, dict or object: an index (0) or a key (logits).",
+            ),
+        ]
+    ),
 }
 
 
@@ -160,9 +181,12 @@ def card_fields(
     std: str | None = None,
     labels: str | None = None,
     num_classes: int | None = None,
+    resize: str | None = None,
+    output: str | None = None,
 ) -> dict[str, Any]:
     """The card fields (``ModelCard.updated`` names) that the card flags given say."""
-    from convsight.models.card import parse_input_size, parse_numbers, read_labels
+    from convsight.models.card import parse_input_size, parse_numbers, parse_resize, read_labels
+    from convsight.models.outputs import parse_output
 
     fields: dict[str, Any] = {}
     if input_size is not None:
@@ -177,6 +201,10 @@ def card_fields(
         fields["labels"] = read_labels(labels)
     if num_classes is not None:
         fields["num_classes"] = num_classes
+    if resize is not None:
+        fields["resize"] = parse_resize(resize)
+    if output is not None:
+        fields["output"] = parse_output(output)
     return fields
 
 
