@@ -93,8 +93,9 @@ def test_saliency_bad_input_exit_2_nothing_written(checkpoint, digits, tmp_path,
 
 def test_saliency_wrong_image_shape_exit_2(checkpoint, digits, tmp_path):
     out = tmp_path / "sal"
-    result = run("saliency", checkpoint, "--image", digits.parent / "big.png", "--out", out)
-    assert_bad_input(result, "takes exactly 28x28")
+    big = digits.parent / "big.png"
+    result = run("saliency", checkpoint, "--image", big, "--out", out, "--resize", "none")
+    assert_bad_input(result, "takes exactly 28x28 (its card's input.resize is null; --resize")
     assert not out.exists()
 
 

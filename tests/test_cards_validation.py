@@ -143,7 +143,9 @@ def test_card_whose_input_the_module_cannot_take_is_refused(checkpoint, tmp_path
     )
     with pytest.raises(ConvsightError, match="does not run on the input its card describes"):
         load_model(str(path))
-    path, _ = edited_copy(checkpoint, tmp_path, setter("input", "size", value=[40, 40]))
+    path, _ = edited_copy(  # the card records resize 28, the default at 28x28: "auto" here
+        checkpoint, tmp_path, lambda d: d["input"].update(size=[40, 40], resize="auto")
+    )
     with pytest.raises(ConvsightError, match=r"1 channel, 40x40 pixels"):
         load_model(str(path))
 
@@ -167,7 +169,7 @@ def test_valid_cards_still_load_and_round_trip(checkpoint):
         "scalar",
     )
     assert scalar.mean == (0.5, 0.5, 0.5) and scalar.std == (0.25, 0.25, 0.25)
-    assert scalar.input_size == (32, 32) and scalar.resize is None
+    assert scalar.input_size == (32, 32) and scalar.resize == 32
     with pytest.raises(ConvsightError, match="names 3 classes but num_classes is 2"):
         ModelCard(
             name="direct",

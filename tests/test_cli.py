@@ -79,10 +79,11 @@ def test_image_input_errors_exit_2(mnist_checkpoint, tmp_path, mnist_dir):
     assert_bad_input(run("activations", *common, "--image", text), "not an image")
     big = tmp_path / "big.png"
     Image.new("L", (40, 40)).save(big)
-    assert_bad_input(run("activations", *common, "--image", big), "takes exactly 28x28")
+    exact = ["--resize", "none"]  # by default a photo is resized; this asks for the exact size
+    assert_bad_input(run("activations", *common, *exact, "--image", big), "takes exactly 28x28")
     rgb = tmp_path / "rgb.png"
     Image.new("RGB", (28, 28)).save(rgb)
-    assert_bad_input(run("activations", *common, "--image", rgb), "has 3 channels")
+    assert_bad_input(run("activations", *common, *exact, "--image", rgb), "has 3 channels")
     result = run("activations", *common, "--mnist-index", "99999", "--data-dir", mnist_dir)
     assert_bad_input(result, "out of range")
     assert not out.exists()

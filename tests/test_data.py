@@ -88,7 +88,7 @@ def test_image_errors(tmp_path):
 
 
 def test_exact_size_models_reject_other_sizes_and_channels(tmp_path):
-    card = load_model("mnist-cnn").card
+    card = load_model("mnist-cnn").card.updated(resize=None)  # by default photos are resized
     big = tmp_path / "big.png"
     Image.new("L", (32, 32)).save(big)
     with pytest.raises(ConvsightError, match="takes exactly 28x28"):

@@ -223,7 +223,7 @@ def test_free_height_and_width_need_a_card(tutorial_file, tmp_path):
     dims[2].dim_param, dims[3].dim_param = "height", "width"
     path = tmp_path / "any_size.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(ConvsightError, match="any height and width; give a model card"):
+    with pytest.raises(ConvsightError, match="any height and width; give the size .* --input-size"):
         load_onnx(path, None)
 
     card = ModelCard(

@@ -116,7 +116,7 @@ def test_card_command_writes_a_checked_card_and_keeps_an_existing_one(tmp_path, 
     assert result.exit_code == 0, result.output
     card = ModelCard.read(labels)
     assert card.arch == "convsight:mnist-cnn" and card.name == "digits"
-    assert card.labels[7] == "digit 7" and card.mean == (0.1307,) and card.resize is None
+    assert card.labels[7] == "digit 7" and card.mean == (0.1307,) and card.resize == 28
     assert load_model(str(weights)).class_index("digit 3") == 3
     before = labels.read_text()
     one_line_error(run("card", weights, "--arch", "mnist-cnn"), "already exists: pass --force")
@@ -252,7 +252,7 @@ def test_missing_converter_extra_is_one_sentence(tmp_path, monkeypatch, kind, pa
 
 def test_make_card_for_a_torchscript_file(scripted):
     card = make_card(scripted, card_fields={"input_size": (32, 32), "mean": 0.5, "std": 0.5})
-    assert card.arch == "torchscript" and card.num_classes == 4 and card.resize is None
+    assert card.arch == "torchscript" and card.num_classes == 4 and card.resize == 32
     with pytest.raises(ConvsightError, match="leave out --arch"):
         make_card(scripted, arch="resnet18", card_fields={"input_size": (32, 32)})
 

@@ -48,7 +48,7 @@ def test_from_module_fields_and_their_checks():
         FixedNet(), input_size=(20, 24), channels=1, mean=0.5, std=0.2, labels=["a", "b", "c"]
     )
     assert model.card.num_classes == 3 and model.class_index("b") == 1
-    assert model.card.resize is None  # below 64 pixels: images of exactly 20x24 only
+    assert model.card.resize == 20  # below 64 pixels: the shorter side resized to the input's
     with pytest.raises(ConvsightError, match="names 4 classes .* returns 3 scores"):
         Model.from_module(FixedNet(), input_size=(20, 24), channels=1, num_classes=4)
     with pytest.raises(ConvsightError, match="does not run on the input its card describes"):
@@ -99,7 +99,7 @@ def test_python_and_json_cards_share_their_defaults(tmp_path):
     Image.new("RGB", (300, 200), (10, 200, 10)).save(photo)
     assert load_image_tensor(photo, card).shape == (1, 3, 96, 96)
     assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
-    fixed = Model.from_module(FixedNet(), input_size=(20, 24), channels=1).card
+    fixed = Model.from_module(FixedNet(), input_size=(20, 24), channels=1, resize=None).card
     with pytest.raises(ConvsightError, match="takes exactly 24x20"):
         load_image_tensor(photo, fixed)
 

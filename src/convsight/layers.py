@@ -44,8 +44,9 @@ TORCHSCRIPT_LAYERS = (
 
 
 def require_hookable(module: nn.Module) -> None:
-    """Refuse a TorchScript module before any layer work (hooks cannot be registered on it)."""
-    if isinstance(module, torch.jit.ScriptModule):
+    """Refuse a TorchScript module (or one that wraps it, ``wraps_torchscript``) before any
+    layer work (hooks cannot be registered on it)."""
+    if isinstance(module, torch.jit.ScriptModule) or getattr(module, "wraps_torchscript", False):
         raise ConvsightError(TORCHSCRIPT_LAYERS)
 
 

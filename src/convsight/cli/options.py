@@ -168,6 +168,27 @@ CARD_FLAGS = {
             ),
         ]
     ),
+    "resize": Flag(
+        Annotated[
+            str | None,
+            typer.Option(
+                metavar="N|auto|none",
+                help="Shorter side photos are resized to before the centre crop; none: images "
+                "of exactly the input size only (default auto: 256/224 of the input side, the "
+                "side itself below 64 pixels).",
+            ),
+        ]
+    ),
+    "output": Flag(
+        Annotated[
+            str | None,
+            typer.Option(
+                metavar="INDEX|KEY",
+                help="The part of a model's output that holds the scores, when it returns a "
+                "tuple, dict or object: an index (0) or a key (logits).",
+            ),
+        ]
+    ),
 }
 
 
@@ -180,10 +201,13 @@ def card_fields(
     num_classes: int | None = None,
     arch: str | None = None,
     arch_args: str | None = None,
+    resize: str | None = None,
+    output: str | None = None,
 ) -> dict[str, Any]:
     """The card fields (``ModelCard.updated`` names) that the card flags given say, and the
     architecture (``arch``, ``arch_options``) of a checkpoint given as the model."""
-    from convsight.models.card import parse_input_size, parse_numbers, read_labels
+    from convsight.models.card import parse_input_size, parse_numbers, parse_resize, read_labels
+    from convsight.models.outputs import parse_output
 
     fields: dict[str, Any] = {}
     if input_size is not None:
@@ -204,6 +228,10 @@ def card_fields(
         from convsight.models.python_class import parse_arch_args
 
         fields["arch_options"] = parse_arch_args(arch_args)
+    if resize is not None:
+        fields["resize"] = parse_resize(resize)
+    if output is not None:
+        fields["output"] = parse_output(output)
     return fields
 
 

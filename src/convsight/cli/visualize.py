@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from convsight.cli.app import app, model_for
-from convsight.cli.errors import command, out_console
+from convsight.cli.errors import command, out_console, say
 from convsight.cli.options import (
     DataDirOpt,
     ModelArg,
@@ -159,6 +159,20 @@ def atlas_cmd(
         f"{summary['channels']} channels ({summary['rendered_this_run']} rendered now) "
         f"in {summary['seconds_this_run']:.0f} s; open {run.out / 'index.html'}"
     )
+    say_skipped(summary["skipped_images"])
+
+
+def say_skipped(skipped: list[dict[str, str]]) -> None:
+    """One line on stderr saying why images of the dataset were left out (if any were)."""
+    if skipped:
+        from convsight.data.images import skipped_reasons
+
+        count = len(skipped)
+        say(
+            "skipped:",
+            "yellow",
+            f"{count} image{'s' if count > 1 else ''} of the dataset: {skipped_reasons(skipped)}",
+        )
 
 
 @app.command("maximize")

@@ -36,6 +36,13 @@ MAX_IMAGE_PIXELS = 64_000_000
 MAX_ASPECT_RATIO = 20.0
 """The most elongated image a photo model takes (longer side / shorter side)."""
 
+EXACT_ONLY = (
+    " (its card's input.resize is null; --resize auto, or --resize N, resizes, centre-crops "
+    "and converts photos)"
+)
+SKIPPED_REASONS_SHOWN = 3
+"""How many different reasons for skipped images a message names (the most common first)."""
+
 _HIGH_BIT_MODES = ("I", "F")  # and every "I;16..." mode
 _ORIENTATION_TAG = 0x0112  # EXIF orientation: 1 as stored, 2-8 mirrored and/or rotated
 
@@ -153,8 +160,9 @@ def _high_bit_as_float(img: Image.Image, name: str) -> Image.Image:
 
 
 def _resize_and_crop(img: Image.Image, card: ModelCard, name: str) -> Image.Image:
-    """Resize the shorter side to ``card.resize`` and take the centre crop of ``input_size``,
-    with the card's interpolation.
+    """Resize the shorter side to ``card.resize`` (or more, so that the image covers the
+    input's height and width without stretching) and take the centre crop of ``input_size``,
+    with the card's interpolation; an image that needs neither is returned as it is.
 
     Only the crop is resampled (Pillow's ``box``), so an elongated image never allocates its
     whole resized size.
@@ -167,7 +175,9 @@ def _resize_and_crop(img: Image.Image, card: ModelCard, name: str) -> Image.Imag
             f"{long / short:.0f}:1; model '{card.name}' takes photos of at most "
             f"{MAX_ASPECT_RATIO:.0f}:1"
         )
-    scale = card.resize / short
+    scale = max(card.resize / short, w / img.width, h / img.height)
+    if scale == 1 and (img.width, img.height) == (w, h):
+        return img  # already the input's size: not resampled (a 28x28 digit stays exact)
     width, height = max(w, round(img.width * scale)), max(h, round(img.height * scale))
     left, top = (width - w) // 2, (height - h) // 2
     sx, sy = img.width / width, img.height / height
@@ -178,10 +188,10 @@ def _resize_and_crop(img: Image.Image, card: ModelCard, name: str) -> Image.Imag
 def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> torch.Tensor:
     """A PIL image as the model's pixel input (C x H x W in [0, 1]).
 
-    Models with ``card.resize`` take any photo (resize the shorter side, centre crop), with
-    colour converted to the model's channel count. Models without it (e.g. the MNIST CNN)
-    take only images of exactly their size and channel count. See the module's docstring for
-    bit depths, colour modes and size limits.
+    Models with ``card.resize`` (every card by default) take any photo (resize the shorter
+    side, centre crop), with colour converted to the model's channel count. Models whose
+    card has ``resize`` None (``--resize none``) take only images of exactly their size and
+    channel count. See the module's docstring for bit depths, colour modes and size limits.
     """
     if card.channels not in (1, 3):
         raise ConvsightError(
@@ -194,12 +204,12 @@ def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> t
         if (img.height, img.width) != (h, w):
             raise ConvsightError(
                 f"{name} is {img.width}x{img.height} pixels; model '{card.name}' takes "
-                f"exactly {w}x{h}"
+                f"exactly {w}x{h}{EXACT_ONLY}"
             )
         if _channels(img) not in (card.channels, card.channels + 1):  # alpha is dropped
             raise ConvsightError(
                 f"{name} has {_channels(img)} channels ({img.mode}); model '{card.name}' "
-                f"takes {card.channels}"
+                f"takes {card.channels}{EXACT_ONLY}"
             )
     if _is_high_bit(img):
         img = _high_bit_as_float(img, name)
@@ -263,7 +273,9 @@ def readable_image_chunks(
             yield ImageChunk(torch.stack(pixels), kept, skipped)
             pixels, kept, skipped = [], [], []
     if not read:
-        raise ConvsightError(f"no {what} could be read for model '{card.name}'")
+        raise ConvsightError(
+            f"no {what} could be read for model '{card.name}': {skipped_reasons(skipped)}"
+        )
     if kept or skipped:
         stacked = torch.stack(pixels) if pixels else torch.empty(0, card.channels, *card.input_size)
         yield ImageChunk(stacked, kept, skipped)
@@ -316,3 +328,28 @@ def load_readable_images(
     pixels = torch.cat([c.pixels for c in chunks])
     kept = [f for c in chunks for f in c.files]
     return pixels, kept, [s for c in chunks for s in c.skipped]
+
+
+def skipped_reasons(skipped: Sequence[dict[str, str]]) -> str:
+    """Why files were left out, counted, the most common reason first: '2 files: "a.png is
+    40x40 pixels; ..."; 1 file: "..."' (reasons that differ only in names and numbers count
+    as one; the first file of each is quoted)."""
+    groups: dict[str, list[str]] = {}
+    for item in skipped:
+        reason = str(item.get("reason", ""))
+        key = re.sub(r"\d+", "#", reason.replace(str(item.get("path", "")), ""))
+        groups.setdefault(key, []).append(reason)
+    ordered = sorted(groups.values(), key=len, reverse=True)
+    parts = [
+        f'{_count(len(reasons), "file")}: "{reasons[0]}"'
+        for reasons in ordered[:SKIPPED_REASONS_SHOWN]
+    ]
+    rest = ordered[SKIPPED_REASONS_SHOWN:]
+    if rest:
+        files = sum(len(reasons) for reasons in rest)
+        parts.append(f"{_count(files, 'more file')} for {_count(len(rest), 'other reason')}")
+    return "; ".join(parts) if parts else "no files"
+
+
+def _count(number: int, thing: str) -> str:
+    return f"{number} {thing}{'' if number == 1 else 's'}"

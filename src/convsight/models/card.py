@@ -45,6 +45,7 @@ __all__ = [
     "imagenet_labels",
     "parse_input_size",
     "parse_numbers",
+    "parse_resize",
     "read_labels",
     "warn_no_normalization",
 ]
@@ -62,6 +63,7 @@ FIELD_NAMES = (
     "interpolation",
     "labels",
     "num_classes",
+    "output",
 )
 """The card fields a user may give without writing a card (``ModelCard.updated``)."""
 
@@ -78,7 +80,9 @@ class ModelCard:
     centre crop to ``input_size``; ``None`` means the model takes only images of exactly
     ``input_size``; ``"auto"`` (the default, in Python as in JSON) is
     :func:`default_resize` of the input size: 256/224 of its shorter side from 64 pixels up,
-    else ``None``. ``labels="imagenet"`` stands for the 1000 ImageNet class names.
+    else the shorter side itself. ``labels="imagenet"`` stands for the 1000 ImageNet class
+    names. ``output`` is the part of a forward's output that holds the scores when it is not
+    one tensor: an index or a key (see :mod:`convsight.models.outputs`); None: one tensor.
     """
 
     name: str
@@ -94,6 +98,7 @@ class ModelCard:
     arch_options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     interpolation: str = "bilinear"
+    output: int | str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -192,6 +197,7 @@ class ModelCard:
             interpolation=inp.get("interpolation", "bilinear"),
             arch_options=data.get("arch_options") or {},
             source=str(data.get("source") or ""),
+            output=data.get("output"),
             **normalization,
         )
 
@@ -287,6 +293,21 @@ def parse_input_size(text: str) -> tuple[int, int]:
             f"side for a square, from 1 to {MAX_INPUT_SIDE} pixels"
         )
     return sides[0], sides[1]
+
+
+def parse_resize(text: str) -> int | None | Literal["auto"]:
+    """``--resize``: a number of pixels, ``auto`` (the usual resize) or ``none`` (exact size)."""
+    word = str(text).strip().lower()
+    if word in ("none", "null"):
+        return None
+    if word == AUTO:
+        return AUTO
+    if word.isdigit() and 1 <= int(word) <= MAX_INPUT_SIDE:
+        return int(word)
+    raise ConvsightError(
+        f"cannot read --resize '{text}': give the shorter side in pixels (1 to "
+        f"{MAX_INPUT_SIDE}), auto or none"
+    )
 
 
 def parse_numbers(text: str, what: str) -> float | tuple[float, ...]:

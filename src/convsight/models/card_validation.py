@@ -22,6 +22,8 @@ MAX_INPUT_SIDE = 4096
 """The largest input side (height or width, and resize) a card may give."""
 MAX_CHANNELS = 4
 MAX_NUM_CLASSES = 100_000
+MAX_OUTPUT_KEY_CHARS = 200
+"""The longest key the card's ``output`` may give."""
 MAX_LABEL_CHARS = 1000
 """The longest class name a card may give (names become titles and file names)."""
 AUTO = "auto"
@@ -48,6 +50,23 @@ def validate_card(card: ModelCard) -> None:
         )
     if not isinstance(card.source, str):
         raise bad_field(card, "source", f"it must be text, not {show(card.source)}")
+    _check_output(card)
+
+
+def _check_output(card: ModelCard) -> None:
+    """``output``: null, an index (a whole number) or a key (text of 1 to 200 characters)."""
+    value = card.output
+    if value is None:
+        return
+    if integer(value) is not None and not isinstance(value, str):
+        card.output = integer(value)
+    elif not isinstance(value, str) or not 1 <= len(value) <= MAX_OUTPUT_KEY_CHARS:
+        raise bad_field(
+            card,
+            "output",
+            "it must be an index (a whole number), a key (text of 1 to "
+            f"{MAX_OUTPUT_KEY_CHARS} characters) or null, not {show(value)}",
+        )
 
 
 def bad_field(card: ModelCard, field_name: str, problem: str) -> ConvsightError:
@@ -205,11 +224,12 @@ def channel_values(
     return tuple(result)
 
 
-def default_resize(size: tuple[int, int]) -> int | None:
-    """The usual resize for a photo model of this input size: 256/224 of its shorter side,
-    or None (exact size only) below 64 pixels."""
+def default_resize(size: tuple[int, int]) -> int:
+    """The usual resize for a photo model of this input size: 256/224 of its shorter side
+    from 64 pixels up, else the shorter side itself (a 32x32 or 28x28 model takes a photo
+    resized to its side and centre-cropped, and an image of its size as it is)."""
     side = min(size)
-    return None if side < 64 else round(side * 256 / 224)
+    return side if side < 64 else round(side * 256 / 224)
 
 
 def channel_count(value: Any) -> int:

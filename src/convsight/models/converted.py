@@ -18,13 +18,16 @@ def converted_card(
     card: ModelCard | None,
     channels: int,
     size: tuple[int | None, int | None],
-    output: tuple[int | None, ...],
+    output: tuple[int | None, ...] | None,
+    key: int | str | None = None,
 ) -> ModelCard:
     """The given card checked against the file's input, or one built from it.
 
     ``kind`` names the file ("ONNX", "Keras"); ``size`` is (height, width), None where the
-    file leaves it free; ``output`` the output shape with its batch dimension. A built card
-    has identity normalization and no resize (the caller warns).
+    file leaves it free; ``output`` the shape of the scores with their batch dimension (None:
+    not known yet, a file with several outputs); ``key`` the built card's ``output``. A built
+    card takes its input size from the file, resizes photos as every card does, and has
+    identity normalization (the caller warns).
     """
     height, width = size
     arch = f"{kind.lower()}:{path.name}"
@@ -43,8 +46,8 @@ def converted_card(
         return dataclasses.replace(card, arch=arch)
     if height is None or width is None:
         raise ConvsightError(
-            f"{kind} file {path} takes images of any height and width; give a model card "
-            "(input.size) to say which size it was trained on"
+            f"{kind} file {path} takes images of any height and width; give the size it was "
+            "trained on with --input-size HxW (or input.size in a model card)"
         )
     if channels > MAX_CHANNELS:
         raise ConvsightError(
@@ -58,9 +61,9 @@ def converted_card(
         channels=channels,
         mean=[0.0] * channels,
         std=[1.0] * channels,
-        num_classes=output[1] if len(output) == 2 and output[1] else None,
-        features_only=len(output) != 2,
-        resize=None,
+        num_classes=output[1] if output and len(output) == 2 and output[1] else None,
+        features_only=output is not None and len(output) != 2,
+        output=key,
         source=f"{kind} file {path} (no card: identity normalization)",
     )
 

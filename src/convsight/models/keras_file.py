@@ -68,8 +68,9 @@ def _keras() -> Any:
     return keras
 
 
-def load_keras(path: Path, card: ModelCard | None) -> Model:
-    """A Model from a Keras 3 ``.keras`` file, its card built from the model when ``card`` is None.
+def load_keras(path: Path, card: ModelCard | None, output: int | str | None = None) -> Model:
+    """A Model from a Keras 3 ``.keras`` file, its card built from the model when ``card`` is None
+    (with ``output``, which a one-output model refuses).
 
     Without a card the Keras input (N x H x W x C) must have a fixed height, width and
     channels; mean/std are then the identity (0 and 1: the caller warns). The card describes
@@ -86,7 +87,7 @@ def load_keras(path: Path, card: ModelCard | None) -> Model:
     keras_model = _read(keras, path)
     functional = _functional(keras, keras_model, path)
     module = _build(keras, functional, path)
-    card = _card(path, card, functional)
+    card = _card(path, card, functional, output)
     difference, tolerance = _check_against_keras(path, keras, keras_model, module, card)
     return checked_model(module, card, "Keras", path, "keras", difference, tolerance)
 
@@ -212,16 +213,19 @@ def _build(keras: Any, functional: Any, path: Path) -> KerasGraph:
     return KerasGraph(layers, inputs, number(functional.outputs[0]))
 
 
-def _card(path: Path, card: ModelCard | None, functional: Any) -> ModelCard:
-    """The given card checked against the Keras input, or one built from the model."""
+def _card(
+    path: Path, card: ModelCard | None, functional: Any, output: int | str | None
+) -> ModelCard:
+    """The given card checked against the Keras input (N x H x W x C: the height and width
+    come from the file when fixed), or one built from the model."""
     _, height, width, channels = tuple(functional.inputs[0].shape)
     if channels is None:
         raise ConvsightError(
             f"Keras file {path} takes an input with a variable number of channels; "
             "convsight needs a fixed one"
         )
-    output = tuple(functional.outputs[0].shape)
-    return converted_card("Keras", path, card, channels, (height, width), output)
+    shape = tuple(functional.outputs[0].shape)
+    return converted_card("Keras", path, card, channels, (height, width), shape, output)
 
 
 def _check_against_keras(

@@ -12,6 +12,7 @@ from torch import nn
 
 from convsight.errors import ConvsightError
 from convsight.models.card import AUTO, ModelCard
+from convsight.models.outputs import not_a_tensor, select_output
 
 
 @dataclass
@@ -22,10 +23,23 @@ class Model:
     ``Model(module, card)`` adopts ``module`` as it is: it is put in eval mode and its
     parameters are frozen in place (``load_model`` passes modules it built itself). To
     visualize a module you keep using, call :meth:`from_module`, which leaves it as it was.
+    When the card names an ``output`` (the part of a tuple, dict or object that holds the
+    scores), ``module`` returns that part (see :mod:`convsight.models.outputs`), also after
+    the card is replaced.
     """
 
     module: nn.Module
     card: ModelCard
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in ("module", "card") and "module" in vars(self) and "card" in vars(self):
+            self._select_output()
+
+    def _select_output(self) -> None:
+        """Make the module return the part of its output the card names (if any)."""
+        module = select_output(self.module, self.card.output, self.card.name)
+        object.__setattr__(self, "module", module)
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -66,6 +80,7 @@ class Model:
         interpolation: str = "bilinear",
         arch: str | None = None,
         source: str = "",
+        output: int | str | None = None,
     ) -> Model:
         """Any ``nn.Module`` with a card built from these arguments, checked against it.
 
@@ -74,11 +89,14 @@ class Model:
         module's output for one input (an N x K output has K classes, named by their
         numbers; another output shape means no class scores). ``input_size`` is one side
         (a square) or (height, width); ``mean``/``std`` one number or one per channel.
+        ``output`` picks the scores from a forward that returns a tuple, list, dict or
+        object (``0``, ``"logits"``); such an output without it is refused.
 
         ``module`` itself is left as it was (train/eval mode, ``requires_grad``, device): the
         Model holds a copy of its structure that shares its weights (see :func:`shared_copy`;
         no tensor is copied, so weights changed in place show through). A module that
-        cannot be copied (TorchScript, uninitialized lazy layers) is adopted as it is.
+        cannot be copied (TorchScript, uninitialized lazy layers) is adopted as it is (with
+        ``output``, a Python one is itself made to return that part; TorchScript is wrapped).
         """
         card = ModelCard(
             name=name or type(module).__name__,
@@ -92,6 +110,7 @@ class Model:
             resize=resize,
             interpolation=interpolation,
             source=source or f"Model.from_module({type(module).__name__})",
+            output=output,
         )
         model = cls(shared_copy(module), card)
         model.probe_classes()
@@ -100,7 +119,7 @@ class Model:
     def probe_classes(self) -> None:
         """Run the card's example input once: a card that names no classes takes K from an
         N x K output (unless ``features_only``); then the card is checked as by
-        :meth:`check_card`."""
+        :meth:`check_card` (an output that is not one tensor needs the card's ``output``)."""
         out = self._example_output()
         card = self.card
         if card.num_classes is None and not card.features_only:
@@ -112,9 +131,12 @@ class Model:
     def _example_output(self) -> Any:
         """The module's output for the card's example input (one sentence if it fails)."""
         card = self.card
+        self._select_output()  # the card may have been changed in place
         try:
             with torch.no_grad():
                 return self.module(self.example_input())
+        except ConvsightError:  # the output the card names is not there
+            raise
         except Exception as exc:  # the module says why in its own words
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise ConvsightError(
@@ -134,14 +156,12 @@ class Model:
 
     def _check_output(self, out: Any) -> None:
         card = self.card
+        if not isinstance(out, torch.Tensor):
+            raise not_a_tensor(card.name, out)
         if card.features_only or card.num_classes is None:
             return
-        if not isinstance(out, torch.Tensor) or out.ndim != 2:
-            got = (
-                "x".join(map(str, out.shape)) + " tensor"
-                if isinstance(out, torch.Tensor)
-                else type(out).__name__
-            )
+        if out.ndim != 2:
+            got = "x".join(map(str, out.shape)) + " tensor"
             raise ConvsightError(
                 f"model '{card.name}' returns a {got} for one input, not one row of "
                 f"{card.num_classes} class scores as its card says"
@@ -157,10 +177,12 @@ class Model:
         """A class given by index or by label (case-insensitive), checked against the card."""
         n = self.card.num_classes
         if self.card.features_only or n is None:
-            raise ConvsightError(
-                f"model '{self.card.name}' has no class scores "
-                "(its weights are a feature stack only)"
+            why = (
+                "its weights are a feature stack only"
+                if self.card.features_only
+                else "its output is not one row of scores per image (N x K)"
             )
+            raise ConvsightError(f"model '{self.card.name}' has no class scores ({why})")
         if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
             wanted = target.strip().lower().replace("_", " ")
             labels = [label.lower() for label in self.card.labels or []]

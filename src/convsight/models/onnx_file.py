@@ -8,6 +8,10 @@ The converted model is then run next to onnxruntime on the file as given (a seed
 plus one image and two batches at once for a fixed-batch file); the largest absolute difference
 and the tolerance are kept in ``model.card.arch_options`` (``onnxruntime_max_abs_diff``,
 ``onnxruntime_tolerance``) and in ``model.card.source``.
+
+A graph with several outputs becomes a module that returns a dict of them by their ONNX
+names, in the graph's order; the card's ``output`` (``--output NAME`` or ``--output INDEX``)
+says which holds the scores, and every output is checked against onnxruntime.
 """
 
 from __future__ import annotations
@@ -45,26 +49,30 @@ def _modules() -> tuple[Any, Any, Any]:
     return onnx, onnx2torch, onnxruntime
 
 
-def load_onnx(path: Path, card: ModelCard | None) -> Model:
+def load_onnx(path: Path, card: ModelCard | None, output: int | str | None = None) -> Model:
     """A Model from an ``.onnx`` file, its card built from the graph when ``card`` is None.
 
     Without a card the input must have fixed channels, height and width; mean/std are then
-    the identity (0 and 1: the caller warns). The converted module is checked against
-    onnxruntime on a probe batch and refused when it differs by more than the tolerance.
+    the identity (0 and 1: the caller warns), and ``output`` names the output that holds
+    the scores of a graph with several (a card names it itself). The converted module is
+    checked against onnxruntime on a probe batch and refused when it differs by more than
+    the tolerance.
     """
     onnx, onnx2torch, _ = _modules()
     path = require_file(path, "ONNX file")
     proto = _read(onnx, path)
-    graph_input, graph_output = _signature(proto, path)
+    graph_input, graph_outputs = _signature(proto, path)
     batch, channels, height, width = dims(graph_input)
     if channels is None:
         raise ConvsightError(
             f"ONNX file {path} takes an input with a variable number of channels; "
             "convsight needs a fixed one"
         )
-    card = _card(path, card, channels, (height, width), graph_output)
+    card = _card(path, card, channels, (height, width), graph_outputs, output)
     prepared = prepare_graph(onnx, proto, path, batch)
     module = _convert(onnx2torch, prepared, path)
+    if len(graph_outputs) > 1:
+        _outputs_by_name(module, [value.name for value in graph_outputs])
     difference, tolerance = _check_against_onnxruntime(path, module, card, batch)
     return checked_model(module, card, "ONNX", path, "onnxruntime", difference, tolerance)
 
@@ -97,8 +105,8 @@ def _read(onnx: Any, path: Path) -> Any:
     return proto
 
 
-def _signature(proto: Any, path: Path) -> tuple[Any, Any]:
-    """The one image input and the one output of the graph, else one sentence."""
+def _signature(proto: Any, path: Path) -> tuple[Any, list[Any]]:
+    """The one image input and the outputs of the graph, else one sentence."""
     initializers = {tensor.name for tensor in proto.graph.initializer}
     inputs = [value for value in proto.graph.input if value.name not in initializers]
     if len(inputs) != 1:
@@ -106,11 +114,8 @@ def _signature(proto: Any, path: Path) -> tuple[Any, Any]:
             f"ONNX file {path} takes {len(inputs)} inputs; convsight needs a model with one "
             "image input"
         )
-    if len(proto.graph.output) != 1:
-        raise ConvsightError(
-            f"ONNX file {path} has {len(proto.graph.output)} outputs; convsight needs a model "
-            "with one output (class scores or feature maps)"
-        )
+    if not proto.graph.output:
+        raise ConvsightError(f"ONNX file {path} has no outputs")
     graph_input = inputs[0]
     tensor_type = graph_input.type.tensor_type
     if not graph_input.type.HasField("tensor_type") or tensor_type.elem_type != 1:  # FLOAT
@@ -123,7 +128,7 @@ def _signature(proto: Any, path: Path) -> tuple[Any, Any]:
         raise ConvsightError(
             f"ONNX file {path} takes an input of rank {rank}; convsight needs N x C x H x W images"
         )
-    return graph_input, proto.graph.output[0]
+    return graph_input, list(proto.graph.output)
 
 
 def _card(
@@ -131,10 +136,35 @@ def _card(
     card: ModelCard | None,
     channels: int,
     size: tuple[int | None, int | None],
-    graph_output: Any,
+    graph_outputs: list[Any],
+    output: int | str | None,
 ) -> ModelCard:
-    """The given card checked against the graph's input, or one built from the graph."""
-    return converted_card("ONNX", path, card, channels, size, tuple(dims(graph_output)))
+    """The given card checked against the graph's input, or one built from the graph (its
+    class count from the output chosen, when there are several)."""
+    chosen = graph_outputs[0] if len(graph_outputs) == 1 else None
+    key = card.output if card is not None else output
+    names = [value.name for value in graph_outputs]
+    if len(graph_outputs) > 1 and key in names:
+        chosen = graph_outputs[names.index(key)]
+    elif len(graph_outputs) > 1 and isinstance(key, int) and -len(names) <= key < len(names):
+        chosen = graph_outputs[key]
+    shape = tuple(dims(chosen)) if chosen is not None else None
+    return converted_card("ONNX", path, card, channels, size, shape, output)
+
+
+def _outputs_by_name(module: nn.Module, names: list[str]) -> None:
+    """Make the converted graph (a ``torch.fx.GraphModule``) return a dict of its outputs by
+    their ONNX names instead of a list."""
+    graph = module.graph
+    node = next(n for n in graph.nodes if n.op == "output")
+    values = node.args[0]
+    if not isinstance(values, (tuple, list)) or len(values) != len(names):
+        raise ConvsightError(
+            f"onnx2torch made {len(values) if isinstance(values, (tuple, list)) else 1} "
+            f"outputs of a graph with {len(names)}"
+        )
+    node.args = (dict(zip(names, values, strict=True)),)
+    module.recompile()
 
 
 _NOT_IMPLEMENTED = re.compile(r"operation_type='(\w+)', version=(\d+)")
@@ -169,7 +199,7 @@ def _onnxruntime_outputs(path: Path, batches: list[np.ndarray]) -> list[np.ndarr
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
         name = session.get_inputs()[0].name
-        return [np.asarray(session.run(None, {name: batch})[0]) for batch in batches]
+        return [_joined(session.run(None, {name: batch})) for batch in batches]
     except Exception as exc:
         raise ConvsightError(
             f"onnxruntime cannot run ONNX file {path} to check the conversion: {first_line(exc)}"
@@ -260,7 +290,23 @@ def _other_batch_difference(
 
 
 def _output(out: Any) -> torch.Tensor:
-    """The one output tensor of the converted module."""
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out.float()
+    """The output of the converted module as one tensor (see :func:`_joined`)."""
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    parts = list(out.values()) if isinstance(out, dict) else list(out)
+    return torch.from_numpy(_joined([part.detach().float().cpu().numpy() for part in parts]))
+
+
+def _joined(outputs: Any) -> np.ndarray:
+    """One output as it is; several as one row per image of every output flattened in turn,
+    so that one comparison covers them all."""
+    if not isinstance(outputs, (tuple, list)):
+        return np.asarray(outputs)
+    if len(outputs) == 1:
+        return np.asarray(outputs[0])
+    rows = [np.asarray(part) for part in outputs]
+    if any(part.ndim == 0 or len(part) != len(rows[0]) for part in rows):
+        raise ConvsightError(
+            "an ONNX model with several outputs must return one row per image in each"
+        )
+    return np.concatenate([part.reshape(len(part), -1) for part in rows], axis=1)

@@ -31,9 +31,13 @@ TARGET_OPSET = 17
 
 
 def dims(value: Any) -> list[int | None]:
-    """The fixed sizes of a value's dimensions (None where a dimension is symbolic)."""
+    """The fixed sizes of a value's dimensions (None where a dimension is symbolic, unset,
+    or written as 0 or -1)."""
     shape = value.type.tensor_type.shape
-    return [dim.dim_value if dim.HasField("dim_value") else None for dim in shape.dim]
+    return [
+        dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+        for dim in shape.dim
+    ]
 
 
 def prepare_graph(onnx: Any, proto: Any, path: Path, batch: int | None) -> Any:

@@ -165,8 +165,9 @@ def _model_file(kind: str, path: Path, card: ModelCard | None, fields: Mapping[s
     if card is None and "input_size" in fields:
         card = _fields_card(path, kind, fields)
         fields = {}
+    chosen = {"output": fields["output"]} if card is None and "output" in fields else {}
     try:
-        model = load(path, card)
+        model = load(path, card, **chosen)
     except ImportError as exc:
         if is_missing(exc, *packages):
             raise missing_extra(what, extra) from exc
