@@ -186,7 +186,7 @@ def test_diverging_training_exits_2_and_writes_nothing(tmp_path, mnist_dir):
 def test_train_refuses_a_learning_rate_that_cannot_train(tmp_path, mnist_dir):
     out = tmp_path / "run"
     result = run("train", "mnist", "--lr", "inf", "--data-dir", mnist_dir, "--out", out)
-    assert_one_line_error(result, "--lr must be a positive finite number")
+    assert_one_line_error(result, "--lr must be a finite number, not inf")
     assert not out.exists()
 
 

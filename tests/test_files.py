@@ -190,20 +190,26 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, monkeypatch):
         labels=list("abcd"),
     )
 
-    def full(obj, handle, *args, **kwargs):
-        handle.write(b"partial")
+    def full(path, data):  # the disk fills while the serialized checkpoint is written
+        with open(path, "wb") as handle:
+            handle.write(bytes(data)[:7])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(ConvsightError, match="no space left on"):
         write_checkpoint(tmp_path / "m.pt", TinyNet(), card)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_other_write_errors_are_not_called_a_full_disk(tmp_path):
-    with pytest.raises(PermissionError):
+    with pytest.raises(ConvsightError, match="permission denied while writing") as error:
         with atomic_path(tmp_path / "x.txt"):
             raise PermissionError(errno.EACCES, "denied")
+    assert "space" not in str(error.value)
+    with pytest.raises(OSError) as other:  # an I/O error is not bad input: it stays itself
+        with atomic_path(tmp_path / "y.txt"):
+            raise OSError(errno.EIO, "Input/output error")
+    assert not isinstance(other.value, ConvsightError)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -88,13 +88,6 @@ def test_flags_that_are_not_finite_are_refused_before_work(tmp_path, flags):
     assert not out.exists()
 
 
-def test_train_refuses_an_infinite_learning_rate(tmp_path, mnist_dir):
-    out = tmp_path / "out"
-    result = run("train", "mnist", "--lr", "inf", "--data-dir", mnist_dir, "--out", out)
-    assert_one_line_error(result, "--lr must be a finite number, not inf")
-    assert not out.exists()
-
-
 # --- 4. --out names a folder, and a folder of the user's is not written into ----------------
 
 
