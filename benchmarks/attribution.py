@@ -130,7 +130,7 @@ def main() -> None:
     t = [label for _, label in samples]
     wrapped = Normalized(model).eval()
     f = wrapped.forward
-    layer = default_cam_layer(model.module)  # features.18.2: the ReLU6 after the last conv
+    layer = default_cam_layer(model)  # features: the last stage, the output of features.18
     block = get_layer(model.module, "features.18")  # same output, as a module for the libraries
 
     rows: list[dict[str, Any]] = []

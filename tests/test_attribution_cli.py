@@ -63,7 +63,7 @@ def test_saliency_writes_a_panel_per_image_maps_and_json(checkpoint, digits, tmp
     assert arrays["ig_attributions"].shape == (2, 1, 28, 28)
     summary = json.loads((out / "saliency.json").read_text())
     assert [t["class"] for t in summary["targets"]] == [3, 7]
-    assert summary["methods"]["gradcam"]["options"]["layer"] == "features.4"
+    assert summary["methods"]["gradcam"]["options"]["layer"] == "features"  # the last stage
     assert summary["methods"]["ig"]["reference"] == "https://arxiv.org/abs/1703.01365"
     assert summary["methods"]["ig"]["options"] == {"steps": 4}
     occlusion = summary["methods"]["occlusion"]["run"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,6 +137,75 @@ def map_layer_names(module: nn.Module, example: torch.Tensor) -> list[str]:
     with capture(module, names) as outputs, torch.no_grad():
         module(example)
     return [n for n in names if n in outputs and outputs[n].dim() == 4]
+
+
+# Layers that compute nothing (their output is their input in eval mode), and the adaptive
+# pooling that brings a map to the size a head needs: neither gives a stage's output, nor does
+# a block whose output is that pooling's.
+_PASS_THROUGH: tuple[type[nn.Module], ...] = (nn.Identity, nn.modules.dropout._DropoutNd)
+_HEAD_POOLING: tuple[type[nn.Module], ...] = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _map_outputs(
+    module: nn.Module, example: torch.Tensor
+) -> list[tuple[str, tuple[int, ...] | None, tuple[int, ...]]]:
+    """(name, input H x W or None, output C x H x W) of each layer call that gives an
+    N x C x H x W output (not a pass-through's or head pooling's), in the order the calls
+    finish (one forward, hooks removed)."""
+    found: list[tuple[str, tuple[int, ...] | None, tuple[int, ...]]] = []
+    pooled: list[torch.Tensor] = []  # head pooling outputs (kept, so identity checks hold)
+
+    def make_hook(name: str, layer: nn.Module):
+        def hook(_module: nn.Module, inputs: tuple, output: object) -> None:
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                return
+            if isinstance(layer, _HEAD_POOLING):
+                pooled.append(output)
+            elif not isinstance(layer, _PASS_THROUGH) and all(output is not p for p in pooled):
+                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+                size = tuple(first.shape[-2:]) if first is not None and first.dim() == 4 else None
+                found.append((name, size, tuple(output.shape[1:])))
+
+        return hook
+
+    layers = [(n, m) for n, m in module.named_modules() if n]
+    handles = [m.register_forward_hook(make_hook(n, m)) for n, m in layers]
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def last_map_layer(module: nn.Module, example: torch.Tensor) -> tuple[str, tuple[int, ...]] | None:
+    """(name, C x H x W) of the last stage's output on ``example``: the last layer to finish
+    with a spatial output (N x C x H x W, H x W > 1 where any layer has one) before the head
+    pools or flattens it, outermost where several give it (ResNet's ``layer4``, not
+    ``layer4.1.relu``: a block finishes after its branches). None when no layer gives maps.
+
+    Not stages: pass-through layers, adaptive pooling (and a block that ends with it), a
+    layer called more than once (its name is not one output) and a layer inside a block that
+    reduces the resolution it took (a head that pools; MobileNet's expansion conv ahead of a
+    stride-2 one at 1 x 1)."""
+    require_hookable(module)
+    found = _map_outputs(module, example)
+    calls = Counter(name for name, _, _ in found)
+    found = [item for item in found if calls[item[0]] == 1]  # a shared layer names no one map
+    last = {name: (size, shape[1:]) for name, size, shape in found}
+
+    def inside_reduction(name: str, hw: tuple[int, ...]) -> bool:
+        parents = [name[:i] for i, ch in enumerate(name) if ch == "."]
+        return any(p in last and last[p][0] == hw and last[p][1] != hw for p in parents)
+
+    spatial = [
+        (name, shape)
+        for name, _, shape in found
+        if shape[1] * shape[2] > 1 and not inside_reduction(name, shape[1:])
+    ]
+    chosen = spatial or [(name, shape) for name, _, shape in found]
+    return chosen[-1] if chosen else None
 
 
 class _StopForward(Exception):

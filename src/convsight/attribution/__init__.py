@@ -17,6 +17,7 @@ from convsight.attribution.cam import (
     GradCAM,
     GradCAMPlusPlus,
     ScoreCAM,
+    cam_layer,
     default_cam_layer,
     upsample_maps,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ScoreCAM",
     "SmoothGrad",
     "Target",
+    "cam_layer",
     "check_inputs",
     "default_cam_layer",
     "get_method",

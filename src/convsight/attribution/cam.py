@@ -19,41 +19,36 @@ from torch import nn
 from convsight.attribution.base import Method, forward_batch, forward_scores, select
 from convsight.attribution.options import Option
 from convsight.errors import ConvsightError
-from convsight.layers import conv_layer_names, forward_to, get_layer
+from convsight.layers import forward_to, get_layer, last_map_layer
+from convsight.models import Model
 
 ENGINES = ("eager", "frozen")
-_ELEMENTWISE = (
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.Hardtanh,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SiLU,
-    nn.GELU,
-    nn.Hardswish,
-    nn.Identity,
-)
 
 
-def default_cam_layer(module: nn.Module) -> str:
-    """The last conv layer, taken after its batch norm and activation when they follow it.
+def cam_layer(model: Model, layer: str | None = None) -> tuple[str, str]:
+    """The layer a CAM reads and why: ``layer`` when given (checked), else the last stage's
+    output, the last layer with spatial maps before the head pools or flattens them
+    (:func:`convsight.layers.last_map_layer`; one forward at the card's input size), as
+    pytorch-grad-cam advises: ResNet's ``layer4``, VGG's, DenseNet's and MobileNet's
+    ``features``, timm's last stage. The default in a CAM's output JSON records both."""
+    if layer is not None:
+        get_layer(model.module, layer)
+        return layer, "given"
+    found = last_map_layer(model.module, model.example_input())
+    if found is None:
+        raise ConvsightError("the model has no layer with N x C x H x W maps for a CAM")
+    name, shape = found
+    size = "x".join(map(str, shape))
+    h, w = model.card.input_size
+    return name, (
+        f"default: the last stage's output ({size} maps for a {h}x{w} input, before the head "
+        "pools or flattens them); --layer overrides"
+    )
 
-    For torchvision's MobileNet v2 that is ``features.18.2`` (the ReLU6 after the last 1x1
-    conv), the layer Grad-CAM is usually shown on.
-    """
-    names = conv_layer_names(module)
-    if not names:
-        raise ConvsightError("the model has no conv layer for a CAM; pass a layer")
-    name = names[-1]
-    parent_name, _, child = name.rpartition(".")
-    parent = get_layer(module, parent_name) if parent_name else module
-    children = list(parent.named_children())
-    index = [n for n, _ in children].index(child)
-    for next_name, next_module in children[index + 1 :]:
-        if not isinstance(next_module, _ELEMENTWISE):
-            break
-        name = f"{parent_name}.{next_name}" if parent_name else next_name
-    return name
+
+def default_cam_layer(model: Model) -> str:
+    """The layer a CAM reads when none is given (:func:`cam_layer`)."""
+    return cam_layer(model)[0]
 
 
 @contextmanager
@@ -99,17 +94,26 @@ class CAM(Method):
 
     uses_gradients = True
     options = (
-        Option("layer", str | None, None, "the conv layer (default: the last one)"),
+        Option("layer", str | None, None, "the conv layer (default: the last stage's output)"),
         Option("relu", bool, True, "keep only the positive part of the map"),
         Option("upsample", bool, False, "give the map at the input's resolution"),
     )
 
+    def __init__(self, model: Model) -> None:
+        super().__init__(model)
+        self._default: tuple[str, str] | None = None  # (layer, why), found on first use
+
     def layer_name(self, layer: str | None) -> str:
         """The layer to use: ``layer`` (checked) or the default for this model."""
-        if layer is None:
-            return default_cam_layer(self.model.module)
-        get_layer(self.model.module, layer)
-        return layer
+        return self.layer_choice(layer)[0]
+
+    def layer_choice(self, layer: str | None) -> tuple[str, str]:
+        """(layer, why) as :func:`cam_layer` gives them; the default is found once."""
+        if layer is not None:
+            return cam_layer(self.model, layer)
+        if self._default is None:
+            self._default = cam_layer(self.model)
+        return self._default
 
     def layer_values(
         self, inputs: torch.Tensor, targets: torch.Tensor, layer: str
@@ -145,7 +149,8 @@ class CAM(Method):
         upsample: bool,
         **weight_options: Any,
     ) -> torch.Tensor:
-        name = self.layer_name(layer)
+        name, why = self.layer_choice(layer)
+        self.last_run.update(layer=name, layer_reason=why)
         activations, gradients = self.layer_values(inputs, targets, name)
         if activations.dim() != 4:
             raise ConvsightError(

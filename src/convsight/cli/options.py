@@ -332,7 +332,8 @@ METHOD_FLAGS = {
     ),
     "layer": Flag(
         Annotated[
-            str | None, typer.Option("--layer", help="CAM layer (default: the last conv layer).")
+            str | None,
+            typer.Option("--layer", help="CAM layer (default: the last stage's output)."),
         ]
     ),
     "batch_size": Flag(

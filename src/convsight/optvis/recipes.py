@@ -107,20 +107,49 @@ def make_transforms(settings: RenderSettings) -> list[Transform]:
     )
 
 
+def fits(model: Model, objective: Objective, x: torch.Tensor, batch: int) -> bool:
+    """Whether the forward ``objective`` needs runs on inputs shaped like ``x`` and gives the
+    shapes it was built for: not so for a flatten + dense head, nor for a direction on the
+    head's input (the class objective ``cossim``), at another size than the model's own."""
+    try:
+        with torch.no_grad():
+            objective.check(probe_shapes(model, objective, x[:1]), batch)
+    except Exception:  # noqa: BLE001 - any framework's shape error (Keras raises ValueError)
+        return False
+    return True
+
+
 def fixed_size_crop(
-    model: Model, objective: Objective, start: torch.Tensor, pad: int
+    model: Model, objective: Objective, start: torch.Tensor, pad: int, batch: int = 1
 ) -> CenterCrop | None:
-    """A crop of the transformed views back to the start size when the forward the objective
-    needs takes only its own input size (a flatten + dense head); None when any size works."""
+    """A crop of the transformed views back to the start size when ``objective`` does not
+    fit padded views (:func:`fits`); None when any size works, so a fully convolutional
+    model sees its views as they are."""
     if pad <= 0:
         return None
     bigger = nn.functional.pad(start[:1], (pad, pad, pad, pad))
-    try:
-        with torch.no_grad():
-            probe_shapes(model, objective, bigger)
-    except Exception:  # noqa: BLE001 - any framework's shape error (Keras raises ValueError)
-        return CenterCrop((start.shape[-2], start.shape[-1]))
-    return None
+    if fits(model, objective, bigger, batch):
+        return None
+    return CenterCrop((start.shape[-2], start.shape[-1]))
+
+
+def check_size(
+    model: Model, objective: Objective, settings: RenderSettings, batch: int = 1
+) -> None:
+    """A render ``size`` other than the model's input size fails here, in one sentence, when
+    ``objective`` fits only the model's own size (a flatten + dense head)."""
+    size = image_size(model, settings)
+    own = tuple(model.card.input_size)
+    if size == own:
+        return
+    example = model.example_input()
+    if fits(model, objective, example.new_zeros(*example.shape[:2], *size), batch):
+        return
+    if fits(model, objective, example, batch):
+        raise ConvsightError(
+            f"{model.card.name} takes only {own[0]}x{own[1]} images for {objective.description}"
+            f" (a fixed-size head), not {size[0]}x{size[1]}: leave --size out"
+        )
 
 
 class NormalizedAscent(torch.optim.SGD):
@@ -210,12 +239,13 @@ def build(
         raise ConvsightError(f"{len(seeds)} seeds for {batch} rows")
     extra = penalties(settings)
     full = objective if extra is None else objective - extra
+    check_size(model, full, settings, batch)
     generators = row_generators(seeds)
     param = make_param(model, settings, generators, init_pixels)
     with torch.no_grad():
         start = param.model_input(model).contiguous()  # the probe below runs in either layout
     transforms = make_transforms(settings)
-    crop = fixed_size_crop(model, full, start, settings.pad)
+    crop = fixed_size_crop(model, full, start, settings.pad, batch)
     if crop is not None:
         transforms.append(crop)
     optimizer = make_optimizer(settings, param)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from convsight.attribution import CAM, METHODS, Method, method_class
+from convsight.attribution import CAM, METHODS, Method, cam_layer, method_class
 from convsight.errors import ConvsightError
 from convsight.layers import check_map_layers, get_layer
 from convsight.models import Model
@@ -93,6 +93,8 @@ def check_methods(model: Model, methods: Sequence[str], layer: str | None) -> li
         )
     if model.card.features_only or not model.card.num_classes:
         raise ConvsightError(f"model '{model.card.name}' has no class scores to attribute")
+    if layer is None and any(issubclass(c, CAM) for c in classes):
+        cam_layer(model)  # a model without a layer of maps fails here, before any work
     return classes
 
 

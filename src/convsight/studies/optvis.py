@@ -22,6 +22,7 @@ from convsight.optvis.forward import probe_shapes
 from convsight.optvis.means import class_counts, class_mean_images
 from convsight.optvis.model_hooks import check_model_hooks
 from convsight.optvis.objectives import channel
+from convsight.optvis.recipes import check_size, class_objective
 from convsight.optvis.render import RenderResult, render_channels, render_classes
 from convsight.optvis.settings import RenderSettings, parse_setting, settings_for
 from convsight.report import (
@@ -94,8 +95,9 @@ def maximize(
     """Render channels of ``layer``: grid PNG, one PNG per channel, images.npz, summary.json."""
     settings, given = collect_settings(preset, flags or {}, extra)
     loaded = load_on_device(model, weights, device)
+    get_layer(loaded.module, layer)
+    check_size(loaded, channel(layer, 0), settings)
     if isinstance(channels, str):
-        get_layer(loaded.module, layer)
         h, w = (settings.size, settings.size) if settings.size else loaded.card.input_size
         probe = torch.zeros(1, loaded.card.channels, h, w, device=loaded.device)
         count = output_shapes(loaded.module, [layer], probe)[layer][0]
@@ -215,6 +217,8 @@ def classviz(
         raise ConvsightError("no classes given")
     loaded = load_on_device(model, weights, device)
     indices = _class_indices(loaded, classes)
+    objective = class_objective(loaded, indices, settings.class_objective, settings.cossim_power)
+    check_size(loaded, objective, settings, len(indices))
     _check_model_hooks(loaded, settings, given)
     start_pixels, counts = None, {}
     if init == "mean":

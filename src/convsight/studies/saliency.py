@@ -69,11 +69,11 @@ def attribute_all(
             bar.update(task, status=cls.name)
             method = cls(model)
             options = options_for(cls)
-            if isinstance(method, CAM):
-                options["layer"] = method.layer_name(options.get("layer"))
             start = time.perf_counter()
             raw = method.attribute(pixels, targets, **options)
             seconds = time.perf_counter() - start
+            if isinstance(method, CAM):  # the layer it used (the default, when none was given)
+                options["layer"] = method.last_run["layer"]
             maps = method.to_heatmap(raw)
             results.append(MethodMaps(cls, raw, maps, options, dict(method.last_run), seconds))
             bar.advance(task)
