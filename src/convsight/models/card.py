@@ -79,6 +79,8 @@ class ModelCard:
     ``input_size``; ``"auto"`` (the default, in Python as in JSON) is
     :func:`default_resize` of the input size: 256/224 of its shorter side from 64 pixels up,
     else ``None``. ``labels="imagenet"`` stands for the 1000 ImageNet class names.
+    ``head`` records what convsight did to the module's output when it checked the card
+    against the module (see :mod:`convsight.models.heads`); it is not read from a card file.
     """
 
     name: str
@@ -94,6 +96,7 @@ class ModelCard:
     arch_options: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     interpolation: str = "bilinear"
+    head: str = "logits"
 
     def __post_init__(self) -> None:
         self.validate()

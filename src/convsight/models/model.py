@@ -12,6 +12,7 @@ from torch import nn
 
 from convsight.errors import ConvsightError
 from convsight.models.card import AUTO, ModelCard
+from convsight.models.heads import SoftmaxRecorder, settle_head
 
 
 @dataclass
@@ -110,11 +111,14 @@ class Model:
         self._check_output(out)
 
     def _example_output(self) -> Any:
-        """The module's output for the card's example input (one sentence if it fails)."""
+        """The module's output for the card's example input (one sentence if it fails); a
+        softmax head is cut first (see :func:`~convsight.models.heads.settle_head`), and the
+        card's ``head`` says what was done."""
         card = self.card
+        example, recorder = self.example_input(), SoftmaxRecorder()
         try:
-            with torch.no_grad():
-                return self.module(self.example_input())
+            with torch.no_grad(), recorder:
+                out = self.module(example)
         except Exception as exc:  # the module says why in its own words
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise ConvsightError(
@@ -122,6 +126,10 @@ class Model:
                 f"({card.channels} channel{'s' if card.channels > 1 else ''}, "
                 f"{card.input_size[0]}x{card.input_size[1]} pixels, height x width): {reason}"
             ) from exc
+        if not card.features_only:
+            settled = settle_head(self.module, example, out, recorder.last, card.name)
+            self.module, card.head = settled
+        return out
 
     def check_card(self) -> None:
         """Run the card's example input once; refuse a card that does not fit the module.

@@ -35,6 +35,7 @@ from convsight.studies.attribution import (
     check_settings,
     forward_engine,
     method_options,
+    notice_engine,
 )
 
 CURVES = {"deletion": deletion, "insertion": insertion}
@@ -227,6 +228,10 @@ def evaluate_with(
             result["methods"][cls.name] = evaluate_method(
                 model, pixels, targets, cls, options, protocol, (bar, task)
             )
+    for name, entry in result["methods"].items():  # after the bar: one line each
+        notice_engine(name, entry.get("run"))
+        for kind in CURVES:
+            notice_engine(f"{name}'s {kind} curve", entry.get(f"{kind}_run"))
     return result
 
 
@@ -270,6 +275,7 @@ def write_evaluation(
     summary = {
         "model": model if isinstance(model, str) else loaded.card.name,
         "weights": str(weights) if weights else None,
+        "head": loaded.card.head,
         "images": [str(p) for p in files],
         "skipped_images": skipped,
         "targets": "the predicted class of each image",
