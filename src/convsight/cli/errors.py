@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from convsight.errors import ConvsightError
+from convsight.errors import ConvsightError, SubstitutionWarning
 from convsight.models.card_validation import finite_float32
 
 out_console = Console()
@@ -81,20 +81,26 @@ class OneLineErrors(TyperGroup):
 
 @contextlib.contextmanager
 def card_warnings_on_stderr() -> Iterator[None]:
-    """Show each card warning (no mean/std...) as one line on stderr while inside."""
+    """Show each card warning (no mean/std...) and each substitution (an objective, a layer or
+    an engine other than the one asked for) as one line on stderr while inside, each message
+    once."""
     from convsight.models import CardWarning
 
     with warnings.catch_warnings():
-        shown = warnings.showwarning
+        shown, said = warnings.showwarning, set()
+        kinds = {CardWarning: ("warning:", "yellow"), SubstitutionWarning: ("note:", "cyan")}
 
         def show(message: Any, category: type[Warning], *rest: Any, **named: Any) -> None:
-            if issubclass(category, CardWarning):
-                say("warning:", "yellow", str(message))
-            else:
+            kind = next((kinds[k] for k in kinds if issubclass(category, k)), None)
+            if kind is None:
                 shown(message, category, *rest, **named)
+            elif str(message) not in said:
+                said.add(str(message))
+                say(*kind, str(message))
 
         warnings.showwarning = show
-        warnings.simplefilter("always", CardWarning)
+        for category in kinds:
+            warnings.simplefilter("always", category)
         yield
 
 

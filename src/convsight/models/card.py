@@ -83,6 +83,8 @@ class ModelCard:
     else the shorter side itself. ``labels="imagenet"`` stands for the 1000 ImageNet class
     names. ``output`` is the part of a forward's output that holds the scores when it is not
     one tensor: an index or a key (see :mod:`convsight.models.outputs`); None: one tensor.
+    ``head`` records what convsight did to the module's output when it checked the card
+    against the module (see :mod:`convsight.models.heads`); it is not read from a card file.
     """
 
     name: str
@@ -99,6 +101,7 @@ class ModelCard:
     source: str = ""
     interpolation: str = "bilinear"
     output: int | str | None = None
+    head: str = "logits"
 
     def __post_init__(self) -> None:
         self.validate()

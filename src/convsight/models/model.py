@@ -12,6 +12,7 @@ from torch import nn
 
 from convsight.errors import ConvsightError
 from convsight.models.card import AUTO, ModelCard
+from convsight.models.heads import SoftmaxRecorder, settle_head
 from convsight.models.outputs import not_a_tensor, select_output
 
 
@@ -129,12 +130,15 @@ class Model:
         self._check_output(out)
 
     def _example_output(self) -> Any:
-        """The module's output for the card's example input (one sentence if it fails)."""
+        """The module's output for the card's example input (one sentence if it fails); a
+        softmax head is cut first (see :func:`~convsight.models.heads.settle_head`), and the
+        card's ``head`` says what was done."""
         card = self.card
         self._select_output()  # the card may have been changed in place
+        example, recorder = self.example_input(), SoftmaxRecorder()
         try:
-            with torch.no_grad():
-                return self.module(self.example_input())
+            with torch.no_grad(), recorder:
+                out = self.module(example)
         except ConvsightError:  # the output the card names is not there
             raise
         except Exception as exc:  # the module says why in its own words
@@ -144,6 +148,10 @@ class Model:
                 f"({card.channels} channel{'s' if card.channels > 1 else ''}, "
                 f"{card.input_size[0]}x{card.input_size[1]} pixels, height x width): {reason}"
             ) from exc
+        if not card.features_only:
+            module, card.head = settle_head(self.module, example, out, recorder.last, card.name)
+            object.__setattr__(self, "module", module)  # the output is chosen already
+        return out
 
     def check_card(self) -> None:
         """Run the card's example input once; refuse a card that does not fit the module.

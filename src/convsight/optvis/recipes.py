@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from convsight.attribution.base import memory_format_for
-from convsight.errors import ConvsightError
+from convsight.errors import ConvsightError, substituted
 from convsight.layers import capture
 from convsight.models import Model
 from convsight.optvis import objectives as obj
@@ -321,6 +321,11 @@ def class_objective(
             vectors = (weight - weight.mean(0))[list(classes)]
             return obj.direction_cossim(layer, vectors, power, label=labels)
         kind = "margin"  # no nn.Linear head fed by a layer's vector output (e.g. TorchScript)
+        substituted(
+            "the class objective is 'margin' (the class score minus the mean score), not "
+            f"'cossim': model '{model.card.name}' has no nn.Linear head that reads one feature "
+            "vector per image"
+        )
     maker = makers[kind]
     return maker(list(classes), label=labels)
 

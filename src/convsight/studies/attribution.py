@@ -7,11 +7,11 @@ The jobs themselves are :func:`convsight.studies.saliency.write_saliency` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from convsight.attribution import CAM, METHODS, Method, cam_layer, method_class
-from convsight.errors import ConvsightError
+from convsight.errors import ConvsightError, substituted
 from convsight.layers import check_map_layers, get_layer
 from convsight.models import Model
 
@@ -68,6 +68,15 @@ def method_options(
         auto = name == "engine" and value == "auto"
         options[name] = declared[name].default if auto else value
     return options
+
+
+def notice_engine(what: str, run: Mapping[str, Any] | None) -> None:
+    """A notice (one line on the command line) when ``run``, the record of how ``what`` ran,
+    says that the engine asked for did not run, and why."""
+    if run and run.get("fallback"):
+        asked = run.get("requested_engine")
+        instead = f" instead of {asked}" if asked and asked != run.get("engine") else ""
+        substituted(f"{what} ran on the {run.get('engine')} engine{instead}: {run['fallback']}")
 
 
 def forward_engine(engine: str) -> str:

@@ -37,6 +37,7 @@ from convsight.studies.attribution import (
     check_settings,
     forward_engine,
     method_options,
+    notice_engine,
 )
 
 CURVES = {"deletion": deletion, "insertion": insertion}
@@ -281,9 +282,20 @@ def evaluate_with(
     )
     with progress_bar(show_progress) as bar:
         task = bar.add_task("evaluate", total=len(classes) * pixels.shape[0], status="")
-        return evaluate_chunks(
+        result = evaluate_chunks(
             model, chunks, classes, protocol, layer, (bar, task), **option_settings
         )
+    notice_engines(result)
+    return result
+
+
+def notice_engines(result: dict[str, Any]) -> None:
+    """One line for each method or curve that ran on another engine than asked (after the
+    progress bar)."""
+    for name, entry in result["methods"].items():
+        notice_engine(name, entry.get("run"))
+        for kind in CURVES:
+            notice_engine(f"{name}'s {kind} curve", entry.get(f"{kind}_run"))
 
 
 def _predicted(
@@ -344,9 +356,11 @@ def write_evaluation(
         task = bar.add_task("evaluate", total=len(classes) * len(folder.files), status="")
         chunks = _predicted(folder, loaded, protocol, (bar, task), len(classes))
         result = evaluate_chunks(loaded, chunks, classes, protocol, layer, (bar, task))
+    notice_engines(result)
     summary = {
         "model": model if isinstance(model, str) else loaded.card.name,
         "weights": str(weights) if weights else None,
+        "head": loaded.card.head,
         "images": [str(p) for p in folder.kept],
         "skipped_images": folder.skipped,
         "targets": "the predicted class of each image",

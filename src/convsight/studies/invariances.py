@@ -343,6 +343,7 @@ def _summary(loaded, unit, index, weights, rendered, found, rows) -> dict[str, A
         "objective": "the channel's mean activation"
         if index is None
         else "the class score before softmax",
+        "head": loaded.card.head,
         "render": {
             "objective": rendered.description,
             "value": float(rendered.values[0]),

@@ -243,6 +243,7 @@ def classviz(
         "model": loaded.card.name,
         "weights": str(weights) if weights else None,
         "objective": result.description,
+        "head": loaded.card.head,
         "init": init,
         "dataset": str(dataset) if dataset else None,
         "classes": rows,

@@ -36,6 +36,7 @@ from convsight.studies.attribution import (
     check_methods,
     check_settings,
     method_options,
+    notice_engine,
 )
 
 
@@ -137,6 +138,8 @@ def write_saliency(
         )
 
     results = attribute_all(loaded, classes, pixels, targets, options_for, show_progress)
+    for result in results:  # after the progress bar: one line each
+        notice_engine(result.method.name, result.run)
     written = _write_panels(out, loaded, paths, panels, pixels, probs, targets, results)
     arrays: dict[str, Any] = {"pixels": pixels, "targets": torch.tensor(targets)}
     for result in results:
@@ -146,6 +149,7 @@ def write_saliency(
     summary = {
         "model": model if isinstance(model, str) else loaded.card.name,
         "weights": str(weights) if weights else None,
+        "head": loaded.card.head,
         **_images_summary(loaded, paths, panels, probs, targets),
         "methods": {result.method.name: _method_summary(result) for result in results},
         "seed": seed,
