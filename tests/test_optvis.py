@@ -488,7 +488,7 @@ def test_cli_maximize_writes_grid_pngs_and_summary(shared, tmp_path):
     "args, message",
     [
         (["--layer", "features.99"], "unknown layer 'features.99'"),
-        (["--layer", "features.2", "--channels", "60-70"], "channel 64 is out of range"),
+        (["--layer", "features.2", "--channels", "60-70"], "channel 70 is out of range"),
         (["--layer", "features.2", "--preset", "fancy"], "unknown preset"),
         (["--layer", "features.2", "--set", "wings=3"], "--set takes KEY=VALUE"),
     ],

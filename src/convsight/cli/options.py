@@ -59,6 +59,13 @@ DataDirOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 MetricsOpt = Annotated[str, typer.Option(help=f"Comma-separated: {', '.join(METRICS)}.")]
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        help="Run a request that looks absurd: more than 100000 steps, or an atlas plan over 24 h.",
+    ),
+]
 
 
 # -- groups --------------------------------------------------------------------------------------

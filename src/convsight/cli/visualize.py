@@ -15,6 +15,7 @@ from convsight.cli.options import (
     RenderFlags,
     RunFlags,
     WeightsOpt,
+    YesOpt,
     card_options,
     render_options,
     run_options,
@@ -58,6 +59,13 @@ def activations_cmd(
         out_console.print(f"wrote {path}")
 
 
+AtlasLayersOpt = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated layer names, or all (every convolution, activation and "
+        "pooling layer)."
+    ),
+]
 AtlasInvariancesOpt = Annotated[
     float,
     typer.Option(
@@ -101,13 +109,7 @@ CompressionFinetuneOpt = Annotated[
 @run_options("runs/atlas")
 def atlas_cmd(
     model: ModelArg,
-    layers: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated layer names, or all (every convolution, activation and "
-            "pooling layer)."
-        ),
-    ],
+    layers: AtlasLayersOpt,
     channels: Annotated[
         str | None, typer.Option(help="Channels of every layer, e.g. 0-7 or 0,5,9 (default: all).")
     ] = None,
@@ -127,6 +129,7 @@ def atlas_cmd(
     plan: PlanOpt = None,
     compression: CompressionOpt = None,
     compression_finetune: CompressionFinetuneOpt = 10000,
+    yes: YesOpt = False,
     card_fields: dict[str, Any] | None = None,
     run: RunFlags | None = None,
 ) -> None:
@@ -153,6 +156,7 @@ def atlas_cmd(
         plan=plan,
         compression=compression,
         compression_finetune=compression_finetune,
+        yes=yes,
         **run.arguments(),
     )
     out_console.print(
@@ -185,19 +189,20 @@ def maximize_cmd(
     layer: Annotated[str, typer.Option(help="Layer name (see `convsight layers`).")],
     channels: Annotated[str, typer.Option(help="Channels, e.g. 0-63 or 0,5,9.")] = "0-15",
     weights: WeightsOpt = None,
+    yes: YesOpt = False,
     card_fields: dict[str, Any] | None = None,
     render: RenderFlags | None = None,
     run: RunFlags | None = None,
 ) -> None:
     """Render the input each channel of a layer wants most (one batch row per channel)."""
-    from convsight.optvis.render import parse_channels
     from convsight.studies.optvis import maximize
 
     summary = maximize(
         model=model_for(model, weights, card_fields, run.seed),
         layer=layer,
-        channels=parse_channels(channels),  # garbage or a huge range fails before any work
+        channels=channels,  # read against the layer's channel count, before any work
         weights=weights,
+        yes=yes,
         **render.arguments(),
         **run.arguments(),
     )
@@ -226,6 +231,7 @@ def classviz_cmd(
         typer.Option(help="For --init mean: an image folder (per-class sub-folders) or 'mnist'."),
     ] = None,
     data_dir: DataDirOpt = None,
+    yes: YesOpt = False,
     card_fields: dict[str, Any] | None = None,
     render: RenderFlags | None = None,
     run: RunFlags | None = None,
@@ -240,6 +246,7 @@ def classviz_cmd(
         init=init,
         dataset=dataset,
         data_dir=data_dir,
+        yes=yes,
         **render.arguments(),
         **run.arguments(),
     )

@@ -31,20 +31,14 @@ def parse_channels(text: str, limit: int | None = None) -> list[int]:
             raise ConvsightError(
                 f"cannot read channels '{text}'{at}: use numbers and ranges like 0-15,32"
             )
-        lo = int(match[1])
-        hi = lo if match[2] is None else int(match[2])
+        lo = _number(match[1], bound, limit)
+        hi = lo if match[2] is None else _number(match[2], bound, limit)
         if min(lo, hi) < 0:
             raise ConvsightError(f"channel {min(lo, hi)} is negative: channels count from 0")
         if hi < lo:
             raise ConvsightError(f"reversed range {lo}-{hi} (did you mean {hi}-{lo}?)")
         if hi >= bound:
-            if limit is None:
-                raise ConvsightError(
-                    f"channel {hi} is out of range: channel numbers go up to {bound - 1}"
-                )
-            raise ConvsightError(
-                f"channel {hi} is out of range: the layer has {bound} channels (0-{bound - 1})"
-            )
+            _out_of_range(str(hi), bound, limit)
         ranges.append((lo, hi))
     ordered = sorted(ranges)
     for (_, prev_hi), (lo, _) in zip(ordered, ordered[1:], strict=False):
@@ -52,6 +46,28 @@ def parse_channels(text: str, limit: int | None = None) -> list[int]:
             raise ConvsightError(f"channel {lo} is given twice in '{text}'")
     # Disjoint ranges inside [0, bound): the list has at most ``bound`` entries.
     return [c for lo, hi in ranges for c in range(lo, hi + 1)]
+
+
+def _number(digits: str, bound: int, limit: int | None) -> int:
+    """``digits`` as an int; a number far past ``bound`` (a thousand digits...) is refused
+    from its length, before Python converts it."""
+    if len(digits.lstrip("-").lstrip("0")) > 20:
+        shown = f"{digits[:12]}... ({len(digits.lstrip('-'))} digits)"
+        if digits.startswith("-"):
+            raise ConvsightError(f"channel {shown} is negative: channels count from 0")
+        _out_of_range(shown, bound, limit)
+    return int(digits)
+
+
+def _out_of_range(channel: str, bound: int, limit: int | None) -> None:
+    """Refuse ``channel`` (at or past ``bound``) naming the layer's channel count."""
+    if limit is None:
+        raise ConvsightError(
+            f"channel {channel} is out of range: channel numbers go up to {bound - 1}"
+        )
+    raise ConvsightError(
+        f"channel {channel} is out of range: the layer has {bound} channels (0-{bound - 1})"
+    )
 
 
 def channel_seeds(seed: int, channels: Sequence[int]) -> list[int]:

@@ -11,6 +11,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from convsight.attribution import CAM, METHODS, Method, cam_layer, method_class
+from convsight.budget import (
+    BACKWARD,
+    USABLE,
+    available_memory,
+    describe_available,
+    readable_bytes,
+    saved_bytes,
+)
 from convsight.errors import ConvsightError, substituted
 from convsight.layers import check_map_layers, get_layer
 from convsight.models import Model
@@ -113,3 +121,28 @@ def check_settings(batch_size: int | None, ig_steps: int, samples: int, engine: 
         raise ConvsightError("batch size, IG steps and SmoothGrad samples must be at least 1")
     if engine not in ENGINES:
         raise ConvsightError(f"unknown engine '{engine}' ({', '.join(ENGINES)})")
+
+
+def check_batch_memory(model: Model, batch_size: int | None, rows: int) -> None:
+    """``batch_size`` images a pass (at most ``rows``, all the job has), through the whole
+    model with their gradients, must fit in the memory available: one sentence naming the
+    largest ``--batch-size`` that fits otherwise. None (each method's own small default) and
+    a machine whose memory cannot be told are not checked."""
+    free = available_memory(model.device)
+    if batch_size is None or free is None:
+        return
+    x = model.example_input().requires_grad_()
+    fixed = [*model.module.parameters(), *model.module.buffers()]
+    kept = saved_bytes(lambda: model.module(x), exclude=fixed)
+    per_image = BACKWARD * kept + 8 * x.numel() * x.element_size()
+    need = min(batch_size, rows) * per_image
+    if need <= free * USABLE:
+        return
+    fit = int(free * USABLE // per_image)
+    h, w = model.card.input_size
+    raise ConvsightError(
+        f"--batch-size {batch_size} needs about {readable_bytes(need)} for "
+        f"{min(batch_size, rows)} images of {h}x{w} px through {model.card.name} with their "
+        f"gradients; {describe_available(model.device, free)}; "
+        + (f"the largest --batch-size that fits is {fit}" if fit else "not even one image fits")
+    )

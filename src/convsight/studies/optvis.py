@@ -17,6 +17,7 @@ import torch
 from convsight.errors import ConvsightError
 from convsight.layers import get_layer, output_shapes
 from convsight.models import Model, load_model
+from convsight.optvis.budget import check_render, check_steps
 from convsight.optvis.channels import parse_channels
 from convsight.optvis.forward import probe_shapes
 from convsight.optvis.means import class_counts, class_mean_images
@@ -64,12 +65,38 @@ def load_on_device(model: str | Model, weights: str | os.PathLike | None, device
 
 
 def check_channels(model: Model, layer: str, channels: Sequence[int], size: int | None) -> None:
-    """Unknown layer or a channel out of range fails here (one cheap forward, no steps)."""
+    """Unknown layer, no channel or a channel out of range fails here (one cheap forward at
+    ``size`` or the model's input size, no steps)."""
     get_layer(model.module, layer)
+    if not channels:
+        raise ConvsightError("no channels given")
     h, w = (size, size) if size else model.card.input_size
     x = torch.zeros(1, model.card.channels, h, w, device=model.device)
     objective = channel(layer, list(channels))
     objective.check(probe_shapes(model, objective, x), len(channels))
+
+
+def _checked_channels(
+    loaded: Model,
+    layer: str,
+    channels: str | Sequence[int],
+    settings: RenderSettings,
+    given: dict[str, Any],
+) -> list[int]:
+    """The channels to render (read against the layer's channel count), once the layer has
+    them, their render fits in memory and the layer gives a map at the render size."""
+    if isinstance(channels, str):
+        get_layer(loaded.module, layer)  # the channel count does not depend on the size
+        count = output_shapes(loaded.module, [layer], loaded.example_input())[layer][0]
+        chans = parse_channels(channels, limit=count)
+    else:
+        chans = [int(c) for c in channels]
+        check_channels(loaded, layer, chans, None)
+    check_size(loaded, channel(layer, 0), settings)  # a fixed-size model takes its own size
+    rows = (len(chans), layer, given, "number of channels", "channels")
+    check_render(loaded, channel(layer, chans), settings, *rows)
+    check_channels(loaded, layer, chans, settings.size)  # the layer's map at this size
+    return chans
 
 
 def _summary_rows(result: RenderResult, names: Sequence[str]) -> list[dict[str, Any]]:
@@ -91,20 +118,15 @@ def maximize(
     seed: int = 0,
     device: str = "auto",
     show_progress: bool = True,
+    yes: bool = False,
 ) -> dict[str, Any]:
-    """Render channels of ``layer``: grid PNG, one PNG per channel, images.npz, summary.json."""
+    """Render channels of ``layer``: grid PNG, one PNG per channel, images.npz, summary.json.
+    Checked against the memory available first (:mod:`convsight.optvis.budget`); more than
+    :data:`~convsight.optvis.budget.MAX_STEPS` steps need ``yes``."""
     settings, given = collect_settings(preset, flags or {}, extra)
+    check_steps(settings.steps, yes)
     loaded = load_on_device(model, weights, device)
-    get_layer(loaded.module, layer)
-    check_size(loaded, channel(layer, 0), settings)
-    if isinstance(channels, str):
-        h, w = (settings.size, settings.size) if settings.size else loaded.card.input_size
-        probe = torch.zeros(1, loaded.card.channels, h, w, device=loaded.device)
-        count = output_shapes(loaded.module, [layer], probe)[layer][0]
-        chans = parse_channels(channels, limit=count)
-    else:
-        chans = [int(c) for c in channels]
-    check_channels(loaded, layer, chans, settings.size)
+    chans = _checked_channels(loaded, layer, channels, settings, given)
     _check_model_hooks(loaded, settings, given)
     out = prepare_out_dir(out)
     seed_everything(seed)
@@ -143,6 +165,17 @@ def _class_indices(loaded: Model, classes: Sequence[str | int]) -> list[int]:
         loaded.class_index(0)  # a model without class scores fails here
         classes = list(range(loaded.card.num_classes or 0))
     return [loaded.class_index(c) for c in classes]
+
+
+def _check_class_render(
+    loaded: Model, indices: list[int], settings: RenderSettings, given: dict[str, Any]
+) -> None:
+    """The class models' render must fit the model (:func:`check_size`) and memory
+    (:func:`check_render`)."""
+    objective = class_objective(loaded, indices, settings.class_objective, settings.cossim_power)
+    check_size(loaded, objective, settings, len(indices))  # a fixed-size head: its own size
+    rows = (len(indices), "the class scores", given, "number of classes", "classes")
+    check_render(loaded, objective, settings, *rows)
 
 
 def _mean_start(dataset, loaded: Model, indices: list[int], data_dir):
@@ -208,17 +241,19 @@ def classviz(
     data_dir: str | os.PathLike | None = None,
     device: str = "auto",
     show_progress: bool = True,
+    yes: bool = False,
 ) -> dict[str, Any]:
-    """Class models: grid PNG, one PNG per class, start images if ``init='mean'``, summary."""
+    """Class models: grid PNG, one PNG per class, start images if ``init='mean'``, summary.
+    Checked as :func:`maximize` is (memory; ``yes`` for very many steps)."""
     settings, given = collect_settings(preset, flags or {}, extra, target="class")
     if init not in ("random", "mean"):
         raise ConvsightError(f"--init must be 'random' or 'mean', not '{init}'")
     if not classes:
         raise ConvsightError("no classes given")
+    check_steps(settings.steps, yes)
     loaded = load_on_device(model, weights, device)
     indices = _class_indices(loaded, classes)
-    objective = class_objective(loaded, indices, settings.class_objective, settings.cossim_power)
-    check_size(loaded, objective, settings, len(indices))
+    _check_class_render(loaded, indices, settings, given)
     _check_model_hooks(loaded, settings, given)
     start_pixels, counts = None, {}
     if init == "mean":

@@ -33,6 +33,7 @@ from convsight.report.overlays import saliency_panel
 from convsight.runtime import seed_everything
 from convsight.studies.attribution import (
     DEFAULT_METHODS,
+    check_batch_memory,
     check_methods,
     check_settings,
     method_options,
@@ -112,9 +113,8 @@ def write_saliency(
 
     Writes ``saliency_<image>.png`` per image (distinct names, see :func:`panel_names`; the
     image -> file mapping is ``panels`` in the JSON), ``saliency.png`` (all images),
-    ``saliency.npz`` (per method: the raw attributions and the N x H x W maps) and
-    ``saliency.json``. ``target``: one class for all images, or one per image; default: the
-    predicted class.
+    ``saliency.npz`` (per method: raw attributions and the N x H x W maps) and ``saliency.json``.
+    ``target``: one class for all images, or one per image; default: the predicted class.
     """
     seed_everything(seed)
     loaded = model if isinstance(model, Model) else load_model(model, weights)
@@ -124,6 +124,7 @@ def write_saliency(
         raise ConvsightError("no image given: pass --image FILE (one or more)")
     paths = [Path(p) for p in images]
     pixels = torch.cat([load_image_tensor(p, loaded.card) for p in paths]).to(loaded.device)
+    check_batch_memory(loaded, batch_size, len(paths) * max(ig_steps, smoothgrad_samples))
     targets = target_classes(loaded, target, len(paths))
     panels = panel_names(paths)
     out = prepare_out_dir(out)

@@ -12,6 +12,7 @@ from typing import Any
 
 from convsight.distributed import LocalWork, Work, check_ray, connect
 from convsight.models import Model
+from convsight.optvis.budget import check_steps
 from convsight.progress import progress_bar
 from convsight.report import (
     prepare_out_dir,
@@ -23,7 +24,7 @@ from convsight.report import (
 from convsight.report.html import environment
 from convsight.studies.atlas.inputs import AtlasJob, Compression, check_inputs
 from convsight.studies.atlas.pages import layer_pages, write_index
-from convsight.studies.atlas.plan import print_plan, probe
+from convsight.studies.atlas.plan import check_plan, print_plan, probe
 from convsight.studies.atlas.rendering import find_examples, render_layer, todo_channels
 from convsight.studies.atlas.run import (
     COMPRESSION_DIR,
@@ -55,6 +56,7 @@ def build_atlas(
     compression: str | os.PathLike | None = None,
     compression_finetune: int = 10000,
     compression_test_images: int | None = None,
+    yes: bool = False,
 ) -> dict[str, Any]:
     """Render every channel of ``layers`` (each preset), find dataset examples, write the site.
 
@@ -76,7 +78,11 @@ def build_atlas(
     compression trials on the model (``compression_finetune`` fine-tuning images, 0: none;
     ``compression_test_images``: the first that many test images, None: all) into
     ``out/compression/``; the index and each conv layer's page show the results.
+
+    The heaviest render must fit in the memory available; more than ``MAX_STEPS`` steps or a
+    plan over ``MAX_PLAN_HOURS`` need ``yes`` (:mod:`convsight.optvis.budget`, ``plan``).
     """
+    check_steps(steps or 0, yes)
     if ray is not None:
         check_ray(ray)  # Ray installed, the address answers: before any work
     plan = [name.lower() for name in layers] == ["all"] if plan is None else plan
@@ -87,25 +93,57 @@ def build_atlas(
         model, layers, weights, channels, dataset, top_k, presets, steps, size, batch, seed,
         invariances, trials,
     )  # fmt: skip
+    return _start(job, Path(out), ray, show_progress, plan, yes)
+
+
+def _start(
+    job: AtlasJob, out: Path, ray: str | None, show_progress: bool, plan: bool, yes: bool
+) -> dict[str, Any]:
+    """Check the folder (before creating or touching anything), connect the work, make the
+    plan when asked for, then take the folder and build the atlas in it."""
     run = run_record(job)
-    out = Path(out)
-    check_resume(out, run)  # refuse before creating or touching anything
+    resumed = check_resume(out, run)
     work = connect(ray) if ray is not None else LocalWork()
     try:
-        return _run(job, run, out, work, show_progress, plan)
+        planned = _plan(job, resumed["layers"], out, work, show_progress, yes) if plan else None
+        return _run(job, run, out, work, show_progress, planned)
     finally:
         work.close()
 
 
+def _plan(
+    job: AtlasJob, layers: list[str], out: Path, work: Work, show_progress: bool, yes: bool
+) -> dict[str, Any]:
+    """The plan of the channels of ``layers`` (the earlier run's first) not yet recorded in
+    ``out``, probed before the folder is taken: a plan over the hours allowed needs ``yes``."""
+    job.layers = layers
+    dirs = _layer_folders(layers)
+    planned = probe(job, {n: todo_channels(job, n, out / dirs[n]) for n in layers}, work)
+    check_plan(planned, yes)
+    if show_progress:
+        print_plan(planned)
+    return planned
+
+
+def _layer_folders(layers: Sequence[str]) -> dict[str, str]:
+    """Each layer's folder name in the atlas (distinct, none a reserved name)."""
+    return dict(zip(layers, unique_names(layers, taken=RESERVED_NAMES), strict=True))
+
+
 def _run(
-    job: AtlasJob, run: dict[str, Any], out: Path, work: Work, show_progress: bool, plan: bool
+    job: AtlasJob,
+    run: dict[str, Any],
+    out: Path,
+    work: Work,
+    show_progress: bool,
+    planned: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Take the folder (inputs checked, work connected) and build the atlas in it."""
     out = prepare_out_dir(out)
     with atlas_lock(out):
         run = check_resume(out, run)  # again, now that no other atlas can write here
         job.layers = run["layers"]  # the earlier run's layers first (each one is named again)
-        dirs = dict(zip(job.layers, unique_names(job.layers, taken=RESERVED_NAMES), strict=True))
+        dirs = _layer_folders(job.layers)
         run["layer_folders"] = dirs
         write_json(out / RUN_FILE, run)
         for folder in (
@@ -115,12 +153,6 @@ def _run(
         ):
             remove_own_temporaries(folder)
         write_text(out / "style.css", environment().get_template("style.css").render())
-        planned = None
-        if plan:
-            todo = {n: todo_channels(job, n, out / dirs[n]) for n in job.layers}
-            planned = probe(job, todo, work)
-            if show_progress:
-                print_plan(planned)
         return _build(job, dirs, out, work, show_progress, planned)
 
 

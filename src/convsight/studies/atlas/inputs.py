@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from convsight.data.images import load_readable_images
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to, map_layer_names
 from convsight.models import Model, load_model
+from convsight.optvis.budget import RenderRequest, check_render, render_cost
+from convsight.optvis.objectives import channel
 from convsight.optvis.render import parse_channels, settings_for
 from convsight.optvis.settings import RenderSettings
 from convsight.paths import require_folder
@@ -114,6 +117,8 @@ def check_inputs(
                 "that outputs channel maps (--layers all)"
             )
     selection, chosen = _channels_of_layers(loaded, layers, channels)
+    given = [*(["size"] if size is not None else []), *(["steps"] if steps else []), "batch"]
+    check_atlas_memory(loaded, chosen, settings, batch, given)
     _check_render_size(loaded, layers, {s.size for s in settings.values()})
     _check_extras(loaded, invariances, compression, seed)
     return AtlasJob(
@@ -134,6 +139,33 @@ def check_inputs(
         invariances=invariances,
         compression=compression,
     )
+
+
+def check_atlas_memory(
+    model: Model,
+    chosen: dict[str, list[int]],
+    settings: dict[str, RenderSettings],
+    batch: int,
+    given: Sequence[str] = (),
+) -> None:
+    """The atlas's heaviest render (a chunk of up to ``batch`` channels of one layer, with one
+    preset) must fit in the memory available; else one sentence naming the largest of the
+    ``given`` knobs (size, steps, batch) that fits (:func:`convsight.optvis.budget.check_render`).
+    One forward pass per layer at the model's input size."""
+    first = next(iter(settings.values()))
+    worst = None
+    for name, chans in chosen.items():
+        rows = min(batch, len(chans))
+        objective = channel(name, chans[:rows])
+        cost = render_cost(model, objective, first)
+        for preset, s in settings.items():
+            each = dataclasses.replace(cost, pad=s.pad, chunk=s.chunk)
+            peak = RenderRequest.of(model, s, rows, given).peak(each)
+            if worst is None or peak > worst[0]:
+                worst = (peak, f"{name}, preset {preset}", objective, s, rows, each)
+    if worst is not None:
+        _, what, objective, s, rows, cost = worst
+        check_render(model, objective, s, rows, what, given, "--batch", "channels", cost)
 
 
 def _check_extras(

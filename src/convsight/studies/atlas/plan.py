@@ -9,12 +9,14 @@ from typing import Any
 from rich.table import Table
 
 from convsight.distributed import Work
+from convsight.errors import ConvsightError
 from convsight.optvis.settings import RenderSettings
 from convsight.progress import console
 from convsight.studies.atlas.inputs import AtlasJob
 from convsight.studies.atlas.tasks import render_chunk
 
 PROBE_STEPS = 2  # steps of the probe render of each preset
+MAX_PLAN_HOURS = 24.0  # a plan estimated longer than this starts only with --yes
 
 
 def probe(job: AtlasJob, todo: dict[str, list[int]], work: Work) -> dict[str, Any]:
@@ -49,6 +51,18 @@ def probe(job: AtlasJob, todo: dict[str, list[int]], work: Work) -> dict[str, An
         "render_seconds_one_worker": total,
         "estimated_seconds": total / workers,
     }
+
+
+def check_plan(plan: dict[str, Any], yes: bool) -> None:
+    """A plan estimated over :data:`MAX_PLAN_HOURS` of rendering needs ``yes`` (``--yes``);
+    one sentence naming the estimate otherwise."""
+    hours = plan["estimated_seconds"] / 3600
+    if hours > MAX_PLAN_HOURS and not yes:
+        raise ConvsightError(
+            f"the atlas plan estimates {hours:,.0f} h of rendering on {plan['workers']} "
+            f"worker(s), more than the {MAX_PLAN_HOURS:.0f} h convsight starts without --yes; "
+            "pass --yes to start it anyway, or lower --steps, --size, --layers or --channels"
+        )
 
 
 def _short(settings: RenderSettings) -> RenderSettings:
