@@ -92,9 +92,9 @@ def _checked_channels(
     else:
         chans = [int(c) for c in channels]
         check_channels(loaded, layer, chans, None)
-    check_size(loaded, channel(layer, 0), settings)  # a fixed-size model takes its own size
     rows = (len(chans), layer, given, "number of channels", "channels")
     check_render(loaded, channel(layer, chans), settings, *rows)
+    check_size(loaded, channel(layer, 0), settings)  # probes the size: after the memory check
     check_channels(loaded, layer, chans, settings.size)  # the layer's map at this size
     return chans
 
@@ -173,9 +173,9 @@ def _check_class_render(
     """The class models' render must fit the model (:func:`check_size`) and memory
     (:func:`check_render`)."""
     objective = class_objective(loaded, indices, settings.class_objective, settings.cossim_power)
-    check_size(loaded, objective, settings, len(indices))  # a fixed-size head: its own size
     rows = (len(indices), "the class scores", given, "number of classes", "classes")
     check_render(loaded, objective, settings, *rows)
+    check_size(loaded, objective, settings, len(indices))  # probes the size: after the memory
 
 
 def _mean_start(dataset, loaded: Model, indices: list[int], data_dir):
