@@ -87,6 +87,15 @@ def notice_engine(what: str, run: Mapping[str, Any] | None) -> None:
         substituted(f"{what} ran on the {run.get('engine')} engine{instead}: {run['fallback']}")
 
 
+def notice_engines(result: dict[str, Any], curves: Sequence[str]) -> None:
+    """One line for each method of an evaluation, and each of its ``curves``, that ran on
+    another engine than asked (after the progress bar)."""
+    for name, entry in result["methods"].items():
+        notice_engine(name, entry.get("run"))
+        for kind in curves:
+            notice_engine(f"{name}'s {kind} curve", entry.get(f"{kind}_run"))
+
+
 def forward_engine(engine: str) -> str:
     """The engine for plain forward passes (deletion / insertion curves)."""
     return "eager" if engine == "auto" else engine

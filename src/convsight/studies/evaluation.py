@@ -37,7 +37,7 @@ from convsight.studies.attribution import (
     check_settings,
     forward_engine,
     method_options,
-    notice_engine,
+    notice_engines,
 )
 
 CURVES = {"deletion": deletion, "insertion": insertion}
@@ -285,17 +285,8 @@ def evaluate_with(
         result = evaluate_chunks(
             model, chunks, classes, protocol, layer, (bar, task), **option_settings
         )
-    notice_engines(result)
+    notice_engines(result, CURVES)
     return result
-
-
-def notice_engines(result: dict[str, Any]) -> None:
-    """One line for each method or curve that ran on another engine than asked (after the
-    progress bar)."""
-    for name, entry in result["methods"].items():
-        notice_engine(name, entry.get("run"))
-        for kind in CURVES:
-            notice_engine(f"{name}'s {kind} curve", entry.get(f"{kind}_run"))
 
 
 def _predicted(
@@ -333,13 +324,10 @@ def write_evaluation(
     ``evaluation.json`` (a table of mean AUCs, per-image values, sanity correlations, every
     setting), ``curves.png`` and ``curves.npz``, and ``sanity.png`` when asked for.
 
-    The folder is streamed: 8 images at a time are decoded, get their predicted class and go
-    through every method and its curves (:func:`evaluate_chunks`), then are dropped, so
-    memory is bounded by the chunk and the batch whatever the number of images. Per image
-    only scalars are kept (its AUCs and its file name, in ``evaluation.json``); no map is
-    written, and ``curves.npz`` holds only the mean curves (one row per method and curve,
-    bounded by the step count), so nothing on disk grows with a map per image. Unreadable
-    files are skipped and listed; a folder with no readable image fails before any output.
+    The folder is streamed 8 images at a time (:func:`evaluate_chunks`): memory is bounded by
+    the chunk, and per image only scalars are kept (no map is written; ``curves.npz`` holds
+    the mean curves). Unreadable files are skipped and listed; a folder with no readable
+    image fails before any output.
     """
     seed_everything(seed)
     loaded = model if isinstance(model, Model) else load_model(model, weights)
@@ -356,7 +344,7 @@ def write_evaluation(
         task = bar.add_task("evaluate", total=len(classes) * len(folder.files), status="")
         chunks = _predicted(folder, loaded, protocol, (bar, task), len(classes))
         result = evaluate_chunks(loaded, chunks, classes, protocol, layer, (bar, task))
-    notice_engines(result)
+    notice_engines(result, CURVES)
     summary = {
         "model": model if isinstance(model, str) else loaded.card.name,
         "weights": str(weights) if weights else None,

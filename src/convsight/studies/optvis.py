@@ -170,12 +170,13 @@ def _class_indices(loaded: Model, classes: Sequence[str | int]) -> list[int]:
 def _check_class_render(
     loaded: Model, indices: list[int], settings: RenderSettings, given: dict[str, Any]
 ) -> None:
-    """The class models' render must fit the model (:func:`check_size`) and memory
-    (:func:`check_render`)."""
+    """The class models' render must fit memory (:func:`check_render`) and the model
+    (:func:`check_size`), and its model hooks the model."""
     objective = class_objective(loaded, indices, settings.class_objective, settings.cossim_power)
     rows = (len(indices), "the class scores", given, "number of classes", "classes")
     check_render(loaded, objective, settings, *rows)
     check_size(loaded, objective, settings, len(indices))  # probes the size: after the memory
+    _check_model_hooks(loaded, settings, given)
 
 
 def _mean_start(dataset, loaded: Model, indices: list[int], data_dir):
@@ -254,7 +255,6 @@ def classviz(
     loaded = load_on_device(model, weights, device)
     indices = _class_indices(loaded, classes)
     _check_class_render(loaded, indices, settings, given)
-    _check_model_hooks(loaded, settings, given)
     start_pixels, counts = None, {}
     if init == "mean":
         start_pixels, counts = _mean_start(dataset, loaded, indices, data_dir)

@@ -142,11 +142,7 @@ def write_saliency(
     for result in results:  # after the progress bar: one line each
         notice_engine(result.method.name, result.run)
     written = _write_panels(out, loaded, paths, panels, pixels, probs, targets, results)
-    arrays: dict[str, Any] = {"pixels": pixels, "targets": torch.tensor(targets)}
-    for result in results:
-        arrays[f"{result.method.name}_attributions"] = result.attributions
-        arrays[f"{result.method.name}_map"] = result.maps
-    written.append(write_npz(out / "saliency.npz", **arrays))
+    written.append(_write_arrays(out, pixels, targets, results))
     summary = {
         "model": model if isinstance(model, str) else loaded.card.name,
         "weights": str(weights) if weights else None,
@@ -157,6 +153,17 @@ def write_saliency(
     }
     written.append(write_json(out / "saliency.json", summary))
     return written
+
+
+def _write_arrays(
+    out: Path, pixels: torch.Tensor, targets: Sequence[int], results: Sequence[MethodMaps]
+) -> Path:
+    """``saliency.npz``: the pixels, targets, and each method's attributions and maps."""
+    arrays: dict[str, Any] = {"pixels": pixels, "targets": torch.tensor(targets)}
+    for result in results:
+        arrays[f"{result.method.name}_attributions"] = result.attributions
+        arrays[f"{result.method.name}_map"] = result.maps
+    return write_npz(out / "saliency.npz", **arrays)
 
 
 def _images_summary(
