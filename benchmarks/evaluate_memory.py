@@ -6,7 +6,7 @@ For each count, that many generated 8x8 PNGs (random colours) go through ``convs
 in a fresh process (the command line, as a user runs it) with a small TorchScript CNN written
 here (one 3x3 conv of 32 channels at 64x64 -- the PNGs are resized up to it, as a photo model
 resizes a thumbnail -- then a pooled linear head), saliency maps and the deletion curve. The peak
-resident memory of each process is read from the kernel (``os.wait4``'s ``ru_maxrss``) and set
+resident memory of each process is read from the kernel (its own ``VmHWM``) and set
 beside the first (smallest) folder's. Writes benchmarks/results/evaluate_memory.json. Not a test
 (tests/test_hostile_memory.py checks 100 against 1,000 images); about 2 minutes on 2 cores
 with the defaults, most of it the 10,000 images.
@@ -18,7 +18,6 @@ that test.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -79,25 +78,43 @@ def write_images(folder: Path, count: int, side: int = 8, seed: int = 0) -> Path
     return folder
 
 
+# The command line run in-process, then its own peak resident memory on stderr: VmHWM starts
+# afresh at exec, unlike ru_maxrss, which a child inherits from its parent (a pytest process
+# of several GB would hide the evaluate process's own peak).
+RUN_AND_REPORT = """
+import atexit, sys
+
+def report():
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    sys.stderr.write(f"\\nVmHWM {peak}\\n")
+
+atexit.register(report)
+sys.argv[0] = "convsight"
+from convsight.cli import main
+main()
+"""
+
+
 def evaluate_command(model: Path, images: Path, out: Path, side: int = INPUT_SIDE) -> list[str]:
     """``convsight evaluate`` of saliency maps with the deletion curve (4 steps an image)."""
     return [
-        sys.executable, "-m", "convsight.cli", "evaluate", str(model), "--images", str(images),
+        sys.executable, "-c", RUN_AND_REPORT, "evaluate", str(model), "--images", str(images),
         "--methods", "saliency", "--metrics", "deletion", "--step", str(side * side // 4),
         "--out", str(out), "--quiet",
     ]  # fmt: skip
 
 
 def peak_rss(command: list[str], env: dict[str, str] | None = None) -> tuple[int, int, str]:
-    """Run ``command``; its exit status, its peak resident memory in bytes (the kernel's
-    ``ru_maxrss`` of that process alone) and the end of its stderr."""
-    with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        errors.seek(0)
-        tail = errors.read().decode(errors="replace")[-2000:]
-    return process.returncode, usage.ru_maxrss * 1024, tail  # ru_maxrss: KiB on Linux
+    """Run ``command`` (one that ends by writing ``VmHWM KiB`` on stderr, as
+    :data:`RUN_AND_REPORT` does); its exit status, its peak resident memory in bytes and the
+    end of its stderr."""
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    errors = done.stderr.decode(errors="replace")
+    peaks = [int(line.split()[1]) for line in errors.splitlines() if line.startswith("VmHWM ")]
+    if not peaks:
+        raise RuntimeError(f"no peak memory reported by {command[:3]}: {errors[-2000:]}")
+    return done.returncode, peaks[-1] * 1024, errors[-2000:]
 
 
 def evaluate_peak(
@@ -138,7 +155,7 @@ def main() -> None:
                 "model": f"TorchScript: conv 3x3/{CONV_CHANNELS} + ReLU + pooled linear head",
                 "input": f"{INPUT_SIDE}x{INPUT_SIDE} (the PNGs resized up)",
                 "command": evaluate_command(Path("MODEL"), Path("IMAGES"), Path("OUT")),
-                "measured": "ru_maxrss of each evaluate process (os.wait4), a fresh process each",
+                "measured": "VmHWM of each evaluate process (its own peak RSS)",
             },
             "rows": rows,
         },

@@ -145,8 +145,6 @@ def _keras(tmp: Path) -> Model:
 # The methods the issue names for them (the full set runs on the first round's kinds).
 ROUND_TWO_METHODS = ("saliency", "gradcam", "occlusion", "ig")
 ROUND_TWO_TASKS = ("layers", "maximize", "classviz", "attribution", "atlas")
-# The big networks' maps run from the command line (tests/test_models_from_cli.py) only.
-BIG_NET_TASKS = ("layers", "maximize", "classviz", "atlas")
 LABELS = ["siren", "horn", "bell", "drum"]  # the user's own labels, expected in every output
 
 
@@ -294,13 +292,13 @@ CASES: dict[str, Case] = {
         _densenet_state_dict,
         "features.denseblock1.denselayer1.conv1",
         ROUND_TWO_METHODS,
-        BIG_NET_TASKS,
+        ROUND_TWO_TASKS,
     ),
     "onnx-mobilenet_v3-opset17": Case(
         _mobilenet_v3_onnx,
         "features/features/1/block/block/0/block/0/0/Conv",
         ROUND_TWO_METHODS,
-        BIG_NET_TASKS,
+        ROUND_TWO_TASKS,
     ),
     "keras-softmax-head": Case(_keras_softmax, "conv_b", ROUND_TWO_METHODS, ROUND_TWO_TASKS),
     "tuple-output-net": Case(_tuple_net, "features.3", ROUND_TWO_METHODS, ROUND_TWO_TASKS),
@@ -309,10 +307,10 @@ CASES: dict[str, Case] = {
         _flat_spectrogram, "features.3", ROUND_TWO_METHODS, ROUND_TWO_TASKS
     ),
     "timm-regnetx_002": Case(
-        _timm("regnetx_002"), "s2.b1.conv1.conv", ROUND_TWO_METHODS, BIG_NET_TASKS
+        _timm("regnetx_002"), "s2.b1.conv1.conv", ROUND_TWO_METHODS, ROUND_TWO_TASKS
     ),
     "resnet18-safetensors-labels": Case(
-        _resnet_safetensors, "layer2.0.conv1", ROUND_TWO_METHODS, BIG_NET_TASKS
+        _resnet_safetensors, "layer2.0.conv1", ROUND_TWO_METHODS, ROUND_TWO_TASKS
     ),
     "normalization-inside": Case(
         _normalization_inside, "features.3", ROUND_TWO_METHODS, ROUND_TWO_TASKS
