@@ -384,3 +384,29 @@ def test_atlas_command_names_the_images_it_skipped(tmp_path):
     assert result.exit_code == 0, result.output
     assert "skipped: 1 image of the dataset: 1 file:" in result.stderr
     assert "broken.png is not an image file" in result.stderr
+
+
+class SoftmaxTupleNet(nn.Module):
+    """Returns (probabilities, features): its softmax head is cut on the chosen part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.conv(x).mean((2, 3))
+        return self.head(features).softmax(1), features
+
+
+def test_changing_the_output_after_a_head_cut_is_one_sentence():
+    torch.manual_seed(0)
+    model = Model.from_module(SoftmaxTupleNet(), input_size=16, output=0)
+    assert model.card.head == "softmax cut"
+    x = torch.rand(2, 3, 16, 16)
+    expected = SoftmaxTupleNet.forward(model.module, x)[0]  # the model's own probabilities
+    assert torch.allclose(model.module(x).softmax(1), expected, atol=1e-6)
+    with pytest.raises(ConvsightError, match="load it again with output=1"):
+        model.card = model.card.updated(output=1)
+    model.card = model.card.updated(labels=["a", "b", "c"])  # the same output: fine
+    assert torch.allclose(model.module(x).softmax(1), expected, atol=1e-6)

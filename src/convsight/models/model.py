@@ -33,9 +33,14 @@ class Model:
     card: ModelCard
 
     def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
         if name in ("module", "card") and "module" in vars(self) and "card" in vars(self):
-            self._select_output()
+            parts = {"module": self.module, "card": self.card, name: value}
+            card = parts["card"]
+            chosen = select_output(parts["module"], card.output, card.name)  # may refuse
+            super().__setattr__(name, value)  # only once the choice is made
+            object.__setattr__(self, "module", chosen)
+            return
+        super().__setattr__(name, value)
 
     def _select_output(self) -> None:
         """Make the module return the part of its output the card names (if any)."""

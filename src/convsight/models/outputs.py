@@ -245,6 +245,12 @@ def select_output(module: nn.Module, key: int | str | None, name: str = "model")
     if key is not None and isinstance(module, _Selecting) and vars(module)[_CHOICE][0] == key:
         vars(module)[_CHOICE] = (key, name)
         return module
+    if isinstance(module, _Selecting) and type(module) not in _SELECTING.values():
+        raise ConvsightError(
+            f"model '{name}' returns part {vars(module)[_CHOICE][0]!r} of its output with its "
+            f"softmax head cut; load it again with output={key!r} instead of changing the "
+            "card's output"
+        )  # a head cut (convsight.models.heads) sits on top of the choice
     module = _unchosen(module)
     if key is None:
         return module
