@@ -69,13 +69,6 @@ def _cgroup_room() -> int | None:
     return None
 
 
-def usable_memory(device: torch.device | str = "cpu") -> int | None:
-    """The bytes a request may plan to use on ``device`` (:data:`USABLE` of what is
-    available); None when that cannot be told."""
-    free = available_memory(device)
-    return None if free is None else int(free * USABLE)
-
-
 def saved_bytes(run: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> int:
     """Bytes of the tensors autograd keeps for the backward pass while ``run()`` runs, plus
     the tensors it returns (a tensor or a dict of them): each storage counted once, those of

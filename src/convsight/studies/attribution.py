@@ -144,10 +144,10 @@ def check_batch_memory(model: Model, batch_size: int | None, rows: int) -> None:
     fixed = [*model.module.parameters(), *model.module.buffers()]
     kept = saved_bytes(lambda: model.module(x), exclude=fixed)
     per_image = BACKWARD * kept + 8 * x.numel() * x.element_size()
-    need = min(batch_size, rows) * per_image
-    if need <= free * USABLE:
+    need, budget = min(batch_size, rows) * per_image, free * USABLE
+    if need <= budget:
         return
-    fit = int(free * USABLE // per_image)
+    fit = int(budget // per_image)
     h, w = model.card.input_size
     raise ConvsightError(
         f"--batch-size {batch_size} needs about {readable_bytes(need)} for "
