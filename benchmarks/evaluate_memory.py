@@ -8,7 +8,7 @@ here (one 3x3 conv of 32 channels at 64x64 -- the PNGs are resized up to it, as 
 resizes a thumbnail -- then a pooled linear head), saliency maps and the deletion curve. The peak
 resident memory of each process is read from the kernel (its own ``VmHWM``) and set
 beside the first (smallest) folder's. Writes benchmarks/results/evaluate_memory.json. Not a test
-(tests/test_hostile_memory.py checks 100 against 1,000 images); about 2 minutes on 2 cores
+(tests/studies/test_hostile_memory.py checks 100 against 1,000 images); about 2 minutes on 2 cores
 with the defaults, most of it the 10,000 images.
 
 The helpers (:func:`write_model`, :func:`write_images`, :func:`evaluate_peak`) are shared with

@@ -22,7 +22,7 @@ from convsight.models import load_model
 from convsight.studies.compression import ALL, plan_trials
 from convsight.studies.mnist import train_mnist
 from convsight.train import evaluate
-from tests.test_cli import assert_bad_input, run
+from tests.cli.test_cli import assert_bad_input, run
 
 
 def _pruned(features: nn.Sequential, index: int, keep: list[int]) -> nn.Sequential:

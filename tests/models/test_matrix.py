@@ -46,8 +46,8 @@ from convsight.studies.atlas import build_atlas  # noqa: E402
 from convsight.studies.attribution import write_evaluation, write_saliency  # noqa: E402
 from convsight.studies.mnist import write_activations  # noqa: E402
 from convsight.studies.optvis import classviz, maximize  # noqa: E402
+from tests.attribution.test_matrix import TutorialCNN  # noqa: E402
 from tests.conftest import TinyNet, hook_count  # noqa: E402
-from tests.test_attribution_matrix import TutorialCNN  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -132,7 +132,7 @@ def _onnx(tmp: Path) -> Model:
 def _keras(tmp: Path) -> Model:
     import keras
 
-    from tests.test_keras import study_cnn
+    from tests.models.test_keras import study_cnn
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)

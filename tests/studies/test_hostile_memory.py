@@ -26,7 +26,7 @@ from convsight.metrics import deletion
 from convsight.models import Model
 from convsight.studies.evaluation import evaluate_methods, write_evaluation
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 CHUNK = 8  # images write_evaluation decodes and evaluates at a time
 CURVE_BATCH = 16  # rows per forward pass of the curves when no batch size is given
 

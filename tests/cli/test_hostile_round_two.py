@@ -27,7 +27,7 @@ from convsight.report import OUT_MARKER, write_checkpoint, write_json
 from convsight.report import files as report_files
 from convsight.studies.atlas import LOCK_FILE, build_atlas
 from convsight.studies.saliency import write_saliency
-from tests.test_cli_inputs import assert_one_line_error
+from tests.cli.test_inputs import assert_one_line_error
 
 runner = CliRunner()
 

@@ -1,7 +1,7 @@
 """The kinds of model users brought (issue 25), built as a user would, from the command line:
 layers, maximize, classviz, saliency (saliency, Grad-CAM, occlusion, IG) and a one-layer
 atlas, with the user's labels in every output and no card written by hand. The same kinds run
-from Python in :mod:`tests.test_model_matrix`."""
+from Python in :mod:`tests.models.test_matrix`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before Keras is imported, as the loader does
 
 from convsight.cli import app  # noqa: E402
-from tests.test_model_matrix import LABELS, keras_softmax_model  # noqa: E402
+from tests.models.test_matrix import LABELS, keras_softmax_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 runner = CliRunner()
@@ -110,7 +110,7 @@ def kinds(tmp_path_factory, shared) -> tuple[dict[str, tuple[list[str], str]], P
     )
     save_file(build_timm("regnetx_002", num_classes=4).state_dict(), folder / "regnet.safetensors")
     onnx = folder / "mobilenet_v3.onnx"
-    from tests.test_model_matrix import _mobilenet_v3_onnx
+    from tests.models.test_matrix import _mobilenet_v3_onnx
 
     _mobilenet_v3_onnx(folder)  # writes mobilenet_v3.onnx
     keras.utils.set_random_seed(0)
