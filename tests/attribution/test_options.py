@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import pytest
 import torch
@@ -19,10 +20,13 @@ from convsight.attribution import (
     Saliency,
     ScoreCAM,
     SmoothGrad,
+    register,
 )
-from convsight.attribution.options import Option, resolve, type_name, with_defaults
+from convsight.attribution.options import Option, options_of, resolve, type_name, with_defaults
 from convsight.errors import ConvsightError
 from convsight.studies.attribution import method_options
+
+Mode = Literal["fast", "exact"]  # hints name module-level types
 
 
 def _pixels(n: int = 2) -> torch.Tensor:
@@ -123,26 +127,75 @@ def test_describe_lists_the_paper_and_every_option():
     assert len(text.splitlines()) == 1 + len(IntegratedGradients.options)
 
 
-def test_a_class_with_a_new_name_registers_itself():
+def test_a_method_is_offered_only_when_registered():
     class Doubled(Saliency):
         """Twice the gradient (a test method), https://arxiv.org/abs/1312.6034."""
 
         name = "doubled-test"
         title = "Doubled"
 
-    class Renamed(Saliency):  # keeps its parent's name: not registered again
+    class Renamed(Saliency):  # keeps its parent's name
         pass
 
     try:
-        assert METHODS["doubled-test"] is Doubled
+        assert "doubled-test" not in METHODS  # defining a class registers nothing
+        assert register(Doubled) is Doubled and METHODS["doubled-test"] is Doubled
+        assert list(METHODS)[-1] == "doubled-test" and register(Doubled) is Doubled
         assert METHODS["saliency"] is Saliency and Renamed not in METHODS.values()
         with pytest.raises(TypeError, match="two attribution methods are called 'saliency'"):
-            type("Clash", (Method,), {"name": "saliency"})
-        import convsight.attribution as package
-
-        assert package.Doubled is Doubled  # importable by class name
+            register(Renamed)
+        with pytest.raises(TypeError, match="no short name"):
+            register(type("Nameless", (Method,), {}))
     finally:
         METHODS.pop("doubled-test", None)
+
+
+def test_the_registry_is_one_explicit_list_exported_by_class_name():
+    import convsight.attribution as package
+
+    order = "saliency ixg ig smoothgrad vargrad smoothgrad-sq guided deconvnet gradcam gradcam++"
+    assert list(METHODS) == [*order.split(), "scorecam", "occlusion"]
+    for cls in METHODS.values():
+        assert getattr(package, cls.__name__) is cls and cls.__name__ in package.__all__
+    assert not hasattr(package, "__getattr__")
+
+
+def test_options_are_read_from_the_keyword_only_parameters():
+    def declared(
+        inputs: int,
+        *,
+        steps: Annotated[int, "how many"] = 3,
+        mode: Annotated[Mode, "how"] = "fast",
+        layer: Annotated[str | None, "where"] = None,
+        **rest: object,
+    ) -> None: ...
+
+    steps, mode, layer = options_of(declared)
+    assert steps == Option("steps", int, 3, "how many")
+    assert mode == Option("mode", str, "fast", "how", ("fast", "exact"))
+    assert layer == Option("layer", str | None, None, "where")
+
+    def no_help(*, steps: int = 3) -> None: ...
+
+    def no_default(*, steps: Annotated[int, "how many"]) -> None: ...
+
+    with pytest.raises(TypeError, match="option steps of .*no_help needs a hint Annotated"):
+        options_of(no_help)
+    with pytest.raises(TypeError, match="option steps of .*no_default needs a default"):
+        options_of(no_default)
+
+
+def test_the_declaration_is_read_once_per_class_and_defaults_can_be_replaced(tiny):
+    class Signed(Saliency):
+        """Signed gradients (a test method), https://arxiv.org/abs/1312.6034."""
+
+        option_defaults = {"absolute": False}
+
+    assert Signed.options is Signed.options  # kept on the class
+    assert Signed.options == with_defaults(Saliency.options, absolute=False)
+    assert Saliency.options[0].default is True and Signed(tiny).options == Signed.options
+    x = _pixels()
+    assert torch.equal(Signed(tiny).attribute(x, 0), Saliency(tiny).attribute(x, 0, absolute=False))
 
 
 @pytest.mark.parametrize("name", list(METHODS))

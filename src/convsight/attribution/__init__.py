@@ -1,17 +1,17 @@
 """Which pixels a decision rests on: attribution methods with one contract.
 
-``METHODS[name](model).attribute(pixels, target, **options)``; see :mod:`.base`. A method class
-with a short ``name`` registers itself in ``METHODS`` when its module is imported; every class
-there can be imported from this package by its class name.
+``METHODS[name](model).attribute(pixels, target, **options)``; see :mod:`.base`. ``METHODS`` is
+the one list of the methods the command line offers, in its order; :func:`register` adds one.
+Each method's options are the keyword-only parameters of its ``_attribute`` (``cls.options``,
+``cls.describe()``).
 """
 
 from __future__ import annotations
 
-# isort: off
-# The method families, imported in the order ``METHODS`` (and the command line) lists them.
-from convsight.attribution.gradient import InputXGradient, IntegratedGradients, Saliency
-from convsight.attribution.noise import NoiseTunnel, SmoothGrad
+from typing import TypeVar
+
 from convsight.attribution.backprop import DeconvNet, GuidedBackprop, rectifier_rule
+from convsight.attribution.base import Method, Target, check_inputs, resolve_targets
 from convsight.attribution.cam import (
     CAM,
     GradCAM,
@@ -21,13 +21,44 @@ from convsight.attribution.cam import (
     default_cam_layer,
     upsample_maps,
 )
-from convsight.attribution.perturbation import Occlusion
-
-# isort: on
-from convsight.attribution.base import METHODS, Method, Target, check_inputs, resolve_targets
+from convsight.attribution.gradient import InputXGradient, IntegratedGradients, Saliency
+from convsight.attribution.noise import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from convsight.attribution.options import Option
+from convsight.attribution.perturbation import Occlusion
 from convsight.errors import ConvsightError
 from convsight.models import Model
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (
+        Saliency,
+        InputXGradient,
+        IntegratedGradients,
+        SmoothGrad,
+        VarGrad,
+        SmoothGradSquared,
+        GuidedBackprop,
+        DeconvNet,
+        GradCAM,
+        GradCAMPlusPlus,
+        ScoreCAM,
+        Occlusion,
+    )
+}
+"""Every method the command line offers, by its short name, in the order it lists them."""
+
+M = TypeVar("M", bound=Method)
+
+
+def register(cls: type[M]) -> type[M]:
+    """Offer method ``cls`` under its short name (``--methods NAME``), after the others;
+    usable as a class decorator."""
+    if not cls.name:
+        raise TypeError(f"{cls.__qualname__} has no short name to register it by")
+    if METHODS.get(cls.name, cls) is not cls:
+        raise TypeError(f"two attribution methods are called {cls.name!r}")
+    METHODS[cls.name] = cls
+    return cls
 
 
 def method_class(name: str) -> type[Method]:
@@ -41,14 +72,6 @@ def method_class(name: str) -> type[Method]:
 def get_method(name: str, model: Model) -> Method:
     """An instance of the method called ``name`` for ``model``."""
     return method_class(name)(model)
-
-
-def __getattr__(name: str) -> type[Method]:
-    """A registered method class by its class name (``VarGrad``), as if imported here."""
-    for cls in METHODS.values():
-        if cls.__name__ == name:
-            return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -67,13 +90,16 @@ __all__ = [
     "Saliency",
     "ScoreCAM",
     "SmoothGrad",
+    "SmoothGradSquared",
     "Target",
+    "VarGrad",
     "cam_layer",
     "check_inputs",
     "default_cam_layer",
     "get_method",
     "method_class",
     "rectifier_rule",
+    "register",
     "resolve_targets",
     "upsample_maps",
 ]

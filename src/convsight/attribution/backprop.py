@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from convsight.attribution.base import Method
 from convsight.errors import ConvsightError
 
-RULES = ("guided", "deconvnet")
+RectifierRule = Literal["guided", "deconvnet"]
+"""How the gradient passes a rectifier."""
+RULES: tuple[str, ...] = get_args(RectifierRule)
 
 
 class _Rectify(torch.autograd.Function):
@@ -34,7 +36,12 @@ class _Rectify(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, low: float, high: float | None, rule: str, inplace: bool
+        ctx: Any,
+        x: torch.Tensor,
+        low: float,
+        high: float | None,
+        rule: RectifierRule,
+        inplace: bool,
     ):
         if inplace:
             ctx.mark_dirty(x)
@@ -101,7 +108,7 @@ class RuleCounts:
 class _ApplyRule(TorchFunctionMode):
     """Routes every rectifier call through :class:`_Rectify` with the rule."""
 
-    def __init__(self, rule: str, counts: RuleCounts) -> None:
+    def __init__(self, rule: RectifierRule, counts: RuleCounts) -> None:
         super().__init__()
         self.rule, self.counts = rule, counts
 
@@ -147,7 +154,7 @@ class _FindUnreached(TorchDispatchMode):
 
 
 @contextmanager
-def rectifier_rule(module: nn.Module, rule: str) -> Iterator[RuleCounts]:
+def rectifier_rule(module: nn.Module, rule: RectifierRule) -> Iterator[RuleCounts]:
     """Apply ``rule`` to every rectifier that runs inside the block, in this thread.
 
     Yields a :class:`RuleCounts`, filled as forward passes run: how many rectifier calls the
@@ -164,7 +171,7 @@ def rectifier_rule(module: nn.Module, rule: str) -> Iterator[RuleCounts]:
 
 
 class _RuleBackprop(Method):
-    rule = ""
+    rule: ClassVar[RectifierRule]
     reduce = "max_abs"
 
     def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,13 @@ import copy
 import itertools
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from convsight.attribution.options import Option, resolve
+from convsight.attribution.options import DeclaredOptions, Option, options_of, resolve
 from convsight.errors import ConvsightError
 from convsight.layers import forward_to
 from convsight.models import Model
@@ -77,19 +77,19 @@ def select(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return scores.gather(1, targets.to(scores.device).view(-1, 1)).squeeze(1)
 
 
-METHODS: dict[str, type[Method]] = {}
-"""Every method with a short name, by that name, in the order their classes were defined."""
+Reduction = Literal["sum", "max_abs", "mean"]
+"""How :meth:`Method.to_heatmap` collapses the colour channels into one map."""
 
 
 class Method:
     """Base of every attribution method.
 
-    Subclasses implement :meth:`_attribute` on checked pixels and resolved targets; it receives
-    every declared option by keyword, at its default where the call gave none. Each declares:
-    ``name`` (the short name used on the command line; a class with a name registers itself in
-    :data:`METHODS`), ``title``, ``paper`` (the link to its paper), ``options`` (what it takes:
-    a tuple of :class:`~convsight.attribution.options.Option`) and ``reduce``, how
-    :meth:`heatmap` collapses the colour channels into one map ("sum", "max_abs" or "mean").
+    Subclasses implement :meth:`_attribute` on checked pixels and resolved targets; its
+    keyword-only parameters, each ``name: Annotated[type, "help"] = default`` (a ``Literal``
+    type gives the choices), are the method's ``options``, declared once, and it receives all
+    of them (defaults where the call gave none; ``option_defaults`` replaces inherited ones).
+    Each declares ``name`` (its short name on the command line), ``title``, ``paper`` (the link
+    to its paper) and ``reduce``, how :meth:`heatmap` collapses the colour channels.
 
     ``last_run`` says how the last :meth:`attribute` call ran, for the output JSON: ``engine``
     (the one that ran), ``requested_engine``, ``fallback`` (why the requested engine did not
@@ -100,16 +100,18 @@ class Method:
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     paper: ClassVar[str] = ""
-    reduce: ClassVar[str] = "sum"
-    options: tuple[Option, ...] = ()
+    reduce: ClassVar[Reduction] = "sum"
+    options = DeclaredOptions()
+    option_defaults: ClassVar[Mapping[str, Any]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if not cls.__dict__.get("name"):  # a base, or a subclass that keeps its parent's name
-            return
-        if cls.name in METHODS and METHODS[cls.name].__qualname__ != cls.__qualname__:
-            raise TypeError(f"two attribution methods are called {cls.name!r}")
-        METHODS[cls.name] = cls
+    @classmethod
+    def declare_options(cls) -> tuple[Option, ...]:
+        """The options this class declares: the keyword-only parameters of :meth:`_attribute`."""
+        return options_of(cls._attribute)
+
+    def instance_options(self) -> tuple[Option, ...]:
+        """The options this instance takes: its class's."""
+        return type(self).options
 
     def __init__(self, model: Model) -> None:
         self.model = model
@@ -194,7 +196,7 @@ class Method:
         return out
 
     def _attribute(
-        self, inputs: torch.Tensor, targets: torch.Tensor, **options: Any
+        self, inputs: torch.Tensor, targets: torch.Tensor, *args: Any, **options: Any
     ) -> torch.Tensor:
         raise NotImplementedError
 

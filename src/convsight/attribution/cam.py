@@ -10,19 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from convsight.attribution.base import Method, forward_batch, forward_scores, select
-from convsight.attribution.options import Option
+from convsight.attribution.options import Option, options_of
 from convsight.errors import ConvsightError
 from convsight.layers import forward_to, get_layer, last_map_layer
 from convsight.models import Model
 
-ENGINES = ("eager", "frozen")
+Engine = Literal["eager", "frozen"]
+"""How Score-CAM scores its masked images: the module itself, or a traced frozen copy."""
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 
 def cam_layer(model: Model, layer: str | None = None) -> tuple[str, str]:
@@ -88,16 +90,16 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class CAM(Method):
     """Base of the CAM family: ``channel_weights`` says how much each channel counts.
 
-    A variant's own options (after ``layer``, ``relu`` and ``upsample``) go to its
-    ``channel_weights``.
+    A variant's own options (after ``layer``, ``relu`` and ``upsample``) are the keyword-only
+    parameters of its ``channel_weights``, which receives them.
     """
 
     uses_gradients = True
-    options = (
-        Option("layer", str | None, None, "the conv layer (default: the last stage's output)"),
-        Option("relu", bool, True, "keep only the positive part of the map"),
-        Option("upsample", bool, False, "give the map at the input's resolution"),
-    )
+
+    @classmethod
+    def declare_options(cls) -> tuple[Option, ...]:
+        """``layer``, ``relu`` and ``upsample``, then the variant's own options."""
+        return options_of(cls._attribute) + options_of(cls.channel_weights)
 
     def __init__(self, model: Model) -> None:
         super().__init__(model)
@@ -144,9 +146,9 @@ class CAM(Method):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         *,
-        layer: str | None,
-        relu: bool,
-        upsample: bool,
+        layer: Annotated[str | None, "the conv layer (default: the last stage's output)"] = None,
+        relu: Annotated[bool, "keep only the positive part of the map"] = True,
+        upsample: Annotated[bool, "give the map at the input's resolution"] = False,
         **weight_options: Any,
     ) -> torch.Tensor:
         name, why = self.layer_choice(layer)
@@ -228,12 +230,17 @@ class ScoreCAM(CAM):
     title = "Score-CAM"
     paper = "https://arxiv.org/abs/1910.01279"
     uses_gradients = False
-    options = CAM.options + (
-        Option("batch_size", int | None, None, "masked images per forward pass"),
-        Option("engine", str, "eager", "the module itself, or a traced frozen copy", ENGINES),
-    )
 
-    def channel_weights(self, inputs, targets, activations, gradients, *, batch_size, engine):
+    def channel_weights(
+        self,
+        inputs,
+        targets,
+        activations,
+        gradients,
+        *,
+        batch_size: Annotated[int | None, "masked images per forward pass"] = None,
+        engine: Annotated[Engine, "the module itself, or a traced frozen copy"] = "eager",
+    ) -> torch.Tensor:
         batch = batch_size or forward_batch(self.model.device)
         fallbacks: list[str] = []
         scores = [

@@ -7,12 +7,12 @@ image (points on a path here, noisy copies in :mod:`.noise`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 import torch
 
 from convsight.attribution.base import BASELINE_HELP, Baseline, Method, baseline_like, chunks
-from convsight.attribution.options import Option
 from convsight.errors import ConvsightError
 
 RowMaps = Callable[[slice, torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
@@ -50,10 +50,13 @@ class Saliency(Method):
     title = "Saliency"
     paper = "https://arxiv.org/abs/1312.6034"
     reduce = "max_abs"
-    options = (Option("absolute", bool, True, "the gradient's absolute value"),)
 
     def _attribute(
-        self, inputs: torch.Tensor, targets: torch.Tensor, *, absolute: bool
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        absolute: Annotated[bool, "the gradient's absolute value"] = True,
     ) -> torch.Tensor:
         grad = self.input_gradient(inputs, targets)
         return grad.abs() if absolute else grad
@@ -70,10 +73,14 @@ class InputXGradient(Method):
         return inputs * self.input_gradient(inputs, targets)
 
 
-RULES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_middle", "riemann_right")
+Rule = Literal[
+    "gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_middle", "riemann_right"
+]
+"""The quadrature rules of the path integral (captum's names)."""
+RULES: tuple[str, ...] = get_args(Rule)
 
 
-def path_weights(steps: int, rule: str) -> tuple[list[float], list[float]]:
+def path_weights(steps: int, rule: Rule) -> tuple[list[float], list[float]]:
     """Points in [0, 1] and weights of a quadrature rule for the path integral."""
     if steps < 1:
         raise ConvsightError("the path integral needs at least one step")
@@ -104,22 +111,16 @@ class IntegratedGradients(Method):
     name = "ig"
     title = "Integrated Gradients"
     paper = "https://arxiv.org/abs/1703.01365"
-    options = (
-        Option("steps", int, 50, "points on the path from the baseline to the input"),
-        Option("baseline", Baseline, 0.0, f"where the path starts ({BASELINE_HELP})"),
-        Option("rule", str, "gausslegendre", "the quadrature rule", RULES),
-        Option("batch_size", int, 32, "path points (over all images) per forward pass"),
-    )
 
     def _attribute(
         self,
         inputs: torch.Tensor,
         targets: torch.Tensor,
         *,
-        steps: int,
-        baseline: Baseline,
-        rule: str,
-        batch_size: int,
+        steps: Annotated[int, "points on the path from the baseline to the input"] = 50,
+        baseline: Annotated[Baseline, f"where the path starts ({BASELINE_HELP})"] = 0.0,
+        rule: Annotated[Rule, "the quadrature rule"] = "gausslegendre",
+        batch_size: Annotated[int, "path points (over all images) per forward pass"] = 32,
     ) -> torch.Tensor:
         alphas, weights = path_weights(steps, rule)
         alpha = torch.tensor(alphas, dtype=inputs.dtype, device=inputs.device).view(-1, 1, 1, 1)

@@ -8,39 +8,22 @@ the mean, the variance and the mean square of the noisy gradients.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar
 
 import torch
 
 from convsight.attribution.base import Method
 from convsight.attribution.gradient import Saliency, sum_rows
-from convsight.attribution.options import Option, with_defaults
+from convsight.attribution.options import Option, options_of
 from convsight.errors import ConvsightError
 from convsight.models import Model
 
-NOISE_OPTIONS = (
-    Option("samples", int, 16, "noisy copies per image"),
-    Option(
-        "noise_level",
-        float,
-        0.15,
-        "the noise's standard deviation as a fraction of each image's value range",
-    ),
-    Option("stdev", float | None, None, "the noise's standard deviation in pixels (overrides)"),
-    Option("batch_size", int, 64, "noisy images per forward pass"),
-    Option(
-        "generator",
-        torch.Generator | None,
-        None,
-        "where the noise is drawn from (default: torch's global generator: seed it)",
-    ),
-)
 
-
-def tunnel_options(method: type[Method] | Method) -> tuple[Option, ...]:
-    """The noise options, then those of the wrapped ``method`` that are not named alike."""
-    names = {option.name for option in NOISE_OPTIONS}
-    return NOISE_OPTIONS + tuple(o for o in method.options if o.name not in names)
+def tunnel_options(noise: Sequence[Option], wrapped: Sequence[Option]) -> tuple[Option, ...]:
+    """The ``noise`` options, then those of the ``wrapped`` method not named like one."""
+    names = {option.name for option in noise}
+    return tuple(noise) + tuple(o for o in wrapped if o.name not in names)
 
 
 def noisy_copies(
@@ -76,22 +59,31 @@ class NoiseTunnel(Method):
     it in pixels. Noise is drawn from torch's generator (seed it for the same maps) or
     ``generator``; ``batch_size`` noisy images go through the wrapped method at a time. The
     wrapped method's own options are options of the tunnel too (those not named like a noise
-    option). A variant sets ``moments`` (which powers of the noisy maps it averages) and
-    :meth:`combine`.
+    option, which are the keyword-only parameters of :meth:`_attribute`). A variant sets
+    ``moments`` (which powers of the noisy maps it averages) and :meth:`combine`.
     """
 
     title = "Noise tunnel"
     reduce = Saliency.reduce
     wrapped: ClassVar[type[Method]] = Saliency
     moments: ClassVar[tuple[int, ...]] = (1,)
-    options = tunnel_options(Saliency)
 
     def __init__(self, model: Model | Method) -> None:
         method = model if isinstance(model, Method) else self.wrapped(model)
         super().__init__(method.model)
         self.method = method
+        self._options: tuple[Option, ...] | None = None  # None: the class's
         if isinstance(model, Method):
-            self.options = tunnel_options(method)
+            self._options = tunnel_options(options_of(type(self)._attribute), method.options)
+
+    @classmethod
+    def declare_options(cls) -> tuple[Option, ...]:
+        """The noise options, then those of the class's ``wrapped`` method."""
+        return tunnel_options(options_of(cls._attribute), cls.wrapped.options)
+
+    def instance_options(self) -> tuple[Option, ...]:
+        """The noise options, then those of the method this tunnel wraps."""
+        return type(self).options if self._options is None else self._options
 
     def combine(self, means: list[torch.Tensor]) -> torch.Tensor:
         """The map from the means of the noisy maps raised to each of ``moments``."""
@@ -105,11 +97,18 @@ class NoiseTunnel(Method):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         *,
-        samples: int,
-        noise_level: float,
-        stdev: float | None,
-        batch_size: int,
-        generator: torch.Generator | None,
+        samples: Annotated[int, "noisy copies per image"] = 16,
+        noise_level: Annotated[
+            float, "the noise's standard deviation as a fraction of each image's value range"
+        ] = 0.15,
+        stdev: Annotated[
+            float | None, "the noise's standard deviation in pixels (overrides)"
+        ] = None,
+        batch_size: Annotated[int, "noisy images per forward pass"] = 64,
+        generator: Annotated[
+            torch.Generator | None,
+            "where the noise is drawn from (default: torch's global generator: seed it)",
+        ] = None,
         **wrapped_options: Any,
     ) -> torch.Tensor:
         if samples < 1:
@@ -153,7 +152,7 @@ class VarGrad(NoiseTunnel):
     title = "VarGrad"
     paper = "https://arxiv.org/abs/1810.03307"
     moments = (1, 2)
-    options = with_defaults(tunnel_options(Saliency), absolute=False)
+    option_defaults = {"absolute": False}
 
     def combine(self, means: list[torch.Tensor]) -> torch.Tensor:
         mean, mean_square = means

@@ -1,19 +1,23 @@
 """What a method takes: each option's name, type, default and meaning, declared once.
 
-A method lists its options as a tuple of :class:`Option`; :func:`resolve` checks a call's
+A method declares its options as the keyword-only parameters of its ``_attribute``, each
+``name: Annotated[type, "help"] = default`` (a ``Literal[...]`` type gives the choices);
+:func:`options_of` reads them as :class:`Option` objects. :func:`resolve` checks a call's
 options against them (unknown names, wrong types, values outside the choices) before any work
-and fills in the defaults. Help text and the output JSON read the same declarations.
+and fills in the defaults. Help text, the command line and the output JSON read the same
+:class:`Option` objects.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import numbers
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from convsight.errors import ConvsightError
 
@@ -114,3 +118,59 @@ def with_defaults(declared: Sequence[Option], **defaults: Any) -> tuple[Option, 
         else option
         for option in declared
     )
+
+
+def options_of(function: Callable[..., Any]) -> tuple[Option, ...]:
+    """The keyword-only parameters of ``function`` as options, in order.
+
+    Each is written ``name: Annotated[type, "help"] = default``; a ``Literal["a", "b"]`` type
+    is a string option with those choices. A parameter without help or default is an error in
+    the declaration (a TypeError naming it).
+    """
+    hints = typing.get_type_hints(function, include_extras=True)
+    return tuple(
+        _option(function.__qualname__, parameter, hints.get(parameter.name))
+        for parameter in inspect.signature(function).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    )
+
+
+def _option(owner: str, parameter: inspect.Parameter, hint: Any) -> Option:
+    where = f"option {parameter.name} of {owner}"
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):  # Python 3.10 adds Optional
+        annotated = [a for a in typing.get_args(hint) if typing.get_origin(a) is Annotated]
+        hint = annotated[0] if len(annotated) == 1 else hint
+    if typing.get_origin(hint) is not Annotated:
+        raise TypeError(f"{where} needs a hint Annotated[type, help]")
+    kind, *metadata = typing.get_args(hint)
+    helps = [item for item in metadata if isinstance(item, str)]
+    if not helps:
+        raise TypeError(f"{where} needs its help text: Annotated[type, help]")
+    if parameter.default is inspect.Parameter.empty:
+        raise TypeError(f"{where} needs a default")
+    choices: tuple[str, ...] = ()
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        if not all(isinstance(choice, str) for choice in choices):
+            raise TypeError(f"{where}: a Literal of choices holds strings only")
+        kind = str
+    return Option(parameter.name, kind, parameter.default, helps[0], choices)
+
+
+class DeclaredOptions:
+    """``Method.options``: what a method class takes, read on first use and kept on the class.
+
+    A class gives its ``declare_options()`` with the defaults its ``option_defaults`` replace;
+    an instance gives its ``instance_options()`` (a noise tunnel around a given method adds
+    that method's options). Read on first use, not when the class is made, so that the hints
+    may name anything in the module.
+    """
+
+    def __get__(self, instance: Any, owner: Any) -> tuple[Option, ...]:
+        if instance is not None:
+            return instance.instance_options()
+        found = owner.__dict__.get("_declared_options")
+        if found is None:
+            found = with_defaults(owner.declare_options(), **owner.option_defaults)
+            owner._declared_options = found
+        return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
+from typing import Annotated, Literal, get_args
 
 import torch
 
@@ -22,11 +23,12 @@ from convsight.attribution.base import (
     select,
 )
 from convsight.attribution.incremental import IncrementalNet, Patch, materialize
-from convsight.attribution.options import Option
 from convsight.errors import ConvsightError
 from convsight.models import Model
 
-ENGINES = ("incremental", "frozen", "eager")
+Engine = Literal["incremental", "frozen", "eager"]
+"""How occlusion scores its occluded images (see :class:`Occlusion`)."""
+ENGINES: tuple[str, ...] = get_args(Engine)
 Size = int | tuple[int, int]
 
 
@@ -88,24 +90,17 @@ class Occlusion(Method):
     title = "Occlusion"
     paper = "https://arxiv.org/abs/1311.2901"
     reduce = "mean"
-    options = (
-        Option("window", Size, 16, "the occluded window's side, or (height, width)"),
-        Option("stride", Size, 8, "pixels between windows, or (down, across)"),
-        Option("baseline", Baseline, 0.0, f"what a window is set to ({BASELINE_HELP})"),
-        Option("batch_size", int | None, None, "occluded images per forward pass"),
-        Option("engine", str, "incremental", "how the occluded images are scored", ENGINES),
-    )
 
     def _attribute(
         self,
         inputs: torch.Tensor,
         targets: torch.Tensor,
         *,
-        window: Size,
-        stride: Size,
-        baseline: Baseline,
-        batch_size: int | None,
-        engine: str,
+        window: Annotated[Size, "the occluded window's side, or (height, width)"] = 16,
+        stride: Annotated[Size, "pixels between windows, or (down, across)"] = 8,
+        baseline: Annotated[Baseline, f"what a window is set to ({BASELINE_HELP})"] = 0.0,
+        batch_size: Annotated[int | None, "occluded images per forward pass"] = None,
+        engine: Annotated[Engine, "how the occluded images are scored"] = "incremental",
     ) -> torch.Tensor:
         n, c, h, w = inputs.shape
         size, win, step = (h, w), _pair(window, "window"), _pair(stride, "stride")
