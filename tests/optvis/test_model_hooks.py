@@ -1,18 +1,32 @@
-"""The skip gradient finds residual additions in the code of any block, not by class."""
+"""Model hooks: the skip gradient finds residual additions in the code of any block, not by
+class; a render enters any sequence of hooks and releases them."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
+from convsight.errors import ConvsightError
+from convsight.optvis import build, render, settings_for
 from convsight.optvis.model_hooks import (
+    BatchNormPrior,
+    GhostNoise,
+    ModelHook,
     ResidualAddition,
     SkipGradient,
     check_model_hooks,
+    entered,
     residual_additions,
     residual_branches,
 )
+from convsight.optvis.objectives import class_score
+from convsight.optvis.recipes import make_hooks
+from convsight.optvis.transforms import RowRandom
 from tests.conftest import hook_count
 
 
@@ -32,13 +46,10 @@ def _timm(name: str) -> nn.Module:
 
 
 def _gradients(block: nn.Module, x: torch.Tensor, g: torch.Tensor, gamma: float):
-    hook = SkipGradient(block, gamma)
-    try:
+    with SkipGradient(block, gamma) as hook:
         x = x.clone().requires_grad_(True)
         y = block(x)
         (grad,) = torch.autograd.grad(y, x, g)
-    finally:
-        hook.close()
     return y.detach(), grad, hook.branches
 
 
@@ -56,12 +67,9 @@ def test_timm_residual_blocks_are_found_and_damped(name, count, first):
     assert len(found) == count and found[0] == first
     assert len(residual_branches(net)) == count
     check_model_hooks(net, skip_gradient=0.5)  # no error: there are residual blocks
-    skip = SkipGradient(net, 0.5)
-    try:
+    with SkipGradient(net, 0.5) as skip:
         assert skip.describe() == f"skip gradient 0.5 on {count} residual branches"
         assert skip.branch_names == [a.branch for a in found]
-    finally:
-        skip.close()
     # one block: the gradient is the skip path's plus gamma times the branch's
     block = net.get_submodule(first.block)
     channels = next(m for m in block.modules() if isinstance(m, nn.Conv2d)).in_channels
@@ -123,10 +131,76 @@ def test_inline_residuals_are_found_and_parallel_paths_are_not():
     ]
     x = torch.randn(1, 3, 16, 16)
     out = net(x)
-    hook = SkipGradient(net, 0.3)
-    try:
+    with SkipGradient(net, 0.3):
         torch.testing.assert_close(net(x), out)
-    finally:
-        hook.close()
     assert hook_count(net) == 0
     assert residual_additions(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())) == []
+
+
+class Offset(ModelHook):
+    """A per-pass hook: one forward hook while entered, counts passes, adds 1 to the
+    objective of each pass."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.passes = 0
+
+    def register(self) -> Iterator[RemovableHandle]:
+        yield self.module.register_forward_hook(lambda *_: None)
+
+    @contextlib.contextmanager
+    def around_pass(self, rng: RowRandom) -> Iterator[None]:
+        assert len(self.handles) == 1 and isinstance(rng, RowRandom)
+        self.passes += 1
+        yield
+
+    def adjust(self, total: torch.Tensor, views: int) -> torch.Tensor:
+        return total + 1.0
+
+    def describe(self) -> str:
+        return "offset by 1"
+
+
+def test_render_enters_hooks_of_any_kind_and_releases_them(tiny):
+    events = []
+
+    @contextlib.contextmanager
+    def watched() -> Iterator[None]:
+        events.append(("enter", hook_count(tiny.module)))
+        try:
+            yield
+        finally:
+            events.append(("exit", hook_count(tiny.module)))
+
+    settings = settings_for("paper", param="pixel", steps=3)
+
+    def recipe() -> dict:
+        return build(tiny, class_score([0, 1]), 2, settings).parts()
+
+    plain = render(tiny, **recipe())
+    offset = Offset(tiny.module)
+    result = render(tiny, **{**recipe(), "hooks": [offset, watched()]})
+    assert events == [("enter", 1), ("exit", 1)]  # entered in order, exited in reverse
+    assert offset.passes == 3 and hook_count(tiny.module) == 0
+    assert torch.equal(result.images, plain.images)  # a constant moves no gradient
+    assert torch.equal(result.trace, plain.trace + 1.0)
+    assert result.description == f"{plain.description}; offset by 1"
+
+
+def test_hooks_made_before_one_that_fails_are_released(tiny):
+    class Broken(ModelHook):
+        def register(self) -> Iterator[RemovableHandle]:
+            yield self.module.register_forward_pre_hook(lambda *_: None)
+            raise ConvsightError("this model lacks what the hook needs")
+
+    with pytest.raises(ConvsightError, match="lacks what"):
+        with entered([GhostNoise(tiny.module, 0.1), Broken(tiny.module)]):
+            raise AssertionError("not reached")
+    assert hook_count(tiny.module) == 0
+
+
+def test_recipes_build_only_the_hooks_the_settings_switch_on(tiny):
+    assert make_hooks(tiny, settings_for("paper")) == []
+    hooks = make_hooks(tiny, settings_for("robust", ghost=0.2, bn_prior=0.5, skip_gradient=0.3))
+    assert [type(h) for h in hooks] == [GhostNoise, BatchNormPrior, SkipGradient]
+    assert hook_count(tiny.module) == 0  # built, not yet entered

@@ -47,9 +47,9 @@ def plain(**changes):
         obj.channel("features.3", [1, 5]),
         obj.neuron("features.3", [2, 3]),
         obj.layer("features.3"),
-        obj.class_logit([0, 2]),
-        obj.class_margin([1, 3]),
-        obj.class_log_softmax([2, 0]),
+        obj.class_score([0, 2]),
+        obj.class_score([1, 3], "margin"),
+        obj.class_score([2, 0], "logsoftmax"),
         obj.direction("features.3", torch.linspace(-1, 1, 16)),
         obj.diversity("features.3"),
         obj.channel("features.3", 0) - 0.5 * obj.activation_penalty(["features.0"]),
@@ -103,7 +103,7 @@ def test_log_softmax_class_objective_is_the_log_probability(tiny):
     x = torch.randn(2, 3, 32, 32)
     logits = tiny.module(x)
     ctx = Context({OUTPUT: logits}, tiny.denormalize(x), x)
-    value = obj.class_log_softmax([3, 1])(ctx)
+    value = obj.class_score([3, 1], "logsoftmax")(ctx)
     expected = logits.softmax(1)[[0, 1], [3, 1]].log()
     assert torch.allclose(value, expected, atol=1e-5)
     assert (value < 0).all()
@@ -213,8 +213,8 @@ def test_ghost_noise_perturbs_the_network_per_row_and_leaves_no_hooks(tiny):
 
 def test_average_returns_the_moving_average_of_the_parameters(tiny):
     settings = plain(steps=1)
-    last = render_settings(tiny, obj.class_logit([1, 2]), 2, settings)
-    averaged = render_settings(tiny, obj.class_logit([1, 2]), 2, plain(steps=1, average=0.75))
+    last = render_settings(tiny, obj.class_score([1, 2]), 2, settings)
+    averaged = render_settings(tiny, obj.class_score([1, 2]), 2, plain(steps=1, average=0.75))
     start = make_param(tiny, settings, row_generators([0, 1])).pixels().detach()
     expected = (0.75 * start + 0.25 * last.images).clamp(0, 1)  # pixel param: linear
     assert torch.allclose(averaged.images, expected, atol=1e-5)
@@ -282,11 +282,10 @@ def test_batch_norm_prior_is_the_distance_to_the_running_statistics(tiny):
     net[1].running_var.copy_(torch.tensor([0.5, 1.0, 2.0, 0.2]))
     model = three_class_16px(net, "bn")
     x = torch.randn(2, 3, 16, 16)
-    prior = BatchNormPrior(net, 1.0)
-    prior.active = True
-    net(x)
-    value = prior.take(1)
-    prior.close()
+    with BatchNormPrior(net, 1.0) as prior:
+        prior.active = True
+        net(x)
+        value = prior.take(1)
     assert hook_count(net) == 0
     inner = net[0](x)
     mean, var = inner.mean((2, 3)), inner.var((2, 3), unbiased=False)
@@ -295,12 +294,10 @@ def test_batch_norm_prior_is_the_distance_to_the_running_statistics(tiny):
 
     def final_prior(weight):
         images = render_classes(model, [0, 2], steps=20, bn_prior=weight, seed=1).images
-        prior = BatchNormPrior(net, 1.0)
-        prior.active = True
-        net(model.normalize(images))
-        value = prior.take(1)
-        prior.close()
-        return value
+        with BatchNormPrior(net, 1.0) as prior:
+            prior.active = True
+            net(model.normalize(images))
+            return prior.take(1)
 
     assert (final_prior(5.0) < final_prior(0.0)).all()
 
@@ -310,7 +307,7 @@ def test_batch_norm_prior_is_the_distance_to_the_running_statistics(tiny):
 
     with pytest.raises(ConvsightError, match="needs batch norm layers"):
         render_settings(
-            tiny, obj.class_logit([0]), 1, plain(ghost=0.1, bn_prior=1.0), callback=boom
+            tiny, obj.class_score([0]), 1, plain(ghost=0.1, bn_prior=1.0), callback=boom
         )
     assert hook_count(tiny.module) == 0  # the ghost hooks made just before are gone too
     assert tiny.module.features[0].weight.is_contiguous()
@@ -385,7 +382,7 @@ def _no_step(step, values):  # pragma: no cover - must never run
     [
         (obj.channel("features.9", 0), "unknown layer 'features.9'"),
         (obj.channel("features.3", 16), "channel 16 is out of range: layer 'features.3' has 16"),
-        (obj.class_logit(4), "class 4 is out of range"),
+        (obj.class_score(4), "class 4 is out of range"),
         (obj.channel("features.3", [0, 1, 2]), "3 channels given for a batch of 2 rows"),
     ],
 )
@@ -415,14 +412,14 @@ def test_hooks_are_released_after_an_exception_mid_render(tiny):
         render_settings(tiny, obj.channel("features.3", [0, 1]), 2, plain(), callback=boom)
     assert hook_count(tiny.module) == before == 0
     with pytest.raises(RuntimeError, match="stop"):
-        render_settings(tiny, obj.class_logit([0, 1]), 2, plain(channels_last=True), callback=boom)
+        render_settings(tiny, obj.class_score([0, 1]), 2, plain(channels_last=True), callback=boom)
     assert hook_count(tiny.module) == 0
     with pytest.raises(RuntimeError, match="stop"):  # ghost noise hooks every conv
-        render_settings(tiny, obj.class_logit([0, 1]), 2, plain(ghost=0.1), callback=boom)
+        render_settings(tiny, obj.class_score([0, 1]), 2, plain(ghost=0.1), callback=boom)
     assert hook_count(tiny.module) == 0
     res = residual_model()
     with pytest.raises(RuntimeError, match="stop"):  # skip gradient hooks every branch
-        render_settings(res, obj.class_logit([0, 1]), 2, plain(skip_gradient=0.5), callback=boom)
+        render_settings(res, obj.class_score([0, 1]), 2, plain(skip_gradient=0.5), callback=boom)
     assert hook_count(res.module) == 0
     weight = tiny.module.features[0].weight
     assert weight.is_contiguous()  # channels_last conversion undone
@@ -578,12 +575,9 @@ def test_skip_gradient_scales_only_the_residual_branchs_gradient():
     g = torch.randn(2, 8, 16, 16)
 
     def input_grad(gamma):
-        hook = SkipGradient(block, gamma)
-        try:
+        with SkipGradient(block, gamma):
             y = block(x)
             (grad,) = torch.autograd.grad(y, x, g)
-        finally:
-            hook.close()
         return y.detach(), grad
 
     y1, full = input_grad(1.0)
@@ -601,10 +595,9 @@ def test_skip_gradient_scales_only_the_residual_branchs_gradient():
     net = resnet18().eval()
     x = torch.randn(1, 3, 32, 32, requires_grad=True)
     (full,) = torch.autograd.grad(net(x)[0, 0], x)
-    hook = SkipGradient(net, 0.5)
-    y = net(x)
-    (damped,) = torch.autograd.grad(y[0, 0], x)
-    hook.close()
+    with SkipGradient(net, 0.5):
+        y = net(x)
+        (damped,) = torch.autograd.grad(y[0, 0], x)
     assert torch.equal(y.detach(), net(x).detach()) and not torch.allclose(damped, full)
     assert residual_branches(nn.Sequential(nn.Conv2d(3, 3, 1))) == []
     with pytest.raises(ConvsightError, match="needs residual blocks"):

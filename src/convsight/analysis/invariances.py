@@ -152,7 +152,7 @@ def channel_response(model: Model, layer: str, channel: int, size: int | None = 
 def class_response(model: Model, target: int | str) -> Response:
     """The score of class ``target`` (index or label) before softmax."""
     index = model.class_index(target)
-    return objective_response(model, obj.class_logit(index, model.card.label(index)))
+    return objective_response(model, obj.class_score(index, label=model.card.label(index)))
 
 
 # --- Hessian-vector products ------------------------------------------------------------------

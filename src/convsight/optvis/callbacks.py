@@ -1,6 +1,7 @@
 """What a render does around its steps: step callbacks (coarse to fine, dead rows, parameter
-averaging, a learning rate schedule, periodic blur, snapshots) and the model hooks it switches
-on for its duration (ghost noise, batch norm prior, skip gradient).
+averaging, a learning rate schedule, periodic blur, snapshots). The model hooks it switches on
+for its duration (ghost noise, batch norm prior, skip gradient) are in
+:mod:`convsight.optvis.model_hooks`.
 
 A callback sees a :class:`RenderState` at four points of the loop (:class:`Callback`); the
 render calls the callbacks in list order, so a later one sees what an earlier one changed
@@ -9,17 +10,14 @@ render calls the callbacks in list order, so a later one sees what an earlier on
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from convsight.optvis.model_hooks import BatchNormPrior, GhostNoise, SkipGradient
 from convsight.optvis.objectives import Objective
 from convsight.optvis.param import ImageParam
-from convsight.optvis.transforms import RowRandom, gaussian_blur
+from convsight.optvis.transforms import gaussian_blur
 
 
 @dataclass
@@ -201,49 +199,3 @@ class OnStep(Callback):
 
     def end_step(self, state: RenderState) -> None:
         self.fn(state.step, state.trace[state.step])
-
-
-class ModelHooks:
-    """Ghost noise, the batch norm prior and skip gradient (:mod:`model_hooks`) for one
-    render: registered by :meth:`attached` (a model without the layers a switched-on hook
-    needs fails there, before any step) and removed when it exits, also on an exception."""
-
-    def __init__(self, ghost: float = 0.0, bn_prior: float = 0.0, skip_gradient: float = 1.0):
-        self.ghost, self.bn_prior, self.skip_gradient = ghost, bn_prior, skip_gradient
-        self._ghost: GhostNoise | None = None
-        self._prior: BatchNormPrior | None = None
-        self._skip: SkipGradient | None = None
-
-    @contextlib.contextmanager
-    def attached(self, module: nn.Module) -> Iterator[ModelHooks]:
-        made: list[GhostNoise | BatchNormPrior | SkipGradient] = []
-        try:
-            self._ghost = GhostNoise(module, self.ghost)
-            made.append(self._ghost)
-            self._prior = BatchNormPrior(module, self.bn_prior)
-            made.append(self._prior)
-            self._skip = SkipGradient(module, self.skip_gradient)
-            made.append(self._skip)
-            yield self
-        finally:
-            for hook in made:
-                hook.close()
-
-    @contextlib.contextmanager
-    def during(self, rng: RowRandom) -> Iterator[RowRandom]:
-        """Ghost noise drawn from the rows' ``rng`` and the prior collected while inside."""
-        assert self._ghost is not None and self._prior is not None, "not attached"
-        self._ghost.rng, self._prior.active = rng, True
-        try:
-            yield rng
-        finally:
-            self._ghost.rng, self._prior.active = None, False
-
-    def subtract_prior(self, total: torch.Tensor, views: int) -> torch.Tensor:
-        """``total`` minus the weighted batch norm prior of the last pass, per row (when on)."""
-        if self._prior is None or not self._prior.handles:
-            return total
-        return total - self.bn_prior * self._prior.take(views)
-
-    def describe(self) -> str:
-        return self._skip.describe() if self._skip is not None else ""

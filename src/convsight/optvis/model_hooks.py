@@ -2,20 +2,28 @@
 prior on the statistics the network sees (batch norm inputs), and a damped gradient through
 residual branches (skip gradient).
 
-Each registers on construction only when switched on, acts only while the render says so
-(``rng`` set / ``active`` / a gradient is being recorded), and is removed by ``close()``,
-which the render calls in its ``finally``.
+A render takes its model hooks as a sequence of context managers and enters them all for its
+duration (:func:`entered`), without knowing their kinds; a recipe builds the sequence from
+the settings. A hook registers its PyTorch hooks when entered and removes them on exit, also
+on an exception. A :class:`ModelHook` may also act around each forward pass of a step
+(:meth:`ModelHook.around_pass`), change the objective that pass computed
+(:meth:`ModelHook.adjust`) and describe itself; any other context manager is entered only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
 import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
 
 import torch
 from torch import fx, nn
+from torch.utils.hooks import RemovableHandle
 from torchvision.models.convnext import CNBlock
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -197,8 +205,86 @@ def check_model_hooks(
         )
 
 
-class GhostNoise:
-    """Multiply every channel of every conv output by 1 + N(0, std^2) while ``rng`` is set.
+_Hook = TypeVar("_Hook", bound="ModelHook")
+
+
+class ModelHook(contextlib.AbstractContextManager):
+    """A hook on the model for one render: :meth:`register` makes its PyTorch hooks when the
+    render enters it (a model without the layers it needs fails there, before any step) and
+    exit removes them, also on an exception. Per forward pass it may act while
+    :meth:`around_pass` is entered and change the pass's objective in :meth:`adjust`."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.handles: list[RemovableHandle] = []
+
+    def register(self) -> Iterator[RemovableHandle]:
+        """The hooks on :attr:`module`, made one at a time (none by default)."""
+        return iter(())
+
+    def __enter__(self: _Hook) -> _Hook:
+        try:
+            for handle in self.register():
+                self.handles.append(handle)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the hooks (again: a no-op)."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def around_pass(self, rng: RowRandom) -> contextlib.AbstractContextManager[Any]:
+        """Entered around one forward pass of some rows; ``rng`` draws their randomness in
+        the pass's order (after the transforms'). Does nothing by default."""
+        return contextlib.nullcontext()
+
+    def adjust(self, total: torch.Tensor, views: int) -> torch.Tensor:
+        """The objective per row of the pass just run (``views`` views per row), changed."""
+        return total
+
+    def describe(self) -> str:
+        """A note for the render's description ("" for none)."""
+        return ""
+
+
+@contextlib.contextmanager
+def entered(hooks: Sequence[contextlib.AbstractContextManager[Any]]) -> Iterator[None]:
+    """Enter ``hooks`` in order and exit them in reverse, also when one fails to enter."""
+    with contextlib.ExitStack() as stack:
+        for hook in hooks:
+            stack.enter_context(hook)
+        yield
+
+
+def pass_hooks(hooks: Sequence[object]) -> list[ModelHook]:
+    """The hooks of ``hooks`` that act per forward pass."""
+    return [hook for hook in hooks if isinstance(hook, ModelHook)]
+
+
+@contextlib.contextmanager
+def _setting(owner: object, name: str, value: object, after: object) -> Iterator[None]:
+    """``owner.name`` is ``value`` while entered and ``after`` once left."""
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, after)
+
+
+class GhostNoise(ModelHook):
+    """Multiply every channel of every conv output by 1 + N(0, std^2) during each pass.
 
     A slightly different network each step (Li et al. 2020, "Learning transferable
     adversarial examples via ghost networks", https://arxiv.org/abs/1812.03413): an image
@@ -207,11 +293,17 @@ class GhostNoise:
     """
 
     def __init__(self, module: nn.Module, std: float) -> None:
+        super().__init__(module)
         self.std = std
         self.rng: RowRandom | None = None
-        self.handles = []
-        if std > 0:
-            self.handles = [c.register_forward_hook(self._hook) for c in _conv_layers(module)]
+
+    def register(self) -> Iterator[RemovableHandle]:
+        if self.std > 0:
+            for conv in _conv_layers(self.module):
+                yield conv.register_forward_hook(self._hook)
+
+    def around_pass(self, rng: RowRandom) -> contextlib.AbstractContextManager[None]:
+        return _setting(self, "rng", rng, None)
 
     def _hook(self, _module: nn.Module, _inputs: object, out: torch.Tensor) -> torch.Tensor | None:
         if self.rng is None or not isinstance(out, torch.Tensor) or out.dim() != 4:
@@ -219,30 +311,30 @@ class GhostNoise:
         noise = self.rng.normal((out.shape[1], 1, 1)).to(out.device, out.dtype)
         return out * (1 + self.std * noise)
 
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
 
-
-class BatchNormPrior:
+class BatchNormPrior(ModelHook):
     """Per row: how far each batch norm layer's input statistics are from its running ones.
 
     DeepInversion's feature-distribution prior (Yin et al. 2020, "Dreaming to distill",
     https://arxiv.org/abs/1912.08795), per image instead of per batch so rows stay
     independent: the sum over batch norm layers of ||mean - running mean|| + ||var -
     running var|| (means and variances over positions, per channel). Collected by
-    pre-forward hooks while ``active``; ``take`` returns it per row and resets.
+    pre-forward hooks while ``active`` (during each pass); ``take`` returns it per row and
+    resets; :meth:`adjust` subtracts ``weight`` times it from the pass's objective.
     """
 
     def __init__(self, module: nn.Module, weight: float) -> None:
+        super().__init__(module)
+        self.weight = weight
         self.active = False
         self.total: torch.Tensor | int = 0
-        self.handles = []
-        if weight > 0:
-            self.handles = [
-                norm.register_forward_pre_hook(self._hook) for norm in _batch_norms(module)
-            ]
+
+    def around_pass(self, rng: RowRandom) -> contextlib.AbstractContextManager[None]:
+        return _setting(self, "active", True, False)
+
+    def register(self) -> Iterator[RemovableHandle]:
+        norms = _batch_norms(self.module) if self.weight > 0 else []
+        return (norm.register_forward_pre_hook(self._hook) for norm in norms)
 
     def _hook(self, layer: nn.BatchNorm2d, inputs: tuple) -> None:
         if not self.active:
@@ -261,10 +353,10 @@ class BatchNormPrior:
             return total
         return total.reshape(views, -1).mean(0)
 
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+    def adjust(self, total: torch.Tensor, views: int) -> torch.Tensor:
+        if not self.handles:
+            return total
+        return total - self.weight * self.take(views)
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -280,7 +372,7 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.gamma, None
 
 
-class SkipGradient:
+class SkipGradient(ModelHook):
     """Multiply the gradient through every residual branch by ``gamma`` (values unchanged).
 
     The skip gradient method (Wu et al. 2020, "Skip connections matter: on the
@@ -293,16 +385,17 @@ class SkipGradient:
     """
 
     def __init__(self, module: nn.Module, gamma: float) -> None:
+        super().__init__(module)
         self.gamma = gamma
-        self.handles = []
         self.branch_names: list[str] = []
-        if gamma < 1:
-            self.branch_names = [a.branch for a in residual_additions(module)]
-            self.handles = [
-                module.get_submodule(name).register_forward_hook(self._hook)
-                for name in self.branch_names
-            ]
-        self.branches = len(self.handles)
+        self.branches = 0
+
+    def register(self) -> Iterator[RemovableHandle]:
+        if self.gamma < 1:
+            self.branch_names = [a.branch for a in residual_additions(self.module)]
+            self.branches = len(self.branch_names)
+            for name in self.branch_names:
+                yield self.module.get_submodule(name).register_forward_hook(self._hook)
 
     def describe(self) -> str:
         if self.gamma >= 1:
@@ -315,8 +408,3 @@ class SkipGradient:
         if not isinstance(out, torch.Tensor) or not out.requires_grad:
             return None
         return _ScaleGradient.apply(out, self.gamma)
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []

@@ -1,5 +1,5 @@
 """Recipes: the objects a preset's settings build for a model (parameterization, transforms,
-optimizer, step callbacks, model hooks, penalties, the class objective), ready for
+optimizer, step callbacks, the sequence of model hooks, penalties, the class objective), ready for
 :func:`convsight.optvis.render.render`."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -22,13 +22,13 @@ from convsight.optvis.callbacks import (
     Callback,
     CoarseToFine,
     DeadRows,
-    ModelHooks,
     OnStep,
     PeriodicBlur,
     Schedule,
     Snapshots,
 )
 from convsight.optvis.forward import Execution, probe_shapes
+from convsight.optvis.model_hooks import BatchNormPrior, GhostNoise, ModelHook, SkipGradient
 from convsight.optvis.objectives import OUTPUT, Objective
 from convsight.optvis.param import FourierImage, ImageParam, PhaseImage, PixelImage
 from convsight.optvis.settings import RenderSettings, settings_for, validate_settings
@@ -200,6 +200,18 @@ def make_callbacks(
     return callbacks
 
 
+def make_hooks(model: Model, settings: RenderSettings) -> list[ModelHook]:
+    """The model hooks the settings switch on, in the order a render enters them."""
+    hooks: list[ModelHook] = []
+    if settings.ghost > 0:
+        hooks.append(GhostNoise(model.module, settings.ghost))
+    if settings.bn_prior > 0:
+        hooks.append(BatchNormPrior(model.module, settings.bn_prior))
+    if settings.skip_gradient < 1:
+        hooks.append(SkipGradient(model.module, settings.skip_gradient))
+    return hooks
+
+
 @dataclass
 class Recipe:
     """The built objects of one render: the arguments of :func:`convsight.optvis.render.render`
@@ -213,7 +225,7 @@ class Recipe:
     callbacks: list[Callback]
     generators: list[torch.Generator]
     views: int
-    hooks: ModelHooks
+    hooks: list[ModelHook]
     execution: Execution
 
     def parts(self) -> dict[str, Any]:
@@ -258,7 +270,7 @@ def build(
         callbacks=make_callbacks(settings, optimizer, snapshots, on_step),
         generators=generators,
         views=settings.views,
-        hooks=ModelHooks(settings.ghost, settings.bn_prior, settings.skip_gradient),
+        hooks=make_hooks(model, settings),
         execution=execution(model, settings, full.layers),
     )
 
@@ -305,14 +317,11 @@ def robust(model: Model, objective: Objective, batch: int, **overrides: Any) -> 
 def class_objective(
     model: Model, classes: Sequence[int], kind: str = "logit", power: float = 2.0
 ) -> Objective:
+    """The class objective ``kind`` of the settings (a :data:`~objectives.ClassScore` or
+    ``"cossim"``) for ``classes``, described by their labels."""
     labels = ", ".join(model.card.label(c) for c in classes[:4])
     if len(classes) > 4:
         labels += f", ... ({len(classes)})"
-    makers = {
-        "logit": obj.class_logit,
-        "margin": obj.class_margin,
-        "logsoftmax": obj.class_log_softmax,
-    }
     if kind == "cossim":
         found = _penultimate(model)
         if found is not None and _feeds_head(model, *found):
@@ -326,8 +335,7 @@ def class_objective(
             f"'cossim': model '{model.card.name}' has no nn.Linear head that reads one feature "
             "vector per image"
         )
-    maker = makers[kind]
-    return maker(list(classes), label=labels)
+    return obj.class_score(list(classes), cast(obj.ClassScore, kind), label=labels)
 
 
 def _penultimate(model: Model) -> tuple[str, nn.Linear] | None:

@@ -2,7 +2,8 @@
 
 :func:`render` takes built objects (Lucid's ``render_vis``): the objective, the
 parameterization, the transforms, the optimizer, the step count and step callbacks, plus the
-rows' generators, the model hooks and how the forward passes run. A preset is a recipe that
+rows' generators, the model hooks (context managers it enters without knowing their kinds,
+:mod:`convsight.optvis.model_hooks`) and how the forward passes run. A preset is a recipe that
 builds them (:func:`convsight.optvis.recipes.build` from :class:`RenderSettings`);
 :func:`render_settings`, :func:`render_channels` and :func:`render_classes` do both.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +25,10 @@ from convsight.errors import ConvsightError
 from convsight.layers import check_layers
 from convsight.models import Model
 from convsight.optvis import objectives as obj
-from convsight.optvis.callbacks import Callback, CallbackList, ModelHooks, RenderState
+from convsight.optvis.callbacks import Callback, CallbackList, RenderState
 from convsight.optvis.channels import MAX_CHANNELS, channel_seeds, parse_channels
 from convsight.optvis.forward import Execution, Forward, probe_shapes
+from convsight.optvis.model_hooks import ModelHook, entered, pass_hooks
 from convsight.optvis.objectives import Context, Objective
 from convsight.optvis.param import ImageParam
 from convsight.optvis.recipes import build, class_objective, make_param, row_generators
@@ -76,7 +79,7 @@ def render(
     *,
     generators: Sequence[torch.Generator],
     views: int = 1,
-    hooks: ModelHooks | None = None,
+    hooks: Sequence[AbstractContextManager[Any]] = (),
     execution: Execution | None = None,
     progress: bool = False,
     description: str = "render",
@@ -84,18 +87,15 @@ def render(
     """Optimize ``param`` (one image per row) so that row i maximizes row i of ``objective``.
 
     ``generators`` (one per row) draw each row's transforms (``views`` transformed copies per
-    step, gradient averaged) and model noise; ``hooks`` are attached for the render only.
+    step, gradient averaged) and model noise; ``hooks`` are entered for the render only (a
+    :class:`~convsight.optvis.model_hooks.ModelHook` also acts around each forward pass).
     Layers and channel/class indices are checked before the first step.
     """
-    hooks, execution = hooks or ModelHooks(), execution or Execution()
+    execution, per_pass = execution or Execution(), pass_hooks(hooks)
     passes = _Passes(model, objective, param, Compose(transforms), generators, views, execution)
     state, each = RenderState(objective, param, steps, passes.batch), CallbackList(callbacks)
     began = time.perf_counter()
-    with (
-        execution.on(model.module, model.device),
-        hooks.attached(model.module),
-        progress_bar(progress) as bar,
-    ):
+    with execution.on(model.module, model.device), entered(hooks), progress_bar(progress) as bar:
         task = bar.add_task(description, total=steps, status="")
         each.begin(state)
         for step in range(steps):
@@ -103,22 +103,21 @@ def render(
             optimizer.zero_grad(set_to_none=True)
             each.start_step(state)
             for part in passes.chunks:
-                passes.backward(part, hooks, state)
+                passes.backward(part, per_pass, state)
             each.before_update(state)
             optimizer.step()
             each.end_step(state)
             bar.update(task, advance=1, status=f"objective {float(state.main.mean()):.3g}")
         each.finish(state)
         images, values = passes.final()
+    notes = [objective.description, *(hook.describe() for hook in per_pass), execution.note]
     return RenderResult(
         images=images.clamp(0, 1).cpu().contiguous(),  # the layout a user's .view() expects
         values=values,
         dead=[int(i) for i in state.dead.nonzero()],
         settings={},
         seconds=time.perf_counter() - began,
-        description="; ".join(
-            filter(None, [objective.description, hooks.describe(), execution.note])
-        ),
+        description="; ".join(filter(None, notes)),
         trace=state.trace,
         snapshots=state.snapshots,
     )
@@ -159,11 +158,13 @@ class _Passes:
         rows = torch.arange(self.batch)[part]
         return Context(acts, pixels, inputs, views, rows, self.forward.sliced)
 
-    def backward(self, part: slice, hooks: ModelHooks, state: RenderState) -> None:
+    def backward(self, part: slice, hooks: Sequence[ModelHook], state: RenderState) -> None:
         """Gradients of the objective of rows ``part``; its value goes into the state."""
-        with hooks.during(RowRandom(self.generators[part], self.views)) as rng:
+        rng = RowRandom(self.generators[part], self.views)
+        with entered([hook.around_pass(rng) for hook in hooks]):
             total = self.objective_of(part, rng, state.main)
-        total = hooks.subtract_prior(total, self.views)
+        for hook in hooks:
+            total = hook.adjust(total, self.views)
         state.trace[state.step, part] = total.detach().cpu()
         (-total.sum()).backward()
 

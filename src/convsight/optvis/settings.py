@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from convsight.errors import ConvsightError
 from convsight.models.card_validation import finite_float32
+from convsight.optvis.objectives import ClassScore
 
 
 @dataclass
@@ -156,7 +157,7 @@ PARAMS = ("pixel", "fourier", "maco")
 OPTIMIZERS = ("ascent", "adam")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16")
-CLASS_OBJECTIVES = ("logit", "margin", "logsoftmax", "cossim")
+CLASS_OBJECTIVES = (*get_args(ClassScore), "cossim")
 
 
 def _check_finite(s: RenderSettings) -> None:
