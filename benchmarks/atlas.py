@@ -15,7 +15,8 @@ from pathlib import Path
 
 from common import shared_dir, write_result
 
-from convsight.studies.atlas import build_atlas
+from convsight.models import load_model
+from convsight.studies.atlas import AtlasRequest, build_atlas
 
 
 def main() -> None:
@@ -27,6 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     shared = shared_dir()
     layers = args.layers.split(",")
+    weights = shared / "models" / "vgg16_hed_features.pt"
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "atlas"
@@ -35,19 +37,12 @@ def main() -> None:
         # a run stopped midway still reports the layers it finished.
         for i in range(len(layers)):
             start = time.perf_counter()
-            summary = build_atlas(
-                "vgg16",
-                layers[: i + 1],
-                out,
-                weights=shared / "models" / "vgg16_hed_features.pt",
-                dataset=shared / "data" / "imagenet-samples",
-                top_k=9,
-                presets=["robust"],
-                steps=args.steps,
-                size=args.size,
-                batch=args.batch,
-                show_progress=False,
-            )
+            request = AtlasRequest(
+                layers[: i + 1], out, dataset=shared / "data" / "imagenet-samples", top_k=9,
+                presets=["robust"], steps=args.steps, size=args.size, batch=args.batch,
+                show_progress=False, weights=weights, model_spec="vgg16",
+            )  # fmt: skip
+            summary = build_atlas(load_model("vgg16", weights), request).to_json()
             seconds = time.perf_counter() - start
             channels = summary["rendered_this_run"]
             rows.append(

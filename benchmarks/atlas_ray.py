@@ -34,7 +34,7 @@ from convsight.analysis.dataset_examples import image_stats
 from convsight.distributed import connect, shards
 from convsight.layers import forward_to
 from convsight.models import Model, load_model
-from convsight.studies.atlas import build_atlas, dataset_images, load_dataset
+from convsight.studies.atlas import AtlasRequest, build_atlas, dataset_images, load_dataset
 from convsight.studies.atlas.inputs import check_inputs
 from convsight.studies.atlas.plan import probe
 
@@ -67,16 +67,18 @@ def speedup(args: argparse.Namespace, shared: Path, model: Model) -> dict[str, A
         with tempfile.TemporaryDirectory() as tmp:
             summary = build_atlas(
                 model,
-                [args.speedup_layer],
-                Path(tmp) / "atlas",
-                channels=f"0-{args.speedup_channels - 1}",
-                presets=["robust"],
-                steps=args.speedup_steps,
-                size=args.size,
-                batch=args.speedup_batch,
-                ray="local",  # the instance started above
-                show_progress=False,
-            )
+                AtlasRequest(
+                    [args.speedup_layer],
+                    Path(tmp) / "atlas",
+                    channels=f"0-{args.speedup_channels - 1}",
+                    presets=["robust"],
+                    steps=args.speedup_steps,
+                    size=args.size,
+                    batch=args.speedup_batch,
+                    ray="local",  # the instance started above
+                    show_progress=False,
+                ),
+            ).to_json()
         ray.shutdown()
         rows.append(
             {
@@ -167,18 +169,20 @@ def whole_network(args: argparse.Namespace, shared: Path, model: Model) -> dict[
         began = time.time()
         summary = build_atlas(
             model,
-            CONV_LAYERS,
-            out,
-            channels=args.network_channels,
-            dataset=shared / "data" / "imagenet-samples",
-            top_k=3,
-            presets=["robust"],
-            steps=args.network_steps,
-            size=args.network_size,
-            batch=args.network_batch,
-            ray=cluster.address,
-            show_progress=False,
-        )
+            AtlasRequest(
+                CONV_LAYERS,
+                out,
+                channels=args.network_channels,
+                dataset=shared / "data" / "imagenet-samples",
+                top_k=3,
+                presets=["robust"],
+                steps=args.network_steps,
+                size=args.network_size,
+                batch=args.network_batch,
+                ray=cluster.address,
+                show_progress=False,
+            ),
+        ).to_json()
         watcher.join(timeout=1)
         records = len(list(out.glob("*/records/c*.json")))
         pages = len(list(out.rglob("c*.html")))
@@ -213,10 +217,7 @@ def whole_network(args: argparse.Namespace, shared: Path, model: Model) -> dict[
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, **QUIET)
     work = connect(cluster.address)
-    job = check_inputs(
-        model, CONV_LAYERS, None, None, None, 9, ["paper", "robust"], None, None,
-        args.probe_batch, 0,
-    )  # fmt: skip
+    job = check_inputs(model, AtlasRequest(CONV_LAYERS, batch=args.probe_batch))
     plan = probe(job, job.chosen, work)
     work.close()
     ray.shutdown()

@@ -210,3 +210,20 @@ def test_command_refuses_bad_input_before_writing(digits, tmp_path, change, frag
     assert result.exit_code == 2, result.output
     assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_result_holds_the_arrays_and_its_json_is_projections_json(digits, tmp_path):
+    from convsight.models import load_model
+    from convsight.studies.projections import (
+        ProjectionsRequest,
+        ProjectionsResult,
+        write_projections,
+    )
+
+    request = ProjectionsRequest("features.3", digits, [0, 1], top_k=2, out=tmp_path / "out")
+    result = write_projections(load_model("mnist-cnn"), request)
+    assert isinstance(result, ProjectionsResult) and result.examples.channels == [0, 1]
+    assert len(result.projections) == 2 and result.projections[0].projections.maps.dim() == 4
+    saved = json.loads((tmp_path / "out" / "projections.json").read_text())
+    assert saved == json.loads(json.dumps(result.to_json()))
+    assert sorted(p.name for p in result.files)[-2:] == ["projections.json", "projections.npz"]

@@ -25,7 +25,7 @@ from convsight.errors import ConvsightError
 from convsight.models import ModelCard, load_model
 from convsight.report import OUT_MARKER, write_checkpoint, write_json
 from convsight.report import files as report_files
-from convsight.studies.atlas import LOCK_FILE, build_atlas
+from convsight.studies.atlas import LOCK_FILE, AtlasRequest, build_atlas
 from convsight.studies.saliency import write_saliency
 from tests.cli.test_inputs import assert_one_line_error
 
@@ -219,7 +219,8 @@ def test_a_denied_write_is_one_sentence(tmp_path, monkeypatch):
 
 
 def tiny_atlas(model, out):
-    return build_atlas(model, ["features.0"], out, presets=["paper"], steps=2, show_progress=False)
+    request = AtlasRequest(["features.0"], out, presets=["paper"], steps=2, show_progress=False)
+    return build_atlas(model, request).to_json()
 
 
 def test_atlas_redoes_a_channel_whose_record_or_image_is_damaged(tiny, tmp_path):

@@ -16,7 +16,7 @@ from convsight.cli import app
 from convsight.errors import ConvsightError
 from convsight.models import Model, ModelCard, build_seed
 from convsight.report import OUT_MARKER, write_checkpoint
-from convsight.studies.atlas import build_atlas
+from convsight.studies.atlas import AtlasRequest, build_atlas
 from convsight.studies.attribution import write_saliency
 from convsight.studies.five_class import make_subset
 from convsight.studies.optvis import classviz
@@ -118,14 +118,16 @@ def test_atlas_layer_names_stay_inside_out(tmp_path):
     before = {p for p in tmp_path.rglob("*")}
     summary = build_atlas(
         model,
-        model.module.names,
-        out,
-        dataset=tmp_path / "data",
-        top_k=2,
-        presets=["paper"],
-        steps=2,
-        show_progress=False,
-    )
+        AtlasRequest(
+            model.module.names,
+            out,
+            dataset=tmp_path / "data",
+            top_k=2,
+            presets=["paper"],
+            steps=2,
+            show_progress=False,
+        ),
+    ).to_json()
     only_out_was_written(tmp_path, out, before)
     assert not target.exists()
     dirs = [layer["dir"] for layer in summary["layers"]]

@@ -267,3 +267,21 @@ def test_compress_refuses_data_that_is_not_the_models(tmp_path, mnist_dir):
         run("compress", "mnist-cnn", "--data", tmp_path / "nope", "--out", out), "nope"
     )
     assert not out.exists()
+
+
+def test_compress_returns_its_result_and_checks_the_request_when_made(
+    mnist_model, mnist_dir, tmp_path
+):
+    from convsight.studies.compression import CompressionRequest, CompressionResult, compress
+
+    with pytest.raises(ConvsightError, match="--thresholds"):
+        CompressionRequest(mnist_dir, thresholds=[1.5])
+    request = CompressionRequest(
+        mnist_dir, tmp_path / "out", thresholds=[0.6], random_repeats=1, finetune_images=0,
+        test_images=300, show_progress=False,
+    )  # fmt: skip
+    result = compress(load_model(str(mnist_model)), request)
+    assert isinstance(result, CompressionResult) and result.settings["test_images"] == 300
+    saved = json.loads((tmp_path / "out" / "compression.json").read_text())
+    assert saved == json.loads(json.dumps(result.to_json()))
+    assert [p.name for p in result.files] == ["compression.json", "compression.png"]

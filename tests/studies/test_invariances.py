@@ -22,6 +22,7 @@ from convsight.analysis.surrogate import ExactSphereHessian, softplus_surrogate
 from convsight.cli import app
 from convsight.errors import ConvsightError
 from convsight.models import Model, ModelCard, load_model
+from convsight.optvis.settings import settings_for
 from convsight.studies import invariances as study
 
 SIDE = 16
@@ -259,6 +260,17 @@ def test_sphere_path_stays_on_the_sphere():
     assert torch.allclose(path[-1], x.norm() * v / v.norm(), atol=1e-6)
 
 
+def analyse(model, out, layer=None, channel=None, target=None, k=4, h=0.01, flags=None, **more):
+    """:func:`study.write_invariances` as its JSON, the request made of these fields and the
+    robust preset with ``flags``."""
+    unit = study.Unit(layer, channel, target)
+    settings = settings_for("robust", unit.kind, **(flags or {}))
+    request = study.InvariancesRequest(
+        unit, settings, frozenset(flags or {}), k=k, scale=HessianScale(h=h), out=out, **more
+    )
+    return study.write_invariances(model, request).to_json()
+
+
 def test_bad_input_is_one_sentence_before_any_work(tmp_path, monkeypatch):
     calls = []
     x = torch.rand(1, 4, 4)
@@ -285,7 +297,7 @@ def test_bad_input_is_one_sentence_before_any_work(tmp_path, monkeypatch):
     ]
     for given, fragment in cases:
         with pytest.raises(ConvsightError, match=fragment.replace("-", r"\-")) as info:
-            study.write_invariances(model, out=out, **given)
+            analyse(model, out=out, **given)
         assert "\n" not in str(info.value)
     assert not out.exists()
 
@@ -334,7 +346,7 @@ def test_command_with_the_softplus_surrogate_is_reliable(tmp_path):
 def test_class_unit(tmp_path):
     model = load_model("mnist-cnn")
     flags = {"steps": 3, "class_objective": "logit"}  # rendered on the score itself
-    summary = study.write_invariances(
+    summary = analyse(
         model, target="3", k=1, frames=2, flags=flags, out=tmp_path, show_progress=False
     )
     assert summary["unit"]["class"] == 3 and summary["objective"].startswith("the class score")
@@ -353,3 +365,20 @@ def test_command_bad_channel_exit_2(tmp_path):
     assert result.exit_code == 2, result.output
     assert "channel 64 is out of range" in result.stderr and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_result_holds_the_arrays_and_its_json_is_summary_json(tmp_path):
+    model = load_model("mnist-cnn")
+    settings = settings_for("robust", "channel", steps=3, size=16)
+    request = study.InvariancesRequest(
+        study.Unit("features.3", 1), settings, k=1, frames=2, out=tmp_path, show_progress=False
+    )
+    result = study.write_invariances(model, request)
+    assert isinstance(result, study.InvariancesResult)
+    assert result.found.invariant.shape == (1, 1, 16, 16)
+    assert result.paths["invariant"]["images"].shape == (1, 2, 1, 16, 16)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(result.to_json()))
+    assert {p.name for p in result.files} >= {"summary.json", "invariances.npz", "optimum.png"}
+    with pytest.raises(ConvsightError, match="--ascend"):
+        study.InvariancesRequest(study.Unit("features.3", 1), settings, ascend=-1)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from convsight.analysis.invariances import SphereHessian
+    from convsight.analysis.sphere_hessian import SphereHessian
 
 #: Largest relative error (linearity, symmetry, residuals) of a result called reliable.
 RELIABLE = 0.1

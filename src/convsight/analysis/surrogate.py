@@ -17,7 +17,7 @@ import copy
 import torch
 from torch import nn
 
-from convsight.analysis.invariances import SphereHessian
+from convsight.analysis.sphere_hessian import SphereHessian
 from convsight.errors import ConvsightError
 from convsight.models import Model
 

@@ -4,7 +4,7 @@ projections, and what removing its near-copy filters costs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +19,10 @@ from convsight.cli.options import (
     render_options,
     run_options,
 )
+
+if TYPE_CHECKING:
+    from convsight.analysis.invariances import Invariances
+    from convsight.analysis.operator_check import OperatorCheck
 
 LayerOpt = Annotated[
     str | None, typer.Option(help="Layer name (see `convsight layers`); with --channel.")
@@ -53,16 +57,16 @@ FramesOpt = Annotated[int, typer.Option(help="Frames per direction, optimum firs
 AngleOpt = Annotated[float, typer.Option(help="Degrees moved along each direction on the sphere.")]
 
 
-def warn_if_unreliable(check: dict[str, Any] | None) -> None:
+def warn_if_unreliable(check: OperatorCheck | None) -> None:
     """One line on stderr when the numerical Hessian failed its own check."""
-    if not check or check["reliable"]:
+    if check is None or check.reliable:
         return
     say(
         "warning:",
         "yellow",
         f"the numerical Hessian at this scale is far from a symmetric linear map (linearity "
-        f"error {check['linearity_error']:.2f}, worst eigen-residual "
-        f"{max(check['eigen_residuals'], default=0):.2f}): the directions are unreliable; "
+        f"error {check.linearity:.2f}, worst eigen-residual "
+        f"{max(check.residuals, default=0):.2f}): the directions are unreliable; "
         "compare them with random_directions in summary.json, or smooth more "
         "(--smooth SIGMA --samples N)",
     )
@@ -99,36 +103,27 @@ def invariances_cmd(
 ) -> None:
     """Render the optimum of a channel (or class), then the directions on the sphere of its norm
     along which the response falls least (invariances) and most (selective), from the Hessian."""
-    from convsight.studies.invariances import write_invariances
+    from convsight.analysis.invariances import HessianScale
+    from convsight.studies.invariances import InvariancesRequest, Unit, write_invariances
+    from convsight.studies.optvis import collect_settings
 
-    summary = write_invariances(
-        model=model_for(model, weights, card_fields, run.seed),
-        layer=layer,
-        channel=channel,
-        target=target,
-        weights=weights,
-        k=k,
-        h=h,
-        smooth=smooth,
-        samples=samples,
-        softplus=softplus,
-        ascend=ascend,
-        frames=frames,
-        angle=angle,
-        **render.arguments(),
-        **run.arguments(),
-    )
-    _print_invariances(summary, run.out)
+    unit = Unit(layer, channel, target)
+    settings, given = collect_settings(render.preset, render.flags, render.extra, unit.kind)
+    request = InvariancesRequest(
+        unit, settings, frozenset(given), k=k, scale=HessianScale(h, smooth, samples, softplus),
+        ascend=ascend, frames=frames, angle=angle, weights=weights, **run.arguments(),
+    )  # fmt: skip
+    result = write_invariances(model_for(model, weights, card_fields, run.seed), request)
+    _print_invariances(result.found, run.out)
 
 
-def _print_invariances(summary: dict[str, Any], out: Path) -> None:
-    warn_if_unreliable(summary["check"])
-    inv = ", ".join(f"{v:.3g}" for v in summary["invariant_eigenvalues"])
-    sel = ", ".join(f"{v:.3g}" for v in summary["selective_eigenvalues"])
+def _print_invariances(found: Invariances, out: Path) -> None:
+    warn_if_unreliable(found.check)
+    inv = ", ".join(f"{v:.3g}" for v in found.invariant_values.tolist())
+    sel = ", ".join(f"{v:.3g}" for v in found.selective_values.tolist())
     out_console.print(
-        f"response {summary['response']:.3g}; invariances {inv}; selective {sel}; "
-        f"{summary['hessian_vector_products']} Hessian-vector products in "
-        f"{summary['seconds']:.1f} s; outputs in {out}"
+        f"response {found.value:.3g}; invariances {inv}; selective {sel}; "
+        f"{found.products} Hessian-vector products in {found.seconds:.1f} s; outputs in {out}"
     )
 
 
@@ -148,20 +143,15 @@ def projections_cmd(
 ) -> None:
     """Project each channel's strongest unit in its top dataset images back to pixels
     (DeconvNet, Zeiler & Fergus 2014): a PNG per channel (patches, projections), npz, JSON."""
-    from convsight.studies.projections import write_projections
+    from convsight.studies.projections import ProjectionsRequest, write_projections
 
-    summary = write_projections(
-        model=model_for(model, weights, card_fields, run.seed),
-        layer=layer,
-        dataset=dataset,
-        channels=channels,
-        weights=weights,
-        top_k=top_k,
-        **run.arguments(),
+    request = ProjectionsRequest(
+        layer, dataset, channels, top_k=top_k, weights=weights, **run.arguments()
     )
+    result = write_projections(model_for(model, weights, card_fields, run.seed), request)
     out_console.print(
-        f"{len(summary['channels'])} channels of {layer}, top {top_k} of "
-        f"{summary['dataset_size']} images, in {summary['seconds']:.1f} s; outputs in {run.out}"
+        f"{len(result.channels)} channels of {layer}, top {top_k} of "
+        f"{result.dataset_size} images, in {result.seconds:.1f} s; outputs in {run.out}"
     )
 
 
@@ -201,22 +191,16 @@ def compress_cmd(
     """Remove the filters that are near-copies of another (up to rotation, flip, colour order)
     at several thresholds, beside as many smallest-L1 and random filters; test accuracy with
     no retraining and after one fine-tuning epoch (compression.json, compression.png)."""
-    from convsight.studies.compression import compress
+    from convsight.studies.compression import CompressionRequest, compress
 
-    summary = compress(
-        model=model_for(model, weights, card_fields, run.seed),
-        data=data,
-        weights=weights,
-        thresholds=_thresholds(thresholds),
-        random_repeats=random_repeats,
-        finetune_images=finetune_images,
-        test_images=test_images,
-        lr=lr,
-        batch_size=batch_size,
+    request = CompressionRequest(
+        data, thresholds=_thresholds(thresholds), random_repeats=random_repeats,
+        finetune_images=finetune_images, test_images=test_images, lr=lr, batch_size=batch_size,
         **run.arguments(),
-    )
+    )  # fmt: skip
+    result = compress(model_for(model, weights, card_fields, run.seed), request)
     out_console.print(
-        f"{len(summary['trials'])} removals of {summary['model']} scored on {summary['data']} "
-        f"(all filters: {summary['baseline_accuracy']:.4f}) in {summary['seconds']:.1f} s; "
+        f"{len(result.trials)} removals of {result.model} scored on {result.data} "
+        f"(all filters: {result.baseline_accuracy:.4f}) in {result.seconds:.1f} s; "
         f"outputs in {run.out}"
     )

@@ -27,14 +27,12 @@ app.add_typer(data_app, name="data")
 
 
 def model_for(
-    model: str, weights: Path | None, fields: dict[str, Any], seed: int = 0
-) -> str | Model:
-    """What a study takes as its model: the spec itself, or (card flags given) the model
-    loaded with them, seeded first as the study would seed it (an untrained network)."""
-    if not fields:
-        return model
+    model: str, weights: Path | None, fields: dict[str, Any] | None, seed: int = 0
+) -> Model:
+    """The model a study takes, loaded once (with the card flags given), seeded first as the
+    study would seed it (an untrained network's weights come from the seed)."""
     from convsight.models import load_model
     from convsight.runtime import seed_everything
 
     seed_everything(seed)
-    return load_model(model, weights, card_fields=fields)
+    return load_model(model, weights, card_fields=fields or None)

@@ -134,36 +134,25 @@ def atlas_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Build a static atlas site of a model's channels; a stopped run resumes where it was."""
-    from convsight.studies.atlas import build_atlas
+    from convsight.studies.atlas import AtlasRequest, Compression, build_atlas
 
     if ray is not None:
         from convsight.distributed import check_ray
 
         check_ray(ray)  # before the model is loaded
-    summary = build_atlas(
-        model=model_for(model, weights, card_fields, run.seed),
-        layers=split_list(layers),
-        weights=weights,
-        channels=channels,
-        dataset=dataset,
-        top_k=top_k,
-        presets=split_list(presets),
-        steps=steps,
-        size=size,
-        batch=batch,
-        invariances=invariances,
-        ray=ray,
-        plan=plan,
-        compression=compression,
-        compression_finetune=compression_finetune,
-        yes=yes,
-        **run.arguments(),
-    )
+    trials = None if compression is None else Compression(compression, compression_finetune)
+    request = AtlasRequest(
+        layers=split_list(layers), channels=channels, dataset=dataset, top_k=top_k,
+        presets=split_list(presets), steps=steps, size=size, batch=batch,
+        invariances=invariances, ray=ray, plan=plan, compression=trials, yes=yes,
+        weights=weights, model_spec=None if card_fields else model, **run.arguments(),
+    )  # fmt: skip
+    result = build_atlas(model_for(model, weights, card_fields, run.seed), request)
     out_console.print(
-        f"{summary['channels']} channels ({summary['rendered_this_run']} rendered now) "
-        f"in {summary['seconds_this_run']:.0f} s; open {run.out / 'index.html'}"
+        f"{result.channels} channels ({result.rendered_this_run} rendered now) "
+        f"in {result.seconds_this_run:.0f} s; open {run.out / 'index.html'}"
     )
-    say_skipped(summary["skipped_images"])
+    say_skipped(result.skipped_images)
 
 
 def say_skipped(skipped: list[dict[str, str]]) -> None:

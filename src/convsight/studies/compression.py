@@ -32,12 +32,13 @@ from convsight.analysis.compression import (
 from convsight.analysis.filters import filter_redundancy
 from convsight.errors import ConvsightError
 from convsight.layers import conv_layer_names
-from convsight.models import Model, load_model
+from convsight.models import Model
 from convsight.paths import require_folder
 from convsight.progress import progress_bar
 from convsight.report import prepare_out_dir, write_figure, write_json
 from convsight.report.plots import compression_curves
 from convsight.runtime import resolve_device, seed_everything
+from convsight.studies.results import Result
 from convsight.train import check_lr, evaluate, fit
 
 THRESHOLDS = (0.95, 0.9, 0.85, 0.8)
@@ -272,61 +273,96 @@ def check_compression(
     compression_data(model, data, BATCH_SIZE, 0, seed, test_images=1)
 
 
-def compress(
-    model: str | Model,
-    data: str | os.PathLike,
-    out: str | os.PathLike,
-    weights: str | os.PathLike | None = None,
-    thresholds: Sequence[float] = THRESHOLDS,
-    random_repeats: int = RANDOM_REPEATS,
-    finetune_images: int = 10000,
-    test_images: int | None = None,
-    lr: float = 1e-3,
-    batch_size: int = BATCH_SIZE,
-    seed: int = 0,
-    device: str = "auto",
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Run the trials (see the module docstring) on ``model``'s conv layers; write
-    ``compression.json`` and ``compression.png`` into ``out``; return what the JSON holds.
+@dataclass(frozen=True)
+class CompressionRequest:
+    """The trials :func:`compress` runs: the labelled data (a subset folder, or an MNIST
+    folder for an MNIST model), the similarity thresholds, random removals per point, the
+    fine-tuning images (0: none), the test images (None: all), Adam's learning rate, the
+    batch size, the output folder, the seed and the device. Checked when made."""
 
-    ``finetune_images``: the training images of the one fine-tuning epoch (0: none);
-    ``test_images``: score on the first that many test images (None: all).
-    """
-    _check_request(thresholds, random_repeats, finetune_images, batch_size, test_images)
-    check_lr(lr)
-    loaded = model if isinstance(model, Model) else load_model(model, weights)
-    module = loaded.module.eval()
-    points = _removal_points(loaded)
+    data: str | os.PathLike
+    out: str | os.PathLike = "runs/compress"
+    thresholds: Sequence[float] = THRESHOLDS
+    random_repeats: int = RANDOM_REPEATS
+    finetune_images: int = 10000
+    test_images: int | None = None
+    lr: float = 1e-3
+    batch_size: int = BATCH_SIZE
+    seed: int = 0
+    device: str = "auto"
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        """One sentence for a threshold, count or learning rate that cannot work."""
+        _check_request(
+            self.thresholds, self.random_repeats, self.finetune_images, self.batch_size,
+            self.test_images,
+        )  # fmt: skip
+        check_lr(self.lr)
+
+
+@dataclass(kw_only=True)
+class CompressionResult(Result):
+    """The trials run: the model, the data, the accuracy with every filter, the settings,
+    each conv layer's filters and near-copy groups, every :class:`Trial` and the summary rows
+    (:func:`summary_rows`); ``files``: ``compression.json`` and ``compression.png``."""
+
+    model: str
+    data: str
+    baseline_accuracy: float
+    settings: dict[str, Any]
+    layers: dict[str, dict[str, Any]]
+    trials: list[Trial]
+    summary: list[dict[str, Any]]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``compression.json`` holds."""
+        head = {"model": self.model, "data": self.data, "baseline_accuracy": self.baseline_accuracy}
+        rows = [asdict(t) for t in self.trials]
+        return {**head, "settings": self.settings, "layers": self.layers, "trials": rows} | {
+            "summary": self.summary,
+            "seconds": self.seconds,
+        }
+
+
+def compress(model: Model, request: CompressionRequest) -> CompressionResult:
+    """Run the trials (see the module docstring) on ``model``'s conv layers; write
+    ``compression.json`` and ``compression.png`` into ``request.out``. Every input is checked
+    (the data read) before the folder is created."""
+    r = request
+    module = model.module.eval()
+    points = _removal_points(model)
     layers = list(points)
-    data_ = compression_data(loaded, data, batch_size, finetune_images, seed, test_images)
-    out = prepare_out_dir(out)
-    seed_everything(seed)
+    data_ = compression_data(model, r.data, r.batch_size, r.finetune_images, r.seed, r.test_images)
+    out = prepare_out_dir(r.out)
+    seed_everything(r.seed)
     start = time.perf_counter()
     redundancy = {layer: filter_redundancy(module, layer) for layer in layers}
     norms = {layer: filter_norms(module, layer) for layer in layers}
-    trials = plan_trials(layers, redundancy, norms, thresholds, random_repeats, seed)
-    runner = _Runner(loaded, data_, lr, seed, resolve_device(device), points)
-    baseline = runner.score(trials, show_progress)
+    trials = plan_trials(layers, redundancy, norms, r.thresholds, r.random_repeats, r.seed)
+    runner = _Runner(model, data_, r.lr, r.seed, resolve_device(r.device), points)
+    baseline = runner.score(trials, r.show_progress)
     settings = {
-        **{"thresholds": sorted(thresholds, reverse=True), "random_repeats": random_repeats},
+        **{"thresholds": sorted(r.thresholds, reverse=True), "random_repeats": r.random_repeats},
         "finetune_images": data_.finetune_images,
         "test_images": len(data_.test.dataset),
         "finetune_epochs": 1 if data_.train is not None else 0,
-        **{"lr": lr, "batch_size": batch_size, "seed": seed},
+        **{"lr": r.lr, "batch_size": r.batch_size, "seed": r.seed},
         "similarity": "Pearson r, best over 8 rotations/flips (and 6 colour orders for RGB)",
         "removal": "channel zeroed where the next channel-mixing layer reads it",
     }
-    layer_rows = _layer_rows(points, norms, redundancy, thresholds)
-    rows = [asdict(t) for t in trials]
-    result = {
-        **{"model": loaded.card.name, "data": data_.name, "baseline_accuracy": baseline},
-        **{"settings": settings, "layers": layer_rows, "trials": rows},
-        "summary": summary_rows(rows),
-        "seconds": time.perf_counter() - start,
-    }
-    write_json(out / "compression.json", result)
-    write_figure(out / "compression.png", compression_curves(result))
+    result = CompressionResult(
+        **{"model": model.card.name, "data": data_.name, "baseline_accuracy": baseline},
+        **{"settings": settings, "layers": _layer_rows(points, norms, redundancy, r.thresholds)},
+        **{"trials": trials, "summary": summary_rows([asdict(t) for t in trials])},
+        seconds=time.perf_counter() - start,
+    )
+    data = result.to_json()
+    result.files = [
+        write_json(out / "compression.json", data),
+        write_figure(out / "compression.png", compression_curves(data)),
+    ]
     return result
 
 

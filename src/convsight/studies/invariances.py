@@ -37,11 +37,12 @@ from convsight.errors import ConvsightError
 from convsight.models import Model
 from convsight.optvis.model_hooks import check_model_hooks
 from convsight.optvis.render import RenderResult, render_channels, render_classes
+from convsight.optvis.settings import RenderSettings
 from convsight.report import prepare_out_dir, write_figure, write_json, write_npz
 from convsight.report.grids import image_grid
 from convsight.report.images import write_gif, write_image
-from convsight.runtime import seed_everything
-from convsight.studies.optvis import collect_settings, load_on_device
+from convsight.runtime import resolve_device, seed_everything
+from convsight.studies.results import Result
 
 GIF_SIDE = 160  # GIF frames are enlarged (nearest neighbour) to at least this many pixels
 
@@ -232,78 +233,111 @@ def _write_directions(out: Path, found: Invariances, paths: dict, angles: list[f
     return written, rows
 
 
-def write_invariances(
-    model: str | Model,
-    layer: str | None = None,
-    channel: int | None = None,
-    target: str | int | None = None,
-    weights: str | os.PathLike | None = None,
-    k: int = 4,
-    h: float = 0.01,
-    smooth: float = 0.0,
-    samples: int = 8,
-    softplus: float = 0.0,
-    ascend: int = 0,
-    frames: int = 9,
-    angle: float = 45.0,
-    preset: str = "robust",
-    flags: dict[str, Any] | None = None,
-    extra: Sequence[str] = (),
-    out: str | os.PathLike = "runs/invariances",
-    seed: int = 0,
-    device: str = "auto",
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Render the optimum of a channel of ``layer`` (or of class ``target``), optionally move
-    it ``ascend`` steps up its sphere, then find its k invariances and k most selective
-    directions on the response's level set there: strips, GIFs, spectrum, npz, summary.json."""
-    if ascend < 0:
-        raise ConvsightError(f"--ascend must be 0 or more, not {ascend}")
-    unit, scale = Unit(layer, channel, target), HessianScale(h, smooth, samples, softplus)
-    unit.check(), scale.check(), check_frames(frames, angle)
-    settings, given = collect_settings(preset, flags or {}, extra, target=unit.kind)
-    seed_everything(seed)  # an untrained network's weights, too, come from the seed
-    loaded = load_on_device(model, weights, device)
+@dataclass(frozen=True)
+class InvariancesRequest:
+    """What :func:`write_invariances` analyses: the unit, the render settings of its optimum
+    (``given``: the settings the user set; their model hooks must find their layers), k
+    directions of each kind, the Hessian's scale, ``ascend`` steps up the sphere first, the
+    frames and degrees of each path, the output folder, the seed and the device. ``weights``
+    says where the model came from (recorded, not read). Checked when made."""
+
+    unit: Unit
+    settings: RenderSettings
+    given: frozenset[str] = frozenset()
+    k: int = 4
+    scale: HessianScale = HessianScale()
+    ascend: int = 0
+    frames: int = 9
+    angle: float = 45.0
+    out: str | os.PathLike = "runs/invariances"
+    seed: int = 0
+    device: str = "auto"
+    show_progress: bool = True
+    weights: str | os.PathLike | None = None
+
+    def __post_init__(self) -> None:
+        if self.ascend < 0:
+            raise ConvsightError(f"--ascend must be 0 or more, not {self.ascend}")
+        self.unit.check(), self.scale.check(), check_frames(self.frames, self.angle)
+
+
+@dataclass(kw_only=True)
+class InvariancesResult(Result):
+    """The analysis: the model, the unit, the render of its optimum, ``found`` (the point, the
+    directions and their eigenvalues, the operator check), the paths' frames and responses
+    (``paths[kind]["images"]``, m x T x C x H x W), the rows of the directions, the ascent and
+    the settings; ``surrogate``: the softplus surrogate's numbers (None: not used)."""
+
+    model: str
+    weights: str | None
+    unit: dict[str, Any]
+    objective: str
+    head: Any
+    render: dict[str, Any]
+    found: Invariances
+    paths: dict[str, dict[str, torch.Tensor]]
+    angles: list[float]
+    directions: list[dict[str, Any]]
+    torch_threads: int
+    ascent: dict[str, Any]
+    settings: dict[str, Any]
+    surrogate: dict[str, Any] | None = None
+    seconds_total: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``summary.json`` holds."""
+        data = {
+            "model": self.model,
+            "weights": self.weights,
+            "unit": self.unit,
+            "objective": self.objective,
+            "head": self.head,
+            "render": self.render,
+            **self.found.summary(),
+            "directions": self.directions,
+            "torch_threads": self.torch_threads,
+            "random_directions": {
+                "angles_degrees": self.angles,
+                "response_on_sphere": self.paths["random"]["on_sphere"].tolist(),
+            },
+            "ascent": self.ascent,
+            "settings": self.settings,
+        }
+        if self.surrogate is not None:
+            data["surrogate"] = self.surrogate
+        return data | {"seconds_total": self.seconds_total}
+
+
+def write_invariances(model: Model, request: InvariancesRequest) -> InvariancesResult:
+    """Render the optimum of the request's unit, optionally move it ``ascend`` steps up its
+    sphere, then find its k invariances and k most selective directions on the response's
+    level set there: strips, GIFs, spectrum, npz, summary.json."""
+    r, unit, settings = request, request.unit, request.settings
+    seed_everything(r.seed)
+    loaded = model.to(resolve_device(r.device))
     f, index, name = unit.response(loaded, settings.size)
-    smooth_f, replaced = _surrogate_response(loaded, unit, settings.size, softplus)
+    smooth_f, replaced = _surrogate_response(loaded, unit, settings.size, r.scale.softplus)
     side = (settings.size, settings.size) if settings.size else loaded.card.input_size
-    check_k(k, loaded.card.channels * side[0] * side[1])
-    skip = settings.skip_gradient if "skip_gradient" in given else 1.0
+    check_k(r.k, loaded.card.channels * side[0] * side[1])
+    skip = settings.skip_gradient if "skip_gradient" in r.given else 1.0
     check_model_hooks(loaded.module, settings.ghost, settings.bn_prior, skip)
-    out = prepare_out_dir(out)
-    seed_everything(seed)
+    out = prepare_out_dir(r.out)
+    seed_everything(r.seed)
     began = time.perf_counter()
-    rendered: RenderResult = unit.render(loaded, index, settings, seed, show_progress)
-    point, ascent = ascend_on_sphere(smooth_f or f, rendered.images[0].to(loaded.device), ascend)
-    found = invariances(smooth_f or f, point, k, scale, seed=seed, level_set=True)
-    angles = torch.linspace(0.0, angle, frames).tolist()
-    paths = _paths(f, found, frames, angle, loaded.device, seed)
+    rendered: RenderResult = unit.render(loaded, index, settings, r.seed, r.show_progress)
+    point, ascent = ascend_on_sphere(smooth_f or f, rendered.images[0].to(loaded.device), r.ascend)
+    found = invariances(smooth_f or f, point, r.k, r.scale, seed=r.seed, level_set=True)
+    angles = torch.linspace(0.0, r.angle, r.frames).tolist()
+    paths = _paths(f, found, r.frames, r.angle, loaded.device, r.seed)
     written, rows = _write_outputs(out, found, paths, angles, f"{loaded.card.name} {name}")
-    summary = _summary(loaded, unit, index, weights, rendered, found, rows)
-    summary |= _details(found, paths, angles, ascent, settings, loaded, seed)
-    summary["settings"]["k"], summary["settings"]["ascend"] = k, ascend
-    summary["settings"]["frames"], summary["settings"]["angle_degrees"] = frames, angle
+    result = _result(loaded, r, index, rendered, found, (paths, angles, rows), ascent)
     if smooth_f is not None:  # the Hessian is the surrogate's; the paths show the network
         network = float(responses(f, found.point[None].to(loaded.device))[0])
-        summary["surrogate"] = {"relus_replaced": replaced, "response_of_network": network}
-    summary["seconds_total"] = time.perf_counter() - began
-    written.append(write_json(out / "summary.json", summary, within=out))
-    return {**summary, "written": written}
-
-
-def _details(found, paths, angles, ascent, settings, loaded, seed) -> dict[str, Any]:
-    """The random-direction baseline, the ascent and the settings, for ``summary.json``."""
-    return {
-        "random_directions": {
-            "angles_degrees": angles,
-            "response_on_sphere": paths["random"]["on_sphere"].tolist(),
-        },
-        "ascent": ascent,
-        "settings": {
-            **found.scale.to_dict(),
-            "render": {**settings.to_dict(), "seed": seed, "device": str(loaded.device)},
-        },
-    }
+        result.surrogate = {"relus_replaced": replaced, "response_of_network": network}
+    result.seconds_total = time.perf_counter() - began
+    written.append(write_json(out / "summary.json", result.to_json(), within=out))
+    result.files = written
+    return result
 
 
 def _surrogate_response(loaded: Model, unit: Unit, size: int | None, beta: float):
@@ -329,28 +363,38 @@ def _write_outputs(out: Path, found: Invariances, paths: dict, angles: list[floa
     return written, rows
 
 
-def _summary(loaded, unit, index, weights, rendered, found, rows) -> dict[str, Any]:
-    return {
-        "model": loaded.card.name,
-        "weights": str(weights) if weights else None,
-        "unit": {
+def _result(loaded, request, index, rendered, found, drawn, ascent) -> InvariancesResult:
+    """The result (``drawn``: the paths, their angles and the JSON rows), before the
+    surrogate's numbers and the time."""
+    unit, settings, seed = request.unit, request.settings, request.seed
+    paths, angles, rows = drawn
+    render = {**settings.to_dict(), "seed": seed, "device": str(loaded.device)}
+    return InvariancesResult(
+        model=loaded.card.name,
+        weights=str(request.weights) if request.weights else None,
+        unit={
             "kind": unit.kind,
             "layer": unit.layer,
             "channel": unit.channel,
             "class": index,
             "label": None if index is None else loaded.card.label(index),
         },
-        "objective": "the channel's mean activation"
+        objective="the channel's mean activation"
         if index is None
         else "the class score before softmax",
-        "head": loaded.card.head,
-        "render": {
+        head=loaded.card.head,
+        render={
             "objective": rendered.description,
             "value": float(rendered.values[0]),
             "dead": bool(rendered.dead),
             "seconds": rendered.seconds,
         },
-        **found.summary(),
-        "directions": rows,
-        "torch_threads": torch.get_num_threads(),
-    }
+        found=found,
+        paths=paths,
+        angles=angles,
+        directions=rows,
+        torch_threads=torch.get_num_threads(),
+        ascent=ascent,
+        settings={**found.scale.to_dict(), "render": render, "k": request.k}
+        | {"ascend": request.ascend, "frames": request.frames, "angle_degrees": request.angle},
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ from convsight.analysis.projections import (
 )
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to
-from convsight.models import Model, load_model
+from convsight.models import Model
 from convsight.optvis.channels import parse_channels
 from convsight.report import prepare_out_dir, safe_filename, write_json, write_npz
 from convsight.report.images import write_pil
 from convsight.runtime import seed_everything
 from convsight.studies.atlas.inputs import dataset_images, load_dataset
+from convsight.studies.results import Result
 
 NEAR_NOISE = 0.9  # a layer's projections this close to white noise's share are called noise
 
@@ -52,62 +54,103 @@ def check_projection_inputs(
         raise ConvsightError(f"{exc} (--channels, layer '{layer}')") from None
 
 
-def write_projections(
-    model: str | Model,
-    layer: str,
-    dataset: str | os.PathLike,
-    out: str | os.PathLike,
-    channels: str | Sequence[int] = "0-3",
-    weights: str | os.PathLike | None = None,
-    top_k: int = 9,
-    seed: int = 0,
-    show_progress: bool = True,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ProjectionsRequest:
+    """What :func:`write_projections` projects: the channels of ``layer`` (``"0-3"`` or a
+    list), the image folder their top ``top_k`` examples are found in, the output folder and
+    the seed. ``weights`` says where the model came from (recorded, not read)."""
+
+    layer: str
+    dataset: str | os.PathLike
+    channels: str | Sequence[int] = "0-3"
+    top_k: int = 9
+    out: str | os.PathLike = "runs/projections"
+    seed: int = 0
+    show_progress: bool = True
+    weights: str | os.PathLike | None = None
+
+
+@dataclass(kw_only=True)
+class ProjectionsResult(Result):
+    """The projections: per channel its top examples and their DeconvNet projections
+    (``examples``, ``projections``: the arrays of ``projections.npz``), one JSON row per
+    channel, the layer's high-frequency summary and the settings; ``files``: the PNG per
+    channel, ``projections.npz`` and ``projections.json``."""
+
+    model: str
+    weights: str | None
+    layer: str
+    method: str
+    dataset: str
+    dataset_size: int
+    skipped_images: list[dict[str, str]]
+    top_k: int
+    seed: int
+    receptive_field: dict[str, Any]
+    rectifier_calls: int
+    display: str
+    high_frequency: dict[str, Any]
+    channels: list[dict[str, Any]]
+    seconds: float
+    examples: ChannelExamples
+    projections: list[ChannelProjections]
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``projections.json`` holds."""
+        arrays = ("files", "examples", "projections")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in arrays}
+
+
+def write_projections(model: Model, request: ProjectionsRequest) -> ProjectionsResult:
     """For each channel: its top-``top_k`` dataset images, and the DeconvNet projection of each
     one's strongest unit. Writes per channel a PNG (patches row, projections row), and
     ``projections.npz`` and ``projections.json`` for all. Every input is checked (the dataset
     read) before ``out`` is created."""
+    r, layer = request, request.layer
     start = time.perf_counter()
-    seed_everything(seed)
-    loaded = model if isinstance(model, Model) else load_model(model, weights)
-    chosen = check_projection_inputs(loaded, layer, channels, top_k)
-    pixels, names, skipped = load_dataset(loaded, dataset_images(dataset), Path(dataset))
-    out = prepare_out_dir(out)
-    examples = top_examples(loaded, pixels, layer, chosen, top_k, show_progress=show_progress)
-    field = receptive_field(loaded, layer)
-    found = project_examples(loaded, pixels, examples, field)
-    rows = []
+    seed_everything(r.seed)
+    chosen = check_projection_inputs(model, layer, r.channels, r.top_k)
+    pixels, names, skipped = load_dataset(model, dataset_images(r.dataset), Path(r.dataset))
+    out = prepare_out_dir(r.out)
+    examples = top_examples(model, pixels, layer, chosen, r.top_k, show_progress=r.show_progress)
+    field = receptive_field(model, layer)
+    found = project_examples(model, pixels, examples, field)
+    rows, written = [], []
     for item in found:
         grid = safe_filename(f"{layer}-c{item.channel}.png")
         crops = item.projections.crops()
-        write_pil(out / grid, tiles([item.patches, [display(c) for c in crops]]), within=out)
+        tiled = tiles([item.patches, [display(c) for c in crops]])
+        written.append(write_pil(out / grid, tiled, within=out))
         rows.append(_channel_row(item, grid, names, crops))
-    _write_arrays(out, examples, found)
-    summary = {
-        "model": loaded.card.name,
-        "weights": str(weights) if weights else None,
-        "layer": layer,
-        "method": f"DeconvNet projection of each image's strongest unit ({PAPER})",
-        "dataset": str(dataset),
-        "dataset_size": len(names),
-        "skipped_images": skipped,
-        "top_k": top_k,
-        "seed": seed,
-        "receptive_field": {"size": field.size, "stride": field.stride, "offset": field.offset},
-        "rectifier_calls": sum(p.projections.rectifier_calls for p in found),
-        "display": "each projection shown as 0.5 + x / (2 max|x|), per image (grey is 0)",
-        "high_frequency": _texture_summary(rows),
-        "channels": rows,
-        "seconds": time.perf_counter() - start,
-    }
-    write_json(out / "projections.json", summary, within=out)
-    return summary
+    written.append(_write_arrays(out, examples, found))
+    result = ProjectionsResult(
+        model=model.card.name,
+        weights=str(r.weights) if r.weights else None,
+        layer=layer,
+        method=f"DeconvNet projection of each image's strongest unit ({PAPER})",
+        dataset=str(r.dataset),
+        dataset_size=len(names),
+        skipped_images=skipped,
+        top_k=r.top_k,
+        seed=r.seed,
+        receptive_field={"size": field.size, "stride": field.stride, "offset": field.offset},
+        rectifier_calls=sum(p.projections.rectifier_calls for p in found),
+        display="each projection shown as 0.5 + x / (2 max|x|), per image (grey is 0)",
+        high_frequency=_texture_summary(rows),
+        channels=rows,
+        seconds=time.perf_counter() - start,
+        examples=examples,
+        projections=found,
+    )
+    written.append(write_json(out / "projections.json", result.to_json(), within=out))
+    result.files = written
+    return result
 
 
-def _write_arrays(out: Path, examples: ChannelExamples, found: list[ChannelProjections]) -> None:
+def _write_arrays(out: Path, examples: ChannelExamples, found: list[ChannelProjections]) -> Path:
     """``projections.npz``: per channel its top images, values, unit positions, boxes and
     full projections (channels x k x C x H x W, the model's input space)."""
-    write_npz(
+    return write_npz(
         out / "projections.npz",
         within=out,
         channels=torch.tensor(examples.channels),

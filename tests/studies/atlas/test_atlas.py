@@ -17,7 +17,7 @@ from convsight.data import load_mnist
 from convsight.errors import ConvsightError
 from convsight.models import load_model
 from convsight.report import OUT_MARKER, TEMP_PREFIX, TEMP_SUFFIX, write_checkpoint
-from convsight.studies.atlas import LOCK_FILE, RUN_FILE, build_atlas
+from convsight.studies.atlas import LOCK_FILE, RUN_FILE, AtlasRequest, Compression, build_atlas
 from tests.conftest import assert_images_loaded, open_page
 
 EVIL = "<script>alert(1)</script>"
@@ -48,7 +48,7 @@ def mnist_model(tmp_path_factory, mnist_dir):
 def atlas_site(mnist_model, tmp_path_factory):
     ckpt, digits = mnist_model
     out = tmp_path_factory.mktemp("site")
-    summary = build_atlas(
+    summary = atlas(
         str(ckpt),
         ["features.0", "features.3"],
         out,
@@ -194,10 +194,16 @@ def test_killed_atlas_run_resumes_without_redoing_work(mnist_model, tmp_path):
 # Resume, settings, lock and input checks, on the tiny model (fast: two steps, 8 channels).
 
 
+def atlas(model, layers, out, **fields):
+    """:func:`build_atlas` of ``model`` (a spec is loaded first), as its JSON."""
+    loaded = load_model(model) if isinstance(model, str) else model
+    return build_atlas(loaded, AtlasRequest(layers, out, **fields)).to_json()
+
+
 def tiny_atlas(model, out, **options):
     settings = dict(layers=["features.0"], presets=["paper"], steps=2, show_progress=False)
     settings.update(options)
-    return build_atlas(model, out=out, **settings)
+    return atlas(model, out=out, **settings)
 
 
 def snapshot(folder):
@@ -398,8 +404,8 @@ def test_atlas_shows_the_compression_trials(mnist_model, mnist_dir, tmp_path, br
     ckpt, _ = mnist_model
     out = tmp_path / "atlas"
     settings = dict(channels="0-3", presets=["paper"], steps=2, show_progress=True)  # bars
-    trials = dict(compression=mnist_dir, compression_finetune=128, compression_test_images=256)
-    summary = build_atlas(str(ckpt), ["features.0", "features.3"], out, **settings, **trials)
+    trials = dict(compression=Compression(mnist_dir, 128, 256))
+    summary = atlas(str(ckpt), ["features.0", "features.3"], out, **settings, **trials)
     result = json.loads((out / "compression" / "compression.json").read_text())
     assert result["summary"], "no near-copies removed: the pages below would show nothing"
     assert summary["compression"] == "compression/compression.json"
@@ -417,14 +423,14 @@ def test_atlas_shows_the_compression_trials(mnist_model, mnist_dir, tmp_path, br
             assert f"{row['kept']} / {row['total']}" in html
     assert not errors and not dialogs
     stamp = (out / "compression" / "compression.json").stat().st_mtime_ns
-    build_atlas(str(ckpt), ["features.0", "features.3"], out, **settings, **trials)
+    atlas(str(ckpt), ["features.0", "features.3"], out, **settings, **trials)
     assert (out / "compression" / "compression.json").stat().st_mtime_ns == stamp  # run once
     with pytest.raises(ConvsightError, match="compression"):  # other trials: refused
-        build_atlas(str(ckpt), ["features.0"], out, **settings, compression=mnist_dir)
+        atlas(str(ckpt), ["features.0"], out, **settings, compression=Compression(mnist_dir))
 
 
 def test_atlas_compression_data_must_fit_the_model(tiny, mnist_dir, tmp_path):
     out = tmp_path / "atlas"
     with pytest.raises(ConvsightError, match="not an MNIST model"):
-        tiny_atlas(tiny, out, compression=mnist_dir)
+        tiny_atlas(tiny, out, compression=Compression(mnist_dir))
     assert not out.exists()

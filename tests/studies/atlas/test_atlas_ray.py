@@ -26,7 +26,7 @@ from convsight.data import load_mnist
 from convsight.distributed import LocalWork, shards
 from convsight.models import Model, build_seed, load_model
 from convsight.report import write_checkpoint
-from convsight.studies.atlas import build_atlas
+from convsight.studies.atlas import AtlasRequest, build_atlas
 
 LAYERS = "features.0,features.3"
 SETTINGS = ["--channels", "0-11", "--top-k", "3", "--steps", "150", "--batch", "2"]
@@ -193,11 +193,11 @@ def test_a_local_atlas_does_not_import_ray():
         "import sys, tempfile, torch\n"
         "from tests.conftest import TinyNet\n"
         "from convsight.models import Model, ModelCard\n"
-        "from convsight.studies.atlas import build_atlas\n"
+        "from convsight.studies.atlas import AtlasRequest, build_atlas\n"
         "card = ModelCard(name='t', arch='test', input_size=(32, 32), channels=3,"
         " mean=(0.5,) * 3, std=(0.25,) * 3, labels=['a', 'b'])\n"
-        "build_atlas(Model(TinyNet(2), card), ['features.0'], tempfile.mkdtemp(),"
-        " presets=['paper'], steps=2, show_progress=False)\n"
+        "build_atlas(Model(TinyNet(2), card), AtlasRequest(['features.0'], tempfile.mkdtemp(),"
+        " presets=['paper'], steps=2, show_progress=False))\n"
         "assert 'ray' not in sys.modules, 'ray imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -246,10 +246,10 @@ def test_layers_all_takes_every_map_layer_and_prints_a_plan(tmp_path, capsys):
     module, card = build_seed("mnist-cnn", {"stride": 1, "padding": "valid"})
     ckpt = write_checkpoint(tmp_path / "m.pt", module, card)
     model = load_model(str(ckpt))
-    summary = build_atlas(
-        model, ["all"], tmp_path / "atlas", channels="0-1", presets=["paper"], steps=4,
+    summary = build_atlas(model, AtlasRequest(
+        ["all"], tmp_path / "atlas", channels="0-1", presets=["paper"], steps=4,
         show_progress=True,
-    )  # fmt: skip
+    )).to_json()  # fmt: skip
     names = [row["name"] for row in summary["layers"]]
     assert names == ["features.0", "features.1", "features.2", "features.3", "features.4",
                      "features.5"]  # fmt: skip

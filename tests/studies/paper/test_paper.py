@@ -1,6 +1,8 @@
 """convsight paper on a tiny plan: every part runs, the report loads in a real browser."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch.hub
@@ -31,6 +33,25 @@ TINY = Plan(
 )
 
 
+LOADS: list[tuple[str, str | None]] = []  # (spec, weights file name) of every load_model call
+PAPER_LOADS: list[tuple[str, str | None]] = []  # those of the report's run
+
+
+def _count_loads(patch: pytest.MonkeyPatch) -> None:
+    """Record every ``load_model`` call in :data:`LOADS`, wherever the name was imported."""
+    from convsight.models import zoo
+
+    original = zoo.load_model
+
+    def counted(spec, weights=None, *args, **kwargs):
+        LOADS.append((str(spec), Path(weights).name if weights else None))
+        return original(spec, weights, *args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "load_model", None) is original:
+            patch.setattr(module, "load_model", counted)
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, shared, monkeypatch_module):
     def offline(url, dst, hash_prefix=None, progress=True):
@@ -39,6 +60,7 @@ def report(tmp_path_factory, shared, monkeypatch_module):
     # The ImageNet VGG16 classifier download fails, as on an offline machine.
     monkeypatch_module.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch_module.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch")))
+    _count_loads(monkeypatch_module)
     out = tmp_path_factory.mktemp("paper")
     fashion = tmp_path_factory.mktemp("fashion")
     _fake_fashion(fashion, shared)
@@ -49,7 +71,9 @@ def report(tmp_path_factory, shared, monkeypatch_module):
         photos=shared / "data" / "imagenet-samples",
         fashion_mnist=fashion,
     )
-    return out, remake(out, inputs, quick=True, plan=TINY, show_progress=False)
+    run = remake(out, inputs, quick=True, plan=TINY, show_progress=False)
+    PAPER_LOADS.extend(LOADS)  # the loads of this run alone
+    return out, run
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +88,13 @@ def _fake_fashion(folder, shared):
 
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         shutil.copy(shared / "data" / "mnist" / name, folder / name)
+
+
+def test_vgg16_is_loaded_once_and_shared_by_the_parts(report):
+    # The parts share the VGG16 the inputs' check loaded (channels, invariances, projections:
+    # eleven loads of it before); the ImageNet classifier is tried once (offline: it fails).
+    assert PAPER_LOADS.count(("vgg16", "vgg16_hed_features.pt")) == 1
+    assert PAPER_LOADS.count(("vgg16", None)) == 1
 
 
 def test_every_part_ran(report):

@@ -12,7 +12,8 @@ holds a lock on ``.convsight-atlas.lock``; it deletes only its own temporary fil
 
 Modules: ``inputs`` (checking what to render, :class:`AtlasJob`), ``run`` (the run record,
 resuming, the lock), ``rendering`` (channels and dataset examples), ``pages`` (the HTML
-pages) and ``build`` (:func:`build_atlas`, the whole run).
+pages), ``request`` (:class:`AtlasRequest`, :class:`AtlasResult`) and ``build``
+(:func:`build_atlas`, the whole run).
 """
 
 from convsight.studies.atlas.build import build_atlas
@@ -23,6 +24,7 @@ from convsight.studies.atlas.inputs import (
     dataset_images,
     load_dataset,
 )
+from convsight.studies.atlas.request import AtlasRequest, AtlasResult, Compression
 from convsight.studies.atlas.run import (
     LOCK_FILE,
     RESERVED_NAMES,
@@ -38,6 +40,9 @@ __all__ = [
     "RUN_FILE",
     "AtlasDataset",
     "AtlasJob",
+    "AtlasRequest",
+    "AtlasResult",
+    "Compression",
     "atlas_lock",
     "build_atlas",
     "check_resume",

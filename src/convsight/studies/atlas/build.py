@@ -4,7 +4,6 @@ is not done yet and write every page."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +21,11 @@ from convsight.report import (
     write_text,
 )
 from convsight.report.html import environment
-from convsight.studies.atlas.inputs import AtlasJob, Compression, check_inputs
+from convsight.studies.atlas.inputs import AtlasJob, check_inputs
 from convsight.studies.atlas.pages import layer_pages, write_index
 from convsight.studies.atlas.plan import check_plan, print_plan, probe
 from convsight.studies.atlas.rendering import find_examples, render_layer, todo_channels
+from convsight.studies.atlas.request import AtlasRequest, AtlasResult
 from convsight.studies.atlas.run import (
     COMPRESSION_DIR,
     RESERVED_NAMES,
@@ -36,76 +36,44 @@ from convsight.studies.atlas.run import (
 )
 
 
-def build_atlas(
-    model: str | Model,
-    layers: Sequence[str],
-    out: str | os.PathLike,
-    weights: str | os.PathLike | None = None,
-    channels: str | Sequence[int] | None = None,
-    dataset: str | os.PathLike | None = None,
-    top_k: int = 9,
-    presets: Sequence[str] = ("paper", "robust"),
-    steps: int | None = None,
-    size: int | None = None,
-    batch: int = 16,
-    seed: int = 0,
-    show_progress: bool = True,
-    invariances: float = 0.0,
-    ray: str | None = None,
-    plan: bool | None = None,
-    compression: str | os.PathLike | None = None,
-    compression_finetune: int = 10000,
-    compression_test_images: int | None = None,
-    yes: bool = False,
-) -> dict[str, Any]:
-    """Render every channel of ``layers`` (each preset), find dataset examples, write the site.
+def build_atlas(model: Model, request: AtlasRequest) -> AtlasResult:
+    """Render every channel of the request's layers (each preset), find dataset examples,
+    write the site into ``request.out`` (see :class:`AtlasRequest`).
 
-    ``channels`` (``"0-7"``, or a list) renders only those channels of every layer (each
-    layer must have them); None renders all. Every input is checked before ``out`` is
-    created. The settings are recorded in ``out/atlas-run.json``; a rerun into the same
-    folder continues only with the same model, presets, render settings, channels, seed,
-    top-k and dataset (it may add layers; ``batch`` is free), anything else is refused. One
-    atlas at a time writes into a folder (a lock file). ``invariances`` (a softplus beta
-    above 0) adds each channel's first invariance around its optimum, as a GIF.
+    Every input is checked before the folder is created. The settings are recorded in
+    ``out/atlas-run.json``; a rerun into the same folder continues only with the same model,
+    presets, render settings, channels, seed, top-k and dataset (it may add layers; ``batch``
+    is free), anything else is refused. One atlas at a time writes into a folder (a lock
+    file). ``invariances`` (a softplus beta above 0) adds each channel's first invariance
+    around its optimum, as a GIF.
 
-    ``layers=["all"]`` takes every convolution, activation and pooling layer. ``ray``
-    (``local``, ``auto`` or ``HOST:PORT``) renders chunks of channels and slices of the dataset
-    as Ray tasks, with the same files as a local run; this process alone writes them. ``plan``
-    (default: with ``all`` layers) prints channels per layer, seconds per channel from a
-    short probe and the estimated total for the workers present, before the work.
-
-    ``compression`` (labelled data as ``convsight compress --data`` takes it) runs the
-    compression trials on the model (``compression_finetune`` fine-tuning images, 0: none;
-    ``compression_test_images``: the first that many test images, None: all) into
+    ``ray`` renders chunks of channels and slices of the dataset as Ray tasks, with the same
+    files as a local run; this process alone writes them. The plan prints channels per layer,
+    seconds per channel from a short probe and the estimated total for the workers present,
+    before the work. ``compression`` runs the compression trials on the model into
     ``out/compression/``; the index and each conv layer's page show the results.
 
     The heaviest render must fit in the memory available; more than ``MAX_STEPS`` steps or a
     plan over ``MAX_PLAN_HOURS`` need ``yes`` (:mod:`convsight.optvis.budget`, ``plan``).
     """
-    check_steps(steps or 0, yes)
-    if ray is not None:
-        check_ray(ray)  # Ray installed, the address answers: before any work
-    plan = [name.lower() for name in layers] == ["all"] if plan is None else plan
-    trials = None
-    if compression is not None:
-        trials = Compression(Path(compression), compression_finetune, compression_test_images)
-    job = check_inputs(
-        model, layers, weights, channels, dataset, top_k, presets, steps, size, batch, seed,
-        invariances, trials,
-    )  # fmt: skip
-    return _start(job, Path(out), ray, show_progress, plan, yes)
+    check_steps(request.steps or 0, request.yes)
+    if request.ray is not None:
+        check_ray(request.ray)  # Ray installed, the address answers: before any work
+    job = check_inputs(model, request)
+    return _start(job, request)
 
 
-def _start(
-    job: AtlasJob, out: Path, ray: str | None, show_progress: bool, plan: bool, yes: bool
-) -> dict[str, Any]:
+def _start(job: AtlasJob, request: AtlasRequest) -> AtlasResult:
     """Check the folder (before creating or touching anything), connect the work, make the
     plan when asked for, then take the folder and build the atlas in it."""
+    out, show_progress = Path(request.out), request.show_progress
     run = run_record(job)
     resumed = check_resume(out, run)
-    work = connect(ray) if ray is not None else LocalWork()
+    work = connect(request.ray) if request.ray is not None else LocalWork()
     try:
-        planned = _plan(job, resumed["layers"], out, work, show_progress, yes) if plan else None
+        planned = None
+        if request.planned:
+            planned = _plan(job, resumed["layers"], out, work, show_progress, request.yes)
         return _run(job, run, out, work, show_progress, planned)
     finally:
         work.close()
@@ -137,7 +105,7 @@ def _run(
     work: Work,
     show_progress: bool,
     planned: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> AtlasResult:
     """Take the folder (inputs checked, work connected) and build the atlas in it."""
     out = prepare_out_dir(out)
     with atlas_lock(out):
@@ -163,7 +131,7 @@ def _build(
     work: Work,
     show_progress: bool,
     planned: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> AtlasResult:
     """Render what is not done yet and write every page (inputs checked, lock held)."""
     start = time.perf_counter()
     rendered = 0
@@ -183,42 +151,44 @@ def _build(
             rendered += count
     render_seconds = time.perf_counter() - start
     dataset = str(job.dataset.path) if job.dataset is not None else None
-    summary = {
-        "model": job.model.card.name,
-        "weights": str(job.weights) if job.weights else None,
-        "layers": [{k: v for k, v in r.items() if k != "channel_rows"} for r in layer_rows],
-        "presets": job.presets,
-        "render_settings": {p: s.to_dict() for p, s in job.settings.items()},
-        "dataset": dataset,
-        "dataset_size": len(job.names),
-        "skipped_images": job.dataset.skipped if job.dataset is not None else [],
-        "top_k": job.top_k,
-        "seed": job.seed,
-        "channels": total,
-        "rendered_this_run": rendered,
-        "seconds_this_run": render_seconds,
-        "seconds_per_channel": render_seconds / rendered if rendered else None,
-        "work": work.describe(),
-        "plan": planned,
-        "compression": f"{COMPRESSION_DIR}/compression.json" if compressed else None,
-    }
+    result = AtlasResult(
+        model=job.model.card.name,
+        weights=str(job.weights) if job.weights else None,
+        layers=[{k: v for k, v in r.items() if k != "channel_rows"} for r in layer_rows],
+        presets=job.presets,
+        render_settings={p: s.to_dict() for p, s in job.settings.items()},
+        dataset=dataset,
+        dataset_size=len(job.names),
+        skipped_images=job.dataset.skipped if job.dataset is not None else [],
+        top_k=job.top_k,
+        seed=job.seed,
+        channels=total,
+        rendered_this_run=rendered,
+        seconds_this_run=render_seconds,
+        seconds_per_channel=render_seconds / rendered if rendered else None,
+        work=work.describe(),
+        plan=planned,
+        compression=f"{COMPRESSION_DIR}/compression.json" if compressed else None,
+    )
     write_index(job, out, layer_rows, dataset, compressed)
-    write_json(out / "atlas.json", summary)
-    return summary
+    result.files = [write_json(out / "atlas.json", result.to_json()), out / "index.html"]
+    return result
 
 
 def _compression(job: AtlasJob, out: Path, show_progress: bool) -> dict[str, Any] | None:
-    """The compression trials' result: run once into ``out/compression``, then read back."""
+    """The compression trials' result: run once into ``out/compression`` (an earlier run's
+    is read back)."""
     if job.compression is None:
         return None
     folder = out / COMPRESSION_DIR
     done = folder / "compression.json"
-    if not (done.exists() and (folder / "compression.png").exists()):
-        from convsight.studies.compression import compress
+    if done.exists() and (folder / "compression.png").exists():
+        return json.loads(done.read_text(encoding="utf-8"))
+    from convsight.studies.compression import CompressionRequest, compress
 
-        c = job.compression
-        compress(
-            job.model, c.data, folder, finetune_images=c.finetune_images,
-            test_images=c.test_images, seed=job.seed, show_progress=show_progress,
-        )  # fmt: skip
-    return json.loads(done.read_text(encoding="utf-8"))
+    c = job.compression
+    request = CompressionRequest(
+        c.data, folder, finetune_images=c.finetune_images, test_images=c.test_images,
+        seed=job.seed, show_progress=show_progress,
+    )  # fmt: skip
+    return compress(job.model, request).to_json()

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,13 +16,16 @@ from convsight.data.folder import IMAGE_SUFFIXES
 from convsight.data.images import load_readable_images
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to, map_layer_names
-from convsight.models import Model, load_model
+from convsight.models import Model
 from convsight.optvis.budget import RenderRequest, check_render, render_cost
 from convsight.optvis.objectives import channel
 from convsight.optvis.render import parse_channels, settings_for
 from convsight.optvis.settings import RenderSettings
 from convsight.paths import require_folder
 from convsight.runtime import seed_everything
+
+if TYPE_CHECKING:
+    from convsight.studies.atlas.request import AtlasRequest, Compression
 
 
 @dataclass
@@ -71,73 +75,48 @@ class AtlasJob:
         return self.dataset.names if self.dataset is not None else []
 
 
-@dataclass
-class Compression:
-    """The compression trials an atlas runs (``convsight compress`` on its model): labelled
-    data, fine-tuning images (0: none) and test images (None: all)."""
-
-    data: Path
-    finetune_images: int = 10000
-    test_images: int | None = None
-
-
-def check_inputs(
-    model: str | Model,
-    layers: Sequence[str],
-    weights: str | os.PathLike | None,
-    channels: str | Sequence[int] | None,
-    dataset: str | os.PathLike | None,
-    top_k: int,
-    presets: Sequence[str],
-    steps: int | None,
-    size: int | None,
-    batch: int,
-    seed: int,
-    invariances: float = 0.0,
-    compression: Compression | None = None,
-) -> AtlasJob:
+def check_inputs(model: Model, request: AtlasRequest) -> AtlasJob:
     """The job :func:`convsight.studies.atlas.build_atlas` runs; a bad input fails in one
-    sentence (the model is loaded and run once, the dataset read)."""
-    layers = _distinct(layers)
+    sentence (the model is run once, the dataset read)."""
+    r = request
+    layers, presets = _distinct(r.layers), _distinct(r.presets)
     if not layers:
         raise ConvsightError("give at least one layer (--layers)")
-    presets = _distinct(presets)
     if not presets:
         raise ConvsightError("give at least one preset (--presets paper,robust)")
-    if top_k < 1 or batch < 1:
+    if r.top_k < 1 or r.batch < 1:
         raise ConvsightError("--top-k and --batch must be at least 1")
-    settings = {p: settings_for(p, steps=steps, size=size) for p in presets}
-    seed_everything(seed)
-    loaded = model if isinstance(model, Model) else load_model(model, weights)
+    settings = {p: settings_for(p, steps=r.steps, size=r.size) for p in presets}
+    seed_everything(r.seed)
     if [name.lower() for name in layers] == ["all"]:
-        layers = map_layer_names(loaded.module, loaded.example_input())
+        layers = map_layer_names(model.module, model.example_input())
         if not layers:
             raise ConvsightError(
-                f"model '{loaded.card.name}' has no convolution, activation or pooling layer "
+                f"model '{model.card.name}' has no convolution, activation or pooling layer "
                 "that outputs channel maps (--layers all)"
             )
-    selection, chosen = _channels_of_layers(loaded, layers, channels)
-    given = [*(["size"] if size is not None else []), *(["steps"] if steps else []), "batch"]
-    check_atlas_memory(loaded, chosen, settings, batch, given)
-    _check_render_size(loaded, layers, {s.size for s in settings.values()})
-    _check_extras(loaded, invariances, compression, seed)
+    selection, chosen = _channels_of_layers(model, layers, r.channels)
+    given = [*(["size"] if r.size is not None else []), *(["steps"] if r.steps else []), "batch"]
+    check_atlas_memory(model, chosen, settings, r.batch, given)
+    _check_render_size(model, layers, {s.size for s in settings.values()})
+    _check_extras(model, r.invariances, r.compression, r.seed)
     return AtlasJob(
-        model=loaded,
-        spec=model if isinstance(model, str) else None,
-        weights=weights,
+        model=model,
+        spec=r.model_spec,
+        weights=r.weights,
         layers=layers,
         chosen=chosen,
         selection=selection,
         presets=presets,
         settings=settings,
-        steps=steps,
-        size=size,
-        seed=seed,
-        top_k=top_k,
-        batch=batch,
-        dataset=_read_dataset(loaded, dataset) if dataset is not None else None,
-        invariances=invariances,
-        compression=compression,
+        steps=r.steps,
+        size=r.size,
+        seed=r.seed,
+        top_k=r.top_k,
+        batch=r.batch,
+        dataset=_read_dataset(model, r.dataset) if r.dataset is not None else None,
+        invariances=r.invariances,
+        compression=r.compression,
     )
 
 

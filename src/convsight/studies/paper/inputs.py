@@ -9,14 +9,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convsight.errors import ConvsightError
+
+if TYPE_CHECKING:
+    from convsight.models import Model
 
 STUDY_CLASSES = ["ostrich", "goldfish", "lemon"]
 FIVE_PHOTOS = ["goldfish", "ostrich", "green_snake", "Siberian_husky", "lemon"]
 
 PathLike = str | os.PathLike
+
+
+@dataclass
+class PaperModels:
+    """The models the parts share, each loaded once per run (None: not loaded yet): VGG16
+    with ``--vgg16-weights`` and ``--classifier`` with its weights."""
+
+    vgg16: Model | None = None
+    classifier: Model | None = None
 
 
 @dataclass(frozen=True)
@@ -38,9 +50,10 @@ class PaperInputs:
             raise TypeError("pass a PaperInputs or keyword inputs, not both")
         return inputs if inputs is not None else cls(**given)
 
-    def check(self) -> None:
+    def check(self) -> PaperModels:
         """Check every given input before any work: paths exist and can be read, weights load
-        (``weights_only=True``) and fit, folders hold what the parts read, photo names parse."""
+        (``weights_only=True``) and fit, folders hold what the parts read, photo names parse.
+        Returns the models loaded to check them, for the parts to share."""
         from convsight.data import load_mnist
         from convsight.models import load_model
 
@@ -53,15 +66,17 @@ class PaperInputs:
         if self.data_dir is not None:
             for split in ("train", "test"):
                 load_mnist(split, self.data_dir)
+        models = PaperModels()
         if self.vgg16_weights is not None:
-            load_model("vgg16", self.vgg16_weights)
-        _check_classifier(self.classifier, self.classifier_weights)
+            models.vgg16 = load_model("vgg16", self.vgg16_weights)
+        models.classifier = _check_classifier(self.classifier, self.classifier_weights)
         if self.photos is not None:
             _check_photos(self.photos)
         if self.subset is not None:
             _check_subset(Path(self.subset))
         if self.fashion_mnist is not None:
             _check_fashion(Path(self.fashion_mnist))
+        return models
 
 
 def _flag(name: str) -> str:
@@ -130,10 +145,10 @@ def _check_photos(photos: str | os.PathLike) -> None:
             load_image(path)  # a photo that cannot be decoded fails now, not after minutes
 
 
-def _check_classifier(classifier: str, weights: str | os.PathLike | None) -> None:
-    """A classifier given with local weights (or as a checkpoint) loads now and knows the
-    study's classes; a name alone must be one ``load_model`` accepts (its download is tried
-    only when needed)."""
+def _check_classifier(classifier: str, weights: str | os.PathLike | None) -> Model | None:
+    """A classifier given with local weights (or as a checkpoint) loads now (returned) and
+    knows the study's classes; a name alone must be one ``load_model`` accepts (its download
+    is tried only when needed)."""
     from convsight.models import load_model
     from convsight.models.zoo import list_models
 
@@ -142,10 +157,11 @@ def _check_classifier(classifier: str, weights: str | os.PathLike | None) -> Non
             raise ConvsightError(
                 f"unknown --classifier '{classifier}' (`convsight models` lists the names)"
             )
-        return
+        return None
     model = load_model(classifier, weights)
     for name in [*STUDY_CLASSES, *FIVE_PHOTOS]:
         model.class_index(name.replace("_", " "))
+    return model
 
 
 def _check_subset(subset: Path) -> None:

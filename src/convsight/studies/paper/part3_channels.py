@@ -51,10 +51,8 @@ class ChannelsPart(Part[ChannelsResult]):
     table_rank = 1  # dead-channel counts come after the study's accuracies
 
     def run(self, ctx: Context) -> ChannelsResult:
-        from convsight.models import load_model
-
         try:
-            model = load_model("vgg16", ctx.inputs.vgg16_weights)
+            model = ctx.vgg16()
         except ConvsightError as exc:
             raise Skip(str(exc)) from None
         channels = list(range(ctx.plan.channels))
@@ -77,7 +75,7 @@ class ChannelsPart(Part[ChannelsResult]):
         )
         folder = ctx.out / "part3" / f"{layer}-{preset}"
         summary = maximize(
-            "vgg16",
+            ctx.vgg16(),
             layer,
             channels,
             weights=ctx.inputs.vgg16_weights,

@@ -79,7 +79,7 @@ class ClassModelsPart(Part[ClassModelsResult]):
         if preset != "paper":
             flags["steps"] = ctx.plan.class_steps
         summary = classviz(
-            model.spec,
+            model.model if model.model is not None else model.spec,
             STUDY_CLASSES,
             weights=model.weights,
             init=init,

@@ -60,7 +60,8 @@ class CompressionPart(Part[CompressionResult]):
         }
 
     def run(self, ctx: Context) -> CompressionResult:
-        from convsight.studies.compression import compress
+        from convsight.models import load_model
+        from convsight.studies.compression import CompressionRequest, compress
 
         runs, not_run = [], {}
         for network, (checkpoint, data) in self.networks(ctx).items():
@@ -72,16 +73,13 @@ class CompressionPart(Part[CompressionResult]):
                 continue
             out = ctx.out / "compression" / checkpoint.parent.name
             try:
-                result = compress(
-                    str(checkpoint),
-                    data,
-                    out,
-                    thresholds=ctx.plan.compression_thresholds,
+                request = CompressionRequest(
+                    data, out, thresholds=ctx.plan.compression_thresholds,
                     random_repeats=ctx.plan.compression_repeats,
-                    finetune_images=ctx.plan.compression_finetune_images,
-                    seed=ctx.seed,
+                    finetune_images=ctx.plan.compression_finetune_images, seed=ctx.seed,
                     show_progress=ctx.show_progress,
-                )
+                )  # fmt: skip
+                result = compress(load_model(str(checkpoint)), request).to_json()
             except ConvsightError as exc:
                 not_run[network] = str(exc)
                 continue

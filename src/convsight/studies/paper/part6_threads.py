@@ -87,22 +87,25 @@ class ThreadsPart(Part[ThreadsResult]):
         return ThreadsResult(invariances, projections, not_run)
 
     def _invariances(self, ctx, network, spec, weights, layer, size) -> InvarianceFigure:
-        from convsight.studies.invariances import write_invariances
+        from convsight.analysis.invariances import HessianScale
+        from convsight.models import load_model
+        from convsight.optvis.settings import settings_for
+        from convsight.runtime import seed_everything
+        from convsight.studies.invariances import InvariancesRequest, Unit, write_invariances
 
         out = ctx.out / "threads" / f"invariances-{layer}-{Path(str(spec)).stem}"
-        summary = write_invariances(
-            spec,
-            layer=layer,
-            channel=0,
-            weights=weights,
-            k=ctx.plan.threads_k,
-            softplus=ctx.plan.threads_softplus,
-            flags={"steps": ctx.plan.class_steps or 256, **({"size": size} if size else {})},
-            out=out,
-            seed=ctx.seed,
-            show_progress=ctx.show_progress,
-        )
-        summary.pop("written")
+        flags = {"steps": ctx.plan.class_steps or 256, **({"size": size} if size else {})}
+        request = InvariancesRequest(
+            Unit(layer, 0), settings_for("robust", "channel", **flags), frozenset(flags),
+            k=ctx.plan.threads_k, scale=HessianScale(softplus=ctx.plan.threads_softplus),
+            out=out, seed=ctx.seed, show_progress=ctx.show_progress, weights=weights,
+        )  # fmt: skip
+        if spec == "vgg16":
+            model = ctx.vgg16()
+        else:
+            seed_everything(ctx.seed)  # as the study seeds a model it loads
+            model = load_model(spec, weights)
+        summary = write_invariances(model, request).to_json()
         return InvarianceFigure(
             network,
             f"{layer} channel 0",
@@ -113,19 +116,13 @@ class ThreadsPart(Part[ThreadsResult]):
         )
 
     def _projections(self, ctx, layer: str) -> ProjectionFigure:
-        from convsight.studies.projections import write_projections
+        from convsight.studies.projections import ProjectionsRequest, write_projections
 
         out = ctx.out / "threads" / f"projections-{layer}"
-        summary = write_projections(
-            "vgg16",
-            layer,
-            ctx.inputs.photos,
-            out,
-            channels=list(range(ctx.plan.threads_channels)),
-            weights=ctx.inputs.vgg16_weights,
-            top_k=4,
-            seed=ctx.seed,
-            show_progress=ctx.show_progress,
-        )
+        request = ProjectionsRequest(
+            layer, ctx.inputs.photos, list(range(ctx.plan.threads_channels)), top_k=4, out=out,
+            seed=ctx.seed, show_progress=ctx.show_progress, weights=ctx.inputs.vgg16_weights,
+        )  # fmt: skip
+        summary = write_projections(ctx.vgg16(), request).to_json()
         figures = [ctx.rel(out / row["grid"]) for row in summary["channels"]]
         return ProjectionFigure("VGG16", layer, figures, summary)

@@ -13,11 +13,14 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from convsight.errors import ConvsightError
-from convsight.studies.paper.inputs import PaperInputs
+from convsight.studies.paper.inputs import PaperInputs, PaperModels
 from convsight.studies.paper.plan import Plan
+
+if TYPE_CHECKING:
+    from convsight.models import Model
 
 PRESETS = ("paper", "robust")  # the study's method beside what the field learned since
 
@@ -48,6 +51,8 @@ class ClassScoreModel:
     spec: str
     weights: str | os.PathLike | None = None
     fallback: bool = False
+    model: Model | None = field(default=None, compare=False, repr=False)
+    """The model itself, loaded once and shared by the parts."""
 
     @property
     def weights_name(self) -> str | None:
@@ -64,18 +69,28 @@ class ClassScoreModel:
 
 @dataclass
 class Context:
-    """What every part runs with: the output folder, the plan, the seed and the inputs."""
+    """What every part runs with: the output folder, the plan, the seed, the inputs and the
+    models the parts share (each loaded once)."""
 
     out: Path
     plan: Plan
     seed: int
     show_progress: bool
     inputs: PaperInputs
+    models: PaperModels = field(default_factory=PaperModels, repr=False)
     _class_model: ClassScoreModel | None = field(default=None, repr=False)
 
     def rel(self, path: Path) -> str:
         """``path`` as the report links it (relative to the output folder)."""
         return str(Path(path).relative_to(self.out))
+
+    def vgg16(self) -> Model:
+        """VGG16 with ``--vgg16-weights`` (none given: torchvision's), loaded once per run."""
+        from convsight.models import load_model
+
+        if self.models.vgg16 is None:
+            self.models.vgg16 = load_model("vgg16", self.inputs.vgg16_weights)
+        return self.models.vgg16
 
     def class_model(self) -> ClassScoreModel:
         """VGG16 if its ImageNet classifier loads, else ``--classifier``; found once per run
@@ -84,12 +99,15 @@ class Context:
 
         if self._class_model is None:
             try:
-                load_model("vgg16")
-                self._class_model = ClassScoreModel("vgg16")
+                shared = self.inputs.vgg16_weights is None  # then the same VGG16 as vgg16()
+                vgg16 = self.vgg16() if shared else load_model("vgg16")
+                self._class_model = ClassScoreModel("vgg16", model=vgg16)
             except ConvsightError:
-                load_model(self.inputs.classifier, self.inputs.classifier_weights)
                 weights = self.inputs.classifier_weights
-                self._class_model = ClassScoreModel(self.inputs.classifier, weights, True)
+                if self.models.classifier is None:
+                    self.models.classifier = load_model(self.inputs.classifier, weights)
+                model = self.models.classifier
+                self._class_model = ClassScoreModel(self.inputs.classifier, weights, True, model)
         return self._class_model
 
 

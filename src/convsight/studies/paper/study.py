@@ -53,12 +53,12 @@ def remake(
     """Run every part the inputs allow, in order; write ``out/index.html``, the figures and
     ``out/results.json``. ``plan`` overrides how much work each part does (default: ``QUICK``
     or ``FULL``)."""
-    inputs.check()
+    models = inputs.check()
     plan = plan or (QUICK if quick else FULL)
     out = prepare_out_dir(out)
     seed_everything(seed)
     start = time.perf_counter()
-    ctx = Context(out, plan, seed, show_progress, inputs)
+    ctx = Context(out, plan, seed, show_progress, inputs, models)
     outcomes = [part(ctx) for part in parts]
     run = PaperRun(quick, seed, plan, outcomes, time.perf_counter() - start)
     write_report(out, run)

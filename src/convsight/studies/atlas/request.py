@@ -1,0 +1,95 @@
+"""What :func:`~convsight.studies.atlas.build_atlas` is asked (:class:`AtlasRequest`) and what
+it returns (:class:`AtlasResult`, whose ``to_json()`` is ``atlas.json``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from convsight.studies.results import Result
+
+
+@dataclass(frozen=True)
+class Compression:
+    """The compression trials an atlas runs (``convsight compress`` on its model): labelled
+    data, fine-tuning images (0: none) and test images (None: all)."""
+
+    data: Path
+    finetune_images: int = 10000
+    test_images: int | None = None
+
+
+@dataclass(frozen=True)
+class AtlasRequest:
+    """One atlas: the layers (``["all"]``: every convolution, activation and pooling layer),
+    the channels of each (``"0-7"`` or a list; None: all), the dataset folder of the top
+    examples, the presets and their steps and size (None: each preset's), the channels
+    rendered together (``batch``), each channel's first invariance (a softplus beta; 0:
+    none), Ray (``local``, ``auto`` or ``HOST:PORT``; None: this process), the plan (None:
+    with ``all`` layers), the compression trials, the output folder and the seed; ``yes``
+    allows more than ``MAX_STEPS`` steps or a long plan. ``weights`` and ``model_spec`` say
+    where the model came from (recorded in the JSON files, not read)."""
+
+    layers: Sequence[str]
+    out: str | os.PathLike = "runs/atlas"
+    channels: str | Sequence[int] | None = None
+    dataset: str | os.PathLike | None = None
+    top_k: int = 9
+    presets: Sequence[str] = ("paper", "robust")
+    steps: int | None = None
+    size: int | None = None
+    batch: int = 16
+    invariances: float = 0.0
+    ray: str | None = None
+    plan: bool | None = None
+    compression: Compression | None = None
+    seed: int = 0
+    show_progress: bool = True
+    yes: bool = False
+    weights: str | os.PathLike | None = None
+    model_spec: str | None = None
+
+    @property
+    def planned(self) -> bool:
+        """Whether the plan is printed: as asked, else with ``all`` layers."""
+        if self.plan is not None:
+            return self.plan
+        return [name.lower() for name in self.layers] == ["all"]
+
+
+@dataclass(kw_only=True)
+class AtlasResult(Result):
+    """The atlas built: its model, one row per layer (channels, dead ones, redundancy, what
+    this run rendered), the presets and their settings, the dataset, the work (local or Ray)
+    and the plan; ``files``: ``atlas.json`` and ``index.html``."""
+
+    model: str
+    weights: str | None
+    layers: list[dict[str, Any]]
+    presets: list[str]
+    render_settings: dict[str, dict[str, Any]]
+    dataset: str | None
+    dataset_size: int
+    skipped_images: list[dict[str, str]]
+    top_k: int
+    seed: int
+    channels: int
+    rendered_this_run: int
+    seconds_this_run: float
+    seconds_per_channel: float | None
+    work: dict[str, Any]
+    plan: dict[str, Any] | None
+    compression: str | None
+    """``compression/compression.json`` when the trials ran (None: not asked for)."""
+
+    @property
+    def index(self) -> Path:
+        """The site's front page."""
+        return next(p for p in self.files if p.name == "index.html")
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``atlas.json`` holds."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "files"}
