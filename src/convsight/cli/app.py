@@ -29,8 +29,9 @@ app.add_typer(data_app, name="data")
 def model_for(
     model: str, weights: Path | None, fields: dict[str, Any], seed: int = 0
 ) -> str | Model:
-    """What a study takes as its model: the spec itself, or (card flags given) the model
-    loaded with them, seeded first as the study would seed it (an untrained network)."""
+    """What a study that loads its own model takes: the spec itself, or (card flags given)
+    the model loaded with them, seeded first as the study would seed it (an untrained
+    network). Studies that take a built model get it from :func:`loaded_model`."""
     if not fields:
         return model
     from convsight.models import load_model
@@ -38,3 +39,23 @@ def model_for(
 
     seed_everything(seed)
     return load_model(model, weights, card_fields=fields)
+
+
+def loaded_model(
+    model: str,
+    weights: Path | None,
+    fields: dict[str, Any] | None,
+    seed: int | None = None,
+    device: str | None = None,
+) -> Model:
+    """The model a command works on, loaded once with the card flags' ``fields``: seeded
+    first with ``seed`` when given (an untrained network's weights then follow it), and put
+    on ``device`` (resolved before anything is loaded) when given."""
+    from convsight.models import load_model
+    from convsight.runtime import resolve_device, seed_everything
+
+    dev = None if device is None else resolve_device(device)
+    if seed is not None:
+        seed_everything(seed)
+    loaded = load_model(model, weights, card_fields=fields or None)
+    return loaded if dev is None else loaded.to(dev)

@@ -37,11 +37,12 @@ from convsight.errors import ConvsightError
 from convsight.models import Model
 from convsight.optvis.model_hooks import check_model_hooks
 from convsight.optvis.render import RenderResult, render_channels, render_classes
+from convsight.optvis.settings import parse_setting, settings_for
 from convsight.report import prepare_out_dir, write_figure, write_json, write_npz
 from convsight.report.grids import image_grid
 from convsight.report.images import write_gif, write_image
 from convsight.runtime import seed_everything
-from convsight.studies.optvis import collect_settings, load_on_device
+from convsight.studies.optvis import load_on_device
 
 GIF_SIDE = 160  # GIF frames are enlarged (nearest neighbour) to at least this many pixels
 
@@ -261,7 +262,9 @@ def write_invariances(
         raise ConvsightError(f"--ascend must be 0 or more, not {ascend}")
     unit, scale = Unit(layer, channel, target), HessianScale(h, smooth, samples, softplus)
     unit.check(), scale.check(), check_frames(frames, angle)
-    settings, given = collect_settings(preset, flags or {}, extra, target=unit.kind)
+    given = dict(parse_setting(text) for text in extra)  # preset, then --set, then flags
+    given.update({k: v for k, v in (flags or {}).items() if v is not None})
+    settings = settings_for(preset, unit.kind, **given)
     seed_everything(seed)  # an untrained network's weights, too, come from the seed
     loaded = load_on_device(model, weights, device)
     f, index, name = unit.response(loaded, settings.size)

@@ -68,7 +68,8 @@ class ChannelsPart(Part[ChannelsResult]):
     def _render(
         self, ctx: Context, layer: str, position: str, preset: str, channels: list[int]
     ) -> ChannelRun:
-        from convsight.studies.optvis import maximize
+        from convsight.optvis.settings import settings_for
+        from convsight.studies.optvis import MaximizeRequest, load_on_device, maximize
 
         flags = (
             {"size": ctx.plan.paper_size}
@@ -76,17 +77,13 @@ class ChannelsPart(Part[ChannelsResult]):
             else {"steps": ctx.plan.robust_steps, "size": ctx.plan.robust_size}
         )
         folder = ctx.out / "part3" / f"{layer}-{preset}"
-        summary = maximize(
-            "vgg16",
-            layer,
-            channels,
-            weights=ctx.inputs.vgg16_weights,
-            preset=preset,
-            flags=flags,
-            out=folder,
-            seed=ctx.seed,
-            show_progress=ctx.show_progress,
+        weights = ctx.inputs.vgg16_weights
+        settings = settings_for(preset, **flags)
+        request = MaximizeRequest(
+            layer, channels, settings, seed=ctx.seed, weights=weights, chosen=frozenset(flags)
         )
+        model = load_on_device("vgg16", weights, "auto")
+        summary = maximize(model, request, folder, ctx.show_progress).to_json()
         return ChannelRun(
             layer=layer,
             position=position,
