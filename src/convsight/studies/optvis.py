@@ -20,7 +20,7 @@ import torch
 
 from convsight.errors import ConvsightError
 from convsight.layers import get_layer, output_shapes
-from convsight.models import Model
+from convsight.models import Model, load_model
 from convsight.optvis.budget import check_render, check_steps
 from convsight.optvis.channels import parse_channels
 from convsight.optvis.forward import probe_shapes
@@ -40,7 +40,7 @@ from convsight.report import (
 )
 from convsight.report.grids import image_grid
 from convsight.report.images import write_image
-from convsight.runtime import seed_everything
+from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.results import Result
 
 
@@ -196,6 +196,14 @@ class ClassvizResult(Result):
             "seconds": self.seconds,
             "torch_threads": self.torch_threads,
         }
+
+
+def load_on_device(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
+    """The model (a spec is loaded with ``weights``) on ``device``: for studies that load
+    the model they render themselves (the paper's parts)."""
+    dev = resolve_device(device)
+    loaded = model if isinstance(model, Model) else load_model(model, weights)
+    return loaded.to(dev)
 
 
 def _check_model_hooks(model: Model, settings: RenderSettings, given: frozenset[str]) -> None:
