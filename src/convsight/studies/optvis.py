@@ -137,7 +137,7 @@ class MaximizeResult(Result):
     seed: int
     device: str
     seconds: float
-    torch_threads: int
+    torch_threads: int = field(default_factory=torch.get_num_threads)
 
     @property
     def dead_channels(self) -> list[int]:
@@ -176,12 +176,13 @@ class ClassvizResult(Result):
     values: torch.Tensor
     dead: list[int]
     rows: list[dict[str, Any]]
-    start: torch.Tensor | None
+    start: torch.Tensor | None  # the start images of init="mean"
+    # how it ran
     settings: RenderSettings
     seed: int
     device: str
     seconds: float
-    torch_threads: int
+    torch_threads: int = field(default_factory=torch.get_num_threads)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -284,7 +285,6 @@ def maximize(
         seed=request.seed,
         device=str(model.device),
         seconds=time.perf_counter() - start,
-        torch_threads=torch.get_num_threads(),
     )
     result.files = _write_channels(out, result)
     return result
@@ -438,7 +438,6 @@ def classviz(
         seed=request.seed,
         device=str(model.device),
         seconds=seconds,
-        torch_threads=torch.get_num_threads(),
     )
     result.files = _write_class_models(out, result)
     return result
