@@ -15,7 +15,7 @@ from torch import nn
 from convsight.attribution import GradCAM, ScoreCAM, cam_layer, default_cam_layer
 from convsight.errors import ConvsightError
 from convsight.models import Model, load_model
-from convsight.studies.saliency import write_saliency
+from convsight.studies.saliency import SaliencyRequest, write_saliency
 
 
 def _torchvision(name: str, size: int = 224, **kwargs) -> Model:
@@ -134,9 +134,8 @@ def test_saliency_json_records_the_layer_and_why(shared, tmp_path):
     cases = ((None, "layer4", "default: the last stage"), ("layer3", "layer3", "given"))
     for given, layer, reason in cases:
         out = tmp_path / str(given)
-        write_saliency(
-            model, [photo], methods=["gradcam"], layer=given, out=out, show_progress=False
-        )
+        request = SaliencyRequest([photo], methods=["gradcam"], layer=given)
+        write_saliency(model, request, out=out, show_progress=False)
         entry = json.loads((out / "saliency.json").read_text())["methods"]["gradcam"]
         assert entry["options"]["layer"] == layer
         assert entry["run"]["layer"] == layer and entry["run"]["layer_reason"].startswith(reason)

@@ -26,7 +26,7 @@ from convsight.models import ModelCard, load_model
 from convsight.report import OUT_MARKER, write_checkpoint, write_json
 from convsight.report import files as report_files
 from convsight.studies.atlas import LOCK_FILE, AtlasRequest, build_atlas
-from convsight.studies.saliency import write_saliency
+from convsight.studies.saliency import SaliencyRequest, write_saliency
 from tests.cli.test_inputs import assert_one_line_error
 
 runner = CliRunner()
@@ -155,7 +155,7 @@ def test_exif_orientation_is_applied_and_recorded(tiny, tmp_path):
     assert exif_orientation(photo) == 6
     assert np.array_equal(np.asarray(load_image(photo)), upright)
     out = tmp_path / "out"
-    write_saliency(tiny, [photo], methods=["saliency"], out=out, show_progress=False)
+    write_saliency(tiny, SaliencyRequest([photo], methods=["saliency"]), out, False)
     summary = json.loads((out / "saliency.json").read_text())
     assert summary["exif_orientation"] == [6]
     with np.load(out / "saliency.npz") as arrays:

@@ -63,6 +63,15 @@ def test_render_flags_keep_only_what_was_given():
     assert one_of(["a"]) == "a" and one_of(["a", "b", "c"]) == "a, b or c"
 
 
+def test_render_flags_say_the_settings_and_what_the_user_chose():
+    flags = render_flags(preset="paper", steps=4, set_=["jitter=2", "steps=9"])
+    settings, chosen = flags.settings()
+    assert (settings.preset, settings.steps, settings.jitter, settings.l1) == ("paper", 4, 2, 0.1)
+    assert chosen == {"steps", "jitter"}  # a flag wins over --set of the same setting
+    settings, chosen = render_flags(preset="robust").settings("class")
+    assert settings.class_objective == "cossim" and chosen == frozenset()
+
+
 def test_saliency_and_evaluate_share_the_method_flags():
     for flag in ("--methods", "--layer", "--batch-size", "--engine"):
         assert option("saliency", flag).help == option("evaluate", flag).help

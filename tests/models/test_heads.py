@@ -30,8 +30,9 @@ from convsight.cli import app
 from convsight.data import load_image_tensor
 from convsight.layers import capture, layer_names
 from convsight.models import CardWarning, Model, load_model
-from convsight.studies.optvis import classviz
-from convsight.studies.saliency import write_saliency
+from convsight.optvis.settings import settings_for
+from convsight.studies.optvis import ClassvizRequest, classviz
+from convsight.studies.saliency import SaliencyRequest, write_saliency
 
 os.environ.setdefault("KERAS_BACKEND", "torch")  # before Keras is imported, as the loader does
 
@@ -144,7 +145,8 @@ def test_python_softmax_heads_are_cut(kind, image, tmp_path):
         torch.testing.assert_close(cut, scores(module, x))  # the scores before softmax
     torch.testing.assert_close(cut.softmax(1), own, rtol=0, atol=1e-4)
 
-    write_saliency(model, [image], methods=["saliency"], out=tmp_path, show_progress=False)
+    request = SaliencyRequest([image], methods=["saliency"])
+    write_saliency(model, request, out=tmp_path, show_progress=False)
     check_saliency(tmp_path, pixels, own, lambda p: scores(module, model.normalize(p)))
     assert json.loads((tmp_path / "saliency.json").read_text())["head"] == head
 
@@ -176,7 +178,8 @@ def test_plain_logits_model_is_untouched(image, tmp_path):
     pixels = load_image_tensor(image, model.card)
     with torch.no_grad():
         own = module(pixels).softmax(1)
-    write_saliency(model, [image], methods=["saliency"], out=tmp_path, show_progress=False)
+    request = SaliencyRequest([image], methods=["saliency"])
+    write_saliency(model, request, out=tmp_path, show_progress=False)
     check_saliency(tmp_path, pixels, own, module)
     assert json.loads((tmp_path / "saliency.json").read_text())["head"] == "logits"
 
@@ -184,8 +187,9 @@ def test_plain_logits_model_is_untouched(image, tmp_path):
 def test_classviz_maximizes_the_score_before_softmax(tmp_path):
     module = sequential()
     model = Model.from_module(module, input_size=SIZE, labels=list("abcde"))
-    flags = {"steps": 3, "size": SIZE, "class_objective": "logit"}
-    summary = classviz(model, [2, 4], flags=flags, out=tmp_path, show_progress=False)
+    settings = settings_for("robust", "class", steps=3, size=SIZE, class_objective="logit")
+    request = ClassvizRequest([2, 4], settings)
+    summary = classviz(model, request, out=tmp_path, show_progress=False).to_json()
     assert summary["head"] == "softmax cut" and summary["objective"].startswith("logit(")
     images = torch.from_numpy(np.load(tmp_path / "images.npz")["images"])
     with torch.no_grad():

@@ -42,10 +42,17 @@ from convsight.attribution import METHODS  # noqa: E402
 from convsight.errors import ConvsightError  # noqa: E402
 from convsight.layers import describe_layers  # noqa: E402
 from convsight.models import Model, load_model  # noqa: E402
+from convsight.optvis.settings import settings_for  # noqa: E402
 from convsight.studies.atlas import build_atlas  # noqa: E402
-from convsight.studies.attribution import write_evaluation, write_saliency  # noqa: E402
-from convsight.studies.mnist import write_activations  # noqa: E402
-from convsight.studies.optvis import classviz, maximize  # noqa: E402
+from convsight.studies.evaluation import EvaluationRequest, write_evaluation  # noqa: E402
+from convsight.studies.mnist import ActivationsRequest, write_activations  # noqa: E402
+from convsight.studies.optvis import (  # noqa: E402
+    ClassvizRequest,
+    MaximizeRequest,
+    classviz,
+    maximize,
+)
+from convsight.studies.saliency import SaliencyRequest, write_saliency  # noqa: E402
 from tests.attribution.test_matrix import TutorialCNN  # noqa: E402
 from tests.conftest import TinyNet, hook_count  # noqa: E402
 
@@ -396,17 +403,19 @@ def run_task(task: str, case: Case, model: Model, folder: Path, out: Path) -> No
         assert shapes[layer] is not None and len(shapes[layer]) == 3
         assert sum(row.type == "Conv2d" for row in rows) >= 1
     elif task == "activations":
-        write_activations(model, image=images[0], layers=[layer], out=out)
+        write_activations(model, ActivationsRequest(image=images[0], layers=[layer]), out)
         summary = json.loads((out / "activations.json").read_text())
         assert summary["layers"][0]["layer"] == layer
         _finite_npz(out / "activations.npz")
     elif task == "maximize":
-        summary = maximize(model, layer, [0, 1], flags={"steps": 2}, out=out, show_progress=False)
+        request = MaximizeRequest(layer, [0, 1], settings_for(steps=2))
+        summary = maximize(model, request, out=out, show_progress=False).to_json()
         assert [row["name"] for row in summary["channels"]] == ["0", "1"]
         images_npz = _finite_npz(out / "images.npz")["images"]
         assert images_npz.shape == (2, model.card.channels, h, w)
     elif task == "classviz":
-        classviz(model, [0, 1], flags={"steps": 2}, out=out, show_progress=False)
+        request = ClassvizRequest([0, 1], settings_for("robust", "class", steps=2))
+        classviz(model, request, out=out, show_progress=False)
         _finite_npz(out / "images.npz")
         _finite_json(json.loads((out / "summary.json").read_text()))
     elif task in ("attribution", "rectifier"):
@@ -414,16 +423,14 @@ def run_task(task: str, case: Case, model: Model, folder: Path, out: Path) -> No
         methods = [m for m in METHODS if (m in RECTIFIER_METHODS) == rectifier]
         if case.methods is not None and not rectifier:
             methods = [m for m in methods if m in case.methods]
-        write_saliency(
-            model,
+        request = SaliencyRequest(
             images[:1],
             methods=methods,
             layer=None if rectifier else layer,  # a layer is for the CAMs only
             ig_steps=4,
             smoothgrad_samples=2,
-            out=out,
-            show_progress=False,
         )
+        write_saliency(model, request, out=out, show_progress=False)
         maps = _finite_npz(out / "saliency.npz")
         summary = json.loads((out / "saliency.json").read_text())
         for method in methods:
@@ -432,16 +439,14 @@ def run_task(task: str, case: Case, model: Model, folder: Path, out: Path) -> No
         if model.card.labels == LABELS:  # the user's labels, not class numbers
             assert summary["targets"][0]["label"] in LABELS, summary["targets"]
     elif task == "evaluate":
-        write_evaluation(
-            model,
+        request = EvaluationRequest(
             folder,
             methods=["saliency", "gradcam"],
             metrics=("deletion",),
             layer=layer,
             step=max(h * w // 8, 1),
-            out=out,
-            show_progress=False,
         )
+        write_evaluation(model, request, out=out, show_progress=False)
         result = json.loads((out / "evaluation.json").read_text())
         _finite_json(result)
         assert "deletion" in json.dumps(result)

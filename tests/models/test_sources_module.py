@@ -14,7 +14,7 @@ from torch import nn
 from convsight.data import load_image_tensor
 from convsight.errors import ConvsightError
 from convsight.models import CardWarning, Model, ModelCard
-from convsight.studies.mnist import write_activations
+from convsight.studies.mnist import ActivationsRequest, write_activations
 from tests.conftest import TinyNet
 
 
@@ -141,7 +141,7 @@ def test_write_activations_takes_a_model(tmp_path):
     model = Model.from_module(FixedNet(), input_size=(20, 24), channels=1, mean=0.5, std=0.5)
     image = tmp_path / "grey.png"
     Image.new("L", (24, 20), 128).save(image)
-    written = write_activations(model, image=image, out=tmp_path / "act")
+    written = write_activations(model, ActivationsRequest(image=image), tmp_path / "act").files
     summary = json.loads((tmp_path / "act" / "activations.json").read_text())
     assert summary["model"] == "FixedNet" and summary["layers"][0]["layer"] == "features.0"
     assert summary["layers"][0]["shape"] == [4, 20, 24]

@@ -23,7 +23,7 @@ from convsight.optvis.recipes import build, class_objective
 from convsight.optvis.render import render_channels, render_classes
 from convsight.optvis.settings import CLASS_OBJECTIVES, settings_for
 from convsight.optvis.transforms import CenterCrop
-from convsight.studies.optvis import maximize
+from convsight.studies.optvis import MaximizeRequest, maximize
 
 runner = CliRunner()
 
@@ -141,7 +141,8 @@ def test_another_size_is_refused_where_the_head_needs_the_models_own(net, tmp_pa
     assert result.images.shape[-2:] == (32, 32)  # a conv channel takes any size
     head = "7" if isinstance(net.module, nn.Sequential) else "fc"
     with pytest.raises(ConvsightError, match="takes only"):  # the head's channels do not
-        maximize(net, head, [0], flags={"size": 32}, out=tmp_path / "max", show_progress=False)
+        request = MaximizeRequest(head, [0], settings_for(size=32))
+        maximize(net, request, out=tmp_path / "max", show_progress=False)
     assert not (tmp_path / "max").exists()
 
 

@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 from convsight.cli import app
 from convsight.errors import ConvsightError
 from convsight.models import Model, ModelCard, build_seed
+from convsight.optvis.settings import settings_for
 from convsight.report import OUT_MARKER, write_checkpoint
 from convsight.studies.atlas import AtlasRequest, build_atlas
-from convsight.studies.attribution import write_saliency
 from convsight.studies.five_class import make_subset
-from convsight.studies.optvis import classviz
+from convsight.studies.optvis import ClassvizRequest, classviz
+from convsight.studies.saliency import SaliencyRequest, write_saliency
 
 runner = CliRunner()
 
@@ -52,7 +53,8 @@ def test_classviz_hostile_label_python_api(tmp_path):
     card.labels[3] = label
     out = tmp_path / "a" / "b" / "out"
     before = {p for p in tmp_path.rglob("*")}
-    result = classviz(Model(module, card), [3], flags={"steps": 2}, out=out, show_progress=False)
+    request = ClassvizRequest([3], settings_for("robust", "class", steps=2))
+    result = classviz(Model(module, card), request, out=out, show_progress=False).to_json()
     only_out_was_written(tmp_path, out, before)
     assert not (tmp_path / "ESCAPED.png").exists()
     files = [p.name for p in out.glob("class_*.png")]
@@ -149,7 +151,7 @@ def test_saliency_same_names_from_two_folders_and_odd_names(tiny, tmp_path):
         images.append(path)
     out = tmp_path / "out"
     before = {p for p in tmp_path.rglob("*")}
-    write_saliency(tiny, images, methods=["saliency"], out=out, show_progress=False)
+    write_saliency(tiny, SaliencyRequest(images, methods=["saliency"]), out, False)
     only_out_was_written(tmp_path, out, before)
     summary = strict(out / "saliency.json")
     panels = summary["panels"]
@@ -159,9 +161,8 @@ def test_saliency_same_names_from_two_folders_and_odd_names(tiny, tmp_path):
     assert len(set(files)) == 3 and all((out / f).is_file() for f in files)
     assert "/" not in files[2] and "\n" not in files[2] and "<" not in files[2]
     # the same list gives the same names (deterministic)
-    again = write_saliency(
-        tiny, images, methods=["saliency"], out=tmp_path / "o2", show_progress=False
-    )
+    request = SaliencyRequest(images, methods=["saliency"])
+    again = write_saliency(tiny, request, out=tmp_path / "o2", show_progress=False).files
     assert {p.name for p in again} == {p.name for p in out.iterdir()} - {OUT_MARKER}
 
 

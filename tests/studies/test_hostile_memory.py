@@ -24,7 +24,7 @@ from convsight.data.images import ImageStream, load_readable_images
 from convsight.errors import ConvsightError
 from convsight.metrics import deletion
 from convsight.models import Model
-from convsight.studies.evaluation import evaluate_methods, write_evaluation
+from convsight.studies.evaluation import EvaluationRequest, evaluate_methods, write_evaluation
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 CHUNK = 8  # images write_evaluation decodes and evaluates at a time
@@ -102,11 +102,11 @@ def test_evaluate_never_holds_the_folder_at_once(tiny8, tmp_path, monkeypatch):
     load = images_module.load_image
     monkeypatch.setattr(images_module, "load_image", lambda p: (decoded.append(p), load(p))[1])
     with batch_sizes(tiny8, lambda: len(decoded)) as seen:
-        write_evaluation(
-            tiny8, folder, methods=["saliency"], metrics=["deletion", "insertion", "sanity"],
-            step=256, sanity_images=3, sanity_stages=2, out=tmp_path / "out",
-            show_progress=False,
+        request = EvaluationRequest(
+            folder, methods=["saliency"], metrics=["deletion", "insertion", "sanity"],
+            step=256, sanity_images=3, sanity_stages=2,
         )  # fmt: skip
+        write_evaluation(tiny8, request, out=tmp_path / "out", show_progress=False)
     rows = [r for r, _ in seen]
     assert len(decoded) == 42
     assert max(rows) <= max(CHUNK, CURVE_BATCH), sorted(set(rows))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from convsight.cli import analysis, attribute, models, paper, training, visualize  # noqa: F401 - register
-from convsight.cli.app import app, model_for
+from convsight.cli.app import app, loaded_model
 from convsight.cli.errors import command, say, usage_sentence
 from convsight.cli.options import card_fields, split_list
 
@@ -25,7 +25,7 @@ __all__ = [
     "card_fields",
     "command",
     "main",
-    "model_for",
+    "loaded_model",
     "say",
     "split_list",
     "usage_sentence",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from convsight.cli.app import app, model_for
+from convsight.cli.app import app, loaded_model
 from convsight.cli.errors import command, out_console, say
 from convsight.cli.options import (
     ModelArg,
@@ -105,15 +105,14 @@ def invariances_cmd(
     along which the response falls least (invariances) and most (selective), from the Hessian."""
     from convsight.analysis.invariances import HessianScale
     from convsight.studies.invariances import InvariancesRequest, Unit, write_invariances
-    from convsight.studies.optvis import collect_settings
 
     unit = Unit(layer, channel, target)
-    settings, given = collect_settings(render.preset, render.flags, render.extra, unit.kind)
+    settings, given = render.settings(unit.kind)
     request = InvariancesRequest(
         unit, settings, frozenset(given), k=k, scale=HessianScale(h, smooth, samples, softplus),
         ascend=ascend, frames=frames, angle=angle, weights=weights, **run.arguments(),
     )  # fmt: skip
-    result = write_invariances(model_for(model, weights, card_fields, run.seed), request)
+    result = write_invariances(loaded_model(model, weights, card_fields, run.seed), request)
     _print_invariances(result.found, run.out)
 
 
@@ -148,7 +147,7 @@ def projections_cmd(
     request = ProjectionsRequest(
         layer, dataset, channels, top_k=top_k, weights=weights, **run.arguments()
     )
-    result = write_projections(model_for(model, weights, card_fields, run.seed), request)
+    result = write_projections(loaded_model(model, weights, card_fields, run.seed), request)
     out_console.print(
         f"{len(result.channels)} channels of {layer}, top {top_k} of "
         f"{result.dataset_size} images, in {result.seconds:.1f} s; outputs in {run.out}"
@@ -198,7 +197,7 @@ def compress_cmd(
         finetune_images=finetune_images, test_images=test_images, lr=lr, batch_size=batch_size,
         **run.arguments(),
     )  # fmt: skip
-    result = compress(model_for(model, weights, card_fields, run.seed), request)
+    result = compress(loaded_model(model, weights, card_fields, run.seed), request)
     out_console.print(
         f"{len(result.trials)} removals of {result.model} scored on {result.data} "
         f"(all filters: {result.baseline_accuracy:.4f}) in {result.seconds:.1f} s; "

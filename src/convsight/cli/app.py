@@ -26,13 +26,21 @@ data_app = typer.Typer(help="Build datasets: reproducible train/test subsets of 
 app.add_typer(data_app, name="data")
 
 
-def model_for(
-    model: str, weights: Path | None, fields: dict[str, Any] | None, seed: int = 0
+def loaded_model(
+    model: str,
+    weights: Path | None,
+    fields: dict[str, Any] | None,
+    seed: int | None = None,
+    device: str | None = None,
 ) -> Model:
-    """The model a study takes, loaded once (with the card flags given), seeded first as the
-    study would seed it (an untrained network's weights come from the seed)."""
+    """The model a command works on, loaded once with the card flags' ``fields``: seeded
+    first with ``seed`` when given (an untrained network's weights then follow it), and put
+    on ``device`` (resolved before anything is loaded) when given."""
     from convsight.models import load_model
-    from convsight.runtime import seed_everything
+    from convsight.runtime import resolve_device, seed_everything
 
-    seed_everything(seed)
-    return load_model(model, weights, card_fields=fields or None)
+    dev = None if device is None else resolve_device(device)
+    if seed is not None:
+        seed_everything(seed)
+    loaded = load_model(model, weights, card_fields=fields or None)
+    return loaded if dev is None else loaded.to(dev)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from convsight.cli.app import app, model_for
+from convsight.cli.app import app, loaded_model
 from convsight.cli.errors import command, out_console, say
 from convsight.cli.options import (
     MetricsOpt,
@@ -46,19 +46,22 @@ def saliency_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """A panel per image: the image, then each method's map as a heat map over it."""
-    from convsight.studies.attribution import write_saliency
+    from convsight.studies.saliency import SaliencyRequest, write_saliency
 
-    written = write_saliency(
-        model=model_for(model, weights, card_fields, run.seed),
+    request = SaliencyRequest(
         images=image,
-        weights=weights,
+        targets=split_list(target),
         **attribution,
-        target=split_list(target),
         ig_steps=ig_steps,
         smoothgrad_samples=smoothgrad_samples,
-        **run.arguments(),
+        seed=run.seed,
+        model_name=None if card_fields else model,
+        weights=weights,
     )
-    for path in written:
+    loaded = loaded_model(model, weights, card_fields, run.seed)
+    shown = not run.quiet
+    result = write_saliency(loaded, request, out=run.out, show_progress=shown, seeded=True)
+    for path in result.files:
         out_console.print(f"wrote {path}")
 
 
@@ -81,27 +84,26 @@ def evaluate_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Deletion / insertion AUC and the randomization check: evaluation.json and plots."""
-    from convsight.studies.attribution import write_evaluation
+    from convsight.studies.evaluation import EvaluationRequest, write_evaluation
 
-    written = write_evaluation(
-        model=model_for(model, weights, card_fields, run.seed),
+    request = EvaluationRequest(
         images=images,
-        weights=weights,
         **attribution,
         metrics=split_list(metrics),
         step=step,
         limit=limit,
         sanity_images=sanity_images,
         sanity_stages=sanity_stages,
-        **run.arguments(),
+        seed=run.seed,
+        model_name=None if card_fields else model,
+        weights=weights,
     )
+    loaded = loaded_model(model, weights, card_fields, run.seed)
+    result = write_evaluation(loaded, request, out=run.out, show_progress=not run.quiet)
     table = Table("method", "deletion AUC", "insertion AUC", "sanity (fully randomized)")
-    import json
-
-    summary = json.loads(written[0].read_text())
-    for item in summary["skipped_images"]:
+    for item in result.skipped:
         say("skipped:", "yellow", f"{item['path']}: {item['reason']}")
-    for row in summary["table"]:
+    for row in result.table:
         table.add_row(
             row["method"],
             str(row.get("deletion_auc", "-")),
@@ -109,5 +111,5 @@ def evaluate_cmd(
             str(row.get("sanity_spearman_fully_randomized", "-")),
         )
     out_console.print(table)
-    for path in written:
+    for path in result.files:
         out_console.print(f"wrote {path}")

@@ -20,7 +20,14 @@ import typer
 
 from convsight.attribution import METHODS
 from convsight.optvis.settings import OPTIMIZERS as RENDER_OPTIMIZERS
-from convsight.optvis.settings import PARAMS, PRECISIONS, PRESETS
+from convsight.optvis.settings import (
+    PARAMS,
+    PRECISIONS,
+    PRESETS,
+    RenderSettings,
+    parse_setting,
+    settings_for,
+)
 from convsight.runtime import MAX_SEED
 from convsight.studies.attribution import DEFAULT_METHODS, ENGINES, METRICS
 
@@ -255,8 +262,23 @@ class RenderFlags:
     extra: list[str] = field(default_factory=list)
 
     def arguments(self) -> dict[str, Any]:
-        """As the keyword arguments of ``maximize`` / ``classviz``."""
+        """As keyword arguments: ``preset``, ``flags``, ``extra`` (the ``--set`` pairs)."""
         return {"preset": self.preset, "flags": self.flags, "extra": self.extra}
+
+    def settings(self, target: str = "channel") -> tuple[RenderSettings, frozenset[str]]:
+        """The render settings they say for ``target`` (channel or class) and the names of
+        the settings the user chose (see :func:`collect_settings`)."""
+        return collect_settings(self.preset, self.flags, self.extra, target)
+
+
+def collect_settings(
+    preset: str, flags: dict[str, Any], extra: Sequence[str], target: str = "channel"
+) -> tuple[RenderSettings, frozenset[str]]:
+    """Preset defaults, then ``--set`` pairs, then the dedicated flags given; and the names of
+    the settings the user gave."""
+    overrides = dict(parse_setting(text) for text in extra)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return settings_for(preset, target, **overrides), frozenset(overrides)
 
 
 def render_flags(

@@ -154,7 +154,9 @@ def demo_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Train the MNIST CNN briefly and show its conv outputs for a 7."""
-    from convsight.studies.mnist import train_mnist, write_activations
+    from convsight.models import load_model
+    from convsight.runtime import seed_everything
+    from convsight.studies.mnist import ActivationsRequest, train_mnist, write_activations
 
     start = time.perf_counter()
     mnist = run.out / "mnist"
@@ -165,12 +167,12 @@ def demo_cmd(
         data_dir=data_dir,
         **(run.arguments() | {"out": mnist}),
     )
+    seed_everything(run.seed)
     written = write_activations(
-        model=str(mnist / "model.pt"),
-        data_dir=data_dir,
+        load_model(str(mnist / "model.pt")),
+        ActivationsRequest(data_dir=data_dir, seed=run.seed),
         out=run.out / "activations",
-        seed=run.seed,
-    )
+    ).files
     acc = result["history"][-1]["test_accuracy"]
     out_console.print(
         f"MNIST CNN (stride {stride}): test accuracy {acc:.4f} after {epochs} epoch(s) "

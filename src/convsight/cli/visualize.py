@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from convsight.cli.app import app, model_for
+from convsight.cli.app import app, loaded_model
 from convsight.cli.errors import command, out_console, say
 from convsight.cli.options import (
     DataDirOpt,
@@ -21,6 +21,9 @@ from convsight.cli.options import (
     run_options,
     split_list,
 )
+
+if TYPE_CHECKING:
+    from convsight.models import Model
 
 
 @app.command("activations")
@@ -43,19 +46,20 @@ def activations_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Write each chosen layer's output for one input as a channel grid, plus the arrays."""
-    from convsight.studies.mnist import write_activations
+    from convsight.studies.mnist import ActivationsRequest, write_activations
 
-    written = write_activations(
-        model=model_for(model, weights, card_fields, run.seed),
-        weights=weights,
+    request = ActivationsRequest(
         image=image,
         mnist_index=mnist_index,
         layers=split_list(layers),
         max_channels=max_channels,
         data_dir=data_dir,
-        **run.arguments(),
+        seed=run.seed,
+        weights=weights,
     )
-    for path in written:
+    loaded = loaded_model(model, weights, card_fields, run.seed)
+    result = write_activations(loaded, request, out=run.out)
+    for path in result.files:
         out_console.print(f"wrote {path}")
 
 
@@ -147,7 +151,7 @@ def atlas_cmd(
         invariances=invariances, ray=ray, plan=plan, compression=trials, yes=yes,
         weights=weights, model_spec=None if card_fields else model, **run.arguments(),
     )  # fmt: skip
-    result = build_atlas(model_for(model, weights, card_fields, run.seed), request)
+    result = build_atlas(loaded_model(model, weights, card_fields, run.seed), request)
     out_console.print(
         f"{result.channels} channels ({result.rendered_this_run} rendered now) "
         f"in {result.seconds_this_run:.0f} s; open {run.out / 'index.html'}"
@@ -184,23 +188,39 @@ def maximize_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Render the input each channel of a layer wants most (one batch row per channel)."""
-    from convsight.studies.optvis import maximize
+    from convsight.studies.optvis import MaximizeRequest, maximize
 
-    summary = maximize(
-        model=model_for(model, weights, card_fields, run.seed),
-        layer=layer,
-        channels=channels,  # read against the layer's channel count, before any work
-        weights=weights,
+    settings, chosen = render.settings()
+    request = MaximizeRequest(
+        layer,
+        channels,  # read against the layer's channel count, before any work
+        settings,
+        seed=run.seed,
         yes=yes,
-        **render.arguments(),
-        **run.arguments(),
+        weights=weights,
+        chosen=chosen,
     )
-    dead = summary["dead_channels"]
+    result = maximize(_render_model(model, weights, card_fields, run), request, **_shown(run))
+    dead = result.dead_channels
     out_console.print(
-        f"{len(summary['channels'])} channels of {layer} in {summary['seconds']:.1f} s"
+        f"{len(result.channels)} channels of {layer} in {result.seconds:.1f} s"
         + (f"; dead: {', '.join(map(str, dead))}" if dead else "")
         + f"; outputs in {run.out}"
     )
+
+
+def _render_model(
+    model: str, weights: Path | None, card_fields: dict[str, Any] | None, run: RunFlags
+) -> Model:
+    """The model on ``--device``; seeded first only when card flags build it (the render
+    seeds itself)."""
+    seed = run.seed if card_fields else None
+    return loaded_model(model, weights, card_fields, seed, run.device or "auto")
+
+
+def _shown(run: RunFlags) -> dict[str, Any]:
+    """``out`` and ``show_progress`` of a study."""
+    return {"out": run.out, "show_progress": not run.quiet}
 
 
 @app.command("classviz")
@@ -226,21 +246,23 @@ def classviz_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Render the input each class wants most (its score before softmax), one row per class."""
-    from convsight.studies.optvis import classviz
+    from convsight.studies.optvis import ClassvizRequest, classviz
 
-    summary = classviz(
-        model=model_for(model, weights, card_fields, run.seed),
-        classes=split_list(classes),
-        weights=weights,
+    settings, chosen = render.settings("class")
+    request = ClassvizRequest(
+        split_list(classes),
+        settings,
         init=init,
         dataset=dataset,
         data_dir=data_dir,
+        seed=run.seed,
         yes=yes,
-        **render.arguments(),
-        **run.arguments(),
+        weights=weights,
+        chosen=chosen,
     )
-    for row in summary["classes"]:
+    result = classviz(_render_model(model, weights, card_fields, run), request, **_shown(run))
+    for row in result.rows:
         out_console.print(
             f"{row['name']}: score {row['objective']:.3g}, p={row['probability']:.2f}"
         )
-    out_console.print(f"{summary['seconds']:.1f} s; outputs in {run.out}")
+    out_console.print(f"{result.seconds:.1f} s; outputs in {run.out}")

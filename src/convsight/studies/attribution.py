@@ -2,7 +2,8 @@
 options the command line gives each (read from what each method declares).
 
 The jobs themselves are :func:`convsight.studies.saliency.write_saliency` and
-:func:`convsight.studies.evaluation.write_evaluation` (also importable from here).
+:func:`convsight.studies.evaluation.write_evaluation` (also importable from here, with their
+requests and results).
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ METRICS = ("deletion", "insertion", "sanity")
 ENGINES = ("auto", "eager", "frozen")
 _JOBS = {
     "write_saliency": "saliency",
+    "SaliencyRequest": "saliency",
+    "SaliencyResult": "saliency",
     "panel_names": "saliency",
     "evaluate_methods": "evaluation",
     "write_evaluation": "evaluation",
+    "EvaluationRequest": "evaluation",
+    "EvaluationResult": "evaluation",
     "image_files": "evaluation",
 }
 

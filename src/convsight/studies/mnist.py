@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from convsight.activations import activations
 from convsight.data import exif_orientation, load_image_tensor, load_mnist, mnist_loaders
 from convsight.errors import ConvsightError
 from convsight.layers import check_map_layers, conv_layer_names
-from convsight.models import Model, build_seed, load_model
+from convsight.models import Model, build_seed
 from convsight.report import (
     channel_grid,
     out_dir_kept_if_written,
@@ -29,6 +30,7 @@ from convsight.report import (
 from convsight.report.grids import image_grid
 from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.numbers import STUDY
+from convsight.studies.results import Result
 from convsight.train import check_lr, fit
 
 
@@ -145,57 +147,90 @@ def _write_channel_grid(out: Path, model_name: str, name: str, fmap, max_channel
     return write_figure(out_file(out, f"{name}.png"), grid)  # a safe file name
 
 
-def write_activations(
-    model: str | Model,
-    weights: str | os.PathLike | None = None,
-    image: str | os.PathLike | None = None,
-    mnist_index: int | None = None,
-    layers: Sequence[str] = (),
-    max_channels: int = 64,
-    data_dir: str | os.PathLike | None = None,
-    out: Path = Path("runs/activations"),
-    seed: int = 0,
-) -> list[Path]:
-    """One channel-grid PNG per layer, ``activations.npz`` and ``activations.json``.
+@dataclass(frozen=True)
+class ActivationsRequest:
+    """What :func:`write_activations` shows: ``layers`` (default: every conv) for one input,
+    ``image`` (a file) or MNIST test image ``mnist_index`` (read from ``data_dir``; for
+    1x28x28 models without either, the first 7), at most ``max_channels`` channels a grid.
+    ``weights`` is only recorded."""
 
-    ``model``: a spec for :func:`load_model` (with ``weights``) or a loaded :class:`Model`.
-    Input: ``image``, or MNIST test image ``mnist_index``, or (for 1x28x28 models) the first 7.
-    Every input is checked before anything is computed or written.
-    """
-    seed_everything(seed)
-    loaded = model if isinstance(model, Model) else load_model(model, weights)
-    card = loaded.card
-    names = list(layers) or conv_layer_names(loaded.module)
+    image: str | os.PathLike | None = None
+    mnist_index: int | None = None
+    layers: Sequence[str] = ()
+    max_channels: int = 64
+    data_dir: str | os.PathLike | None = None
+    seed: int = 0  # only recorded
+    weights: str | os.PathLike | None = None
+
+
+@dataclass(kw_only=True)
+class ActivationsResult(Result):
+    """The input (1 x C x H x W, pixel space), each layer's output for it (by layer name,
+    1 x C x H x W), where the input came from, the model's top class and each layer's shape
+    and dead channels: what ``activations.json`` / ``.npz`` and the grids hold."""
+
+    model: str
+    weights: str | None
+    input: str
+    pixels: torch.Tensor
+    maps: dict[str, torch.Tensor]
+    prediction: dict[str, Any] | None
+    layers: list[dict[str, Any]]
+    max_channels: int
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "weights": self.weights,
+            "input": self.input,
+            "prediction": self.prediction,
+            "layers": self.layers,
+            "settings": {"max_channels": self.max_channels, "seed": self.seed},
+        }
+
+
+def write_activations(
+    model: Model, request: ActivationsRequest, out: str | os.PathLike = "runs/activations"
+) -> ActivationsResult:
+    """One channel-grid PNG per layer, ``activations.npz`` and ``activations.json``
+    (``result.to_json()``). Every input is checked before anything is computed or written.
+    Nothing here is random: ``request.seed`` is recorded (the seed an untrained network was
+    built with)."""
+    card = model.card
+    names = list(request.layers) or conv_layer_names(model.module)
     if not names:
         raise ConvsightError(f"model '{card.name}' has no conv layers; pass --layers")
-    check_map_layers(loaded.module, names, loaded.example_input())
-    pixels, source = _activation_input(card, image, mnist_index, data_dir)
-    maps = activations(loaded, pixels, names)
+    check_map_layers(model.module, names, model.example_input())
+    pixels, source = _activation_input(card, request.image, request.mnist_index, request.data_dir)
+    maps = activations(model, pixels, names)
     for name, value in maps.items():
         if value[0].dim() != 3:
             raise ConvsightError(
                 f"layer '{name}' outputs shape {tuple(value[0].shape)}, not a C x H x W map"
             )
-    prediction = _prediction(loaded, pixels)
+    prediction = _prediction(model, pixels)
     out = prepare_out_dir(out)
-    written = [write_figure(out / "input.png", image_grid(pixels, [source]))]
-    summary = []
+    layers = []
     for name, value in maps.items():
-        written.append(_write_channel_grid(out, card.name, name, value[0], max_channels))
         dead = [int(c) for c in (value[0].flatten(1).abs().amax(1) == 0).nonzero()]
-        summary.append({"layer": name, "shape": list(value[0].shape), "dead_channels": dead})
-    written.append(write_npz(out / "activations.npz", input=pixels, **maps))
-    written.append(
-        write_json(
-            out / "activations.json",
-            {
-                "model": card.name,
-                "weights": str(weights) if weights else None,
-                "input": source,
-                "prediction": prediction,
-                "layers": summary,
-                "settings": {"max_channels": max_channels, "seed": seed},
-            },
-        )
+        layers.append({"layer": name, "shape": list(value[0].shape), "dead_channels": dead})
+    result = ActivationsResult(
+        model=card.name,
+        weights=str(request.weights) if request.weights else None,
+        input=source,
+        pixels=pixels,
+        maps=maps,
+        prediction=prediction,
+        layers=layers,
+        max_channels=request.max_channels,
+        seed=request.seed,
     )
-    return written
+    result.files = [write_figure(out / "input.png", image_grid(pixels, [source]))]
+    for name, value in maps.items():
+        result.files.append(
+            _write_channel_grid(out, card.name, name, value[0], request.max_channels)
+        )
+    result.files.append(write_npz(out / "activations.npz", input=pixels, **maps))
+    result.files.append(write_json(out / "activations.json", result.to_json()))
+    return result

@@ -1,7 +1,10 @@
 """Jobs behind ``convsight maximize`` and ``convsight classviz``: check, render, write.
 
-Every input (model, layer, channels, classes, dataset, settings, output folder) is checked
-before the first optimization step; nothing is written for bad input.
+Each takes a built :class:`~convsight.models.Model` (on its device) and a request holding the
+typed :class:`~convsight.optvis.settings.RenderSettings`; each returns a typed result whose
+``to_json()`` is the ``summary.json`` it wrote. Every input (layer, channels, classes,
+dataset, settings, output folder) is checked before the first optimization step; nothing is
+written for bad input.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from convsight.optvis.model_hooks import check_model_hooks
 from convsight.optvis.objectives import channel
 from convsight.optvis.recipes import check_size, class_objective
 from convsight.optvis.render import RenderResult, render_channels, render_classes
-from convsight.optvis.settings import RenderSettings, parse_setting, settings_for
+from convsight.optvis.settings import RenderSettings, settings_for
 from convsight.report import (
     out_file,
     prepare_out_dir,
@@ -37,31 +41,178 @@ from convsight.report import (
 from convsight.report.grids import image_grid
 from convsight.report.images import write_image
 from convsight.runtime import resolve_device, seed_everything
+from convsight.studies.results import Result
 
 
-def _check_model_hooks(model: Model, settings: RenderSettings, given: dict[str, Any]) -> None:
+def chosen_settings(settings: RenderSettings, target: str = "channel") -> frozenset[str]:
+    """The settings that differ from their preset's value for ``target`` (all that differ
+    from :class:`RenderSettings`' defaults when the preset is not one of convsight's)."""
+    try:
+        base = settings_for(settings.preset, target).to_dict()
+    except ConvsightError:
+        base = RenderSettings().to_dict()
+    return frozenset(k for k, v in settings.to_dict().items() if k != "preset" and v != base[k])
+
+
+@dataclass(frozen=True)
+class MaximizeRequest:
+    """What :func:`maximize` renders: channels of ``layer`` (a text such as ``"0-7,9"``, read
+    against the layer's channel count, or the numbers), with ``settings``.
+
+    ``chosen``: the settings the user chose (a message about memory names these knobs first;
+    a chosen skip gradient must find residual blocks); None: those that differ from the
+    preset's. ``weights`` is only recorded (the model is already loaded). A request with
+    more than :data:`~convsight.optvis.budget.MAX_STEPS` steps needs ``yes``.
+    """
+
+    layer: str
+    channels: str | Sequence[int]
+    settings: RenderSettings = field(default_factory=settings_for)
+    seed: int = 0
+    yes: bool = False
+    weights: str | os.PathLike | None = None
+    chosen: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        check_steps(self.settings.steps, self.yes)
+
+    def given(self) -> frozenset[str]:
+        """The settings the user chose (see the class)."""
+        return chosen_settings(self.settings) if self.chosen is None else self.chosen
+
+
+def _class_settings() -> RenderSettings:
+    return settings_for("robust", "class")
+
+
+@dataclass(frozen=True)
+class ClassvizRequest:
+    """What :func:`classviz` renders: the models of ``classes`` (names or indices, or
+    ``["all"]``) with ``settings`` (a preset's class defaults: ``settings_for(preset,
+    "class")``), started from noise (``init="random"``) or from each class's mean image
+    (``"mean"``: over ``dataset``, an image folder with a sub-folder per class, or "mnist"
+    read from ``data_dir``). ``seed``, ``yes``, ``weights`` and ``chosen`` as for
+    :class:`MaximizeRequest`."""
+
+    classes: Sequence[str | int]
+    settings: RenderSettings = field(default_factory=_class_settings)
+    init: str = "random"
+    dataset: str | os.PathLike | None = None
+    data_dir: str | os.PathLike | None = None
+    seed: int = 0
+    yes: bool = False
+    weights: str | os.PathLike | None = None
+    chosen: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.init not in ("random", "mean"):
+            raise ConvsightError(f"--init must be 'random' or 'mean', not '{self.init}'")
+        if not self.classes:
+            raise ConvsightError("no classes given")
+        check_steps(self.settings.steps, self.yes)
+
+    def given(self) -> frozenset[str]:
+        """The settings the user chose (see :class:`MaximizeRequest`)."""
+        return chosen_settings(self.settings, "class") if self.chosen is None else self.chosen
+
+
+def _record(weights: str | os.PathLike | None) -> str | None:
+    return str(weights) if weights else None
+
+
+@dataclass(kw_only=True)
+class MaximizeResult(Result):
+    """The rendered channels: ``images`` (N x C x H x W, pixel space), the final objective
+    per row (``values``), the dead rows, the settings and how long the render took."""
+
+    model: str
+    weights: str | None
+    layer: str
+    objective: str
+    channels: list[int]
+    images: torch.Tensor
+    values: torch.Tensor
+    dead: list[int]  # rows whose objective stayed at 0
+    settings: RenderSettings
+    seed: int
+    device: str
+    seconds: float
+    torch_threads: int = field(default_factory=torch.get_num_threads)
+
+    @property
+    def dead_channels(self) -> list[int]:
+        return [self.channels[i] for i in self.dead]
+
+    def to_json(self) -> dict[str, Any]:
+        names = [str(c) for c in self.channels]
+        return {
+            "model": self.model,
+            "weights": self.weights,
+            "layer": self.layer,
+            "objective": self.objective,
+            "channels": _summary_rows(self.values, self.dead, names),
+            "dead_channels": self.dead_channels,
+            "settings": {**self.settings.to_dict(), "seed": self.seed, "device": self.device},
+            "seconds": self.seconds,
+            "torch_threads": self.torch_threads,
+        }
+
+
+@dataclass(kw_only=True)
+class ClassvizResult(Result):
+    """The class models: ``images`` (N x C x H x W, pixel space), the classes' indices, a row
+    per class (objective, whether dead, the model's probability and logit for the class, its
+    top class, the file; with ``init="mean"`` how many images each start averaged), the
+    start images (``init="mean"``), the settings and how long the render took."""
+
+    model: str
+    weights: str | None
+    objective: str
+    head: str
+    init: str
+    dataset: str | None
+    indices: list[int]
+    images: torch.Tensor
+    values: torch.Tensor
+    dead: list[int]
+    rows: list[dict[str, Any]]
+    start: torch.Tensor | None  # the start images of init="mean"
+    # how it ran
+    settings: RenderSettings
+    seed: int
+    device: str
+    seconds: float
+    torch_threads: int = field(default_factory=torch.get_num_threads)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "weights": self.weights,
+            "objective": self.objective,
+            "head": self.head,
+            "init": self.init,
+            "dataset": self.dataset,
+            "classes": self.rows,
+            "settings": {**self.settings.to_dict(), "seed": self.seed, "device": self.device},
+            "seconds": self.seconds,
+            "torch_threads": self.torch_threads,
+        }
+
+
+def load_on_device(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
+    """The model (a spec is loaded with ``weights``) on ``device``: for studies that load
+    the model they render themselves (the paper's parts)."""
+    dev = resolve_device(device)
+    loaded = model if isinstance(model, Model) else load_model(model, weights)
+    return loaded.to(dev)
+
+
+def _check_model_hooks(model: Model, settings: RenderSettings, given: frozenset[str]) -> None:
     """Hooks the user switched on (``given``) must find their layers. The class preset's skip
     gradient is not checked: on a model without residual blocks it is off (the summary says
     so)."""
     skip = settings.skip_gradient if "skip_gradient" in given else 1.0
     check_model_hooks(model.module, settings.ghost, settings.bn_prior, skip)
-
-
-def collect_settings(
-    preset: str, flags: dict[str, Any], extra: Sequence[str], target: str = "channel"
-) -> tuple[RenderSettings, dict[str, Any]]:
-    """Preset defaults, then ``--set`` pairs, then the dedicated flags given; and what the
-    user gave."""
-    overrides = dict(parse_setting(text) for text in extra)
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    return settings_for(preset, target, **overrides), overrides
-
-
-def load_on_device(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
-    """The model (a spec is loaded with ``weights``) on ``device``."""
-    dev = resolve_device(device)
-    loaded = model if isinstance(model, Model) else load_model(model, weights)
-    return loaded.to(dev)
 
 
 def check_channels(model: Model, layer: str, channels: Sequence[int], size: int | None) -> None:
@@ -76,215 +227,217 @@ def check_channels(model: Model, layer: str, channels: Sequence[int], size: int 
     objective.check(probe_shapes(model, objective, x), len(channels))
 
 
-def _checked_channels(
-    loaded: Model,
-    layer: str,
-    channels: str | Sequence[int],
-    settings: RenderSettings,
-    given: dict[str, Any],
-) -> list[int]:
+def _checked_channels(model: Model, request: MaximizeRequest) -> list[int]:
     """The channels to render (read against the layer's channel count), once the layer has
     them, their render fits in memory and the layer gives a map at the render size."""
+    layer, channels, settings = request.layer, request.channels, request.settings
     if isinstance(channels, str):
-        get_layer(loaded.module, layer)  # the channel count does not depend on the size
-        count = output_shapes(loaded.module, [layer], loaded.example_input())[layer][0]
+        get_layer(model.module, layer)  # the channel count does not depend on the size
+        count = output_shapes(model.module, [layer], model.example_input())[layer][0]
         chans = parse_channels(channels, limit=count)
     else:
         chans = [int(c) for c in channels]
-        check_channels(loaded, layer, chans, None)
-    rows = (len(chans), layer, given, "number of channels", "channels")
-    check_render(loaded, channel(layer, chans), settings, *rows)
-    check_size(loaded, channel(layer, 0), settings)  # probes the size: after the memory check
-    check_channels(loaded, layer, chans, settings.size)  # the layer's map at this size
+        check_channels(model, layer, chans, None)
+    rows = (len(chans), layer, request.given(), "number of channels", "channels")
+    check_render(model, channel(layer, chans), settings, *rows)
+    check_size(model, channel(layer, 0), settings)  # probes the size: after the memory check
+    check_channels(model, layer, chans, settings.size)  # the layer's map at this size
     return chans
 
 
-def _summary_rows(result: RenderResult, names: Sequence[str]) -> list[dict[str, Any]]:
+def _summary_rows(
+    values: torch.Tensor, dead: Sequence[int], names: Sequence[str]
+) -> list[dict[str, Any]]:
     return [
-        {"name": name, "objective": float(value), "dead": i in result.dead}
-        for i, (name, value) in enumerate(zip(names, result.values.tolist(), strict=True))
+        {"name": name, "objective": float(value), "dead": i in dead}
+        for i, (name, value) in enumerate(zip(names, values.tolist(), strict=True))
     ]
 
 
 def maximize(
-    model: str | Model,
-    layer: str,
-    channels: str | Sequence[int],
-    weights: str | os.PathLike | None = None,
-    preset: str = "robust",
-    flags: dict[str, Any] | None = None,
-    extra: Sequence[str] = (),
+    model: Model,
+    request: MaximizeRequest,
     out: str | os.PathLike = "runs/maximize",
-    seed: int = 0,
-    device: str = "auto",
     show_progress: bool = True,
-    yes: bool = False,
-) -> dict[str, Any]:
-    """Render channels of ``layer``: grid PNG, one PNG per channel, images.npz, summary.json.
-    Checked against the memory available first (:mod:`convsight.optvis.budget`); more than
-    :data:`~convsight.optvis.budget.MAX_STEPS` steps need ``yes``."""
-    settings, given = collect_settings(preset, flags or {}, extra)
-    check_steps(settings.steps, yes)
-    loaded = load_on_device(model, weights, device)
-    chans = _checked_channels(loaded, layer, channels, settings, given)
-    _check_model_hooks(loaded, settings, given)
+) -> MaximizeResult:
+    """Render channels of a layer: grid PNG, one PNG per channel, images.npz, summary.json
+    (``result.to_json()``). Checked against the memory available first
+    (:mod:`convsight.optvis.budget`)."""
+    settings, layer = request.settings, request.layer
+    chans = _checked_channels(model, request)
+    _check_model_hooks(model, settings, request.given())
     out = prepare_out_dir(out)
-    seed_everything(seed)
+    seed_everything(request.seed)
     start = time.perf_counter()
-    result = render_channels(
-        loaded, layer, chans, seed=seed, progress=show_progress, settings=settings
+    rendered = render_channels(
+        model, layer, chans, seed=request.seed, progress=show_progress, settings=settings
     )
-    seconds = time.perf_counter() - start
+    result = MaximizeResult(
+        model=model.card.name,
+        weights=_record(request.weights),
+        layer=layer,
+        objective=rendered.description,
+        channels=chans,
+        images=rendered.images,
+        values=rendered.values,
+        dead=list(rendered.dead),
+        settings=settings,
+        seed=request.seed,
+        device=str(model.device),
+        seconds=time.perf_counter() - start,
+    )
+    result.files = _write_channels(out, result)
+    return result
+
+
+def _write_channels(out: Path, result: MaximizeResult) -> list[Path]:
+    """The grid, one PNG per channel, the images as npz and ``summary.json``."""
     titles = [
         f"{c}" + (" (dead)" if i in result.dead else f": {v:.3g}")
-        for i, (c, v) in enumerate(zip(chans, result.values.tolist(), strict=True))
+        for i, (c, v) in enumerate(zip(result.channels, result.values.tolist(), strict=True))
     ]
-    title = f"{loaded.card.name} {layer}, preset {preset}, {settings.steps} steps"
+    settings = result.settings
+    title = f"{result.model} {result.layer}, preset {settings.preset}, {settings.steps} steps"
     written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
-    for c, image in zip(chans, result.images, strict=True):
+    for c, image in zip(result.channels, result.images, strict=True):
         written.append(write_image(out / f"channel_{c:04d}.png", image))
-    written.append(write_npz(out / "images.npz", images=result.images, channels=chans))
-    summary = {
-        "model": loaded.card.name,
-        "weights": str(weights) if weights else None,
-        "layer": layer,
-        "objective": result.description,
-        "channels": _summary_rows(result, [str(c) for c in chans]),
-        "dead_channels": [chans[i] for i in result.dead],
-        "settings": {**settings.to_dict(), "seed": seed, "device": str(loaded.device)},
-        "seconds": seconds,
-        "torch_threads": torch.get_num_threads(),
-    }
-    written.append(write_json(out / "summary.json", summary))
-    return {**summary, "written": written}
+    written.append(write_npz(out / "images.npz", images=result.images, channels=result.channels))
+    written.append(write_json(out / "summary.json", result.to_json()))
+    return written
 
 
-def _class_indices(loaded: Model, classes: Sequence[str | int]) -> list[int]:
+def _class_indices(model: Model, classes: Sequence[str | int]) -> list[int]:
     """Class indices of names or numbers; ``all`` is every class of the model."""
     if [str(c).lower() for c in classes] == ["all"]:
-        loaded.class_index(0)  # a model without class scores fails here
-        classes = list(range(loaded.card.num_classes or 0))
-    return [loaded.class_index(c) for c in classes]
+        model.class_index(0)  # a model without class scores fails here
+        classes = list(range(model.card.num_classes or 0))
+    return [model.class_index(c) for c in classes]
 
 
 def _check_class_render(
-    loaded: Model, indices: list[int], settings: RenderSettings, given: dict[str, Any]
+    model: Model, indices: list[int], settings: RenderSettings, given: frozenset[str]
 ) -> None:
     """The class models' render must fit memory (:func:`check_render`) and the model
     (:func:`check_size`), and its model hooks the model."""
-    objective = class_objective(loaded, indices, settings.class_objective, settings.cossim_power)
+    objective = class_objective(model, indices, settings.class_objective, settings.cossim_power)
     rows = (len(indices), "the class scores", given, "number of classes", "classes")
-    check_render(loaded, objective, settings, *rows)
-    check_size(loaded, objective, settings, len(indices))  # probes the size: after the memory
-    _check_model_hooks(loaded, settings, given)
+    check_render(model, objective, settings, *rows)
+    check_size(model, objective, settings, len(indices))  # probes the size: after the memory
+    _check_model_hooks(model, settings, given)
 
 
-def _mean_start(dataset, loaded: Model, indices: list[int], data_dir):
+def _mean_start(
+    request: ClassvizRequest, model: Model, indices: list[int]
+) -> tuple[torch.Tensor, dict[int, int]]:
     """Start images for ``init='mean'``: each class's mean image, and how many were averaged."""
+    dataset = request.dataset
     if dataset is None:
         raise ConvsightError("--init mean needs --dataset DIR (or 'mnist')")
-    means = class_mean_images(dataset, loaded.card, indices, data_dir=data_dir)
-    return torch.stack([means[i] for i in indices]), class_counts(dataset, loaded.card)
+    means = class_mean_images(dataset, model.card, indices, data_dir=request.data_dir)
+    return torch.stack([means[i] for i in indices]), class_counts(dataset, model.card)
 
 
-def _write_class_models(out: Path, loaded: Model, result, indices: list[int], title: str):
-    """The grid and one PNG per class model, the images as npz; the summary rows (with the
-    model's probability for each class) and the files written."""
+def _class_rows(
+    model: Model, rendered: RenderResult, indices: list[int], counts: dict[int, int] | None
+) -> list[dict[str, Any]]:
+    """A row per class model, with the model's probability and logit for its class (and,
+    given ``counts``, how many images its start image averaged)."""
     with torch.no_grad():
-        logits = loaded.module(loaded.normalize(result.images.to(loaded.device))).cpu()
+        logits = model.module(model.normalize(rendered.images.to(model.device))).cpu()
     probs = logits.softmax(1)
-    names = [loaded.card.label(i) for i in indices]
+    names = [model.card.label(i) for i in indices]
     top1 = logits.argmax(1).tolist()
-    titles = [
-        f"{name}: p={float(probs[r, i]):.2f}"
-        for r, (name, i) in enumerate(zip(names, indices, strict=True))
-    ]
-    written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
-    files = []
-    for i, name, image in zip(indices, names, result.images, strict=True):
-        path = out_file(out, f"class_{i:04d}_{safe_filename(name)}.png")
-        written.append(write_image(path, image, within=out))
-        files.append(path.name)
-    written.append(write_npz(out / "images.npz", images=result.images, classes=indices))
-    rows = _summary_rows(result, names)
+    rows = _summary_rows(rendered.values, rendered.dead, names)
     for r, row in enumerate(rows):
         row.update(
             {
                 "class": indices[r],
                 "probability": float(probs[r, indices[r]]),
                 "logit": float(logits[r, indices[r]]),
-                "model_top1": loaded.card.label(top1[r]),
-                "file": files[r],
+                "model_top1": model.card.label(top1[r]),
+                "file": _class_file(indices[r], names[r]),
             }
         )
-    return rows, written
+        if counts is not None:
+            row["mean_of_images"] = counts.get(indices[r])
+    return rows
 
 
-def _write_start(out: Path, start_pixels: torch.Tensor, counts: dict, rows: list[dict]) -> Path:
-    """The start images of ``init='mean'``; each row learns how many images its mean holds."""
-    titles = [f"mean of {counts.get(row['class'], '?')} image(s): {row['name']}" for row in rows]
-    for row in rows:
-        row["mean_of_images"] = counts.get(row["class"])
+def _class_file(index: int, name: str) -> str:
+    """The file name of a class model (what :func:`out_file` makes of it)."""
+    return safe_filename(f"class_{index:04d}_{safe_filename(name)}.png", max_length=200)
+
+
+def _write_class_models(out: Path, result: ClassvizResult) -> list[Path]:
+    """The grid and one PNG per class model, the images as npz, the start images (with
+    ``init='mean'``) and ``summary.json``."""
+    settings = result.settings
+    title = f"{result.model}, preset {settings.preset}, init {result.init}, {settings.steps} steps"
+    titles = [f"{row['name']}: p={row['probability']:.2f}" for row in result.rows]
+    written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
+    for row, image in zip(result.rows, result.images, strict=True):
+        path = out_file(out, row["file"])
+        written.append(write_image(path, image, within=out))
+    written.append(write_npz(out / "images.npz", images=result.images, classes=result.indices))
+    if result.start is not None:
+        written.append(_write_start(out, result.start, result.rows))
+    written.append(write_json(out / "summary.json", result.to_json()))
+    return written
+
+
+def _write_start(out: Path, start_pixels: torch.Tensor, rows: list[dict[str, Any]]) -> Path:
+    """The start images of ``init='mean'``, titled with how many images each mean holds."""
+    titles = [
+        f"mean of {'?' if row['mean_of_images'] is None else row['mean_of_images']} "
+        f"image(s): {row['name']}"
+        for row in rows
+    ]
     return write_figure(out / "start.png", image_grid(start_pixels, titles, 8, "start"))
 
 
 def classviz(
-    model: str | Model,
-    classes: Sequence[str | int],
-    weights: str | os.PathLike | None = None,
-    init: str = "random",
-    dataset: str | os.PathLike | None = None,
-    preset: str = "robust",
-    flags: dict[str, Any] | None = None,
-    extra: Sequence[str] = (),
+    model: Model,
+    request: ClassvizRequest,
     out: str | os.PathLike = "runs/classviz",
-    seed: int = 0,
-    data_dir: str | os.PathLike | None = None,
-    device: str = "auto",
     show_progress: bool = True,
-    yes: bool = False,
-) -> dict[str, Any]:
-    """Class models: grid PNG, one PNG per class, start images if ``init='mean'``, summary.
-    Checked as :func:`maximize` is (memory; ``yes`` for very many steps)."""
-    settings, given = collect_settings(preset, flags or {}, extra, target="class")
-    if init not in ("random", "mean"):
-        raise ConvsightError(f"--init must be 'random' or 'mean', not '{init}'")
-    if not classes:
-        raise ConvsightError("no classes given")
-    check_steps(settings.steps, yes)
-    loaded = load_on_device(model, weights, device)
-    indices = _class_indices(loaded, classes)
-    _check_class_render(loaded, indices, settings, given)
-    start_pixels, counts = None, {}
-    if init == "mean":
-        start_pixels, counts = _mean_start(dataset, loaded, indices, data_dir)
+) -> ClassvizResult:
+    """Class models: grid PNG, one PNG per class, start images if ``init='mean'``,
+    summary.json (``result.to_json()``). Checked as :func:`maximize` is."""
+    settings = request.settings
+    indices = _class_indices(model, request.classes)
+    _check_class_render(model, indices, settings, request.given())
+    start_pixels, counts = None, None
+    if request.init == "mean":
+        start_pixels, counts = _mean_start(request, model, indices)
     out = prepare_out_dir(out)
-    seed_everything(seed)
+    seed_everything(request.seed)
     began = time.perf_counter()
-    result = render_classes(
-        loaded,
+    rendered = render_classes(
+        model,
         indices,
-        seed=seed,
+        seed=request.seed,
         init_pixels=start_pixels,
         progress=show_progress,
         settings=settings,
     )
     seconds = time.perf_counter() - began
-    title = f"{loaded.card.name}, preset {preset}, init {init}, {settings.steps} steps"
-    rows, written = _write_class_models(out, loaded, result, indices, title)
-    if start_pixels is not None:
-        written.append(_write_start(out, start_pixels, counts, rows))
-    summary = {
-        "model": loaded.card.name,
-        "weights": str(weights) if weights else None,
-        "objective": result.description,
-        "head": loaded.card.head,
-        "init": init,
-        "dataset": str(dataset) if dataset else None,
-        "classes": rows,
-        "settings": {**settings.to_dict(), "seed": seed, "device": str(loaded.device)},
-        "seconds": seconds,
-        "torch_threads": torch.get_num_threads(),
-    }
-    written.append(write_json(out / "summary.json", summary))
-    return {**summary, "written": written}
+    result = ClassvizResult(
+        model=model.card.name,
+        weights=_record(request.weights),
+        objective=rendered.description,
+        head=model.card.head,
+        init=request.init,
+        dataset=str(request.dataset) if request.dataset else None,
+        indices=indices,
+        images=rendered.images,
+        values=rendered.values,
+        dead=list(rendered.dead),
+        rows=_class_rows(model, rendered, indices, counts),
+        start=start_pixels,
+        settings=settings,
+        seed=request.seed,
+        device=str(model.device),
+        seconds=seconds,
+    )
+    result.files = _write_class_models(out, result)
+    return result

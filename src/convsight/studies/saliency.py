@@ -1,11 +1,13 @@
 """Saliency panels (``saliency``): each image, then each method's map over it.
 
-Every input (model, weights, images, targets, methods, layer, settings) is checked before any
-expensive work; files are written through :mod:`convsight.report` (whole files only).
+:func:`write_saliency` takes a built model and a :class:`SaliencyRequest` and returns a
+:class:`SaliencyResult`. Every input (images, targets, methods, layer, settings) is checked
+before any expensive work; files are written through :mod:`convsight.report` (whole files only).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +20,7 @@ import torch
 from convsight.attribution import CAM, Method
 from convsight.data import exif_orientation, load_image_tensor
 from convsight.errors import ConvsightError
-from convsight.models import Model, load_model
+from convsight.models import Model
 from convsight.progress import progress_bar
 from convsight.report import (
     out_file,
@@ -39,6 +41,7 @@ from convsight.studies.attribution import (
     method_options,
     notice_engine,
 )
+from convsight.studies.results import Result
 
 
 @dataclass
@@ -94,65 +97,154 @@ def target_classes(model: Model, target: Sequence[str] | None, count: int) -> li
     return indices
 
 
+@dataclass(frozen=True)
+class SaliencyRequest:
+    """What :func:`write_saliency` maps: ``images`` (files), each attributed to ``targets``
+    (one class, name or index, for all images or one each; None: the predicted class) by
+    ``methods`` with the options the command line gives them
+    (:func:`~convsight.studies.attribution.method_options`: ``layer`` for the CAMs,
+    ``ig_steps``, ``smoothgrad_samples``, ``batch_size``, ``engine``). ``model_name`` (what
+    the JSON calls the model; None: the card's name) and ``weights`` are only recorded."""
+
+    images: Sequence[str | os.PathLike]
+    targets: Sequence[str | int] | None = None
+    methods: Sequence[str] = DEFAULT_METHODS
+    layer: str | None = None
+    ig_steps: int = 50
+    smoothgrad_samples: int = 16
+    batch_size: int | None = None
+    engine: str = "auto"
+    seed: int = 0
+    model_name: str | None = None
+    weights: str | os.PathLike | None = None
+
+
+@dataclass(kw_only=True)
+class SaliencyResult(Result):
+    """Each method's maps of the images (``methods``, in the order asked for), the images'
+    pixels and files, the target of each image, the model's probabilities and, per method,
+    how it ran (engine, fallback): what ``saliency.json`` / ``.npz`` / the panels hold."""
+
+    model: str
+    weights: str | None
+    head: str
+    paths: list[Path]
+    panels: list[str]
+    exif_orientation: list[int]
+    pixels: torch.Tensor
+    probabilities: torch.Tensor
+    targets: list[int]
+    target_labels: list[str]
+    predicted: list[int]
+    predicted_labels: list[str]
+    methods: list[MethodMaps]
+    seed: int
+
+    @property
+    def maps(self) -> dict[str, torch.Tensor]:
+        """Each method's maps (N x H x W), by method name."""
+        return {result.method.name: result.maps for result in self.methods}
+
+    @property
+    def target_probability(self) -> list[float]:
+        """The model's probability of each image's target class."""
+        return [float(self.probabilities[i, t]) for i, t in enumerate(self.targets)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "weights": self.weights,
+            "head": self.head,
+            "images": [str(p) for p in self.paths],
+            "exif_orientation": self.exif_orientation,  # applied; 1: as stored
+            "panels": [
+                {"image": str(p), "file": f} for p, f in zip(self.paths, self.panels, strict=True)
+            ],
+            "targets": [
+                {"class": t, "label": label}
+                for t, label in zip(self.targets, self.target_labels, strict=True)
+            ],
+            "target_probability": self.target_probability,
+            "predicted": [
+                {"class": p, "label": label}
+                for p, label in zip(self.predicted, self.predicted_labels, strict=True)
+            ],
+            "methods": {result.method.name: _method_summary(result) for result in self.methods},
+            "seed": self.seed,
+        }
+
+
 def write_saliency(
-    model: str | Model,
-    images: Sequence[str | os.PathLike],
-    weights: str | os.PathLike | None = None,
-    target: Sequence[str] | None = None,
-    methods: Sequence[str] = DEFAULT_METHODS,
-    layer: str | None = None,
-    out: Path = Path("runs/saliency"),
-    seed: int = 0,
-    ig_steps: int = 50,
-    smoothgrad_samples: int = 16,
-    batch_size: int | None = None,
-    engine: str = "auto",
+    model: Model,
+    request: SaliencyRequest,
+    out: str | os.PathLike = "runs/saliency",
     show_progress: bool = True,
-) -> list[Path]:
+    seeded: bool = False,
+) -> SaliencyResult:
     """A panel per image (the image, then each method's map over it), the maps and a summary.
 
     Writes ``saliency_<image>.png`` per image (distinct names, see :func:`panel_names`; the
     image -> file mapping is ``panels`` in the JSON), ``saliency.png`` (all images),
-    ``saliency.npz`` (per method: raw attributions and the N x H x W maps) and ``saliency.json``.
-    ``target``: one class for all images, or one per image; default: the predicted class.
+    ``saliency.npz`` (per method: raw attributions and the N x H x W maps) and
+    ``saliency.json`` (``result.to_json()``). The global random number generator is seeded
+    with ``request.seed`` first, unless ``seeded``: the caller did, before it loaded the
+    model (as the command line does; the noise of SmoothGrad and VarGrad follows from there).
     """
-    seed_everything(seed)
-    loaded = model if isinstance(model, Model) else load_model(model, weights)
-    classes = check_methods(loaded, methods, layer)
-    check_settings(batch_size, ig_steps, smoothgrad_samples, engine)
-    if not images:
+    if not seeded:
+        seed_everything(request.seed)
+    layer, ig_steps, samples = request.layer, request.ig_steps, request.smoothgrad_samples
+    classes = check_methods(model, request.methods, layer)
+    check_settings(request.batch_size, ig_steps, samples, request.engine)
+    if not request.images:
         raise ConvsightError("no image given: pass --image FILE (one or more)")
-    paths = [Path(p) for p in images]
-    pixels = torch.cat([load_image_tensor(p, loaded.card) for p in paths]).to(loaded.device)
-    check_batch_memory(loaded, batch_size, len(paths) * max(ig_steps, smoothgrad_samples))
-    targets = target_classes(loaded, target, len(paths))
+    paths = [Path(p) for p in request.images]
+    pixels = torch.cat([load_image_tensor(p, model.card) for p in paths]).to(model.device)
+    check_batch_memory(model, request.batch_size, len(paths) * max(ig_steps, samples))
+    targets = target_classes(model, request.targets, len(paths))
     panels = panel_names(paths)
     out = prepare_out_dir(out)
 
     with torch.no_grad():
-        probs = loaded.module(loaded.normalize(pixels)).softmax(1)
-    targets = targets or probs.argmax(1).tolist()
+        probs = model.module(model.normalize(pixels)).softmax(1)
+    predicted = probs.argmax(1).tolist()
+    targets = targets or predicted
 
-    def options_for(cls: type[Method]) -> dict[str, Any]:
-        return method_options(
-            cls, layer, ig_steps, smoothgrad_samples, batch_size=batch_size, engine=engine
-        )
+    options_for = functools.partial(_options, request)
+    maps = attribute_all(model, classes, pixels, targets, options_for, show_progress)
+    for entry in maps:  # after the progress bar: one line each
+        notice_engine(entry.method.name, entry.run)
+    result = SaliencyResult(
+        model=request.model_name or model.card.name,
+        weights=str(request.weights) if request.weights else None,
+        head=model.card.head,
+        paths=paths,
+        panels=panels,
+        exif_orientation=[exif_orientation(p) for p in paths],
+        pixels=pixels,
+        probabilities=probs,
+        targets=targets,
+        target_labels=[model.card.label(t) for t in targets],
+        predicted=predicted,
+        predicted_labels=[model.card.label(p) for p in predicted],
+        methods=maps,
+        seed=request.seed,
+    )
+    result.files = _write_panels(out, model.card.name, result)
+    result.files.append(_write_arrays(out, pixels, targets, maps))
+    result.files.append(write_json(out / "saliency.json", result.to_json()))
+    return result
 
-    results = attribute_all(loaded, classes, pixels, targets, options_for, show_progress)
-    for result in results:  # after the progress bar: one line each
-        notice_engine(result.method.name, result.run)
-    written = _write_panels(out, loaded, paths, panels, pixels, probs, targets, results)
-    written.append(_write_arrays(out, pixels, targets, results))
-    summary = {
-        "model": model if isinstance(model, str) else loaded.card.name,
-        "weights": str(weights) if weights else None,
-        "head": loaded.card.head,
-        **_images_summary(loaded, paths, panels, probs, targets),
-        "methods": {result.method.name: _method_summary(result) for result in results},
-        "seed": seed,
-    }
-    written.append(write_json(out / "saliency.json", summary))
-    return written
+
+def _options(request: SaliencyRequest, cls: type[Method]) -> dict[str, Any]:
+    """The options ``request`` gives method ``cls``."""
+    return method_options(
+        cls,
+        request.layer,
+        request.ig_steps,
+        request.smoothgrad_samples,
+        batch_size=request.batch_size,
+        engine=request.engine,
+    )
 
 
 def _write_arrays(
@@ -166,26 +258,6 @@ def _write_arrays(
     return write_npz(out / "saliency.npz", **arrays)
 
 
-def _images_summary(
-    model: Model,
-    paths: Sequence[Path],
-    panels: Sequence[str],
-    probs: torch.Tensor,
-    targets: Sequence[int],
-) -> dict[str, Any]:
-    """The images, their panels, targets and predictions, for ``saliency.json``."""
-    label = model.card.label
-    predicted = probs.argmax(1).tolist()
-    return {
-        "images": [str(p) for p in paths],
-        "exif_orientation": [exif_orientation(p) for p in paths],  # applied; 1: as stored
-        "panels": [{"image": str(p), "file": f} for p, f in zip(paths, panels, strict=True)],
-        "targets": [{"class": t, "label": label(t)} for t in targets],
-        "target_probability": [float(probs[i, t]) for i, t in enumerate(targets)],
-        "predicted": [{"class": p, "label": label(p)} for p in predicted],
-    }
-
-
 def _method_summary(result: MethodMaps) -> dict[str, Any]:
     return {
         "title": result.method.title,
@@ -196,28 +268,22 @@ def _method_summary(result: MethodMaps) -> dict[str, Any]:
     }
 
 
-def _write_panels(
-    out: Path,
-    model: Model,
-    paths: Sequence[Path],
-    panels: Sequence[str],
-    pixels: torch.Tensor,
-    probs: torch.Tensor,
-    targets: Sequence[int],
-    results: Sequence[MethodMaps],
-) -> list[Path]:
+def _write_panels(out: Path, model_name: str, result: SaliencyResult) -> list[Path]:
     """A panel per image, then ``saliency.png`` with every image."""
-    heatmaps = {result.method.title: result.maps for result in results}
+    heatmaps = {entry.method.title: entry.maps for entry in result.methods}
+    probs, pixels = result.probabilities, result.pixels
     titles = [
-        f"{path.stem[:24]}\n{model.card.label(t)[:22]} p={float(probs[i, t]):.2f}"
-        for i, (path, t) in enumerate(zip(paths, targets, strict=True))
+        f"{path.stem[:24]}\n{label[:22]} p={float(probs[i, t]):.2f}"
+        for i, (path, t, label) in enumerate(
+            zip(result.paths, result.targets, result.target_labels, strict=True)
+        )
     ]
     written = []
-    for i, panel in enumerate(panels):
+    for i, panel in enumerate(result.panels):
         one = {title: maps[i : i + 1] for title, maps in heatmaps.items()}
         figure = saliency_panel(pixels[i : i + 1], one, [titles[i]])
         written.append(write_figure(out_file(out, panel), figure, within=out))
-    figure = saliency_panel(pixels, heatmaps, titles, title=f"{model.card.name}")
+    figure = saliency_panel(pixels, heatmaps, titles, title=f"{model_name}")
     written.append(write_figure(out / "saliency.png", figure))
     return written
 

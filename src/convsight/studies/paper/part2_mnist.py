@@ -38,7 +38,9 @@ class MnistPart(Part[MnistResult]):
     section = "part2"
 
     def run(self, ctx: Context) -> MnistResult:
-        from convsight.studies.mnist import train_mnist, write_activations
+        from convsight.models import load_model
+        from convsight.runtime import seed_everything
+        from convsight.studies.mnist import ActivationsRequest, train_mnist, write_activations
 
         folder = ctx.out / "part2"
         try:
@@ -54,12 +56,10 @@ class MnistPart(Part[MnistResult]):
             )
         except ConvsightError as exc:
             raise Skip(str(exc)) from None
-        written = write_activations(
-            str(folder / "mnist" / "model.pt"),
-            data_dir=ctx.inputs.data_dir,
-            out=folder / "activations",
-            seed=ctx.seed,
-        )
+        request = ActivationsRequest(data_dir=ctx.inputs.data_dir, seed=ctx.seed)
+        seed_everything(ctx.seed)
+        model = load_model(str(folder / "mnist" / "model.pt"))
+        written = write_activations(model, request, folder / "activations").files
         return MnistResult(
             test_accuracy=run["test_accuracy"],
             history=run["history"],

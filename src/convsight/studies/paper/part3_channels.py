@@ -66,7 +66,8 @@ class ChannelsPart(Part[ChannelsResult]):
     def _render(
         self, ctx: Context, layer: str, position: str, preset: str, channels: list[int]
     ) -> ChannelRun:
-        from convsight.studies.optvis import maximize
+        from convsight.optvis.settings import settings_for
+        from convsight.studies.optvis import MaximizeRequest, maximize
 
         flags = (
             {"size": ctx.plan.paper_size}
@@ -74,17 +75,12 @@ class ChannelsPart(Part[ChannelsResult]):
             else {"steps": ctx.plan.robust_steps, "size": ctx.plan.robust_size}
         )
         folder = ctx.out / "part3" / f"{layer}-{preset}"
-        summary = maximize(
-            ctx.vgg16(),
-            layer,
-            channels,
-            weights=ctx.inputs.vgg16_weights,
-            preset=preset,
-            flags=flags,
-            out=folder,
-            seed=ctx.seed,
-            show_progress=ctx.show_progress,
+        weights = ctx.inputs.vgg16_weights
+        settings = settings_for(preset, **flags)
+        request = MaximizeRequest(
+            layer, channels, settings, seed=ctx.seed, weights=weights, chosen=frozenset(flags)
         )
+        summary = maximize(ctx.vgg16(), request, folder, ctx.show_progress).to_json()
         return ChannelRun(
             layer=layer,
             position=position,

@@ -72,24 +72,24 @@ class ClassModelsPart(Part[ClassModelsResult]):
         return ClassModelsResult(model, model.note("class models"), photos_name, runs)
 
     def _render(self, ctx: Context, model: ClassScoreModel, init: str, preset: str) -> ClassRun:
-        from convsight.studies.optvis import classviz
+        from convsight.optvis.settings import settings_for
+        from convsight.studies.optvis import ClassvizRequest, classviz, load_on_device
 
         folder = ctx.out / "part3" / f"classes-{init}-{preset}"
         flags = {"size": ctx.plan.class_size}
         if preset != "paper":
             flags["steps"] = ctx.plan.class_steps
-        summary = classviz(
-            model.model if model.model is not None else model.spec,
+        request = ClassvizRequest(
             STUDY_CLASSES,
-            weights=model.weights,
+            settings_for(preset, "class", **flags),
             init=init,
             dataset=ctx.inputs.photos if init == "mean" else None,
-            preset=preset,
-            flags=flags,
-            out=folder,
             seed=ctx.seed,
-            show_progress=ctx.show_progress,
+            weights=model.weights,
+            chosen=frozenset(flags),
         )
+        loaded = model.model or load_on_device(model.spec, model.weights, "auto")
+        summary = classviz(loaded, request, folder, ctx.show_progress).to_json()
         start = folder / "start.png"
         shown = init == "mean" and preset == "paper" and start.exists()
         return ClassRun(

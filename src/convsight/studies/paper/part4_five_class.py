@@ -150,17 +150,14 @@ class FiveClassPart(Part[FiveClassResult]):
         return FineTuned(model.spec, Accuracies.of(tuned)), None
 
     def _class_models(self, ctx: Context, preset: str) -> ClassModelsFigure:
-        from convsight.studies.optvis import classviz
+        from convsight.optvis.settings import settings_for
+        from convsight.studies.optvis import ClassvizRequest, classviz, load_on_device
 
         folder = ctx.out / "part4"
         out = folder / f"classes-{preset}"
-        summary = classviz(
-            str(folder / "self-built" / "model.pt"),
-            ["all"],
-            preset=preset,
-            flags={} if preset == "paper" else {"steps": ctx.plan.class_steps},
-            out=out,
-            seed=ctx.seed,
-            show_progress=ctx.show_progress,
-        )
+        flags = {} if preset == "paper" else {"steps": ctx.plan.class_steps}
+        settings = settings_for(preset, "class", **flags)
+        request = ClassvizRequest(["all"], settings, seed=ctx.seed, chosen=frozenset(flags))
+        model = load_on_device(str(folder / "self-built" / "model.pt"), None, "auto")
+        summary = classviz(model, request, out, ctx.show_progress).to_json()
         return ClassModelsFigure(ctx.rel(out / "grid.png"), summary["settings"])

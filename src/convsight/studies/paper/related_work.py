@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,9 @@ class RelatedWorkPart(Part[AttributionResult]):
         return "no --photos folder given" if inputs.photos is None else None
 
     def run(self, ctx: Context) -> AttributionResult:
-        from convsight.studies.attribution import write_saliency
+        from convsight.models import load_model
+        from convsight.runtime import seed_everything
+        from convsight.studies.saliency import SaliencyRequest, write_saliency
 
         photos = ctx.inputs.photos
         by_label = photo_files(photos)
@@ -61,28 +62,27 @@ class RelatedWorkPart(Part[AttributionResult]):
         except ConvsightError as exc:
             raise Skip(str(exc)) from None
         folder = ctx.out / "related"
-        write_saliency(
-            model.spec,
+        request = SaliencyRequest(
             [f for _, f in found],
-            weights=model.weights,
-            target=[n.replace("_", " ") for n, _ in found],
+            targets=[n.replace("_", " ") for n, _ in found],
             methods=METHODS,
-            out=folder,
             seed=ctx.seed,
-            show_progress=ctx.show_progress,
+            model_name=model.spec,
+            weights=model.weights,
         )
-        # write_saliency returns the files it wrote; its summary is only in its JSON
-        summary = json.loads((folder / "saliency.json").read_text())
+        seed_everything(ctx.seed)  # then the model is loaded, as the command line does
+        loaded = load_model(model.spec, model.weights)
+        shown = ctx.show_progress
+        maps = write_saliency(loaded, request, out=folder, show_progress=shown, seeded=True)
+        ran = [entry.method.name for entry in maps.methods]
         return AttributionResult(
             model=model,
             note=model.note("maps"),
             photos=Path(photos).name,
             absent=[n.replace("_", " ") for n in FIVE_PHOTOS if labels[n] not in by_label],
             figure=ctx.rel(folder / "saliency.png"),
-            images=summary["images"],
-            target_probability=summary["target_probability"],
-            methods=list(summary["methods"]),
-            options={
-                m: summary["methods"][m]["options"] for m in METHODS if m in summary["methods"]
-            },
+            images=[str(p) for p in maps.paths],
+            target_probability=maps.target_probability,
+            methods=ran,
+            options={m.method.name: m.options for m in maps.methods if m.method.name in METHODS},
         )
