@@ -19,13 +19,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from convsight.attribution import METHODS
-from convsight.optvis.settings import OPTIMIZERS as RENDER_OPTIMIZERS
 from convsight.optvis.settings import (
-    PARAMS,
-    PRECISIONS,
     PRESETS,
     RenderSettings,
     parse_setting,
+    setting_help,
     settings_for,
 )
 from convsight.runtime import MAX_SEED
@@ -297,41 +295,26 @@ RENDER_FLAGS = {
         ],
         "robust",
     ),
-    "steps": Flag(Annotated[int | None, typer.Option(min=1, help="Optimization steps.")]),
-    "size": Flag(
-        Annotated[int | None, typer.Option(min=8, help="Image side (default: the model's).")]
-    ),
-    "lr": Flag(
-        Annotated[float | None, typer.Option(help="Step size (ascent) or Adam learning rate.")]
-    ),
-    "optimizer": Flag(
-        Annotated[
-            str | None, typer.Option(help=f"{one_of(RENDER_OPTIMIZERS)} (ascent: plain gradient).")
-        ]
-    ),
+    "steps": Flag(Annotated[int | None, typer.Option(min=1, help=setting_help("steps"))]),
+    "size": Flag(Annotated[int | None, typer.Option(min=8, help=setting_help("size"))]),
+    "lr": Flag(Annotated[float | None, typer.Option(help=setting_help("lr"))]),
+    "optimizer": Flag(Annotated[str | None, typer.Option(help=setting_help("optimizer"))]),
     "param": Flag(
         Annotated[
             str | None,
-            typer.Option(
-                help=f"{one_of(PARAMS)}: the model's input pixels, a Fourier spectrum, or its "
-                "phase only (fixed magnitude)."
-            ),
+            typer.Option(help=setting_help("param")),
         ]
     ),
     "decorrelate": Flag(
         Annotated[
             bool | None,
-            typer.Option("--decorrelate/--no-decorrelate", help="Decorrelated colour."),
+            typer.Option("--decorrelate/--no-decorrelate", help=setting_help("decorrelate")),
         ]
     ),
-    "views": Flag(Annotated[int | None, typer.Option(min=1, help="Augmented views per step.")]),
-    "l1": Flag(Annotated[float | None, typer.Option(min=0.0, help="L1 penalty weight.")]),
-    "tv": Flag(
-        Annotated[float | None, typer.Option(min=0.0, help="Total-variation penalty weight.")]
-    ),
-    "precision": Flag(
-        Annotated[str | None, typer.Option(help=f"{one_of(PRECISIONS)} (autocast).")]
-    ),
+    "views": Flag(Annotated[int | None, typer.Option(min=1, help=setting_help("views"))]),
+    "l1": Flag(Annotated[float | None, typer.Option(min=0.0, help=setting_help("l1"))]),
+    "tv": Flag(Annotated[float | None, typer.Option(min=0.0, help=setting_help("tv"))]),
+    "precision": Flag(Annotated[str | None, typer.Option(help=setting_help("precision"))]),
     "set_": Flag(
         Annotated[
             list[str] | None,

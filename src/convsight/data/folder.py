@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from convsight.data.images import load_image, to_model_pixels
+from convsight.data.images import IMAGE_SUFFIXES, load_image, to_model_pixels
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
 from convsight.paths import require_folder
@@ -24,7 +24,6 @@ STUDY_SYNSETS = {
     "n02110185": "Siberian husky",
     "n07749582": "lemon",
 }
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass

@@ -28,7 +28,24 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
-from convsight.paths import require_file
+from convsight.paths import require_file, require_folder
+
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+"""The file name endings read as images, everywhere a folder of images is listed."""
+
+
+def image_files(
+    folder: str | os.PathLike, what: str = "image folder", recursive: bool = False
+) -> list[Path]:
+    """The image files of ``folder`` (``recursive``: and of its sub-folders), sorted; a missing
+    folder, or one without images, fails in one sentence that calls it ``what``."""
+    root = require_folder(folder, what)
+    found = root.rglob("*") if recursive else root.iterdir()
+    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConvsightError(f"no images in {what} {root}")
+    return files
+
 
 MAX_IMAGE_PIXELS = 64_000_000
 """The largest image (width x height, from the file's header) convsight decodes: 64 megapixels."""

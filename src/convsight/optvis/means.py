@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 
 from convsight.data import load_image, load_mnist, to_model_pixels
+from convsight.data.images import IMAGE_SUFFIXES
 from convsight.errors import ConvsightError
 from convsight.models import ModelCard
 from convsight.paths import require_folder
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def _images(folder: Path) -> list[Path]:

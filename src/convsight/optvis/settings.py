@@ -6,12 +6,30 @@ read and write this; :mod:`convsight.optvis.recipes` turns it into built objects
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, get_args
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 from convsight.errors import ConvsightError
 from convsight.models.card_validation import finite_float32
 from convsight.optvis.objectives import ClassScore
+
+# The names a setting may take, defined once (validation, the fields' types and the command
+# line's help read these).
+Param = Literal["pixel", "fourier", "maco"]
+Optimizer = Literal["ascent", "adam"]
+Schedule = Literal["constant", "cosine"]
+Precision = Literal["fp32", "bf16"]
+PARAMS: tuple[str, ...] = get_args(Param)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+CLASS_OBJECTIVES: tuple[str, ...] = (*get_args(ClassScore), "cossim")
+
+
+def knob(default: Any, help: str) -> Any:
+    """A field of :class:`RenderSettings` with its help text, the one place it is written
+    (the command line's flags and ``--set`` read it through :func:`setting_help`)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -20,66 +38,96 @@ class RenderSettings:
     preset is a set of defaults for these; :func:`convsight.optvis.recipes.build` turns
     them into the objects :func:`convsight.optvis.render.render` takes."""
 
-    preset: str = "custom"
-    steps: int = 256
-    size: int | None = None  # None: the model's input size
+    preset: str = knob("custom", "The preset these settings started from.")
+    steps: int = knob(256, "Optimization steps.")
+    size: int | None = knob(None, "Image side (default: the model's).")
     # what is optimized
-    param: str = "fourier"  # "pixel" (model input space, the study) | "fourier" | "maco"
-    # ("maco": fixed 1/f^decay magnitude spectrum and contrast, only the phase is optimized)
-    decorrelate: bool = True
-    init_std: float = 0.01  # std of the random start (input space for pixel, spectrum for fourier)
-    decay_power: float = 1.0
-    # fourier: over this fraction of the steps the highest frequency the image may hold
-    # rises linearly from 1/8 of the band to all of it (coarse to fine; 0: all from the start)
-    coarse_to_fine: float = 0.0
+    param: str = knob(
+        "fourier",
+        "pixel (the model's input pixels, the study), fourier (a Fourier spectrum) or maco "
+        "(its phase only: fixed 1/f^decay magnitude spectrum and contrast).",
+    )
+    decorrelate: bool = knob(True, "Decorrelated colour.")
+    init_std: float = knob(
+        0.01, "Std of the random start (input space for pixel, spectrum for fourier)."
+    )
+    decay_power: float = knob(1.0, "Fourier: the power of the 1/f scaling of the spectrum.")
+    coarse_to_fine: float = knob(
+        0.0,
+        "Fourier: over this fraction of the steps the highest frequency the image may hold "
+        "rises linearly from 1/8 of the band to all of it (0: all from the start).",
+    )
     # how
-    optimizer: str = "adam"  # "ascent" (plain gradient ascent) | "adam"
-    lr: float = 0.05
-    normalize_grad: bool = False  # ascent: step along grad / RMS(grad) per row (Chollet's recipe)
-    lr_schedule: str = "constant"  # "constant" | "cosine"
+    optimizer: str = knob("adam", "ascent (plain gradient ascent) or adam.")
+    lr: float = knob(0.05, "Step size (ascent) or Adam learning rate.")
+    normalize_grad: bool = knob(
+        False, "Ascent: step along grad / RMS(grad) per row (Chollet's recipe)."
+    )
+    lr_schedule: str = knob("constant", "constant or cosine.")
     # transforms (all pixel space); 0 / empty switches one off
-    pad: int = 12
-    jitter: int = 8
-    scales: tuple[float, ...] = tuple(1 + (i - 5) / 50 for i in range(11))
-    angles: tuple[float, ...] = tuple(list(range(-10, 11)) + 5 * [0])
-    jitter_after: int = 4
-    flip: bool = False  # mirror each view left-right with probability 1/2
-    noise: float = 0.0  # std of Gaussian pixel noise added to each transformed view
-    # random colour cast per view and channel: contrast x e^U(-a, a), offset U(-a, a) / 4
-    color_shift: float = 0.0
-    views: int = 1  # transformed views of each image per step (gradient averaged)
-    blur_every: int = 0  # pixel param: blur the image every k steps (0: never)
-    blur_sigma: float = 0.5
+    pad: int = knob(12, "Pixels of padding before the transforms.")
+    jitter: int = knob(8, "Random shift (pixels) before scaling and rotating.")
+    scales: tuple[float, ...] = knob(
+        tuple(1 + (i - 5) / 50 for i in range(11)), "Random zoom factors, one drawn per view."
+    )
+    angles: tuple[float, ...] = knob(
+        tuple(list(range(-10, 11)) + 5 * [0]), "Random rotations (degrees), one drawn per view."
+    )
+    jitter_after: int = knob(4, "Random shift (pixels) after scaling and rotating.")
+    flip: bool = knob(False, "Mirror each view left-right with probability 1/2.")
+    noise: float = knob(0.0, "Std of Gaussian pixel noise added to each transformed view.")
+    color_shift: float = knob(
+        0.0, "Random colour cast per view and channel: contrast x e^U(-a, a), offset U(-a, a) / 4."
+    )
+    views: int = knob(1, "Augmented views per step (gradient averaged).")
+    blur_every: int = knob(0, "Pixel param: blur the image every k steps (0: never).")
+    blur_sigma: float = knob(0.5, "Pixel param: the blur's sigma.")
     # penalties (subtracted, weight x measure)
-    l1: float = 0.0
-    l2: float = 0.0
-    tv: float = 0.0
-    blur: float = 0.0
-    activation_penalty: float = 0.0
-    penalty_layers: tuple[str, ...] = ()
-    # class objective: "logit" (score before softmax, the study) | "margin" (logit - mean
-    # logit) | "logsoftmax" (log-probability: logit - logsumexp of all logits) | "cossim"
-    # (features before the last dense layer: dot x max(cos, 0.1)^2 with the class's weights
-    # minus the mean weights; "margin" for a model without an nn.Linear head)
-    class_objective: str = "logit"
-    cossim_power: float = 2.0  # "cossim": the power of the cosine
-    dead_steps: int = 3  # a row whose objective is exactly 0 for these first steps is dead
-    precision: str = "fp32"  # "fp32" | "bf16" (CPU/CUDA autocast)
-    channels_last: bool = True  # CPU: run the model in channels-last memory format (faster)
-    chunk: int = 0  # rows per forward/backward pass (0: auto; rows are independent)
-    # model-side augmentation: each step multiplies every channel of every conv layer's output
-    # by 1 + N(0, ghost^2), a slightly different network each step ("ghost networks")
-    ghost: float = 0.0
-    # prior: minus this weight x how far each batch norm layer's input statistics (per row and
-    # channel: mean and variance over positions) are from the layer's running statistics
-    bn_prior: float = 0.0
-    # gradient through every residual branch times this (skip gradient method; 1: off)
-    skip_gradient: float = 1.0
-    average: float = 0.0  # EMA decay of the parameters; the final image is the average (0: off)
-    slice_channels: bool = True  # channel objective on a conv: compute only the row's channel
+    l1: float = knob(0.0, "L1 penalty weight.")
+    l2: float = knob(0.0, "L2 penalty weight.")
+    tv: float = knob(0.0, "Total-variation penalty weight.")
+    blur: float = knob(0.0, "Blur penalty weight (distance to the blurred image).")
+    activation_penalty: float = knob(0.0, "Weight of the activation penalty on penalty_layers.")
+    penalty_layers: tuple[str, ...] = knob((), "Layers whose activations are penalized.")
+    class_objective: str = knob(
+        "logit",
+        "logit (score before softmax, the study), margin (logit - mean logit), logsoftmax "
+        "(log-probability) or cossim (features before the last dense layer: dot x "
+        "max(cos, 0.1)^power with the class's weights minus the mean weights; margin for a "
+        "model without an nn.Linear head).",
+    )
+    cossim_power: float = knob(2.0, "cossim: the power of the cosine.")
+    dead_steps: int = knob(3, "A row whose objective is exactly 0 for these first steps is dead.")
+    precision: str = knob("fp32", "fp32 or bf16 (CPU/CUDA autocast).")
+    channels_last: bool = knob(True, "CPU: run the model in channels-last memory format.")
+    chunk: int = knob(0, "Rows per forward/backward pass (0: auto; rows are independent).")
+    ghost: float = knob(
+        0.0,
+        "Each step multiplies every channel of every conv layer's output by 1 + N(0, ghost^2): "
+        "a slightly different network each step (ghost networks).",
+    )
+    bn_prior: float = knob(
+        0.0,
+        "Minus this weight x how far each batch norm layer's input statistics (per row and "
+        "channel) are from the layer's running statistics.",
+    )
+    skip_gradient: float = knob(
+        1.0, "Gradient through every residual branch times this (skip gradient method; 1: off)."
+    )
+    average: float = knob(
+        0.0, "EMA decay of the parameters; the final image is the average (0: off)."
+    )
+    slice_channels: bool = knob(
+        True, "Channel objective on a conv: compute only the row's channel."
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def setting_help(name: str) -> str:
+    """The help text of the render setting ``name``."""
+    return RenderSettings.__dataclass_fields__[name].metadata["help"]
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -150,14 +198,6 @@ def settings_for(
     settings = RenderSettings(**{**base, **given, "preset": preset})
     validate_settings(settings)
     return settings
-
-
-# The names a setting may take (validation and the command line's help read these).
-PARAMS = ("pixel", "fourier", "maco")
-OPTIMIZERS = ("ascent", "adam")
-SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("fp32", "bf16")
-CLASS_OBJECTIVES = (*get_args(ClassScore), "cossim")
 
 
 def _check_finite(s: RenderSettings) -> None:

@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 
 from convsight.attribution.base import predict_classes
-from convsight.data.folder import IMAGE_SUFFIXES
 from convsight.data.images import ImageStream
+from convsight.data.images import image_files as listed_images
 from convsight.errors import ConvsightError
 from convsight.models import Model
-from convsight.paths import require_folder
 from convsight.progress import progress_bar
 from convsight.report import prepare_out_dir, write_figure, write_json, write_npz
 from convsight.report.overlays import faithfulness_curves, sanity_plot
@@ -57,11 +56,9 @@ __all__ = [
 
 
 def image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
-    """The image files of a folder, sorted; a missing or empty folder is an input error."""
-    folder = require_folder(folder, "image folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ConvsightError(f"no images in {folder}")
+    """The image files of a folder, sorted (the first ``limit``); a missing or empty folder is
+    an input error."""
+    files = listed_images(folder)
     return files[:limit] if limit else files
 
 

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from convsight.data.folder import IMAGE_SUFFIXES
-from convsight.data.images import load_readable_images
+from convsight.data.images import image_files, load_readable_images
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to, map_layer_names
 from convsight.models import Model
@@ -21,7 +20,6 @@ from convsight.optvis.budget import RenderRequest, check_render, render_cost
 from convsight.optvis.objectives import channel
 from convsight.optvis.render import parse_channels, settings_for
 from convsight.optvis.settings import RenderSettings
-from convsight.paths import require_folder
 from convsight.runtime import seed_everything
 
 if TYPE_CHECKING:
@@ -185,13 +183,7 @@ def _read_dataset(model: Model, dataset: str | os.PathLike) -> AtlasDataset:
 
 def dataset_images(folder: str | os.PathLike) -> list[Path]:
     """Every image file under ``folder`` (flat or one level of class folders), sorted."""
-    folder = require_folder(folder, "dataset folder")
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    if not files:
-        raise ConvsightError(f"no images in dataset folder {folder}")
-    return files
+    return image_files(folder, "dataset folder", recursive=True)
 
 
 def load_dataset(

@@ -101,8 +101,8 @@ def photo_files(folder: str | os.PathLike) -> dict[str, list[Path]]:
     """The photos of a ``--photos`` folder by lower-case ImageNet label; every image file must
     be named ``<synset>_<class name>.<ext>`` and the folder must hold no sub-folders."""
     from convsight.data.imagenet import imagenet_class_of
+    from convsight.data.images import IMAGE_SUFFIXES
     from convsight.models.card import imagenet_labels
-    from convsight.optvis.means import IMAGE_SUFFIXES
 
     folder = Path(folder)
     entries = sorted(folder.iterdir())
@@ -165,7 +165,8 @@ def _check_classifier(classifier: str, weights: str | os.PathLike | None) -> Mod
 
 
 def _check_subset(subset: Path) -> None:
-    from convsight.data.folder import IMAGE_SUFFIXES, class_folders
+    from convsight.data.folder import class_folders
+    from convsight.data.images import IMAGE_SUFFIXES
 
     for split in ("train", "test"):
         if not (subset / split).is_dir():
