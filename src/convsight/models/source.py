@@ -37,8 +37,9 @@ class LoadRequest:
 @dataclass(frozen=True, kw_only=True)
 class Source:
     """One kind of model ``load_model`` takes: its ``name``, how a spec names one (``spec``),
-    what ``convsight models`` notes about it, and the optional extra it needs. Subclasses say
-    which specs are theirs (:meth:`matches`) and load them (:meth:`load`)."""
+    what ``convsight models`` notes about it (:meth:`describe`), and the optional extra it
+    needs. Subclasses say which specs are theirs (:meth:`matches`) and open what
+    :meth:`load` asks for (:meth:`open`)."""
 
     name: str
     spec: str
