@@ -8,20 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from convsight.models import SOURCES, Source, list_models, load_model, model_sources
+from convsight.models import SOURCES, Source, list_models, load_model, model_sources, sources
 from convsight.models.file_sources import KERAS, ONNX, TORCHSCRIPT
 from convsight.models.seed_source import SEED, SEEDS
 from convsight.models.source import FileSource, LoadRequest, NamedSource
-from convsight.models.sources import (
-    ARCH_HELP,
-    CHECKPOINT,
-    YOUR_CLASS,
-    arch_of,
-    file_source,
-    is_model_name,
-    named_source,
-    names_file,
-)
 from convsight.models.timm_source import TIMM
 from convsight.models.torchvision_source import TORCHVISION, torchvision_models
 
@@ -46,21 +36,27 @@ def test_sources_are_one_ordered_tuple_of_sources():
 def test_list_models_reads_the_named_sources():
     assert list_models() == list(SEEDS) + torchvision_models()
     assert SEED.count() == len(SEEDS) and TORCHVISION.count() == len(torchvision_models())
-    assert CHECKPOINT.count() is None and ONNX.count() is None
+    assert sources.CHECKPOINT.count() is None and ONNX.count() is None
 
 
 def test_each_spec_finds_its_source():
-    assert named_source("mnist-cnn") is SEED
-    assert named_source("vgg16") is TORCHVISION
-    assert named_source("timm:resnet18") is TIMM
-    assert named_source("net.pt") is None and not is_model_name("nope")
-    assert file_source("a/net.PT") is CHECKPOINT and file_source("net.bin") is CHECKPOINT
-    assert file_source("net.ts") is TORCHSCRIPT and file_source(Path("net.onnx")) is ONNX
-    assert file_source("net.keras") is KERAS
-    assert names_file("net.safetensors") and not names_file("net.bin")
-    assert arch_of("mnist-cnn") == "convsight:mnist-cnn"
-    assert arch_of("vgg16") == "torchvision:vgg16"
-    assert arch_of("timm:resnet18") == "timm:resnet18"
+    assert sources.named_source("mnist-cnn") is SEED
+    assert sources.named_source("vgg16") is TORCHVISION
+    assert sources.named_source("timm:resnet18") is TIMM
+    assert sources.named_source("net.pt") is None and not sources.is_model_name("nope")
+    assert (
+        sources.file_source("a/net.PT") is sources.CHECKPOINT
+        and sources.file_source("net.bin") is sources.CHECKPOINT
+    )
+    assert (
+        sources.file_source("net.ts") is TORCHSCRIPT
+        and sources.file_source(Path("net.onnx")) is ONNX
+    )
+    assert sources.file_source("net.keras") is KERAS
+    assert sources.names_file("net.safetensors") and not sources.names_file("net.bin")
+    assert sources.arch_of("mnist-cnn") == "convsight:mnist-cnn"
+    assert sources.arch_of("vgg16") == "torchvision:vgg16"
+    assert sources.arch_of("timm:resnet18") == "timm:resnet18"
 
 
 @pytest.mark.parametrize(
@@ -77,7 +73,7 @@ def test_each_spec_finds_its_source():
     ],
 )
 def test_your_class_matches_arch_values_that_name_a_class(arch, is_class):
-    assert YOUR_CLASS.matches(arch) is is_class
+    assert sources.YOUR_CLASS.matches(arch) is is_class
 
 
 def test_describe_names_the_missing_extra(monkeypatch):
@@ -90,7 +86,7 @@ def test_describe_names_the_missing_extra(monkeypatch):
 
 
 def test_arch_help_reads_the_sources():
-    assert ARCH_HELP == (
+    assert sources.ARCH_HELP == (
         "a torchvision name, timm:NAME, a seed network, or your nn.Module class as "
         "FILE.py:ClassName or package.module:ClassName"
     )
@@ -117,4 +113,4 @@ def test_load_request_reaches_open():
     echo = Echo(name="echo", spec="ECHO", note="for the test")
     echo.load("x", Path("w.pt"), card=None, options={"a": 1}, labels=["a"])
     assert seen == [LoadRequest("x", Path("w.pt"), None, {"a": 1}, {"labels": ["a"]})]
-    assert isinstance(CHECKPOINT, FileSource) and not CHECKPOINT.matches("net.ts")
+    assert isinstance(sources.CHECKPOINT, FileSource) and not sources.CHECKPOINT.matches("net.ts")
