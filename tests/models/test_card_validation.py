@@ -230,3 +230,31 @@ def test_model_name_with_weights_whose_card_names_another_architecture(shared, c
         load_model("five-class-cnn", weights=checkpoint)
     # The same name as the card's architecture, or the checkpoint alone, is fine.
     assert load_model("mnist-cnn", weights=checkpoint).card.arch == "convsight:mnist-cnn"
+
+
+def test_validation_takes_any_object_with_the_card_fields():
+    from types import SimpleNamespace
+
+    from convsight.models.card_validation import validate_card
+
+    fields = SimpleNamespace(
+        name="plain",
+        arch="convsight:mnist-cnn",
+        input_size=28,
+        channels=1,
+        mean=0.5,
+        std=[0.25],
+        labels=None,
+        num_classes=10,
+        features_only=False,
+        resize="auto",
+        arch_options={},
+        source="",
+        interpolation="bilinear",
+        output=None,
+    )
+    validate_card(fields)  # no ModelCard needed: card.py calls it, not the other way round
+    assert fields.input_size == (28, 28) and fields.mean == (0.5,) and fields.resize == 28
+    fields.std = [0.0]
+    with pytest.raises(ConvsightError, match="model card 'plain' has a bad input.std"):
+        validate_card(fields)

@@ -15,7 +15,7 @@ from convsight.data import load_mnist  # noqa: E402
 from convsight.errors import ConvsightError  # noqa: E402
 from convsight.layers import capture, conv_layer_names, describe_layers, layer_names  # noqa: E402
 from convsight.models import ModelCard  # noqa: E402
-from convsight.models.keras_file import load_keras  # noqa: E402
+from convsight.models.convert.keras import load_keras  # noqa: E402
 
 keras = pytest.importorskip("keras")
 layers = keras.layers

@@ -14,8 +14,9 @@ from torch import nn
 
 from convsight.errors import ConvsightError
 from convsight.layers import capture, conv_layer_names, describe_layers, layer_names
-from convsight.models import ModelCard, onnx_file
-from convsight.models.onnx_file import load_onnx
+from convsight.models import ModelCard
+from convsight.models.convert import onnx as onnx_file
+from convsight.models.convert.onnx import load_onnx
 
 onnx = pytest.importorskip("onnx")
 onnx2torch = pytest.importorskip("onnx2torch")

@@ -147,7 +147,7 @@ def test_onnx_dynamic_dims(onnx_96, tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from convsight.models.onnx_graph import dims
+    from convsight.models.convert.onnx_graph import dims
 
     for batch in ("batch", -1, 0):  # a symbolic, a -1 and an unset batch: the size is still read
         value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 96, 80])

@@ -206,14 +206,14 @@ def test_torchscript_layer_methods_say_what_works(scripted, tmp_path):
 def fake_converter(monkeypatch, kind: str, load) -> list:
     """Put a stand-in for the ``kind`` converter module in place; return its calls."""
     calls = []
-    module = types.ModuleType(f"convsight.models.{kind}_file")
+    module = types.ModuleType(f"convsight.models.convert.{kind}")
 
     def loader(path, card):
         calls.append((path, card))
         return load(path, card)
 
     setattr(module, f"load_{kind}", loader)
-    monkeypatch.setitem(sys.modules, f"convsight.models.{kind}_file", module)
+    monkeypatch.setitem(sys.modules, f"convsight.models.convert.{kind}", module)
     return calls
 
 

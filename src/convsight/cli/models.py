@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,41 +10,34 @@ from rich.table import Table
 
 from convsight.cli.app import app
 from convsight.cli.errors import command, out_console
-from convsight.cli.options import (
-    ModelArg,
-    WeightsOpt,
-    card_options,
-)
+from convsight.cli.options import ModelArg, WeightsOpt, card_options, one_of
 from convsight.errors import ConvsightError
+from convsight.models.sources import SOURCES
+
+LISTED = [source.name for source in SOURCES if source.listable]
+"""The sources ``convsight models --source NAME`` lists every name of."""
 
 
 @app.command("models")
 @command
 def models_cmd(
     source: Annotated[
-        str | None, typer.Option(help="List every name of one source: seed, torchvision, timm.")
+        str | None,
+        typer.Option(help=f"List every name of one source: {', '.join(LISTED)}."),
     ] = None,
 ) -> None:
     """List where models come from: seed networks, torchvision, timm and model files."""
-    from convsight.models.zoo import SEEDS, model_sources, torchvision_models
-
     if source is not None:
-        from convsight.models.timm_source import TIMM_PREFIX, timm_names
-
-        listing: dict[str, Callable[[], list[str]]] = {
-            "seed": lambda: list(SEEDS),
-            "torchvision": torchvision_models,
-            "timm": lambda: [TIMM_PREFIX + name for name in timm_names()],
-        }
-        if source not in listing:
-            raise ConvsightError(f"unknown source '{source}': give seed, torchvision or timm")
-        for name in listing[source]():
+        if source not in LISTED:
+            raise ConvsightError(f"unknown source '{source}': give {one_of(LISTED)}")
+        listed = next(s for s in SOURCES if s.name == source)
+        for name in listed.listing():
             out_console.print(name, highlight=False)
         return
     table = Table("source", "spec", "models", "notes")
-    for row in model_sources():
-        count = "-" if row.models is None else f"{row.models:,}"
-        table.add_row(row.kind, row.spec, count, row.note)
+    for row in SOURCES:
+        count = row.count()
+        table.add_row(row.name, row.spec, "-" if count is None else f"{count:,}", row.describe())
     out_console.print(table)
     out_console.print(
         "`convsight models --source torchvision` (or seed, timm) lists every name; "

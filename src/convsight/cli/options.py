@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from convsight.attribution import METHODS
+from convsight.models.sources import ARCH_HELP
 from convsight.optvis.settings import (
     PRESETS,
     RenderSettings,
@@ -166,9 +167,8 @@ CARD_FLAGS = {
         Annotated[
             str | None,
             typer.Option(
-                help="Architecture of a checkpoint without a card (or instead of its card's): a "
-                "torchvision name, timm:NAME, a seed network, or your nn.Module class as "
-                "FILE.py:ClassName or package.module:ClassName (its code is run)."
+                help="Architecture of a checkpoint without a card (or instead of its card's): "
+                f"{ARCH_HELP} (its code is run)."
             ),
         ]
     ),

@@ -1,6 +1,8 @@
 """The checks of a ModelCard's fields: each bad field is refused in one sentence.
 
-Field names in messages follow the card's JSON layout (``input.mean``, ``labels``...).
+Field names in messages follow the card's JSON layout (``input.mean``, ``labels``...). The
+checks read and normalize the fields of any object that has them (:class:`CardFields`), so
+this module needs nothing of ``card.py``, which calls it.
 """
 
 from __future__ import annotations
@@ -8,15 +10,12 @@ from __future__ import annotations
 import json
 import numbers
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from convsight.errors import ConvsightError
 from convsight.models.labels import imagenet_labels
-
-if TYPE_CHECKING:
-    from convsight.models.card import ModelCard
 
 MAX_INPUT_SIDE = 4096
 """The largest input side (height or width, and resize) a card may give."""
@@ -32,7 +31,26 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 """How a photo may be resampled to the model's input (``input.interpolation``)."""
 
 
-def validate_card(card: ModelCard) -> None:
+class CardFields(Protocol):
+    """The fields of a model card that the checks read and normalize (a ModelCard's), by name."""
+
+    arch: str
+    arch_options: dict[str, Any]
+    channels: int
+    features_only: bool
+    input_size: tuple[int, int]
+    interpolation: str
+    labels: list[str] | None
+    mean: tuple[float, ...]
+    name: str
+    num_classes: int | None
+    output: int | str | None
+    resize: int | None | Literal["auto"]
+    source: str
+    std: tuple[float, ...]
+
+
+def validate_card(card: CardFields) -> None:
     """Check every field of ``card`` (and normalize their types); a bad one raises one sentence."""
     if not isinstance(card.name, str):
         raise ConvsightError(f"model card name must be text, not {card.name!r}")
@@ -53,7 +71,7 @@ def validate_card(card: ModelCard) -> None:
     _check_output(card)
 
 
-def _check_output(card: ModelCard) -> None:
+def _check_output(card: CardFields) -> None:
     """``output``: null, an index (a whole number) or a key (text of 1 to 200 characters)."""
     value = card.output
     if value is None:
@@ -69,13 +87,13 @@ def _check_output(card: ModelCard) -> None:
         )
 
 
-def bad_field(card: ModelCard, field_name: str, problem: str) -> ConvsightError:
+def bad_field(card: CardFields, field_name: str, problem: str) -> ConvsightError:
     """The one-sentence error of a bad field of ``card``."""
     name = f"'{card.name}'" if card.name else "(unnamed)"
     return ConvsightError(f"model card {name} has a bad {field_name}: {problem}")
 
 
-def _check_input(card: ModelCard) -> None:
+def _check_input(card: CardFields) -> None:
     """``input``: size, channels, mean, std, resize and interpolation."""
     size = card.input_size
     if integer(size) is not None:
@@ -124,7 +142,7 @@ def finite_float32(number: float) -> bool:
         return bool(np.isfinite(np.float32(number)))
 
 
-def _check_normalized_range(card: ModelCard) -> None:
+def _check_normalized_range(card: CardFields) -> None:
     """Pixels 0 and 1, normalized with the card's mean and std, must stay finite in 32-bit
     floats (a std of 1e-40 would turn every pixel into infinity)."""
     for value in (0.0, 1.0):
@@ -139,7 +157,7 @@ def _check_normalized_range(card: ModelCard) -> None:
             )
 
 
-def _check_classes(card: ModelCard) -> None:
+def _check_classes(card: CardFields) -> None:
     """``labels`` and ``num_classes``, and that they agree (the count follows the labels)."""
     if isinstance(card.labels, str) and card.labels == "imagenet":
         card.labels = imagenet_labels()
@@ -188,7 +206,7 @@ def _check_classes(card: ModelCard) -> None:
 
 
 def _whole_number(
-    card: ModelCard, field_name: str, value: Any, low: int, high: int, wanted: str
+    card: CardFields, field_name: str, value: Any, low: int, high: int, wanted: str
 ) -> int:
     """``value`` as an int from ``low`` to ``high``; else the error saying it must be ``wanted``."""
     number = integer(value)
@@ -198,7 +216,7 @@ def _whole_number(
 
 
 def channel_values(
-    card: ModelCard, field_name: str, values: Any, positive: bool
+    card: CardFields, field_name: str, values: Any, positive: bool
 ) -> tuple[float, ...]:
     """``values`` as one finite float per input channel (above 0 when ``positive``)."""
     wanted = "finite numbers above 0" if positive else "finite numbers"

@@ -31,8 +31,6 @@ from convsight.paths import require_file
 
 PREFIX = "python:"
 """How a card's ``arch`` says it is a Python class."""
-REGISTRY_KINDS = ("convsight", "torchvision", "timm", "torchscript", "onnx", "keras")
-"""Prefixes of ``arch`` that name a registry's model, not a Python module."""
 FORMS = "FILE.py:ClassName or package.module:ClassName"
 MODULE_PREFIX = "convsight_user_code_"
 """The start of the (unique) module name a file named by ``arch`` is imported under."""
@@ -53,17 +51,6 @@ class ClassRef:
     def arch(self) -> str:
         """As a card's ``arch``: ``python:TARGET:NAME``."""
         return f"{PREFIX}{self.target}:{self.name}"
-
-
-def names_class(arch: str) -> bool:
-    """Whether an ``--arch`` value names a Python class (``python:...``, ``FILE.py:Class``,
-    ``package.module:Class``) rather than a model of a registry (``resnet18``, ``timm:NAME``)."""
-    if arch.startswith(PREFIX):
-        return True
-    target, sep, _ = arch.rpartition(":")
-    if arch.partition(":")[0] in REGISTRY_KINDS:
-        return False
-    return arch.endswith(".py") or bool(sep and target)
 
 
 def parse_arch(arch: str) -> ClassRef:

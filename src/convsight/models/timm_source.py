@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -11,7 +12,10 @@ from torch import nn
 
 from convsight.errors import ConvsightError
 from convsight.models.card import INTERPOLATIONS, ModelCard
+from convsight.models.checkpoints import Build
 from convsight.models.extras import import_extra
+from convsight.models.model import Model
+from convsight.models.source import NamedSource
 
 TIMM_PREFIX = "timm:"
 
@@ -106,3 +110,54 @@ def timm_card(name: str, module: nn.Module, channels: int = 3) -> ModelCard:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+class TimmSource(NamedSource):
+    """timm's architectures as ``timm:NAME``, carded from timm's ``pretrained_cfg``."""
+
+    def matches(self, spec: str) -> bool:
+        """Whether ``spec`` is ``timm:NAME``."""
+        return spec.startswith(TIMM_PREFIX)
+
+    def listing(self) -> list[str]:
+        """Every ``timm:NAME`` timm can build."""
+        return [TIMM_PREFIX + name for name in timm_names()]
+
+    def count(self) -> int | None:
+        """How many architectures timm builds (None: timm is not installed)."""
+        return len(timm_names()) if timm_installed() else None
+
+    def pretrained(self, spec: str) -> Model:
+        """The timm model with its default pretrained weights."""
+        name = spec[len(TIMM_PREFIX) :]
+        module = download_timm(name)
+        return Model(module, timm_card(name, module))
+
+    def builder(self, spec: str, options: dict[str, Any]) -> Build:
+        """The untrained timm model with the class count and input channels asked for."""
+        name = spec[len(TIMM_PREFIX) :]
+
+        def build(num_classes: int | None, channels: int | None) -> tuple[nn.Module, ModelCard]:
+            module = build_timm(name, num_classes, channels)
+            return module, timm_card(name, module, channels or 3)
+
+        return build
+
+    def build(self, card: ModelCard, folder: Path) -> nn.Module | None:
+        """The timm model ``card`` names (none for features only)."""
+        if card.features_only:
+            return None
+        return build_timm(card.arch.partition(":")[2], card.num_classes, card.channels)
+
+
+TIMM = TimmSource(
+    name="timm",
+    spec="timm:NAME (timm:convnext_atto, ...)",
+    note="card from timm's pretrained_cfg; weights downloaded on first use; offline "
+    "--weights FILE (.pt or .safetensors)",
+    arch="timm",
+    arch_help="timm:NAME",
+    listable=True,
+    extra="timm",
+    packages=("timm",),
+)

@@ -25,7 +25,8 @@ from convsight.data.folder import (
 from convsight.data.mnist import load_mnist
 from convsight.errors import ConvsightError
 from convsight.models import ModelCard, build_seed, load_model, replace_head
-from convsight.models.registry import SEEDS, torchvision_card, torchvision_models
+from convsight.models.seed_source import SEEDS
+from convsight.models.torchvision_source import torchvision_card, torchvision_models
 from convsight.report import (
     atomic_path,
     out_dir_kept_if_written,

@@ -149,8 +149,7 @@ def _check_classifier(classifier: str, weights: str | os.PathLike | None) -> Mod
     """A classifier given with local weights (or as a checkpoint) loads now (returned) and
     knows the study's classes; a name alone must be one ``load_model`` accepts (its download
     is tried only when needed)."""
-    from convsight.models import load_model
-    from convsight.models.zoo import list_models
+    from convsight.models import list_models, load_model
 
     if weights is None and not Path(classifier).is_file():
         if classifier not in list_models():

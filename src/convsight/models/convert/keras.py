@@ -29,8 +29,8 @@ from torch import nn
 
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
-from convsight.models.converted import checked_model, converted_card, first_line
-from convsight.models.keras_layers import convert_layer
+from convsight.models.convert.converted import checked_model, converted_card, first_line
+from convsight.models.convert.keras_layers import convert_layer
 from convsight.models.model import Model
 from convsight.paths import require_file
 

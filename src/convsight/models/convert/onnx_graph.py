@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from convsight.errors import ConvsightError
-from convsight.models.converted import first_line
+from convsight.models.convert.converted import first_line
 
 TARGET_OPSET = 17
 """The opset a newer graph is converted down to before onnx2torch reads it."""

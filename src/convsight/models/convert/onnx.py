@@ -2,7 +2,7 @@
 
 Layers are the converted modules, named after the ONNX nodes (``node_conv2d``, ``conv1/Conv``).
 Before conversion the graph is brought into the form onnx2torch covers, each step exact (see
-:mod:`convsight.models.onnx_graph`).
+:mod:`convsight.models.convert.onnx_graph`).
 
 The converted model is then run next to onnxruntime on the file as given (a seeded probe batch,
 plus one image and two batches at once for a fixed-batch file); the largest absolute difference
@@ -26,9 +26,9 @@ from torch import nn
 
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
-from convsight.models.converted import checked_model, converted_card, first_line
+from convsight.models.convert.converted import checked_model, converted_card, first_line
+from convsight.models.convert.onnx_graph import TARGET_OPSET, dims, prepare_graph
 from convsight.models.model import Model
-from convsight.models.onnx_graph import TARGET_OPSET, dims, prepare_graph
 from convsight.paths import require_file
 
 __all__ = ["TARGET_OPSET", "load_onnx"]
