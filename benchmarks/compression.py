@@ -20,9 +20,11 @@ from pathlib import Path
 
 from common import shared_dir, write_result
 
-from convsight.studies.compression import compress
-from convsight.studies.five_class import make_subset, train_subset
-from convsight.studies.mnist import train_mnist
+from convsight.models import Model
+from convsight.studies.compression import CompressionRequest, compress
+from convsight.studies.five_class import SubsetTrainingRequest, train_subset
+from convsight.studies.mnist import MnistTrainingRequest, train_mnist
+from convsight.studies.subset import SubsetRequest, make_subset
 
 
 def main() -> None:
@@ -39,39 +41,42 @@ def main() -> None:
         tmp = Path(tmp)
         start = time.perf_counter()
         trained = train_mnist(
-            tmp / "mnist", epochs=args.mnist_epochs, data_dir=data, seed=args.seed,
-            show_progress=False,
+            MnistTrainingRequest(
+                tmp / "mnist", epochs=args.mnist_epochs, data_dir=data, seed=args.seed,
+                show_progress=False,
+            )
         )  # fmt: skip
-        networks["MNIST CNN"] = _compress(
-            tmp / "mnist" / "model.pt", data / "mnist", tmp / "c-mnist", args.seed
-        )
+        networks["MNIST CNN"] = _compress(trained.model, data / "mnist", tmp / "c-mnist", args.seed)
         networks["MNIST CNN"]["train"] = {
             "epochs": args.mnist_epochs,
-            "test_accuracy": trained["test_accuracy"],
+            "test_accuracy": trained.test_accuracy,
             "seconds": time.perf_counter() - start,
         }
         subset = tmp / "five"
-        make_subset(subset, from_fashion_mnist=args.fashion_mnist, seed=args.seed,
-                    show_progress=False)  # fmt: skip
-        trained = train_subset(
-            subset, tmp / "five-run", epochs=args.five_class_epochs, image_size=args.size,
-            seed=args.seed, show_progress=False,
+        make_subset(
+            SubsetRequest(subset, from_fashion_mnist=args.fashion_mnist, seed=args.seed,
+                          show_progress=False)
         )  # fmt: skip
-        networks["five-class CNN"] = _compress(
-            tmp / "five-run" / "model.pt", subset, tmp / "c-five", args.seed
-        )
+        trained = train_subset(
+            SubsetTrainingRequest(
+                subset, tmp / "five-run", epochs=args.five_class_epochs, image_size=args.size,
+                seed=args.seed, show_progress=False,
+            )
+        )  # fmt: skip
+        networks["five-class CNN"] = _compress(trained.model, subset, tmp / "c-five", args.seed)
         networks["five-class CNN"]["train"] = {
             "epochs": args.five_class_epochs,
             "image_size": args.size,
             "data": "five Fashion-MNIST classes (stand-in for the study's ImageNet subset)",
-            "test_accuracy": trained["test_accuracy"],
+            "test_accuracy": trained.test_accuracy,
         }
     write_result("compression", {"benchmark": "convsight compress", "networks": networks})
 
 
-def _compress(model: Path, data: Path, out: Path, seed: int) -> dict:
+def _compress(model: Model, data: Path, out: Path, seed: int) -> dict:
     start = time.perf_counter()
-    result = compress(str(model), data, out, seed=seed, show_progress=False)
+    request = CompressionRequest(data, out, seed=seed, show_progress=False)
+    result = compress(model, request).to_json()
     result["wall_seconds"] = time.perf_counter() - start
     print(f"{result['model']}: {len(result['trials'])} removals in {result['wall_seconds']:.0f} s")
     return result

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common import shared_dir, write_result
 
-from convsight.studies.mnist import train_mnist
+from convsight.studies.mnist import MnistTrainingRequest, train_mnist
 from convsight.studies.numbers import STUDY
 
 STUDY_ACCURACY = STUDY.mnist_test_accuracy  # the study's reported MNIST test accuracy
@@ -37,7 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, stride, padding, epochs in variants:
             start = time.perf_counter()
-            result = train_mnist(
+            request = MnistTrainingRequest(
                 out=Path(tmp) / f"s{stride}{padding}",
                 stride=stride,
                 padding=padding,
@@ -46,16 +46,17 @@ def main() -> None:
                 seed=args.seed,
                 show_progress=False,
             )
+            result = train_mnist(request)
             wall = time.perf_counter() - start
             row = {
                 "variant": label,
                 "stride": stride,
                 "padding": padding,
                 "epochs": epochs,
-                "test_accuracy": result["test_accuracy"],
-                "best_test_accuracy": max(h["test_accuracy"] for h in result["history"]),
-                "test_accuracy_per_epoch": [h["test_accuracy"] for h in result["history"]],
-                "train_seconds": result["seconds"],
+                "test_accuracy": result.test_accuracy,
+                "best_test_accuracy": max(h.test_accuracy for h in result.history),
+                "test_accuracy_per_epoch": [h.test_accuracy for h in result.history],
+                "train_seconds": result.seconds,
                 "wall_seconds": wall,
             }
             print(row)

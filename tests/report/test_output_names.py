@@ -18,9 +18,9 @@ from convsight.models import Model, ModelCard, build_seed
 from convsight.optvis.settings import settings_for
 from convsight.report import OUT_MARKER, write_checkpoint
 from convsight.studies.atlas import AtlasRequest, build_atlas
-from convsight.studies.five_class import make_subset
 from convsight.studies.optvis import ClassvizRequest, classviz
 from convsight.studies.saliency import SaliencyRequest, write_saliency
+from convsight.studies.subset import SubsetRequest, make_subset
 
 runner = CliRunner()
 
@@ -173,13 +173,13 @@ def test_subset_class_folders_safe_and_clashes_refused(tmp_path):
         for i in range(3):
             Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(source / cls / f"{i}.png")
     out = tmp_path / "subset"
-    manifest = make_subset(out, from_folder=source, show_progress=False)
+    manifest = make_subset(SubsetRequest(out, from_folder=source, show_progress=False))
     folders = sorted(p.name for p in (out / "train").iterdir())
     assert folders == ["a_b", "jack-o'-lantern", "red circle"]  # ordinary names kept
-    assert manifest["classes"] == ["a:b", "jack-o'-lantern", "red circle"]
+    assert manifest.classes == ["a:b", "jack-o'-lantern", "red circle"]
     (source / "a_b").mkdir()
     for i in range(3):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(source / "a_b" / f"{i}.png")
     with pytest.raises(ConvsightError, match="would share the folder 'a_b'"):
-        make_subset(tmp_path / "subset2", from_folder=source, show_progress=False)
+        make_subset(SubsetRequest(tmp_path / "subset2", from_folder=source, show_progress=False))
     assert not (tmp_path / "subset2").exists()

@@ -20,7 +20,7 @@ from convsight.analysis.filters import filter_redundancy
 from convsight.errors import ConvsightError
 from convsight.models import load_model
 from convsight.studies.compression import ALL, plan_trials
-from convsight.studies.mnist import train_mnist
+from convsight.studies.mnist import MnistTrainingRequest, train_mnist
 from convsight.train import evaluate
 from tests.cli.test_cli import assert_bad_input, run
 
@@ -208,7 +208,11 @@ def test_trials_remove_as_many_filters_each_way_and_merge_equal_thresholds():
 @pytest.fixture(scope="module")
 def mnist_model(tmp_path_factory, mnist_dir):
     out = tmp_path_factory.mktemp("mnist")
-    train_mnist(out, epochs=1, train_limit=3000, data_dir=mnist_dir, show_progress=False)
+    train_mnist(
+        MnistTrainingRequest(
+            out, epochs=1, train_limit=3000, data_dir=mnist_dir, show_progress=False
+        )
+    )
     return out / "model.pt"
 
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from convsight.cli import app
 from convsight.data.folder import class_means, load_folder
+from convsight.errors import ConvsightError
 from convsight.models import load_model
 
 runner = CliRunner()
@@ -288,3 +289,29 @@ def test_subset_training_that_diverges_leaves_nothing(trained, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 2 and "diverged" in result.stderr, result.output
     assert not out.exists()
+
+
+def test_train_subset_result_is_what_was_written(trained, tmp_path):
+    from convsight.studies.five_class import (
+        SubsetTrainingRequest,
+        SubsetTrainingResult,
+        train_subset,
+    )
+
+    with pytest.raises(ConvsightError, match="--image-size must be at least 16"):
+        SubsetTrainingRequest(trained / "subset", tmp_path / "o", image_size=8)
+    out = tmp_path / "run"
+    request = SubsetTrainingRequest(
+        trained / "subset", out, image_size=16, epochs=1, show_progress=False
+    )
+    result = train_subset(request)
+    assert isinstance(result, SubsetTrainingResult)
+    assert json.loads((out / "metrics.json").read_text()) == result.to_json()
+    assert all(p.is_file() for p in result.files) and len(result.files) == 7
+    assert result.classes == sorted(SHAPES) and result.spec == "five-class-cnn"
+    assert result.train_accuracy == result.history[-1].train_accuracy
+    saved = load_model(str(out / "model.pt"))
+    assert result.model.card.to_dict() == saved.card.to_dict()
+    state = result.model.module.state_dict()
+    for name, value in saved.module.state_dict().items():
+        assert torch.equal(state[name], value), name

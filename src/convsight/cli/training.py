@@ -37,9 +37,9 @@ def train_mnist_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Train the study's MNIST CNN; write model.pt + model.json, metrics.json, curves PNG."""
-    from convsight.studies.mnist import train_mnist
+    from convsight.studies.mnist import MnistTrainingRequest, train_mnist
 
-    result = train_mnist(
+    request = MnistTrainingRequest(
         stride=stride,
         padding=padding,
         epochs=epochs,
@@ -50,7 +50,7 @@ def train_mnist_cmd(
         data_dir=data_dir,
         **run.arguments(),
     )
-    acc = result["history"][-1]["test_accuracy"]
+    acc = train_mnist(request).test_accuracy
     out_console.print(
         f"test accuracy {acc:.4f} (the study reports {STUDY.mnist_test_accuracy}); "
         f"outputs in {run.out}"
@@ -76,9 +76,9 @@ def train_subset_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Train on a subset: checkpoint + card, metrics, curves, confusion matrix, class means."""
-    from convsight.studies.five_class import train_subset
+    from convsight.studies.five_class import SubsetTrainingRequest, train_subset
 
-    result = train_subset(
+    request = SubsetTrainingRequest(
         data=data,
         model=model,
         finetune=finetune,
@@ -89,9 +89,10 @@ def train_subset_cmd(
         lr=lr,
         **run.arguments(),
     )
+    result = train_subset(request)
     out_console.print(
-        f"train accuracy {result['train_accuracy']:.3f}, test accuracy "
-        f"{result['test_accuracy']:.3f} (the study: self-built "
+        f"train accuracy {result.train_accuracy:.3f}, test accuracy "
+        f"{result.test_accuracy:.3f} (the study: self-built "
         f"{STUDY.five_class_test_accuracy}, VGG16 {STUDY.vgg16_five_class_test_accuracy}); "
         f"outputs in {run.out}"
     )
@@ -121,9 +122,9 @@ def data_subset_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Make a reproducible train/test ImageFolder split with a manifest of every file."""
-    from convsight.studies.five_class import make_subset
+    from convsight.studies.subset import SubsetRequest, make_subset
 
-    manifest = make_subset(
+    request = SubsetRequest(
         imagenet_root=imagenet_root,
         synsets=split_list(synsets) or None,
         from_folder=from_folder,
@@ -133,11 +134,12 @@ def data_subset_cmd(
         test_fraction=test_fraction,
         **run.arguments(),
     )
-    for name, count in manifest["counts"].items():
+    subset = make_subset(request)
+    for name, count in subset.counts.items():
         out_console.print(f"{name}: {count['train']} train, {count['test']} test", highlight=False)
-    for problem in manifest["missing"]:
+    for problem in subset.missing:
         err_console.print(f"[yellow]left out:[/yellow] {problem}", highlight=False)
-    for item in manifest["skipped"]:
+    for item in subset.skipped:
         err_console.print(
             f"[yellow]skipped:[/yellow] {item['path']}: {item['reason']}", highlight=False
         )
@@ -154,26 +156,29 @@ def demo_cmd(
     run: RunFlags | None = None,
 ) -> None:
     """Train the MNIST CNN briefly and show its conv outputs for a 7."""
-    from convsight.models import load_model
-    from convsight.runtime import seed_everything
-    from convsight.studies.mnist import ActivationsRequest, train_mnist, write_activations
+    from convsight.studies.mnist import (
+        ActivationsRequest,
+        MnistTrainingRequest,
+        train_mnist,
+        write_activations,
+    )
 
     start = time.perf_counter()
     mnist = run.out / "mnist"
-    result = train_mnist(
+    request = MnistTrainingRequest(
         stride=stride,
         padding="valid" if stride == 1 else "same",
         epochs=epochs,
         data_dir=data_dir,
         **(run.arguments() | {"out": mnist}),
     )
-    seed_everything(run.seed)
+    result = train_mnist(request)
     written = write_activations(
-        load_model(str(mnist / "model.pt")),
+        result.model,
         ActivationsRequest(data_dir=data_dir, seed=run.seed),
         out=run.out / "activations",
     ).files
-    acc = result["history"][-1]["test_accuracy"]
+    acc = result.test_accuracy
     out_console.print(
         f"MNIST CNN (stride {stride}): test accuracy {acc:.4f} after {epochs} epoch(s) "
         f"(the study: {STUDY.mnist_test_accuracy}) in {time.perf_counter() - start:.0f} s"

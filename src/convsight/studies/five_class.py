@@ -1,39 +1,25 @@
-"""The study's part 4: an image subset, the self-built CNN and a fine-tuned backbone."""
+"""The study's part 4: train the self-built CNN, or fine-tune a backbone, on a subset folder
+(made by :func:`~convsight.studies.subset.make_subset`)."""
 
 from __future__ import annotations
 
 import os
-import random
-import shutil
 import time
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from convsight.data.folder import (
-    FolderData,
-    class_folders,
-    class_means,
-    load_folder,
-    scan_folder,
-    scan_imagenet,
-    split_files,
-)
-from convsight.data.mnist import load_mnist
+from convsight.data.folder import FolderData, class_folders, class_means, load_folder
 from convsight.errors import ConvsightError
-from convsight.models import ModelCard, build_seed, load_model, replace_head
+from convsight.models import ModelCard, build_seed, card_path, load_model, replace_head
 from convsight.models.seed_source import SEEDS
 from convsight.models.torchvision_source import torchvision_card, torchvision_models
 from convsight.report import (
-    atomic_path,
     out_dir_kept_if_written,
-    prepare_out_dir,
-    safe_filename,
     training_curves,
-    unique_names,
     write_checkpoint,
     write_figure,
     write_json,
@@ -43,211 +29,8 @@ from convsight.report.grids import image_grid
 from convsight.report.plots import confusion_matrix
 from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.numbers import STUDY
+from convsight.studies.training import TrainingResult, trained_model
 from convsight.train import check_lr, evaluate, fit
-
-FASHION_CLASSES = [
-    "T-shirt-top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
-FASHION_DEFAULT = ["Trouser", "Pullover", "Sandal", "Bag", "Ankle boot"]
-
-
-def _check_out_is_new(out: Path) -> None:
-    for sub in ("train", "test", "manifest.json"):
-        if (out / sub).exists():
-            raise ConvsightError(f"{out} already holds a subset ({sub}); choose a new --out")
-
-
-def make_subset(
-    out: Path,
-    imagenet_root: str | os.PathLike | None = None,
-    synsets: list[str] | None = None,
-    from_folder: str | os.PathLike | None = None,
-    from_fashion_mnist: str | os.PathLike | None = None,
-    classes: list[str] | None = None,
-    per_class: int | None = None,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Write ``out/train/<class>/``, ``out/test/<class>/`` and ``out/manifest.json``.
-
-    Sources: an ImageNet train tree (default: the study's five synsets), any ImageFolder
-    tree, or the Fashion-MNIST idx files. Unreadable files and absent or empty classes are
-    reported in the manifest and left out; the split is seeded and reproducible.
-    """
-    _check_subset_request(
-        (imagenet_root, from_folder, from_fashion_mnist), test_fraction, per_class
-    )
-    out = Path(out)
-    _check_out_is_new(out)
-    if from_fashion_mnist is not None:
-        return _fashion_subset(
-            out, Path(from_fashion_mnist), classes, per_class or 578, test_fraction, seed
-        )
-    scan, source = _scan_source(imagenet_root, synsets, from_folder, classes, show_progress)
-    if len(scan.files) < 2:
-        raise ConvsightError(
-            f"fewer than two usable classes in {source}: " + "; ".join(scan.missing or ["none"])
-        )
-    files = _sample(scan.files, per_class, seed) if per_class is not None else scan.files
-    splits = split_files(files, test_fraction, seed)
-    class_dirs(splits["train"])
-    out = prepare_out_dir(out)
-    entries = _write_splits(
-        out, splits, lambda path: path.name, str, lambda path, tmp: shutil.copyfile(path, tmp)
-    )
-    return _write_manifest(
-        out,
-        source,
-        splits,
-        entries,
-        scan.skipped,
-        scan.missing,
-        {"synsets": synsets, "per_class": per_class, "test_fraction": test_fraction, "seed": seed},
-    )
-
-
-def _check_subset_request(sources: tuple, test_fraction: float, per_class: int | None) -> None:
-    if sum(source is not None for source in sources) != 1:
-        raise ConvsightError(
-            "give exactly one source: --imagenet-root, --from-folder or --from-fashion-mnist"
-        )
-    if not 0 < test_fraction < 1:
-        raise ConvsightError(
-            f"--test-fraction must be between 0 and 1 (exclusive), not {test_fraction}"
-        )
-    if per_class is not None and per_class < 2:
-        raise ConvsightError("--per-class must be at least 2")
-
-
-def _scan_source(imagenet_root, synsets, from_folder, classes, show_progress: bool):
-    """The readable files of each class in an ImageNet tree or an image folder, and a name
-    for the source; classes asked for but absent are recorded as missing."""
-    if imagenet_root is not None:
-        scan = scan_imagenet(imagenet_root, synsets, show_progress=show_progress)
-        return scan, f"ImageNet train tree {imagenet_root}"
-    scan = scan_folder(from_folder, show_progress=show_progress)
-    if classes:
-        unknown = [c for c in classes if c not in scan.files and c not in scan.missing]
-        if unknown:
-            scan.missing += [f"class '{c}' not found" for c in unknown]
-        scan.files = {c: f for c, f in scan.files.items() if c in classes}
-    return scan, f"image folder {from_folder}"
-
-
-def _fashion_subset(
-    out: Path,
-    folder: Path,
-    classes: list[str] | None,
-    per_class: int,
-    test_fraction: float,
-    seed: int,
-) -> dict[str, Any]:
-    classes = classes or FASHION_DEFAULT
-    lowered = [c.lower() for c in FASHION_CLASSES]
-    unknown = [c for c in classes if c.lower() not in lowered]
-    if unknown:
-        raise ConvsightError(
-            f"unknown Fashion-MNIST class(es) {', '.join(unknown)}; "
-            f"classes: {', '.join(FASHION_CLASSES)}"
-        )
-    images, labels = load_mnist("train", folder)
-    by_class = {}
-    for name in classes:
-        label = lowered.index(name.lower())
-        by_class[FASHION_CLASSES[label]] = (labels == label).nonzero().flatten().tolist()
-    splits = split_files(_sample(by_class, per_class, seed), test_fraction, seed)
-    out = prepare_out_dir(out)
-    from PIL import Image
-
-    entries = _write_splits(
-        out,
-        splits,
-        lambda index: f"{index:05d}.png",
-        lambda index: f"fashion-mnist train[{index}]",
-        lambda index, tmp: Image.fromarray(images[index].numpy()).save(tmp, format="PNG"),
-    )
-    settings = {
-        "classes": classes,
-        "per_class": per_class,
-        "test_fraction": test_fraction,
-        "seed": seed,
-    }
-    return _write_manifest(
-        out, f"Fashion-MNIST idx files in {folder}", splits, entries, [], [], settings
-    )
-
-
-def _sample(items: dict[str, list], per_class: int, seed: int) -> dict[str, list]:
-    """At most ``per_class`` items of each class, a seeded choice."""
-    return {
-        c: sorted(random.Random(f"{seed}:{c}").sample(v, min(per_class, len(v))))
-        for c, v in items.items()
-    }
-
-
-def class_dirs(classes: Iterable[str]) -> dict[str, str]:
-    """The folder of each class: its name made safe (spaces and common punctuation kept, so
-    the folder name is the label training reads back). Two classes that would share a folder
-    are an input error."""
-    dirs: dict[str, str] = {}
-    seen: dict[str, str] = {}
-    for name in classes:
-        folder = safe_filename(name, max_length=200, readable=True)
-        other = seen.setdefault(folder.casefold(), name)
-        if other != name:
-            raise ConvsightError(
-                f"classes '{other}' and '{name}' would share the folder '{folder}'; rename one"
-            )
-        dirs[name] = folder
-    return dirs
-
-
-def _write_splits(out: Path, splits, file_name, source, write) -> list[dict[str, str]]:
-    """Write every item to ``out/<split>/<class>/<file_name(item)>`` whole (both names made
-    safe, file names distinct within a folder); the manifest rows."""
-    entries = []
-    dirs = class_dirs(splits["train"])
-    for split, by_class in splits.items():
-        for name, items in by_class.items():
-            names = unique_names(
-                [file_name(item) for item in items], max_length=200, readable=True, extension=True
-            )
-            for item, file in zip(items, names, strict=True):
-                dest = out / split / dirs[name] / file
-                with atomic_path(dest, within=out) as tmp:
-                    write(item, tmp)
-                entries.append(
-                    {"split": split, "class": name, "source": source(item), "path": str(dest)}
-                )
-    return entries
-
-
-def _write_manifest(out, source, splits, entries, skipped, missing, settings) -> dict[str, Any]:
-    counts = {
-        name: {split: len(splits[split].get(name, [])) for split in splits}
-        for name in splits["train"]
-    }
-    manifest = {
-        "source": source,
-        "classes": sorted(counts),
-        "counts": counts,
-        "settings": settings,
-        "skipped": skipped,
-        "missing": missing,
-        "files": entries,
-    }
-    write_json(out / "manifest.json", manifest)
-    return manifest
 
 
 def folder_loader(data: FolderData, card: ModelCard, batch_size: int, train: bool, seed: int):
@@ -345,69 +128,111 @@ def _confusion(
     return matrix, per_class
 
 
-def _write_class_means(out: Path, train_data: FolderData, classes: list[str]) -> None:
-    means = class_means(train_data)
-    write_npz(out / "class_means.npz", means=means, labels=classes)
-    write_figure(out / "class_means.png", image_grid(means, classes, title="class means (train)"))
+@dataclass(frozen=True)
+class SubsetTrainingRequest:
+    """One training run on a subset folder (``data/train``, ``data/test``): the network
+    (``five-class-cnn``, or a torchvision backbone with a new head), whether only that head
+    is trained (``finetune``, on pretrained ``weights``; None: torchvision's), the input side,
+    the epochs, batch size and Adam's learning rate, the output folder, the seed and the
+    device. The learning rate and input side are checked when made."""
+
+    data: str | os.PathLike
+    out: str | os.PathLike = "runs/subset"
+    model: str = "five-class-cnn"
+    finetune: bool = False
+    weights: str | os.PathLike | None = None
+    image_size: int = 224
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        """One sentence for a learning rate or input side that cannot work."""
+        check_lr(self.lr)
+        if self.image_size < 16:
+            raise ConvsightError("--image-size must be at least 16")
 
 
-def train_subset(
-    data: str | os.PathLike,
-    out: Path,
-    model: str = "five-class-cnn",
-    finetune: bool = False,
-    weights: str | os.PathLike | None = None,
-    image_size: int = 224,
-    epochs: int = 5,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: str = "auto",
-    show_progress: bool = True,
-) -> dict[str, Any]:
+@dataclass(kw_only=True)
+class SubsetTrainingResult(TrainingResult):
+    """The network trained on a subset (see :class:`TrainingResult`; ``spec``: the model
+    asked for): whether only its head was trained and on which weights, the classes, the
+    last epoch's train accuracy, each class's test accuracy, the confusion matrix (rows: true
+    class) and the images that could not be read; ``files``: ``model.pt`` and its card,
+    ``class_means.npz``/``.png``, ``training_curves.png``, ``confusion_matrix.png`` and
+    ``metrics.json``."""
+
+    finetune: bool
+    weights: str | None
+    classes: list[str]
+    train_accuracy: float
+    per_class_accuracy: dict[str, float]
+    confusion_matrix: list[list[int]]
+    skipped_images: list[dict[str, str]]
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``metrics.json`` holds."""
+        return {
+            "model": self.spec,
+            "finetune": self.finetune,
+            "weights": self.weights,
+            "classes": self.classes,
+            "settings": self.settings,
+            "history": self.rows,
+            "train_accuracy": self.train_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "per_class_accuracy": self.per_class_accuracy,
+            "confusion_matrix": self.confusion_matrix,
+            "skipped_images": self.skipped_images,
+            "study": STUDY.five_class_json(),
+            "seconds": self.seconds,
+        }
+
+
+def train_subset(request: SubsetTrainingRequest) -> SubsetTrainingResult:
     """Train on ``data/train``, test on ``data/test``; write checkpoint + card, metrics.json,
-    training curves, confusion matrix, per-class accuracy and the class-mean images."""
-    check_lr(lr)
-    data = Path(data)
+    training curves, confusion matrix, per-class accuracy and the class-mean images. The
+    network is built here (see :func:`_build`): its head follows the subset's classes.
+    Every input is checked (the images read) before the output folder is created."""
+    r = request
+    data = Path(r.data)
     classes = subset_classes(data)
-    if image_size < 16:
-        raise ConvsightError("--image-size must be at least 16")
-    dev = resolve_device(device)
-    seed_everything(seed)
-    module, card, params = _build(model, classes, image_size, finetune, weights)
-    train_data, test_data = load_splits(data, card, classes, show_progress)
-    test_loader = folder_loader(test_data, card, batch_size, False, seed)
+    dev = resolve_device(r.device)
+    seed_everything(r.seed)
+    module, card, params = _build(r.model, classes, r.image_size, r.finetune, r.weights)
+    train_data, test_data = load_splits(data, card, classes, r.show_progress)
+    test_loader = folder_loader(test_data, card, r.batch_size, False, r.seed)
     start = time.perf_counter()
-    with out_dir_kept_if_written(out) as out:  # a diverged run leaves no empty folder
-        train_loader = folder_loader(train_data, card, batch_size, True, seed)
+    with out_dir_kept_if_written(r.out) as out:  # a diverged run leaves no empty folder
+        train_loader = folder_loader(train_data, card, r.batch_size, True, r.seed)
         history = fit(
-            module, train_loader, test_loader, epochs, lr, dev, show_progress, parameters=params
-        )
+            module, train_loader, test_loader, r.epochs, r.lr, dev, r.show_progress,
+            parameters=params,
+        )  # fmt: skip
     seconds = time.perf_counter() - start
-    card.source += f"; convsight train subset {data}, {epochs} epochs, seed {seed}"
-    result = {
-        "model": model,
-        "finetune": finetune,
-        "weights": str(weights) if weights else None,
-        "classes": classes,
-        "settings": {
-            "image_size": image_size,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "optimizer": "Adam",
-            "loss": "cross-entropy",
-            "seed": seed,
-            "device": str(dev),
-            "train_examples": len(train_data.labels),
-            "test_examples": len(test_data.labels),
-        },
-    }
-    title = f"{card.name} on {data.name}" + (" (fine-tuned head)" if finetune else "")
-    tested = evaluate(module, test_loader, dev)
-    _write_run(out, module, card, (train_data, test_data), tested, history, result, title)
-    result["seconds"] = seconds
-    write_json(out / "metrics.json", result)
+    card.source += f"; convsight train subset {data}, {r.epochs} epochs, seed {r.seed}"
+    _, test_accuracy, predictions = evaluate(module, test_loader, dev)
+    matrix, per_class = _confusion(test_data.labels, predictions, classes)
+    files = [write_checkpoint(out / "model.pt", module.cpu(), card), card_path(out / "model.pt")]
+    result = SubsetTrainingResult(
+        model=trained_model(module, card),
+        spec=r.model,
+        settings=_settings(r, dev, train_data, test_data),
+        history=history,
+        test_accuracy=test_accuracy,
+        seconds=seconds,
+        finetune=r.finetune,
+        weights=str(r.weights) if r.weights else None,
+        classes=classes,
+        train_accuracy=history[-1].train_accuracy,
+        per_class_accuracy=per_class,
+        confusion_matrix=matrix.tolist(),
+        skipped_images=train_data.skipped + test_data.skipped,
+    )
+    result.files = files + _write_figures(out, result, train_data, data.name)
     return result
 
 
@@ -424,23 +249,39 @@ def load_splits(
     return train_data, test_data
 
 
-def _write_run(out, module, card, splits, tested, history, result, title) -> None:
-    """Write the checkpoint, class means and figures; add the scores to ``result``."""
-    train_data, test_data = splits
-    classes = result["classes"]
-    _, test_acc, predictions = tested
-    matrix, per_class = _confusion(test_data.labels, predictions, classes)
-    write_checkpoint(out / "model.pt", module.cpu(), card)
-    _write_class_means(out, train_data, classes)
-    rows = [h.to_dict() for h in history]
-    result |= {
-        "history": rows,
-        "train_accuracy": rows[-1]["train_accuracy"],
-        "test_accuracy": test_acc,
-        "per_class_accuracy": per_class,
-        "confusion_matrix": matrix.tolist(),
-        "skipped_images": train_data.skipped + test_data.skipped,
-        "study": STUDY.five_class_json(),
+def _settings(
+    request: SubsetTrainingRequest, device: torch.device, train: FolderData, test: FolderData
+) -> dict[str, Any]:
+    """The settings ``metrics.json`` records."""
+    r = request
+    return {
+        "image_size": r.image_size,
+        "epochs": r.epochs,
+        "batch_size": r.batch_size,
+        "lr": r.lr,
+        "optimizer": "Adam",
+        "loss": "cross-entropy",
+        "seed": r.seed,
+        "device": str(device),
+        "train_examples": len(train.labels),
+        "test_examples": len(test.labels),
     }
-    write_figure(out / "training_curves.png", training_curves(rows, title))
-    write_figure(out / "confusion_matrix.png", confusion_matrix(matrix.tolist(), classes, title))
+
+
+def _write_figures(
+    out: Path, result: SubsetTrainingResult, train_data: FolderData, data_name: str
+) -> list[Path]:
+    """Write the class means, the training curves, the confusion matrix and
+    ``metrics.json``; the files written."""
+    title = f"{result.model.card.name} on {data_name}"
+    title += " (fine-tuned head)" if result.finetune else ""
+    means = class_means(train_data)
+    grid = image_grid(means, result.classes, title="class means (train)")
+    matrix = confusion_matrix(result.confusion_matrix, result.classes, title)
+    return [
+        write_npz(out / "class_means.npz", means=means, labels=result.classes),
+        write_figure(out / "class_means.png", grid),
+        write_figure(out / "training_curves.png", training_curves(result.rows, title)),
+        write_figure(out / "confusion_matrix.png", matrix),
+        write_json(out / "metrics.json", result.to_json()),
+    ]

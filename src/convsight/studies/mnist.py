@@ -15,7 +15,7 @@ from convsight.activations import activations
 from convsight.data import exif_orientation, load_image_tensor, load_mnist, mnist_loaders
 from convsight.errors import ConvsightError
 from convsight.layers import check_map_layers, conv_layer_names
-from convsight.models import Model, build_seed
+from convsight.models import Model, build_seed, card_path
 from convsight.report import (
     channel_grid,
     out_dir_kept_if_written,
@@ -31,68 +31,106 @@ from convsight.report.grids import image_grid
 from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.numbers import STUDY
 from convsight.studies.results import Result
+from convsight.studies.training import TrainingResult, trained_model
 from convsight.train import check_lr, fit
 
 
-def train_mnist(
-    out: Path,
-    stride: int = 2,
-    padding: str = "same",
-    epochs: int = 5,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    data_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Train the MNIST CNN; write ``model.pt`` + card, ``metrics.json``, ``training_curves.png``."""
-    check_lr(lr)
-    if epochs < 1 or batch_size < 1:
-        raise ConvsightError("--epochs and --batch-size must be at least 1")
-    dev = resolve_device(device)
-    seed_everything(seed)
-    module, card = build_seed("mnist-cnn", {"stride": stride, "padding": padding})
+@dataclass(frozen=True)
+class MnistTrainingRequest:
+    """One training run of the study's MNIST CNN: its convolution ``stride`` (2 as the
+    study states, or 1) and ``padding`` (``same`` or ``valid``), the epochs, batch size and
+    Adam's learning rate, the first ``train_limit`` / ``test_limit`` digits (None: all), the
+    MNIST folder (None: the default), the output folder, the seed and the device. The
+    learning rate, epochs and batch size are checked when made."""
+
+    out: str | os.PathLike = "runs/mnist"
+    stride: int = 2
+    padding: str = "same"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    train_limit: int | None = None
+    test_limit: int | None = None
+    data_dir: str | os.PathLike | None = None
+    seed: int = 0
+    device: str = "auto"
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        """One sentence for a learning rate, epoch count or batch size that cannot work."""
+        check_lr(self.lr)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConvsightError("--epochs and --batch-size must be at least 1")
+
+
+@dataclass(kw_only=True)
+class MnistTrainingResult(TrainingResult):
+    """The trained MNIST CNN (see :class:`TrainingResult`) and the torch threads it used;
+    ``files``: ``model.pt`` and its card, ``metrics.json`` and ``training_curves.png``."""
+
+    torch_threads: int
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``metrics.json`` holds."""
+        return {
+            "model": self.spec,
+            "settings": self.settings,
+            "history": self.rows,
+            "test_accuracy": self.test_accuracy,
+            "study_test_accuracy": STUDY.mnist_test_accuracy,
+            "seconds": self.seconds,
+            "torch_threads": self.torch_threads,
+        }
+
+
+def train_mnist(request: MnistTrainingRequest) -> MnistTrainingResult:
+    """Train the MNIST CNN (built here from the seed, as ``request`` says); write
+    ``model.pt`` + card, ``metrics.json`` and ``training_curves.png`` into ``request.out``.
+    Every input is checked (the digits read) before the folder is created."""
+    r = request
+    dev = resolve_device(r.device)
+    seed_everything(r.seed)
+    module, card = build_seed("mnist-cnn", {"stride": r.stride, "padding": r.padding})
     train_loader, test_loader = mnist_loaders(
-        card, data_dir, batch_size, train_limit, test_limit, seed
+        card, r.data_dir, r.batch_size, r.train_limit, r.test_limit, r.seed
     )
     start = time.perf_counter()
-    with out_dir_kept_if_written(out) as out:  # a diverged run leaves no empty folder
-        history = fit(module, train_loader, test_loader, epochs, lr, dev, show_progress)
+    with out_dir_kept_if_written(r.out) as out:  # a diverged run leaves no empty folder
+        history = fit(module, train_loader, test_loader, r.epochs, r.lr, dev, r.show_progress)
     seconds = time.perf_counter() - start
     card.source = (
-        f"convsight train mnist: stride {stride}, padding {padding}, {epochs} epochs, seed {seed}"
+        f"convsight train mnist: stride {r.stride}, padding {r.padding}, {r.epochs} epochs, "
+        f"seed {r.seed}"
     )
-    write_checkpoint(out / "model.pt", module.cpu(), card)
-    rows = [h.to_dict() for h in history]
-    result = {
-        "model": "mnist-cnn",
-        "settings": {
-            "stride": stride,
-            "padding": padding,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "optimizer": "Adam",
-            "loss": "cross-entropy",
-            "train_examples": len(train_loader.dataset),
-            "test_examples": len(test_loader.dataset),
-            "seed": seed,
-            "device": str(dev),
-        },
-        "history": rows,
-        "test_accuracy": rows[-1]["test_accuracy"],
-        "study_test_accuracy": STUDY.mnist_test_accuracy,
-        "seconds": seconds,
-        "torch_threads": torch.get_num_threads(),
+    files = [write_checkpoint(out / "model.pt", module.cpu(), card), card_path(out / "model.pt")]
+    settings = {
+        "stride": r.stride,
+        "padding": r.padding,
+        "epochs": r.epochs,
+        "batch_size": r.batch_size,
+        "lr": r.lr,
+        "optimizer": "Adam",
+        "loss": "cross-entropy",
+        "train_examples": len(train_loader.dataset),
+        "test_examples": len(test_loader.dataset),
+        "seed": r.seed,
+        "device": str(dev),
     }
-    write_json(out / "metrics.json", result)
-    title = f"MNIST CNN, stride {stride}, padding {padding}"
-    write_figure(
-        out / "training_curves.png", training_curves(rows, title, STUDY.mnist_test_accuracy)
+    result = MnistTrainingResult(
+        model=trained_model(module, card),
+        spec="mnist-cnn",
+        settings=settings,
+        history=history,
+        test_accuracy=history[-1].test_accuracy,
+        seconds=seconds,
+        torch_threads=torch.get_num_threads(),
     )
+    title = f"MNIST CNN, stride {r.stride}, padding {r.padding}"
+    curves = training_curves(result.rows, title, STUDY.mnist_test_accuracy)
+    result.files = files + [
+        write_json(out / "metrics.json", result.to_json()),
+        write_figure(out / "training_curves.png", curves),
+    ]
     return result
 
 

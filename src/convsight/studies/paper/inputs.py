@@ -186,7 +186,7 @@ def _check_subset(subset: Path) -> None:
 
 def _check_fashion(folder: Path) -> None:
     from convsight.data import load_mnist
-    from convsight.studies.five_class import FASHION_CLASSES, FASHION_DEFAULT
+    from convsight.studies.subset import FASHION_CLASSES, FASHION_DEFAULT
 
     _, labels = load_mnist("train", folder)
     present = set(labels.tolist())

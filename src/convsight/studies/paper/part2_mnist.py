@@ -38,33 +38,36 @@ class MnistPart(Part[MnistResult]):
     section = "part2"
 
     def run(self, ctx: Context) -> MnistResult:
-        from convsight.models import load_model
-        from convsight.runtime import seed_everything
-        from convsight.studies.mnist import ActivationsRequest, train_mnist, write_activations
+        from convsight.studies.mnist import (
+            ActivationsRequest,
+            MnistTrainingRequest,
+            train_mnist,
+            write_activations,
+        )
 
         folder = ctx.out / "part2"
         try:
             run = train_mnist(
-                folder / "mnist",
-                stride=2,
-                padding="same",
-                epochs=ctx.plan.mnist_epochs,
-                train_limit=ctx.plan.mnist_train_limit,
-                data_dir=ctx.inputs.data_dir,
-                seed=ctx.seed,
-                show_progress=ctx.show_progress,
+                MnistTrainingRequest(
+                    folder / "mnist",
+                    stride=2,
+                    padding="same",
+                    epochs=ctx.plan.mnist_epochs,
+                    train_limit=ctx.plan.mnist_train_limit,
+                    data_dir=ctx.inputs.data_dir,
+                    seed=ctx.seed,
+                    show_progress=ctx.show_progress,
+                )
             )
         except ConvsightError as exc:
             raise Skip(str(exc)) from None
         request = ActivationsRequest(data_dir=ctx.inputs.data_dir, seed=ctx.seed)
-        seed_everything(ctx.seed)
-        model = load_model(str(folder / "mnist" / "model.pt"))
-        written = write_activations(model, request, folder / "activations").files
+        written = write_activations(run.model, request, folder / "activations").files
         return MnistResult(
-            test_accuracy=run["test_accuracy"],
-            history=run["history"],
-            settings=run["settings"],
-            seconds=run["seconds"],
+            test_accuracy=run.test_accuracy,
+            history=run.rows,
+            settings=run.settings,
+            seconds=run.seconds,
             curves=ctx.rel(folder / "mnist" / "training_curves.png"),
             feature_maps={
                 path.stem: ctx.rel(path)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convsight.errors import ConvsightError
 from convsight.studies.numbers import STUDY
 from convsight.studies.paper.inputs import PaperInputs
 from convsight.studies.paper.parts import PRESETS, Context, Part
+
+if TYPE_CHECKING:
+    from convsight.models import Model
+    from convsight.studies.five_class import SubsetTrainingResult
 
 SUBSET = "the given ImageNet subset"
 FASHION = "five classes of Fashion-MNIST"
@@ -25,9 +29,9 @@ class Accuracies:
     settings: dict[str, Any]
 
     @classmethod
-    def of(cls, run: dict[str, Any]) -> Accuracies:
+    def of(cls, run: SubsetTrainingResult) -> Accuracies:
         """The accuracies of a ``train_subset`` run."""
-        return cls(**{f.name: run[f.name] for f in fields(cls)})
+        return cls(run.train_accuracy, run.test_accuracy, run.per_class_accuracy, run.settings)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,26 +94,27 @@ class FiveClassPart(Part[FiveClassResult]):
         return None
 
     def run(self, ctx: Context) -> FiveClassResult:
-        from convsight.studies.five_class import make_subset, train_subset
+        from convsight.studies.five_class import SubsetTrainingRequest, train_subset
+        from convsight.studies.subset import SubsetRequest, make_subset
 
         folder = ctx.out / "part4"
         if ctx.inputs.subset is not None:
             data, label = Path(ctx.inputs.subset), SUBSET
         else:
             data, label = folder / "data", FASHION
+            fashion = ctx.inputs.fashion_mnist
             make_subset(
-                data,
-                from_fashion_mnist=ctx.inputs.fashion_mnist,
-                seed=ctx.seed,
-                show_progress=False,
+                SubsetRequest(data, from_fashion_mnist=fashion, seed=ctx.seed, show_progress=False)
             )
         self_built = train_subset(
-            data,
-            folder / "self-built",
-            epochs=ctx.plan.subset_epochs,
-            image_size=ctx.plan.subset_size,
-            seed=ctx.seed,
-            show_progress=ctx.show_progress,
+            SubsetTrainingRequest(
+                data,
+                folder / "self-built",
+                epochs=ctx.plan.subset_epochs,
+                image_size=ctx.plan.subset_size,
+                seed=ctx.seed,
+                show_progress=ctx.show_progress,
+            )
         )
         fine_tuned, no_backbone = self._fine_tune(ctx, data)
         confusion = {
@@ -125,16 +130,18 @@ class FiveClassPart(Part[FiveClassResult]):
             fine_tuned=fine_tuned,
             no_backbone=no_backbone,
             confusion=confusion,
-            class_models={preset: self._class_models(ctx, preset) for preset in PRESETS},
+            class_models={
+                preset: self._class_models(ctx, self_built.model, preset) for preset in PRESETS
+            },
         )
 
     def _fine_tune(self, ctx: Context, data: Path) -> tuple[FineTuned | None, str | None]:
         """The pretrained class-score model with a new 5-way head, or why there is none."""
-        from convsight.studies.five_class import train_subset
+        from convsight.studies.five_class import SubsetTrainingRequest, train_subset
 
         try:
             model = ctx.class_model()
-            tuned = train_subset(
+            request = SubsetTrainingRequest(
                 data,
                 ctx.out / "part4" / "fine-tuned",
                 model=model.spec,
@@ -145,19 +152,19 @@ class FiveClassPart(Part[FiveClassResult]):
                 seed=ctx.seed,
                 show_progress=ctx.show_progress,
             )
+            tuned = train_subset(request)
         except ConvsightError as exc:
             return None, str(exc)
         return FineTuned(model.spec, Accuracies.of(tuned)), None
 
-    def _class_models(self, ctx: Context, preset: str) -> ClassModelsFigure:
+    def _class_models(self, ctx: Context, model: Model, preset: str) -> ClassModelsFigure:
+        """The trained self-built CNN's class models with ``preset``."""
         from convsight.optvis.settings import settings_for
-        from convsight.studies.optvis import ClassvizRequest, classviz, load_on_device
+        from convsight.studies.optvis import ClassvizRequest, classviz
 
-        folder = ctx.out / "part4"
-        out = folder / f"classes-{preset}"
+        out = ctx.out / "part4" / f"classes-{preset}"
         flags = {} if preset == "paper" else {"steps": ctx.plan.class_steps}
         settings = settings_for(preset, "class", **flags)
         request = ClassvizRequest(["all"], settings, seed=ctx.seed, chosen=frozenset(flags))
-        model = load_on_device(str(folder / "self-built" / "model.pt"), None, "auto")
         summary = classviz(model, request, out, ctx.show_progress).to_json()
         return ClassModelsFigure(ctx.rel(out / "grid.png"), summary["settings"])
