@@ -16,13 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convsight.attribution.base import Method, forward_batch, forward_scores, select
+from convsight.attribution.base import Method
 from convsight.attribution.options import Option
+from convsight.engines import DEFAULT_ENGINE, FORWARD_ENGINES, forward_batch, forward_scores, select
 from convsight.errors import ConvsightError
 from convsight.layers import forward_to, get_layer, last_map_layer
 from convsight.models import Model
-
-ENGINES = ("eager", "frozen")
 
 
 def cam_layer(model: Model, layer: str | None = None) -> tuple[str, str]:
@@ -230,7 +229,9 @@ class ScoreCAM(CAM):
     uses_gradients = False
     options = CAM.options + (
         Option("batch_size", int | None, None, "masked images per forward pass"),
-        Option("engine", str, "eager", "the module itself, or a traced frozen copy", ENGINES),
+        Option(
+            "engine", str, "eager", "the module itself, or a traced frozen copy", FORWARD_ENGINES
+        ),
     )
 
     def channel_weights(self, inputs, targets, activations, gradients, *, batch_size, engine):
@@ -242,7 +243,7 @@ class ScoreCAM(CAM):
         ]
         self.last_run.update(
             requested_engine=engine,
-            engine="eager" if fallbacks else engine,
+            engine=DEFAULT_ENGINE if fallbacks else engine,
             fallback=fallbacks[0] if fallbacks else None,
         )
         return torch.stack(scores).softmax(1).to(activations.device)

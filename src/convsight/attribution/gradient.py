@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from convsight.attribution.base import BASELINE_HELP, Baseline, Method, baseline_like, chunks
+from convsight.attribution.base import BASELINE_HELP, Baseline, Method, baseline_like
 from convsight.attribution.options import Option
+from convsight.engines import chunks
 from convsight.errors import ConvsightError
 
 RowMaps = Callable[[slice, torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]

@@ -18,13 +18,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import torch
 import torch.nn.functional as F
 
-from convsight.attribution.base import (
-    Target,
-    check_inputs,
-    forward_scores,
-    predict_classes,
-    resolve_targets,
-)
+from convsight.attribution.base import Target, check_inputs, resolve_targets
+from convsight.engines import forward_scores, predict_classes
 from convsight.errors import ConvsightError
 from convsight.models import Model
 

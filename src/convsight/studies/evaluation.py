@@ -19,9 +19,9 @@ import torch
 from rich.progress import Progress, TaskID
 
 from convsight.attribution import Method
-from convsight.attribution.base import predict_classes
 from convsight.data.folder import IMAGE_SUFFIXES
 from convsight.data.images import ImageStream
+from convsight.engines import AUTO, predict_classes
 from convsight.errors import ConvsightError
 from convsight.metrics import Curves, deletion, insertion, model_randomization
 from convsight.models import Model, load_model
@@ -53,7 +53,7 @@ class Protocol:
     step: int = 224
     chunk: int = 8
     batch_size: int | None = None
-    engine: str = "auto"
+    engine: str = AUTO
     sanity_images: int = 4
     sanity_stages: int = 8
     seed: int = 0
@@ -243,7 +243,7 @@ def evaluate_methods(
     step: int = 224,
     chunk: int = 8,
     batch_size: int | None = None,
-    engine: str = "auto",
+    engine: str = AUTO,
     sanity_images: int = 4,
     sanity_stages: int = 8,
     seed: int = 0,
@@ -311,7 +311,7 @@ def write_evaluation(
     step: int = 224,
     limit: int | None = None,
     batch_size: int | None = None,
-    engine: str = "auto",
+    engine: str = AUTO,
     sanity_images: int = 4,
     sanity_stages: int = 8,
     out: Path = Path("runs/evaluate"),
