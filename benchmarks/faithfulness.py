@@ -26,9 +26,9 @@ from common import earlier_provenance, results_dir, shared_dir, write_result
 from torch import nn
 
 from convsight.attribution import GradCAM, method_class
-from convsight.attribution.base import inference_module
 from convsight.data import load_image_tensor
 from convsight.data.imagenet import imagenet_samples
+from convsight.engines import inference_module
 from convsight.metrics import deletion, insertion
 from convsight.models import load_model
 from convsight.report import write_figure

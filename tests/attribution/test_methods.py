@@ -24,7 +24,7 @@ from convsight.attribution import (
     get_method,
     rectifier_rule,
 )
-from convsight.attribution.base import memory_format_for
+from convsight.engines import memory_format_for
 from convsight.errors import ConvsightError, UnknownLayerError
 from convsight.layers import get_layer
 from convsight.models import Model, ModelCard, load_model

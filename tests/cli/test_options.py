@@ -8,8 +8,9 @@ from typer.main import get_command
 from convsight.attribution import METHODS
 from convsight.cli import app
 from convsight.cli.options import CARD_FLAGS, RENDER_FLAGS, method_flags, one_of, render_flags
+from convsight.engines import ENGINE_CHOICES
 from convsight.optvis.settings import OPTIMIZERS, PARAMS, PRECISIONS, PRESETS
-from convsight.studies.attribution import ENGINES, METRICS
+from convsight.studies.attribution import METRICS
 
 ROOT = get_command(app)
 
@@ -30,7 +31,7 @@ def option(command: str, flag: str):
         ("saliency", "--methods", list(METHODS)),
         ("evaluate", "--methods", list(METHODS)),
         ("evaluate", "--metrics", METRICS),
-        ("saliency", "--engine", ENGINES),
+        ("saliency", "--engine", ENGINE_CHOICES),
     ],
 )
 def test_help_lists_every_name_of_the_registry(command, flag, names):

@@ -10,21 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convsight.attribution.base import Method, forward_batch, forward_scores, select
+from convsight.attribution.base import Method
 from convsight.attribution.options import Option, options_of
+from convsight.engines import (
+    DEFAULT_ENGINE,
+    ForwardEngine,
+    forward_batch,
+    forward_scores,
+    select,
+)
 from convsight.errors import ConvsightError
 from convsight.layers import forward_to, get_layer, last_map_layer
 from convsight.models import Model
-
-Engine = Literal["eager", "frozen"]
-"""How Score-CAM scores its masked images: the module itself, or a traced frozen copy."""
-ENGINES: tuple[str, ...] = get_args(Engine)
 
 
 def cam_layer(model: Model, layer: str | None = None) -> tuple[str, str]:
@@ -239,7 +242,7 @@ class ScoreCAM(CAM):
         gradients,
         *,
         batch_size: Annotated[int | None, "masked images per forward pass"] = None,
-        engine: Annotated[Engine, "the module itself, or a traced frozen copy"] = "eager",
+        engine: Annotated[ForwardEngine, "the module itself, or a traced frozen copy"] = "eager",
     ) -> torch.Tensor:
         batch = batch_size or forward_batch(self.model.device)
         fallbacks: list[str] = []
@@ -249,7 +252,7 @@ class ScoreCAM(CAM):
         ]
         self.last_run.update(
             requested_engine=engine,
-            engine="eager" if fallbacks else engine,
+            engine=DEFAULT_ENGINE if fallbacks else engine,
             fallback=fallbacks[0] if fallbacks else None,
         )
         return torch.stack(scores).softmax(1).to(activations.device)

@@ -12,7 +12,8 @@ from typing import Annotated, Literal, get_args
 import numpy as np
 import torch
 
-from convsight.attribution.base import BASELINE_HELP, Baseline, Method, baseline_like, chunks
+from convsight.attribution.base import BASELINE_HELP, Baseline, Method, baseline_like
+from convsight.engines import chunks
 from convsight.errors import ConvsightError
 
 RowMaps = Callable[[slice, torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]

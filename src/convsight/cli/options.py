@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from convsight.attribution import METHODS
+from convsight.engines import AUTO, ENGINE_CHOICES
 from convsight.models.sources import ARCH_HELP
 from convsight.optvis.settings import (
     PRESETS,
@@ -28,7 +29,7 @@ from convsight.optvis.settings import (
     settings_for,
 )
 from convsight.runtime import MAX_SEED
-from convsight.studies.attribution import DEFAULT_METHODS, ENGINES, METRICS
+from convsight.studies.attribution import DEFAULT_METHODS, METRICS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -326,7 +327,7 @@ render_options = option_group(RENDER_FLAGS, render_flags, "render")
 
 
 def method_flags(
-    methods: str, layer: str | None = None, batch_size: int | None = None, engine: str = "auto"
+    methods: str, layer: str | None = None, batch_size: int | None = None, engine: str = AUTO
 ) -> dict[str, Any]:
     """What the attribution flags say, as keyword arguments of the attribution studies."""
     return {
@@ -363,11 +364,11 @@ METHOD_FLAGS = {
         Annotated[
             str,
             typer.Option(
-                help=f"{one_of(ENGINES)}: auto is incremental inference for occlusion, else "
+                help=f"{one_of(ENGINE_CHOICES)}: auto is incremental inference for occlusion, else "
                 "eager; frozen is a traced copy (faster Score-CAM / deletion / insertion)."
             ),
         ],
-        "auto",
+        AUTO,
     ),
 }
 method_options = option_group(METHOD_FLAGS, method_flags, "attribution")

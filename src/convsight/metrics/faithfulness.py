@@ -18,13 +18,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import torch
 import torch.nn.functional as F
 
-from convsight.attribution.base import (
-    Target,
-    check_inputs,
-    forward_scores,
-    predict_classes,
-    resolve_targets,
-)
+from convsight.attribution.base import Target, check_inputs, resolve_targets
+from convsight.engines import DEFAULT_ENGINE, forward_scores, predict_classes
 from convsight.errors import ConvsightError
 from convsight.models import Model
 
@@ -87,7 +82,7 @@ def _curves(
     finish: torch.Tensor,
     step: int = 224,
     batch_size: int = 16,
-    engine: str = "eager",
+    engine: str = DEFAULT_ENGINE,
 ) -> Curves:
     inputs = check_inputs(model, inputs)
     n, _, h, w = inputs.shape

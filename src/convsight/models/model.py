@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -27,10 +27,18 @@ class Model:
     When the card names an ``output`` (the part of a tuple, dict or object that holds the
     scores), ``module`` returns that part (see :mod:`convsight.models.outputs`), also after
     the card is replaced.
+
+    ``engine_cache`` holds what :mod:`convsight.engines` derived from the module (memory
+    layout answers, frozen and incremental copies); it is emptied when the module or card is
+    replaced or the model moves (:meth:`to`), is not compared, shown, copied or pickled, and
+    goes with the Model.
     """
 
     module: nn.Module
     card: ModelCard
+    engine_cache: dict[str, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("module", "card") and "module" in vars(self) and "card" in vars(self):
@@ -39,13 +47,28 @@ class Model:
             chosen = select_output(parts["module"], card.output, card.name)  # may refuse
             super().__setattr__(name, value)  # only once the choice is made
             object.__setattr__(self, "module", chosen)
+            self._forget_engines()
             return
         super().__setattr__(name, value)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy or pickle holds: everything but the engines' cache (empty there)."""
+        return {**vars(self), "engine_cache": {}}
+
+    def _forget_engines(self) -> None:
+        """Empty the engines' cache: what it holds was derived from another module or card."""
+        vars(self).get("engine_cache", {}).clear()
+
+    def _adopt(self, module: nn.Module) -> None:
+        """Hold ``module`` (its output already chosen), forgetting what engines derived from
+        another one."""
+        if module is not vars(self).get("module"):
+            self._forget_engines()
+        object.__setattr__(self, "module", module)
+
     def _select_output(self) -> None:
         """Make the module return the part of its output the card names (if any)."""
-        module = select_output(self.module, self.card.output, self.card.name)
-        object.__setattr__(self, "module", module)
+        self._adopt(select_output(self.module, self.card.output, self.card.name))
 
     def __post_init__(self) -> None:
         self.module.eval()
@@ -155,7 +178,7 @@ class Model:
             ) from exc
         if not card.features_only:
             module, card.head = settle_head(self.module, example, out, recorder.last, card.name)
-            object.__setattr__(self, "module", module)  # the output is chosen already
+            self._adopt(module)  # the output is chosen already
         return out
 
     def check_card(self) -> None:
@@ -215,7 +238,9 @@ class Model:
         return index
 
     def to(self, device: str | torch.device) -> Model:
+        """Move the module to ``device`` (in place); the engines' cache is emptied."""
         self.module.to(device)
+        self._forget_engines()
         return self
 
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from convsight.attribution.base import memory_format_for
+from convsight.engines import memory_format_for
 from convsight.errors import ConvsightError, substituted
 from convsight.layers import capture
 from convsight.models import Model

@@ -20,13 +20,13 @@ from convsight.budget import (
     readable_bytes,
     saved_bytes,
 )
+from convsight.engines import AUTO, DEFAULT_ENGINE, ENGINE_CHOICES
 from convsight.errors import ConvsightError, substituted
 from convsight.layers import check_map_layers, get_layer
 from convsight.models import Model
 
 DEFAULT_METHODS = ("saliency", "guided", "ig", "gradcam")
 METRICS = ("deletion", "insertion", "sanity")
-ENGINES = ("auto", "eager", "frozen")
 _JOBS = {
     "write_saliency": "saliency",
     "SaliencyRequest": "saliency",
@@ -57,7 +57,7 @@ def method_options(
     occlusion_window: int = 16,
     occlusion_stride: int = 8,
     batch_size: int | None = None,
-    engine: str = "auto",
+    engine: str = AUTO,
 ) -> dict[str, Any]:
     """The options the command line gives a method: each of these settings that the method
     declares, under the option's name (``ig_steps`` is ``steps``, ``smoothgrad_samples`` is
@@ -78,7 +78,7 @@ def method_options(
     for name, value in settings.items():
         if name not in declared or (name == "batch_size" and value is None):
             continue
-        auto = name == "engine" and value == "auto"
+        auto = name == "engine" and value == AUTO
         options[name] = declared[name].default if auto else value
     return options
 
@@ -103,7 +103,7 @@ def notice_engines(result: dict[str, Any], curves: Sequence[str]) -> None:
 
 def forward_engine(engine: str) -> str:
     """The engine for plain forward passes (deletion / insertion curves)."""
-    return "eager" if engine == "auto" else engine
+    return DEFAULT_ENGINE if engine == AUTO else engine
 
 
 def check_methods(model: Model, methods: Sequence[str], layer: str | None) -> list[type[Method]]:
@@ -133,8 +133,8 @@ def check_settings(batch_size: int | None, ig_steps: int, samples: int, engine: 
     """Fail on a batch size, step or sample count below 1, or an unknown engine."""
     if (batch_size is not None and batch_size < 1) or ig_steps < 1 or samples < 1:
         raise ConvsightError("batch size, IG steps and SmoothGrad samples must be at least 1")
-    if engine not in ENGINES:
-        raise ConvsightError(f"unknown engine '{engine}' ({', '.join(ENGINES)})")
+    if engine not in ENGINE_CHOICES:
+        raise ConvsightError(f"unknown engine '{engine}' ({', '.join(ENGINE_CHOICES)})")
 
 
 def check_batch_memory(model: Model, batch_size: int | None, rows: int) -> None:

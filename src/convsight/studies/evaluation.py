@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from convsight.attribution.base import predict_classes
 from convsight.data.images import ImageStream
 from convsight.data.images import image_files as listed_images
+from convsight.engines import AUTO, predict_classes
 from convsight.errors import ConvsightError
 from convsight.models import Model
 from convsight.progress import progress_bar
@@ -91,7 +91,7 @@ class EvaluationRequest:
     step: int = 224
     limit: int | None = None
     batch_size: int | None = None
-    engine: str = "auto"
+    engine: str = AUTO
     sanity_images: int = 4
     sanity_stages: int = 8
     seed: int = 0

@@ -17,6 +17,7 @@ import torch
 from rich.progress import Progress, TaskID
 
 from convsight.attribution import Method
+from convsight.engines import AUTO
 from convsight.errors import ConvsightError
 from convsight.metrics import Curves, deletion, insertion, model_randomization
 from convsight.models import Model
@@ -36,7 +37,7 @@ class Protocol:
     step: int = 224
     chunk: int = 8
     batch_size: int | None = None
-    engine: str = "auto"
+    engine: str = AUTO
     sanity_images: int = 4
     sanity_stages: int = 8
     seed: int = 0
@@ -218,7 +219,7 @@ def evaluate_methods(
     step: int = 224,
     chunk: int = 8,
     batch_size: int | None = None,
-    engine: str = "auto",
+    engine: str = AUTO,
     sanity_images: int = 4,
     sanity_stages: int = 8,
     seed: int = 0,

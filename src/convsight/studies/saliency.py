@@ -19,6 +19,7 @@ import torch
 
 from convsight.attribution import CAM, Method
 from convsight.data import exif_orientation, load_image_tensor
+from convsight.engines import AUTO
 from convsight.errors import ConvsightError
 from convsight.models import Model
 from convsight.progress import progress_bar
@@ -113,7 +114,7 @@ class SaliencyRequest:
     ig_steps: int = 50
     smoothgrad_samples: int = 16
     batch_size: int | None = None
-    engine: str = "auto"
+    engine: str = AUTO
     seed: int = 0
     model_name: str | None = None
     weights: str | os.PathLike | None = None

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from convsight.attribution import Occlusion
-from convsight.attribution.incremental import IncrementalNet, Patch, materialize
-from convsight.attribution.perturbation import incremental_net
-from convsight.models import Model, ModelCard
+from convsight.engines import incremental_net
+from convsight.engines.incremental import IncrementalNet, Patch, materialize
+from convsight.models import Model
+from tests.engines import small_card
 
 
 class Branchy(nn.Module):
@@ -68,16 +69,7 @@ def _networks() -> dict[str, nn.Module]:
 
 
 def _model(net: nn.Module, size: int) -> Model:
-    card = ModelCard(
-        name="net",
-        arch="test:net",
-        input_size=(size, size),
-        channels=3,
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
-        labels=["a", "b", "c", "d"],
-    )
-    return Model(net, card)
+    return Model(net, small_card(size))
 
 
 @pytest.mark.parametrize("name", ["branchy", "resnet18", "mobilenet_v2"])

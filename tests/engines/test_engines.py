@@ -22,11 +22,12 @@ from convsight.attribution import (
     ScoreCAM,
     get_method,
 )
-from convsight.attribution.base import memory_format_for
-from convsight.attribution.incremental import IncrementalNet
+from convsight.engines import memory_format_for
+from convsight.engines.incremental import IncrementalNet
 from convsight.errors import ConvsightError
-from convsight.models import Model, ModelCard
+from convsight.models import Model
 from tests.conftest import TinyNet, hook_count
+from tests.engines import small_card as _card
 
 FAST = {
     "smoothgrad": {"samples": 2, "stdev": 0.1},
@@ -37,18 +38,6 @@ FAST = {
 for _name, _cls in METHODS.items():  # every noise tunnel (VarGrad, ...): few samples
     if issubclass(_cls, NoiseTunnel):
         FAST.setdefault(_name, FAST["smoothgrad"])
-
-
-def _card(size: int = 16, classes: int = 4) -> ModelCard:
-    return ModelCard(
-        name="net",
-        arch="test:net",
-        input_size=(size, size),
-        channels=3,
-        mean=(0.5,) * 3,
-        std=(0.25,) * 3,
-        labels=[f"c{i}" for i in range(classes)],
-    )
 
 
 def _pixels(n: int = 2, size: int = 16, seed: int = 1) -> torch.Tensor:
