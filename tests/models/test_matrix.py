@@ -49,7 +49,10 @@ from convsight.studies.optvis import classviz, maximize  # noqa: E402
 from tests.attribution.test_matrix import TutorialCNN  # noqa: E402
 from tests.conftest import TinyNet, hook_count  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning"),
+]
 
 
 class SpectrogramCNN(nn.Module):

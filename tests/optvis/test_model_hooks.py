@@ -15,6 +15,8 @@ from convsight.optvis.model_hooks import (
 )
 from tests.conftest import hook_count
 
+pytestmark = pytest.mark.slow
+
 
 def _timm(name: str) -> nn.Module:
     import timm
