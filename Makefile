@@ -12,7 +12,7 @@ export CONVSIGHT_DATA ?= $(SHARED)/data
 endif
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test lint format venv clean
+.PHONY: demo test test-fast lint format venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,11 @@ demo: $(VENV)/.installed $(FASHION)
 	$(BIN)/convsight paper --quick --out $(DEMO_OUT) $(PAPER_INPUTS) \
 		$(if $(wildcard $(FASHION)),--fashion-mnist $(FASHION))
 
+# make lint: ruff (style, imports) and mypy (types of src/convsight; settings in pyproject.toml).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 # The HTML tests drive Debian's Chromium with Playwright (Playwright's own browser download
 # cannot work offline). Installed here when missing (root, as in CI).
@@ -55,8 +57,14 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "install Debian's chromium (sudo apt-get install chromium) for the HTML tests"; exit 1; fi
 
+# make test: lint, then the whole suite (what CI runs). make test-fast: the unit tests only
+# (tests not marked `slow`: no subprocesses, CLI runs on real models, browser, Ray, training or
+# big pretrained networks), under a minute, for the edit-test loop; no lint, no browser.
 test: lint $(CHROMIUM)
 	CONVSIGHT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -m "not slow"
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format src tests benchmarks

@@ -23,6 +23,7 @@ def test_the_docs_have_python_examples():
     assert sum(len(python_blocks(page)) for page in PAGES) >= 6
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 @pytest.mark.parametrize("page", PAGES, ids=[page.stem for page in PAGES])
 def test_every_python_block_runs(page, shared, tmp_path, monkeypatch):

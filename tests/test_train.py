@@ -7,6 +7,7 @@ from convsight.models import build_seed
 from convsight.train import TrainingDiverged, check_lr, evaluate, fit
 
 
+@pytest.mark.slow
 def test_fit_learns_mnist_subset(mnist_dir):
     torch.manual_seed(0)
     module, card = build_seed("mnist-cnn", {"stride": 2, "padding": "same"})

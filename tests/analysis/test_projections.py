@@ -44,6 +44,7 @@ def pool_net() -> nn.Sequential:
 UNITS = [(0, 0, 0), (1, 3, 4), (4, 7, 7), (2, 5, 1), (3, 4, 4)]
 
 
+@pytest.mark.slow
 def test_a_field_larger_than_the_image_is_measured_whole():
     """Six 5x5 convolutions see 25 pixels: more than the 16-pixel input, so the middle unit's
     gradient reaches the border there, and the field is measured again on a larger input."""
@@ -57,6 +58,7 @@ def test_a_field_larger_than_the_image_is_measured_whole():
     assert receptive_field(model, "0").size == (5, 5)  # a small field: measured once
 
 
+@pytest.mark.slow
 def test_support_lies_inside_the_receptive_field():
     model = model_of(pool_net())
     field = receptive_field(model, "3")
@@ -78,6 +80,7 @@ def test_support_lies_inside_the_receptive_field():
         assert patch.shape == (2, bottom - top, right - left)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relu", [False, True], ids=["conv", "conv-relu"])
 def test_one_conv_projects_to_its_filter_at_the_max_location(relu):
     torch.manual_seed(2)
@@ -104,6 +107,7 @@ def test_one_conv_projects_to_its_filter_at_the_max_location(relu):
         assert [p.shape[0] for p in item.patches] == [2, 2, 2]
 
 
+@pytest.mark.slow
 def test_max_pool_is_undone_by_unpooling_with_the_forward_switches():
     net = pool_net()
     model = model_of(net)
@@ -142,6 +146,7 @@ def digits(tmp_path_factory, mnist_dir):
     return folder
 
 
+@pytest.mark.slow
 def test_command_writes_grids_arrays_and_json(digits, tmp_path):
     out = tmp_path / "out"
     args = ["projections", "mnist-cnn", "--layer", "features.3", "--channels", "0-2"]

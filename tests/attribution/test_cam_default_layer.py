@@ -44,6 +44,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_default_layer_is_the_last_stages_output(name):
     make, expected = CASES[name]
@@ -63,6 +64,7 @@ def test_default_layer_is_the_last_stages_output(name):
     assert f"{'x'.join(map(str, seen['out'].shape[1:]))} maps" in why
 
 
+@pytest.mark.slow
 def test_resnet_gradcam_reads_layer4_unless_told_otherwise():
     model = _torchvision("resnet18", 64)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -78,6 +80,7 @@ def test_resnet_gradcam_reads_layer4_unless_told_otherwise():
     assert override.shape == (2, 1, 4, 4) and method.last_run["layer"] == "layer3"
 
 
+@pytest.mark.slow
 def test_a_last_stage_of_one_pixel_gives_the_stage_before_not_a_branch_inside():
     """At 32 px ResNet's layer4 and MobileNet's last blocks are 1 x 1 (a constant map): the
     default is the last stage with a map, never a layer inside a downsampling block."""
@@ -103,6 +106,7 @@ class SharedReLU(nn.Module):
         return self.fc(x.flatten(1))
 
 
+@pytest.mark.slow
 def test_a_layer_called_twice_is_not_the_default_and_score_cam_agrees():
     """``pool`` names two outputs (a truncated forward stops at the first): the default is
     the last layer that names one, and every CAM reads that same layer."""
@@ -128,6 +132,7 @@ def test_a_model_without_maps_is_refused_in_one_sentence():
         cam_layer(model)
 
 
+@pytest.mark.slow
 def test_saliency_json_records_the_layer_and_why(shared, tmp_path):
     model = _torchvision("resnet18", 64)
     photo = sorted((shared / "data" / "imagenet-samples").glob("*.JPEG"))[0]

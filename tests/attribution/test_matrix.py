@@ -193,6 +193,7 @@ def _close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float, atol: float) -
     assert err <= atol + rtol * scale, f"max error {err:.3g} at scale {scale:.3g}"
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_matches_captum(case, name):
@@ -215,6 +216,7 @@ def test_every_method_matches_captum(case, name):
     assert hook_count(model.module) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_gradcam_matches_captum_layer_gradcam_at_every_layer(case):
     """Including layers an in-place operation follows (``layer4.1.bn2``: ``x += shortcut``)."""
@@ -231,6 +233,7 @@ def test_gradcam_matches_captum_layer_gradcam_at_every_layer(case):
     assert hook_count(model.module) == 0
 
 
+@pytest.mark.slow
 def test_the_tutorial_cnn_runs_contiguous_and_says_why():
     model = tutorial_cnn()
     x = _pixels(model)

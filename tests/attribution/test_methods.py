@@ -121,6 +121,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1
 
 
 # -- the same maps as captum -------------------------------------------------------------------
+@pytest.mark.slow
 def test_saliency_ixg_ig_match_captum(matrix_model):
     from captum.attr import InputXGradient as CInputXGradient
     from captum.attr import IntegratedGradients as CIntegratedGradients
@@ -138,6 +139,7 @@ def test_saliency_ixg_ig_match_captum(matrix_model):
         _close(ours, theirs)
 
 
+@pytest.mark.slow
 def test_smoothgrad_matches_captum_noise_tunnel(matrix_model):
     from captum.attr import NoiseTunnel
     from captum.attr import Saliency as CSaliency
@@ -157,6 +159,7 @@ def test_smoothgrad_matches_captum_noise_tunnel(matrix_model):
     _close(SmoothGrad(model).attribute(x, t, samples=4, stdev=0.2, generator=g), again)
 
 
+@pytest.mark.slow
 def test_guided_backprop_and_deconvnet_match_captum(matrix_model):
     from captum.attr import Deconvolution
     from captum.attr import GuidedBackprop as CGuidedBackprop
@@ -178,6 +181,7 @@ def test_guided_backprop_and_deconvnet_match_captum(matrix_model):
     _close(DeconvNet(model).attribute(x, t), Deconvolution(wrapped).attribute(x, target=t))
 
 
+@pytest.mark.slow
 def test_gradcam_matches_captum_on_every_conv_layer(matrix_model):
     from captum.attr import LayerGradCam
 
@@ -192,6 +196,7 @@ def test_gradcam_matches_captum_on_every_conv_layer(matrix_model):
         _close(GradCAM(model).attribute(x, t, layer=name), theirs)
 
 
+@pytest.mark.slow
 def test_occlusion_matches_captum(matrix_model):
     from captum.attr import Occlusion as COcclusion
 
@@ -257,6 +262,7 @@ def _close_unscaled(ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 2e-4
     _close(ours / unit, theirs / unit, rtol=rtol, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ours,lib", [("gradcam++", "GradCAMPlusPlus"), ("scorecam", "ScoreCAM")])
 def test_gradcam_plusplus_and_scorecam_match_pytorch_grad_cam(matrix_model, ours, lib):
     import pytorch_grad_cam
@@ -281,6 +287,7 @@ def test_gradcam_plusplus_and_scorecam_match_pytorch_grad_cam(matrix_model, ours
 
 # -- batching ------------------------------------------------------------------------------------
 # noise is drawn for the whole batch at once: noise tunnels are checked without noise below
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n, c in METHODS.items() if not issubclass(c, NoiseTunnel)])
 def test_mixed_targets_in_a_batch_equal_one_image_at_a_time(matrix_model, name):
     model, x = matrix_model, _pixels(matrix_model)
@@ -310,6 +317,7 @@ def test_target_forms_and_default_prediction(tiny):
     _close(method.attribute(x), method.attribute(x, predicted))
 
 
+@pytest.mark.slow
 def test_heatmaps_are_image_sized(tiny):
     x = _pixels(tiny, n=2)
     for name in METHODS:
@@ -378,6 +386,7 @@ def _structure(module: nn.Module) -> list[tuple[str, type]]:
     return [(n, type(m)) for n, m in module.named_modules()]
 
 
+@pytest.mark.slow
 def test_hooks_and_modules_restored_after_calls_and_exceptions():
     model, bomb = _exploding_tiny()
     x = _pixels(model, n=2)
@@ -512,6 +521,7 @@ def test_rectifier_rule_on_relu6_above_its_clip(kind, cls):
     assert hook_count(model.module) == 0
 
 
+@pytest.mark.slow
 def test_rectifier_rule_on_mobilenet_v2_relu6(mobilenet_v2, samples):
     """On the real MobileNet v2 (ReLU6, in place) guided backprop is not the plain gradient.
 
@@ -563,6 +573,7 @@ def test_frozen_engine_gives_the_same_maps_and_leaves_the_model_alone(tiny):
         Occlusion(tiny).attribute(x, 0, engine="turbo")
 
 
+@pytest.mark.slow
 def test_scorecam_shares_passes_for_equal_masks_and_still_matches_pytorch_grad_cam():
     import pytorch_grad_cam
 

@@ -43,6 +43,7 @@ def _close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float = 1e-4) -> None
     assert err <= 1e-6 + rtol * scale, f"max error {err:.3g} at scale {scale:.3g}"
 
 
+@pytest.mark.slow
 def test_smoothgrad_is_the_noise_tunnel_over_saliency(tiny):
     x, t = _pixels(), [0, 2, 3]
     options = {"samples": 5, "noise_level": 0.2, "batch_size": 4}
@@ -64,6 +65,7 @@ def test_the_noisy_copies_are_drawn_image_by_image_in_one_call():
     assert torch.allclose(scaled, x.repeat_interleave(4, 0) + noise * sigma)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_tunnel_over_guided_backprop_matches_captum(tiny):
     from captum.attr import GuidedBackprop as CGuidedBackprop
@@ -134,6 +136,7 @@ def test_sum_rows_adds_each_images_rows_in_chunks():
     assert first.tolist() == [3.0, 33.0] and second.tolist() == [5.0, 100 + 121 + 144.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,nt_type,absolute",
     [

@@ -58,6 +58,7 @@ def test_every_method_declares_its_paper_title_and_options(name):
         assert set(names) == takes | {o.name for o in wrapped}, (names, takes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(METHODS))
 def test_defaults_alone_run_every_method(name, tiny):
     cls = METHODS[name]
@@ -81,6 +82,7 @@ def test_an_unknown_option_names_what_the_method_takes(tiny):
         ScoreCAM(tiny).attribute(_pixels(), 0, steps=3)
 
 
+@pytest.mark.slow
 def test_wrong_types_and_choices_fail_in_one_sentence_before_any_work(tiny):
     calls = []
     handle = tiny.module.register_forward_pre_hook(lambda *_: calls.append(1))

@@ -48,6 +48,7 @@ def digits(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_saliency_writes_a_panel_per_image_maps_and_json(checkpoint, digits, tmp_path):
     out = tmp_path / "sal"
     images = sorted(digits.glob("*.png"))[:2]
@@ -99,6 +100,7 @@ def test_saliency_wrong_image_shape_exit_2(checkpoint, digits, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_evaluate_writes_table_curves_and_sanity(checkpoint, digits, tmp_path):
     out = tmp_path / "eval"
     result = run(
@@ -121,6 +123,7 @@ def test_evaluate_writes_table_curves_and_sanity(checkpoint, digits, tmp_path):
         assert (out / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_evaluate_runs_the_curves_on_the_frozen_copy_and_gets_the_eager_numbers(
     checkpoint, digits, tmp_path
 ):
@@ -182,6 +185,7 @@ def test_cam_on_a_layer_without_channel_maps_is_refused_before_any_output(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_evaluate_skips_and_reports_a_bomb_and_a_corrupt_file(checkpoint, digits, tmp_path):
     folder = tmp_path / "imgs"
     shutil.copytree(digits, folder)

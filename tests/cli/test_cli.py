@@ -32,6 +32,7 @@ def mnist_checkpoint(tmp_path_factory):
     return write_checkpoint(path, model.module, model.card)
 
 
+@pytest.mark.slow
 def test_every_command_has_help():
     for cmd in (
         ["--help"],
@@ -70,6 +71,7 @@ def test_corrupt_checkpoint_exit_2(tmp_path):
     assert_bad_input(run("layers", "mnist-cnn", "--weights", bad), "cannot read checkpoint")
 
 
+@pytest.mark.slow
 def test_image_input_errors_exit_2(mnist_checkpoint, tmp_path, mnist_dir):
     out = tmp_path / "out"
     common = [mnist_checkpoint, "--out", out]
@@ -89,6 +91,7 @@ def test_image_input_errors_exit_2(mnist_checkpoint, tmp_path, mnist_dir):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_activations_for_a_seven(mnist_checkpoint, tmp_path, mnist_dir):
     out = tmp_path / "act"
     result = run("activations", mnist_checkpoint, "--data-dir", mnist_dir, "--out", out)
@@ -105,6 +108,7 @@ def test_activations_for_a_seven(mnist_checkpoint, tmp_path, mnist_dir):
     assert not list(out.glob("*.part"))
 
 
+@pytest.mark.slow
 def test_activations_on_a_photo_with_vgg16(shared, tmp_path):
     out = tmp_path / "vgg"
     photo = shared / "data" / "photos" / "husky.jpg"
@@ -129,6 +133,7 @@ def test_activations_on_a_photo_with_vgg16(shared, tmp_path):
     assert_bad_input(result, "pass --image")
 
 
+@pytest.mark.slow
 def test_train_mnist_writes_everything(tmp_path, mnist_dir):
     out = tmp_path / "run"
     result = run(

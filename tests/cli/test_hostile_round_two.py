@@ -98,6 +98,7 @@ def test_out_must_name_a_folder(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_folder_of_the_users_is_refused_unless_force(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
@@ -116,6 +117,7 @@ def test_a_folder_of_the_users_is_refused_unless_force(tmp_path):
     assert again.exit_code == 0, again.output
 
 
+@pytest.mark.slow
 def test_new_and_empty_folders_are_taken_and_marked(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -149,6 +151,7 @@ def sideways_photo(path: Path, orientation: int = 6) -> np.ndarray:
     return np.rot90(stored, k=-1)  # clockwise: the white band is now on top
 
 
+@pytest.mark.slow
 def test_exif_orientation_is_applied_and_recorded(tiny, tmp_path):
     photo = tmp_path / "phone.png"
     upright = sideways_photo(photo)
@@ -173,6 +176,7 @@ def test_an_image_without_exif_is_as_stored(tmp_path):
 # --- 6. a full disk or a denied write: one sentence, exit 2, no half file ------------------------
 
 
+@pytest.mark.slow
 def test_full_disk_while_saving_a_checkpoint_is_one_sentence(tmp_path, mnist_dir):
     """`train mnist` into a 16 KiB file system (its own mount namespace): the marker fits,
     the checkpoint does not."""
@@ -223,6 +227,7 @@ def tiny_atlas(model, out):
     return build_atlas(model, request).to_json()
 
 
+@pytest.mark.slow
 def test_atlas_redoes_a_channel_whose_record_or_image_is_damaged(tiny, tmp_path):
     out = tmp_path / "atlas"
     assert tiny_atlas(tiny, out)["rendered_this_run"] == 8
@@ -280,6 +285,7 @@ def test_a_huge_class_name_is_refused_quickly(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_address_that_answers_but_is_not_ray_is_one_sentence(tiny, tmp_path):
     class Quiet(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):  # the test's own server says nothing on stderr

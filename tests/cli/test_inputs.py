@@ -64,6 +64,7 @@ def _convsight() -> list[str]:
     return [sys.executable, "-c", "from convsight.cli import main; main()"]
 
 
+@pytest.mark.slow
 def test_usage_error_in_a_real_process(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "COLUMNS": "60"}  # a narrow terminal must not wrap the sentence
@@ -157,6 +158,7 @@ def test_activations_checks_every_layer_before_writing(tmp_path, mnist_dir):
     assert not out.exists()  # input.png used to be written first
 
 
+@pytest.mark.slow
 def test_diverging_training_exits_2_and_writes_nothing(tmp_path, mnist_dir):
     out = tmp_path / "run"
     result = run(
@@ -190,6 +192,7 @@ def test_train_refuses_a_learning_rate_that_cannot_train(tmp_path, mnist_dir):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_paper_refuses_bad_inputs_before_creating_the_output(tmp_path, shared):
     out = tmp_path / "paper"
     bad = tmp_path / "bad.pt"

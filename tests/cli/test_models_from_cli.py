@@ -20,7 +20,10 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # before Keras is imported, as 
 from convsight.cli import app  # noqa: E402
 from tests.models.test_matrix import LABELS, keras_softmax_model  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning"),
+]
 runner = CliRunner()
 
 # The user's own architectures, in a file of their own (as `--arch net.py:Class` names them).

@@ -47,6 +47,7 @@ def test_idx_rejects_truncated_and_bad_files(tmp_path):
         read_idx(magic)
 
 
+@pytest.mark.slow
 def test_mnist_from_the_offline_folder(mnist_dir):
     images, labels = load_mnist("test", mnist_dir.parent)  # finds data/mnist/
     assert images.shape == (10000, 28, 28) and images.dtype == torch.uint8
@@ -102,6 +103,7 @@ def test_exact_size_models_reject_other_sizes_and_channels(tmp_path):
     assert torch.equal(load_image_tensor(ok, card), torch.ones(1, 1, 28, 28))
 
 
+@pytest.mark.slow
 def test_photo_models_resize_and_crop(samples, mobilenet_v2):
     x = load_image_tensor(samples[0], mobilenet_v2.card)
     assert x.shape == (1, 3, 224, 224) and 0 <= x.min() and x.max() <= 1

@@ -69,6 +69,7 @@ def _tiny() -> Model:
 
 
 # -- memory layout -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_every_method_runs_on_a_network_that_views_after_a_conv():
     model = _view_model()
     x = _pixels()
@@ -125,6 +126,7 @@ def _conv_relu_net(inplace: bool) -> nn.Sequential:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus, ScoreCAM])
 def test_a_cam_layer_followed_by_an_inplace_relu_means_the_layers_own_output(cls):
     inplace, plain = Model(_conv_relu_net(True), _card()), Model(_conv_relu_net(False), _card())
@@ -156,6 +158,7 @@ def test_gradient_and_score_cams_agree_on_what_a_layer_is():
 
 
 # -- occlusion: baselines, strides, engines and their fallbacks -------------------------------
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("shape", ["image", "per-input", "per-channel"])
 def test_occlusion_baseline_shaped_like_the_image_in_every_engine(shape):
@@ -189,6 +192,7 @@ def test_occlusion_baseline_shaped_like_the_image_in_every_engine(shape):
         Occlusion(model).attribute(x, t, baseline=torch.zeros(3, 16, 16))
 
 
+@pytest.mark.slow
 def test_occlusion_refuses_a_stride_larger_than_the_window():
     model = _tiny()
     with pytest.raises(ConvsightError, match="stride 9x9 is larger than the window 8x8"):

@@ -72,6 +72,7 @@ def _model(net: nn.Module, size: int) -> Model:
     return Model(net, small_card(size))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["branchy", "resnet18", "mobilenet_v2"])
 def test_patches_give_the_whole_network_output_and_skip_work(name):
     module = _networks()[name]
@@ -104,6 +105,7 @@ def test_patches_give_the_whole_network_output_and_skip_work(name):
     assert dense, "the head cannot run on boxes"
 
 
+@pytest.mark.slow
 def test_the_original_network_is_left_alone():
     module = _networks()["resnet18"]
     state = {k: v.clone() for k, v in module.state_dict().items()}
@@ -113,6 +115,7 @@ def test_the_original_network_is_left_alone():
     assert all(torch.equal(v, state[k]) for k, v in module.state_dict().items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["branchy", "mobilenet_v2"])
 def test_incremental_occlusion_equals_the_whole_network(name):
     model = _model(_networks()[name], 40)

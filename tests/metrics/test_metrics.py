@@ -52,6 +52,7 @@ def _reference_curve(model, image, saliency, target, step, start, finish):
     return torch.tensor(scores)
 
 
+@pytest.mark.slow
 def test_deletion_and_insertion_match_the_step_by_step_protocol(tiny):
     x = _pixels()
     saliency = Saliency(tiny).heatmap(x, [0, 1, 2])
@@ -74,6 +75,7 @@ def test_deletion_and_insertion_match_the_step_by_step_protocol(tiny):
     assert torch.allclose(ins.scores[:, -1], probs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_curves_are_batched_and_accept_cam_maps_and_default_baseline(tiny):
     x = _pixels(4)
     cams = GradCAM(tiny).attribute(x, 1)  # N x 1 x 16 x 16: upsampled to the image

@@ -110,6 +110,7 @@ def test_card_missing_fields_name_them(tmp_path):
             ModelCard.from_dict(data, "mine")
 
 
+@pytest.mark.slow
 def test_hostile_cards_through_the_cli_exit_2_in_one_line(checkpoint, tmp_path):
     runner = CliRunner()
     for edit, fragment in (

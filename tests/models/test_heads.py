@@ -129,6 +129,7 @@ def check_saliency(out: Path, pixels: torch.Tensor, own: torch.Tensor, score) ->
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(PYTHON_MODULES))
 def test_python_softmax_heads_are_cut(kind, image, tmp_path):
     build, head, scores = PYTHON_MODULES[kind]
@@ -184,6 +185,7 @@ def test_plain_logits_model_is_untouched(image, tmp_path):
     assert json.loads((tmp_path / "saliency.json").read_text())["head"] == "logits"
 
 
+@pytest.mark.slow
 def test_classviz_maximizes_the_score_before_softmax(tmp_path):
     module = sequential()
     model = Model.from_module(module, input_size=SIZE, labels=list("abcde"))
@@ -245,6 +247,7 @@ def saliency_cli(path: Path, image: Path, out: Path, *extra: object):
     return result
 
 
+@pytest.mark.slow
 def test_keras_softmax_dense_is_cut(image, tmp_path):
     import keras
 
@@ -270,6 +273,7 @@ def test_keras_softmax_dense_is_cut(image, tmp_path):
     check_saliency(tmp_path / "out", pixels, own, scores)
 
 
+@pytest.mark.slow
 def test_onnx_softmax_node_is_cut(image, tmp_path):
     import onnxruntime
 
@@ -285,6 +289,7 @@ def test_onnx_softmax_node_is_cut(image, tmp_path):
     check_saliency(tmp_path / "out", pixels, torch.from_numpy(own), Scores.forward.__get__(module))
 
 
+@pytest.mark.slow
 def test_torchscript_probabilities_use_their_log_with_one_warning(image, tmp_path):
     path, scripted = torchscript_file(tmp_path)
     out = tmp_path / "out"
@@ -303,6 +308,7 @@ def test_torchscript_probabilities_use_their_log_with_one_warning(image, tmp_pat
     assert json.loads((out / "saliency.json").read_text())["head"] == "log of probabilities"
 
 
+@pytest.mark.slow
 def test_classviz_says_in_one_line_when_it_falls_back_from_cossim(tmp_path):
     path, _ = torchscript_file(tmp_path)  # TorchScript: no nn.Linear head to read
     out = tmp_path / "out"
@@ -317,6 +323,7 @@ def test_classviz_says_in_one_line_when_it_falls_back_from_cossim(tmp_path):
     assert summary["head"] == "log of probabilities"
 
 
+@pytest.mark.slow
 def test_saliency_says_in_one_line_when_an_engine_falls_back(image, tmp_path):
     path, _ = torchscript_file(tmp_path)  # torch.fx cannot trace TorchScript: no incremental
     out = tmp_path / "out"

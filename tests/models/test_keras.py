@@ -72,6 +72,7 @@ def loaded(trained):
     return load_keras(trained[1], None)
 
 
+@pytest.mark.slow
 def test_study_cnn_predictions_equal_keras(trained, loaded, mnist_test):
     keras_model, _ = trained
     images, labels = mnist_test
@@ -94,6 +95,7 @@ def test_study_cnn_predictions_equal_keras(trained, loaded, mnist_test):
     assert "Keras check" in card.source
 
 
+@pytest.mark.slow
 def test_keras_layer_names_address_the_same_outputs_as_keras(trained, loaded, mnist_test):
     keras_model, _ = trained
     names = layer_names(loaded.module)
@@ -149,6 +151,7 @@ def test_lambda_layer_is_refused_without_running_it(tmp_path):
         load_keras(tmp_path / "named.keras", None)
 
 
+@pytest.mark.slow
 def test_functional_model_with_same_padding_batch_norm_and_merges(tmp_path):
     """Asymmetric 'same' padding (stride 2), depthwise conv, batch norm with real statistics,
     Add, Concatenate, 'same' average pooling, global pooling and Rescaling all rebuild exactly."""
@@ -185,6 +188,7 @@ def test_functional_model_with_same_padding_batch_norm_and_merges(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_card_describes_the_channels_first_input(trained):
     card = ModelCard(
         name="digits",

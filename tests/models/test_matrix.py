@@ -56,7 +56,10 @@ from convsight.studies.saliency import SaliencyRequest, write_saliency  # noqa: 
 from tests.attribution.test_matrix import TutorialCNN  # noqa: E402
 from tests.conftest import TinyNet, hook_count  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning"),
+]
 
 
 class SpectrogramCNN(nn.Module):

@@ -38,6 +38,7 @@ def mobilenet_batch(samples, mobilenet_v2):
     return sample_batch(samples, mobilenet_v2.card)
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_classifies_sample_photos(mobilenet_batch, mobilenet_v2):
     card = mobilenet_v2.card
     assert card.mean == pytest.approx((128 / 255,) * 3)
@@ -49,6 +50,7 @@ def test_mobilenet_v2_classifies_sample_photos(mobilenet_batch, mobilenet_v2):
     assert top1 >= 0.7, top1
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_with_wrong_normalization_is_worse(mobilenet_batch, mobilenet_v2):
     # The card's normalization matters: ImageNet mean/std instead of 128/255 hurts.
     x, y = mobilenet_batch[0][:48], mobilenet_batch[1][:48]
@@ -65,6 +67,7 @@ def test_mobilenet_v2_with_wrong_normalization_is_worse(mobilenet_batch, mobilen
     assert (good == y).sum() > (bad == y).sum()
 
 
+@pytest.mark.slow
 def test_vgg16_features_load_without_a_head(shared, samples):
     model = load_model("vgg16", weights=shared / "models" / "vgg16_hed_features.pt")
     assert model.card.features_only and model.card.num_classes is None
@@ -77,6 +80,7 @@ def test_vgg16_features_load_without_a_head(shared, samples):
         model.class_index("goldfish")
 
 
+@pytest.mark.slow
 def test_mobilenet_v1_torchscript_judge_loads_with_a_card(shared, samples):
     path = shared / "models" / "mobilenet_v1_05_160.ts"
     with pytest.raises(ConvsightError, match="no card"):
@@ -98,6 +102,7 @@ def test_mobilenet_v1_torchscript_judge_loads_with_a_card(shared, samples):
     assert (pred == y).float().mean() >= 0.5
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
     torch.manual_seed(1)
     model = load_model("mnist-cnn", stride=1, padding="valid")
@@ -152,6 +157,7 @@ def test_class_index_by_name_and_range(mobilenet_v2):
         mobilenet_v2.class_index("goldfsh")
 
 
+@pytest.mark.slow
 def test_torchvision_download_path_with_mocked_transport(tmp_path, monkeypatch):
     """load_model('vgg16') downloads torchvision's weights; only the download is mocked."""
     import torch.hub

@@ -100,6 +100,7 @@ def opset(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+@pytest.mark.slow
 def test_default_export_of_tutorial_cnn_matches_torch_at_any_batch_size(tutorial, tutorial_file):
     # Untouched, onnx2torch cannot read this export (opset-19 Reshape, allowzero=1).
     assert opset(tutorial_file) > onnx_file.TARGET_OPSET
@@ -125,6 +126,7 @@ def test_default_export_of_tutorial_cnn_matches_torch_at_any_batch_size(tutorial
             assert torch.allclose(model.module(x), tutorial(x), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_torchscript_export_with_a_shape_subgraph_converts(tutorial, tmp_path):
     # dynamo=False at the default opset (20) writes Shape-19 for x.size(0): onnx2torch has
     # converters up to Shape-15 only, so convsight converts the graph to opset 17 first.
@@ -147,6 +149,7 @@ def test_torchscript_export_with_a_shape_subgraph_converts(tutorial, tmp_path):
     assert any(isinstance(m, nn.Conv2d) for m in model.module.modules())
 
 
+@pytest.mark.slow
 def test_split_and_channel_shuffle_export_runs_at_any_batch_size(tmp_path):
     # The dynamo exporter writes chunk() as Split-18 (num_outputs) and GELU as Gelu-20, which
     # onnx cannot convert down to opset 17; convsight writes them as Slices and as the erf
@@ -174,6 +177,7 @@ def test_export_bound_to_its_batch_size_is_refused_with_the_fix(tmp_path):
         load_onnx(path, None)
 
 
+@pytest.mark.slow
 def test_resnet18_from_onnx_matches_torch_and_its_layers_are_addressable(resnet, resnet_model):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -196,6 +200,7 @@ def test_resnet18_from_onnx_matches_torch_and_its_layers_are_addressable(resnet,
     assert not resnet_model.module.get_submodule(last)._forward_hooks
 
 
+@pytest.mark.slow
 def test_conversion_that_differs_from_onnxruntime_is_refused(tutorial_file, monkeypatch):
     real = onnx_file._onnxruntime_outputs
 
@@ -218,6 +223,7 @@ def test_garbage_bytes_are_refused_in_one_sentence(tmp_path):
         load_onnx(tmp_path / "missing.onnx", None)
 
 
+@pytest.mark.slow
 def test_free_height_and_width_need_a_card(tutorial_file, tmp_path):
     model = onnx.load(str(tutorial_file))
     dims = model.graph.input[0].type.tensor_type.shape.dim

@@ -128,6 +128,7 @@ def saliency(model, photo: Path, out: Path, *flags):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_onnx_input_size_comes_from_the_file_and_photos_are_resized(onnx_96, photo, tmp_path):
     with pytest.warns(UserWarning, match="no mean/std"):
         model = load_model(str(onnx_96))
@@ -143,6 +144,7 @@ def test_onnx_input_size_comes_from_the_file_and_photos_are_resized(onnx_96, pho
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_onnx_dynamic_dims(onnx_96, tmp_path):
     import onnx
     from onnx import TensorProto, helper
@@ -162,6 +164,7 @@ def test_onnx_dynamic_dims(onnx_96, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_keras_input_size_comes_from_the_channels_last_shape(photo, tmp_path):
     os.environ.setdefault("KERAS_BACKEND", "torch")
     import keras
@@ -188,6 +191,7 @@ def test_keras_input_size_comes_from_the_channels_last_shape(photo, tmp_path):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_torchscript_records_no_input_size_so_it_needs_the_flag(photo, tmp_path):
     # A traced module's graph keeps no input shape once saved (its input is a plain Tensor),
     # so a TorchScript file without a card needs --input-size; then photos are resized too.
@@ -232,6 +236,7 @@ def test_mnist_takes_a_28_pixel_digit_exactly_and_a_photo_resized(photo, tmp_pat
         load_image_tensor(photo, card.updated(resize=None))
 
 
+@pytest.mark.slow
 def test_resize_flag_and_card_field(tmp_path):
     card = load_model("mnist-cnn", card_fields={"resize": 40}).card
     assert card.resize == 40 and ModelCard.from_dict(card.to_dict()).resize == 40
@@ -240,6 +245,7 @@ def test_resize_flag_and_card_field(tmp_path):
     refused(run("layers", "mnist-cnn", "--resize", "20"), "input.resize", "shorter side (28)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("net", "key", "listed"),
     [
@@ -299,6 +305,7 @@ def test_output_on_a_tensor_or_a_missing_part_is_refused():
         Model.from_module(TupleNet(), input_size=32, output=1.5)
 
 
+@pytest.mark.slow
 def test_onnx_with_two_outputs_from_the_command_line(onnx_two_outputs, photo, tmp_path):
     out = tmp_path / "sal"
     refused(
@@ -317,6 +324,7 @@ def test_onnx_with_two_outputs_from_the_command_line(onnx_two_outputs, photo, tm
     assert "features/features/0/Conv" in layer_names(model.module)
 
 
+@pytest.mark.slow
 def test_torchscript_tuple_output_from_the_command_line(photo, tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "tuple.ts"
@@ -330,6 +338,7 @@ def test_torchscript_tuple_output_from_the_command_line(photo, tmp_path):
     refused(layers, "this model is TorchScript")
 
 
+@pytest.mark.slow
 def test_segmentation_model_returns_its_out_part():
     import torchvision
 
@@ -370,6 +379,7 @@ def test_atlas_says_why_it_could_not_use_the_dataset_images(tmp_path):
     assert text.endswith("; 2 more files for 2 other reasons")
 
 
+@pytest.mark.slow
 def test_atlas_command_names_the_images_it_skipped(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()

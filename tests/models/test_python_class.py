@@ -169,6 +169,7 @@ def test_card_records_the_class_and_its_keywords(carded):
     assert str(spec.parent) not in sys.path
 
 
+@pytest.mark.slow
 def test_layers_and_maximize_from_the_card_alone(carded, tmp_path):
     spec, _ = carded
     layers = run("layers", spec)
@@ -205,6 +206,7 @@ def test_a_card_moved_with_its_checkpoint_and_code_still_loads(carded, tmp_path)
         load_model(moved / "spec.pt")
 
 
+@pytest.mark.slow
 def test_a_card_runs_no_code_outside_its_folder(carded, tmp_path):
     spec, _ = carded
     folder = tmp_path / "outside"
@@ -262,6 +264,7 @@ def test_without_a_card_the_flags_say_the_input_and_the_weights_the_channels(tmp
         load_model(tmp_path / "bare" / "spec.pt", card_fields=fields)
 
 
+@pytest.mark.slow
 def test_a_class_in_a_package_on_the_python_path(tmp_path, monkeypatch):
     state = write_net(tmp_path / "code", classes=5)
     package = tmp_path / "lib" / "specpkg_own_arch"

@@ -47,6 +47,7 @@ def mnist_state(tmp_path_factory):
     return model, pt, folder / "mnist.safetensors"
 
 
+@pytest.mark.slow
 def test_safetensors_state_dict_loads_like_pt_without_pickle(mnist_state, monkeypatch):
     model, pt, safe = mnist_state
 
@@ -79,6 +80,7 @@ def test_bad_safetensors_files_are_one_sentence(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_torchvision_state_dict_with_a_replaced_head(tmp_path):
     torch.manual_seed(0)
     module = tvm.resnet18(num_classes=3).eval()
@@ -105,6 +107,7 @@ def test_checkpoint_without_a_card_names_the_card_command(tmp_path, mnist_state)
     assert not bare.with_suffix(".json").exists()
 
 
+@pytest.mark.slow
 def test_card_command_writes_a_checked_card_and_keeps_an_existing_one(tmp_path, mnist_state):
     _, pt, _ = mnist_state
     weights = tmp_path / "digits.pt"
@@ -158,6 +161,7 @@ def scripted(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_torchscript_card_from_flags_with_a_warning_for_missing_mean_std(scripted, tmp_path):
     out = tmp_path / "sal"
     image = tmp_path / "photo.png"
@@ -178,6 +182,7 @@ def test_torchscript_card_from_flags_with_a_warning_for_missing_mean_std(scripte
     one_line_error(run("layers", scripted), "has no card beside it (tiny.json)")
 
 
+@pytest.mark.slow
 def test_torchscript_layer_methods_say_what_works(scripted, tmp_path):
     flags = ["--input-size", "32", "--mean", "0.5", "--std", "0.25"]
     for args in (
@@ -217,6 +222,7 @@ def fake_converter(monkeypatch, kind: str, load) -> list:
     return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["onnx", "keras"])
 def test_onnx_and_keras_files_go_to_their_converter(tmp_path, monkeypatch, kind):
     path = tmp_path / f"net.{kind}"
@@ -257,6 +263,7 @@ def test_make_card_for_a_torchscript_file(scripted):
         make_card(scripted, arch="resnet18", card_fields={"input_size": (32, 32)})
 
 
+@pytest.mark.slow
 def test_a_real_onnx_file_through_load_model_and_the_cli(tmp_path):
     pytest.importorskip("onnx2torch")
     pytest.importorskip("onnxruntime")

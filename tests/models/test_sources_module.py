@@ -84,6 +84,7 @@ def test_model_adopts_the_module_it_is_given():
     assert not any(p.requires_grad for p in net.parameters())
 
 
+@pytest.mark.slow
 def test_python_and_json_cards_share_their_defaults(tmp_path):
     for size in (28, 96, (80, 120)):
         from_python = Model.from_module(TinyNet(), input_size=size).card
@@ -136,6 +137,7 @@ def test_json_card_without_mean_std_warns():
     assert ModelCard.from_dict(data | {"input": data["input"] | {"resize": None}}).resize is None
 
 
+@pytest.mark.slow
 def test_write_activations_takes_a_model(tmp_path):
     torch.manual_seed(0)
     model = Model.from_module(FixedNet(), input_size=(20, 24), channels=1, mean=0.5, std=0.5)

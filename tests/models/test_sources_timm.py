@@ -32,6 +32,7 @@ def saved(tmp_path, name: str, suffix: str, **kwargs) -> tuple[torch.nn.Module, 
     return module, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "suffix", "options"),
     [
@@ -62,6 +63,7 @@ def test_timm_model_with_local_weights(tmp_path, name, suffix, options):
         assert torch.allclose(model.module(x), module(x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_timm_download_with_mocked_transport(tmp_path, monkeypatch):
     """Without --weights timm downloads its pretrained weights; only the download is mocked."""
     import timm.models._hub as hub
@@ -113,12 +115,14 @@ def test_timm_not_installed_is_one_sentence(monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_timm_head_that_does_not_fit_says_the_class_count(tmp_path):
     _, path = saved(tmp_path, "convnext_atto", "pt", num_classes=5)
     with pytest.raises(ConvsightError, match="their head has 5 classes: give --num-classes 5"):
         load_model("timm:convnext_atto", weights=path, card_fields={"num_classes": 7})
 
 
+@pytest.mark.slow
 def test_timm_card_command_then_the_checkpoint_alone(tmp_path):
     _, path = saved(tmp_path, "convnext_atto", "safetensors", num_classes=2)
     labels = tmp_path / "labels.txt"

@@ -25,6 +25,8 @@ from convsight.optvis.settings import CLASS_OBJECTIVES, settings_for
 from convsight.optvis.transforms import CenterCrop
 from convsight.studies.optvis import MaximizeRequest, maximize
 
+pytestmark = pytest.mark.slow
+
 runner = CliRunner()
 
 

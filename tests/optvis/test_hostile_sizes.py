@@ -82,6 +82,7 @@ def test_a_size_above_the_largest_side_is_refused(tmp_path, size):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_size_that_does_not_fit_names_the_largest_that_does(tmp_path, memory, monkeypatch):
     out = tmp_path / "out"
     memory(GB)
@@ -111,6 +112,7 @@ def test_views_that_do_not_fit_are_refused_naming_the_largest(tmp_path, memory):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_views_refused_with_the_real_memory(tmp_path):
     out = tmp_path / "out"
     result = run("maximize", "mnist-cnn", "--layer", "features.3", "--views", 100000, "--out", out)
@@ -148,6 +150,7 @@ def test_very_many_steps_need_yes_and_then_fit_in_memory(tmp_path, memory):
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("channels", "shown"),
     [("9" * 5000, "999999999999... (5000 digits)"), ("0-99999999999", "99999999999")],
@@ -168,6 +171,7 @@ def test_huge_channel_numbers_name_the_layer_channel_count(tmp_path, channels, s
 # --- the atlas ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_atlas_size_and_steps_are_checked_before_the_folder(tmp_path, memory):
     out = tmp_path / "out"
     line = refusal(run("atlas", "mnist-cnn", "--layers", "all", "--size", 100000, "--out", out))
@@ -182,6 +186,7 @@ def test_atlas_size_and_steps_are_checked_before_the_folder(tmp_path, memory):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_an_absurd_atlas_plan_needs_yes(tmp_path, monkeypatch):
     def stop(*args, **kwargs):  # the work itself, after every check
         raise ConvsightError("reached the work")
@@ -197,6 +202,7 @@ def test_an_absurd_atlas_plan_needs_yes(tmp_path, monkeypatch):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_atlas_steps_with_yes_get_past_every_check(tmp_path, monkeypatch, memory):
     memory(64 * GB)  # one channel a chunk: a 4 GB trace
     reached = {}
@@ -216,6 +222,7 @@ def test_atlas_steps_with_yes_get_past_every_check(tmp_path, monkeypatch, memory
 # --- saliency -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_saliency_batch_that_does_not_fit(tmp_path, memory):
     memory(GB)
     out = tmp_path / "out"
@@ -231,6 +238,7 @@ def test_saliency_batch_that_does_not_fit(tmp_path, memory):
 # --- the estimate -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_estimate_grows_with_every_knob(mnist):
     cost = budget.render_cost(mnist, channel("features.3", [0, 1]), settings_for("robust"))
     base = dict(rows=4, side=(64, 64), views=2, steps=256)
@@ -293,6 +301,7 @@ print(json.dumps({"estimate": estimate, "measured": peak - rss}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 @pytest.mark.parametrize(("size", "views"), [(384, 8)])
 def test_the_estimate_is_near_the_measured_peak(size, views):

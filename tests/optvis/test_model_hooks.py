@@ -29,6 +29,8 @@ from convsight.optvis.recipes import make_hooks
 from convsight.optvis.transforms import RowRandom
 from tests.conftest import hook_count
 
+pytestmark = pytest.mark.slow
+
 
 def _timm(name: str) -> nn.Module:
     import timm

@@ -41,6 +41,7 @@ def plain(**changes):
     return settings_for("paper", **{**PLAIN, **changes})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "objective",
     [
@@ -63,6 +64,7 @@ def test_each_objective_rises_within_a_few_steps(tiny, objective):
     assert (result.trace[-1] > result.trace[0]).all(), result.trace[:, :]
 
 
+@pytest.mark.slow
 def test_plain_gradient_ascent_of_the_paper_preset_rises(tiny):
     settings = settings_for("paper", steps=5)
     assert settings.optimizer == "ascent" and settings.l1 == 0.1 and settings.lr == 0.5
@@ -85,6 +87,7 @@ def test_objective_algebra_and_descriptions(tiny):
     assert combo(ctx).shape == (3,)
 
 
+@pytest.mark.slow
 def test_batched_rendering_equals_one_at_a_time(tiny):
     settings = dict(preset="robust", steps=6, size=32, pad=2, jitter=3, jitter_after=2, views=2)
     batch = render_channels(tiny, "features.3", [1, 4, 7], seed=3, **settings)
@@ -99,6 +102,7 @@ def test_batched_rendering_equals_one_at_a_time(tiny):
     assert torch.allclose(classes.images[1], dog.images[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_log_softmax_class_objective_is_the_log_probability(tiny):
     x = torch.randn(2, 3, 32, 32)
     logits = tiny.module(x)
@@ -141,6 +145,7 @@ def changes_and_repeats_per_row(model, settings, **change):
     return on
 
 
+@pytest.mark.slow
 def test_pixel_noise_is_seeded_per_row_and_changes_the_render(tiny):
     from convsight.optvis.transforms import Noise, RowRandom, standard_transforms
 
@@ -159,6 +164,7 @@ def test_pixel_noise_is_seeded_per_row_and_changes_the_render(tiny):
         settings_for("robust", noise=-0.1)
 
 
+@pytest.mark.slow
 def test_color_shift_is_an_affine_colour_cast_per_view_and_channel(tiny):
     from convsight.optvis.transforms import ColorShift, RowRandom, standard_transforms
 
@@ -199,6 +205,7 @@ def test_flip_mirrors_about_half_the_views_each_row_on_its_own():
     assert torch.equal(flipped[1::2], alone)
 
 
+@pytest.mark.slow
 def test_ghost_noise_perturbs_the_network_per_row_and_leaves_no_hooks(tiny):
     settings = dict(steps=4, size=32, seed=2, class_objective="margin")
     ghost = changes_and_repeats_per_row(tiny, settings, ghost=0.3)
@@ -211,6 +218,7 @@ def test_ghost_noise_perturbs_the_network_per_row_and_leaves_no_hooks(tiny):
         settings_for("robust", ghost=-0.1)
 
 
+@pytest.mark.slow
 def test_average_returns_the_moving_average_of_the_parameters(tiny):
     settings = plain(steps=1)
     last = render_settings(tiny, obj.class_score([1, 2]), 2, settings)
@@ -222,6 +230,7 @@ def test_average_returns_the_moving_average_of_the_parameters(tiny):
         settings_for("robust", average=1.0)
 
 
+@pytest.mark.slow
 def test_coarse_to_fine_keeps_only_the_low_band_then_opens_it(tiny):
     from convsight.optvis.param import rfft2d_freqs
 
@@ -245,6 +254,7 @@ def test_coarse_to_fine_keeps_only_the_low_band_then_opens_it(tiny):
         settings_for("robust", coarse_to_fine=0.5, param="pixel")
 
 
+@pytest.mark.slow
 def test_cossim_class_objective_is_dot_times_cosine_on_the_penultimate_layer(tiny):
     from convsight.optvis.recipes import class_objective
 
@@ -266,6 +276,7 @@ def test_cossim_class_objective_is_dot_times_cosine_on_the_penultimate_layer(tin
     assert class_objective(scripted, [1], "cossim").description.startswith("margin(")
 
 
+@pytest.mark.slow
 def test_batch_norm_prior_is_the_distance_to_the_running_statistics(tiny):
     from convsight.optvis.model_hooks import BatchNormPrior
 
@@ -317,6 +328,7 @@ def test_batch_norm_prior_is_the_distance_to_the_running_statistics(tiny):
     assert hook_count(net) == 0
 
 
+@pytest.mark.slow
 def test_maco_param_optimizes_only_the_phase(tiny):
     from convsight.optvis.param import PhaseImage
 
@@ -338,6 +350,7 @@ def test_maco_param_optimizes_only_the_phase(tiny):
     assert isinstance(again, PhaseImage) and again.pixels().shape == (2, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_truncated_forward_gives_the_full_forward_objective(tiny):
     x = torch.randn(4, 3, 32, 32)
     objective = obj.channel("features.3", [0, 1, 2, 3])
@@ -357,11 +370,13 @@ def test_truncated_forward_gives_the_full_forward_objective(tiny):
     assert calls == []  # nothing after the target layer ran
 
 
+@pytest.mark.slow
 def test_model_parameters_take_no_gradient(tiny):
     render_classes(tiny, [0, 1], steps=2, size=32)
     assert all(p.grad is None and not p.requires_grad for p in tiny.module.parameters())
 
 
+@pytest.mark.slow
 def test_same_seed_same_image(tiny):
     a = render_channels(tiny, "features.3", [2, 5], steps=4, size=32, seed=7)
     b = render_channels(tiny, "features.3", [2, 5], steps=4, size=32, seed=7)
@@ -402,6 +417,7 @@ def test_bad_class_and_settings_fail_clearly(tiny):
         settings_for("robust", optimizer="lbfgs")
 
 
+@pytest.mark.slow
 def test_hooks_are_released_after_an_exception_mid_render(tiny):
     def boom(step, values):
         if step == 2:
@@ -425,6 +441,7 @@ def test_hooks_are_released_after_an_exception_mid_render(tiny):
     assert weight.is_contiguous()  # channels_last conversion undone
 
 
+@pytest.mark.slow
 def test_dead_channels_are_reported_and_skipped(tiny):
     conv = tiny.module.features[3]
     with torch.no_grad():
@@ -446,6 +463,7 @@ def test_fourier_param_starts_from_a_given_image(decay_power):
     assert torch.allclose(param.pixels(), pixels, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_class_mean_images_from_a_folder_and_mnist(shared, mobilenet_v2):
     samples = shared / "data" / "imagenet-samples"
     means = class_mean_images(samples, mobilenet_v2.card, [1, 951])  # goldfish, lemon
@@ -466,6 +484,7 @@ def test_parse_channels():
         parse_channels("a-b")
 
 
+@pytest.mark.slow
 def test_cli_maximize_writes_grid_pngs_and_summary(shared, tmp_path):
     out = tmp_path / "max"
     weights = shared / "models" / "vgg16_hed_features.pt"
@@ -481,6 +500,7 @@ def test_cli_maximize_writes_grid_pngs_and_summary(shared, tmp_path):
     assert (out / "grid.png").is_file() and (out / "channel_0002.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -501,6 +521,7 @@ def test_cli_maximize_bad_input_exit_2_nothing_written(shared, tmp_path, args, m
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_classviz_mean_init_and_bad_class(shared, tmp_path):
     weights = shared / "models" / "mobilenet_v2_imagenet.pt"
     samples = shared / "data" / "imagenet-samples"
@@ -523,6 +544,7 @@ def test_cli_classviz_mean_init_and_bad_class(shared, tmp_path):
     assert OUTPUT == "<output>"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command", [["classviz", "--classes", "1"], ["maximize", "--layer", "features.0"]]
 )
@@ -539,6 +561,7 @@ def test_cli_model_hook_on_a_model_without_its_layers_exit_2(tmp_path, command, 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cli_class_preset_runs_without_its_skip_gradient_on_a_plain_cnn(tmp_path):
     out = tmp_path / "plain"
     args = ["classviz", "mnist-cnn", "--classes", "7", "--steps", "2", "--out", str(out)]
@@ -565,6 +588,7 @@ def residual_model() -> Model:
     return three_class_16px(net, "res")
 
 
+@pytest.mark.slow
 def test_skip_gradient_scales_only_the_residual_branchs_gradient():
     from torchvision.models import mobilenet_v2, resnet18, resnet50
 
@@ -604,6 +628,7 @@ def test_skip_gradient_scales_only_the_residual_branchs_gradient():
         check_model_hooks(nn.Sequential(nn.Conv2d(3, 3, 1)), skip_gradient=0.5)
 
 
+@pytest.mark.slow
 def test_skip_gradient_render_changes_the_image_per_row_not_the_values():
     model = residual_model()
     settings = dict(steps=4, seed=2, class_objective="margin", skip_gradient=1.0)
@@ -624,12 +649,14 @@ def test_skip_gradient_render_changes_the_image_per_row_not_the_values():
             settings_for("robust", skip_gradient=bad)
 
 
+@pytest.mark.slow
 def test_skip_gradient_is_off_on_a_model_without_residual_blocks(tiny):
     result = render_classes(tiny, [1], steps=2, size=32, skip_gradient=0.3)
     assert result.description.endswith("; skip gradient 0.3 off: no residual blocks")
     assert hook_count(tiny.module) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", ["features.3", "features.4", "features.2"])
 def test_computing_only_the_rows_channel_of_a_conv_gives_the_same_render(tiny, layer):
     # a conv, the ReLU after a conv, and a max-pool after a conv and a ReLU
@@ -674,6 +701,7 @@ def test_slicing_through_batch_norm_and_not_past_a_non_channelwise_layer():
     assert not Forward(Model(grouped.eval(), card), obj.channel("1", [0]), True).sliced
 
 
+@pytest.mark.slow
 def test_render_takes_built_objects_and_a_recipe_builds_them(tiny):
     from convsight.optvis.callbacks import Callback
     from convsight.optvis.transforms import Jitter
@@ -710,6 +738,7 @@ def test_render_takes_built_objects_and_a_recipe_builds_them(tiny):
     assert result.description == "channel(features.4, [1, 4])" and hook_count(tiny.module) == 0
 
 
+@pytest.mark.slow
 def test_a_snapshot_is_the_image_a_shorter_render_ends_with(tiny):
     common = dict(preset="paper", size=32, seed=1)
     longer = render_classes(tiny, [0, 2], steps=5, snapshots=(2, 3), **common)
@@ -732,6 +761,7 @@ class _ViewAfterConv(nn.Module):
         return self.head(x.view(x.size(0), -1))
 
 
+@pytest.mark.slow
 def test_a_model_that_views_after_a_conv_renders_contiguous_and_says_so():
     torch.manual_seed(0)
     card = ModelCard("view", "test:view", (16, 16), 3, (0.5,) * 3, (0.25,) * 3, ["a", "b", "c"])

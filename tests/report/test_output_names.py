@@ -46,6 +46,7 @@ def hostile_mnist(tmp_path, label):
     return write_checkpoint(tmp_path / "model" / "m.pt", module, card)
 
 
+@pytest.mark.slow
 def test_classviz_hostile_label_python_api(tmp_path):
     label = "x/../../../../ESCAPED"
     module, card = build_seed("mnist-cnn", {})
@@ -63,6 +64,7 @@ def test_classviz_hostile_label_python_api(tmp_path):
     strict(out / "summary.json")
 
 
+@pytest.mark.slow
 def test_classviz_hostile_label_cli(tmp_path):
     ckpt = hostile_mnist(tmp_path, "x/../../../ESCAPED")
     out = tmp_path / "one" / "two" / "out"
@@ -107,6 +109,7 @@ def odd_model(escape: str) -> Model:
     return Model(OddNames(escape), card)
 
 
+@pytest.mark.slow
 def test_atlas_layer_names_stay_inside_out(tmp_path):
     target = tmp_path / "ESCAPED"
     if "." in str(target):
@@ -142,6 +145,7 @@ def test_atlas_layer_names_stay_inside_out(tmp_path):
         strict(path)
 
 
+@pytest.mark.slow
 def test_saliency_same_names_from_two_folders_and_odd_names(tiny, tmp_path):
     images = []
     for i, (folder, name) in enumerate([("a", "x.png"), ("b", "x.png"), ("c", "$(rm) <i>\n.png")]):

@@ -58,6 +58,7 @@ def _trained_like(model):
     return model.module.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "seed, options, layer, index",
     [
@@ -81,6 +82,7 @@ def test_removal_equals_pruning_the_filter_away(seed, options, layer, index):
     assert all(not m._forward_hooks for m in module.modules())  # hooks gone after the block
 
 
+@pytest.mark.slow
 def test_removal_of_the_last_conv_drops_its_columns_of_the_dense_layer():
     model = load_model("five-class-cnn", image_size=32)
     module = _trained_like(model)
@@ -101,6 +103,7 @@ def test_removal_of_the_last_conv_drops_its_columns_of_the_dense_layer():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_zeroing_the_conv_output_would_not_be_removal():
     """Batch norm after the ReLU turns a zero channel into a constant, so the zero goes after
     the norm and the pooling, where the next conv reads the channel."""
@@ -114,6 +117,7 @@ def test_zeroing_the_conv_output_would_not_be_removal():
     }
 
 
+@pytest.mark.slow
 def test_removal_refuses_a_residual_block():
     module = torchvision.models.resnet18(weights=None).eval()
     example = torch.zeros(1, 3, 64, 64)
@@ -126,6 +130,7 @@ def test_removal_refuses_a_residual_block():
         removal_points(module, ["layer1.0.conv1"], example)
 
 
+@pytest.mark.slow
 def test_removed_filters_get_no_gradient():
     model = load_model("mnist-cnn")
     module = model.module.train().requires_grad_(True)
@@ -216,6 +221,7 @@ def mnist_model(tmp_path_factory, mnist_dir):
     return out / "model.pt"
 
 
+@pytest.mark.slow
 def test_compress_command_scores_every_removal(mnist_model, mnist_dir, tmp_path):
     out = tmp_path / "out"
     result = run(
@@ -247,6 +253,7 @@ def test_compress_command_scores_every_removal(mnist_model, mnist_dir, tmp_path)
     assert (out / "compression.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -262,6 +269,7 @@ def test_compress_bad_flags_exit_2(mnist_model, mnist_dir, tmp_path, args, fragm
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_compress_refuses_data_that_is_not_the_models(tmp_path, mnist_dir):
     out = tmp_path / "out"
     assert_bad_input(

@@ -70,6 +70,7 @@ def test_subset_reports_bad_files_and_empty_classes(shape_tree, tmp_path):
     assert not (out / "test" / "red circle" / "broken.jpg").exists()
 
 
+@pytest.mark.slow
 def test_subset_split_is_reproducible(shape_tree, tmp_path):
     def split(seed, name):
         out = tmp_path / name
@@ -95,6 +96,7 @@ def test_subset_split_is_reproducible(shape_tree, tmp_path):
     assert first != split(2, "c")
 
 
+@pytest.mark.slow
 def test_subset_from_imagenet_tree_with_a_missing_synset(shape_tree, tmp_path):
     root = tmp_path / "imagenet" / "train"
     for synset, name in (("n01443537", "red circle"), ("n01518878", "green square")):
@@ -162,6 +164,7 @@ def trained(shape_tree, tmp_path_factory):
     return base
 
 
+@pytest.mark.slow
 def test_self_built_cnn_beats_chance(trained):
     metrics = json.loads((trained / "run" / "metrics.json").read_text())
     assert metrics["classes"] == sorted(SHAPES)
@@ -177,6 +180,7 @@ def test_self_built_cnn_beats_chance(trained):
     assert model.card.labels == sorted(SHAPES) and model.card.input_size == (32, 32)
 
 
+@pytest.mark.slow
 def test_class_means_are_the_mean_training_images(trained):
     saved = np.load(trained / "run" / "class_means.npz")
     labels = list(saved["labels"])
@@ -189,6 +193,7 @@ def test_class_means_are_the_mean_training_images(trained):
     assert red[0].mean() > red[2].mean() and blue[2].mean() > blue[0].mean()
 
 
+@pytest.mark.slow
 def test_finetune_a_pretrained_backbone(trained, shared, tmp_path):
     weights = shared / "models" / "mobilenet_v2_imagenet.pt"
     result = invoke(
@@ -220,6 +225,7 @@ def test_finetune_a_pretrained_backbone(trained, shared, tmp_path):
     assert tuned.module.classifier[1].out_features == 3
 
 
+@pytest.mark.slow
 def test_train_subset_bad_inputs_exit_2(tmp_path, trained):
     result = invoke("train", "subset", "--data", tmp_path / "nothing", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "has no train/" in result.stderr
@@ -238,6 +244,7 @@ def test_train_subset_bad_inputs_exit_2(tmp_path, trained):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["random", "mean"])
 def test_class_models_of_the_trained_network(trained, tmp_path, init):
     """Figure 4.2 on the generated classes: each class model is recognised as its class."""
@@ -266,6 +273,7 @@ def test_class_models_of_the_trained_network(trained, tmp_path, init):
     assert (out / "grid.png").stat().st_size > 2000
 
 
+@pytest.mark.slow
 def test_unreadable_training_images_are_skipped_and_reported(trained, tmp_path):
     subset = tmp_path / "subset"
     shutil.copytree(trained / "subset", subset)
@@ -281,6 +289,7 @@ def test_unreadable_training_images_are_skipped_and_reported(trained, tmp_path):
     assert metrics["settings"]["train_examples"] == len(list((subset / "train").rglob("*.jpg"))) - 1
 
 
+@pytest.mark.slow
 def test_subset_training_that_diverges_leaves_nothing(trained, tmp_path):
     out = tmp_path / "run"
     result = invoke(

@@ -39,6 +39,7 @@ def bench_module(name: str) -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_evaluate_peak_memory_over_1000_images_is_within_1_2x_of_100(tmp_path):
     """`convsight evaluate` in a fresh process over 100, then 1,000 generated 8x8 PNGs (resized
     to the model's 64x64): the peak resident memory of the second is at most 1.2x the first.
@@ -92,6 +93,7 @@ def batch_sizes(model: Model, count: Callable[[], int] | None = None) -> Iterato
         handle.remove()
 
 
+@pytest.mark.slow
 def test_evaluate_never_holds_the_folder_at_once(tiny8, tmp_path, monkeypatch):
     """40 images (and two unreadable files): no batch that reaches the network is larger than
     a chunk or the curves' batch, and the first forward pass comes after at most one chunk
@@ -148,6 +150,7 @@ def test_the_stream_decodes_a_chunk_at_a_time_and_reports_what_it_skips(tiny8, t
         ImageStream([folder / "im000_bad.png"], tiny8.card, 8).check()
 
 
+@pytest.mark.slow
 def test_curves_and_predictions_without_targets_run_a_batch_at_a_time(tiny):
     pixels = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     maps = torch.rand(40, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -161,6 +164,7 @@ def test_curves_and_predictions_without_targets_run_a_batch_at_a_time(tiny):
         assert torch.equal(predicted, tiny.module(tiny.normalize(pixels)).argmax(1))
 
 
+@pytest.mark.slow
 def test_activations_run_a_batch_at_a_time_and_give_the_one_pass_maps(tiny):
     pixels = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     layers = ["features.0", "features.4"]

@@ -76,6 +76,7 @@ class Square(nn.Module):
         return x * x
 
 
+@pytest.mark.slow
 def test_translation_invariant_unit_through_a_model():
     """Mean over positions of a squared circular convolution: its optimum is a plane wave at
     the kernel's strongest frequency; its invariance, the optimum's translation tangent."""
@@ -113,6 +114,7 @@ def smooth_unit():
     return f
 
 
+@pytest.mark.slow
 def test_finite_difference_products_match_double_backward():
     f = smooth_unit()
     gen = torch.Generator().manual_seed(0)
@@ -129,6 +131,7 @@ def test_finite_difference_products_match_double_backward():
     assert torch.allclose(smoothed.hessian_product(v), expected, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_eigenvalues_match_the_dense_riemannian_hessian():
     f = smooth_unit()
     x = torch.rand(1, 5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -146,6 +149,7 @@ def test_eigenvalues_match_the_dense_riemannian_hessian():
     assert torch.allclose(found.selective_values, values[:3], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_piecewise_linear_unit_is_flagged_unreliable():
     """Differences of gradients of a ReLU unit count kinks: not a linear map, and said so."""
     gen = torch.Generator().manual_seed(0)
@@ -168,6 +172,7 @@ def _relu_model() -> Model:
     return Model(module.eval(), card)
 
 
+@pytest.mark.slow
 def test_softplus_surrogate_is_close_to_the_network_and_exactly_linear():
     model = _relu_model()
     surrogate, replaced = softplus_surrogate(model, beta=50.0)
@@ -213,6 +218,7 @@ def test_ascent_on_the_sphere_finds_the_optimum_of_a_linear_unit():
     assert torch.equal(unmoved, x) and none["accepted"] == 0
 
 
+@pytest.mark.slow
 def test_directions_on_the_level_set_of_a_point_that_is_not_stationary():
     """A quadratic unit at a point where its tangent gradient is not 0: the directions are
     ⊥ x and ⊥ P g, the eigenvalues are those of the Riemannian Hessian on that subspace
@@ -305,6 +311,7 @@ def test_bad_input_is_one_sentence_before_any_work(tmp_path, monkeypatch):
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_command_writes_the_outputs(tmp_path):
     out = tmp_path / "inv"
     args = ["invariances", "mnist-cnn", "--layer", "features.3", "--channel", "5", "--k", "2"]
@@ -326,6 +333,7 @@ def test_command_writes_the_outputs(tmp_path):
     assert len(summary["directions"][0]["response_on_sphere"]) == 3
 
 
+@pytest.mark.slow
 def test_command_with_the_softplus_surrogate_is_reliable(tmp_path):
     out = tmp_path / "inv"
     args = ["invariances", "mnist-cnn", "--layer", "features.3", "--channel", "5", "--k", "2"]
@@ -343,6 +351,7 @@ def test_command_with_the_softplus_surrogate_is_reliable(tmp_path):
     assert ascent["tangent_gradient_norm_after"] < ascent["tangent_gradient_norm_before"]
 
 
+@pytest.mark.slow
 def test_class_unit(tmp_path):
     model = load_model("mnist-cnn")
     flags = {"steps": 3, "class_objective": "logit"}  # rendered on the score itself

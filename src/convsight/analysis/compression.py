@@ -117,12 +117,18 @@ def removal_points(
     a zeroed channel there would not be a removed filter.
     """
     for layer in layers:
-        conv = get_layer(module, layer)
-        if not isinstance(conv, nn.Conv2d):
-            raise ConvsightError(f"layer '{layer}' is a {type(conv).__name__}, not a Conv2d")
+        _conv(module, layer)
     calls = _calls(module, example) if layers else []
     runs = {name: sum(c.name == name for c in calls) for name in {c.name for c in calls}}
     return {layer: _point_after(calls, runs, layer) for layer in layers}
+
+
+def _conv(module: nn.Module, layer: str) -> nn.Conv2d:
+    """Conv ``layer`` of ``module``; any other kind of layer fails in one sentence."""
+    conv = get_layer(module, layer)
+    if not isinstance(conv, nn.Conv2d):
+        raise ConvsightError(f"layer '{layer}' is a {type(conv).__name__}, not a Conv2d")
+    return conv
 
 
 def _point_after(calls: list[_Call], runs: dict[str, int], layer: str) -> str:
@@ -169,7 +175,7 @@ def filters_removed(
     handles = []
     try:
         for layer, channels in removed.items():
-            conv = get_layer(module, layer)
+            conv = _conv(module, layer)
             bad = [c for c in channels if not 0 <= c < conv.out_channels]
             if bad:
                 raise ConvsightError(
@@ -191,7 +197,7 @@ def filters_removed(
 
 def filter_norms(module: nn.Module, layer: str) -> torch.Tensor:
     """The L1 norm of each filter of conv ``layer``."""
-    return get_layer(module, layer).weight.detach().abs().sum(dim=(1, 2, 3)).float().cpu()
+    return _conv(module, layer).weight.detach().abs().sum(dim=(1, 2, 3)).float().cpu()
 
 
 def redundant_filters(redundancy: Redundancy, norms: torch.Tensor, threshold: float) -> list[int]:

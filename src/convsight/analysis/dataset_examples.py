@@ -38,6 +38,7 @@ def _measure_field(model: Model, layer: str, size: tuple[int, int], trials: int)
     out = forward_to(model.module, x, [layer])[layer]
     ly, lx = out.shape[-2], out.shape[-1]
     out[:, :, ly // 2, lx // 2].sum().backward()
+    assert x.grad is not None  # filled by backward() just above
     seen = x.grad.abs().sum((0, 1)) > 0
     return seen.any(1).nonzero().flatten(), seen.any(0).nonzero().flatten(), (ly, lx)
 

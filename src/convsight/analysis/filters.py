@@ -98,7 +98,7 @@ def filter_redundancy(module: nn.Module, layer: str) -> Redundancy:
     orders = COLOUR_ORDERS if w.shape[1] == 3 else [tuple(range(w.shape[1]))]
     best = torch.full((n, n), -2.0)
     which = torch.zeros(n, n, dtype=torch.long)
-    names = []
+    names: list[str] = []
     for order in orders:
         for k in range(8):
             moved = _dihedral(w[:, list(order)], k)

@@ -166,18 +166,18 @@ def _high_bit_as_float(img: Image.Image, name: str) -> Image.Image:
         array = array.astype(np.float32)
         if not np.isfinite(array).all():
             raise ConvsightError(f"{name} has floating-point pixels that are NaN or infinite")
-        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
-        if low < 0 or high > 1:
+        least, most = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if least < 0 or most > 1:
             raise ConvsightError(
-                f"{name} has floating-point pixels from {low:g} to {high:g}; convsight reads "
+                f"{name} has floating-point pixels from {least:g} to {most:g}; convsight reads "
                 "float images only when they lie in [0, 1]"
             )
         scaled = array
     return Image.fromarray(np.ascontiguousarray(scaled, dtype=np.float32), mode="F")
 
 
-def _resize_and_crop(img: Image.Image, card: ModelCard, name: str) -> Image.Image:
-    """Resize the shorter side to ``card.resize`` (or more, so that the image covers the
+def _resize_and_crop(img: Image.Image, card: ModelCard, resize: int, name: str) -> Image.Image:
+    """Resize the shorter side to ``resize``, the card's (or more, so that the image covers the
     input's height and width without stretching) and take the centre crop of ``input_size``,
     with the card's interpolation; an image that needs neither is returned as it is.
 
@@ -192,7 +192,7 @@ def _resize_and_crop(img: Image.Image, card: ModelCard, name: str) -> Image.Imag
             f"{long / short:.0f}:1; model '{card.name}' takes photos of at most "
             f"{MAX_ASPECT_RATIO:.0f}:1"
         )
-    scale = max(card.resize / short, w / img.width, h / img.height)
+    scale = max(resize / short, w / img.width, h / img.height)
     if scale == 1 and (img.width, img.height) == (w, h):
         return img  # already the input's size: not resampled (a 28x28 digit stays exact)
     width, height = max(w, round(img.width * scale)), max(h, round(img.height * scale))
@@ -230,8 +230,8 @@ def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> t
             )
     if _is_high_bit(img):
         img = _high_bit_as_float(img, name)
-    if card.resize is not None:
-        img = _resize_and_crop(img, card, name)
+    if isinstance(card.resize, int):  # a card's "auto" is a number once validated
+        img = _resize_and_crop(img, card, card.resize, name)
     if img.mode == "F":
         array = np.asarray(img, dtype=np.float32)[:, :, None]
         if card.channels == 3:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -25,7 +26,14 @@ FILES = {
 }
 MAX_IDX_BYTES = 2**30
 """The most data bytes an idx file may claim in its header (MNIST's largest holds 47 MB)."""
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES: dict[int, npt.DTypeLike] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def data_dir_from_env() -> Path | None:
@@ -52,7 +60,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise ConvsightError(f"cannot read idx file {path}: {exc}") from exc
 
 
-def _read_idx_stream(stream: BinaryIO, path: Path) -> np.ndarray:
+def _read_idx_stream(stream: io.BufferedIOBase, path: Path) -> np.ndarray:
     magic = stream.read(4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
         raise ConvsightError(f"{path} is not an idx file (bad magic number)")
@@ -115,10 +123,11 @@ def load_mnist(
     if folder is None:
         return _download(split)
     require_folder(folder, "MNIST data folder")
-    paths = {kind: _find(folder, FILES[(split, kind)]) for kind in ("images", "labels")}
-    missing = [FILES[(split, k)] for k, p in paths.items() if p is None]
+    found = {kind: _find(folder, FILES[(split, kind)]) for kind in ("images", "labels")}
+    missing = [FILES[(split, k)] for k, p in found.items() if p is None]
     if missing:
         raise ConvsightError(f"MNIST file(s) {', '.join(missing)} not found in {folder}")
+    paths = {kind: p for kind, p in found.items() if p is not None}
     images, labels = read_idx(paths["images"]), read_idx(paths["labels"])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ConvsightError(

@@ -11,7 +11,10 @@ import torch
 class Work(Protocol):
     """Runs ``fn(**shared, **item)`` for every item; yields (index, result) as each finishes."""
 
-    workers: int
+    @property
+    def workers(self) -> int:
+        """Tasks that can run at once."""
+        ...
 
     def map(
         self, fn: Callable[..., Any], shared: dict[str, Any], items: Sequence[dict[str, Any]]

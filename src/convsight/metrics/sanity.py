@@ -59,8 +59,9 @@ def _randomize(module: nn.Module, generator_seed: int) -> None:
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(generator_seed)
         for m in module.modules():
-            if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False)):
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if reset is not None and any(True for _ in m.parameters(recurse=False)):
+                reset()
             elif any(True for _ in m.parameters(recurse=False)):
                 for p in m.parameters(recurse=False):
                     p.normal_(0, 0.01)

@@ -204,7 +204,7 @@ def is_own_temporary(name: str) -> bool:
     return _TEMPORARY.match(name) is not None
 
 
-def remove_own_temporaries(folder: str | os.PathLike) -> int:
+def remove_own_temporaries(folder: str | os.PathLike[str]) -> int:
     """Delete convsight's own temporary files left directly in ``folder`` by an interrupted
     run (never recursing, never touching any other file); the number deleted."""
     count = 0
@@ -350,7 +350,7 @@ def write_npz(
     path: str | os.PathLike, within: str | os.PathLike | None = None, **arrays: Any
 ) -> Path:
     """Save arrays (tensors converted) as a compressed ``.npz``."""
-    data = {
+    data: dict[str, Any] = {
         k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in arrays.items()
     }
     with atomic_path(path, within) as tmp:

@@ -6,6 +6,7 @@ import math
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 
 def channel_grid(
@@ -21,8 +22,8 @@ def channel_grid(
     channels = channels if channels is not None else list(range(count))
     cols = min(columns, count)
     rows = math.ceil(count / cols)
-    fig = Figure(figsize=(1.3 * cols, 1.3 * rows + (0.4 if title else 0)), layout="constrained")
-    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
+    layout = ConstrainedLayoutEngine(w_pad=0.01, h_pad=0.01, wspace=0.02, hspace=0.02)
+    fig = Figure(figsize=(1.3 * cols, 1.3 * rows + (0.4 if title else 0)), layout=layout)
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from PIL.Image import Resampling
 
 from convsight.report.files import atomic_path
 
@@ -42,7 +43,7 @@ def enlarged(img: Image.Image, min_side: int) -> Image.Image:
     if not min_side or min(img.size) >= min_side:
         return img
     factor = -(-min_side // min(img.size))
-    return img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+    return img.resize((img.width * factor, img.height * factor), Resampling.NEAREST)
 
 
 def write_gif(
@@ -71,14 +72,14 @@ def examples_strip(
     for i, (pixels, (top, left, bottom, right)) in enumerate(zip(images, boxes, strict=True)):
         full = to_pil(pixels).convert("RGB")
         sx, sy = tile / full.width, tile / full.height
-        thumb = full.resize((tile, tile), Image.BILINEAR)
+        thumb = full.resize((tile, tile), Resampling.BILINEAR)
         ImageDraw.Draw(thumb).rectangle(
             [left * sx, top * sy, max(right * sx - 1, left * sx), max(bottom * sy - 1, top * sy)],
             outline=(255, 30, 30),
             width=2,
         )
         patch = full.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
-        resample = Image.NEAREST if max(patch.size) < tile // 2 else Image.BILINEAR
+        resample = Resampling.NEAREST if max(patch.size) < tile // 2 else Resampling.BILINEAR
         x = i * (tile + 4)
         strip.paste(thumb, (x, 0))
         strip.paste(patch.resize((tile, tile), resample), (x, tile + 4))

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 
 def display_map(heat: torch.Tensor) -> np.ndarray:
@@ -40,8 +41,8 @@ def saliency_panel(
     images = images.detach().float().cpu().clamp(0, 1)
     n = images.shape[0]
     cols = 1 + len(maps)
-    fig = Figure(figsize=(1.9 * cols, 2.0 * n + (0.3 if title else 0)), layout="constrained")
-    fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, wspace=0.01, hspace=0.01)
+    layout = ConstrainedLayoutEngine(w_pad=0.01, h_pad=0.01, wspace=0.01, hspace=0.01)
+    fig = Figure(figsize=(1.9 * cols, 2.0 * n + (0.3 if title else 0)), layout=layout)
     axes = fig.subplots(n, cols, squeeze=False)
     for i in range(n):
         img = images[i].permute(1, 2, 0).numpy()

@@ -56,7 +56,7 @@ def confusion_matrix(
             ax.text(
                 j,
                 i,
-                int(counts[i, j]),
+                str(int(counts[i, j])),
                 ha="center",
                 va="center",
                 color="white" if rates[i, j] > 0.5 else "black",

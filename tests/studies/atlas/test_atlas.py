@@ -62,6 +62,7 @@ def atlas_site(mnist_model, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_atlas_files_and_redundancy(atlas_site, mnist_model):
     summary = json.loads((atlas_site / "atlas.json").read_text())
     assert summary["dataset_size"] == 24
@@ -91,6 +92,7 @@ def test_atlas_files_and_redundancy(atlas_site, mnist_model):
     assert curve[-1][1] == 32 and all(a[1] <= b[1] for a, b in zip(curve, curve[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_filter_redundancy_finds_rotated_and_recoloured_copies():
     conv = torch.nn.Conv2d(3, 4, 3)
     with torch.no_grad():
@@ -105,6 +107,7 @@ def test_filter_redundancy_finds_rotated_and_recoloured_copies():
     assert redundancy.remaining(0.99) == 2
 
 
+@pytest.mark.slow
 def test_atlas_pages_in_a_real_browser(atlas_site, browser):
     page, errors, dialogs = open_page(browser, (atlas_site / "index.html").as_uri())
     assert "features.3" in page.inner_text("body")
@@ -122,6 +125,7 @@ def test_atlas_pages_in_a_real_browser(atlas_site, browser):
     assert not errors and not dialogs
 
 
+@pytest.mark.slow
 def test_labels_from_the_data_are_escaped(atlas_site, browser):
     hits = [c for c in range(64) if EVIL in (atlas_site / "features.3" / f"c{c}.html").read_text()]
     assert not hits  # never raw in the HTML
@@ -136,6 +140,7 @@ def test_labels_from_the_data_are_escaped(atlas_site, browser):
     assert not dialogs and not errors
 
 
+@pytest.mark.slow
 def test_killed_atlas_run_resumes_without_redoing_work(mnist_model, tmp_path):
     ckpt, digits = mnist_model
     out = tmp_path / "atlas"
@@ -210,6 +215,7 @@ def snapshot(folder):
     return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
 
 
+@pytest.mark.slow
 def test_atlas_records_its_settings_and_resumes_only_with_them(tiny, tmp_path):
     out = tmp_path / "atlas"
     first = tiny_atlas(tiny, out)
@@ -241,6 +247,7 @@ def test_atlas_records_its_settings_and_resumes_only_with_them(tiny, tmp_path):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_identical_rerun_continues_and_may_add_a_layer(tiny, tmp_path):
     out = tmp_path / "atlas"
     tiny_atlas(tiny, out, batch=3)
@@ -255,6 +262,7 @@ def test_identical_rerun_continues_and_may_add_a_layer(tiny, tmp_path):
     assert (out / "features.3" / "c15.html").exists()
 
 
+@pytest.mark.slow
 def test_atlas_deletes_only_its_own_temporaries(tiny, tmp_path):
     out = tmp_path / "atlas"
     tiny_atlas(tiny, out)
@@ -274,6 +282,7 @@ def test_atlas_deletes_only_its_own_temporaries(tiny, tmp_path):
     assert not any(path.exists() for path in ours)
 
 
+@pytest.mark.slow
 def test_a_second_atlas_in_the_same_folder_is_refused(tiny, tmp_path):
     import fcntl
 
@@ -324,6 +333,7 @@ def test_atlas_cli_empty_presets_is_one_sentence(tmp_path):
     assert "Traceback" not in result.output and not out.exists()
 
 
+@pytest.mark.slow
 def test_duplicate_layers_are_rendered_once(tiny, tmp_path):
     out = tmp_path / "atlas"
     summary = tiny_atlas(tiny, out, layers=["features.0", " features.0", "features.0"])
@@ -334,6 +344,7 @@ def test_duplicate_layers_are_rendered_once(tiny, tmp_path):
     assert index.count('href="features.0/index.html"') == 1
 
 
+@pytest.mark.slow
 def test_atlas_renders_only_the_channels_asked_for(tiny, tmp_path):
     out = tmp_path / "atlas"
     summary = tiny_atlas(tiny, out, channels="5,0-2")
@@ -354,6 +365,7 @@ def test_atlas_renders_only_the_channels_asked_for(tiny, tmp_path):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_atlas_channels_out_of_range_fail_before_writing(tiny, tmp_path):
     out = tmp_path / "atlas"
     with pytest.raises(ConvsightError, match=r"the layer has 8 channels .*layer 'features.0'"):
@@ -369,6 +381,7 @@ def test_atlas_channels_out_of_range_fail_before_writing(tiny, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_atlas_shows_each_channels_first_invariance(tiny, tmp_path):
     out = tmp_path / "atlas"
     tiny_atlas(tiny, out, channels="0-2", invariances=10.0)
@@ -400,6 +413,7 @@ def test_atlas_invariances_need_a_relu_to_smooth(tmp_path):
     assert not (tmp_path / "atlas").exists()
 
 
+@pytest.mark.slow
 def test_atlas_shows_the_compression_trials(mnist_model, mnist_dir, tmp_path, browser):
     ckpt, _ = mnist_model
     out = tmp_path / "atlas"

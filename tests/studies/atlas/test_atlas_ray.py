@@ -125,6 +125,7 @@ def assert_same_atlas(local, other):
             assert a.read_bytes() == b.read_bytes(), name
 
 
+@pytest.mark.slow
 def test_ray_atlas_loses_a_node_midway_and_matches_the_local_run(
     inputs, local_atlas, cluster, tmp_path
 ):
@@ -147,6 +148,7 @@ def test_ray_atlas_loses_a_node_midway_and_matches_the_local_run(
     assert_same_atlas(local_atlas, out)
 
 
+@pytest.mark.slow
 def test_ray_driver_killed_resumes_from_its_records(inputs, local_atlas, cluster, tmp_path):
     cluster, _ = cluster
     out = tmp_path / "atlas"
@@ -168,6 +170,7 @@ def test_ray_driver_killed_resumes_from_its_records(inputs, local_atlas, cluster
     assert_same_atlas(local_atlas, out)
 
 
+@pytest.mark.slow
 def test_unreachable_ray_address_fails_before_any_work(inputs, tmp_path):
     out = tmp_path / "atlas"
     result = CliRunner().invoke(
@@ -188,6 +191,7 @@ def test_ray_not_installed_is_one_sentence(inputs, tmp_path, monkeypatch):
     assert "needs Ray, which is not installed" in result.output and not out.exists()
 
 
+@pytest.mark.slow
 def test_a_local_atlas_does_not_import_ray():
     code = (
         "import sys, tempfile, torch\n"
@@ -213,6 +217,7 @@ def test_shards_start_at_batch_boundaries_and_cover_every_image():
         assert covered == list(range(count))
 
 
+@pytest.mark.slow
 def test_sharded_dataset_pass_equals_the_single_pass(tiny):
     pixels = torch.rand(37, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     whole = top_examples(tiny, pixels, "features.3", top_k=5, batch_size=8)
@@ -223,6 +228,7 @@ def test_sharded_dataset_pass_equals_the_single_pass(tiny):
     assert torch.equal(joined.means.T, whole.mean_per_image)
 
 
+@pytest.mark.slow
 def test_one_pass_for_several_layers_equals_a_pass_for_each(tiny):
     """Statistics are taken as each layer runs: a conv followed by an in-place ReLU keeps its
     own (negative) values."""
@@ -241,6 +247,7 @@ def test_one_pass_for_several_layers_equals_a_pass_for_each(tiny):
     assert (together["0"].means < 0).any() and (together["1"].means >= 0).all()
 
 
+@pytest.mark.slow
 def test_layers_all_takes_every_map_layer_and_prints_a_plan(tmp_path, capsys):
     torch.manual_seed(0)
     module, card = build_seed("mnist-cnn", {"stride": 1, "padding": "valid"})

@@ -90,6 +90,7 @@ def _fake_fashion(folder, shared):
         shutil.copy(shared / "data" / "mnist" / name, folder / name)
 
 
+@pytest.mark.slow
 def test_vgg16_is_loaded_once_and_shared_by_the_parts(report):
     # The parts share the VGG16 the inputs' check loaded (channels, invariances, projections:
     # eleven loads of it before); the ImageNet classifier is tried once (offline: it fails).
@@ -97,6 +98,7 @@ def test_vgg16_is_loaded_once_and_shared_by_the_parts(report):
     assert PAPER_LOADS.count(("vgg16", None)) == 1
 
 
+@pytest.mark.slow
 def test_every_part_ran(report):
     out, run = report
     assert [o.skipped for o in run.outcomes] == [None] * 7
@@ -161,6 +163,7 @@ def test_every_part_ran(report):
     ]
 
 
+@pytest.mark.slow
 def test_report_page_in_a_real_browser(report, browser):
     out, run = report
     page, errors, dialogs = open_page(browser, (out / "index.html").as_uri())
@@ -193,6 +196,7 @@ def _photo_folder(tmp_path, shared, names):
 STUDY_PHOTOS = ["n01518878_ostrich.JPEG", "n01443537_goldfish.JPEG", "n07749582_lemon.JPEG"]
 
 
+@pytest.mark.slow
 def test_check_paper_inputs_accepts_the_real_inputs(shared, tmp_path):
     check_paper_inputs(
         data_dir=shared / "data",
@@ -222,6 +226,7 @@ def test_check_paper_inputs_refuses_odd_photos(shared, tmp_path):
         check_paper_inputs(photos=folder)
 
 
+@pytest.mark.slow
 def test_check_paper_inputs_refuses_bad_folders_and_weights(shared, tmp_path):
     subset = tmp_path / "subset"
     (subset / "train" / "a").mkdir(parents=True)
