@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from convsight.analysis import invariances
@@ -27,6 +28,7 @@ def test_hessian_product_of_a_quadratic():
     assert hessian.products == 1 and hessian.value == 10.0
 
 
+@pytest.mark.slow
 def test_sphere_hessian_imports_without_invariances():
     code = (
         "import sys, convsight.analysis.sphere_hessian, convsight.analysis.surrogate, "

@@ -555,6 +555,7 @@ def test_rectifier_rule_on_mobilenet_v2_relu6(mobilenet_v2, samples):
     assert _structure(model.module) == before and hook_count(model.module) == 0
 
 
+@pytest.mark.slow
 def test_frozen_engine_gives_the_same_maps_and_leaves_the_model_alone(tiny):
     x = _pixels(tiny, n=2)
     state = {k: v.clone() for k, v in tiny.module.state_dict().items()}

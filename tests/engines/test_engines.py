@@ -214,6 +214,7 @@ def test_incremental_occlusion_follows_a_view_after_a_conv():
     )
 
 
+@pytest.mark.slow
 def test_engine_failures_fall_back_to_the_module_and_say_why(monkeypatch):
     x, t = _pixels(size=32), [1, 2]
     options = {"window": 8, "stride": 8}
@@ -259,6 +260,7 @@ def test_engine_failures_fall_back_to_the_module_and_say_why(monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_every_method_records_how_it_ran():
     model = _tiny()
     x = _pixels(size=32)

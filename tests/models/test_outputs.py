@@ -25,6 +25,7 @@ from convsight.data.images import load_image, load_image_tensor, skipped_reasons
 from convsight.errors import ConvsightError
 from convsight.layers import layer_names, output_shapes
 from convsight.models import Model, ModelCard, load_model
+from convsight.studies.atlas import AtlasRequest
 from convsight.studies.atlas.inputs import check_inputs
 
 runner = CliRunner()
@@ -365,7 +366,16 @@ def test_atlas_says_why_it_could_not_use_the_dataset_images(tmp_path):
     (folder / "broken.png").write_bytes(b"not a png")
     model = load_model("mnist-cnn", card_fields={"resize": None})
     with pytest.raises(ConvsightError) as info:
-        check_inputs(model, ["features.0"], None, "0", folder, 1, ["paper"], 1, None, 1, 0)
+        request = AtlasRequest(
+            ["features.0"],
+            channels="0",
+            dataset=folder,
+            top_k=1,
+            presets=["paper"],
+            steps=1,
+            batch=1,
+        )
+        check_inputs(model, request)
     message = str(info.value)
     assert message.startswith("no image of the dataset could be read for model 'mnist-cnn': ")
     assert '3 files: "' in message and "big0.png is 40x30 pixels" in message

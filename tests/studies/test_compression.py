@@ -281,6 +281,7 @@ def test_compress_refuses_data_that_is_not_the_models(tmp_path, mnist_dir):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_compress_returns_its_result_and_checks_the_request_when_made(
     mnist_model, mnist_dir, tmp_path
 ):

@@ -300,6 +300,7 @@ def test_subset_training_that_diverges_leaves_nothing(trained, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_train_subset_result_is_what_was_written(trained, tmp_path):
     from convsight.studies.five_class import (
         SubsetTrainingRequest,

@@ -376,6 +376,7 @@ def test_command_bad_channel_exit_2(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_result_holds_the_arrays_and_its_json_is_summary_json(tmp_path):
     model = load_model("mnist-cnn")
     settings = settings_for("robust", "channel", steps=3, size=16)

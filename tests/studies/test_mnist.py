@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from convsight.report import write_json
 from convsight.studies.mnist import ActivationsRequest, ActivationsResult, write_activations
 
 
+@pytest.mark.slow
 def test_the_result_holds_the_maps_and_is_the_json(tiny, tmp_path):
     image = tmp_path / "grey.png"
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(image)

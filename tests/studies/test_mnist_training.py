@@ -25,6 +25,7 @@ def test_request_refuses_settings_that_cannot_train(tmp_path, fields, fragment):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_result_is_what_was_written(tmp_path, mnist_dir):
     out = tmp_path / "run"
     request = MnistTrainingRequest(

@@ -23,6 +23,7 @@ def same_json(path, data, tmp_path) -> bool:
     return write_json(tmp_path / "again.json", data).read_text() == path.read_text()
 
 
+@pytest.mark.slow
 def test_maximize_returns_what_it_wrote(tiny, tmp_path):
     out = tmp_path / "out"
     request = MaximizeRequest("features.3", "0-2", settings_for(steps=2, size=16), seed=3)

@@ -25,6 +25,7 @@ def photos(tmp_path):
     return paths
 
 
+@pytest.mark.slow
 def test_the_result_holds_the_maps_and_is_the_json(tiny, photos, tmp_path):
     out = tmp_path / "out"
     request = SaliencyRequest(photos, targets=["dog"], methods=["saliency", "gradcam"])
@@ -43,6 +44,7 @@ def test_the_result_holds_the_maps_and_is_the_json(tiny, photos, tmp_path):
     assert (out / "saliency.json") in result.files
 
 
+@pytest.mark.slow
 def test_seeded_leaves_the_generator_as_the_caller_set_it(tiny, photos, tmp_path):
     request = SaliencyRequest(photos[:1], methods=["smoothgrad"], smoothgrad_samples=2, seed=5)
     first = write_saliency(tiny, request, out=tmp_path / "a", show_progress=False)
