@@ -23,7 +23,9 @@ import math
 import operator
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -136,9 +138,11 @@ class IncrementalNet:
         module = copy.deepcopy(module).eval()
         for layer in module.modules():  # clean activations are kept: nothing may overwrite them
             if getattr(layer, "inplace", False):
-                layer.inplace = False
-        graph_module = fx.symbolic_trace(module)
-        self.graph_module = fuse(graph_module)  # folds batch norm into the conv before it
+                # torch types Module.__setattr__'s value as Tensor | Module; any value may be set
+                layer.inplace = False  # type: ignore[assignment]
+        fused = fuse(fx.symbolic_trace(module))  # folds batch norm into the conv before it
+        assert isinstance(fused, fx.GraphModule)  # fuse returns a new graph module
+        self.graph_module = fused
         self.modules = dict(self.graph_module.named_modules())
         self.dense_fraction = dense_fraction
         self._tails: dict[tuple, tuple | None] = {}
@@ -149,7 +153,7 @@ class IncrementalNet:
     def clean_values(self, x: torch.Tensor) -> dict[fx.Node, object]:
         """Every node's value for the clean input ``x`` (1 x C x H x W), the output included."""
         self._flats.clear()
-        values: dict[fx.Node, object] = {}
+        values: dict[fx.Node, Any] = {}  # any value (map_arg takes it as an fx Argument)
         for node in self.graph_module.graph.nodes:
             if node.op == "placeholder":
                 values[node] = x
@@ -183,14 +187,14 @@ class IncrementalNet:
         if kwargs.get("inplace"):
             kwargs["inplace"] = False
         if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
+            return self.modules[_name(node)](*args, **kwargs)
         if node.op == "call_function":
-            return node.target(*args, **kwargs)
+            return _function(node)(*args, **kwargs)
         if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return getattr(args[0], _name(node))(*args[1:], **kwargs)
         if node.op == "get_attr":
             target: object = self.graph_module
-            for part in node.target.split("."):
+            for part in _name(node).split("."):
                 target = getattr(target, part)
             return target
         raise RuntimeError(f"unsupported node {node.op}")
@@ -311,7 +315,9 @@ class IncrementalNet:
                 return self._binary(node, values, clean)
         return None
 
-    def _window(self, module: nn.Module, patch: Patch, clean: torch.Tensor) -> Patch | None:
+    def _window(
+        self, module: nn.Conv2d | nn.MaxPool2d, patch: Patch, clean: torch.Tensor
+    ) -> Patch | None:
         """A convolution or max-pool on the boxes, their surroundings read from the clean map."""
         if isinstance(module, nn.Conv2d):
             if module.padding_mode != "zeros" or isinstance(module.padding, str):
@@ -361,12 +367,24 @@ class IncrementalNet:
                 return None
             va = _gather(self._flat(a.clean), size[1], a, top, left, h, w)
             vb = _gather(self._flat(b.clean), size[1], b, top, left, h, w)
-            return Patch(clean, node.target(va, vb), top, left)
+            return Patch(clean, _function(node)(va, vb), top, left)
         if isinstance(a, Patch) and isinstance(b, (int, float)):
-            return Patch(clean, node.target(a.values, b), a.top, a.left)
+            return Patch(clean, _function(node)(a.values, b), a.top, a.left)
         if isinstance(b, Patch) and isinstance(a, (int, float)):
-            return Patch(clean, node.target(a, b.values), b.top, b.left)
+            return Patch(clean, _function(node)(a, b.values), b.top, b.left)
         return None
+
+
+def _function(node: fx.Node) -> Callable[..., Any]:
+    """The function a ``call_function`` node calls."""
+    assert callable(node.target)
+    return node.target
+
+
+def _name(node: fx.Node) -> str:
+    """The name a ``call_module``, ``call_method`` or ``get_attr`` node refers to."""
+    assert isinstance(node.target, str)
+    return node.target
 
 
 def _two(value: int | tuple[int, ...]) -> tuple[int, int]:

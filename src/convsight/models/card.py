@@ -186,8 +186,8 @@ class ModelCard:
         if integer(size) is not None:
             size = (size, size)
         normalization = {k: inp[k] for k in ("mean", "std") if k in inp}
-        missing = {"mean", "std"} - set(inp)
-        normalization |= identity_normalization(channel_count(channels), card_name, missing)
+        absent = {"mean", "std"} - set(inp)
+        normalization |= identity_normalization(channel_count(channels), card_name, absent)
         return cls(
             name=card_name,
             arch=data["arch"],
@@ -251,9 +251,9 @@ class ModelCard:
         from PIL import Image
 
         return {
-            "bilinear": Image.BILINEAR,
-            "bicubic": Image.BICUBIC,
-            "nearest": Image.NEAREST,
+            "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC,
+            "nearest": Image.Resampling.NEAREST,
         }[self.interpolation]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import numbers
 from collections.abc import Iterable
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 
@@ -25,7 +25,7 @@ MAX_OUTPUT_KEY_CHARS = 200
 """The longest key the card's ``output`` may give."""
 MAX_LABEL_CHARS = 1000
 """The longest class name a card may give (names become titles and file names)."""
-AUTO = "auto"
+AUTO: Final = "auto"
 """``resize="auto"``: the usual resize for the input size (see :func:`default_resize`)."""
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 """How a photo may be resampled to the model's input (``input.interpolation``)."""
@@ -95,9 +95,10 @@ def bad_field(card: CardFields, field_name: str, problem: str) -> ConvsightError
 
 def _check_input(card: CardFields) -> None:
     """``input``: size, channels, mean, std, resize and interpolation."""
-    size = card.input_size
-    if integer(size) is not None:
-        size = (integer(size), integer(size))
+    size: object = card.input_size  # as given: checked and normalized here
+    side = integer(size)
+    if side is not None:
+        size = (side, side)
     elif isinstance(size, (list, tuple)) and len(size) == 2:
         size = tuple(integer(s) for s in size)
     if (
@@ -111,7 +112,7 @@ def _check_input(card: CardFields) -> None:
             f"it must be one or two whole numbers from 1 to {MAX_INPUT_SIDE}, "
             f"not {show(card.input_size)}",
         )
-    card.input_size = size  # type: ignore[assignment]
+    card.input_size = size
     wanted = f"a whole number from 1 to {MAX_CHANNELS}"
     card.channels = _whole_number(card, "input.channels", card.channels, 1, MAX_CHANNELS, wanted)
     card.mean = channel_values(card, "input.mean", card.mean, positive=False)
@@ -147,7 +148,9 @@ def _check_normalized_range(card: CardFields) -> None:
     floats (a std of 1e-40 would turn every pixel into infinity)."""
     for value in (0.0, 1.0):
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            pixel = (np.float32(value) - np.float32(card.mean)) / np.float32(card.std)
+            pixel = (np.float32(value) - np.asarray(card.mean, dtype=np.float32)) / np.asarray(
+                card.std, dtype=np.float32
+            )
         if not np.isfinite(pixel).all():
             raise bad_field(
                 card,
@@ -264,7 +267,7 @@ def integer(value: Any) -> int | None:
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real) and float(value).is_integer():
-        return int(value)
+        return int(float(value))  # a Real need not have __int__; this one is whole
     return None
 
 

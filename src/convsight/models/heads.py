@@ -167,6 +167,7 @@ def _row_kind(out: Any) -> str | None:
 
 
 def _mark(module: nn.Module, head: str) -> None:
+    # torch types Module.__setattr__'s value as Tensor | Module, but any value may be set
     module._convsight_head = head  # type: ignore[assignment]
 
 
@@ -188,8 +189,8 @@ def _uncut(module: nn.Module) -> None:
         output.args = (module._convsight_output,)
         module.recompile()
         del module._convsight_output, module._convsight_head
-    elif hasattr(type(module), "_convsight_base"):
-        module.__class__ = type(module)._convsight_base
+    elif (base := getattr(type(module), "_convsight_base", None)) is not None:
+        module.__class__ = base
 
 
 def _softmax_node(node: fx.Node, root: nn.Module) -> str | None:
@@ -215,17 +216,18 @@ def _cut_graph(module: fx.GraphModule, head: str) -> bool:
         return False
     if not last.args or not isinstance(last.args[0], fx.Node):
         return False
-    module._convsight_output = last
+    # torch types Module.__setattr__'s value as Tensor | Module, but any value may be set
+    module._convsight_output = last  # type: ignore[assignment]
     output.args = (last.args[0],)
     module.recompile()
     _mark(module, head)
     return True
 
 
-_CLASSES: dict[tuple[type, str], type] = {}
+_CLASSES: dict[tuple[type[nn.Module], str], type[nn.Module]] = {}
 
 
-def _cut_class(base: type, head: str) -> type:
+def _cut_class(base: type[nn.Module], head: str) -> type[nn.Module]:
     """A subclass of ``base`` (same name) whose forward returns its head's input or, for
     LOG_OF_PROBABILITIES, the log of its output; copied and pickled as such."""
     if (base, head) not in _CLASSES:
@@ -246,11 +248,13 @@ def _cut_class(base: type, head: str) -> type:
             "_convsight_base": base,
             "_convsight_head": head,
         }
-        _CLASSES[(base, head)] = type(base.__name__, (base,), attributes)
+        cut = type(base.__name__, (base,), attributes)
+        assert issubclass(cut, nn.Module)  # a subclass of base
+        _CLASSES[(base, head)] = cut
     return _CLASSES[(base, head)]
 
 
-def _new_cut(base: type, head: str) -> nn.Module:
+def _new_cut(base: type[nn.Module], head: str) -> nn.Module:
     """An empty instance of the cut class of ``base`` (for copy and pickle)."""
     cls = _cut_class(base, head)
     return cls.__new__(cls)
@@ -264,8 +268,14 @@ def _cut_forward(module: nn.Module, inner: Any, head: str, args: tuple, kwargs: 
     with recorder:
         out = inner(module, *args, **kwargs)
     if isinstance(out, fx.Proxy):  # traced by torch.fx: cut the traced graph
-        if _CUTS.get(_softmax_node(out.node, out.tracer.root) or "") == head:
-            return out.tracer.proxy(out.node.args[0])
+        tracer, node = out.tracer, out.node
+        if (
+            isinstance(tracer, fx.Tracer)
+            and _CUTS.get(_softmax_node(node, tracer.root) or "") == head
+        ):
+            scores = node.args[0]  # a softmax node's input
+            if isinstance(scores, fx.Node):
+                return tracer.proxy(scores)
         raise RuntimeError(f"torch.fx cannot follow the model's {head} head")
     last = recorder.last
     if last is None or not _same(out, last[2]) or _CUTS[last[0]] != head:
@@ -293,6 +303,7 @@ class LogOfOutput(nn.Module):
 
 def _log_of_output(module: nn.Module) -> nn.Module:
     """``module`` returning the log of its output (TorchScript: a new TorchScript module)."""
+    wrapped: nn.Module
     if isinstance(module, torch.jit.ScriptModule):
         with warnings.catch_warnings():  # torch.jit.script is deprecated in favour of export
             warnings.simplefilter("ignore", FutureWarning)

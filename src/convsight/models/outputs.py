@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any
+import operator
+from typing import Any, TypeGuard
 
 import torch
 from torch import fx, nn
@@ -90,12 +91,17 @@ def pick(out: Any, key: int | str, name: str = "model") -> torch.Tensor:
             f"model '{name}' returns {describe_output(out)}, which has no part {key!r}; give "
             "one of its parts to --output (card field output)"
         )
-    if not isinstance(part, (torch.Tensor, fx.Proxy)):  # a Proxy while torch.fx traces it
+    if not _tensor_like(part):
         raise ConvsightError(
             f"part {key!r} of what model '{name}' returns is a {_shape(part)}, not a tensor "
             f"of scores ({describe_output(out)})"
         )
     return part
+
+
+def _tensor_like(value: object) -> TypeGuard[torch.Tensor]:
+    """Whether ``value`` is a tensor, or the Proxy that stands for one while torch.fx traces."""
+    return isinstance(value, (torch.Tensor, fx.Proxy))
 
 
 def _lookup(out: Any, key: int | str) -> tuple[bool, Any]:
@@ -132,6 +138,7 @@ class _Selecting:
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         base = type(self).__bases__[1]
+        assert issubclass(base, nn.Module)  # (_Selecting, the module's own class)
         plain = base.__new__(base)
         plain.__dict__.update(vars(self))
         del plain.__dict__[_CHOICE]
@@ -140,10 +147,12 @@ class _Selecting:
 
 _CHOICE = "_convsight_output"  # (key, model name) in the module's own __dict__
 _FULL_OUTPUT = "_convsight_full_output"  # a graph's output before one part was chosen
-_SELECTING: dict[type, type] = {}  # a module class -> its selecting subclass (a cache)
+_SELECTING: dict[
+    type[nn.Module], type[nn.Module]
+] = {}  # a module class -> its selecting subclass (a cache)
 
 
-def _selecting_class(cls: type) -> type:
+def _selecting_class(cls: type[nn.Module]) -> type[nn.Module]:
     """``cls`` with :class:`_Selecting` before it and a forward that picks the chosen part
     of what ``cls.forward`` returns (same name; made once per class). The forward wraps
     ``cls.forward`` (``functools.wraps``), so ``torch.fx`` reads the inputs from its
@@ -161,7 +170,9 @@ def _selecting_class(cls: type) -> type:
             "__qualname__": cls.__qualname__,
             "forward": forward,
         }
-        _SELECTING[cls] = type(cls.__name__, (_Selecting, cls), namespace)
+        selecting = type(cls.__name__, (_Selecting, cls), namespace)
+        assert issubclass(selecting, nn.Module)  # a subclass of cls
+        _SELECTING[cls] = selecting
     return _SELECTING[cls]
 
 
@@ -211,7 +222,7 @@ def _choose_in_graph(module: fx.GraphModule, key: int | str | None) -> bool:
     if not found or (key is not None and not isinstance(part, fx.Node)):
         return False
     if names is None:
-        vars(module)[_FULL_OUTPUT] = fx.node.map_aggregate(whole, lambda n: n.name)
+        vars(module)[_FULL_OUTPUT] = fx.node.map_aggregate(whole, operator.attrgetter("name"))
     node.args = (part,)
     if key is None:
         del vars(module)[_FULL_OUTPUT]

@@ -165,7 +165,9 @@ class KerasGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[int, Any] = {self._input: x}
         for name, args, outs in self._steps:
-            result = self._modules[name](*[values[a] for a in args])
+            step = self._modules[name]
+            assert step is not None  # added in __init__
+            result = step(*[values[a] for a in args])
             results = result if isinstance(result, (tuple, list)) else [result]
             values.update(zip(outs, results, strict=True))
         return values[self._output]

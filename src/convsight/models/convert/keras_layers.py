@@ -171,6 +171,7 @@ def _conv2d(keras: Any, layer: Any, shapes: list[tuple], depthwise: bool = False
     with torch.no_grad():
         conv.weight.copy_(weight)
         if bias is not None:
+            assert conv.bias is not None  # made with a bias just above
             conv.bias.copy_(_array(bias))
     if pad is None:
         return _with_activation(keras, layer, "conv", conv)
@@ -299,6 +300,9 @@ class Merge(nn.Module):
 class Affine(nn.Module):
     """``x * scale + offset`` per channel (Keras's Rescaling and Normalization layers)."""
 
+    scale: torch.Tensor  # buffers
+    offset: torch.Tensor
+
     def __init__(self, scale: torch.Tensor, offset: torch.Tensor, rank: int) -> None:
         super().__init__()
         shape = (1, -1, 1, 1) if rank == 4 else (1, -1)
@@ -320,6 +324,7 @@ def _batch_norm(keras: Any, layer: Any, shapes: list[tuple]) -> nn.Module:
     mean, variance = _array(layer.moving_mean), _array(layer.moving_variance)
     channels = mean.numel()
     norm = (nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d)(channels, eps=layer.epsilon)
+    assert norm.running_mean is not None and norm.running_var is not None  # tracked stats
     with torch.no_grad():
         norm.running_mean.copy_(mean)
         norm.running_var.copy_(variance)

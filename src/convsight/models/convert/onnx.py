@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
@@ -152,7 +152,7 @@ def _card(
     return converted_card("ONNX", path, card, channels, size, shape, output)
 
 
-def _outputs_by_name(module: nn.Module, names: list[str]) -> None:
+def _outputs_by_name(module: fx.GraphModule, names: list[str]) -> None:
     """Make the converted graph (a ``torch.fx.GraphModule``) return a dict of its outputs by
     their ONNX names instead of a list."""
     graph = module.graph
@@ -170,7 +170,7 @@ def _outputs_by_name(module: nn.Module, names: list[str]) -> None:
 _NOT_IMPLEMENTED = re.compile(r"operation_type='(\w+)', version=(\d+)")
 
 
-def _convert(onnx2torch: Any, model: Any, path: Path) -> nn.Module:
+def _convert(onnx2torch: Any, model: Any, path: Path) -> fx.GraphModule:
     """The onnx2torch module of the prepared graph, or one sentence saying what it lacks."""
     try:
         return onnx2torch.convert(model)

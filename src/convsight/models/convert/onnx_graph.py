@@ -127,10 +127,10 @@ def _split_sizes(
     axis = int(attributes.get("axis", 0))
     count = len(node.output)
     if len(node.input) > 1 and node.input[1]:
-        sizes = constants.get(node.input[1])
-        if sizes is None:
+        given = constants.get(node.input[1])
+        if given is None:
             return None
-        sizes = [int(size) for size in sizes]
+        sizes = [int(size) for size in given]
     else:
         found = shapes.get(node.input[0])
         length = found[axis] if found and -len(found) <= axis < len(found) else None
