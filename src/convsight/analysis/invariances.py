@@ -244,6 +244,16 @@ def _directions(basis: TangentBasis, y: np.ndarray, like: torch.Tensor) -> torch
     return torch.from_numpy(flat).to(like.dtype).reshape(len(rows), *like.shape)
 
 
+def _hessian_kind(scale: HessianScale) -> type[SphereHessian]:
+    """The exact Hessian of the softplus surrogate when ``scale`` asks for it, else the
+    smoothed finite-difference one."""
+    if scale.softplus:
+        from convsight.analysis.surrogate import ExactSphereHessian
+
+        return ExactSphereHessian
+    return SphereHessian
+
+
 def invariances(
     f: Response,
     x: torch.Tensor,
@@ -269,11 +279,7 @@ def invariances(
     scale.check()
     check_k(k, x.numel())
     began = time.perf_counter()
-    if scale.softplus:
-        from convsight.analysis.surrogate import ExactSphereHessian as Hessian
-    else:
-        Hessian = SphereHessian  # noqa: N806
-    hessian = Hessian(f, x, scale, seed, batch)
+    hessian = _hessian_kind(scale)(f, x, scale, seed, batch)
     if level_set:
         hessian.restrict_to_level_set()
     operator, basis = sphere_operator(hessian)

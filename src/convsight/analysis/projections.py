@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
+from PIL.Image import Resampling
 
 from convsight.analysis.dataset_examples import (
     ChannelExamples,
@@ -180,6 +181,6 @@ def tiles(rows: list[list[torch.Tensor]], tile: int = 112) -> Image.Image:
             if min(pixels.shape[-2:]) == 0:  # a box clipped away entirely: left blank
                 continue
             img = to_pil(pixels).convert("RGB")
-            resample = Image.NEAREST if max(img.size) < tile // 2 else Image.BILINEAR
+            resample = Resampling.NEAREST if max(img.size) < tile // 2 else Resampling.BILINEAR
             sheet.paste(img.resize((tile, tile), resample), (i * (tile + 4), r * (tile + 4)))
     return sheet

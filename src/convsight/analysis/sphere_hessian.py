@@ -95,7 +95,7 @@ class SphereHessian:
         eps = torch.randn((draws, *x.shape), generator=generator, dtype=x.dtype).to(x.device)
         self.noise = scale.sigma * eps  # shared by every product (common random numbers)
         rows = 2 * len(self.noise)
-        self.batch = batch or auto_chunk(x.device, rows, tuple(x.shape[-2:]))
+        self.batch = batch or auto_chunk(x.device, rows, (x.shape[-2], x.shape[-1]))
         values, grads = gradients(f, self.x + self.noise, self.batch)
         self.value, self.gradient = float(values.mean()), grads.mean(0)
         self.radial = float((self.gradient * self.x).sum()) / self.radius**2

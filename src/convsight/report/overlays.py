@@ -63,7 +63,9 @@ def saliency_panel(
     return fig
 
 
-def faithfulness_curves(curves: Mapping[str, Mapping[str, np.ndarray]], title: str = "") -> Figure:
+def faithfulness_curves(
+    curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], title: str = ""
+) -> Figure:
     """Mean deletion and insertion curves per method: ``curves[kind][method] = (x, y)``."""
     kinds = list(curves)
     fig = Figure(figsize=(5 * len(kinds), 3.6), layout="constrained")

@@ -8,7 +8,7 @@ requests and results).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from convsight.attribution import CAM, METHODS, Method, cam_layer, method_class
@@ -92,7 +92,7 @@ def notice_engine(what: str, run: Mapping[str, Any] | None) -> None:
         substituted(f"{what} ran on the {run.get('engine')} engine{instead}: {run['fallback']}")
 
 
-def notice_engines(result: dict[str, Any], curves: Sequence[str]) -> None:
+def notice_engines(result: dict[str, Any], curves: Iterable[str]) -> None:
     """One line for each method of an evaluation, and each of its ``curves``, that ran on
     another engine than asked (after the progress bar)."""
     for name, entry in result["methods"].items():

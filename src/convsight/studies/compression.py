@@ -39,6 +39,7 @@ from convsight.report import prepare_out_dir, write_figure, write_json
 from convsight.report.plots import compression_curves
 from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.results import Result
+from convsight.studies.training import loader_size
 from convsight.train import check_lr, evaluate, fit
 
 THRESHOLDS = (0.95, 0.9, 0.85, 0.8)
@@ -346,16 +347,20 @@ def compress(model: Model, request: CompressionRequest) -> CompressionResult:
     settings = {
         **{"thresholds": sorted(r.thresholds, reverse=True), "random_repeats": r.random_repeats},
         "finetune_images": data_.finetune_images,
-        "test_images": len(data_.test.dataset),
+        "test_images": loader_size(data_.test),
         "finetune_epochs": 1 if data_.train is not None else 0,
         **{"lr": r.lr, "batch_size": r.batch_size, "seed": r.seed},
         "similarity": "Pearson r, best over 8 rotations/flips (and 6 colour orders for RGB)",
         "removal": "channel zeroed where the next channel-mixing layer reads it",
     }
     result = CompressionResult(
-        **{"model": model.card.name, "data": data_.name, "baseline_accuracy": baseline},
-        **{"settings": settings, "layers": _layer_rows(points, norms, redundancy, r.thresholds)},
-        **{"trials": trials, "summary": summary_rows([asdict(t) for t in trials])},
+        model=model.card.name,
+        data=data_.name,
+        baseline_accuracy=baseline,
+        settings=settings,
+        layers=_layer_rows(points, norms, redundancy, r.thresholds),
+        trials=trials,
+        summary=summary_rows([asdict(t) for t in trials]),
         seconds=time.perf_counter() - start,
     )
     data = result.to_json()

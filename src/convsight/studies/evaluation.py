@@ -260,7 +260,7 @@ def _write_plots(
             for kind, per in curves.items()
             for name, xy in per.items()
         }
-        written.append(write_npz(out / "curves.npz", **arrays))
+        written.append(write_npz(out / "curves.npz", None, **arrays))
     if "sanity" in metrics:
         lines = {
             name: (

@@ -8,6 +8,7 @@ through these; :func:`evaluate_methods` takes images already in memory.
 from __future__ import annotations
 
 import time
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,25 @@ from convsight.models import Model
 from convsight.progress import progress_bar
 from convsight.studies.attribution import forward_engine, method_options, notice_engines
 
-CURVES = {"deletion": deletion, "insertion": insertion}
+
+class CurveFunction(typing.Protocol):
+    """What :func:`~convsight.metrics.deletion` and :func:`~convsight.metrics.insertion`
+    take as the evaluation calls them."""
+
+    def __call__(
+        self,
+        model: Model,
+        inputs: torch.Tensor,
+        saliency: torch.Tensor,
+        target: list[int],
+        *,
+        step: int,
+        batch_size: int,
+        engine: str,
+    ) -> Curves: ...
+
+
+CURVES: dict[str, CurveFunction] = {"deletion": deletion, "insertion": insertion}
 
 
 @dataclass(frozen=True)
@@ -161,8 +180,10 @@ class _MethodRun:
 
 def advance_bar(bar: Bar | None, status: str | None = None, advance: int = 0) -> None:
     """Advance ``bar`` (if any) by ``advance``, showing ``status``."""
-    if bar is not None:
-        bar[0].update(bar[1], advance=advance, **({"status": status} if status else {}))
+    if bar is not None and status:
+        bar[0].update(bar[1], advance=advance, status=status)
+    elif bar is not None:
+        bar[0].update(bar[1], advance=advance)
 
 
 def evaluate_chunks(

@@ -58,7 +58,11 @@ def folder_loader(data: FolderData, card: ModelCard, batch_size: int, train: boo
 
 
 def _build(
-    model: str, classes: list[str], image_size: int, finetune: bool, weights: Path | None
+    model: str,
+    classes: list[str],
+    image_size: int,
+    finetune: bool,
+    weights: str | os.PathLike | None,
 ) -> tuple[torch.nn.Module, ModelCard, list | None]:
     """The network to train, its card and (when fine-tuning) the parameters to train."""
     if model in SEEDS:
@@ -74,11 +78,11 @@ def _build(
         backbone = load_model(model, weights)
         module, base = backbone.module, backbone.card
     else:
-        backbone = load_model(model, weights) if weights else None
+        pretrained = load_model(model, weights) if weights else None
         import torchvision.models as tvm
 
-        module = backbone.module if backbone else tvm.get_model(model, weights=None)
-        base = backbone.card if backbone else torchvision_card(model)
+        module = pretrained.module if pretrained else tvm.get_model(model, weights=None)
+        base = pretrained.card if pretrained else torchvision_card(model)
     head = replace_head(module, len(classes))
     card = ModelCard(
         name=f"{model}-{len(classes)}-class",

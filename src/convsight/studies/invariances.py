@@ -258,7 +258,9 @@ class InvariancesRequest:
     def __post_init__(self) -> None:
         if self.ascend < 0:
             raise ConvsightError(f"--ascend must be 0 or more, not {self.ascend}")
-        self.unit.check(), self.scale.check(), check_frames(self.frames, self.angle)
+        self.unit.check()
+        self.scale.check()
+        check_frames(self.frames, self.angle)
 
 
 @dataclass(kw_only=True)

@@ -31,7 +31,7 @@ from convsight.report.grids import image_grid
 from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.numbers import STUDY
 from convsight.studies.results import Result
-from convsight.studies.training import TrainingResult, trained_model
+from convsight.studies.training import TrainingResult, loader_size, trained_model
 from convsight.train import check_lr, fit
 
 
@@ -111,8 +111,8 @@ def train_mnist(request: MnistTrainingRequest) -> MnistTrainingResult:
         "lr": r.lr,
         "optimizer": "Adam",
         "loss": "cross-entropy",
-        "train_examples": len(train_loader.dataset),
-        "test_examples": len(test_loader.dataset),
+        "train_examples": loader_size(train_loader),
+        "test_examples": loader_size(test_loader),
         "seed": r.seed,
         "device": str(dev),
     }
@@ -269,6 +269,6 @@ def write_activations(
         result.files.append(
             _write_channel_grid(out, card.name, name, value[0], request.max_channels)
         )
-    result.files.append(write_npz(out / "activations.npz", input=pixels, **maps))
+    result.files.append(write_npz(out / "activations.npz", None, input=pixels, **maps))
     result.files.append(write_json(out / "activations.json", result.to_json()))
     return result

@@ -197,6 +197,7 @@ def _texture_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     count = len(measured)
     share = sum(e["high_frequency_share"] for e in measured) / count if count else None
     noise = sum(e["white_noise_share"] for e in measured) / count if count else None
+    near = share is not None and noise is not None and share >= NEAR_NOISE * noise
     return {
         "cut_cycles_per_pixel": HIGH_FREQUENCY,
         "meaning": "share of each projection's energy (colour mean less its mean, in its box) "
@@ -206,5 +207,5 @@ def _texture_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "white_noise_share": noise,
         "projections_measured": count,
         "near_noise_factor": NEAR_NOISE,
-        "near_white_noise": bool(count and share >= NEAR_NOISE * noise),
+        "near_white_noise": bool(near),
     }

@@ -86,7 +86,9 @@ def attribute_all(
     return results
 
 
-def target_classes(model: Model, target: Sequence[str] | None, count: int) -> list[int] | None:
+def target_classes(
+    model: Model, target: Sequence[str | int] | None, count: int
+) -> list[int] | None:
     """One class index per image from one class for all or one each; None when none given."""
     if not target:
         return None

@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+from torch.utils.data import DataLoader
 
 from convsight.models import Model, ModelCard
 from convsight.studies.results import Result
@@ -43,3 +45,11 @@ def trained_model(module: nn.Module, card: ModelCard) -> Model:
     model = Model(module.cpu(), card)
     model.check_card()
     return model
+
+
+def loader_size(loader: DataLoader) -> int:
+    """How many examples ``loader``'s dataset holds (every dataset convsight builds has a
+    length)."""
+    dataset = loader.dataset
+    assert isinstance(dataset, Sized)
+    return len(dataset)

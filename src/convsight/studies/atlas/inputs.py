@@ -39,7 +39,9 @@ class AtlasDataset:
     def sha256(self) -> str:
         """A fingerprint of the names and pixels."""
         digest = hashlib.sha256("\n".join(self.names).encode())
-        digest.update(self.pixels.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        data = self.pixels.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        # numpy's stubs give ndarray __buffer__ only from Python 3.12; it is a buffer on 3.11 too
+        digest.update(data)  # type: ignore[arg-type]
         return digest.hexdigest()
 
 

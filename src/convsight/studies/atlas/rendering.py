@@ -58,12 +58,14 @@ def render_layer(
         "invariance_beta": job.invariances,
     }
     if examples is not None:  # the pixels are sent once; the examples once per layer
+        assert data is not None  # the examples are loaded only with a dataset
         shared.update(pixels=data.pixels, examples=examples, receptive=field)
     chunks = [{"channels": todo[i : i + job.batch]} for i in range(0, len(todo), job.batch)]
     for _, chunk in work.map(render_chunk, shared, chunks):
         for row, channel in enumerate(chunk.channels):
             record = _channel_record(job, chunk.renders, row, channel, folder, out)
             if examples is not None:
+                assert data is not None and field is not None  # both come with the examples
                 record["examples"] = _write_examples(
                     folder, channel, examples, chunk.projections[row], field, data, out
                 )

@@ -63,6 +63,7 @@ def render_chunk(
             found = first_invariance(surrogate, layer, channel, optimum, invariance_beta, seed)
             chunk.invariances.append({"from": start, **found})
     if examples is not None:
+        assert pixels is not None  # the examples come with the dataset's pixels
         for channel in channels:
             chosen = examples["top_images"][channel].tolist()
             positions = examples["top_positions"][channel].tolist()

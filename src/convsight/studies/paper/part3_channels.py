@@ -76,7 +76,7 @@ class ChannelsPart(Part[ChannelsResult]):
         )
         folder = ctx.out / "part3" / f"{layer}-{preset}"
         weights = ctx.inputs.vgg16_weights
-        settings = settings_for(preset, **flags)
+        settings = settings_for(preset, "channel", **flags)
         request = MaximizeRequest(
             layer, channels, settings, seed=ctx.seed, weights=weights, chosen=frozenset(flags)
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from convsight.errors import ConvsightError
+from convsight.studies.paper.inputs import PathLike
 from convsight.studies.paper.parts import Context, Part, Skip
 
 
@@ -51,7 +52,7 @@ class CompressionPart(Part[CompressionResult]):
     section = "compression"
     table_rank = 2
 
-    def networks(self, ctx: Context) -> dict[str, tuple[Path, Path | None]]:
+    def networks(self, ctx: Context) -> dict[str, tuple[Path, PathLike | None]]:
         """Each network this run trained: its checkpoint and its data folder."""
         subset = ctx.inputs.subset or ctx.out / "part4" / "data"
         return {

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from convsight.errors import ConvsightError
-from convsight.studies.paper.inputs import PaperInputs
+from convsight.studies.paper.inputs import PaperInputs, PathLike
 from convsight.studies.paper.parts import Context, Part, Skip
 
 
@@ -67,10 +67,11 @@ class ThreadsPart(Part[ThreadsResult]):
     def run(self, ctx: Context) -> ThreadsResult:
         invariances, projections, not_run = [], [], {}
         mnist = ctx.out / "part2" / "mnist" / "model.pt"
-        units = [("MNIST CNN", str(mnist), None, "features.3", ctx.plan.threads_mnist_size)]
-        if ctx.inputs.vgg16_weights is not None:
-            weights = ctx.inputs.vgg16_weights
-            units.append(("VGG16", "vgg16", weights, "features.28", ctx.plan.threads_vgg16_size))
+        units: list[tuple[str, str, PathLike | None, str, int | None]] = [
+            ("MNIST CNN", str(mnist), None, "features.3", ctx.plan.threads_mnist_size)
+        ]
+        if (vgg16 := ctx.inputs.vgg16_weights) is not None:
+            units.append(("VGG16", "vgg16", vgg16, "features.28", ctx.plan.threads_vgg16_size))
         for network, spec, weights, layer, size in units:
             try:
                 invariances.append(self._invariances(ctx, network, spec, weights, layer, size))

@@ -52,6 +52,7 @@ class RelatedWorkPart(Part[AttributionResult]):
         from convsight.studies.saliency import SaliencyRequest, write_saliency
 
         photos = ctx.inputs.photos
+        assert photos is not None  # missing() said so otherwise
         by_label = photo_files(photos)
         labels = {name: name.replace("_", " ").lower() for name in FIVE_PHOTOS}
         found = [(n, by_label[labels[n]][0]) for n in FIVE_PHOTOS if labels[n] in by_label]
