@@ -167,7 +167,7 @@ class CAM(Method):
         if relu:
             cam = cam.clamp(min=0)
         if upsample:
-            cam = upsample_maps(cam, tuple(inputs.shape[-2:]))
+            cam = upsample_maps(cam, (inputs.shape[-2], inputs.shape[-1]))
         return cam
 
     def to_heatmap(self, attributions: torch.Tensor) -> torch.Tensor:
@@ -263,7 +263,7 @@ class ScoreCAM(CAM):
         target: torch.Tensor,
         activations: torch.Tensor,
         batch_size: int,
-        engine: str,
+        engine: ForwardEngine,
         fallbacks: list[str],
     ) -> torch.Tensor:
         """The target score of ``image`` (1 x C x H x W) masked by each channel of its

@@ -91,9 +91,9 @@ def path_weights(steps: int, rule: Rule) -> tuple[list[float], list[float]]:
     if rule == "riemann_trapezoid":
         if steps < 2:
             raise ConvsightError("the trapezoid rule needs at least two steps")
-        w = [1 / (steps - 1)] * steps
-        w[0] = w[-1] = w[0] / 2
-        return list(np.linspace(0, 1, steps)), w
+        weights = [1 / (steps - 1)] * steps
+        weights[0] = weights[-1] = weights[0] / 2
+        return list(np.linspace(0, 1, steps)), weights
     offsets = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}
     if rule not in offsets:
         raise ConvsightError(f"unknown integration rule '{rule}' ({', '.join(RULES)})")

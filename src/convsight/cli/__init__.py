@@ -7,8 +7,6 @@ each other module registers the commands of one kind of work.
 
 from __future__ import annotations
 
-import sys
-
 from convsight.cli import analysis, attribute, models, paper, training, visualize  # noqa: F401 - register
 from convsight.cli.app import app, loaded_model
 from convsight.cli.errors import command, say, usage_sentence
@@ -32,4 +30,4 @@ __all__ = [
 ]
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -97,9 +97,10 @@ def invariances_cmd(
     frames: FramesOpt = 9,
     angle: AngleOpt = 45.0,
     weights: WeightsOpt = None,
-    card_fields: dict[str, Any] | None = None,
-    render: RenderFlags | None = None,
-    run: RunFlags | None = None,
+    *,
+    card_fields: dict[str, Any],
+    render: RenderFlags,
+    run: RunFlags,
 ) -> None:
     """Render the optimum of a channel (or class), then the directions on the sphere of its norm
     along which the response falls least (invariances) and most (selective), from the Hessian."""
@@ -137,8 +138,9 @@ def projections_cmd(
     channels: Annotated[str, typer.Option(help="Channels, e.g. 0-3 or 0,5,9.")] = "0-3",
     top_k: Annotated[int, typer.Option(min=1, help="Dataset examples per channel.")] = 9,
     weights: WeightsOpt = None,
-    card_fields: dict[str, Any] | None = None,
-    run: RunFlags | None = None,
+    *,
+    card_fields: dict[str, Any],
+    run: RunFlags,
 ) -> None:
     """Project each channel's strongest unit in its top dataset images back to pixels
     (DeconvNet, Zeiler & Fergus 2014): a PNG per channel (patches, projections), npz, JSON."""
@@ -184,8 +186,9 @@ def compress_cmd(
     lr: Annotated[float, typer.Option(help="Adam learning rate of the fine-tuning.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 128,
     weights: WeightsOpt = None,
-    card_fields: dict[str, Any] | None = None,
-    run: RunFlags | None = None,
+    *,
+    card_fields: dict[str, Any],
+    run: RunFlags,
 ) -> None:
     """Remove the filters that are near-copies of another (up to rotation, flip, colour order)
     at several thresholds, beside as many smallest-L1 and random filters; test accuracy with

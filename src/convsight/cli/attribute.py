@@ -41,9 +41,10 @@ def saliency_cmd(
     ] = None,
     ig_steps: Annotated[int, typer.Option(min=1, help="Integrated Gradients steps.")] = 50,
     smoothgrad_samples: Annotated[int, typer.Option(min=1, help="SmoothGrad samples.")] = 16,
-    card_fields: dict[str, Any] | None = None,
-    attribution: dict[str, Any] | None = None,
-    run: RunFlags | None = None,
+    *,
+    card_fields: dict[str, Any],
+    attribution: dict[str, Any],
+    run: RunFlags,
 ) -> None:
     """A panel per image: the image, then each method's map as a heat map over it."""
     from convsight.studies.saliency import SaliencyRequest, write_saliency
@@ -79,9 +80,10 @@ def evaluate_cmd(
     limit: Annotated[int | None, typer.Option(min=1, help="Use the first N images.")] = None,
     sanity_images: Annotated[int, typer.Option(help="Images for the sanity check.")] = 4,
     sanity_stages: Annotated[int, typer.Option(help="Randomization stages with a map.")] = 8,
-    card_fields: dict[str, Any] | None = None,
-    attribution: dict[str, Any] | None = None,
-    run: RunFlags | None = None,
+    *,
+    card_fields: dict[str, Any],
+    attribution: dict[str, Any],
+    run: RunFlags,
 ) -> None:
     """Deletion / insertion AUC and the randomization check: evaluation.json and plots."""
     from convsight.studies.evaluation import EvaluationRequest, write_evaluation

@@ -41,7 +41,8 @@ def paper_cmd(
     subset: Annotated[
         Path | None, typer.Option(help="A five-class subset from `convsight data subset`.")
     ] = None,
-    run: RunFlags | None = None,
+    *,
+    run: RunFlags,
 ) -> None:
     """Remake the study: every part its inputs allow, as DIR/index.html with the numbers."""
     from convsight.studies.paper import run_paper

@@ -34,7 +34,8 @@ def train_mnist_cmd(
     train_limit: Annotated[int | None, typer.Option(min=1, help="Use the first N.")] = None,
     test_limit: Annotated[int | None, typer.Option(min=1, help="Use the first N.")] = None,
     data_dir: DataDirOpt = None,
-    run: RunFlags | None = None,
+    *,
+    run: RunFlags,
 ) -> None:
     """Train the study's MNIST CNN; write model.pt + model.json, metrics.json, curves PNG."""
     from convsight.studies.mnist import MnistTrainingRequest, train_mnist
@@ -73,7 +74,8 @@ def train_subset_cmd(
     epochs: Annotated[int, typer.Option(min=1)] = 5,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option(min=0.0)] = 1e-3,
-    run: RunFlags | None = None,
+    *,
+    run: RunFlags,
 ) -> None:
     """Train on a subset: checkpoint + card, metrics, curves, confusion matrix, class means."""
     from convsight.studies.five_class import SubsetTrainingRequest, train_subset
@@ -119,7 +121,8 @@ def data_subset_cmd(
     ] = None,
     per_class: Annotated[int | None, typer.Option(help="At most N images per class.")] = None,
     test_fraction: Annotated[float, typer.Option(help="Share of each class held out.")] = 0.2,
-    run: RunFlags | None = None,
+    *,
+    run: RunFlags,
 ) -> None:
     """Make a reproducible train/test ImageFolder split with a manifest of every file."""
     from convsight.studies.subset import SubsetRequest, make_subset
@@ -153,7 +156,8 @@ def demo_cmd(
     epochs: Annotated[int, typer.Option(min=1)] = 2,
     stride: Annotated[int, typer.Option(help="1 gives larger, more readable maps.")] = 1,
     data_dir: DataDirOpt = None,
-    run: RunFlags | None = None,
+    *,
+    run: RunFlags,
 ) -> None:
     """Train the MNIST CNN briefly and show its conv outputs for a 7."""
     from convsight.studies.mnist import (

@@ -42,8 +42,9 @@ def activations_cmd(
     ] = None,
     max_channels: Annotated[int, typer.Option(min=1, help="Channels shown per grid.")] = 64,
     data_dir: DataDirOpt = None,
-    card_fields: dict[str, Any] | None = None,
-    run: RunFlags | None = None,
+    *,
+    card_fields: dict[str, Any],
+    run: RunFlags,
 ) -> None:
     """Write each chosen layer's output for one input as a channel grid, plus the arrays."""
     from convsight.studies.mnist import ActivationsRequest, write_activations
@@ -134,8 +135,9 @@ def atlas_cmd(
     compression: CompressionOpt = None,
     compression_finetune: CompressionFinetuneOpt = 10000,
     yes: YesOpt = False,
-    card_fields: dict[str, Any] | None = None,
-    run: RunFlags | None = None,
+    *,
+    card_fields: dict[str, Any],
+    run: RunFlags,
 ) -> None:
     """Build a static atlas site of a model's channels; a stopped run resumes where it was."""
     from convsight.studies.atlas import AtlasRequest, Compression, build_atlas
@@ -183,9 +185,10 @@ def maximize_cmd(
     channels: Annotated[str, typer.Option(help="Channels, e.g. 0-63 or 0,5,9.")] = "0-15",
     weights: WeightsOpt = None,
     yes: YesOpt = False,
-    card_fields: dict[str, Any] | None = None,
-    render: RenderFlags | None = None,
-    run: RunFlags | None = None,
+    *,
+    card_fields: dict[str, Any],
+    render: RenderFlags,
+    run: RunFlags,
 ) -> None:
     """Render the input each channel of a layer wants most (one batch row per channel)."""
     from convsight.studies.optvis import MaximizeRequest, maximize
@@ -241,9 +244,10 @@ def classviz_cmd(
     ] = None,
     data_dir: DataDirOpt = None,
     yes: YesOpt = False,
-    card_fields: dict[str, Any] | None = None,
-    render: RenderFlags | None = None,
-    run: RunFlags | None = None,
+    *,
+    card_fields: dict[str, Any],
+    render: RenderFlags,
+    run: RunFlags,
 ) -> None:
     """Render the input each class wants most (its score before softmax), one row per class."""
     from convsight.studies.optvis import ClassvizRequest, classviz

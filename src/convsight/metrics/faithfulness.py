@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from convsight.attribution.base import Target, check_inputs, resolve_targets
-from convsight.engines import DEFAULT_ENGINE, forward_scores, predict_classes
+from convsight.engines import DEFAULT_ENGINE, ForwardEngine, forward_scores, predict_classes
 from convsight.errors import ConvsightError
 from convsight.models import Model
 
@@ -82,7 +82,7 @@ def _curves(
     finish: torch.Tensor,
     step: int = 224,
     batch_size: int = 16,
-    engine: str = DEFAULT_ENGINE,
+    engine: ForwardEngine = DEFAULT_ENGINE,
 ) -> Curves:
     inputs = check_inputs(model, inputs)
     n, _, h, w = inputs.shape
@@ -131,7 +131,7 @@ class CurveSettings(TypedDict, total=False):
 
     step: int
     batch_size: int
-    engine: str
+    engine: ForwardEngine
 
 
 def deletion(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -106,7 +107,7 @@ class RenderRequest:
     def of(cls, model: Model, settings: RenderSettings, rows: int, given=()) -> RenderRequest:
         side = (settings.size, settings.size) if settings.size else model.card.input_size
         knobs = tuple(k for k in _KNOBS if k in given or (k == "rows" and "batch" in given))
-        return cls(rows, tuple(side), settings.views, settings.steps, knobs)
+        return cls(rows, (side[0], side[1]), settings.views, settings.steps, knobs)
 
     def value(self, knob: str) -> int:
         return self.side[0] if knob == "size" else getattr(self, knob)
@@ -114,7 +115,8 @@ class RenderRequest:
     def with_value(self, knob: str, n: int) -> RenderRequest:
         if knob == "size":
             return dataclasses.replace(self, side=(n, n))
-        return dataclasses.replace(self, **{knob: n})
+        changes: dict[str, Any] = {knob: n}  # rows, views or steps
+        return dataclasses.replace(self, **changes)
 
     def peak(self, cost: RenderCost) -> int:
         return cost.peak(self.rows, self.side, self.views, self.steps)
@@ -124,7 +126,7 @@ def _flag(knob: str, rows_name: str) -> str:
     return rows_name if knob == "rows" else f"--{knob}"
 
 
-def _largest(request: RenderRequest, cost: RenderCost, knob: str, budget: int) -> int | None:
+def _largest(request: RenderRequest, cost: RenderCost, knob: str, budget: int | None) -> int | None:
     """The largest value of ``knob`` (the others as requested) whose peak is within
     ``budget`` bytes (``budget`` None: no memory bound, only :data:`MAX_SIDE`)."""
     high = MAX_SIDE if knob == "size" else _HIGHEST[knob]
@@ -169,6 +171,7 @@ def check_render(
     need = request.peak(cost)
     if budget is None or need <= budget:
         return
+    assert free is not None  # budget is None only when free is
     knob, fit = _knob_to_lower(request, cost, budget)
     flag = _flag(knob, rows_name)
     lead = f"{flag} {request.value(knob)}" if knob in request.given else "the render"

@@ -78,7 +78,7 @@ def _conv_chain(module: nn.Module, name: str) -> tuple[nn.Conv2d, list[nn.Module
 def _per_channel(layer: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``layer`` on one channel per row (N x 1 x H x W, row i holding channel index[i])."""
     if isinstance(layer, nn.BatchNorm2d):
-        if layer.training or layer.running_mean is None:
+        if layer.training or layer.running_mean is None or layer.running_var is None:
             raise ConvsightError("slicing through batch norm needs it in eval mode")
         shape = (-1, 1, 1, 1)
         mean, var = layer.running_mean[index].view(shape), layer.running_var[index].view(shape)

@@ -105,6 +105,7 @@ def class_mean_images(
         for path in files[c]:
             pixels = to_model_pixels(load_image(path), card, name=str(path))
             total = pixels if total is None else total + pixels
+        assert total is not None  # dataset_files keeps only classes with images
         means[c] = total / len(files[c])
     return means
 

@@ -149,7 +149,7 @@ def _traced_branches(block: nn.Module) -> list[str] | None:
         if skip_steps > 1 or branch_steps <= skip_steps:
             continue  # not a skip connection beside a deeper branch
         hooked = _branch_module(branch, source, node, ancestors)
-        if hooked is not None and calls[hooked.target] == 1:
+        if hooked is not None and calls[str(hooked.target)] == 1:
             found.append(str(hooked.target))
     return found
 
@@ -363,12 +363,12 @@ class _ScaleGradient(torch.autograd.Function):
     """Identity forward (a copy, so later in-place ops are safe); gradient times ``gamma``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, gamma: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, gamma: float) -> torch.Tensor:
         ctx.gamma = gamma
         return x.clone()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad * ctx.gamma, None
 
 

@@ -152,7 +152,7 @@ class FourierImage(ImageParam):
         eps: float = 1e-3,
     ) -> FourierImage:
         """The parameter whose image is ``pixels`` (clipped into the sigmoid's open range)."""
-        size = tuple(pixels.shape[2:])
+        size = (pixels.shape[2], pixels.shape[3])
         shape = FourierImage.spectrum_shape(pixels.shape[1], size)
         probe = FourierImage(torch.zeros(1, *shape), size, decorrelate, decay_power)
         t = torch.logit(pixels.float().clamp(eps, 1 - eps))

@@ -156,7 +156,7 @@ class NormalizedAscent(torch.optim.SGD):
     """Plain gradient ascent along the gradient divided by its RMS per row (Chollet's
     recipe; the study's optimizer)."""
 
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):
         with torch.no_grad():
             for group in self.param_groups:
                 for p in group["params"]:

@@ -181,13 +181,14 @@ class _Passes:
             acts = self.forward(x, torch.arange(self.batch)[part], views)
         acts = {k: v.float() for k, v in acts.items()}
         ctx = self._context(acts, pixels, untransformed, views, part)
-        total = 0
+        total: torch.Tensor | int = 0
         for weight, term in self.objective.terms():
             value = term(ctx)
             total = total + weight * value
             if not term.penalty:
                 main[part] += weight * value.detach().cpu()
-        return total  # type: ignore[return-value]
+        assert isinstance(total, torch.Tensor)  # terms() is never empty
+        return total
 
     @torch.no_grad()
     def final(self) -> tuple[torch.Tensor, torch.Tensor]:

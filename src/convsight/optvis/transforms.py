@@ -245,10 +245,14 @@ def _resample(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+# The default scales, 0.9 to 1.1 by 0.02 (a constant: mypy misreads a generator in a default).
+STANDARD_SCALES = tuple(1 + (i - 5) / 50 for i in range(11))
+
+
 def standard_transforms(
     pad: int = 12,
     jitter: int = 8,
-    scales: Sequence[float] = tuple(1 + (i - 5) / 50 for i in range(11)),
+    scales: Sequence[float] = STANDARD_SCALES,
     angles: Sequence[float] = tuple(list(range(-10, 11)) + 5 * [0]),
     jitter_after: int = 4,
     noise: float = 0.0,
