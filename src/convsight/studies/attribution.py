@@ -20,7 +20,13 @@ from convsight.budget import (
     readable_bytes,
     saved_bytes,
 )
-from convsight.engines import AUTO, DEFAULT_ENGINE, ENGINE_CHOICES
+from convsight.engines import (
+    AUTO,
+    DEFAULT_ENGINE,
+    ENGINE_CHOICES,
+    FORWARD_ENGINES,
+    ForwardEngine,
+)
 from convsight.errors import ConvsightError, substituted
 from convsight.layers import check_map_layers, get_layer
 from convsight.models import Model
@@ -101,9 +107,14 @@ def notice_engines(result: dict[str, Any], curves: Iterable[str]) -> None:
             notice_engine(f"{name}'s {kind} curve", entry.get(f"{kind}_run"))
 
 
-def forward_engine(engine: str) -> str:
+def forward_engine(engine: str) -> ForwardEngine:
     """The engine for plain forward passes (deletion / insertion curves)."""
-    return DEFAULT_ENGINE if engine == AUTO else engine
+    if engine == AUTO:
+        return DEFAULT_ENGINE
+    for name in FORWARD_ENGINES:
+        if engine == name:
+            return name
+    raise ConvsightError(f"unknown engine '{engine}' ({', '.join(ENGINE_CHOICES)})")
 
 
 def check_methods(model: Model, methods: Sequence[str], layer: str | None) -> list[type[Method]]:

@@ -18,7 +18,7 @@ import torch
 from rich.progress import Progress, TaskID
 
 from convsight.attribution import Method
-from convsight.engines import AUTO
+from convsight.engines import AUTO, ForwardEngine
 from convsight.errors import ConvsightError
 from convsight.metrics import Curves, deletion, insertion, model_randomization
 from convsight.models import Model
@@ -39,7 +39,7 @@ class CurveFunction(typing.Protocol):
         *,
         step: int,
         batch_size: int,
-        engine: str,
+        engine: ForwardEngine,
     ) -> Curves: ...
 
 
