@@ -43,7 +43,7 @@ from convsight.errors import ConvsightError  # noqa: E402
 from convsight.layers import describe_layers  # noqa: E402
 from convsight.models import Model, load_model  # noqa: E402
 from convsight.optvis.settings import settings_for  # noqa: E402
-from convsight.studies.atlas import build_atlas  # noqa: E402
+from convsight.studies.atlas import AtlasRequest, build_atlas  # noqa: E402
 from convsight.studies.evaluation import EvaluationRequest, write_evaluation  # noqa: E402
 from convsight.studies.mnist import ActivationsRequest, write_activations  # noqa: E402
 from convsight.studies.optvis import (  # noqa: E402
@@ -454,8 +454,7 @@ def run_task(task: str, case: Case, model: Model, folder: Path, out: Path) -> No
         _finite_json(result)
         assert "deletion" in json.dumps(result)
     elif task == "atlas":
-        build_atlas(
-            model,
+        request = AtlasRequest(
             [layer],
             out,
             channels=[0, 1],
@@ -465,6 +464,7 @@ def run_task(task: str, case: Case, model: Model, folder: Path, out: Path) -> No
             steps=2,
             show_progress=False,
         )
+        build_atlas(model, request)
         atlas = json.loads((out / "atlas.json").read_text())
         _finite_json(atlas)
         assert (out / "index.html").is_file()

@@ -39,9 +39,9 @@ PAPER_LOADS: list[tuple[str, str | None]] = []  # those of the report's run
 
 def _count_loads(patch: pytest.MonkeyPatch) -> None:
     """Record every ``load_model`` call in :data:`LOADS`, wherever the name was imported."""
-    from convsight.models import zoo
+    from convsight.models import loading
 
-    original = zoo.load_model
+    original = loading.load_model
 
     def counted(spec, weights=None, *args, **kwargs):
         LOADS.append((str(spec), Path(weights).name if weights else None))
