@@ -4,13 +4,18 @@ The ```python blocks of a page run in order, in one namespace, in a folder that 
 ``photo.jpg`` and a ``photos/`` folder of real photos. The ```bash (sh, shell, console) blocks
 run their ``convsight ...`` lines through the command line in-process, in the same folder and
 order, environment variables substituted; a shell block that does not run says why on the line
-right above it. Markers (HTML comments, on the line above a block):
+right above it, and its ``convsight`` lines are still checked against the command line's
+options. Markers (HTML comments, on the line above a block):
 
 - ``<!-- not run: REASON -->``: a shell block that is not run (a Python block always runs);
 - ``<!-- run smaller: --steps 2 --size 64 -->``: each command of the block gets these options
-  where it has them (the last value of an option wins), for a page that shows full sizes;
+  where it has them under that name, not as an alias (the last value of an option wins), for a
+  page that shows full sizes;
 - ``<!-- save as: net.py -->``: a Python block also written to that file, for examples that
-  import it.
+  import it;
+- ``<!-- same as: docs/commands/atlas.md, docs/commands/projections.md -->``: a shell block (of
+  the README) whose every command is, word for word, in a shell block of those pages, where it
+  runs or says why not.
 
 ``python tests/docs/test_examples.py`` prints how many examples each page runs.
 """
@@ -30,7 +35,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SHELL = {"bash", "sh", "shell", "console"}
-MARKERS = ("not run", "run smaller", "save as")
+MARKERS = ("not run", "run smaller", "save as", "same as")
 _FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 _MARKER = re.compile(r"^<!--\s*([a-z ]+?)\s*:\s*(.*?)\s*-->$")
 
@@ -56,7 +61,10 @@ class Example:
 
     @property
     def runs(self) -> bool:
-        return self.language == "python" or (self.shell and self.marker != "not run")
+        """Runs on its own page (a ``same as`` block runs on the pages it names)."""
+        return self.language == "python" or (
+            self.shell and self.marker not in ("not run", "same as")
+        )
 
 
 def page_id(page: Path) -> str:
@@ -101,6 +109,8 @@ def problems(example: Example) -> list[str]:
         return []
     if example.marker == "not run":
         return [] if example.note else ["'not run' without a reason"]
+    if example.marker == "same as":
+        return elsewhere(example)
     lines = command_lines(example)
     if not lines:
         return ["a shell block with no command: mark it <!-- not run: REASON -->"]
@@ -112,15 +122,36 @@ def problems(example: Example) -> list[str]:
     ]
 
 
+def elsewhere(example: Example) -> list[str]:
+    """The commands of a ``same as`` block that no shell block of the pages it names has."""
+    pages = [ROOT / name.strip() for name in example.note.split(",") if name.strip()]
+    if not pages or not all(page.is_file() for page in pages):
+        return [f"'same as' names no page, or one that does not exist: {example.note}"]
+    there = {
+        shlex.join(words)
+        for page in pages
+        for other in examples(page)
+        if other.shell and other.marker != "same as"
+        for words in command_lines(other)
+    }
+    return [
+        f"'{shlex.join(words)}' is in no shell block of {example.note}"
+        for words in command_lines(example)
+        if shlex.join(words) not in there
+    ]
+
+
 def counts() -> dict[str, dict[str, int]]:
-    """Per page: Python blocks run, shell blocks run, shell blocks marked not run."""
+    """Per page: Python blocks run, shell blocks run there, shell blocks whose commands run on
+    the pages they name (``same as``), shell blocks marked not run."""
     table = {}
     for page in PAGES:
         found = examples(page)
         table[page_id(page)] = {
             "python": sum(e.language == "python" for e in found),
             "shell run": sum(e.shell and e.runs for e in found),
-            "shell not run": sum(e.shell and not e.runs for e in found),
+            "shell same as": sum(e.shell and e.marker == "same as" for e in found),
+            "shell not run": sum(e.shell and e.marker == "not run" for e in found),
         }
     return table
 
@@ -140,7 +171,7 @@ def test_every_shell_block_runs_or_says_why_not():
 def test_the_docs_have_examples():
     table = counts()
     assert sum(row["python"] for row in table.values()) >= 20
-    assert sum(row["shell run"] for row in table.values()) >= 15
+    assert sum(row["shell run"] for row in table.values()) >= 10
     assert all(sum(row.values()) for name, row in table.items() if name.startswith("docs/command"))
 
 
@@ -152,18 +183,52 @@ def test_the_readme_is_a_landing_page():
     assert "make demo" in first_screen and "make test" in first_screen
 
 
-def smaller(command: list[str], note: str) -> list[str]:
-    """The options of ``note`` that ``command`` (convsight's words after ``convsight``) has."""
+def command_of(words: list[str]):
+    """The CLI command that convsight's ``words`` (after ``convsight``) call, or None."""
     import typer.main
 
     from convsight.cli import app
 
     target = typer.main.get_command(app)
-    for word in command:  # down the command groups (convsight train mnist ...)
+    for word in words:  # down the command groups (convsight train mnist ...)
         if not hasattr(target, "commands"):
             break
-        target = target.commands[word]
+        target = target.commands.get(word)
+        if target is None:
+            return None
+    return target
+
+
+def unknown_options(words: list[str]) -> list[str]:
+    """What in ``convsight WORDS`` the command line does not know: the command, or options."""
+    target = command_of(words[1:])
+    if target is None or hasattr(target, "commands"):
+        return [f"no command '{shlex.join(words[:3])}'"]
     known = {o for p in target.params for o in (*p.opts, *getattr(p, "secondary_opts", []))}
+    flags = [w.split("=", 1)[0] for w in words[1:] if w.startswith("--")]
+    return [
+        f"'{shlex.join(words[:2])}' has no option {flag}" for flag in flags if flag not in known
+    ]
+
+
+def test_every_convsight_line_names_a_command_and_its_options():
+    """Shell blocks that do not run are still checked against the command line's options."""
+    found = [
+        f"{e.name}: {problem}"
+        for page in PAGES
+        for e in examples(page)
+        if e.shell
+        for words in command_lines(e)
+        if words[0] == "convsight"
+        for problem in unknown_options(words)
+    ]
+    assert not found, "\n".join(found)
+
+
+def smaller(command: list[str], note: str) -> list[str]:
+    """The options of ``note`` that ``command`` (convsight's words after ``convsight``) has."""
+    target = command_of(command)
+    known = {p.opts[0] for p in target.params}  # not aliases: layers' --channels is a card flag
     words, extra = shlex.split(note), []
     for i, word in enumerate(words):
         if word.startswith("--") and word in known:
@@ -226,10 +291,10 @@ def count_table() -> str:
     rows = counts()
     rows["total"] = {key: sum(row[key] for row in rows.values()) for key in rows["README"]}
     width = max(len(name) for name in rows)
-    lines = [f"{'page':<{width}}  python  shell run  shell not run"]
+    lines = [f"{'page':<{width}}  python  shell run  shell same as  shell not run"]
     for name, row in rows.items():
-        python, run, not_run = row["python"], row["shell run"], row["shell not run"]
-        lines.append(f"{name:<{width}}  {python:>6}  {run:>9}  {not_run:>13}")
+        python, run, same, not_run = (row[key] for key in row)
+        lines.append(f"{name:<{width}}  {python:>6}  {run:>9}  {same:>13}  {not_run:>13}")
     return "\n".join(lines)
 
 
