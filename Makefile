@@ -12,7 +12,7 @@ export CONVSIGHT_DATA ?= $(SHARED)/data
 endif
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test test-fast lint format venv clean
+.PHONY: demo test test-fast lint format venv clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ test: lint $(CHROMIUM)
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# make docs: the documentation site (docs/, mkdocs.yml) built strictly (any warning fails) into site/.
+docs: $(VENV)/.installed-test
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
@@ -79,13 +83,13 @@ bench-deps: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet tqdm decorator ipython
 
 # make bench: the whole benchmark suite (after `make bench-deps`), each script at the budget its
-# flags state, at the default thread count, then the README's tables regenerated from the JSON.
+# flags state, at the default thread count, then the tables of docs/benchmarks.md regenerated from the JSON.
 # Budget: about 4 hours on 2 CPU cores (render ~50 min, Lucent timed on 4 of 16 channels and
 # scaled; faithfulness ~1 h, 104 photos; class-model quality ~50 min, seeds 0-1 and 2-3;
 # attribution ~20 min, occlusion / Score-CAM on 4 photos, then those two again, best of 2, ~10
 # min; figures ~30 min; atlas ~10 min; atlas on Ray ~25 min; MNIST ~5 min; compression ~3 min; invariances ~1 min). The scripts refuse to write benchmarks/results/ from a dirty tree: commit first
 # (CONVSIGHT_BENCH_ALLOW_DIRTY=1 records the run as dirty instead; CONVSIGHT_BENCH_RESULTS=DIR
-# writes a trial run into DIR and leaves README.md alone). benchmarks/classviz_screen.py is a
+# writes a trial run into DIR and leaves docs/benchmarks.md alone). benchmarks/classviz_screen.py is a
 # screening tool (recipes on the command line), not part of the suite.
 BENCH_PY := $(BIN)/python benchmarks
 .PHONY: bench
@@ -107,8 +111,8 @@ bench: $(VENV)/.installed
 		--only 'robust,lucent-style adam 0.1' --name classviz_quality_seeds23
 	$(BENCH_PY)/optvis_figures.py --out runs/optvis-figures --docs runs/optvis-figures/docs
 	@if [ -n "$$CONVSIGHT_BENCH_RESULTS" ]; then \
-		echo "trial run in $$CONVSIGHT_BENCH_RESULTS: README.md left as it is"; \
+		echo "trial run in $$CONVSIGHT_BENCH_RESULTS: docs/benchmarks.md left as it is"; \
 	else $(BIN)/python benchmarks/tables.py; fi
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache site

@@ -1,11 +1,11 @@
-"""The README's benchmark tables, generated from benchmarks/results/*.json.
+"""The benchmark tables of docs/benchmarks.md, generated from benchmarks/results/*.json.
 
-    python benchmarks/tables.py          # rewrite the tables in README.md in place
-    python benchmarks/tables.py --check  # exit 1, naming each table README.md has otherwise
+    python benchmarks/tables.py          # rewrite the tables in docs/benchmarks.md in place
+    python benchmarks/tables.py --check  # exit 1, naming each table the page has otherwise
 
-Each table sits in README.md between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; the
+Each table sits in the page between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; the
 generator owns everything between the two markers (the table and a line naming its JSON, the
-commit and the threads) and leaves the rest of README.md alone. A number that no JSON backs
+commit and the threads) and leaves the rest of the page alone. A number that no JSON backs
 has no place in these tables. Only the standard library is used, so the check is fast.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
-README = BENCH_DIR.parent / "README.md"
+PAGE = BENCH_DIR.parent / "docs" / "benchmarks.md"
 
 
 class TableError(Exception):
@@ -499,7 +499,7 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
 }
 
 
-# README -------------------------------------------------------------------------------------
+# the page -------------------------------------------------------------------------------------
 
 
 def marker_pattern(name: str) -> re.Pattern[str]:
@@ -515,14 +515,15 @@ def generate(results: Path = RESULTS) -> dict[str, str]:
 
 
 def apply(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
-    """README text with each block between its markers, and the names of blocks that changed."""
+    """The page's text with each block between its markers, and the names of blocks that
+    changed."""
     changed = []
     for name, block in blocks.items():
         pattern = marker_pattern(name)
         found = pattern.findall(text)
         if len(found) != 1:
             raise TableError(
-                f"README.md has {len(found)} '<!-- table:{name} -->' ... "
+                f"the page has {len(found)} '<!-- table:{name} -->' ... "
                 f"'<!-- /table:{name} -->' blocks, not one"
             )
         if found[0][1] != block:
@@ -531,35 +532,35 @@ def apply(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
     return text, changed
 
 
-def check(readme: Path = README, results: Path = RESULTS) -> list[str]:
-    """The names of the tables README.md has otherwise than the JSON gives."""
-    return apply(readme.read_text(), generate(results))[1]
+def check(page: Path = PAGE, results: Path = RESULTS) -> list[str]:
+    """The names of the tables ``page`` has otherwise than the JSON gives."""
+    return apply(page.read_text(), generate(results))[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 on a diff")
-    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--page", type=Path, default=PAGE, help="the Markdown page to write")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     try:
-        new, changed = apply(args.readme.read_text(), generate(args.results))
+        new, changed = apply(args.page.read_text(), generate(args.results))
     except TableError as exc:
         print(f"tables.py: {exc}", file=sys.stderr)
         return 1
     if args.check:
         for name in changed:
             print(
-                f"README.md table '{name}' differs from benchmarks/results: "
+                f"{args.page.name} table '{name}' differs from benchmarks/results: "
                 "run python benchmarks/tables.py",
                 file=sys.stderr,
             )
         return 1 if changed else 0
     if changed:
-        args.readme.write_text(new)
-        print(f"rewrote {', '.join(changed)} in {args.readme}")
+        args.page.write_text(new)
+        print(f"rewrote {', '.join(changed)} in {args.page}")
     else:
-        print(f"{args.readme}: every table is up to date")
+        print(f"{args.page}: every table is up to date")
     return 0
 
 

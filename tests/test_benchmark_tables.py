@@ -1,6 +1,6 @@
-"""Benchmark numbers anyone can reproduce: the README's tables are what benchmarks/tables.py
-makes of benchmarks/results/*.json, and benchmarks/common.write_result records where a result
-comes from and refuses a dirty tree. No benchmark runs here."""
+"""Benchmark numbers anyone can reproduce: the tables of docs/benchmarks.md are what
+benchmarks/tables.py makes of benchmarks/results/*.json, and benchmarks/common.write_result
+records where a result comes from and refuses a dirty tree. No benchmark runs here."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+PAGE = ROOT / "docs" / "benchmarks.md"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -26,39 +27,39 @@ def bench_module(name: str) -> ModuleType:
     return module
 
 
-def test_readme_tables_are_generated_from_the_results_json() -> None:
+def test_benchmark_tables_are_generated_from_the_results_json() -> None:
     tables = bench_module("tables")
     changed = tables.check()
     assert changed == [], (
-        f"README.md tables {changed} differ from benchmarks/results/*.json: "
+        f"docs/benchmarks.md tables {changed} differ from benchmarks/results/*.json: "
         "run python benchmarks/tables.py"
     )
 
 
 def test_check_names_the_table_that_differs_and_a_rewrite_fixes_it(tmp_path, capsys) -> None:
     tables = bench_module("tables")
-    readme = tmp_path / "README.md"
-    text = (ROOT / "README.md").read_text()
+    page = tmp_path / "benchmarks.md"
+    text = PAGE.read_text()
     start = text.index("<!-- table:mnist -->")
     end = text.index("<!-- /table:mnist -->")
     block = text[start:end]
     seconds = re.search(r"\| (\d+) s \|", block)  # the first row's train time
     assert seconds, block
     edited = block.replace(seconds.group(0), f"| {int(seconds.group(1)) + 1} s |", 1)
-    readme.write_text(text[:start] + edited + text[end:])
+    page.write_text(text[:start] + edited + text[end:])
 
-    assert tables.main(["--check", "--readme", str(readme)]) == 1
+    assert tables.main(["--check", "--page", str(page)]) == 1
     assert "'mnist'" in capsys.readouterr().err
-    assert tables.main(["--readme", str(readme)]) == 0
-    assert readme.read_text() == text
-    assert tables.main(["--check", "--readme", str(readme)]) == 0
+    assert tables.main(["--page", str(page)]) == 0
+    assert page.read_text() == text
+    assert tables.main(["--check", "--page", str(page)]) == 0
 
 
 def test_a_missing_marker_is_named(tmp_path, capsys) -> None:
     tables = bench_module("tables")
-    readme = tmp_path / "README.md"
-    readme.write_text((ROOT / "README.md").read_text().replace("<!-- /table:atlas -->", ""))
-    assert tables.main(["--check", "--readme", str(readme)]) == 1
+    page = tmp_path / "benchmarks.md"
+    page.write_text(PAGE.read_text().replace("<!-- /table:atlas -->", ""))
+    assert tables.main(["--check", "--page", str(page)]) == 1
     assert "table:atlas" in capsys.readouterr().err
 
 
