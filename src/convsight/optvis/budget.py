@@ -16,7 +16,7 @@ process, CPU): 0.9-1.5x the estimate for the MNIST CNN and VGG16, 224-1024 px, 1
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +104,9 @@ class RenderRequest:
     given: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, model: Model, settings: RenderSettings, rows: int, given=()) -> RenderRequest:
+    def of(
+        cls, model: Model, settings: RenderSettings, rows: int, given: Collection[str] = ()
+    ) -> RenderRequest:
         side = (settings.size, settings.size) if settings.size else model.card.input_size
         knobs = tuple(k for k in _KNOBS if k in given or (k == "rows" and "batch" in given))
         return cls(rows, (side[0], side[1]), settings.views, settings.steps, knobs)
@@ -142,7 +144,7 @@ def check_render(
     settings: RenderSettings,
     rows: int,
     what: str,
-    given: Sequence[str] = (),
+    given: Collection[str] = (),
     rows_name: str = "number of rows",
     noun: str = "rows",
     cost: RenderCost | None = None,

@@ -238,7 +238,7 @@ def _checked_channels(model: Model, request: MaximizeRequest) -> list[int]:
     else:
         chans = [int(c) for c in channels]
         check_channels(model, layer, chans, None)
-    rows = (len(chans), layer, sorted(request.given()), "number of channels", "channels")
+    rows = (len(chans), layer, request.given(), "number of channels", "channels")
     check_render(model, channel(layer, chans), settings, *rows)
     check_size(model, channel(layer, 0), settings)  # probes the size: after the memory check
     check_channels(model, layer, chans, settings.size)  # the layer's map at this size
@@ -320,7 +320,7 @@ def _check_class_render(
     """The class models' render must fit memory (:func:`check_render`) and the model
     (:func:`check_size`), and its model hooks the model."""
     objective = class_objective(model, indices, settings.class_objective, settings.cossim_power)
-    rows = (len(indices), "the class scores", sorted(given), "number of classes", "classes")
+    rows = (len(indices), "the class scores", given, "number of classes", "classes")
     check_render(model, objective, settings, *rows)
     check_size(model, objective, settings, len(indices))  # probes the size: after the memory
     _check_model_hooks(model, settings, given)
