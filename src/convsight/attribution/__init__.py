@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from convsight.attribution.backprop import DeconvNet, GuidedBackprop, rectifier_rule
-from convsight.attribution.base import Method, Target, check_inputs, resolve_targets
+from convsight.attribution.base import Method, check_inputs
 from convsight.attribution.cam import (
     CAM,
     GradCAM,
@@ -27,6 +27,7 @@ from convsight.attribution.options import Option
 from convsight.attribution.perturbation import Occlusion
 from convsight.errors import ConvsightError
 from convsight.models import Model
+from convsight.targets import Target, resolve_targets
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls

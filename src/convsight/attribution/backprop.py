@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from convsight.attribution.base import Method
 from convsight.errors import ConvsightError
+from convsight.targets import Targets
 
 RectifierRule = Literal["guided", "deconvnet"]
 """How the gradient passes a rectifier."""
@@ -174,7 +175,7 @@ class _RuleBackprop(Method):
     rule: ClassVar[RectifierRule]
     reduce = "max_abs"
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
         with rectifier_rule(self.model.module, self.rule) as counts:
             gradient = self.input_gradient(inputs, targets)
         name = self.model.card.name

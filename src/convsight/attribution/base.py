@@ -2,8 +2,9 @@
 
 Inputs are pixels (N x C x H x W in [0, 1], as :func:`convsight.data.load_image_tensor` gives);
 each method normalizes them through the model card, so attributions are with respect to pixels.
-Targets are one class per image: an int, a class name, a list of those, or a tensor; ``None``
-means the class the model predicts.
+A target is a class per image (an int, a class name, a list of those, a tensor) or any
+:class:`~convsight.targets.Target` (margin, segmentation, output, a function of the output);
+``None`` means the class the model predicts.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from convsight.engines import (
 )
 from convsight.errors import ConvsightError
 from convsight.models import Model
-
-Target = int | str | Sequence[int | str] | torch.Tensor | None
+from convsight.targets import ClassTarget, TargetLike, Targets, resolve_targets
 
 
 def check_inputs(model: Model, inputs: torch.Tensor) -> torch.Tensor:
@@ -47,24 +47,6 @@ def check_inputs(model: Model, inputs: torch.Tensor) -> torch.Tensor:
     if not inputs.is_floating_point():
         raise ConvsightError("inputs must be float pixels in [0, 1]")
     return inputs.to(model.device)
-
-
-def resolve_targets(model: Model, target: Target, count: int) -> torch.Tensor | None:
-    """Class indices (LongTensor of ``count``), checked against the card; None stays None."""
-    if target is None:
-        return None
-    if isinstance(target, torch.Tensor):
-        if target.dim() == 0:
-            items: list[Any] = [int(target)] * count
-        else:
-            items = [int(t) for t in target.flatten().tolist()]
-    elif isinstance(target, (int, str)):
-        items = [target] * count
-    else:
-        items = list(target)
-    if len(items) != count:
-        raise ConvsightError(f"{len(items)} targets for {count} images: give one per image")
-    return torch.tensor([model.class_index(t) for t in items], dtype=torch.long)
 
 
 Reduction = Literal["sum", "max_abs", "mean"]
@@ -116,7 +98,7 @@ class Method:
 
     # -- the contract -----------------------------------------------------------------------
     def attribute(
-        self, inputs: torch.Tensor, target: Target = None, **options: Any
+        self, inputs: torch.Tensor, target: TargetLike = None, **options: Any
     ) -> torch.Tensor:
         """Attributions shaped like ``inputs`` (CAMs: N x 1 x h x w, like the layer)."""
         inputs = check_inputs(self.model, inputs)
@@ -132,10 +114,12 @@ class Method:
             "memory_format_note": note,
         }
         if targets is None:
-            targets = self.predict(inputs)
+            targets = ClassTarget(self.predict(inputs))
         return self._attribute(inputs.detach(), targets, **settings)
 
-    def heatmap(self, inputs: torch.Tensor, target: Target = None, **options: Any) -> torch.Tensor:
+    def heatmap(
+        self, inputs: torch.Tensor, target: TargetLike = None, **options: Any
+    ) -> torch.Tensor:
         """One map per image at input resolution (N x H x W): attributions, channels reduced."""
         return self.to_heatmap(self.attribute(inputs, target, **options))
 
@@ -169,7 +153,7 @@ class Method:
         return predict_classes(self.model, inputs)
 
     def input_gradient(
-        self, pixels: torch.Tensor, targets: torch.Tensor, batch_size: int | None = None
+        self, pixels: torch.Tensor, targets: Targets, batch_size: int | None = None
     ) -> torch.Tensor:
         """d score[target] / d pixels, one row at a time in chunks of ``batch_size`` rows.
 
@@ -186,7 +170,7 @@ class Method:
         return out
 
     def _attribute(
-        self, inputs: torch.Tensor, targets: torch.Tensor, *args: Any, **options: Any
+        self, inputs: torch.Tensor, targets: Targets, *args: Any, **options: Any
     ) -> torch.Tensor:
         raise NotImplementedError
 

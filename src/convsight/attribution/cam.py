@@ -28,6 +28,7 @@ from convsight.engines import (
 from convsight.errors import ConvsightError
 from convsight.layers import forward_to, get_layer, last_map_layer
 from convsight.models import Model
+from convsight.targets import Targets, repeated
 
 
 def cam_layer(model: Model, layer: str | None = None) -> tuple[str, str]:
@@ -121,7 +122,7 @@ class CAM(Method):
         return self._default
 
     def layer_values(
-        self, inputs: torch.Tensor, targets: torch.Tensor, layer: str
+        self, inputs: torch.Tensor, targets: Targets, layer: str
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The layer's own output for ``inputs`` and, for a gradient CAM, the gradient of each
         row's target score with respect to it (None for Score-CAM).
@@ -147,7 +148,7 @@ class CAM(Method):
     def _attribute(
         self,
         inputs: torch.Tensor,
-        targets: torch.Tensor,
+        targets: Targets,
         *,
         layer: Annotated[str | None, "the conv layer (default: the last stage's output)"] = None,
         relu: Annotated[bool, "keep only the positive part of the map"] = True,
@@ -176,7 +177,7 @@ class CAM(Method):
     def channel_weights(
         self,
         inputs: torch.Tensor,
-        targets: torch.Tensor,
+        targets: Targets,
         activations: torch.Tensor,
         gradients: torch.Tensor | None,
     ) -> torch.Tensor:
@@ -247,8 +248,8 @@ class ScoreCAM(CAM):
         batch = batch_size or forward_batch(self.model.device)
         fallbacks: list[str] = []
         scores = [
-            self.masked_scores(image[None], target[None], maps, batch, engine, fallbacks)
-            for image, target, maps in zip(inputs, targets, activations, strict=True)
+            self.masked_scores(image[None], targets[i : i + 1], maps, batch, engine, fallbacks)
+            for i, (image, maps) in enumerate(zip(inputs, activations, strict=True))
         ]
         self.last_run.update(
             requested_engine=engine,
@@ -260,7 +261,7 @@ class ScoreCAM(CAM):
     def masked_scores(
         self,
         image: torch.Tensor,
-        target: torch.Tensor,
+        target: Targets,
         activations: torch.Tensor,
         batch_size: int,
         engine: ForwardEngine,
@@ -273,7 +274,7 @@ class ScoreCAM(CAM):
         size = tuple(image.shape[-2:])
         scores = torch.empty(k)
 
-        def scored(pixels: Any, targets: torch.Tensor, **how: Any) -> torch.Tensor:
+        def scored(pixels: Any, targets: Targets, **how: Any) -> torch.Tensor:
             run: dict[str, Any] = {}
             found = forward_scores(self.model, pixels, targets, engine=engine, run=run, **how)
             if run["fallback"]:
@@ -298,7 +299,7 @@ class ScoreCAM(CAM):
 
         if len(unique):
             found = scored(
-                build, target.expand(len(unique)), batch_size=batch_size, total=len(unique)
+                build, repeated(target, 1, len(unique)), batch_size=batch_size, total=len(unique)
             )
             scores[varying.cpu()] = found[inverse.cpu()]
         if len(varying) < k:  # constant channels: an all-zero mask, one shared pass

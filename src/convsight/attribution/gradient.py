@@ -15,6 +15,7 @@ import torch
 from convsight.attribution.base import BASELINE_HELP, Baseline, Method, baseline_like
 from convsight.engines import chunks
 from convsight.errors import ConvsightError
+from convsight.targets import Targets
 
 RowMaps = Callable[[slice, torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
 
@@ -55,7 +56,7 @@ class Saliency(Method):
     def _attribute(
         self,
         inputs: torch.Tensor,
-        targets: torch.Tensor,
+        targets: Targets,
         *,
         absolute: Annotated[bool, "the gradient's absolute value"] = True,
     ) -> torch.Tensor:
@@ -70,7 +71,7 @@ class InputXGradient(Method):
     title = "Input x Gradient"
     paper = "https://arxiv.org/abs/1605.01713"
 
-    def _attribute(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _attribute(self, inputs: torch.Tensor, targets: Targets) -> torch.Tensor:
         return inputs * self.input_gradient(inputs, targets)
 
 
@@ -116,7 +117,7 @@ class IntegratedGradients(Method):
     def _attribute(
         self,
         inputs: torch.Tensor,
-        targets: torch.Tensor,
+        targets: Targets,
         *,
         steps: Annotated[int, "points on the path from the baseline to the input"] = 50,
         baseline: Annotated[Baseline, f"where the path starts ({BASELINE_HELP})"] = 0.0,

@@ -18,6 +18,7 @@ from convsight.attribution.gradient import Saliency, sum_rows
 from convsight.attribution.options import Option, options_of
 from convsight.errors import ConvsightError
 from convsight.models import Model
+from convsight.targets import Targets, repeated
 
 
 def tunnel_options(noise: Sequence[Option], wrapped: Sequence[Option]) -> tuple[Option, ...]:
@@ -95,7 +96,7 @@ class NoiseTunnel(Method):
     def _attribute(
         self,
         inputs: torch.Tensor,
-        targets: torch.Tensor,
+        targets: Targets,
         *,
         samples: Annotated[int, "noisy copies per image"] = 16,
         noise_level: Annotated[
@@ -114,7 +115,7 @@ class NoiseTunnel(Method):
         if samples < 1:
             raise ConvsightError(f"{self.title} needs at least one sample")
         noisy = noisy_copies(inputs, samples, noise_level, stdev, generator)
-        rows = targets.repeat_interleave(samples)
+        rows = repeated(targets, inputs.shape[0], samples)
         own = self.method.resolve(wrapped_options)  # with its defaults of shadowed options
         self.method.last_run = {}
 

@@ -10,6 +10,7 @@ import torch
 from convsight.attribution.base import BASELINE_HELP, Baseline, Method, baseline_like
 from convsight.engines import Engine, Windows, score_engine
 from convsight.errors import ConvsightError
+from convsight.targets import Targets
 
 Size = int | tuple[int, int]
 
@@ -76,7 +77,7 @@ class Occlusion(Method):
     def _attribute(
         self,
         inputs: torch.Tensor,
-        targets: torch.Tensor,
+        targets: Targets,
         *,
         window: Annotated[Size, "the occluded window's side, or (height, width)"] = 16,
         stride: Annotated[Size, "pixels between windows, or (down, across)"] = 8,

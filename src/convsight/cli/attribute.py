@@ -35,7 +35,9 @@ def saliency_cmd(
     target: Annotated[
         str | None,
         typer.Option(
-            help="Class (index or name) for all images, or one per image, comma-separated; "
+            help="What to explain, for all images or one per image, comma-separated: a class "
+            "(index or name), class:NAME, margin:NAME (a class against the rest), "
+            "segment:CLASS[:MASK.png] (per-pixel outputs), output:INDEX (regression); "
             "default: the predicted class."
         ),
     ] = None,

@@ -255,6 +255,21 @@ def load_image_tensor(path: str | os.PathLike, card: ModelCard) -> torch.Tensor:
     return to_model_pixels(load_image(path), card, name=str(path)).unsqueeze(0)
 
 
+def load_mask(path: str | os.PathLike, card: ModelCard) -> torch.Tensor:
+    """A mask image (white is in: grey level 128 and up) in the model's input frame: H x W
+    booleans, resized and cropped exactly as a photo of that size would be."""
+    img = load_image(path).convert("L")
+    if isinstance(card.resize, int):
+        img = _resize_and_crop(img, card, card.resize, f"mask {path}")
+    elif (img.height, img.width) != tuple(card.input_size):
+        h, w = card.input_size
+        raise ConvsightError(
+            f"mask {path} is {img.width}x{img.height} pixels; model '{card.name}' takes "
+            f"exactly {w}x{h}{EXACT_ONLY}"
+        )
+    return torch.from_numpy(np.asarray(img) >= 128)
+
+
 @dataclass
 class ImageChunk:
     """Up to ``size`` readable images of a file list (:func:`readable_image_chunks`): their

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from convsight.models import Model
+from convsight.targets import Target
 
 Engine = Literal["incremental", "frozen", "eager"]
 """How forward passes run: incremental inference (occluded images only: re-run only what a
@@ -37,9 +38,12 @@ def chunks(total: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, total))
 
 
-def select(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The score of each row's target class: ``scores[i, targets[i]]``."""
-    return scores.gather(1, targets.to(scores.device).view(-1, 1)).squeeze(1)
+def select(scores: torch.Tensor, targets: torch.Tensor | Target) -> torch.Tensor:
+    """The target score of each row: ``scores[i, targets[i]]`` for class indices, else what
+    the :class:`~convsight.targets.Target` makes of the output."""
+    if isinstance(targets, torch.Tensor):
+        return scores.gather(1, targets.to(scores.device).view(-1, 1)).squeeze(1)
+    return targets(scores)
 
 
 def forward_batch(device: torch.device) -> int:

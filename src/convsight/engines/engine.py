@@ -23,7 +23,9 @@ from convsight.engines.base import (
     select,
 )
 from convsight.engines.layout import memory_format_for
+from convsight.errors import ConvsightError
 from convsight.models import Model
+from convsight.targets import Target, repeated
 
 Network = Callable[[torch.Tensor], torch.Tensor]
 Pixels = torch.Tensor | Callable[[slice], torch.Tensor]
@@ -86,7 +88,7 @@ class ScoreEngine:
     def scores(
         self,
         pixels: Pixels,
-        targets: torch.Tensor,
+        targets: torch.Tensor | Target,
         batch_size: int = 64,
         output: str = "logit",
         total: int | None = None,
@@ -94,11 +96,16 @@ class ScoreEngine:
         """Target scores for many pixel inputs, no gradients, ``batch_size`` rows a pass.
 
         ``pixels`` is a tensor, or a function that builds the rows of a slice (with ``total``
-        rows in all) so that only one chunk is in memory. ``targets`` has one class per row.
+        rows in all) so that only one chunk is in memory. ``targets``: one class per row, or a
+        :class:`~convsight.targets.Target`.
         ``output`` is "logit" or "probability" (softmax). A derived copy that fails is
         replaced by the module itself (and ``fallback`` says so).
         """
         build, total = _rows(pixels, total)
+        if output == "probability" and isinstance(targets, Target) and not targets.classwise:
+            raise ConvsightError(
+                f"probabilities need class scores; {targets.describe()} is scored as it is"
+            )
         model = self.model
         layout, _ = memory_format_for(model)
         net = self.network(lambda: build(slice(0, 1)))
@@ -126,7 +133,7 @@ class ScoreEngine:
     def occlusion_drops(
         self,
         inputs: torch.Tensor,
-        targets: torch.Tensor,
+        targets: torch.Tensor | Target,
         windows: Windows,
         batch_size: int | None = None,
     ) -> torch.Tensor:
@@ -143,5 +150,6 @@ class ScoreEngine:
             return torch.where(masks[win].unsqueeze(1), base[image], inputs[image])
 
         original = self.scores(inputs, targets, batch_size)
-        occluded = self.scores(build, targets.repeat_interleave(count), batch_size, total=n * count)
+        rows = repeated(targets, n, count)
+        occluded = self.scores(build, rows, batch_size, total=n * count)
         return (original.repeat_interleave(count) - occluded).view(n, count).to(inputs.device)

@@ -14,6 +14,7 @@ from convsight.engines.engine import Network, ScoreEngine, Windows
 from convsight.engines.incremental import IncrementalNet, Patch, materialize
 from convsight.engines.layout import memory_format_for
 from convsight.models import Model
+from convsight.targets import Target
 
 
 def incremental_net(model: Model) -> tuple[IncrementalNet | None, str | None]:
@@ -43,7 +44,11 @@ class IncrementalEngine(ScoreEngine):
         return self.model.module
 
     def occlusion_drops(
-        self, inputs: Tensor, targets: Tensor, windows: Windows, batch_size: int | None = None
+        self,
+        inputs: Tensor,
+        targets: Tensor | Target,
+        windows: Windows,
+        batch_size: int | None = None,
     ) -> Tensor:
         self.timings = {}
         net, fallback = incremental_net(self.model)
@@ -72,7 +77,7 @@ def _drops(
     model: Model,
     net: IncrementalNet,
     inputs: torch.Tensor,
-    targets: torch.Tensor,
+    targets: torch.Tensor | Target,
     windows: Windows,
     batch_size: int,
 ) -> tuple[torch.Tensor | None, str | None]:
@@ -99,19 +104,18 @@ def _drops(
             output = net.clean_output(clean)
             if i == 0 and not _agrees(output, model.module(x)):
                 return None, "incremental inference gives another output for the clean image"
-            original = float(output[0, targets[i]])
+            original = float(select(output, targets[i : i + 1]))
+            same = torch.full((batch_size,), i, dtype=torch.long)  # image i's target, per row
             for part in chunks(count, batch_size):
                 crops = image[0][:, rows[part][:, :, None], cols[part][:, None, :]]
                 fills = base[i][:, rows[part][:, :, None], cols[part][:, None, :]]
                 crops = torch.where(inside[part][None], fills, crops).permute(1, 0, 2, 3)
                 patch = Patch(x, model.normalize(crops), top[part], left[part])
-                scores = select(
-                    net.forward(clean, patch), targets[i].expand(part.stop - part.start)
-                )
+                scores = select(net.forward(clean, patch), targets[same[: part.stop - part.start]])
                 if i == 0 and part.start == 0:  # check the first rows against the whole network
                     first = Patch(x, patch.values[:4], patch.top[:4], patch.left[:4])
                     whole = model.module(materialize(first))
-                    expected = select(whole, targets[i].expand(whole.shape[0]))
+                    expected = select(whole, targets[same[: whole.shape[0]]])
                     if not _agrees(scores[:4], expected):
                         return None, "incremental inference disagrees with the network"
                 drops[i, part] = original - scores.float().cpu()

@@ -20,6 +20,7 @@ from convsight.engines.layout import memory_format_for
 from convsight.engines.occlusion import IncrementalEngine
 from convsight.errors import ConvsightError
 from convsight.models import Model
+from convsight.targets import Target
 
 ENGINE_TYPES: dict[Engine, type[ScoreEngine]] = {
     cls.name: cls for cls in (IncrementalEngine, FrozenEngine, ScoreEngine)
@@ -37,7 +38,7 @@ def score_engine(model: Model, name: Engine) -> ScoreEngine:
 def forward_scores(
     model: Model,
     pixels: Pixels,
-    targets: torch.Tensor,
+    targets: torch.Tensor | Target,
     batch_size: int = 64,
     output: str = "logit",
     total: int | None = None,
@@ -72,5 +73,13 @@ def predict_classes(
     with torch.no_grad():
         for part in chunks(pixels.shape[0], size):
             x = model.normalize(pixels[part].to(model.device))
-            classes[part] = model.module(x.contiguous(memory_format=layout)).argmax(1).cpu()
+            scores = model.module(x.contiguous(memory_format=layout))
+            if scores.dim() != 2:
+                raise ConvsightError(
+                    f"model '{model.card.name}' gives {' x '.join(map(str, scores.shape))} "
+                    "scores, not one row of class scores per image, so it has no predicted "
+                    "class: give a target (segment:CLASS, output:INDEX; SegmentationTarget, "
+                    "OutputTarget in Python)"
+                )
+            classes[part] = scores.argmax(1).cpu()
     return classes

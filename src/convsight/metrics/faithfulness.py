@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import torch
 import torch.nn.functional as F
 
-from convsight.attribution.base import Target, check_inputs, resolve_targets
+from convsight.attribution.base import check_inputs
 from convsight.engines import DEFAULT_ENGINE, ForwardEngine, forward_scores, predict_classes
 from convsight.errors import ConvsightError
 from convsight.models import Model
+from convsight.targets import ClassTarget, TargetLike, repeated, resolve_targets
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Curves:
-    """Target probability after each step (N x steps+1) and the fraction of pixels changed."""
+    """The target's score (a class's: its probability) after each step (N x steps+1) and the
+    fraction of pixels changed."""
 
     kind: str
     scores: torch.Tensor
@@ -77,7 +79,7 @@ def _curves(
     model: Model,
     inputs: torch.Tensor,
     saliency: torch.Tensor,
-    target: Target,
+    target: TargetLike,
     start: torch.Tensor,
     finish: torch.Tensor,
     step: int = 224,
@@ -98,7 +100,9 @@ def _curves(
         raise ConvsightError("the step must be at least one pixel")
     targets = resolve_targets(model, target, n)
     if targets is None:
-        targets = predict_classes(model, inputs, batch_size)
+        targets = ClassTarget(predict_classes(model, inputs, batch_size))
+    # class targets are scored by their probability; others (output:0, ...) as they are
+    score = "probability" if getattr(targets, "classwise", True) else "logit"
     steps = math.ceil(h * w / step)
     rank = _order(saliency.to(inputs.device)).view(n, 1, h, w)
     start, finish = start.to(inputs.device), finish.to(inputs.device)
@@ -113,15 +117,15 @@ def _curves(
     scores = forward_scores(
         model,
         build,
-        targets.repeat_interleave(steps + 1),
+        repeated(targets, n, steps + 1),
         batch_size,
-        output="probability",
+        output=score,
         total=n * (steps + 1),
         engine=engine,
         run=run,
     ).view(n, steps + 1)
     fractions = torch.clamp(torch.arange(steps + 1) * step / (h * w), max=1.0)
-    return Curves(kind, scores, fractions, run)
+    return Curves(kind, scores, fractions, {**run, "score": score})
 
 
 class CurveSettings(TypedDict, total=False):
@@ -138,7 +142,7 @@ def deletion(
     model: Model,
     inputs: torch.Tensor,
     saliency: torch.Tensor,
-    target: Target = None,
+    target: TargetLike = None,
     *,
     baseline: float | torch.Tensor | None = None,
     **settings: Unpack[CurveSettings],
@@ -162,7 +166,7 @@ def insertion(
     model: Model,
     inputs: torch.Tensor,
     saliency: torch.Tensor,
-    target: Target = None,
+    target: TargetLike = None,
     *,
     blur_kernel: int = 11,
     blur_sigma: float = 5.0,

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from convsight.attribution import Method, method_class
-from convsight.attribution.base import Target, check_inputs, resolve_targets
+from convsight.attribution.base import check_inputs
 from convsight.errors import ConvsightError
 from convsight.layers import get_layer
 from convsight.models import Model
+from convsight.targets import ClassTarget, TargetLike, resolve_targets
 
 
 def rank(values: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,7 @@ def model_randomization(
     model: Model,
     method: str | type[Method],
     inputs: torch.Tensor,
-    target: Target = None,
+    target: TargetLike = None,
     layers: Sequence[str] | None = None,
     seed: int = 0,
     keep_maps: bool = False,
@@ -122,7 +123,7 @@ def model_randomization(
     targets = resolve_targets(model, target, inputs.shape[0])
     original = cls(model)
     if targets is None:
-        targets = original.predict(inputs)
+        targets = ClassTarget(original.predict(inputs))
     reference = original.heatmap(inputs, targets, **options).abs()
     work = copy.deepcopy(model.module)
     randomized = Model(work, model.card)

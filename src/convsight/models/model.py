@@ -39,6 +39,11 @@ class Model:
     engine_cache: dict[str, Any] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    output_shape: tuple[int, ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """The shape of the module's output for one input (no batch dimension), once the card was
+    checked against the module; None before, and again once the module or card is replaced."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("module", "card") and "module" in vars(self) and "card" in vars(self):
@@ -58,6 +63,7 @@ class Model:
     def _forget_engines(self) -> None:
         """Empty the engines' cache: what it holds was derived from another module or card."""
         vars(self).get("engine_cache", {}).clear()
+        object.__setattr__(self, "output_shape", None)
 
     def _adopt(self, module: nn.Module) -> None:
         """Hold ``module`` (its output already chosen), forgetting what engines derived from
@@ -194,8 +200,11 @@ class Model:
         card = self.card
         if not isinstance(out, torch.Tensor):
             raise not_a_tensor(card.name, out)
+        object.__setattr__(self, "output_shape", tuple(out.shape[1:]))
         if card.features_only or card.num_classes is None:
             return
+        if out.ndim == 4 and out.shape[1] == card.num_classes:
+            return  # class scores per pixel (a segmentation net): N x K x H x W
         if out.ndim != 2:
             got = "x".join(map(str, out.shape)) + " tensor"
             raise ConvsightError(

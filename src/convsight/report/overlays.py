@@ -25,6 +25,22 @@ def display_map(heat: torch.Tensor) -> np.ndarray:
     return (heat / top).clamp(0, 1).numpy()
 
 
+def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.55) -> np.ndarray:
+    """A map over its image as one H x W x 3 uint8 picture: the image blended with the map
+    (:func:`display_map`, resized to the image) in the panels' colour map (jet)."""
+    from matplotlib import colormaps
+
+    rgb = image.detach().float().cpu().clamp(0, 1)
+    rgb = rgb.expand(3, *rgb.shape[1:]) if rgb.shape[0] == 1 else rgb[:3]
+    heat = heat.detach().float().cpu()
+    if tuple(heat.shape[-2:]) != tuple(rgb.shape[-2:]):
+        size = tuple(rgb.shape[-2:])
+        heat = torch.nn.functional.interpolate(heat.view(1, 1, *heat.shape[-2:]), size=size)[0, 0]
+    colored = colormaps["jet"](display_map(heat))[..., :3]
+    mixed = (1 - alpha) * rgb.permute(1, 2, 0).numpy() + alpha * colored
+    return (np.clip(mixed, 0, 1) * 255).round().astype(np.uint8)
+
+
 def saliency_panel(
     images: torch.Tensor,
     maps: Mapping[str, torch.Tensor],

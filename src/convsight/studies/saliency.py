@@ -1,8 +1,10 @@
 """Saliency panels (``saliency``): each image, then each method's map over it.
 
-:func:`write_saliency` takes a built model and a :class:`SaliencyRequest` and returns a
-:class:`SaliencyResult`. Every input (images, targets, methods, layer, settings) is checked
-before any expensive work; files are written through :mod:`convsight.report` (whole files only).
+:func:`saliency` takes a built model and a :class:`SaliencyRequest` and returns a
+:class:`SaliencyResult` (nothing written; in a notebook it shows itself); ``result.save(folder)``
+writes its files, and :func:`write_saliency` (the command line's) does both. Every input
+(images, targets, methods, layer, settings) is checked before any expensive work; files are
+written through :mod:`convsight.report` (whole files only).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 
 import torch
 
-from convsight.attribution import CAM, Method
+from convsight.attribution import CAM, Method, check_inputs
 from convsight.data import exif_orientation, load_image_tensor
-from convsight.engines import AUTO
+from convsight.engines import AUTO, select
 from convsight.errors import ConvsightError
 from convsight.models import Model
 from convsight.progress import progress_bar
@@ -32,7 +34,8 @@ from convsight.report import (
     write_json,
     write_npz,
 )
-from convsight.report.overlays import saliency_panel
+from convsight.report.notebook import Tile
+from convsight.report.overlays import overlay, saliency_panel
 from convsight.runtime import seed_everything
 from convsight.studies.attribution import (
     DEFAULT_METHODS,
@@ -43,6 +46,14 @@ from convsight.studies.attribution import (
     notice_engine,
 )
 from convsight.studies.results import Result
+from convsight.targets import (
+    ClassTarget,
+    OneTarget,
+    Target,
+    TargetLike,
+    parse_target,
+    resolve_targets,
+)
 
 
 @dataclass
@@ -62,7 +73,7 @@ def attribute_all(
     model: Model,
     classes: Sequence[type[Method]],
     pixels: torch.Tensor,
-    targets: Sequence[int],
+    targets: TargetLike,
     options_for: Callable[[type[Method]], dict[str, Any]],
     show_progress: bool = False,
 ) -> list[MethodMaps]:
@@ -86,31 +97,22 @@ def attribute_all(
     return results
 
 
-def target_classes(
-    model: Model, target: Sequence[str | int] | None, count: int
-) -> list[int] | None:
-    """One class index per image from one class for all or one each; None when none given."""
-    if not target:
-        return None
-    indices = [model.class_index(t) for t in target]
-    if len(indices) == 1:
-        return indices * count
-    if len(indices) != count:
-        raise ConvsightError(f"{len(indices)} targets for {count} images: give one, or one each")
-    return indices
+Images = Sequence[str | os.PathLike] | torch.Tensor
 
 
 @dataclass(frozen=True)
 class SaliencyRequest:
-    """What :func:`write_saliency` maps: ``images`` (files), each attributed to ``targets``
-    (one class, name or index, for all images or one each; None: the predicted class) by
-    ``methods`` with the options the command line gives them
-    (:func:`~convsight.studies.attribution.method_options`: ``layer`` for the CAMs,
-    ``ig_steps``, ``smoothgrad_samples``, ``batch_size``, ``engine``). ``model_name`` (what
-    the JSON calls the model; None: the card's name) and ``weights`` are only recorded."""
+    """What :func:`saliency` maps: ``images`` (files, or pixels N x C x H x W in [0, 1]), each
+    attributed to ``targets`` (one target for all images or one each: a class name or index,
+    ``class:NAME``, ``margin:NAME``, ``segment:CLASS[:MASK.png]``, ``output:INDEX`` or a
+    :class:`~convsight.targets.Target`; None: the predicted class) by ``methods`` with the
+    options the command line gives them (:func:`~convsight.studies.attribution.method_options`:
+    ``layer`` for the CAMs, ``ig_steps``, ``smoothgrad_samples``, ``batch_size``,
+    ``engine``). ``model_name`` (what the JSON calls the model; None: the card's name) and
+    ``weights`` are only recorded."""
 
-    images: Sequence[str | os.PathLike]
-    targets: Sequence[str | int] | None = None
+    images: Images
+    targets: Sequence[OneTarget] | None = None
     methods: Sequence[str] = DEFAULT_METHODS
     layer: str | None = None
     ig_steps: int = 50
@@ -125,8 +127,10 @@ class SaliencyRequest:
 @dataclass(kw_only=True)
 class SaliencyResult(Result):
     """Each method's maps of the images (``methods``, in the order asked for), the images'
-    pixels and files, the target of each image, the model's probabilities and, per method,
-    how it ran (engine, fallback): what ``saliency.json`` / ``.npz`` / the panels hold."""
+    pixels and files, the target of each image and its score, the model's probabilities
+    (class outputs) and, per method, how it ran (engine, fallback): what ``saliency.json`` /
+    ``.npz`` / the panels hold. ``targets``/``target_labels`` are the classes of a class
+    target (else None); ``target``/``target_scores`` say what was explained, whatever it is."""
 
     model: str
     weights: str | None
@@ -135,11 +139,13 @@ class SaliencyResult(Result):
     panels: list[str]
     exif_orientation: list[int]
     pixels: torch.Tensor
-    probabilities: torch.Tensor
-    targets: list[int]
-    target_labels: list[str]
-    predicted: list[int]
-    predicted_labels: list[str]
+    probabilities: torch.Tensor | None
+    target: Target
+    target_scores: list[float]
+    targets: list[int] | None
+    target_labels: list[str] | None
+    predicted: list[int] | None
+    predicted_labels: list[str] | None
     methods: list[MethodMaps]
     seed: int
 
@@ -149,32 +155,60 @@ class SaliencyResult(Result):
         return {result.method.name: result.maps for result in self.methods}
 
     @property
-    def target_probability(self) -> list[float]:
-        """The model's probability of each image's target class."""
+    def target_probability(self) -> list[float] | None:
+        """The model's probability of each image's target class (class targets only)."""
+        if self.targets is None or self.probabilities is None:
+            return None
         return [float(self.probabilities[i, t]) for i, t in enumerate(self.targets)]
 
+    def captions(self) -> list[str]:
+        """Each image's caption: its name, then its class and probability, or its target."""
+        shown = self.target_probability
+        if shown is not None and self.target_labels is not None:
+            what = [
+                f"{label[:22]} p={p:.2f}"
+                for label, p in zip(self.target_labels, shown, strict=True)
+            ]
+        else:
+            what = [f"{self.target.describe()[:22]} s={s:.3g}" for s in self.target_scores]
+        return [f"{path.stem[:24]}\n{line}" for path, line in zip(self.paths, what, strict=True)]
+
+    def tiles(self) -> list[Tile]:
+        """Each image, then each method's map over it (captions: image, target, method)."""
+        captions = [c.replace("\n", ": ") for c in self.captions()]
+        tiles = []
+        for i, caption in enumerate(captions):
+            tiles.append(Tile(self.pixels[i], caption))
+            for entry in self.methods:
+                tiles.append(Tile(overlay(self.pixels[i], entry.maps[i]), entry.method.title))
+        return tiles
+
+    def facts(self) -> list[tuple[str, Any]]:
+        return [
+            ("model", self.model),
+            ("target", self.target.describe()),
+            ("images", len(self.paths)),
+            *((e.method.title, f"{e.seconds:.2f} s, {e.run.get('engine')}") for e in self.methods),
+        ]
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "weights": self.weights,
-            "head": self.head,
-            "images": [str(p) for p in self.paths],
-            "exif_orientation": self.exif_orientation,  # applied; 1: as stored
-            "panels": [
-                {"image": str(p), "file": f} for p, f in zip(self.paths, self.panels, strict=True)
-            ],
-            "targets": [
-                {"class": t, "label": label}
-                for t, label in zip(self.targets, self.target_labels, strict=True)
-            ],
-            "target_probability": self.target_probability,
-            "predicted": [
-                {"class": p, "label": label}
-                for p, label in zip(self.predicted, self.predicted_labels, strict=True)
-            ],
-            "methods": {result.method.name: _method_summary(result) for result in self.methods},
-            "seed": self.seed,
-        }
+        return saliency_json(self)
+
+    def save(self, out: str | os.PathLike) -> list[Path]:
+        """Write the panels, ``saliency.npz`` and ``saliency.json`` into ``out``."""
+        self.files = write_saliency_files(prepare_out_dir(out), self)
+        return self.files
+
+
+def saliency(
+    model: Model, request: SaliencyRequest, show_progress: bool = False, seeded: bool = False
+) -> SaliencyResult:
+    """Each method's maps of the request's images, nothing written (``result.save(folder)``
+    writes the files; in a notebook the result shows itself). The global random number
+    generator is seeded with ``request.seed`` first, unless ``seeded``."""
+    if not seeded:
+        seed_everything(request.seed)
+    return _compute(model, request, _checked(model, request), show_progress)
 
 
 def write_saliency(
@@ -184,58 +218,113 @@ def write_saliency(
     show_progress: bool = True,
     seeded: bool = False,
 ) -> SaliencyResult:
-    """A panel per image (the image, then each method's map over it), the maps and a summary.
+    """:func:`saliency`, then ``result.save(out)``: a panel per image, the maps and a summary.
 
     Writes ``saliency_<image>.png`` per image (distinct names, see :func:`panel_names`; the
     image -> file mapping is ``panels`` in the JSON), ``saliency.png`` (all images),
     ``saliency.npz`` (per method: raw attributions and the N x H x W maps) and
-    ``saliency.json`` (``result.to_json()``). The global random number generator is seeded
-    with ``request.seed`` first, unless ``seeded``: the caller did, before it loaded the
-    model (as the command line does; the noise of SmoothGrad and VarGrad follows from there).
+    ``saliency.json`` (``result.to_json()``). Every input is checked before the folder is
+    made, and the folder before any expensive work. The global random number generator is
+    seeded with ``request.seed`` first, unless ``seeded``: the caller did, before it loaded
+    the model (as the command line does; the noise of SmoothGrad and VarGrad follows).
     """
     if not seeded:
         seed_everything(request.seed)
+    checked = _checked(model, request)
+    prepare_out_dir(out)
+    result = _compute(model, request, checked, show_progress)
+    result.save(out)
+    return result
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """A request's inputs, checked: the methods, the images and the bound target."""
+
+    classes: list[type[Method]]
+    pixels: torch.Tensor
+    paths: list[Path]
+    target: Target | None
+
+
+def _checked(model: Model, request: SaliencyRequest) -> _Checked:
     layer, ig_steps, samples = request.layer, request.ig_steps, request.smoothgrad_samples
     classes = check_methods(model, request.methods, layer)
     check_settings(request.batch_size, ig_steps, samples, request.engine)
-    if not request.images:
-        raise ConvsightError("no image given: pass --image FILE (one or more)")
-    paths = [Path(p) for p in request.images]
-    pixels = torch.cat([load_image_tensor(p, model.card) for p in paths]).to(model.device)
+    pixels, paths = request_images(model, request.images)
     check_batch_memory(model, request.batch_size, len(paths) * max(ig_steps, samples))
-    targets = target_classes(model, request.targets, len(paths))
-    panels = panel_names(paths)
-    out = prepare_out_dir(out)
+    target = request_target(model, request.targets, len(paths))
+    return _Checked(classes, pixels, paths, target)
 
+
+def request_images(model: Model, images: Images) -> tuple[torch.Tensor, list[Path]]:
+    """The pixels of the images (files, or a pixel tensor checked against the card) and their
+    names (a tensor's rows are ``image_0``, ``image_1``, ...)."""
+    if isinstance(images, torch.Tensor):
+        pixels = check_inputs(model, images).detach()
+        return pixels, [Path(f"image_{i}") for i in range(pixels.shape[0])]
+    if not images:
+        raise ConvsightError("no image given: pass --image FILE (one or more)")
+    paths = [Path(p) for p in images]
+    pixels = torch.cat([load_image_tensor(p, model.card) for p in paths]).to(model.device)
+    return pixels, paths
+
+
+def request_target(model: Model, targets: Sequence[OneTarget] | None, count: int) -> Target | None:
+    """One bound target for ``count`` images from the request's (command-line text parsed
+    by :func:`~convsight.targets.parse_target`); None when none was given."""
+    if not targets:
+        return None
+    items = [parse_target(t) if isinstance(t, str) else t for t in targets]
+    return resolve_targets(model, items, count)
+
+
+def _compute(
+    model: Model, request: SaliencyRequest, checked: _Checked, show_progress: bool
+) -> SaliencyResult:
+    pixels, paths = checked.pixels, checked.paths
     with torch.no_grad():
-        probs = model.module(model.normalize(pixels)).softmax(1)
-    predicted = probs.argmax(1).tolist()
-    targets = targets or predicted
-
+        output = model.module(model.normalize(pixels))
+    classwise = output.dim() == 2
+    probs = output.softmax(1) if classwise else None
+    predicted = probs.argmax(1).tolist() if probs is not None else None
+    target = checked.target or ClassTarget(torch.tensor(predict_or_refuse(model, predicted)))
+    scores = [float(v) for v in select(output, target)]
     options_for = functools.partial(_options, request)
-    maps = attribute_all(model, classes, pixels, targets, options_for, show_progress)
+    maps = attribute_all(model, checked.classes, pixels, target, options_for, show_progress)
     for entry in maps:  # after the progress bar: one line each
         notice_engine(entry.method.name, entry.run)
-    result = SaliencyResult(
+    classes = target.classes() if classwise else None
+    label = model.card.label
+    return SaliencyResult(
         model=request.model_name or model.card.name,
         weights=str(request.weights) if request.weights else None,
         head=model.card.head,
         paths=paths,
-        panels=panels,
-        exif_orientation=[exif_orientation(p) for p in paths],
+        panels=panel_names(paths),
+        exif_orientation=[exif_orientation(p) if p.is_file() else 1 for p in paths],
         pixels=pixels,
         probabilities=probs,
-        targets=targets,
-        target_labels=[model.card.label(t) for t in targets],
+        target=target,
+        target_scores=scores,
+        targets=classes,
+        target_labels=[label(t) for t in classes] if classes is not None else None,
         predicted=predicted,
-        predicted_labels=[model.card.label(p) for p in predicted],
+        predicted_labels=[label(p) for p in predicted] if predicted is not None else None,
         methods=maps,
         seed=request.seed,
     )
-    result.files = _write_panels(out, model.card.name, result)
-    result.files.append(_write_arrays(out, pixels, targets, maps))
-    result.files.append(write_json(out / "saliency.json", result.to_json()))
-    return result
+
+
+def predict_or_refuse(model: Model, predicted: list[int] | None) -> list[int]:
+    """The predicted classes, the default target; a model without class rows needs one."""
+    if predicted is None:
+        raise ConvsightError(
+            f"model '{model.card.name}' gives no row of class scores per image, so there is "
+            "no predicted class to explain: give --target (segment:CLASS[:MASK.png], "
+            "output:INDEX)"
+        )
+    return predicted
 
 
 def _options(request: SaliencyRequest, cls: type[Method]) -> dict[str, Any]:
@@ -250,15 +339,54 @@ def _options(request: SaliencyRequest, cls: type[Method]) -> dict[str, Any]:
     )
 
 
-def _write_arrays(
-    out: Path, pixels: torch.Tensor, targets: Sequence[int], results: Sequence[MethodMaps]
-) -> Path:
-    """``saliency.npz``: the pixels, targets, and each method's attributions and maps."""
-    arrays: dict[str, Any] = {"pixels": pixels, "targets": torch.tensor(targets)}
-    for result in results:
-        arrays[f"{result.method.name}_attributions"] = result.attributions
-        arrays[f"{result.method.name}_map"] = result.maps
-    return write_npz(out / "saliency.npz", **arrays)
+def saliency_json(result: SaliencyResult) -> dict[str, Any]:
+    """What ``saliency.json`` holds: the images, the target (a class target: each image's
+    class and probability; another: what it is and each image's score), the predicted
+    classes (class outputs) and each method's options and run."""
+    data: dict[str, Any] = {
+        "model": result.model,
+        "weights": result.weights,
+        "head": result.head,
+        "images": [str(p) for p in result.paths],
+        "exif_orientation": result.exif_orientation,  # applied; 1: as stored
+        "panels": [
+            {"image": str(p), "file": f} for p, f in zip(result.paths, result.panels, strict=True)
+        ],
+    }
+    if result.targets is not None and result.target_labels is not None:
+        data["targets"] = [
+            {"class": t, "label": label}
+            for t, label in zip(result.targets, result.target_labels, strict=True)
+        ]
+        data["target_probability"] = result.target_probability
+    else:
+        data["target"] = result.target.describe()
+        data["target_score"] = result.target_scores
+    if result.predicted is not None and result.predicted_labels is not None:
+        data["predicted"] = [
+            {"class": p, "label": label}
+            for p, label in zip(result.predicted, result.predicted_labels, strict=True)
+        ]
+    data["methods"] = {entry.method.name: _method_summary(entry) for entry in result.methods}
+    data["seed"] = result.seed
+    return data
+
+
+def write_saliency_files(out: Path, result: SaliencyResult) -> list[Path]:
+    """The panels, ``saliency.npz`` (pixels, targets, each method's attributions and maps)
+    and ``saliency.json`` in ``out``."""
+    written = _write_panels(out, result.model, result)
+    arrays: dict[str, Any] = {"pixels": result.pixels}
+    if result.targets is not None:
+        arrays["targets"] = torch.tensor(result.targets)
+    else:
+        arrays["target_scores"] = torch.tensor(result.target_scores)
+    for entry in result.methods:
+        arrays[f"{entry.method.name}_attributions"] = entry.attributions
+        arrays[f"{entry.method.name}_map"] = entry.maps
+    written.append(write_npz(out / "saliency.npz", **arrays))
+    written.append(write_json(out / "saliency.json", result.to_json()))
+    return written
 
 
 def _method_summary(result: MethodMaps) -> dict[str, Any]:
@@ -274,13 +402,7 @@ def _method_summary(result: MethodMaps) -> dict[str, Any]:
 def _write_panels(out: Path, model_name: str, result: SaliencyResult) -> list[Path]:
     """A panel per image, then ``saliency.png`` with every image."""
     heatmaps = {entry.method.title: entry.maps for entry in result.methods}
-    probs, pixels = result.probabilities, result.pixels
-    titles = [
-        f"{path.stem[:24]}\n{label[:22]} p={float(probs[i, t]):.2f}"
-        for i, (path, t, label) in enumerate(
-            zip(result.paths, result.targets, result.target_labels, strict=True)
-        )
-    ]
+    pixels, titles = result.pixels, result.captions()
     written = []
     for i, panel in enumerate(result.panels):
         one = {title: maps[i : i + 1] for title, maps in heatmaps.items()}

@@ -83,7 +83,7 @@ class RelatedWorkPart(Part[AttributionResult]):
             absent=[n.replace("_", " ") for n in FIVE_PHOTOS if labels[n] not in by_label],
             figure=ctx.rel(folder / "saliency.png"),
             images=[str(p) for p in maps.paths],
-            target_probability=maps.target_probability,
+            target_probability=maps.target_probability or [],
             methods=ran,
             options={m.method.name: m.options for m in maps.methods if m.method.name in METHODS},
         )
