@@ -123,6 +123,11 @@ class SaliencyRequest:
     model_name: str | None = None
     weights: str | os.PathLike | None = None
 
+    def __post_init__(self) -> None:
+        for target in self.targets or ():  # command-line text: its form, before any work
+            if isinstance(target, str):
+                parse_target(target)
+
 
 @dataclass(kw_only=True)
 class SaliencyResult(Result):
