@@ -298,3 +298,35 @@ def test_compress_returns_its_result_and_checks_the_request_when_made(
     saved = json.loads((tmp_path / "out" / "compression.json").read_text())
     assert saved == json.loads(json.dumps(result.to_json()))
     assert [p.name for p in result.files] == ["compression.json", "compression.png"]
+
+
+@pytest.mark.slow
+def test_compression_without_a_folder_writes_nothing_and_saves_what_a_run_writes(
+    mnist_dir, tmp_path, monkeypatch
+):
+    from convsight.models import Model, build_seed
+    from convsight.report import OUT_MARKER
+    from convsight.studies.compression import CompressionRequest, compress
+    from tests.studies.views import assert_shows, names_and_bytes
+
+    torch.manual_seed(0)
+    model = Model(*build_seed("mnist-cnn", {}))
+    fields = dict(
+        thresholds=[0.3], random_repeats=1, finetune_images=0, test_images=64, show_progress=False
+    )
+    monkeypatch.chdir(tmp_path)  # where the default folder would be
+    result = compress(model, CompressionRequest(mnist_dir, None, **fields))
+    assert list(tmp_path.iterdir()) == [] and result.files == [] and result.trials
+    assert result.save(tmp_path / "saved") == result.files
+    compress(model, CompressionRequest(mnist_dir, tmp_path / "ran", **fields))
+    mine, theirs = names_and_bytes(tmp_path / "saved"), names_and_bytes(tmp_path / "ran")
+    assert set(mine) == set(theirs) == {"compression.json", "compression.png", OUT_MARKER}
+    assert mine["compression.png"] == theirs["compression.png"]
+    untimed = [json.loads(files["compression.json"]) for files in (mine, theirs)]
+    for data in untimed:
+        data.pop("seconds")
+    assert untimed[0] == untimed[1]
+    assert_shows(result, ["accuracy against filters kept"])
+    facts = dict(result.facts())
+    assert facts["model"] == "mnist-cnn" and facts["removals scored"] == len(result.trials)
+    assert facts["accuracy, all filters"] == f"{result.baseline_accuracy:.4f}"

@@ -13,6 +13,7 @@ from convsight.cli import app
 from convsight.data.folder import class_means, load_folder
 from convsight.errors import ConvsightError
 from convsight.models import load_model
+from tests.studies.views import assert_shows, names_and_bytes
 
 runner = CliRunner()
 SHAPES = {
@@ -325,3 +326,7 @@ def test_train_subset_result_is_what_was_written(trained, tmp_path):
     state = result.model.module.state_dict()
     for name, value in saved.module.state_dict().items():
         assert torch.equal(state[name], value), name
+    assert_shows(result, ["training curves, 1 epochs", "confusion matrix (rows: true class)"])
+    written = names_and_bytes(out)
+    assert result.save(tmp_path / "copy") == result.files
+    assert names_and_bytes(tmp_path / "copy") == written

@@ -7,8 +7,10 @@ import torch
 
 from convsight.errors import ConvsightError
 from convsight.models import load_model
+from convsight.report import write_figure
 from convsight.studies.mnist import MnistTrainingRequest, MnistTrainingResult, train_mnist
 from convsight.train import EpochResult
+from tests.studies.views import assert_shows, names_and_bytes
 
 
 @pytest.mark.parametrize(
@@ -49,3 +51,10 @@ def test_result_is_what_was_written(tmp_path, mnist_dir):
     state = result.model.module.state_dict()
     for name, value in saved.module.state_dict().items():
         assert torch.equal(state[name], value), name
+    # The curves it shows are the figure it wrote; save() copies the files it wrote.
+    again = write_figure(tmp_path / "again.png", result.curves())
+    assert again.read_bytes() == (out / "training_curves.png").read_bytes()
+    assert_shows(result, ["training curves, 1 epochs"])
+    written = names_and_bytes(out)
+    assert result.save(tmp_path / "copy") == result.files
+    assert names_and_bytes(tmp_path / "copy") == written

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,34 @@ def tile_pil(image: Any) -> Image.Image:
         return img.resize(size, Resampling.BILINEAR)
     factor = max(1, THUMBNAIL // side // 2)
     return img.resize((img.width * factor, img.height * factor), Resampling.NEAREST)
+
+
+def figure_tile(figure: Figure, caption: str = "", dpi: int = 100) -> Tile:
+    """A matplotlib figure as a tile: drawn to a PNG in memory (as the files are written),
+    read back as H x W x 3 uint8; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    buffer.seek(0)
+    with Image.open(buffer) as img:
+        return Tile(np.asarray(img.convert("RGB")), caption)
+
+
+def file_tile(path: str | os.PathLike, caption: str = "") -> Tile | None:
+    """An image file (PNG, JPEG, ...) as a tile, shrunk to at most twice
+    :data:`THUMBNAIL` a side as it is read; None when it cannot be read (gone, damaged)."""
+    try:
+        with Image.open(path) as opened:
+            opened.draft("RGB", (2 * THUMBNAIL, 2 * THUMBNAIL))  # JPEG: decode small
+            img = opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    img.thumbnail((2 * THUMBNAIL, 2 * THUMBNAIL))
+    return Tile(np.asarray(img), caption)
 
 
 def data_uri(image: Any) -> str:

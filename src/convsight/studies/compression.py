@@ -36,6 +36,7 @@ from convsight.models import Model
 from convsight.paths import require_folder
 from convsight.progress import progress_bar
 from convsight.report import prepare_out_dir, write_figure, write_json
+from convsight.report.notebook import Tile, figure_tile
 from convsight.report.plots import compression_curves
 from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.results import Result
@@ -279,10 +280,11 @@ class CompressionRequest:
     """The trials :func:`compress` runs: the labelled data (a subset folder, or an MNIST
     folder for an MNIST model), the similarity thresholds, random removals per point, the
     fine-tuning images (0: none), the test images (None: all), Adam's learning rate, the
-    batch size, the output folder, the seed and the device. Checked when made."""
+    batch size, the output folder (None: nothing written; ``result.save(folder)`` writes),
+    the seed and the device. Checked when made."""
 
     data: str | os.PathLike
-    out: str | os.PathLike = "runs/compress"
+    out: str | os.PathLike | None = "runs/compress"
     thresholds: Sequence[float] = THRESHOLDS
     random_repeats: int = RANDOM_REPEATS
     finetune_images: int = 10000
@@ -326,17 +328,42 @@ class CompressionResult(Result):
             "seconds": self.seconds,
         }
 
+    def save(self, out: str | os.PathLike) -> list[Path]:
+        """Write ``compression.json`` and ``compression.png`` into ``out``."""
+        out = prepare_out_dir(out)
+        data = self.to_json()
+        self.files = [
+            write_json(out / "compression.json", data),
+            write_figure(out / "compression.png", compression_curves(data)),
+        ]
+        return self.files
+
+    def tiles(self) -> list[Tile]:
+        """Test accuracy against the filters kept, per scope and strategy."""
+        return [figure_tile(compression_curves(self.to_json()), "accuracy against filters kept")]
+
+    def facts(self) -> list[tuple[str, Any]]:
+        """The model, the data, the accuracy with every filter, the trials and the time."""
+        return [
+            ("model", self.model),
+            ("data", self.data),
+            ("accuracy, all filters", f"{self.baseline_accuracy:.4f}"),
+            ("removals scored", len(self.trials)),
+            ("conv layers", len(self.layers)),
+            ("seconds", f"{self.seconds:.1f}"),
+        ]
+
 
 def compress(model: Model, request: CompressionRequest) -> CompressionResult:
     """Run the trials (see the module docstring) on ``model``'s conv layers; write
-    ``compression.json`` and ``compression.png`` into ``request.out``. Every input is checked
-    (the data read) before the folder is created."""
+    ``compression.json`` and ``compression.png`` into ``request.out`` (None: nothing written).
+    Every input is checked (the data read) before the folder is created."""
     r = request
     module = model.module.eval()
     points = _removal_points(model)
     layers = list(points)
     data_ = compression_data(model, r.data, r.batch_size, r.finetune_images, r.seed, r.test_images)
-    out = prepare_out_dir(r.out)
+    out = prepare_out_dir(r.out) if r.out is not None else None
     seed_everything(r.seed)
     start = time.perf_counter()
     redundancy = {layer: filter_redundancy(module, layer) for layer in layers}
@@ -363,11 +390,8 @@ def compress(model: Model, request: CompressionRequest) -> CompressionResult:
         summary=summary_rows([asdict(t) for t in trials]),
         seconds=time.perf_counter() - start,
     )
-    data = result.to_json()
-    result.files = [
-        write_json(out / "compression.json", data),
-        write_figure(out / "compression.png", compression_curves(data)),
-    ]
+    if out is not None:
+        result.save(out)
     return result
 
 

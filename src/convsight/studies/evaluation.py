@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
+from convsight.attribution import Method
 from convsight.data.images import ImageStream
 from convsight.data.images import image_files as listed_images
 from convsight.engines import AUTO, predict_classes
@@ -22,6 +24,7 @@ from convsight.errors import ConvsightError
 from convsight.models import Model
 from convsight.progress import progress_bar
 from convsight.report import prepare_out_dir, write_figure, write_json, write_npz
+from convsight.report.notebook import Tile, figure_tile
 from convsight.report.overlays import faithfulness_curves, sanity_plot
 from convsight.runtime import seed_everything
 from convsight.studies.attribution import (
@@ -48,6 +51,7 @@ __all__ = [
     "EvaluationResult",
     "Protocol",
     "evaluate_chunks",
+    "evaluate",
     "evaluate_methods",
     "evaluate_with",
     "image_files",
@@ -125,6 +129,8 @@ class EvaluationResult(Result):
     skipped: list[dict[str, str]]
     protocol: Protocol
     methods: dict[str, dict[str, Any]]
+    card_name: str = ""
+    """The model card's name (the plots' titles; ``model`` is what the JSON calls it)."""
 
     @property
     def table(self) -> list[dict[str, Any]]:
@@ -144,6 +150,77 @@ class EvaluationResult(Result):
             "methods": self.methods,
         }
 
+    def save(self, out: str | os.PathLike) -> list[Path]:
+        """Write ``evaluation.json``, ``curves.png`` and ``curves.npz`` (deletion or
+        insertion asked for) and ``sanity.png`` (the sanity check) into ``out``."""
+        out = prepare_out_dir(out)
+        files = [write_json(out / "evaluation.json", self.to_json())]
+        curves = _curves(self.methods, self.protocol.metrics)
+        if curves:
+            files.append(write_figure(out / "curves.png", self._curves_figure(curves)))
+            arrays = {
+                f"{kind}_{name}": np.stack(xy)
+                for kind, per in curves.items()
+                for name, xy in per.items()
+            }
+            files.append(write_npz(out / "curves.npz", None, **arrays))
+        if "sanity" in self.protocol.metrics:
+            files.append(write_figure(out / "sanity.png", self._sanity_figure()))
+        self.files = files
+        return files
+
+    def tiles(self) -> list[Tile]:
+        """The deletion / insertion curves and the sanity plot, as asked for."""
+        tiles = []
+        curves = _curves(self.methods, self.protocol.metrics)
+        if curves:
+            tiles.append(figure_tile(self._curves_figure(curves), " and ".join(curves) + " curves"))
+        if "sanity" in self.protocol.metrics:
+            tiles.append(figure_tile(self._sanity_figure(), "model randomization"))
+        return tiles
+
+    def facts(self) -> list[tuple[str, Any]]:
+        """The model, the images, the step and a line per method (its AUCs, its correlation
+        once the model is randomized)."""
+        facts: list[tuple[str, Any]] = [
+            ("model", self.model),
+            ("images", f"{len(self.images)} ({len(self.skipped)} skipped)"),
+            ("step", f"{self.protocol.step} px"),
+        ]
+        for row in self.table:
+            values = [
+                f"{k.removesuffix('_auc')} AUC {v:.4f}"
+                for k, v in row.items()
+                if k.endswith("_auc")
+            ]
+            if "sanity_spearman_fully_randomized" in row:
+                values.append(f"randomized r {row['sanity_spearman_fully_randomized']:.3f}")
+            facts.append((row["method"], ", ".join(values)))
+        return facts
+
+    def _curves_figure(self, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> Figure:
+        name = self.card_name or self.model
+        title = f"{name}, {len(self.images)} images, step {self.protocol.step} px"
+        return faithfulness_curves(curves, title)
+
+    def _sanity_figure(self) -> Figure:
+        lines = {
+            name: (
+                [s["randomized_down_to"] for s in entry["sanity"]["stages"]],
+                [s["spearman_mean"] for s in entry["sanity"]["stages"]],
+            )
+            for name, entry in self.methods.items()
+        }
+        return sanity_plot(lines, f"model randomization, {self.card_name or self.model}")
+
+
+def evaluate(
+    model: Model, request: EvaluationRequest, show_progress: bool = True
+) -> EvaluationResult:
+    """Evaluate methods on a folder of images (see :func:`write_evaluation`) and write nothing:
+    ``result.save(folder)`` writes the files."""
+    return _evaluated(model, request, _checked(model, request), show_progress)
+
 
 def write_evaluation(
     model: Model,
@@ -156,27 +233,47 @@ def write_evaluation(
     The target of each image is the class the model predicts (as in RISE). Writes
     ``evaluation.json`` (``result.to_json()``: a table of mean AUCs, per-image values, sanity
     correlations, every setting), ``curves.png`` and ``curves.npz``, and ``sanity.png`` when
-    asked for.
+    asked for (:meth:`EvaluationResult.save`).
 
     The folder is streamed 8 images at a time (:func:`evaluate_chunks`): memory is bounded by
     the chunk, and per image only scalars are kept (no map is written; ``curves.npz`` holds
     the mean curves). Unreadable files are skipped and listed; a folder with no readable
     image fails before any output.
     """
+    checked = _checked(model, request)  # no readable image: an input error, before the folder
+    out = prepare_out_dir(out)
+    result = _evaluated(model, request, checked, show_progress)
+    result.save(out)
+    return result
+
+
+_Checked = tuple[list[type[Method]], Protocol, ImageStream]
+
+
+def _checked(model: Model, request: EvaluationRequest) -> _Checked:
+    """Seed, then check every input (the folder must hold a readable image): the methods'
+    classes, the protocol and the image stream."""
     seed_everything(request.seed)
     classes = check_methods(model, request.methods, request.layer)
     check_settings(request.batch_size, 1, 1, request.engine)
     protocol = request.protocol()
     _check_protocol(protocol)
     folder = ImageStream(image_files(request.images, request.limit), model.card, protocol.chunk)
-    folder.check()  # no readable image: an input error, before the output folder exists
-    out = prepare_out_dir(out)
+    folder.check()
+    return classes, protocol, folder
+
+
+def _evaluated(
+    model: Model, request: EvaluationRequest, checked: _Checked, show_progress: bool
+) -> EvaluationResult:
+    """Run the checked evaluation; the result (nothing written)."""
+    classes, protocol, folder = checked
     with progress_bar(show_progress) as bar:
         task = bar.add_task("evaluate", total=len(classes) * len(folder.files), status="")
         chunks = _predicted(folder, model, protocol, (bar, task), len(classes))
         found = evaluate_chunks(model, chunks, classes, protocol, request.layer, (bar, task))
     notice_engines(found, CURVES)
-    result = EvaluationResult(
+    return EvaluationResult(
         model=request.model_name or model.card.name,
         weights=str(request.weights) if request.weights else None,
         head=model.card.head,
@@ -184,11 +281,8 @@ def write_evaluation(
         skipped=folder.skipped,
         protocol=protocol,
         methods=found["methods"],
+        card_name=model.card.name,
     )
-    result.files = [write_json(out / "evaluation.json", result.to_json())]
-    title = f"{model.card.name}, {len(folder.kept)} images, step {protocol.step} px"
-    result.files += _write_plots(out, result.methods, protocol.metrics, title, model.card.name)
-    return result
 
 
 def _check_protocol(protocol: Protocol) -> None:
@@ -233,16 +327,11 @@ def _table(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-def _write_plots(
-    out: Path,
-    methods: dict[str, dict[str, Any]],
-    metrics: Sequence[str],
-    title: str,
-    model_name: str,
-) -> list[Path]:
-    """``curves.png`` and ``curves.npz`` (mean curves), and ``sanity.png``, as asked for."""
-    written = []
-    curves = {
+def _curves(
+    methods: dict[str, dict[str, Any]], metrics: Sequence[str]
+) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The mean deletion / insertion curve of each method (fraction, probability), as asked for."""
+    return {
         kind: {
             name: (
                 np.array(entry[f"{kind}_curve"]["fraction"]),
@@ -253,22 +342,3 @@ def _write_plots(
         for kind in CURVES
         if kind in metrics
     }
-    if curves:
-        written.append(write_figure(out / "curves.png", faithfulness_curves(curves, title)))
-        arrays = {
-            f"{kind}_{name}": np.stack(xy)
-            for kind, per in curves.items()
-            for name, xy in per.items()
-        }
-        written.append(write_npz(out / "curves.npz", None, **arrays))
-    if "sanity" in metrics:
-        lines = {
-            name: (
-                [s["randomized_down_to"] for s in entry["sanity"]["stages"]],
-                [s["spearman_mean"] for s in entry["sanity"]["stages"]],
-            )
-            for name, entry in methods.items()
-        }
-        figure = sanity_plot(lines, f"model randomization, {model_name}")
-        written.append(write_figure(out / "sanity.png", figure))
-    return written

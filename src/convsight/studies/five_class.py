@@ -26,6 +26,7 @@ from convsight.report import (
     write_npz,
 )
 from convsight.report.grids import image_grid
+from convsight.report.notebook import Tile, figure_tile
 from convsight.report.plots import confusion_matrix
 from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.numbers import STUDY
@@ -194,6 +195,17 @@ class SubsetTrainingResult(TrainingResult):
             "study": STUDY.five_class_json(),
             "seconds": self.seconds,
         }
+
+    def tiles(self) -> list[Tile]:
+        """The training curves and the confusion matrix (the classes as labels)."""
+        title = self.model.card.name + (" (fine-tuned head)" if self.finetune else "")
+        matrix = confusion_matrix(self.confusion_matrix, self.classes, title)
+        return super().tiles() + [figure_tile(matrix, "confusion matrix (rows: true class)")]
+
+    def facts(self) -> list[tuple[str, Any]]:
+        """The training facts, then each class's test accuracy (a line each)."""
+        per_class = [(c, f"{a:.4f}") for c, a in self.per_class_accuracy.items()]
+        return super().facts() + per_class
 
 
 def train_subset(request: SubsetTrainingRequest) -> SubsetTrainingResult:

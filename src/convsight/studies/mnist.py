@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 
 from convsight.activations import activations
 from convsight.data import exif_orientation, load_image_tensor, load_mnist, mnist_loaders
@@ -82,6 +83,11 @@ class MnistTrainingResult(TrainingResult):
             "torch_threads": self.torch_threads,
         }
 
+    def curves(self) -> Figure:
+        """The training curves beside the study's test accuracy (``training_curves.png``)."""
+        title = f"MNIST CNN, stride {self.settings['stride']}, padding {self.settings['padding']}"
+        return training_curves(self.rows, title, STUDY.mnist_test_accuracy)
+
 
 def train_mnist(request: MnistTrainingRequest) -> MnistTrainingResult:
     """Train the MNIST CNN (built here from the seed, as ``request`` says); write
@@ -125,11 +131,9 @@ def train_mnist(request: MnistTrainingRequest) -> MnistTrainingResult:
         seconds=seconds,
         torch_threads=torch.get_num_threads(),
     )
-    title = f"MNIST CNN, stride {r.stride}, padding {r.padding}"
-    curves = training_curves(result.rows, title, STUDY.mnist_test_accuracy)
     result.files = files + [
         write_json(out / "metrics.json", result.to_json()),
-        write_figure(out / "training_curves.png", curves),
+        write_figure(out / "training_curves.png", result.curves()),
     ]
     return result
 

@@ -19,6 +19,7 @@ from convsight.data.folder import scan_folder, scan_imagenet, split_files
 from convsight.data.mnist import load_mnist
 from convsight.errors import ConvsightError
 from convsight.report import atomic_path, prepare_out_dir, safe_filename, unique_names, write_json
+from convsight.report.notebook import MAX_TILES, Tile, file_tile
 from convsight.studies.results import Result
 
 FASHION_CLASSES = [
@@ -33,6 +34,8 @@ FASHION_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
+EXAMPLES_SHOWN = 4
+"""The most training images of a class the inline view shows."""
 FASHION_DEFAULT = ["Trouser", "Pullover", "Sandal", "Bag", "Ankle boot"]
 
 
@@ -94,6 +97,31 @@ class SubsetResult(Result):
             "missing": self.missing,
             "files": self.entries,
         }
+
+    def tiles(self) -> list[Tile]:
+        """The first :data:`EXAMPLES_SHOWN` training images of each class (fewer a class when
+        there are many classes), read from the files written; the class as caption."""
+        each = max(1, min(EXAMPLES_SHOWN, MAX_TILES // max(1, len(self.classes))))
+        shown: dict[str, int] = {}
+        tiles = []
+        for entry in self.entries:
+            name = entry["class"]
+            if entry["split"] != "train" or shown.get(name, 0) >= each:
+                continue
+            tile = file_tile(entry["path"], name)
+            if tile is not None:
+                shown[name] = shown.get(name, 0) + 1
+                tiles.append(tile)
+        return tiles
+
+    def facts(self) -> list[tuple[str, Any]]:
+        """The source, then each class's train and test counts (a line each)."""
+        counts = [
+            (name, ", ".join(f"{n} {split}" for split, n in split_counts.items()))
+            for name, split_counts in self.counts.items()
+        ]
+        left_out = [("left out", f"{len(self.skipped)} unreadable, {len(self.missing)} missing")]
+        return [("source", self.source), *left_out, *counts]
 
 
 def make_subset(request: SubsetRequest) -> SubsetResult:

@@ -9,7 +9,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from convsight.report import safe_filename
+from convsight.report.notebook import MAX_TILES, Tile, file_tile
 from convsight.studies.results import Result
+
+CHANNELS_SHOWN = 4
+"""The most channels of a layer the inline view shows."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,42 @@ class AtlasResult(Result):
     def to_json(self) -> dict[str, Any]:
         """What ``atlas.json`` holds."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "files"}
+
+    def tiles(self) -> list[Tile]:
+        """Per layer, its first channels as the last preset renders them (the pictures the
+        layer pages lead with), read from the atlas's folder; a few a layer, so that every
+        layer is shown. A picture that is gone is left out."""
+        if not self.files or not self.presets:
+            return []
+        out, preset = self.index.parent, safe_filename(self.presets[-1])
+        each = max(1, min(CHANNELS_SHOWN, MAX_TILES // max(1, len(self.layers))))
+        tiles = []
+        for layer in self.layers:
+            dead = set(layer.get("dead", []))
+            for channel in layer["channels"][:each]:
+                caption = f"{layer['name']} c{channel}" + (" (dead)" if channel in dead else "")
+                path = out / layer["dir"] / "img" / f"c{channel}_{preset}.png"
+                tile = file_tile(path, caption)
+                if tile is not None:
+                    tiles.append(tile)
+        return tiles
+
+    def facts(self) -> list[tuple[str, Any]]:
+        """The model, the channels done and the time, then a line per layer."""
+        per = self.seconds_per_channel
+        facts: list[tuple[str, Any]] = [
+            ("model", self.model),
+            ("presets", ", ".join(self.presets)),
+            ("channels", f"{self.channels} ({self.rendered_this_run} rendered this run)"),
+            (
+                "seconds",
+                f"{self.seconds_this_run:.1f}" + (f" ({per:.2f} a channel)" if per else ""),
+            ),
+            ("dataset", f"{self.dataset} ({self.dataset_size} images)" if self.dataset else "none"),
+        ]
+        if self.files:
+            facts.append(("index", str(self.index)))
+        for layer in self.layers:
+            count, dead = len(layer["channels"]), len(layer.get("dead", []))
+            facts.append((layer["name"], f"{layer.get('type', '')}, {count} channels, {dead} dead"))
+        return facts
