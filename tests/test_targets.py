@@ -123,3 +123,20 @@ def test_probabilities_need_class_scores_and_curves_score_outputs_as_they_are(ti
     with torch.no_grad():
         first = float(tiny.module(tiny.normalize(x))[0, 0])
     assert float(curves.scores[0, 0]) == pytest.approx(first, rel=1e-5)
+
+
+def test_a_class_model_of_any_target(tiny):
+    """render_targets: a class target renders what render_classes renders with the logit
+    objective (same seeds, same steps); an output and a function render too."""
+    from convsight.optvis.render import render_classes, render_targets
+    from convsight.optvis.settings import settings_for
+
+    settings = settings_for("paper", "class", steps=3, size=32)
+    by_class = render_classes(tiny, ["dog", "fish"], settings=settings, seed=0)
+    by_target = render_targets(
+        tiny, [ClassTarget("dog"), ClassTarget("fish")], settings=settings, seed=0
+    )
+    assert by_target.images.shape == by_class.images.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(by_target.values, by_class.values)
+    mixed = render_targets(tiny, [OutputTarget(3), lambda out: -out[:, 0]], settings=settings)
+    assert mixed.images.shape[0] == 2 and torch.isfinite(mixed.values).all()

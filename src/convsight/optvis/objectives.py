@@ -24,6 +24,7 @@ from convsight.optvis.objective_base import Context as Context
 from convsight.optvis.objective_base import Objective as Objective
 from convsight.optvis.objective_base import Rows as Rows
 from convsight.optvis.objective_base import objective as objective
+from convsight.targets import Target
 
 
 def _view_mean(x: torch.Tensor, views: int) -> torch.Tensor:
@@ -95,6 +96,20 @@ def class_score(
     index = ctx.pick(classes, "classes").to(logits.device)
     score = logits.gather(1, index[:, None])[:, 0]
     return score - logits.mean(1) if kind == "margin" else score
+
+
+def _target_text(target: Target, label: str | None = None) -> str:
+    return f"target({label or target.describe()})"
+
+
+@objective(_target_text, layer=OUTPUT)
+def target_score(ctx: Context, target: Target, label: str | None = None) -> torch.Tensor:
+    """Any target of the model's output (:mod:`convsight.targets`, bound to the batch: a
+    class, a margin, a segment, an output of a regression net, one per row), on the mean of
+    each image's views. ``label`` names it in the description."""
+    output = ctx.acts[OUTPUT]
+    output = _view_mean(output, ctx.views)
+    return (target if ctx.rows is None else target[ctx.rows.cpu()])(output)
 
 
 def _act_and_direction(

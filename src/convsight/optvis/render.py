@@ -35,6 +35,7 @@ from convsight.optvis.recipes import build, class_objective, make_param, row_gen
 from convsight.optvis.settings import CLASS_PRESETS, PRESETS, RenderSettings, settings_for
 from convsight.optvis.transforms import Compose, RowRandom, Transform
 from convsight.progress import progress_bar
+from convsight.targets import OneTarget, resolve_targets
 
 __all__ = [
     "CLASS_PRESETS",
@@ -251,6 +252,31 @@ def _chosen(
     if any(value is not None for value in overrides.values()):
         raise ConvsightError("give render settings or overrides of a preset, not both")
     return settings
+
+
+def render_targets(
+    model: Model,
+    targets: Sequence[OneTarget],
+    preset: str = "robust",
+    seed: int = 0,
+    init_pixels: torch.Tensor | None = None,
+    progress: bool = False,
+    settings: RenderSettings | None = None,
+    **overrides: Any,
+) -> RenderResult:
+    """One image per target (:mod:`convsight.targets`: a class, a margin, a segment, an
+    output of a regression net, a function of the output) maximizing its score, row i seeded
+    from (seed, its class) for class targets, else (seed, i). The settings are ``preset`` with its class defaults and ``overrides``, or
+    ``settings``; their class objective applies to :func:`render_classes`, not here: each
+    target is its own score."""
+    settings = _chosen(settings, preset, "class", overrides)
+    bound = resolve_targets(model, list(targets), len(targets)) if targets else None
+    if bound is None:
+        raise ConvsightError("no targets given")
+    keys = bound.classes() or list(range(len(targets)))  # seeds as render_classes's
+    rows = (obj.target_score(bound), keys, seed)
+    description = f"{len(targets)} targets"
+    return _render_rows(model, rows, settings, init_pixels, progress, description)
 
 
 def render_channels(
