@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from convsight.errors import ConvsightError
 from convsight.models import Model, ModelCard, load_model
 from convsight.optvis.settings import settings_for
 from convsight.studies import invariances as study
+from tests.studies.views import check_views, nothing_written, same_files, small_model
 
 SIDE = 16
 
@@ -392,3 +394,22 @@ def test_result_holds_the_arrays_and_its_json_is_summary_json(tmp_path):
     assert {p.name for p in result.files} >= {"summary.json", "invariances.npz", "optimum.png"}
     with pytest.raises(ConvsightError, match="--ascend"):
         study.InvariancesRequest(study.Unit("features.3", 1), settings, ascend=-1)
+
+
+@pytest.mark.slow
+def test_result_shows_itself_and_saves_what_a_folder_gets(tmp_path, monkeypatch):
+    model = small_model()
+    monkeypatch.chdir(tmp_path)
+    settings = settings_for("robust", "channel", steps=3)
+    request = study.InvariancesRequest(
+        study.Unit("2", 1), settings, k=1, frames=3, angle=30, show_progress=False
+    )
+    result = study.write_invariances(model, request)
+    assert result.files == [] and nothing_written(tmp_path)  # no folder: nothing written
+    captions = ["optimum: ", "invariant 1, 30°: ", "selective 1, 30°: ", "2 channel 1"]
+    check_views(result, 3, captions)
+    assert dict(result.facts())["settings"] == "k 1, 3 frames to 30°, ascend 0"
+    saved = result.save(tmp_path / "later")
+    direct = study.write_invariances(model, replace(request, out=tmp_path / "direct"))
+    same_files(saved, direct.files)
+    assert saved[-1].name == "summary.json" and len(saved) == 9

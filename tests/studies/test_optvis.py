@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from convsight.errors import ConvsightError
 from convsight.optvis.settings import RenderSettings, settings_for
@@ -16,6 +17,7 @@ from convsight.studies.optvis import (
     classviz,
     maximize,
 )
+from tests.studies.views import check_views, nothing_written, same_files, small_model
 
 
 def same_json(path, data, tmp_path) -> bool:
@@ -75,3 +77,72 @@ def test_chosen_settings_are_those_off_the_preset():
     assert chosen_settings(RenderSettings(views=2)) == {"views"}  # preset "custom"
     request = MaximizeRequest("x", [0], settings_for(steps=4), chosen=frozenset({"size"}))
     assert request.given() == {"size"}  # what the user chose, when the caller knows it
+
+
+@pytest.mark.slow
+def test_maximize_shows_itself_and_saves_what_a_folder_gets(tmp_path, monkeypatch):
+    model = small_model()
+    monkeypatch.chdir(tmp_path)
+    request = MaximizeRequest("2", "0-2", settings_for(steps=2, size=16), seed=3)
+    result = maximize(model, request, show_progress=False)
+    assert result.files == [] and nothing_written(tmp_path)  # no folder: nothing written
+    check_views(result, 3, ["2:0 ", "2:1 ", "2:2 ", "small", "preset robust, 2 steps"])
+    saved = result.save(tmp_path / "later")
+    assert result.files == saved and saved[0].parent == tmp_path / "later"
+    direct = maximize(model, request, out=tmp_path / "direct", show_progress=False)
+    same_files(saved, direct.files)
+
+
+def test_classviz_shows_its_class_labels_and_saves_what_a_folder_gets(tmp_path, monkeypatch):
+    model = small_model()
+    monkeypatch.chdir(tmp_path)
+    request = ClassvizRequest(["cow", 0], settings_for("robust", "class", steps=2), seed=1)
+    result = classviz(model, request, show_progress=False)
+    assert result.files == [] and nothing_written(tmp_path)
+    html = check_views(result, 2, ["cow p=", "ant p=", "cow, ant"])
+    assert html.index("cow p=") < html.index("ant p=")  # in the order asked
+    saved = result.save(tmp_path / "later")
+    direct = classviz(model, request, out=tmp_path / "direct", show_progress=False)
+    same_files(saved, direct.files)
+    assert "class_0002_cow.png" in [p.name for p in saved]
+
+
+def _made(kind, **more):
+    """A result made by hand: two rows of random pictures, the second one dead."""
+    common = {
+        "model": "m<b>",
+        "weights": None,
+        "objective": "mean",
+        "images": torch.rand(2, 3, 8, 8),
+        "values": torch.tensor([0.5, 0.0]),
+        "dead": [1],
+        "settings": settings_for(steps=2),
+        "seed": 0,
+        "device": "cpu",
+        "seconds": 0.25,
+    }
+    return kind(**common, **more)
+
+
+def test_captions_say_the_dead_rows_and_are_escaped(tmp_path):
+    result = _made(MaximizeResult, layer="conv", channels=[4, 9])
+    assert [t.caption for t in result.tiles()] == ["conv:4 0.5", "conv:9 (dead)"]
+    assert ("dead channels", "9") in result.facts() and ("model", "m<b>") in result.facts()
+    assert "m&lt;b&gt;" in result._repr_html_() and "m<b>" not in result._repr_html_()
+    rows = [
+        {"name": name, "probability": 0.25, "dead": dead, "file": f"{name}.png"}
+        for name, dead in (("cat", False), ("dog", True))
+    ]
+    for row in rows:
+        row["mean_of_images"] = 3
+    start = torch.rand(2, 3, 8, 8)
+    classes = _made(
+        ClassvizResult, head="logits", init="mean", dataset="d", indices=[0, 1], rows=rows,
+        start=start,
+    )  # fmt: skip
+    assert [t.caption for t in classes.tiles()] == ["cat p=0.25", "dog (dead)"]
+    assert ("dead classes", "dog") in classes.facts() and ("start", "mean (d)") in classes.facts()
+    written = classes.save(tmp_path / "out")
+    assert [p.name for p in written] == [
+        "grid.png", "cat.png", "dog.png", "images.npz", "start.png", "summary.json",
+    ]  # fmt: skip

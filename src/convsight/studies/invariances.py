@@ -14,14 +14,11 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from convsight.analysis.invariances import (
     HessianScale,
@@ -38,13 +35,12 @@ from convsight.models import Model
 from convsight.optvis.model_hooks import check_model_hooks
 from convsight.optvis.render import RenderResult, render_channels, render_classes
 from convsight.optvis.settings import RenderSettings
-from convsight.report import prepare_out_dir, write_figure, write_json, write_npz
-from convsight.report.grids import image_grid
-from convsight.report.images import write_gif, write_image
+from convsight.report import prepare_out_dir, write_json
+from convsight.report.notebook import Tile
 from convsight.runtime import resolve_device, seed_everything
+from convsight.studies.invariances_files import GIF_SIDE as GIF_SIDE
+from convsight.studies.invariances_files import write_outputs
 from convsight.studies.results import Result
-
-GIF_SIDE = 160  # GIF frames are enlarged (nearest neighbour) to at least this many pixels
 
 
 @dataclass(frozen=True)
@@ -177,60 +173,26 @@ def _paths(
     return result
 
 
-def _strip(images: torch.Tensor, values: torch.Tensor, angles: Sequence[float], title: str):
-    titles = [f"{a:.0f}°: {v:.3g}" for a, v in zip(angles, values.tolist(), strict=True)]
-    return image_grid(images.float().clamp(0, 1), titles, len(angles), title)
-
-
-def spectrum_figure(found: Invariances, title: str) -> Figure:
-    """The eigenvalues found: invariances (falls least) and selective directions (falls most)."""
-    fig = Figure(figsize=(6, 3.4), layout="constrained")
-    ax = fig.subplots()
-    inv, sel = found.invariant_values.tolist(), found.selective_values.tolist()
-    ax.plot(range(1, len(inv) + 1), inv, "o-", label="invariances (response falls least)")
-    ax.plot(range(1, len(sel) + 1), sel, "s-", label="selective (response falls most)")
-    ax.axhline(0, color="grey", lw=1, ls="--")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("rank")
-    ax.set_ylabel("eigenvalue of the Hessian on the sphere")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    return fig
-
-
-def _write_directions(out: Path, found: Invariances, paths: dict, angles: list[float], name: str):
-    """Per direction: a strip PNG and a GIF; all of them in one figure; the rows of the JSON."""
-    written, rows, tiles, titles = [], [], [], []
+def _direction_rows(found: Invariances, paths: dict, angles: list[float]) -> list[dict[str, Any]]:
+    """The JSON row of each direction: its eigenvalue, the responses along its path and the
+    names of its strip and GIF."""
+    rows = []
     for kind in ("invariant", "selective"):
-        values = getattr(found, f"{kind}_values").tolist()
-        for i, eigenvalue in enumerate(values):
+        for i, eigenvalue in enumerate(getattr(found, f"{kind}_values").tolist()):
             stem = f"{kind}_{i + 1:02d}"
-            images, on_sphere = paths[kind]["images"][i], paths[kind]["on_sphere"][i]
-            label = f"{name}: {kind} {i + 1}, eigenvalue {eigenvalue:.3g}"
-            strip = _strip(images, on_sphere, angles, label)
-            written.append(write_figure(out / f"{stem}.png", strip, within=out))
-            written.append(write_gif(out / f"{stem}.gif", images, GIF_SIDE, within=out))
-            tiles.append(images)
-            titles += [
-                f"{kind[:3]} {i + 1}, {a:.0f}°: {v:.3g}"
-                for a, v in zip(angles, on_sphere.tolist(), strict=True)
-            ]
             rows.append(
                 {
                     "kind": kind,
                     "rank": i + 1,
                     "eigenvalue": eigenvalue,
                     "angles_degrees": angles,
-                    "response_on_sphere": on_sphere.tolist(),
+                    "response_on_sphere": paths[kind]["on_sphere"][i].tolist(),
                     "response_clipped": paths[kind]["clipped"][i].tolist(),
                     "strip": f"{stem}.png",
                     "gif": f"{stem}.gif",
                 }
             )
-    overview = image_grid(torch.cat(tiles).float().clamp(0, 1), titles, len(angles), name)
-    written.append(write_figure(out / "invariances.png", overview, within=out))
-    return written, rows
+    return rows
 
 
 @dataclass(frozen=True)
@@ -238,8 +200,9 @@ class InvariancesRequest:
     """What :func:`write_invariances` analyses: the unit, the render settings of its optimum
     (``given``: the settings the user set; their model hooks must find their layers), k
     directions of each kind, the Hessian's scale, ``ascend`` steps up the sphere first, the
-    frames and degrees of each path, the output folder, the seed and the device. ``weights``
-    says where the model came from (recorded, not read). Checked when made."""
+    frames and degrees of each path, the output folder (None: nothing written), the seed and
+    the device. ``weights`` says where the model came from (recorded, not read). Checked when
+    made."""
 
     unit: Unit
     settings: RenderSettings
@@ -249,7 +212,7 @@ class InvariancesRequest:
     ascend: int = 0
     frames: int = 9
     angle: float = 45.0
-    out: str | os.PathLike = "runs/invariances"
+    out: str | os.PathLike | None = None
     seed: int = 0
     device: str = "auto"
     show_progress: bool = True
@@ -309,21 +272,69 @@ class InvariancesResult(Result):
             data["surrogate"] = self.surrogate
         return data | {"seconds_total": self.seconds_total}
 
+    @property
+    def unit_name(self) -> str:
+        """The unit in words: ``LAYER channel N`` or ``class LABEL``."""
+        unit = self.unit
+        if unit["kind"] == "channel":
+            return f"{unit['layer']} channel {unit['channel']}"
+        return f"class {unit['label']}"
+
+    def save(self, out: str | os.PathLike) -> list[Path]:
+        """Optimum, strips, GIFs, the overview, the spectrum, the arrays and ``summary.json``."""
+        folder = prepare_out_dir(out)
+        title = f"{self.model} {self.unit_name}"
+        written = write_outputs(folder, self.found, self.paths, self.angles, title)
+        written.append(write_json(folder / "summary.json", self.to_json(), within=folder))
+        self.files = written
+        return written
+
+    def tiles(self) -> list[Tile]:
+        """The optimum, then the end of each direction's path (its last frame, clipped)."""
+        tiles = [Tile(self.found.point.clamp(0, 1), f"optimum: {self.found.value:.3g}")]
+        for row in self.directions:
+            kind, rank = row["kind"], row["rank"]
+            frame = self.paths[kind]["images"][rank - 1][-1].clamp(0, 1)
+            end, value = row["angles_degrees"][-1], row["response_on_sphere"][-1]
+            tiles.append(Tile(frame, f"{kind} {rank}, {end:.0f}°: {value:.3g}"))
+        return tiles
+
+    def facts(self) -> list[tuple[str, Any]]:
+        """The model, unit, response, eigenvalues, whether they are reliable, the settings."""
+        found, settings = self.found, self.settings
+        return [
+            ("model", self.model),
+            ("unit", self.unit_name),
+            ("objective", self.objective),
+            ("response", f"{found.value:.4g}"),
+            ("invariant eigenvalues", ", ".join(f"{v:.3g}" for v in found.invariant_values)),
+            ("selective eigenvalues", ", ".join(f"{v:.3g}" for v in found.selective_values)),
+            ("reliable", "not checked" if found.reliable is None else found.reliable),
+            (
+                "settings",
+                f"k {settings['k']}, {settings['frames']} frames to "
+                f"{settings['angle_degrees']}°, ascend {settings['ascend']}",
+            ),
+            ("seconds", round(self.seconds_total, 2)),
+        ]
+
 
 def write_invariances(model: Model, request: InvariancesRequest) -> InvariancesResult:
     """Render the optimum of the request's unit, optionally move it ``ascend`` steps up its
     sphere, then find its k invariances and k most selective directions on the response's
-    level set there: strips, GIFs, spectrum, npz, summary.json."""
+    level set there. With ``request.out``, written there as :meth:`InvariancesResult.save`
+    does (strips, GIFs, spectrum, npz, summary.json), the folder made once every input is
+    checked; without, nothing is written."""
     r, unit, settings = request, request.unit, request.settings
     seed_everything(r.seed)
     loaded = model.to(resolve_device(r.device))
-    f, index, name = unit.response(loaded, settings.size)
+    f, index, _ = unit.response(loaded, settings.size)
     smooth_f, replaced = _surrogate_response(loaded, unit, settings.size, r.scale.softplus)
     side = (settings.size, settings.size) if settings.size else loaded.card.input_size
     check_k(r.k, loaded.card.channels * side[0] * side[1])
     skip = settings.skip_gradient if "skip_gradient" in r.given else 1.0
     check_model_hooks(loaded.module, settings.ghost, settings.bn_prior, skip)
-    out = prepare_out_dir(r.out)
+    out = None if r.out is None else prepare_out_dir(r.out)
     seed_everything(r.seed)
     began = time.perf_counter()
     rendered: RenderResult = unit.render(loaded, index, settings, r.seed, r.show_progress)
@@ -331,14 +342,14 @@ def write_invariances(model: Model, request: InvariancesRequest) -> InvariancesR
     found = invariances(smooth_f or f, point, r.k, r.scale, seed=r.seed, level_set=True)
     angles = torch.linspace(0.0, r.angle, r.frames).tolist()
     paths = _paths(f, found, r.frames, r.angle, loaded.device, r.seed)
-    written, rows = _write_outputs(out, found, paths, angles, f"{loaded.card.name} {name}")
+    rows = _direction_rows(found, paths, angles)
     result = _result(loaded, r, index, rendered, found, (paths, angles, rows), ascent)
     if smooth_f is not None:  # the Hessian is the surrogate's; the paths show the network
         network = float(responses(f, found.point[None].to(loaded.device))[0])
         result.surrogate = {"relus_replaced": replaced, "response_of_network": network}
     result.seconds_total = time.perf_counter() - began
-    written.append(write_json(out / "summary.json", result.to_json(), within=out))
-    result.files = written
+    if out is not None:
+        result.save(out)
     return result
 
 
@@ -350,19 +361,6 @@ def _surrogate_response(loaded: Model, unit: Unit, size: int | None, beta: float
 
     surrogate, replaced = softplus_surrogate(loaded, beta)
     return unit.response(surrogate, size)[0], replaced
-
-
-def _write_outputs(out: Path, found: Invariances, paths: dict, angles: list[float], title: str):
-    """Optimum, strips, GIFs, the overview, the spectrum and the arrays; the JSON rows."""
-    written = [write_image(out / "optimum.png", found.point, min_side=128, within=out)]
-    more, rows = _write_directions(out, found, paths, angles, title)
-    written += more
-    written.append(write_figure(out / "spectrum.png", spectrum_figure(found, title), within=out))
-    arrays = {f"{kind}_frames": paths[kind]["images"] for kind in ("invariant", "selective")}
-    directions = {"invariant": found.invariant, "selective": found.selective}
-    path = out / "invariances.npz"
-    written.append(write_npz(path, within=out, optimum=found.point, **directions, **arrays))
-    return written, rows
 
 
 def _result(loaded, request, index, rendered, found, drawn, ascent) -> InvariancesResult:

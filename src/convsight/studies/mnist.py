@@ -29,11 +29,15 @@ from convsight.report import (
     write_npz,
 )
 from convsight.report.grids import image_grid
+from convsight.report.notebook import MAX_TILES, Tile
 from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.numbers import STUDY
 from convsight.studies.results import Result
 from convsight.studies.training import TrainingResult, loader_size, trained_model
 from convsight.train import check_lr, fit
+
+TILE_CHANNELS = 8
+"""The most channels of a layer the inline view shows."""
 
 
 @dataclass(frozen=True)
@@ -231,14 +235,58 @@ class ActivationsResult(Result):
             "settings": {"max_channels": self.max_channels, "seed": self.seed},
         }
 
+    def save(self, out: str | os.PathLike) -> list[Path]:
+        """The input, one channel-grid PNG per layer, ``activations.npz`` and
+        ``activations.json``."""
+        folder = prepare_out_dir(out)
+        written = [write_figure(folder / "input.png", image_grid(self.pixels, [self.input]))]
+        for name, value in self.maps.items():
+            written.append(
+                _write_channel_grid(folder, self.model, name, value[0], self.max_channels)
+            )
+        written.append(write_npz(folder / "activations.npz", None, input=self.pixels, **self.maps))
+        written.append(write_json(folder / "activations.json", self.to_json()))
+        self.files = written
+        return written
+
+    def tiles(self) -> list[Tile]:
+        """The input, then each layer's first few channels (as many as fit the view for
+        every layer, at most :data:`TILE_CHANNELS`), each map grey from its own min to max."""
+        tiles = [Tile(self.pixels[0], "input")]
+        per_layer = max(1, min(TILE_CHANNELS, (MAX_TILES - 1) // max(1, len(self.maps))))
+        for name, value in self.maps.items():
+            fmap = value[0].detach().float().cpu()
+            for c in range(min(per_layer, self.max_channels, fmap.shape[0])):
+                low, high = fmap[c].min(), fmap[c].max()
+                scaled = (fmap[c] - low) / (high - low) if high > low else fmap[c] * 0
+                tiles.append(Tile(scaled, f"{name}:{c}"))
+        return tiles
+
+    def facts(self) -> list[tuple[str, Any]]:
+        """The model, the input, its top class and each layer's shape and dead channels."""
+        top = self.prediction
+        shapes = ", ".join(
+            f"{row['layer']} {'x'.join(map(str, row['shape']))}" for row in self.layers
+        )
+        dead = sum(len(row["dead_channels"]) for row in self.layers)
+        return [
+            ("model", self.model),
+            ("input", self.input),
+            ("prediction", "none" if top is None else f"{top['label']} ({top['class']})"),
+            ("layers", shapes),
+            ("dead channels", dead),
+            ("seed", self.seed),
+        ]
+
 
 def write_activations(
-    model: Model, request: ActivationsRequest, out: str | os.PathLike = "runs/activations"
+    model: Model, request: ActivationsRequest, out: str | os.PathLike | None = None
 ) -> ActivationsResult:
-    """One channel-grid PNG per layer, ``activations.npz`` and ``activations.json``
-    (``result.to_json()``). Every input is checked before anything is computed or written.
-    Nothing here is random: ``request.seed`` is recorded (the seed an untrained network was
-    built with)."""
+    """Each chosen layer's output for the request's input; with ``out``, written there as
+    :meth:`ActivationsResult.save` does (one channel-grid PNG per layer, ``activations.npz``
+    and ``activations.json``). Every input is checked before anything is computed or
+    written. Nothing here is random: ``request.seed`` is recorded (the seed an untrained
+    network was built with)."""
     card = model.card
     names = list(request.layers) or conv_layer_names(model.module)
     if not names:
@@ -252,7 +300,7 @@ def write_activations(
                 f"layer '{name}' outputs shape {tuple(value[0].shape)}, not a C x H x W map"
             )
     prediction = _prediction(model, pixels)
-    out = prepare_out_dir(out)
+    folder = None if out is None else prepare_out_dir(out)
     layers = []
     for name, value in maps.items():
         dead = [int(c) for c in (value[0].flatten(1).abs().amax(1) == 0).nonzero()]
@@ -268,11 +316,6 @@ def write_activations(
         max_channels=request.max_channels,
         seed=request.seed,
     )
-    result.files = [write_figure(out / "input.png", image_grid(pixels, [source]))]
-    for name, value in maps.items():
-        result.files.append(
-            _write_channel_grid(out, card.name, name, value[0], request.max_channels)
-        )
-    result.files.append(write_npz(out / "activations.npz", None, input=pixels, **maps))
-    result.files.append(write_json(out / "activations.json", result.to_json()))
+    if folder is not None:
+        result.save(folder)
     return result

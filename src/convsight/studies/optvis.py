@@ -1,10 +1,11 @@
 """Jobs behind ``convsight maximize`` and ``convsight classviz``: check, render, write.
 
 Each takes a built :class:`~convsight.models.Model` (on its device) and a request holding the
-typed :class:`~convsight.optvis.settings.RenderSettings`; each returns a typed result whose
-``to_json()`` is the ``summary.json`` it wrote. Every input (layer, channels, classes,
-dataset, settings, output folder) is checked before the first optimization step; nothing is
-written for bad input.
+typed :class:`~convsight.optvis.settings.RenderSettings`; each returns a typed result
+(:mod:`convsight.studies.optvis_results`) whose ``to_json()`` is its ``summary.json``. Given
+an output folder, the job writes the result there (``result.save(out)``); without one it
+writes nothing. Every input (layer, channels, classes, dataset, settings, output folder) is
+checked before the first optimization step; nothing is written for bad input.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,18 +30,9 @@ from convsight.optvis.objectives import channel
 from convsight.optvis.recipes import check_size, class_objective
 from convsight.optvis.render import RenderResult, render_channels, render_classes
 from convsight.optvis.settings import RenderSettings, settings_for
-from convsight.report import (
-    out_file,
-    prepare_out_dir,
-    safe_filename,
-    write_figure,
-    write_json,
-    write_npz,
-)
-from convsight.report.grids import image_grid
-from convsight.report.images import write_image
+from convsight.report import prepare_out_dir, safe_filename
 from convsight.runtime import resolve_device, seed_everything
-from convsight.studies.results import Result
+from convsight.studies.optvis_results import ClassvizResult, MaximizeResult, summary_rows
 
 
 def chosen_settings(settings: RenderSettings, target: str = "channel") -> frozenset[str]:
@@ -120,85 +111,6 @@ def _record(weights: str | os.PathLike | None) -> str | None:
     return str(weights) if weights else None
 
 
-@dataclass(kw_only=True)
-class MaximizeResult(Result):
-    """The rendered channels: ``images`` (N x C x H x W, pixel space), the final objective
-    per row (``values``), the dead rows, the settings and how long the render took."""
-
-    model: str
-    weights: str | None
-    layer: str
-    objective: str
-    channels: list[int]
-    images: torch.Tensor
-    values: torch.Tensor
-    dead: list[int]  # rows whose objective stayed at 0
-    settings: RenderSettings
-    seed: int
-    device: str
-    seconds: float
-    torch_threads: int = field(default_factory=torch.get_num_threads)
-
-    @property
-    def dead_channels(self) -> list[int]:
-        return [self.channels[i] for i in self.dead]
-
-    def to_json(self) -> dict[str, Any]:
-        names = [str(c) for c in self.channels]
-        return {
-            "model": self.model,
-            "weights": self.weights,
-            "layer": self.layer,
-            "objective": self.objective,
-            "channels": _summary_rows(self.values, self.dead, names),
-            "dead_channels": self.dead_channels,
-            "settings": {**self.settings.to_dict(), "seed": self.seed, "device": self.device},
-            "seconds": self.seconds,
-            "torch_threads": self.torch_threads,
-        }
-
-
-@dataclass(kw_only=True)
-class ClassvizResult(Result):
-    """The class models: ``images`` (N x C x H x W, pixel space), the classes' indices, a row
-    per class (objective, whether dead, the model's probability and logit for the class, its
-    top class, the file; with ``init="mean"`` how many images each start averaged), the
-    start images (``init="mean"``), the settings and how long the render took."""
-
-    model: str
-    weights: str | None
-    objective: str
-    head: str
-    init: str
-    dataset: str | None
-    indices: list[int]
-    images: torch.Tensor
-    values: torch.Tensor
-    dead: list[int]
-    rows: list[dict[str, Any]]
-    start: torch.Tensor | None  # the start images of init="mean"
-    # how it ran
-    settings: RenderSettings
-    seed: int
-    device: str
-    seconds: float
-    torch_threads: int = field(default_factory=torch.get_num_threads)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "weights": self.weights,
-            "objective": self.objective,
-            "head": self.head,
-            "init": self.init,
-            "dataset": self.dataset,
-            "classes": self.rows,
-            "settings": {**self.settings.to_dict(), "seed": self.seed, "device": self.device},
-            "seconds": self.seconds,
-            "torch_threads": self.torch_threads,
-        }
-
-
 def load_on_device(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
     """The model (a spec is loaded with ``weights``) on ``device``: for studies that load
     the model they render themselves (the paper's parts)."""
@@ -245,28 +157,20 @@ def _checked_channels(model: Model, request: MaximizeRequest) -> list[int]:
     return chans
 
 
-def _summary_rows(
-    values: torch.Tensor, dead: Sequence[int], names: Sequence[str]
-) -> list[dict[str, Any]]:
-    return [
-        {"name": name, "objective": float(value), "dead": i in dead}
-        for i, (name, value) in enumerate(zip(names, values.tolist(), strict=True))
-    ]
-
-
 def maximize(
     model: Model,
     request: MaximizeRequest,
-    out: str | os.PathLike = "runs/maximize",
+    out: str | os.PathLike | None = None,
     show_progress: bool = True,
 ) -> MaximizeResult:
-    """Render channels of a layer: grid PNG, one PNG per channel, images.npz, summary.json
-    (``result.to_json()``). Checked against the memory available first
-    (:mod:`convsight.optvis.budget`)."""
+    """Render channels of a layer; with ``out``, write there what
+    :meth:`MaximizeResult.save` writes (grid PNG, one PNG per channel, images.npz,
+    summary.json), the folder made once every input is checked. Checked against the memory
+    available first (:mod:`convsight.optvis.budget`)."""
     settings, layer = request.settings, request.layer
     chans = _checked_channels(model, request)
     _check_model_hooks(model, settings, request.given())
-    out = prepare_out_dir(out)
+    folder = None if out is None else prepare_out_dir(out)
     seed_everything(request.seed)
     start = time.perf_counter()
     rendered = render_channels(
@@ -286,24 +190,9 @@ def maximize(
         device=str(model.device),
         seconds=time.perf_counter() - start,
     )
-    result.files = _write_channels(out, result)
+    if folder is not None:
+        result.save(folder)
     return result
-
-
-def _write_channels(out: Path, result: MaximizeResult) -> list[Path]:
-    """The grid, one PNG per channel, the images as npz and ``summary.json``."""
-    titles = [
-        f"{c}" + (" (dead)" if i in result.dead else f": {v:.3g}")
-        for i, (c, v) in enumerate(zip(result.channels, result.values.tolist(), strict=True))
-    ]
-    settings = result.settings
-    title = f"{result.model} {result.layer}, preset {settings.preset}, {settings.steps} steps"
-    written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
-    for c, image in zip(result.channels, result.images, strict=True):
-        written.append(write_image(out / f"channel_{c:04d}.png", image))
-    written.append(write_npz(out / "images.npz", images=result.images, channels=result.channels))
-    written.append(write_json(out / "summary.json", result.to_json()))
-    return written
 
 
 def _class_indices(model: Model, classes: Sequence[str | int]) -> list[int]:
@@ -347,7 +236,7 @@ def _class_rows(
     probs = logits.softmax(1)
     names = [model.card.label(i) for i in indices]
     top1 = logits.argmax(1).tolist()
-    rows = _summary_rows(rendered.values, rendered.dead, names)
+    rows = summary_rows(rendered.values, rendered.dead, names)
     for r, row in enumerate(rows):
         row.update(
             {
@@ -368,48 +257,22 @@ def _class_file(index: int, name: str) -> str:
     return safe_filename(f"class_{index:04d}_{safe_filename(name)}.png", max_length=200)
 
 
-def _write_class_models(out: Path, result: ClassvizResult) -> list[Path]:
-    """The grid and one PNG per class model, the images as npz, the start images (with
-    ``init='mean'``) and ``summary.json``."""
-    settings = result.settings
-    title = f"{result.model}, preset {settings.preset}, init {result.init}, {settings.steps} steps"
-    titles = [f"{row['name']}: p={row['probability']:.2f}" for row in result.rows]
-    written = [write_figure(out / "grid.png", image_grid(result.images, titles, 8, title))]
-    for row, image in zip(result.rows, result.images, strict=True):
-        path = out_file(out, row["file"])
-        written.append(write_image(path, image, within=out))
-    written.append(write_npz(out / "images.npz", images=result.images, classes=result.indices))
-    if result.start is not None:
-        written.append(_write_start(out, result.start, result.rows))
-    written.append(write_json(out / "summary.json", result.to_json()))
-    return written
-
-
-def _write_start(out: Path, start_pixels: torch.Tensor, rows: list[dict[str, Any]]) -> Path:
-    """The start images of ``init='mean'``, titled with how many images each mean holds."""
-    titles = [
-        f"mean of {'?' if row['mean_of_images'] is None else row['mean_of_images']} "
-        f"image(s): {row['name']}"
-        for row in rows
-    ]
-    return write_figure(out / "start.png", image_grid(start_pixels, titles, 8, "start"))
-
-
 def classviz(
     model: Model,
     request: ClassvizRequest,
-    out: str | os.PathLike = "runs/classviz",
+    out: str | os.PathLike | None = None,
     show_progress: bool = True,
 ) -> ClassvizResult:
-    """Class models: grid PNG, one PNG per class, start images if ``init='mean'``,
-    summary.json (``result.to_json()``). Checked as :func:`maximize` is."""
+    """Class models; with ``out``, written there as :meth:`ClassvizResult.save` does (grid
+    PNG, one PNG per class, start images if ``init='mean'``, summary.json). Checked as
+    :func:`maximize` is."""
     settings = request.settings
     indices = _class_indices(model, request.classes)
     _check_class_render(model, indices, settings, request.given())
     start_pixels, counts = None, None
     if request.init == "mean":
         start_pixels, counts = _mean_start(request, model, indices)
-    out = prepare_out_dir(out)
+    folder = None if out is None else prepare_out_dir(out)
     seed_everything(request.seed)
     began = time.perf_counter()
     rendered = render_classes(
@@ -439,5 +302,6 @@ def classviz(
         device=str(model.device),
         seconds=seconds,
     )
-    result.files = _write_class_models(out, result)
+    if folder is not None:
+        result.save(folder)
     return result

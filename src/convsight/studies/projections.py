@@ -28,6 +28,7 @@ from convsight.models import Model
 from convsight.optvis.channels import parse_channels
 from convsight.report import prepare_out_dir, safe_filename, write_json, write_npz
 from convsight.report.images import write_pil
+from convsight.report.notebook import Tile
 from convsight.runtime import seed_everything
 from convsight.studies.atlas.inputs import dataset_images, load_dataset
 from convsight.studies.results import Result
@@ -57,14 +58,15 @@ def check_projection_inputs(
 @dataclass(frozen=True)
 class ProjectionsRequest:
     """What :func:`write_projections` projects: the channels of ``layer`` (``"0-3"`` or a
-    list), the image folder their top ``top_k`` examples are found in, the output folder and
-    the seed. ``weights`` says where the model came from (recorded, not read)."""
+    list), the image folder their top ``top_k`` examples are found in, the output folder
+    (None: nothing written) and the seed. ``weights`` says where the model came from
+    (recorded, not read)."""
 
     layer: str
     dataset: str | os.PathLike
     channels: str | Sequence[int] = "0-3"
     top_k: int = 9
-    out: str | os.PathLike = "runs/projections"
+    out: str | os.PathLike | None = None
     seed: int = 0
     show_progress: bool = True
     weights: str | os.PathLike | None = None
@@ -100,29 +102,67 @@ class ProjectionsResult(Result):
         arrays = ("files", "examples", "projections")
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in arrays}
 
+    def save(self, out: str | os.PathLike) -> list[Path]:
+        """Per channel a PNG (patches row, projections row), ``projections.npz`` and
+        ``projections.json``."""
+        folder = prepare_out_dir(out)
+        written: list[Path] = []
+        for item, row in zip(self.projections, self.channels, strict=True):
+            tiled = tiles([item.patches, [display(c) for c in item.projections.crops()]])
+            written.append(write_pil(folder / row["grid"], tiled, within=folder))
+        written.append(_write_arrays(folder, self.examples, self.projections))
+        written.append(write_json(folder / "projections.json", self.to_json(), within=folder))
+        self.files = written
+        return written
+
+    def tiles(self) -> list[Tile]:
+        """Per channel, each top example's patch (with the channel's score) beside its
+        projection; a patch clipped away entirely is left out."""
+        shown = []
+        for item in self.projections:
+            crops = item.projections.crops()
+            for rank, (patch, crop) in enumerate(zip(item.patches, crops, strict=True)):
+                if min(patch.shape[-2:]) == 0:
+                    continue
+                name = f"c{item.channel} #{rank + 1}"
+                shown.append(Tile(patch, f"{name}: {item.scores[rank]:.3g}"))
+                shown.append(Tile(display(crop), f"{name} projection"))
+        return shown
+
+    def facts(self) -> list[tuple[str, Any]]:
+        """The model, layer, channels, dataset, how textured the projections are, the time."""
+        texture = self.high_frequency
+        share = texture["mean_share"]
+        return [
+            ("model", self.model),
+            ("layer", self.layer),
+            ("channels", ", ".join(str(row["channel"]) for row in self.channels)),
+            ("dataset", f"{self.dataset} ({self.dataset_size} images)"),
+            ("top_k", self.top_k),
+            ("high-frequency share", "n/a" if share is None else f"{share:.3g}"),
+            ("near white noise", texture["near_white_noise"]),
+            ("seconds", round(self.seconds, 2)),
+        ]
+
 
 def write_projections(model: Model, request: ProjectionsRequest) -> ProjectionsResult:
     """For each channel: its top-``top_k`` dataset images, and the DeconvNet projection of each
     one's strongest unit. Writes per channel a PNG (patches row, projections row), and
-    ``projections.npz`` and ``projections.json`` for all. Every input is checked (the dataset
-    read) before ``out`` is created."""
+    ``projections.npz`` and ``projections.json`` for all into ``request.out``
+    (:meth:`ProjectionsResult.save`; None: nothing written). Every input is checked (the
+    dataset read) before ``out`` is created."""
     r, layer = request, request.layer
     start = time.perf_counter()
     seed_everything(r.seed)
     chosen = check_projection_inputs(model, layer, r.channels, r.top_k)
     pixels, names, skipped = load_dataset(model, dataset_images(r.dataset), Path(r.dataset))
-    out = prepare_out_dir(r.out)
+    out = None if r.out is None else prepare_out_dir(r.out)
     examples = top_examples(model, pixels, layer, chosen, r.top_k, show_progress=r.show_progress)
     field = receptive_field(model, layer)
     found = project_examples(model, pixels, examples, field)
-    rows, written = [], []
-    for item in found:
-        grid = safe_filename(f"{layer}-c{item.channel}.png")
-        crops = item.projections.crops()
-        tiled = tiles([item.patches, [display(c) for c in crops]])
-        written.append(write_pil(out / grid, tiled, within=out))
-        rows.append(_channel_row(item, grid, names, crops))
-    written.append(_write_arrays(out, examples, found))
+    rows = [
+        _channel_row(item, safe_filename(f"{layer}-c{item.channel}.png"), names) for item in found
+    ]
     result = ProjectionsResult(
         model=model.card.name,
         weights=str(r.weights) if r.weights else None,
@@ -142,8 +182,8 @@ def write_projections(model: Model, request: ProjectionsRequest) -> ProjectionsR
         examples=examples,
         projections=found,
     )
-    written.append(write_json(out / "projections.json", result.to_json(), within=out))
-    result.files = written
+    if out is not None:
+        result.save(out)
     return result
 
 
@@ -162,9 +202,7 @@ def _write_arrays(out: Path, examples: ChannelExamples, found: list[ChannelProje
     )
 
 
-def _channel_row(
-    item: ChannelProjections, grid: str, names: list[str], crops: list[torch.Tensor]
-) -> dict[str, Any]:
+def _channel_row(item: ChannelProjections, grid: str, names: list[str]) -> dict[str, Any]:
     """The JSON of one channel: its grid and, per example, image, score, unit, box and how
     much of the projection is pixel-scale texture (:func:`high_frequency_share`)."""
     examples = []
@@ -173,7 +211,7 @@ def _channel_row(
         item.scores,
         item.projections.units.tolist(),
         item.projections.boxes,
-        crops,
+        item.projections.crops(),
         strict=True,
     ):
         share, noise = high_frequency_share(c) or (None, None)
