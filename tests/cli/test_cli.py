@@ -208,3 +208,18 @@ def test_card_flags_for_a_seed_network():
     result = run("layers", "mnist-cnn", "--num-classes", "5")
     assert result.exit_code == 0, result.output
     assert "classifier.4" in result.output and "645" in result.output  # Linear(128, 5)
+
+
+def test_an_untrained_network_renders_the_same_twice_with_one_seed(tmp_path):
+    """The seed comes before the model is built: an untrained network's weights, and so its
+    renders, repeat with --seed (they did not when no card flag was given)."""
+    import numpy as np
+
+    images = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        args = ("maximize", "mnist-cnn", "--layer", "features.0", "--channels", "0-1")
+        result = run(*args, "--steps", "2", "--seed", "3", "--out", out)
+        assert result.exit_code == 0, result.output
+        images.append(np.load(out / "images.npz")["images"])
+    assert np.array_equal(images[0], images[1])

@@ -215,10 +215,9 @@ def maximize_cmd(
 def _render_model(
     model: str, weights: Path | None, card_fields: dict[str, Any] | None, run: RunFlags
 ) -> Model:
-    """The model on ``--device``; seeded first only when card flags build it (the render
-    seeds itself)."""
-    seed = run.seed if card_fields else None
-    return loaded_model(model, weights, card_fields, seed, run.device or "auto")
+    """The model on ``--device``, seeded first (an untrained network's weights follow
+    ``--seed``, so a run repeats; the render seeds itself again)."""
+    return loaded_model(model, weights, card_fields, run.seed, run.device or "auto")
 
 
 def _shown(run: RunFlags) -> dict[str, Any]:
