@@ -315,3 +315,37 @@ def test_the_command_line_explains_output_0_of_a_regression_cnn(tmp_path, sample
     data = json.loads((out / "saliency.json").read_text())
     assert data["target"] == "output 0"
     assert data["target_score"] == pytest.approx(net(x)[:, 0].tolist(), rel=1e-5)
+
+
+def test_class_models_of_a_regression_output_from_python_and_the_command_line(tmp_path, samples):
+    """classviz takes any target: an output of a regression net rises under the render, the
+    row records its value for the final image, and the CLI writes the same."""
+    from convsight.optvis.settings import settings_for
+    from convsight.studies.optvis import ClassvizRequest, classviz
+
+    torch.manual_seed(0)
+    net = Regressor().eval()
+    model = Model.from_module(net, input_size=32)
+    settings = settings_for("paper", "class", steps=5)
+    result = classviz(model, ClassvizRequest(["output:0", "output:2"], settings), None, False)
+    assert result.files == [] and [row["name"] for row in result.rows] == ["output 0", "output 2"]
+    with torch.no_grad():
+        final = net(result.images)
+    assert [row["score"] for row in result.rows] == pytest.approx(
+        [float(final[0, 0]), float(final[1, 2])], rel=1e-4
+    )
+    assert "s=" in result._repr_html_()
+    (tmp_path / "reg.py").write_text(REG_NET)
+    torch.save(net.state_dict(), tmp_path / "reg.pt")
+    card = cli("card", tmp_path / "reg.pt", "--arch", f"{tmp_path / 'reg.py'}:Regressor",
+               "--input-size", 32)  # fmt: skip
+    assert card.exit_code == 0, card.output
+    out = tmp_path / "out"
+    run = cli("classviz", tmp_path / "reg.pt", "--classes", "output:1", "--preset", "paper",
+              "--steps", 5, "--out", out)  # fmt: skip
+    assert run.exit_code == 0, run.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["classes"][0]["name"] == "output 1" and "probability" not in summary["classes"][0]
+    )
+    assert (out / summary["classes"][0]["file"]).is_file()

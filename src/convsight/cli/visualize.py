@@ -232,7 +232,13 @@ def _shown(run: RunFlags) -> dict[str, Any]:
 @run_options("runs/classviz", device=True)
 def classviz_cmd(
     model: ModelArg,
-    classes: Annotated[str, typer.Option(help="Class names or indices, comma-separated, or all.")],
+    classes: Annotated[
+        str,
+        typer.Option(
+            help="Class names or indices, comma-separated, or all; or other targets: "
+            "margin:NAME, segment:CLASS[:MASK.png], output:INDEX (one image each)."
+        ),
+    ],
     weights: WeightsOpt = None,
     init: Annotated[str, typer.Option(help="random (noise) or mean (class-mean image).")] = (
         "random"
@@ -263,9 +269,9 @@ def classviz_cmd(
         weights=weights,
         chosen=chosen,
     )
+    from convsight.studies.optvis_results import shown_score
+
     result = classviz(_render_model(model, weights, card_fields, run), request, **_shown(run))
     for row in result.rows:
-        out_console.print(
-            f"{row['name']}: score {row['objective']:.3g}, p={row['probability']:.2f}"
-        )
+        out_console.print(f"{row['name']}: score {row['objective']:.3g}, {shown_score(row)}")
     out_console.print(f"{result.seconds:.1f} s; outputs in {run.out}")

@@ -265,10 +265,10 @@ def render_targets(
     **overrides: Any,
 ) -> RenderResult:
     """One image per target (:mod:`convsight.targets`: a class, a margin, a segment, an
-    output of a regression net, a function of the output) maximizing its score, row i seeded
-    from (seed, its class) for class targets, else (seed, i). The settings are ``preset`` with its class defaults and ``overrides``, or
-    ``settings``; their class objective applies to :func:`render_classes`, not here: each
-    target is its own score."""
+    output of a regression net, a function of the output) maximizing its score. Row i is
+    seeded from (seed, its class) for class targets, else (seed, i). The settings are
+    ``preset`` with its class defaults and ``overrides``, or ``settings``; their class
+    objective applies to :func:`render_classes`, not here: each target is its own score."""
     settings = _chosen(settings, preset, "class", overrides)
     bound = resolve_targets(model, list(targets), len(targets)) if targets else None
     if bound is None:

@@ -26,13 +26,19 @@ from convsight.optvis.channels import parse_channels
 from convsight.optvis.forward import probe_shapes
 from convsight.optvis.means import class_counts, class_mean_images
 from convsight.optvis.model_hooks import check_model_hooks
-from convsight.optvis.objectives import channel
+from convsight.optvis.objectives import channel, target_score
 from convsight.optvis.recipes import check_size, class_objective
-from convsight.optvis.render import RenderResult, render_channels, render_classes
+from convsight.optvis.render import (
+    RenderResult,
+    render_channels,
+    render_classes,
+    render_targets,
+)
 from convsight.optvis.settings import RenderSettings, settings_for
 from convsight.report import prepare_out_dir, safe_filename
 from convsight.runtime import resolve_device, seed_everything
 from convsight.studies.optvis_results import ClassvizResult, MaximizeResult, summary_rows
+from convsight.targets import OneTarget, Target, parse_target, resolve_targets
 
 
 def chosen_settings(settings: RenderSettings, target: str = "channel") -> frozenset[str]:
@@ -85,7 +91,7 @@ class ClassvizRequest:
     read from ``data_dir``). ``seed``, ``yes``, ``weights`` and ``chosen`` as for
     :class:`MaximizeRequest`."""
 
-    classes: Sequence[str | int]
+    classes: Sequence[OneTarget]
     settings: RenderSettings = field(default_factory=_class_settings)
     init: str = "random"
     dataset: str | os.PathLike | None = None
@@ -100,6 +106,9 @@ class ClassvizRequest:
             raise ConvsightError(f"--init must be 'random' or 'mean', not '{self.init}'")
         if not self.classes:
             raise ConvsightError("no classes given")
+        targets = [parse_target(c) if isinstance(c, str) else c for c in self.classes]
+        if self.init == "mean" and not all(isinstance(t, (int, str)) for t in targets):
+            raise ConvsightError("--init mean starts from class means: give classes only")
         check_steps(self.settings.steps, self.yes)
 
     def given(self) -> frozenset[str]:
@@ -195,6 +204,71 @@ def maximize(
     return result
 
 
+def _target_rows(model: Model, classes: Sequence[OneTarget]) -> Target | None:
+    """None when every item is a class (name or index, or ``all``); else one bound target
+    per row (:mod:`convsight.targets`; command-line text as :func:`parse_target` reads it)."""
+    items = [parse_target(c) if isinstance(c, str) else c for c in classes]
+    if all(isinstance(item, (int, str)) for item in items):
+        return None
+    return resolve_targets(model, items, len(items))
+
+
+def _classviz_targets(
+    model: Model,
+    request: ClassvizRequest,
+    target: Target,
+    out: str | os.PathLike | None,
+    show_progress: bool,
+) -> ClassvizResult:
+    """:func:`classviz` of targets that are not all classes: each row maximizes its own
+    target's score; the rows record that score for the final image."""
+    settings, count = request.settings, len(request.classes)
+    objective = target_score(target)
+    rows = (count, "the targets' scores", request.given(), "number of targets", "targets")
+    check_render(model, objective, settings, *rows)
+    check_size(model, objective, settings, count)
+    _check_model_hooks(model, settings, request.given())
+    folder = None if out is None else prepare_out_dir(out)
+    seed_everything(request.seed)
+    began = time.perf_counter()
+    items = [parse_target(c) if isinstance(c, str) else c for c in request.classes]
+    rendered = render_targets(
+        model, items, seed=request.seed, progress=show_progress, settings=settings
+    )
+    result = ClassvizResult(
+        model=model.card.name,
+        weights=_record(request.weights),
+        objective=rendered.description,
+        head=model.card.head,
+        init=request.init,
+        dataset=None,
+        indices=[],
+        images=rendered.images,
+        values=rendered.values,
+        dead=list(rendered.dead),
+        rows=_target_summary(model, rendered, target),
+        start=None,
+        settings=settings,
+        seed=request.seed,
+        device=str(model.device),
+        seconds=time.perf_counter() - began,
+    )
+    if folder is not None:
+        result.save(folder)
+    return result
+
+
+def _target_summary(model: Model, rendered: RenderResult, target: Target) -> list[dict[str, Any]]:
+    """A row per rendered target: what it is, its score for the final image, the file."""
+    with torch.no_grad():
+        scores = target(model.module(model.normalize(rendered.images.to(model.device))))
+    names = [target[i : i + 1].describe() for i in range(len(rendered.images))]
+    rows = summary_rows(rendered.values, rendered.dead, names)
+    for i, row in enumerate(rows):
+        row.update(score=float(scores[i]), file=safe_filename(f"target_{i:02d}_{names[i]}.png"))
+    return rows
+
+
 def _class_indices(model: Model, classes: Sequence[str | int]) -> list[int]:
     """Class indices of names or numbers; ``all`` is every class of the model."""
     if [str(c).lower() for c in classes] == ["all"]:
@@ -267,7 +341,11 @@ def classviz(
     PNG, one PNG per class, start images if ``init='mean'``, summary.json). Checked as
     :func:`maximize` is."""
     settings = request.settings
-    indices = _class_indices(model, request.classes)
+    target = _target_rows(model, request.classes)
+    if target is not None:
+        return _classviz_targets(model, request, target, out, show_progress)
+    classes = [c for c in request.classes if isinstance(c, (int, str))]  # all of them here
+    indices = _class_indices(model, classes)
     _check_class_render(model, indices, settings, request.given())
     start_pixels, counts = None, None
     if request.init == "mean":

@@ -21,6 +21,13 @@ from convsight.report.notebook import Tile
 from convsight.studies.results import Result
 
 
+def shown_score(row: dict[str, Any]) -> str:
+    """A class model's probability (``p=``), or a target's score (``s=``)."""
+    if "probability" in row:
+        return f"p={row['probability']:.2f}"
+    return f"s={row['score']:.3g}"
+
+
 def summary_rows(
     values: torch.Tensor, dead: Sequence[int], names: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -170,7 +177,7 @@ class ClassvizResult(Result):
         folder = prepare_out_dir(out)
         settings = self.settings
         title = f"{self.model}, preset {settings.preset}, init {self.init}, {settings.steps} steps"
-        titles = [f"{row['name']}: p={row['probability']:.2f}" for row in self.rows]
+        titles = [f"{row['name']}: {shown_score(row)}" for row in self.rows]
         written = [write_figure(folder / "grid.png", image_grid(self.images, titles, 8, title))]
         for row, image in zip(self.rows, self.images, strict=True):
             path = out_file(folder, row["file"])
@@ -189,7 +196,7 @@ class ClassvizResult(Result):
         return [
             Tile(
                 image,
-                f"{row['name']} " + ("(dead)" if row["dead"] else f"p={row['probability']:.2f}"),
+                f"{row['name']} " + ("(dead)" if row["dead"] else shown_score(row)),
             )
             for row, image in zip(self.rows, self.images, strict=True)
         ]
