@@ -140,3 +140,37 @@ def test_a_class_model_of_any_target(tiny):
     torch.testing.assert_close(by_target.values, by_class.values)
     mixed = render_targets(tiny, [OutputTarget(3), lambda out: -out[:, 0]], settings=settings)
     assert mixed.images.shape[0] == 2 and torch.isfinite(mixed.values).all()
+
+
+def test_a_mask_file_is_read_in_the_photos_frame(tmp_path):
+    """A mask PNG goes through the resize and centre crop a photo of its size goes through,
+    so it stays on the pixels it was drawn on; white (128 and up) is in."""
+    import numpy as np
+    from PIL import Image
+
+    from convsight.data import load_image_tensor
+    from convsight.data.images import load_mask
+    from convsight.models import ModelCard
+
+    drawn = np.zeros((48, 80), dtype=np.uint8)
+    drawn[10:30, 20:50] = 255
+    path = tmp_path / "mask.png"
+    Image.fromarray(drawn).save(path)
+    card = ModelCard("m", "test:m", (32, 32), 3, mean=(0.5,) * 3, std=(0.25,) * 3)
+    mask = load_mask(path, card)
+    assert mask.shape == (32, 32) and mask.dtype == torch.bool and mask.any()
+    as_photo = load_image_tensor(path, card)[0, 0] >= 0.5
+    assert torch.equal(mask, as_photo)
+    bound = SegmentationTarget(0, mask=path).bind(_FakeModel(card), 1)
+    assert isinstance(bound.mask, torch.Tensor) and torch.equal(bound.mask, mask)
+
+
+class _FakeModel:
+    """What a target's bind reads of a model: its card and output shape."""
+
+    def __init__(self, card) -> None:
+        self.card = card
+        self.output_shape = (3, 32, 32)
+
+    def class_index(self, target):
+        return int(target)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from convsight.data.images import load_mask
 from convsight.errors import ConvsightError
 from convsight.models import Model
 
@@ -192,8 +193,6 @@ class SegmentationTarget(Target):
         bound = SegmentationTarget(_class_of(model, self.category, output_classes(model)))
         mask = self.mask
         if isinstance(mask, (str, os.PathLike)):
-            from convsight.data.images import load_mask
-
             mask = load_mask(Path(mask), model.card)
         if mask is not None:
             mask = torch.as_tensor(mask).bool()
