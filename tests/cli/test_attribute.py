@@ -115,7 +115,7 @@ def test_evaluate_writes_table_curves_and_sanity(checkpoint, digits, tmp_path):
     assert entry["run"]["engine"] == "eager" and entry["run"]["fallback"] is None
     # --engine auto: the curves run the module itself (eager); --engine frozen is below
     for curve in ("deletion_run", "insertion_run"):
-        assert entry[curve] == {"engine": "eager", "fallback": None}, curve
+        assert entry[curve] == {"engine": "eager", "fallback": None, "score": "probability"}
     assert len(entry["deletion_auc_per_image"]) == 3
     assert len(entry["insertion_curve"]["fraction"]) == 9  # ceil(784 / 98) + 1
     assert len(entry["sanity"]["stages"]) == 2
@@ -140,7 +140,7 @@ def test_evaluate_runs_the_curves_on_the_frozen_copy_and_gets_the_eager_numbers(
         assert result.exit_code == 0, result.output
         runs[engine] = json.loads((out / "evaluation.json").read_text())["methods"]["saliency"]
     for engine, entry in runs.items():
-        assert entry["deletion_run"] == {"engine": engine, "fallback": None}, engine
+        assert entry["deletion_run"] == {"engine": engine, "fallback": None, "score": "probability"}
     np.testing.assert_allclose(
         runs["frozen"]["deletion_auc_per_image"],
         runs["eager"]["deletion_auc_per_image"],
