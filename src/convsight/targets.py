@@ -351,7 +351,7 @@ def resolve_targets(model: Model, target: TargetLike, count: int) -> Target | No
     classes = [t for t in items if isinstance(t, (int, str))]
     if len(classes) == len(items):
         return ClassTarget(classes).bind(model, count)
-    if len(items) == 1:
+    if len(items) == 1 or all(item is items[0] for item in items):  # one for every image
         return _one(items[0]).bind(model, count)
     if len(items) != count:
         raise ConvsightError(f"{len(items)} targets for {count} images: give one, or one each")

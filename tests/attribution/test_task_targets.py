@@ -349,3 +349,40 @@ def test_class_models_of_a_regression_output_from_python_and_the_command_line(tm
         summary["classes"][0]["name"] == "output 1" and "probability" not in summary["classes"][0]
     )
     assert (out / summary["classes"][0]["file"]).is_file()
+
+
+def test_evaluate_scores_the_curves_of_an_output_target(tmp_path):
+    """evaluate --target output:1: the maps explain that output and the deletion curve
+    starts at its value (scored as it is, not as a probability)."""
+    torch.manual_seed(0)
+    net = Regressor().eval()
+    (tmp_path / "reg.py").write_text(REG_NET)
+    torch.save(net.state_dict(), tmp_path / "reg.pt")
+    card = cli("card", tmp_path / "reg.pt", "--arch", f"{tmp_path / 'reg.py'}:Regressor",
+               "--input-size", 32, "--resize", "none")  # fmt: skip
+    assert card.exit_code == 0, card.output
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    generator = torch.Generator().manual_seed(2)
+    images = torch.rand(3, 32, 32, 3, generator=generator)
+    for i, image in enumerate(images):
+        Image.fromarray((image.numpy() * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    out = tmp_path / "out"
+    run = cli("evaluate", tmp_path / "reg.pt", "--images", photos, "--target", "output:1",
+              "--methods", "saliency", "--metrics", "deletion", "--step", 256, "--out", out,
+              "--quiet")  # fmt: skip
+    assert run.exit_code == 0, run.output
+    data = json.loads((out / "evaluation.json").read_text())
+    assert data["targets"] == "output 1"
+    entry = data["methods"]["saliency"]
+    assert entry["deletion_run"]["score"] == "logit"
+    pixels = torch.stack(
+        [torch.from_numpy(np.asarray(Image.open(photos / f"{i}.png"))) for i in range(3)]
+    )
+    with torch.no_grad():
+        first = net(pixels.permute(0, 3, 1, 2).float() / 255)[:, 1].mean()
+    assert entry["deletion_curve"]["mean_score"][0] == pytest.approx(float(first), rel=1e-4)
+    bad = cli("evaluate", tmp_path / "reg.pt", "--images", photos, "--target", "output:9",
+              "--out", tmp_path / "bad")  # fmt: skip
+    assert bad.exit_code == 2 and "output 9 is out of range" in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -75,8 +75,15 @@ def saliency_cmd(
 @run_options("runs/evaluate")
 def evaluate_cmd(
     model: ModelArg,
-    images: Annotated[Path, typer.Option(help="Folder of images (target: predicted class).")],
+    images: Annotated[Path, typer.Option(help="Folder of images.")],
     weights: WeightsOpt = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="What to explain in every image: a class, class:NAME, margin:NAME, "
+            "segment:CLASS[:MASK.png], output:INDEX; default: each image's predicted class."
+        ),
+    ] = None,
     metrics: MetricsOpt = ",".join(METRICS),
     step: Annotated[int, typer.Option(help="Pixels deleted / inserted per step.")] = 224,
     limit: Annotated[int | None, typer.Option(min=1, help="Use the first N images.")] = None,
@@ -101,6 +108,7 @@ def evaluate_cmd(
         seed=run.seed,
         model_name=None if card_fields else model,
         weights=weights,
+        target=target,
     )
     loaded = loaded_model(model, weights, card_fields, run.seed)
     result = write_evaluation(loaded, request, out=run.out, show_progress=not run.quiet)

@@ -80,9 +80,12 @@ def saliency_panel(
 
 
 def faithfulness_curves(
-    curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], title: str = ""
+    curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    title: str = "",
+    score: str = "target probability",
 ) -> Figure:
-    """Mean deletion and insertion curves per method: ``curves[kind][method] = (x, y)``."""
+    """Mean deletion and insertion curves per method: ``curves[kind][method] = (x, y)``;
+    ``score`` names the values (a class's probability, or another target's score)."""
     kinds = list(curves)
     fig = Figure(figsize=(5 * len(kinds), 3.6), layout="constrained")
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
@@ -90,7 +93,7 @@ def faithfulness_curves(
         for method, (x, y) in curves[kind].items():
             ax.plot(x, y, label=method, lw=1.4)
         ax.set_xlabel("fraction of pixels " + ("deleted" if kind == "deletion" else "inserted"))
-        ax.set_ylabel("target probability (mean over images)")
+        ax.set_ylabel(f"{score} (mean over images)")
         ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} AUC is better)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -45,6 +45,7 @@ from convsight.studies.evaluation_chunks import (
     evaluate_with,
 )
 from convsight.studies.results import Result
+from convsight.targets import OneTarget, parse_target, resolve_targets
 
 __all__ = [
     "EvaluationRequest",
@@ -67,21 +68,32 @@ def image_files(folder: str | os.PathLike, limit: int | None = None) -> list[Pat
 
 
 def _predicted(
-    images: ImageStream, model: Model, protocol: Protocol, bar: Bar | None, methods: int
+    images: ImageStream,
+    model: Model,
+    protocol: Protocol,
+    bar: Bar | None,
+    methods: int,
+    target: OneTarget | None = None,
 ) -> Iterator[Chunk]:
-    """Each chunk's pixels (on the model's device) and the class the model predicts for each
-    image; ``bar`` advances by ``methods`` for each file skipped."""
+    """Each chunk's pixels (on the model's device) and each image's target: ``target``, or
+    the class the model predicts for it; ``bar`` advances by ``methods`` for each file
+    skipped."""
     for chunk in images:
         advance_bar(bar, advance=methods * len(chunk.skipped))
         if chunk.files:
             pixels = chunk.pixels.to(model.device)
-            yield pixels, predict_classes(model, pixels, protocol.batch_size).tolist()
+            if target is not None:
+                yield pixels, [target] * len(pixels)
+            else:
+                yield pixels, predict_classes(model, pixels, protocol.batch_size).tolist()
 
 
 @dataclass(frozen=True)
 class EvaluationRequest:
     """What :func:`write_evaluation` evaluates: ``methods`` on the images of the folder
-    ``images`` (the first ``limit``), each attributed to the class the model predicts, by
+    ``images`` (the first ``limit``), each attributed to ``target`` (one for every image:
+    a class, ``margin:NAME``, ``segment:CLASS[:MASK.png]``, ``output:INDEX`` or a
+    :class:`~convsight.targets.Target`; None: the class the model predicts for it), by
     ``metrics`` (deletion / insertion curves deleting or inserting ``step`` pixels a step;
     the sanity check on ``sanity_images`` images at ``sanity_stages`` stages). ``layer``,
     ``batch_size`` and ``engine`` are the methods' (and the curves') options. ``model_name``
@@ -101,6 +113,15 @@ class EvaluationRequest:
     seed: int = 0
     model_name: str | None = None
     weights: str | os.PathLike | None = None
+    target: OneTarget | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target, str):
+            parse_target(self.target)  # its form, before any work
+
+    def chosen_target(self) -> OneTarget | None:
+        """The target of every image (command-line text parsed); None: each one's class."""
+        return parse_target(self.target) if isinstance(self.target, str) else self.target
 
     def protocol(self) -> Protocol:
         """How the maps are evaluated (8 images a chunk)."""
@@ -129,6 +150,7 @@ class EvaluationResult(Result):
     skipped: list[dict[str, str]]
     protocol: Protocol
     methods: dict[str, dict[str, Any]]
+    targets: str = "the predicted class of each image"
     card_name: str = ""
     """The model card's name (the plots' titles; ``model`` is what the JSON calls it)."""
 
@@ -144,7 +166,7 @@ class EvaluationResult(Result):
             "head": self.head,
             "images": [str(p) for p in self.images],
             "skipped_images": self.skipped,
-            "targets": "the predicted class of each image",
+            "targets": self.targets,
             "settings": _settings(self.protocol),
             "table": self.table,
             "methods": self.methods,
@@ -201,7 +223,11 @@ class EvaluationResult(Result):
     def _curves_figure(self, curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> Figure:
         name = self.card_name or self.model
         title = f"{name}, {len(self.images)} images, step {self.protocol.step} px"
-        return faithfulness_curves(curves, title)
+        runs = [e.get(f"{k}_run", {}) for e in self.methods.values() for k in curves]
+        as_is = any(run.get("score") == "logit" for run in runs)  # not a class: as it is
+        return faithfulness_curves(
+            curves, title, f"score of {self.targets}" if as_is else "target probability"
+        )
 
     def _sanity_figure(self) -> Figure:
         lines = {
@@ -260,6 +286,8 @@ def _checked(model: Model, request: EvaluationRequest) -> _Checked:
     _check_protocol(protocol)
     folder = ImageStream(image_files(request.images, request.limit), model.card, protocol.chunk)
     folder.check()
+    if request.target is not None:  # names and masks checked against the model now
+        resolve_targets(model, request.chosen_target(), 1)
     return classes, protocol, folder
 
 
@@ -270,7 +298,8 @@ def _evaluated(
     classes, protocol, folder = checked
     with progress_bar(show_progress) as bar:
         task = bar.add_task("evaluate", total=len(classes) * len(folder.files), status="")
-        chunks = _predicted(folder, model, protocol, (bar, task), len(classes))
+        target = request.chosen_target()
+        chunks = _predicted(folder, model, protocol, (bar, task), len(classes), target)
         found = evaluate_chunks(model, chunks, classes, protocol, request.layer, (bar, task))
     notice_engines(found, CURVES)
     return EvaluationResult(
@@ -281,8 +310,17 @@ def _evaluated(
         skipped=folder.skipped,
         protocol=protocol,
         methods=found["methods"],
+        targets=_described(model, request),
         card_name=model.card.name,
     )
+
+
+def _described(model: Model, request: EvaluationRequest) -> str:
+    """What each image was explained by, for the JSON."""
+    if request.target is None:
+        return "the predicted class of each image"
+    bound = resolve_targets(model, request.chosen_target(), 1)
+    return bound.describe() if bound is not None else str(request.target)
 
 
 def _check_protocol(protocol: Protocol) -> None:
@@ -327,6 +365,11 @@ def _table(methods: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def _mean_curve(curve: dict[str, Any]) -> list[float]:
+    """A curve's mean values: probabilities of a class, or scores of another target."""
+    return curve["mean_probability"] if "mean_probability" in curve else curve["mean_score"]
+
+
 def _curves(
     methods: dict[str, dict[str, Any]], metrics: Sequence[str]
 ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -335,7 +378,7 @@ def _curves(
         kind: {
             name: (
                 np.array(entry[f"{kind}_curve"]["fraction"]),
-                np.array(entry[f"{kind}_curve"]["mean_probability"]),
+                np.array(_mean_curve(entry[f"{kind}_curve"])),
             )
             for name, entry in methods.items()
         }

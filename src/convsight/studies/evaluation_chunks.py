@@ -24,6 +24,7 @@ from convsight.metrics import Curves, deletion, insertion, model_randomization
 from convsight.models import Model
 from convsight.progress import progress_bar
 from convsight.studies.attribution import forward_engine, method_options, notice_engines
+from convsight.targets import OneTarget, TargetLike
 
 
 class CurveFunction(typing.Protocol):
@@ -35,7 +36,7 @@ class CurveFunction(typing.Protocol):
         model: Model,
         inputs: torch.Tensor,
         saliency: torch.Tensor,
-        target: list[int],
+        target: TargetLike,
         *,
         step: int,
         batch_size: int,
@@ -75,14 +76,18 @@ class _Curves:
         self.sums = self.sums + curves.scores.sum(0)
         self.fractions = curves.fractions
 
-    def entry(self, kind: str, images: int) -> dict[str, Any]:
+    def entry(self, kind: str, images: int, score: str = "probability") -> dict[str, Any]:
+        """The curve's AUCs and mean curve; its values are ``mean_probability`` for a class
+        target and ``mean_score`` for one scored as it is (``output:0``, ...)."""
         return {
             f"{kind}_auc": float(np.mean(self.aucs)),
             f"{kind}_auc_std": float(np.std(self.aucs)),
             f"{kind}_auc_per_image": self.aucs,
             f"{kind}_curve": {
                 "fraction": self.fractions.tolist() if self.fractions is not None else [],
-                "mean_probability": (self.sums / images).tolist(),
+                f"mean_{score if score == 'probability' else 'score'}": (
+                    self.sums / images
+                ).tolist(),
             },
         }
 
@@ -98,7 +103,7 @@ def _curve(
     model: Model,
     pixels: torch.Tensor,
     maps: torch.Tensor,
-    targets: list[int],
+    targets: list[OneTarget],
     protocol: Protocol,
 ) -> Curves:
     return CURVES[kind](
@@ -112,7 +117,7 @@ def _curve(
     )
 
 
-Chunk = tuple[torch.Tensor, list[int]]
+Chunk = tuple[torch.Tensor, list[OneTarget]]
 """Pixels of up to ``Protocol.chunk`` images (N x C x H x W) and their target classes."""
 
 Bar = tuple[Progress, TaskID]
@@ -159,7 +164,8 @@ class _MethodRun:
         """The method's entry: options, runs, AUCs and mean curves over ``images`` images,
         the sanity check on ``sanity`` (seeded with ``protocol.seed``), seconds per part."""
         for kind, total in self.curves.items():
-            self.entry.update(total.entry(kind, images))
+            score = self.entry.get(f"{kind}_run", {}).get("score", "probability")
+            self.entry.update(total.entry(kind, images, score))
         if sanity is not None:
             began = time.perf_counter()
             torch.manual_seed(protocol.seed)
@@ -210,7 +216,7 @@ def evaluate_chunks(
         )
         runs[cls.name] = _MethodRun.start(model, cls, options, protocol)
     first: list[torch.Tensor] = []  # the sanity check's images
-    targets: list[int] = []
+    targets: list[OneTarget] = []
     wanted = protocol.sanity_images if "sanity" in protocol.metrics else 0
     images = 0
     for chunk in chunks:
@@ -233,7 +239,7 @@ def evaluate_chunks(
 def evaluate_methods(
     model: Model,
     pixels: torch.Tensor,
-    targets: Sequence[int],
+    targets: Sequence[OneTarget],
     classes: Sequence[type[Method]],
     metrics: Sequence[str] = ("deletion", "insertion"),
     layer: str | None = None,
@@ -264,7 +270,7 @@ def evaluate_methods(
 def evaluate_with(
     model: Model,
     pixels: torch.Tensor,
-    targets: Sequence[int],
+    targets: Sequence[OneTarget],
     classes: Sequence[type[Method]],
     protocol: Protocol,
     layer: str | None = None,
