@@ -5,6 +5,7 @@ against a gradient (or occlusion drops) computed here by hand from the same summ
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,14 +297,20 @@ class Regressor(nn.Module):
 """
 
 
-def test_the_command_line_explains_output_0_of_a_regression_cnn(tmp_path, samples):
+def regressor_checkpoint(folder: Path, *flags: str) -> nn.Module:
+    """reg.pt with its card beside it (`convsight card --arch reg.py:Regressor`); the net."""
     torch.manual_seed(0)
     net = Regressor().eval()
-    (tmp_path / "reg.py").write_text(REG_NET)
-    torch.save(net.state_dict(), tmp_path / "reg.pt")
-    card = cli("card", tmp_path / "reg.pt", "--arch", f"{tmp_path / 'reg.py'}:Regressor",
-               "--input-size", 32)  # fmt: skip
+    (folder / "reg.py").write_text(REG_NET)
+    torch.save(net.state_dict(), folder / "reg.pt")
+    card = cli("card", folder / "reg.pt", "--arch", f"{folder / 'reg.py'}:Regressor",
+               "--input-size", 32, *flags)  # fmt: skip
     assert card.exit_code == 0, card.output
+    return net
+
+
+def test_the_command_line_explains_output_0_of_a_regression_cnn(tmp_path, samples):
+    net = regressor_checkpoint(tmp_path)
     out = tmp_path / "out"
     result = cli("saliency", tmp_path / "reg.pt", "--image", samples[0], "--target", "output:0",
                  "--methods", "saliency", "--out", out)  # fmt: skip
@@ -335,11 +342,7 @@ def test_class_models_of_a_regression_output_from_python_and_the_command_line(tm
         [float(final[0, 0]), float(final[1, 2])], rel=1e-4
     )
     assert "s=" in result._repr_html_()
-    (tmp_path / "reg.py").write_text(REG_NET)
-    torch.save(net.state_dict(), tmp_path / "reg.pt")
-    card = cli("card", tmp_path / "reg.pt", "--arch", f"{tmp_path / 'reg.py'}:Regressor",
-               "--input-size", 32)  # fmt: skip
-    assert card.exit_code == 0, card.output
+    assert regressor_checkpoint(tmp_path) is not None  # the same weights, as reg.pt
     out = tmp_path / "out"
     run = cli("classviz", tmp_path / "reg.pt", "--classes", "output:1", "--preset", "paper",
               "--steps", 5, "--out", out)  # fmt: skip
@@ -354,13 +357,7 @@ def test_class_models_of_a_regression_output_from_python_and_the_command_line(tm
 def test_evaluate_scores_the_curves_of_an_output_target(tmp_path):
     """evaluate --target output:1: the maps explain that output and the deletion curve
     starts at its value (scored as it is, not as a probability)."""
-    torch.manual_seed(0)
-    net = Regressor().eval()
-    (tmp_path / "reg.py").write_text(REG_NET)
-    torch.save(net.state_dict(), tmp_path / "reg.pt")
-    card = cli("card", tmp_path / "reg.pt", "--arch", f"{tmp_path / 'reg.py'}:Regressor",
-               "--input-size", 32, "--resize", "none")  # fmt: skip
-    assert card.exit_code == 0, card.output
+    net = regressor_checkpoint(tmp_path, "--resize", "none")
     photos = tmp_path / "photos"
     photos.mkdir()
     generator = torch.Generator().manual_seed(2)

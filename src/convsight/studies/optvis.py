@@ -224,8 +224,8 @@ def _classviz_targets(
     target's score; the rows record that score for the final image."""
     settings, count = request.settings, len(request.classes)
     objective = target_score(target)
-    rows = (count, "the targets' scores", request.given(), "number of targets", "targets")
-    check_render(model, objective, settings, *rows)
+    what = (count, "the targets' scores", request.given(), "number of targets", "targets")
+    check_render(model, objective, settings, *what)
     check_size(model, objective, settings, count)
     _check_model_hooks(model, settings, request.given())
     folder = None if out is None else prepare_out_dir(out)
@@ -235,27 +235,43 @@ def _classviz_targets(
     rendered = render_targets(
         model, items, seed=request.seed, progress=show_progress, settings=settings
     )
-    result = ClassvizResult(
+    seconds = time.perf_counter() - began
+    rows = _target_summary(model, rendered, target)
+    result = _class_models(model, request, rendered, [], rows, None, seconds)
+    if folder is not None:
+        result.save(folder)
+    return result
+
+
+def _class_models(
+    model: Model,
+    request: ClassvizRequest,
+    rendered: RenderResult,
+    indices: list[int],
+    rows: list[dict[str, Any]],
+    start: torch.Tensor | None,
+    seconds: float,
+) -> ClassvizResult:
+    """The class models' result: the render (``seconds`` long), its rows and the request's
+    settings."""
+    return ClassvizResult(
         model=model.card.name,
         weights=_record(request.weights),
         objective=rendered.description,
         head=model.card.head,
         init=request.init,
-        dataset=None,
-        indices=[],
+        dataset=str(request.dataset) if request.dataset else None,
+        indices=indices,
         images=rendered.images,
         values=rendered.values,
         dead=list(rendered.dead),
-        rows=_target_summary(model, rendered, target),
-        start=None,
-        settings=settings,
+        rows=rows,
+        start=start,
+        settings=request.settings,
         seed=request.seed,
         device=str(model.device),
-        seconds=time.perf_counter() - began,
+        seconds=seconds,
     )
-    if folder is not None:
-        result.save(folder)
-    return result
 
 
 def _target_summary(model: Model, rendered: RenderResult, target: Target) -> list[dict[str, Any]]:
@@ -362,24 +378,8 @@ def classviz(
         settings=settings,
     )
     seconds = time.perf_counter() - began
-    result = ClassvizResult(
-        model=model.card.name,
-        weights=_record(request.weights),
-        objective=rendered.description,
-        head=model.card.head,
-        init=request.init,
-        dataset=str(request.dataset) if request.dataset else None,
-        indices=indices,
-        images=rendered.images,
-        values=rendered.values,
-        dead=list(rendered.dead),
-        rows=_class_rows(model, rendered, indices, counts),
-        start=start_pixels,
-        settings=settings,
-        seed=request.seed,
-        device=str(model.device),
-        seconds=seconds,
-    )
+    rows = _class_rows(model, rendered, indices, counts)
+    result = _class_models(model, request, rendered, indices, rows, start_pixels, seconds)
     if folder is not None:
         result.save(folder)
     return result
