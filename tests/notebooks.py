@@ -13,9 +13,11 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from queue import Empty
+from time import monotonic
 from typing import Any
 
 KERNEL = "python3"
@@ -46,13 +48,55 @@ def this_python_kernel(folder: Path) -> Iterator[str]:
             os.environ["JUPYTER_PATH"] = before
 
 
-def execute(nb: Any, cwd: Path, timeout: int = 120) -> Any:
-    """Run every cell of ``nb`` (an nbformat notebook) in ``cwd``; a failing cell raises
-    nbclient's ``CellExecutionError`` with its traceback. Returns the notebook with outputs."""
+POLL_SLICE = 0.5
+"""Seconds a wait for the kernel's next message polls at a time (see :func:`_sliced`)."""
+
+
+def _sliced(get_msg: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A channel's ``get_msg`` that polls in slices of :data:`POLL_SLICE` seconds up to the
+    timeout asked for. Under nbclient with widgets on the page (rich's progress bar), an
+    asyncio poll of the shell socket now and then misses the reply that arrived and returns
+    only at its timeout, so a cell done in a second took the whole cell timeout (no error;
+    nbclient issue 312); a short poll, repeated, picks the reply up within a slice."""
+
+    async def get(timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            left = POLL_SLICE if deadline is None else max(0.0, deadline - monotonic())
+            try:
+                return await get_msg(timeout=min(POLL_SLICE, left))
+            except Empty:
+                if deadline is not None and monotonic() >= deadline:
+                    raise
+
+    return get
+
+
+def _client_class() -> type:
+    """nbclient's client, its channels polled in slices (:func:`_sliced`)."""
     from nbclient import NotebookClient
 
-    client = NotebookClient(
-        nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(cwd)}}
+    class SlicedClient(NotebookClient):
+        async def async_start_new_kernel_client(self) -> Any:
+            client = await super().async_start_new_kernel_client()
+            for channel in (client.shell_channel, client.iopub_channel):
+                channel.get_msg = _sliced(channel.get_msg)
+            return client
+
+    return SlicedClient
+
+
+def execute(nb: Any, cwd: Path, timeout: int = 120, allow_errors: bool = False) -> Any:
+    """Run every cell of ``nb`` (an nbformat notebook) in ``cwd``, each within ``timeout``
+    seconds; a failing cell raises nbclient's ``CellExecutionError`` with its traceback (with
+    ``allow_errors``, the error is the cell's output and the next cells run). Returns the
+    notebook with its outputs."""
+    client = _client_class()(
+        nb,
+        timeout=timeout,
+        kernel_name=KERNEL,
+        allow_errors=allow_errors,
+        resources={"metadata": {"path": str(cwd)}},
     )
     return client.execute()
 
@@ -81,3 +125,8 @@ def html_images(cell: Any) -> int:
         for out in outputs(cell)
         if out["output_type"] in ("execute_result", "display_data")
     )
+
+
+def png_outputs(nb: Any) -> int:
+    """How many outputs of the notebook are PNG pictures (``image/png``)."""
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells for out in outputs(cell))
