@@ -34,6 +34,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+RUN_HERE = [page for page in PAGES if page.parent != ROOT / "docs" / "tutorials"]
+"""The pages whose examples run here: the tutorials run as notebooks (test_tutorials.py)."""
 SHELL = {"bash", "sh", "shell", "console"}
 MARKERS = ("not run", "run smaller", "save as", "same as")
 _FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
@@ -273,7 +275,7 @@ def example_folder(shared, tmp_path, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
-@pytest.mark.parametrize("page", PAGES, ids=[page_id(page) for page in PAGES])
+@pytest.mark.parametrize("page", RUN_HERE, ids=[page_id(page) for page in RUN_HERE])
 def test_every_example_of_the_page_runs(page, example_folder):
     namespace: dict = {"__name__": f"docs_{page.stem}"}
     for example in examples(page):
