@@ -68,7 +68,7 @@ def test_output_function_and_per_image_targets(tiny):
         ("class:dog", ClassTarget, "class dog"),
         ("margin:1", MarginTarget, "margin of class 1"),
         ("output:0", OutputTarget, "output 0"),
-        ("segment:road", SegmentationTarget, "class road summed over its predicted pixels"),
+        ("segment:road", SegmentationTarget, "road summed over its predicted pixels"),
         ("segment:4:mask.png", SegmentationTarget, "class 4 summed over a mask"),
     ],
 )

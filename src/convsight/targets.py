@@ -38,6 +38,12 @@ def _shape(output: Tensor) -> str:
     return " x ".join(map(str, output.shape))
 
 
+def _label(model: Model, index: int) -> str | None:
+    """The card's label of class ``index``, when the card names its classes."""
+    labels = model.card.labels
+    return labels[index] if labels and 0 <= index < len(labels) else None
+
+
 def _class_of(model: Model, category: int | str, output_classes: int | None) -> int:
     """A class index from an index or a label: against the card, or against the output's
     class count when the card names no classes (a segmentation net without labels)."""
@@ -111,6 +117,7 @@ class ClassTarget(Target):
 
     def __init__(self, classes: int | str | Sequence[int | str] | Tensor) -> None:
         self.given = classes
+        self.label: str | None = None  # the card's name of the (first) class, once bound
         self.indices: Tensor | None = None
         if isinstance(classes, Tensor):
             self.indices = classes.detach().long().cpu().reshape(-1)
@@ -128,6 +135,7 @@ class ClassTarget(Target):
         if len(items) != count:
             raise ConvsightError(f"{len(items)} targets for {count} images: give one per image")
         bound = ClassTarget(torch.tensor([model.class_index(t) for t in items], dtype=torch.long))
+        bound.label = _label(model, int(bound.indices[0])) if bound.indices is not None else None
         return bound
 
     def _rows(self) -> Tensor:
@@ -143,14 +151,16 @@ class ClassTarget(Target):
         return output.gather(1, index.view(-1, 1)).squeeze(1)
 
     def __getitem__(self, rows: Rows) -> ClassTarget:
-        return ClassTarget(self._rows()[rows])
+        part = ClassTarget(self._rows()[rows])
+        part.label = self.label if self._rows().unique().numel() == 1 else None  # one class
+        return part
 
     def classes(self) -> list[int] | None:
         return self._rows().tolist() if self.indices is not None else None
 
     def describe(self) -> str:
         if self.indices is not None and self.indices.unique().numel() == 1:
-            return f"class {int(self.indices[0])}"
+            return self.label or f"class {int(self.indices[0])}"
         return "class" if self.indices is not None else f"class {self.given}"
 
 
@@ -162,7 +172,9 @@ class MarginTarget(Target):
         self.index: int | None = category if isinstance(category, int) else None
 
     def bind(self, model: Model, count: int) -> MarginTarget:
-        bound = MarginTarget(model.class_index(self.category))
+        index = model.class_index(self.category)
+        bound = MarginTarget(index)
+        bound.category = _label(model, index) or index
         if (model.card.num_classes or 2) < 2:
             raise ConvsightError(f"a margin needs two classes; model '{model.card.name}' has 1")
         return bound
@@ -176,7 +188,8 @@ class MarginTarget(Target):
         return output[:, self.index] - others.amax(1)
 
     def describe(self) -> str:
-        return f"margin of class {self.category}"
+        name = self.category if isinstance(self.category, str) else f"class {self.category}"
+        return f"margin of {name}"
 
 
 class SegmentationTarget(Target):
@@ -190,7 +203,9 @@ class SegmentationTarget(Target):
         self.index: int | None = category if isinstance(category, int) else None
 
     def bind(self, model: Model, count: int) -> SegmentationTarget:
-        bound = SegmentationTarget(_class_of(model, self.category, output_classes(model)))
+        index = _class_of(model, self.category, output_classes(model))
+        bound = SegmentationTarget(index)
+        bound.category = _label(model, index) or index
         mask = self.mask
         if isinstance(mask, (str, os.PathLike)):
             mask = load_mask(Path(mask), model.card)
@@ -237,7 +252,8 @@ class SegmentationTarget(Target):
 
     def describe(self) -> str:
         where = "over a mask" if self.mask is not None else "over its predicted pixels"
-        return f"class {self.category} summed {where}"
+        name = self.category if isinstance(self.category, str) else f"class {self.category}"
+        return f"{name} summed {where}"
 
 
 class OutputTarget(Target):

@@ -158,7 +158,7 @@ def test_the_saliency_study_takes_a_segmentation_target_and_pixels(seg, pixels, 
         expected = summed_score(net, pixels, box_mask(), cls)
     assert result.target_scores == pytest.approx(expected.tolist(), rel=1e-5)
     data = result.to_json()
-    assert data["target"] == f"class {cls} summed over a mask" and "predicted" not in data
+    assert data["target"] == "road summed over a mask" and "predicted" not in data
     assert result._repr_html_().count("<img src='data:image/png;base64,") == 2 * 2
     names = {p.name for p in result.save(tmp_path / "saved")}
     assert {"saliency.json", "saliency.npz", "saliency_image_0.png"} <= names
@@ -231,7 +231,7 @@ def test_the_command_line_explains_a_masked_segment(tmp_path, samples):
     expected = hand_occlusion(pixels_net, x, mask, window=16, stride=8)
     close(torch.from_numpy(arrays["occlusion_attributions"])[:, 0], expected, rtol=1e-3)
     data = json.loads((out / "saliency.json").read_text())
-    assert data["target"] == "class 1 summed over a mask" and len(data["target_score"]) == 1
+    assert data["target"] == "road summed over a mask" and len(data["target_score"]) == 1
 
 
 class NormalizedNet(nn.Module):

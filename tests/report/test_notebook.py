@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -33,3 +34,38 @@ def test_a_file_tile_is_the_image_shrunk_or_none(tmp_path):
     assert same is not None and (same.image == small).all()
     (tmp_path / "bad.png").write_bytes(b"not a png")
     assert file_tile(tmp_path / "bad.png") is None and file_tile(tmp_path / "gone.png") is None
+
+
+SHOW = [
+    "import torch\n"
+    "from convsight.report.notebook import Tile\n"
+    "from convsight.studies.results import Result\n"
+    "class Shown(Result):\n"
+    "    def to_json(self):\n"
+    "        return {'model': 'm'}\n"
+    "    def tiles(self):\n"
+    "        return [Tile(torch.rand(3, 8, 8), 'a'), Tile(torch.rand(1, 8, 8), 'b')]\n"
+    "result = Shown()",
+    "result.show()",
+    "result",
+]
+
+
+@pytest.mark.slow
+def test_in_a_notebook_show_draws_a_picture_and_the_text_view_is_one_line(tmp_path):
+    """show() displays a PNG whatever matplotlib backend the kernel has (pyplot never
+    imported), and a result's plain-text view is its headline, not its tensors."""
+    import nbformat
+
+    from tests.notebooks import errors, execute, outputs, this_python_kernel
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in SHOW]
+    with this_python_kernel(tmp_path / "jupyter"):
+        nb = execute(nb, tmp_path, timeout=120)
+    assert not errors(nb)
+    _, shown, plain = (outputs(cell) for cell in nb.cells)
+    assert [sorted(o["data"]) for o in shown] == [["image/png", "text/plain"]]
+    (result,) = plain
+    assert result["data"]["text/plain"] == "Shown (2 pictures; not saved)"
+    assert result["data"]["text/html"].count("data:image/png;base64,") == 2

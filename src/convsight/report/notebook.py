@@ -171,10 +171,13 @@ def in_notebook() -> bool:
 
 def show_tiles(title: str, tiles: Sequence[Tile], columns: int = 8) -> None:
     """Show the tiles: inline in a notebook, else in a matplotlib window (``plt.show()``)."""
-    if in_notebook():
+    if in_notebook():  # a PNG: shown whatever matplotlib backend the kernel has
+        from IPython.display import Image as Picture
         from IPython.display import display
 
-        display(tiles_figure(title, tiles, columns))
+        buffer = io.BytesIO()
+        tiles_figure(title, tiles, columns).savefig(buffer, format="png", dpi=100)
+        display(Picture(data=buffer.getvalue(), format="png"))
         return
     import matplotlib.pyplot as plt
 

@@ -63,6 +63,15 @@ class Result:
     def _repr_html_(self) -> str:
         return result_html(self.title, self.facts(), self.tiles())
 
+    def headline(self) -> str:
+        """The result in a line: its title, how many pictures, the files written."""
+        files = f"{len(self.files)} files in {self.files[0].parent}" if self.files else "not saved"
+        return f"{self.title} ({len(self.tiles())} pictures; {files})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's plain-text view: the headline, not every tensor of the dataclass."""
+        printer.text(self.headline())
+
     def figure(self, columns: int = 8) -> Figure:
         """The pictures as one matplotlib figure (captions as titles)."""
         return tiles_figure(self.title, self.tiles(), columns)

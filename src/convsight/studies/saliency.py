@@ -175,7 +175,7 @@ class SaliencyResult(Result):
                 for label, p in zip(self.target_labels, shown, strict=True)
             ]
         else:
-            what = [f"{self.target.describe()[:22]} s={s:.3g}" for s in self.target_scores]
+            what = [f"{_clip(self.target.describe(), 30)} s={s:.3g}" for s in self.target_scores]
         return [f"{path.stem[:24]}\n{line}" for path, line in zip(self.paths, what, strict=True)]
 
     def tiles(self) -> list[Tile]:
@@ -203,6 +203,11 @@ class SaliencyResult(Result):
         """Write the panels, ``saliency.npz`` and ``saliency.json`` into ``out``."""
         self.files = write_saliency_files(prepare_out_dir(out), self)
         return self.files
+
+
+def _clip(text: str, size: int) -> str:
+    """``text`` cut to at most ``size`` characters at a word's end (an ellipsis when cut)."""
+    return text if len(text) <= size else text[:size].rsplit(" ", 1)[0] + "…"
 
 
 def saliency(
