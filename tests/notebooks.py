@@ -101,6 +101,19 @@ def execute(nb: Any, cwd: Path, timeout: int = 120, allow_errors: bool = False) 
     return client.execute()
 
 
+def run_cells(sources: list[str], cwd: Path, timeout: int = 120) -> Any:
+    """A new notebook of these code cells, run in ``cwd`` in a kernel of this Python (its
+    spec under ``cwd/jupyter``); checked to have no error. Returns the executed notebook."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    with this_python_kernel(cwd / "jupyter"):
+        nb = execute(nb, cwd, timeout=timeout)
+    assert not errors(nb), errors(nb)
+    return nb
+
+
 def outputs(cell: Any) -> list[dict[str, Any]]:
     """A code cell's outputs."""
     return list(cell.get("outputs", []))

@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from convsight import progress
-from tests.notebooks import WIDGET, WIDGET_STATE, errors, execute, outputs, this_python_kernel
+from tests.notebooks import WIDGET, WIDGET_STATE, outputs, run_cells
 
 
 @pytest.fixture
@@ -91,13 +91,7 @@ NOTEBOOK = [
 
 @pytest.mark.slow
 def test_in_a_notebook_a_bar_is_a_widget(tmp_path):
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in NOTEBOOK]
-    with this_python_kernel(tmp_path / "jupyter"):
-        nb = execute(nb, tmp_path, timeout=120)
-    assert not errors(nb)
+    nb = run_cells(NOTEBOOK, tmp_path)
     detect, bar, silent = (outputs(cell) for cell in nb.cells)
     assert [o.get("text") for o in detect] == [f"True {sys.executable}\n"]  # this Python
     widgets = [o for o in bar if o["output_type"] == "display_data" and WIDGET in o["data"]]

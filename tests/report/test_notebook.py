@@ -55,15 +55,9 @@ SHOW = [
 def test_in_a_notebook_show_draws_a_picture_and_the_text_view_is_one_line(tmp_path):
     """show() displays a PNG whatever matplotlib backend the kernel has (pyplot never
     imported), and a result's plain-text view is its headline, not its tensors."""
-    import nbformat
+    from tests.notebooks import outputs, run_cells
 
-    from tests.notebooks import errors, execute, outputs, this_python_kernel
-
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in SHOW]
-    with this_python_kernel(tmp_path / "jupyter"):
-        nb = execute(nb, tmp_path, timeout=120)
-    assert not errors(nb)
+    nb = run_cells(SHOW, tmp_path)
     _, shown, plain = (outputs(cell) for cell in nb.cells)
     assert [sorted(o["data"]) for o in shown] == [["image/png", "text/plain"]]
     (result,) = plain
