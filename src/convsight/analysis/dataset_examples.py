@@ -105,6 +105,16 @@ class ImageStats:
         )
 
 
+def channel_stats(out: torch.Tensor, channels: Sequence[int] | None = None) -> ImageStats:
+    """A layer's output (N x C x H x W) reduced per image and channel: the spatial maximum,
+    where it is and the spatial mean (``channels``: only those)."""
+    out = out.float() if channels is None else out[:, list(channels)].float()
+    flat = out.flatten(2)
+    value, index = flat.max(2)
+    where = torch.stack((index // out.shape[-1], index % out.shape[-1]), -1)
+    return ImageStats(value.cpu(), where.cpu(), flat.mean(2).cpu())
+
+
 @torch.no_grad()
 def layer_stats(
     model: Model,
@@ -124,11 +134,7 @@ def layer_stats(
     found: dict[str, list[ImageStats]] = {name: [] for name in layers}
 
     def reduce(_name: str, out: torch.Tensor) -> ImageStats:
-        out = out.float() if channels is None else out[:, list(channels)].float()
-        flat = out.flatten(2)
-        value, index = flat.max(2)
-        where = torch.stack((index // out.shape[-1], index % out.shape[-1]), -1)
-        return ImageStats(value.cpu(), where.cpu(), flat.mean(2).cpu())
+        return channel_stats(out, channels)
 
     for first in range(start, stop, batch_size):
         batch = pixels[first : min(first + batch_size, stop)].to(model.device)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from convsight.data.images import image_files, load_readable_images
+from convsight.data.images import ImageStream, image_files, load_image_tensor, load_readable_images
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to, map_layer_names
-from convsight.models import Model
+from convsight.models import Model, ModelCard
 from convsight.optvis.budget import RenderRequest, check_render, render_cost
 from convsight.optvis.objectives import channel
 from convsight.optvis.render import parse_channels, settings_for
@@ -28,21 +28,38 @@ if TYPE_CHECKING:
 
 @dataclass
 class AtlasDataset:
-    """The images an atlas finds top examples in: pixels for the model, their names (paths
-    relative to the dataset folder) and the files left out as unreadable."""
+    """The images an atlas finds top examples in, never all held at once: the readable files
+    (image ``i`` is ``files[i]``), their names (paths relative to the dataset folder), the
+    files left out as unreadable, the card that decodes them and a fingerprint of the names
+    and pixels (``digest``, taken as the files were checked). :meth:`batches` and
+    :meth:`load` decode images when they are needed."""
 
     path: str | os.PathLike
-    pixels: torch.Tensor
+    files: list[Path]
     names: list[str]
     skipped: list
+    card: ModelCard
+    digest: str
+
+    def __len__(self) -> int:
+        return len(self.files)
 
     def sha256(self) -> str:
         """A fingerprint of the names and pixels."""
-        digest = hashlib.sha256("\n".join(self.names).encode())
-        data = self.pixels.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        # numpy's stubs give ndarray __buffer__ only from Python 3.12; it is a buffer on 3.11 too
-        digest.update(data)  # type: ignore[arg-type]
-        return digest.hexdigest()
+        return self.digest
+
+    def load(self, indices: Sequence[int]) -> torch.Tensor:
+        """The pixels of images ``indices`` (k x C x H x W), decoded now."""
+        return torch.cat([load_image_tensor(self.files[i], self.card) for i in indices])
+
+    def batches(
+        self, start: int = 0, stop: int | None = None, size: int = 16
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Images ``start`` to ``stop``, ``size`` at a time: their indices and pixels."""
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, size):
+            indices = list(range(first, min(first + size, stop)))
+            yield torch.tensor(indices), self.load(indices)
 
 
 @dataclass
@@ -178,9 +195,16 @@ def _channels_of_layers(
 
 
 def _read_dataset(model: Model, dataset: str | os.PathLike) -> AtlasDataset:
-    """The readable images of the dataset folder, for the model."""
-    pixels, names, skipped = load_dataset(model, dataset_images(dataset), Path(dataset))
-    return AtlasDataset(dataset, pixels, names, skipped)
+    """The readable images of the dataset folder, for the model: every file decoded once to
+    check it and take the fingerprint, a chunk at a time (none kept)."""
+    root, digest = Path(dataset), hashlib.sha256()
+    stream = ImageStream(dataset_images(dataset), model.card, 16, "image of the dataset")
+    for chunk in stream:
+        for path, pixels in zip(chunk.files, chunk.pixels, strict=True):
+            digest.update(f"{path.relative_to(root)}\n".encode())
+            digest.update(pixels.contiguous().numpy().tobytes())
+    names = [str(path.relative_to(root)) for path in stream.kept]
+    return AtlasDataset(dataset, stream.kept, names, stream.skipped, model.card, digest.hexdigest())
 
 
 def dataset_images(folder: str | os.PathLike) -> list[Path]:

@@ -13,19 +13,17 @@ import torch
 from rich.progress import Progress, TaskID
 
 from convsight.analysis.dataset_examples import (
-    ImageStats,
     ReceptiveField,
-    layer_stats,
-    rank_examples,
     receptive_field,
 )
 from convsight.analysis.projections import high_frequency_share, tiles
+from convsight.analysis.streamed_examples import TopExamples
 from convsight.distributed import Work, shards
 from convsight.optvis.render import RenderResult
 from convsight.report import safe_filename, write_json, write_npz
 from convsight.report.images import examples_strip, write_gif, write_image, write_pil
 from convsight.studies.atlas.inputs import AtlasDataset, AtlasJob
-from convsight.studies.atlas.tasks import render_chunk
+from convsight.studies.atlas.tasks import render_chunk, slice_examples
 from convsight.studies.invariances import GIF_SIDE
 
 EXAMPLE_BATCH = 16  # images a batch of the dataset pass
@@ -57,9 +55,9 @@ def render_layer(
         "seed": job.seed,
         "invariance_beta": job.invariances,
     }
-    if examples is not None:  # the pixels are sent once; the examples once per layer
+    if examples is not None:  # the dataset (its file list) and the examples once per layer
         assert data is not None  # the examples are loaded only with a dataset
-        shared.update(pixels=data.pixels, examples=examples, receptive=field)
+        shared.update(dataset=data, examples=examples, receptive=field)
     chunks = [{"channels": todo[i : i + job.batch]} for i in range(0, len(todo), job.batch)]
     for _, chunk in work.map(render_chunk, shared, chunks):
         for row, channel in enumerate(chunk.channels):
@@ -151,25 +149,32 @@ def load_npz(path: Path) -> dict[str, torch.Tensor]:
 
 def find_examples(job: AtlasJob, folders: dict[str, Path], out: Path, work: Work) -> None:
     """Top dataset examples of every channel of each layer in ``folders`` that has none
-    recorded yet: one pass over the dataset for them all, cut into slices over the workers;
-    each layer's ``examples.npz`` written."""
+    recorded yet: one streamed pass over the dataset for them all (a batch of images in
+    memory at a time), cut into slices over the workers, each returning fixed-size
+    statistics (:class:`TopExamples`); each layer's ``examples.npz`` written: the top images,
+    values and positions, and each channel's maxima over the sampled images (every image up
+    to :data:`SAMPLE`: ``sample_images``) with its mean over all of them."""
     missing = [name for name, folder in folders.items() if not _readable(folder / EXAMPLES_FILE)]
-    if not missing or job.dataset is None:
+    data = job.dataset
+    if not missing or data is None:
         return
-    pixels = job.dataset.pixels
-    parts = shards(len(pixels), EXAMPLE_BATCH, 2 * work.workers)
-    shared = {"model": job.model, "pixels": pixels, "layers": missing, "batch_size": EXAMPLE_BATCH}
-    found = dict(work.map(layer_stats, shared, parts))
+    parts = shards(len(data), EXAMPLE_BATCH, 2 * work.workers)
+    shared = {"model": job.model, "dataset": data, "layers": missing, "top_k": job.top_k}
+    found = dict(work.map(slice_examples, {**shared, "batch_size": EXAMPLE_BATCH}, parts))
     for name in missing:
-        stats = ImageStats.join([found[i][name] for i in range(len(parts))])
-        ranked = rank_examples(stats, name, None, job.top_k)
+        merged = TopExamples.merge([found[i][name] for i in range(len(parts))])
+        k = min(job.top_k, merged.count)
+        sampled, maxima = merged.histogram_values()
         write_npz(
             folders[name] / EXAMPLES_FILE,
             within=out,
-            top_images=ranked.top_images,
-            top_values=ranked.top_values,
-            top_positions=ranked.top_positions,
-            max_per_image=ranked.max_per_image,
+            top_images=merged.images[:, :k],
+            top_values=merged.values[:, :k],
+            top_positions=merged.positions[:, :k],
+            max_per_image=maxima,
+            sample_images=sampled,
+            mean_per_channel=merged.means(),
+            images=torch.tensor(merged.count),
         )
 
 
@@ -188,7 +193,7 @@ def _write_examples(
     chosen = examples["top_images"][channel].tolist()
     positions = examples["top_positions"][channel].tolist()
     boxes = [field.box(y, x) for y, x in positions]
-    strip = examples_strip([data.pixels[i] for i in chosen], boxes)
+    strip = examples_strip(list(data.load(chosen)), boxes)
     write_pil(folder / "img" / f"c{channel}_examples.png", strip, within=out)
     write_pil(folder / "img" / f"c{channel}_projections.png", tiles([projections]), within=out)
     values = examples["top_values"][channel].tolist()

@@ -15,10 +15,12 @@ import torch
 from convsight.analysis.dataset_examples import ReceptiveField
 from convsight.analysis.invariances import HessianScale, channel_response, invariances
 from convsight.analysis.projections import display, project_units
+from convsight.analysis.streamed_examples import TopExamples, stream_examples
 from convsight.analysis.surrogate import softplus_surrogate
 from convsight.models import Model
 from convsight.optvis.render import RenderResult, render_channels
 from convsight.optvis.settings import RenderSettings
+from convsight.studies.atlas.inputs import AtlasDataset
 from convsight.studies.invariances import sphere_path
 
 
@@ -34,6 +36,20 @@ class RenderedChunk:
     projections: list[list[torch.Tensor]] = field(default_factory=list)
 
 
+def slice_examples(
+    model: Model,
+    dataset: AtlasDataset,
+    layers: list[str],
+    top_k: int,
+    batch_size: int,
+    start: int,
+    stop: int,
+) -> dict[str, TopExamples]:
+    """The streamed top examples (:class:`TopExamples`) of images ``start`` to ``stop`` of
+    ``dataset`` for each of ``layers``, one pass, ``batch_size`` images at a time."""
+    return stream_examples(model, dataset.batches(start, stop, batch_size), layers, top_k)
+
+
 def render_chunk(
     model: Model,
     layer: str,
@@ -41,15 +57,15 @@ def render_chunk(
     settings: dict[str, RenderSettings],
     seed: int,
     invariance_beta: float = 0.0,
-    pixels: torch.Tensor | None = None,
+    dataset: AtlasDataset | None = None,
     examples: dict[str, torch.Tensor] | None = None,
     receptive: ReceptiveField | None = None,
 ) -> RenderedChunk:
     """Render ``channels`` of ``layer`` with each preset's settings (rows seeded by channel,
     so a channel looks the same in any chunk); with ``invariance_beta`` > 0, each one's first
-    invariance at the robust render (else the first preset's); with the dataset ``pixels``,
-    the layer's top ``examples`` and ``receptive`` field, the projections of each one's top
-    examples."""
+    invariance at the robust render (else the first preset's); with the ``dataset``, the
+    layer's top ``examples`` and ``receptive`` field, the projections of each one's top
+    examples (their images decoded here)."""
     renders = {
         p: render_channels(model, layer, channels, preset=p, seed=seed, **_overrides(s))
         for p, s in settings.items()
@@ -63,12 +79,12 @@ def render_chunk(
             found = first_invariance(surrogate, layer, channel, optimum, invariance_beta, seed)
             chunk.invariances.append({"from": start, **found})
     if examples is not None:
-        assert pixels is not None  # the examples come with the dataset's pixels
+        assert dataset is not None  # the examples come with the dataset
         for channel in channels:
             chosen = examples["top_images"][channel].tolist()
             positions = examples["top_positions"][channel].tolist()
             units = torch.tensor([[channel, y, x] for y, x in positions])
-            projected = project_units(model, pixels[chosen], layer, units, receptive)
+            projected = project_units(model, dataset.load(chosen), layer, units, receptive)
             chunk.projections.append([display(m) for m in projected.crops()])
     return chunk
 

@@ -1,0 +1,160 @@
+"""Top dataset examples in one streamed pass: memory bounded by a batch, not by the dataset.
+
+Each channel keeps a running top-k of images by their spatial maximum (with where it is) and
+fixed-size summaries: how many images were seen, the sum of their spatial means, and a sample
+of per-image maxima and means for histograms: the :data:`SAMPLE` images of least
+:func:`sample_key` (every image while there are fewer; a uniform sample beyond, the same
+whatever the batches or shards). Summaries of slices merge (:meth:`TopExamples.merge`), so
+workers can each stream their slice of the files.
+
+Ties rank the image seen first (the lower index) first; the whole ranking equals sorting every
+image's maximum, value descending then index ascending (:func:`brute_force_top`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from convsight.analysis.dataset_examples import ImageStats, channel_stats
+from convsight.layers import forward_to
+from convsight.models import Model
+
+SAMPLE = 2048
+"""Images per channel whose maxima and means are kept for histograms."""
+
+
+def sample_key(indices: Tensor) -> Tensor:
+    """A fixed pseudo-random key per image index (Knuth's multiplicative hash)."""
+    return (indices.long() * 2654435761) % (2**32)
+
+
+def _ranked(values: Tensor, images: Tensor, k: int) -> Tensor:
+    """Column order of each row: value descending, then image index ascending; the first k."""
+    by_image = images.argsort(dim=1, stable=True)
+    values = values.gather(1, by_image)
+    order = (-values).argsort(dim=1, stable=True)
+    return by_image.gather(1, order)[:, :k]
+
+
+@dataclass
+class TopExamples:
+    """One layer's streamed statistics (C channels): the top-k images of each channel, and
+    the fixed-size summaries of the module's docstring."""
+
+    values: Tensor  # C x k, descending; -inf where fewer than k images were seen
+    images: Tensor  # C x k, dataset indices (-1: none)
+    positions: Tensor  # C x k x 2, (y, x) of the maximum in the layer's map
+    count: int
+    mean_sum: Tensor  # C, float64: the sum over images of each channel's spatial mean
+    sample_images: Tensor  # S, ascending keys
+    sample_maxima: Tensor  # S x C
+    sample_means: Tensor  # S x C
+
+    @staticmethod
+    def empty(channels: int, top_k: int) -> TopExamples:
+        """Nothing seen yet."""
+        return TopExamples(
+            torch.full((channels, top_k), float("-inf")),
+            torch.full((channels, top_k), -1, dtype=torch.long),
+            torch.zeros(channels, top_k, 2, dtype=torch.long),
+            0,
+            torch.zeros(channels, dtype=torch.float64),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0, channels),
+            torch.empty(0, channels),
+        )
+
+    @property
+    def top_k(self) -> int:
+        return self.values.shape[1]
+
+    def update(self, indices: Tensor, maxima: Tensor, positions: Tensor, means: Tensor) -> None:
+        """Add a batch: its images' indices (n), spatial maxima (n x C), their positions
+        (n x C x 2) and spatial means (n x C)."""
+        batch = TopExamples(
+            maxima.T.float(),
+            indices.long().expand(maxima.shape[1], -1),
+            positions.permute(1, 0, 2).long(),
+            len(indices),
+            means.double().sum(0),
+            indices.long(),
+            maxima.float(),
+            means.float(),
+        )
+        merged = TopExamples.merge([self, batch], self.top_k)
+        vars(self).update(vars(merged))
+
+    @staticmethod
+    def merge(parts: Sequence[TopExamples], top_k: int | None = None) -> TopExamples:
+        """The statistics of the union of ``parts`` (disjoint sets of images)."""
+        k = top_k or parts[0].top_k
+        values = torch.cat([p.values for p in parts], 1)
+        images = torch.cat([p.images for p in parts], 1)
+        positions = torch.cat([p.positions for p in parts], 1)
+        order = _ranked(values, images, k)  # the -1 of "none" have -inf: always last
+        keys = torch.cat([p.sample_images for p in parts])
+        kept = sample_key(keys).argsort(stable=True)[:SAMPLE]
+        return TopExamples(
+            values.gather(1, order),
+            images.gather(1, order),
+            positions.gather(1, order[..., None].expand(-1, -1, 2)),
+            sum(p.count for p in parts),
+            sum((p.mean_sum for p in parts), torch.zeros_like(parts[0].mean_sum)),
+            keys[kept],
+            torch.cat([p.sample_maxima for p in parts])[kept],
+            torch.cat([p.sample_means for p in parts])[kept],
+        )
+
+    def histogram_values(self) -> tuple[Tensor, Tensor]:
+        """The sampled images (ascending index) and their maxima, C x S: every image's when
+        the dataset holds at most :data:`SAMPLE`."""
+        order = self.sample_images.argsort()
+        return self.sample_images[order], self.sample_maxima[order].T
+
+    def means(self) -> Tensor:
+        """Each channel's spatial mean averaged over every image seen."""
+        return (self.mean_sum / max(self.count, 1)).float()
+
+
+def brute_force_top(maxima: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    """The reference ranking: every image's maximum (N x C) sorted per channel, value
+    descending then index ascending; (values, images), C x k."""
+    images = torch.arange(maxima.shape[0]).expand(maxima.shape[1], -1)
+    order = _ranked(maxima.T.float(), images, top_k)
+    return maxima.T.float().gather(1, order), images.gather(1, order)
+
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+"""Batches of a dataset: each image's index in the dataset (n) and its pixels (n x C x H x W)."""
+
+
+@torch.no_grad()
+def stream_examples(
+    model: Model,
+    batches: Batches,
+    layers: Sequence[str],
+    top_k: int,
+    bar: Callable[[int], None] | None = None,
+) -> dict[str, TopExamples]:
+    """One pass of ``batches`` as far as the last of ``layers``: each layer's
+    :class:`TopExamples`, holding one batch of pixels and activations at a time."""
+    found: dict[str, TopExamples] = {}
+
+    def reduce(_name: str, out: Tensor) -> ImageStats:
+        return channel_stats(out)
+
+    for indices, pixels in batches:
+        x = model.normalize(pixels.to(model.device))
+        outputs = forward_to(model.module, x, list(layers), reduce=reduce)
+        for name in layers:
+            stats: ImageStats = outputs[name]
+            if name not in found:
+                found[name] = TopExamples.empty(stats.maxima.shape[1], top_k)
+            found[name].update(indices, stats.maxima, stats.positions, stats.means)
+        if bar is not None:
+            bar(len(indices))
+    return found
