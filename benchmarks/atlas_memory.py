@@ -11,9 +11,8 @@ is not what is measured) and the top 9 examples of every channel. The dataset pa
 folder (a batch of images decoded at a time, fixed-size statistics per channel), so
 the peak resident memory of each process (its own ``VmHWM``) should stay beside the first
 (smallest) folder's. Writes benchmarks/results/atlas_memory.json. Not a test
-(tests/studies/atlas/test_streamed_dataset.py checks a few thousand images); about 10 minutes
-on 2 cores with the defaults, most of it the 100,000 images (a pass that held them would need
-60 GB).
+(tests/studies/atlas/test_streamed_dataset.py checks a few thousand images); 10,000 images take
+about 5 minutes on 2 cores, 100,000 over an hour (a pass that held them would need 60 GB).
 """
 
 from __future__ import annotations

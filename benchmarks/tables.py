@@ -23,6 +23,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 PAGE = BENCH_DIR.parent / "docs" / "benchmarks.md"
+README = BENCH_DIR.parent / "README.md"
 
 
 class TableError(Exception):
@@ -390,6 +391,30 @@ def atlas_table(results: Path) -> list[str]:
     return [*markdown(header, out), "", source("atlas", data)]
 
 
+def atlas_memory_table(results: Path) -> list[str]:
+    data = load(results, "atlas_memory")
+    rows = [
+        [f"{r['images']:,}", f"{r['peak_rss_mib']:,.0f}", f"{r['peak_over_first']:.3f}x",
+         f"{r['seconds']:.0f}"]
+        for r in data["rows"]
+    ]  # fmt: skip
+    header = ["dataset images", "peak RSS (MiB)", "against the first", "seconds"]
+    return [*markdown(header, rows), "", source("atlas_memory", data)]
+
+
+def atlas_memory_line(results: Path) -> list[str]:
+    """The README's sentence: the largest dataset's peak against the smallest's."""
+    data = load(results, "atlas_memory")
+    first, last = data["rows"][0], data["rows"][-1]
+    return [
+        f"Its dataset pass streams the folder: over {last['images']:,} images its peak memory "
+        f"is {last['peak_over_first']:.3f}x its peak over {first['images']:,} "
+        f"({last['peak_rss_mib']:,.0f} MiB; [benchmarks](docs/benchmarks.md)).",
+        "",
+        source("atlas_memory", data),
+    ]
+
+
 def atlas_ray_table(results: Path) -> list[str]:
     data = load(results, "atlas_ray")
     speed, passing, network = data["speedup"], data["dataset"], data["network"]
@@ -495,8 +520,11 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
     "faithfulness": faithfulness_table,
     "atlas": atlas_table,
     "atlas-ray": atlas_ray_table,
+    "atlas-memory": atlas_memory_table,
     "compression": compression_table,
 }
+README_TABLES: dict[str, Callable[[Path], list[str]]] = {"atlas-memory-line": atlas_memory_line}
+"""The blocks of README.md (its numbers come from the same JSON)."""
 
 
 # the page -------------------------------------------------------------------------------------
@@ -509,9 +537,11 @@ def marker_pattern(name: str) -> re.Pattern[str]:
     )
 
 
-def generate(results: Path = RESULTS) -> dict[str, str]:
+def generate(
+    results: Path = RESULTS, tables: dict[str, Callable[[Path], list[str]]] = TABLES
+) -> dict[str, str]:
     """Every table's block (what goes between its markers)."""
-    return {name: "\n" + "\n".join(make(results)) + "\n\n" for name, make in TABLES.items()}
+    return {name: "\n" + "\n".join(make(results)) + "\n\n" for name, make in tables.items()}
 
 
 def apply(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
@@ -532,9 +562,10 @@ def apply(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
     return text, changed
 
 
-def check(page: Path = PAGE, results: Path = RESULTS) -> list[str]:
-    """The names of the tables ``page`` has otherwise than the JSON gives."""
-    return apply(page.read_text(), generate(results))[1]
+def check(page: Path = PAGE, results: Path = RESULTS, readme: Path = README) -> list[str]:
+    """The names of the tables ``page`` (and README.md) has otherwise than the JSON gives."""
+    changed = apply(page.read_text(), generate(results))[1]
+    return changed + apply(readme.read_text(), generate(results, README_TABLES))[1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -561,6 +592,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rewrote {', '.join(changed)} in {args.page}")
     else:
         print(f"{args.page}: every table is up to date")
+    if args.page == PAGE:  # the README's numbers too
+        text, changed = apply(README.read_text(), generate(args.results, README_TABLES))
+        if changed:
+            README.write_text(text)
+            print(f"rewrote {', '.join(changed)} in {README}")
     return 0
 
 
