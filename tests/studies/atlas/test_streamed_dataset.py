@@ -26,12 +26,12 @@ pytestmark = pytest.mark.slow
 def test_top_examples_equal_the_in_memory_pass_on_the_sample_photos(
     mobilenet_v2, samples, tmp_path
 ):
-    """MobileNet v2's features.2 over the 104 sample photos: the atlas's examples.npz against
+    """MobileNet v2's features.2 over 52 of the sample photos: the atlas's examples.npz against
     the pass that held every photo (``layer_stats``): the same top images, values and
     positions, every image's maxima (the histograms) to 1e-5."""
     photos = tmp_path / "photos"
     photos.mkdir()
-    for path in samples:
+    for path in samples[::2]:  # 52 photos
         (photos / path.name).symlink_to(path)
     out = tmp_path / "atlas"
     request = AtlasRequest(["features.2"], out, channels="0", dataset=photos, top_k=5,
@@ -50,7 +50,7 @@ def test_top_examples_equal_the_in_memory_pass_on_the_sample_photos(
     torch.testing.assert_close(
         streamed["mean_per_channel"], stats.means.mean(0), rtol=1e-5, atol=1e-5
     )
-    assert int(streamed["images"]) == len(samples) == len(streamed["sample_images"])
+    assert int(streamed["images"]) == len(samples[::2]) == len(streamed["sample_images"])
 
 
 PASS = """
@@ -92,13 +92,14 @@ def write_images(folder: Path, count: int) -> Path:
 
 
 def test_the_pass_peak_memory_does_not_grow_with_the_dataset(tmp_path):
-    """A fresh process runs the atlas over 300, then (another process) 3,000 generated
+    """A fresh process runs the atlas over 200, then (another process) 1,200 generated
     96x96 photos: the rise of its peak resident memory during the atlas is the same within
-    40 MiB. The 2,700 more photos alone are 300 MiB of pixels, which the pass held before."""
+    40 MiB. The 1,000 more photos alone are 105 MiB of pixels, which the pass held before
+    (over 300 and 3,000 photos it rose by 39 and 611 MiB; this pass by 5.9 and 7.5)."""
     small = write_images(tmp_path / "small", 20)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rise = {}
-    for count in (300, 3000):
+    for count in (200, 1200):
         images = write_images(tmp_path / f"images{count}", count)
         script = PASS.replace("SIDE", str(SIDE))
         command = [sys.executable, "-c", textwrap.dedent(script), str(images),
@@ -110,4 +111,4 @@ def test_the_pass_peak_memory_does_not_grow_with_the_dataset(tmp_path):
         record = json.loads((tmp_path / f"out{count}" / "atlas-run.json").read_text())
         assert record["dataset"]["images"] == count  # every photo went through the pass
     mib = {count: round(value / 2**20, 1) for count, value in rise.items()}
-    assert rise[3000] - rise[300] < 40 * 2**20, f"rise of the peak memory (MiB): {mib}"
+    assert rise[1200] - rise[200] < 40 * 2**20, f"rise of the peak memory (MiB): {mib}"
