@@ -22,7 +22,6 @@ import importlib.util
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +56,9 @@ def atlas_peak(images: Path, out: Path, env: dict[str, str] | None = None) -> di
     """Peak memory and wall time of one ``convsight atlas`` over ``images``; a failed run
     raises with its stderr."""
     bench = _evaluate_memory()
-    began = time.perf_counter()
     shared = os.environ.get("CONVSIGHT_SHARED", str(HERE.parent.parent / "shared"))
     command = atlas_command(images, out, bench.RUN_AND_REPORT, shared)
-    code, peak, tail = bench.peak_rss(command, env)
-    if code != 0:
-        raise RuntimeError(f"convsight atlas exited with {code}: {tail}")
-    return {"peak_rss_bytes": peak, "seconds": round(time.perf_counter() - began, 2)}
+    return bench.timed_peak(command, "atlas", env)
 
 
 def main() -> None:
@@ -78,11 +73,7 @@ def main() -> None:
         for count in (int(c) for c in args.counts.split(",")):
             images = bench.write_images(Path(tmp) / f"images{count}", count)
             row = {"images": count, **atlas_peak(images, Path(tmp) / f"out{count}")}
-            first = rows[0]["peak_rss_bytes"] if rows else row["peak_rss_bytes"]
-            row["peak_rss_mib"] = round(row["peak_rss_bytes"] / 2**20, 1)
-            row["peak_over_first"] = round(row["peak_rss_bytes"] / first, 3)
-            rows.append(row)
-            print(row, flush=True)
+            bench.add_row(rows, row)
     write_result(
         "atlas_memory",
         {

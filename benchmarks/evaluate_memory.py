@@ -122,11 +122,26 @@ def evaluate_peak(
 ) -> dict[str, Any]:
     """Peak memory and wall time of one ``convsight evaluate`` over ``images`` (in ``env``,
     default this process's environment); a failed run raises with its stderr."""
+    return timed_peak(evaluate_command(model, images, out), "evaluate", env)
+
+
+def timed_peak(command: list[str], name: str, env: dict[str, str] | None = None) -> dict:
+    """Peak memory and wall time of one ``convsight NAME`` process (:func:`peak_rss`); a
+    failed run raises with its stderr."""
     began = time.perf_counter()
-    code, peak, tail = peak_rss(evaluate_command(model, images, out), env)
+    code, peak, tail = peak_rss(command, env)
     if code != 0:
-        raise RuntimeError(f"convsight evaluate exited with {code}: {tail}")
+        raise RuntimeError(f"convsight {name} exited with {code}: {tail}")
     return {"peak_rss_bytes": peak, "seconds": round(time.perf_counter() - began, 2)}
+
+
+def add_row(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Append ``row`` with its peak in MiB and against the first row's, and print it."""
+    first = rows[0]["peak_rss_bytes"] if rows else row["peak_rss_bytes"]
+    row["peak_rss_mib"] = round(row["peak_rss_bytes"] / 2**20, 1)
+    row["peak_over_first"] = round(row["peak_rss_bytes"] / first, 3)
+    rows.append(row)
+    print(row, flush=True)
 
 
 def main() -> None:
@@ -142,11 +157,7 @@ def main() -> None:
         for count in counts:
             images = write_images(Path(tmp) / f"images{count}", count)
             row = {"images": count, **evaluate_peak(model, images, Path(tmp) / f"out{count}")}
-            first = rows[0]["peak_rss_bytes"] if rows else row["peak_rss_bytes"]
-            row["peak_rss_mib"] = round(row["peak_rss_bytes"] / 2**20, 1)
-            row["peak_over_first"] = round(row["peak_rss_bytes"] / first, 3)
-            rows.append(row)
-            print(row, flush=True)
+            add_row(rows, row)
     write_result(
         "evaluate_memory",
         {
