@@ -135,6 +135,14 @@ def atlas_cmd(
     compression: CompressionOpt = None,
     compression_finetune: CompressionFinetuneOpt = 10000,
     yes: YesOpt = False,
+    cheap: Annotated[
+        bool,
+        typer.Option(
+            help="Render channels the cheap way: half the steps on a smaller image, bf16 where "
+            "the device runs it natively (same reach at a third of the cost or less: "
+            "benchmarks/atlas_cost.py); --no-cheap renders every step at full size in fp32."
+        ),
+    ] = True,
     *,
     card_fields: dict[str, Any],
     run: RunFlags,
@@ -150,7 +158,7 @@ def atlas_cmd(
     request = AtlasRequest(
         layers=split_list(layers), channels=channels, dataset=dataset, top_k=top_k,
         presets=split_list(presets), steps=steps, size=size, batch=batch,
-        invariances=invariances, ray=ray, plan=plan, compression=trials, yes=yes,
+        invariances=invariances, ray=ray, plan=plan, compression=trials, yes=yes, cheap=cheap,
         weights=weights, model_spec=None if card_fields else model, **run.arguments(),
     )  # fmt: skip
     result = build_atlas(loaded_model(model, weights, card_fields, run.seed), request)

@@ -1,6 +1,6 @@
-"""What a render does around its steps: step callbacks (coarse to fine, dead rows, parameter
-averaging, a learning rate schedule, periodic blur, snapshots). The model hooks it switches on
-for its duration (ghost noise, batch norm prior, skip gradient) are in
+"""What a render does around its steps: step callbacks (coarse to fine, coarse steps, dead
+rows, parameter averaging, a learning rate schedule, periodic blur, snapshots). The model
+hooks it switches on for its duration (ghost noise, batch norm prior, skip gradient) are in
 :mod:`convsight.optvis.model_hooks`.
 
 A callback sees a :class:`RenderState` at four points of the loop (:class:`Callback`); the
@@ -97,6 +97,25 @@ class CoarseToFine(Callback):
     def start_step(self, state: RenderState) -> None:
         rise = (state.step + 1) / (self.fraction * state.steps)
         state.param.band = min(1.0, 0.125 + 0.875 * rise)  # type: ignore[attr-defined]
+
+
+class CoarseSteps(Callback):
+    """Fourier parameterization: the first ``fraction`` of the steps draw the image small
+    (its low frequencies only: a quarter of the side for the first half of them, then half),
+    the rest at full size. A step at half the side costs about a quarter of a full one."""
+
+    SCALES = (0.25, 0.5)
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+
+    def start_step(self, state: RenderState) -> None:
+        coarse = self.fraction * state.steps
+        stage = int(len(self.SCALES) * state.step / coarse) if state.step < coarse else None
+        state.param.resolution = 1.0 if stage is None else self.SCALES[stage]  # type: ignore[attr-defined]
+
+    def finish(self, state: RenderState) -> None:
+        state.param.resolution = 1.0  # type: ignore[attr-defined]
 
 
 class DeadRows(Callback):

@@ -14,6 +14,7 @@ the other rows of the batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ COLOR_CORRELATION_SVD_SQRT = torch.tensor(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]]
 )
 COLOR_CORRELATION = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
+MIN_COARSE_SIDE = 16  # a coarse step never draws images smaller than this
 
 
 def row_randn(generators: Sequence[torch.Generator], shape: Sequence[int]) -> torch.Tensor:
@@ -109,6 +111,7 @@ class FourierImage(ImageParam):
         self._color = COLOR_CORRELATION.to(spectrum.device)
         self._freqs = torch.tensor(freqs / freqs.max(), dtype=torch.float32)[None, None, :, :, None]
         self.band = 1.0  # highest frequency kept, as a fraction of the highest there is
+        self.resolution = 1.0  # the side drawn, as a fraction of ``size`` (coarse steps)
 
     def _scaled(self, raw: torch.Tensor) -> torch.Tensor:
         """The spectrum times its 1/f scale, frequencies above ``band`` zeroed."""
@@ -168,12 +171,30 @@ class FourierImage(ImageParam):
     ) -> FourierImage:
         return cls(spectrum, size, decorrelate, decay_power)
 
-    def pixels(self, rows: slice | None = None) -> torch.Tensor:
+    def drawn_size(self) -> tuple[int, int]:
+        """The side of the images :meth:`pixels` draws now: ``size`` times ``resolution``
+        (even, at least :data:`MIN_COARSE_SIDE`; never more than ``size``)."""
         h, w = self.size
+        if self.resolution >= 1:
+            return h, w
+        side = [max(MIN_COARSE_SIDE, 2 * round(n * self.resolution / 2)) for n in (h, w)]
+        return (h, w) if side[0] >= h or side[1] >= w else (side[0], side[1])
+
+    def _irfft(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """The image of a (complex) spectrum at :meth:`drawn_size`: at a coarse size only the
+        frequencies that size holds are drawn, as a band-limited sampling of the full image
+        (the same amplitudes), which is what makes the coarse steps cheap."""
+        (h, w), (lh, lw) = self.size, self.drawn_size()
+        if (lh, lw) == (h, w):
+            return torch.fft.irfftn(spectrum, s=(h, w), dim=(2, 3), norm="ortho")
+        rows = torch.cat([spectrum[:, :, : lh // 2], spectrum[:, :, h - lh // 2 :]], dim=2)
+        low = torch.fft.irfftn(rows[..., : lw // 2 + 1], s=(lh, lw), dim=(2, 3), norm="ortho")
+        return low * math.sqrt(lh * lw / (h * w))
+
+    def pixels(self, rows: slice | None = None) -> torch.Tensor:
         raw = self.spectrum if rows is None else self.spectrum[rows]
         spectrum = torch.view_as_complex(self._scaled(raw).contiguous())
-        t = torch.fft.irfftn(spectrum, s=(h, w), dim=(2, 3), norm="ortho") / 4.0
-        return self._colour_and_squash(t)
+        return self._colour_and_squash(self._irfft(spectrum) / 4.0)
 
     def _colour_and_squash(self, t: torch.Tensor) -> torch.Tensor:
         """Decorrelated channels to RGB (3-channel images), then the sigmoid into [0, 1]."""
@@ -218,10 +239,8 @@ class PhaseImage(FourierImage):
         return cls(torch.view_as_complex(spectrum).angle(), size, decorrelate, decay_power)
 
     def pixels(self, rows: slice | None = None) -> torch.Tensor:
-        h, w = self.size
         phase = self.phase if rows is None else self.phase[rows]
-        spectrum = torch.polar(self.scale[..., 0].expand_as(phase), phase)
-        t = torch.fft.irfftn(spectrum, s=(h, w), dim=(2, 3), norm="ortho")
+        t = self._irfft(torch.polar(self.scale[..., 0].expand_as(phase), phase))
         flat = t.flatten(1)
         t = (t - flat.mean(1).view(-1, 1, 1, 1)) / (flat.std(1).view(-1, 1, 1, 1) + 1e-6)
         return self._colour_and_squash(t)

@@ -20,6 +20,7 @@ from convsight.optvis import objectives as obj
 from convsight.optvis.callbacks import (
     Averaging,
     Callback,
+    CoarseSteps,
     CoarseToFine,
     DeadRows,
     OnStep,
@@ -30,7 +31,13 @@ from convsight.optvis.callbacks import (
 from convsight.optvis.forward import Execution, probe_shapes
 from convsight.optvis.model_hooks import BatchNormPrior, GhostNoise, ModelHook, SkipGradient
 from convsight.optvis.objectives import OUTPUT, Objective
-from convsight.optvis.param import FourierImage, ImageParam, PhaseImage, PixelImage
+from convsight.optvis.param import (
+    MIN_COARSE_SIDE,
+    FourierImage,
+    ImageParam,
+    PhaseImage,
+    PixelImage,
+)
 from convsight.optvis.settings import RenderSettings, settings_for, validate_settings
 from convsight.optvis.transforms import CenterCrop, Transform, standard_transforms
 
@@ -181,6 +188,8 @@ def make_callbacks(
 ) -> list[Callback]:
     """The step callbacks of the settings, in the order the render calls them."""
     callbacks: list[Callback] = []
+    if settings.coarse_steps:
+        callbacks.append(CoarseSteps(settings.coarse_steps))
     if settings.coarse_to_fine:
         callbacks.append(CoarseToFine(settings.coarse_to_fine))
     callbacks.append(DeadRows(settings.dead_steps))
@@ -260,7 +269,10 @@ def build(
     crop = fixed_size_crop(model, full, start, settings.pad, batch)
     if crop is not None:
         transforms.append(crop)
+    settings, full_size = coarse_or_full(model, full, settings, start, crop, batch)
     optimizer = make_optimizer(settings, param)
+    run = execution(model, settings, full.layers)
+    run = dataclasses.replace(run, note="; ".join(filter(None, [run.note, full_size])))
     return Recipe(
         objective=full,
         param=param,
@@ -271,7 +283,31 @@ def build(
         generators=generators,
         views=settings.views,
         hooks=make_hooks(model, settings),
-        execution=execution(model, settings, full.layers),
+        execution=run,
+    )
+
+
+def coarse_or_full(
+    model: Model,
+    objective: Objective,
+    settings: RenderSettings,
+    start: torch.Tensor,
+    crop: CenterCrop | None,
+    batch: int,
+) -> tuple[RenderSettings, str]:
+    """``settings`` as they are when their coarse steps can run on this model, else without
+    them and a note saying why (a model that takes only its own size cannot see small
+    images): the render then costs what a full-size one does, and says so."""
+    if not settings.coarse_steps:
+        return settings, ""
+    smallest = max(MIN_COARSE_SIDE, 2 * round(min(start.shape[-2:]) * CoarseSteps.SCALES[0] / 2))
+    small = start[:1, :, :smallest, :smallest]
+    if crop is None and fits(model, objective, small, batch):
+        return settings, ""
+    full = dataclasses.replace(settings, coarse_steps=0.0)
+    return full, (
+        f"every step at full size: {model.card.name} does not take {smallest}x{smallest} "
+        f"images for {objective.description}, so coarse-steps={settings.coarse_steps} is off"
     )
 
 

@@ -57,6 +57,12 @@ class RenderSettings:
         "Fourier: over this fraction of the steps the highest frequency the image may hold "
         "rises linearly from 1/8 of the band to all of it (0: all from the start).",
     )
+    coarse_steps: float = knob(
+        0.0,
+        "Fourier: this fraction of the steps draws the image small, from its low frequencies "
+        "(a quarter of the side, then half; each a quarter of a step's cost or less), the rest "
+        "at full size (0: all at full size).",
+    )
     # how
     optimizer: str = knob("adam", "ascent (plain gradient ascent) or adam.")
     lr: float = knob(0.05, "Step size (ascent) or Adam learning rate.")
@@ -241,6 +247,11 @@ def validate_settings(s: RenderSettings) -> None:
             s.coarse_to_fine == 0 or s.param == "fourier",
             "coarse-to-fine works on the fourier parameterization only",
         ),
+        (0 <= s.coarse_steps < 1, f"coarse-steps must be in [0, 1), not {s.coarse_steps}"),
+        (
+            s.coarse_steps == 0 or s.param != "pixel",
+            "coarse-steps works on the fourier and maco parameterizations only",
+        ),
         (s.bn_prior >= 0, f"bn-prior must be >= 0, not {s.bn_prior}"),
         (
             0 < s.skip_gradient <= 1,
@@ -256,6 +267,27 @@ def validate_settings(s: RenderSettings) -> None:
     for ok, message in checks:
         if not ok:
             raise ConvsightError(message)
+
+
+# The cheap way to render channels (the atlas's default; benchmarks/atlas_cost.py measures
+# its cost and reach against the full settings over VGG16's conv stack): half the steps draw
+# the image small (coarse_steps; 0.75 or more lost reach on deep layers) and the passes run
+# in bfloat16 where the device does that natively. Channel batches larger than 4 were weighed
+# and dropped (no faster per channel on one CPU thread).
+CHEAP_CHANNELS: dict[str, Any] = dict(coarse_steps=0.5, precision="bf16")
+
+
+def cheap_settings(settings: RenderSettings, bf16_native: bool) -> tuple[RenderSettings, str]:
+    """``settings`` with :data:`CHEAP_CHANNELS` where they apply (coarse steps need a Fourier
+    or MACO image; bf16 a device that runs it natively, ``bf16_native``), and a note of what
+    was left as it was and why (empty when everything applied)."""
+    cheap, notes = dict(CHEAP_CHANNELS), []
+    if settings.param == "pixel":
+        cheap.pop("coarse_steps")
+    if not bf16_native:
+        cheap.pop("precision")
+        notes.append("fp32, not bf16: this device has no native bfloat16 convolutions")
+    return dataclasses.replace(settings, **cheap), "; ".join(notes)
 
 
 def parse_setting(text: str) -> tuple[str, Any]:

@@ -19,8 +19,8 @@ from convsight.models import Model, ModelCard
 from convsight.optvis.budget import RenderRequest, check_render, render_cost
 from convsight.optvis.objectives import channel
 from convsight.optvis.render import parse_channels, settings_for
-from convsight.optvis.settings import RenderSettings
-from convsight.runtime import seed_everything
+from convsight.optvis.settings import RenderSettings, cheap_settings
+from convsight.runtime import bf16_is_fast, seed_everything
 
 if TYPE_CHECKING:
     from convsight.studies.atlas.request import AtlasRequest, Compression
@@ -85,6 +85,10 @@ class AtlasJob:
     invariances: float = 0.0
     """Softplus beta of each channel's first invariance (0: none)."""
     compression: Compression | None = None
+    cheap: bool = False
+    """Channels rendered the cheap way (:func:`convsight.optvis.settings.cheap_settings`)."""
+    cheap_note: str = ""
+    """What of the cheap way did not apply here, and why."""
 
     @property
     def names(self) -> list[str]:
@@ -104,6 +108,11 @@ def check_inputs(model: Model, request: AtlasRequest) -> AtlasJob:
     if r.top_k < 1 or r.batch < 1:
         raise ConvsightError("--top-k and --batch must be at least 1")
     settings = {p: settings_for(p, steps=r.steps, size=r.size) for p in presets}
+    cheap_note = ""
+    if r.cheap:
+        native = bf16_is_fast(model.device)
+        for p in presets:
+            settings[p], cheap_note = cheap_settings(settings[p], native)
     seed_everything(r.seed)
     if [name.lower() for name in layers] == ["all"]:
         layers = map_layer_names(model.module, model.example_input())
@@ -134,6 +143,8 @@ def check_inputs(model: Model, request: AtlasRequest) -> AtlasJob:
         dataset=_read_dataset(model, r.dataset) if r.dataset is not None else None,
         invariances=r.invariances,
         compression=r.compression,
+        cheap=r.cheap,
+        cheap_note=cheap_note,
     )
 
 

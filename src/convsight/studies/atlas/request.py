@@ -35,7 +35,9 @@ class AtlasRequest:
     rendered together (``batch``), each channel's first invariance (a softplus beta; 0:
     none), Ray (``local``, ``auto`` or ``HOST:PORT``; None: this process), the plan (None:
     with ``all`` layers), the compression trials, the output folder and the seed; ``yes``
-    allows more than ``MAX_STEPS`` steps or a long plan. ``weights`` and ``model_spec`` say
+    allows more than ``MAX_STEPS`` steps or a long plan; ``cheap`` renders the channels the
+    cheap way (half the steps on a smaller image, bf16 where native:
+    :func:`convsight.optvis.settings.cheap_settings`). ``weights`` and ``model_spec`` say
     where the model came from (recorded in the JSON files, not read)."""
 
     layers: Sequence[str]
@@ -54,6 +56,7 @@ class AtlasRequest:
     seed: int = 0
     show_progress: bool = True
     yes: bool = False
+    cheap: bool = True
     weights: str | os.PathLike | None = None
     model_spec: str | None = None
 

@@ -74,6 +74,7 @@ def run_record(job: AtlasJob) -> dict[str, Any]:
                 else None
             ),
             "batch": job.batch,
+            "cheap": {"on": job.cheap, "not_applied": job.cheap_note} if job.cheap else None,
             "channels": job.selection,
             "invariances_softplus": job.invariances or None,  # None: no invariances
             "compression": (

@@ -1,0 +1,172 @@
+"""What a channel of VGG16's conv stack costs to render, the full way and the cheap way, and
+whether the cheap way reaches as high.
+
+    python benchmarks/atlas_cost.py [--channels 4] [--steps 128] [--size 128] [--threads 1]
+
+For each of the 13 conv layers of VGG16 (the shared conv stack,
+``$CONVSIGHT_SHARED/models/vgg16_hed_features.pt``; 4,224 channels in all), ``--channels``
+channels spread over the layer are rendered together with the robust preset at 128 px and
+128 steps on one torch thread (the atlas's worker), first with every step at full size in
+fp32 ("full", the settings before issue 29), then the cheap way the atlas now takes by
+default (:func:`convsight.optvis.settings.cheap_settings`: half the steps on a smaller image,
+bf16 where this processor runs it natively). The two alternate layer by layer, so both see
+the same machine load.
+
+Cost: seconds per channel per layer; the whole stack's estimate is the sum over layers of
+(channels x seconds per channel), in worker-hours. Quality: each render's reach, its
+objective (the channel's mean activation on the image as it is) over the highest mean
+activation of that channel on the ImageNet sample photos (``$CONVSIGHT_DATA``). Early stopping
+is weighed on the full renders' traces: the step at which a stop rule (the objective rose by
+under 1% over the last 16 steps, for every row of the batch) would have ended each render.
+Writes benchmarks/results/atlas_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import shared_dir, write_result
+
+from convsight.data.images import ImageStream, image_files
+from convsight.layers import capture
+from convsight.models import Model, load_model
+from convsight.optvis.render import render_channels
+from convsight.optvis.settings import RenderSettings, cheap_settings, settings_for
+from convsight.runtime import bf16_is_fast
+
+CONV_LAYERS = [f"features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)]
+STOP_WINDOW, STOP_RISE = 16, 0.01  # the early-stopping rule weighed on the traces
+
+
+def spread(count: int, channels: int) -> list[int]:
+    """``count`` channel indices spread evenly over ``channels``."""
+    return sorted({(2 * i + 1) * channels // (2 * count) for i in range(count)})
+
+
+@torch.no_grad()
+def natural_tops(model: Model, folder: Path) -> dict[str, torch.Tensor]:
+    """Per conv layer, each channel's highest mean activation over the photos in ``folder``."""
+    tops: dict[str, torch.Tensor] = {}
+    for chunk in ImageStream(image_files(folder), model.card, 8):
+        with capture(model.module, CONV_LAYERS) as outputs:
+            model.module(model.normalize(chunk.pixels))
+        for name in CONV_LAYERS:
+            means = outputs[name].float().mean((2, 3)).max(0).values
+            tops[name] = torch.maximum(tops[name], means) if name in tops else means
+    return tops
+
+
+def stop_step(trace: torch.Tensor) -> int:
+    """The first step at which every row's objective rose by under :data:`STOP_RISE` of its
+    size over the last :data:`STOP_WINDOW` steps (the trace's length when none is)."""
+    for step in range(STOP_WINDOW, trace.shape[0]):
+        rise = trace[step] - trace[step - STOP_WINDOW]
+        if bool((rise < STOP_RISE * trace[step].abs().clamp_min(1e-6)).all()):
+            return step + 1
+    return trace.shape[0]
+
+
+def measure(model: Model, layer: str, channels: list[int], settings: RenderSettings) -> dict:
+    """One batch render of ``channels``: seconds per channel, objectives, its stop step."""
+    began = time.perf_counter()
+    result = render_channels(model, layer, channels, settings=settings)
+    seconds = time.perf_counter() - began
+    assert result.trace is not None
+    return {
+        "seconds_per_channel": seconds / len(channels),
+        "values": [float(v) for v in result.values],
+        "stop_step": stop_step(result.trace),
+        "note": result.description,
+    }
+
+
+def layer_row(
+    model: Model, layer: str, count: int, variants: dict[str, RenderSettings], top: torch.Tensor
+) -> dict[str, Any]:
+    """Both variants on ``count`` channels of ``layer``, with their reach."""
+    channels = spread(count, len(top))
+    row: dict[str, Any] = {"layer": layer, "channels_in_layer": len(top), "channels": channels}
+    for name, settings in variants.items():
+        found = measure(model, layer, channels, settings)
+        reach = [
+            v / max(float(top[c]), 1e-6) for v, c in zip(found["values"], channels, strict=True)
+        ]
+        found["reach"] = reach
+        found["mean_reach"] = sum(reach) / len(reach)
+        row[name] = found
+    row["speedup"] = row["full"]["seconds_per_channel"] / row["cheap"]["seconds_per_channel"]
+    return row
+
+
+def summary(rows: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """The whole stack's estimate per variant, the speed-up, reach and early stopping."""
+    out: dict[str, Any] = {}
+    for name in ("full", "cheap"):
+        seconds = sum(r["channels_in_layer"] * r[name]["seconds_per_channel"] for r in rows)
+        out[name] = {
+            "stack_seconds_one_worker": seconds,
+            "stack_worker_hours": seconds / 3600,
+            "mean_reach": sum(r[name]["mean_reach"] for r in rows) / len(rows),
+        }
+    out["speedup"] = (
+        out["full"]["stack_seconds_one_worker"] / out["cheap"]["stack_seconds_one_worker"]
+    )
+    stops = [r["full"]["stop_step"] for r in rows]
+    out["early_stop_full"] = {
+        "rule": f"every row rose by < {STOP_RISE:.0%} over the last {STOP_WINDOW} steps",
+        "stop_steps": stops,
+        "share_of_steps_saved": 1 - sum(stops) / (steps * len(stops)),
+    }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--channels", type=int, default=4, help="Channels rendered per layer.")
+    parser.add_argument("--steps", type=int, default=128)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a worker's).")
+    parser.add_argument("--layers", default=",".join(CONV_LAYERS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    shared = shared_dir()
+    model = load_model("vgg16", weights=shared / "models" / "vgg16_hed_features.pt")
+    data = Path(os.environ.get("CONVSIGHT_DATA", shared / "data")) / "imagenet-samples"
+    tops = natural_tops(model, data)
+    full = settings_for("robust", steps=args.steps, size=args.size)
+    native = bf16_is_fast(model.device)
+    cheap, cheap_note = cheap_settings(full, native)
+    rows = []
+    for layer in args.layers.split(","):
+        rows.append(
+            layer_row(model, layer, args.channels, {"full": full, "cheap": cheap}, tops[layer])
+        )
+        print(layer, f"{rows[-1]['speedup']:.2f}x", flush=True)
+    write_result(
+        "atlas_cost",
+        {
+            "what": "seconds per channel of VGG16's conv layers rendered the full and the "
+            "cheap way, one torch thread, and each render's reach",
+            "settings": {
+                "model": "vgg16 (models/vgg16_hed_features.pt)",
+                "full": full.to_dict(),
+                "cheap": cheap.to_dict(),
+                "cheap_not_applied": cheap_note,
+                "bf16_native": native,
+                "channels_per_layer": args.channels,
+                "natural_images": str(data.name),
+                "threads": args.threads,
+            },
+            "rows": rows,
+            "summary": summary(rows, args.steps),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
