@@ -330,3 +330,101 @@ def test_compression_without_a_folder_writes_nothing_and_saves_what_a_run_writes
     facts = dict(result.facts())
     assert facts["model"] == "mnist-cnn" and facts["removals scored"] == len(result.trials)
     assert facts["accuracy, all filters"] == f"{result.baseline_accuracy:.4f}"
+
+
+def _photo_subset(root, samples, bad_train: bool = False):
+    """A subset folder of sample photos: classes a and b, 4 train and 2 test photos each;
+    ``bad_train``: b's training files are text named .jpg."""
+    for c, name in enumerate(("a", "b")):
+        photos = samples[6 * c : 6 * c + 6]
+        for split, chosen in (("train", photos[:4]), ("test", photos[4:])):
+            (root / split / name).mkdir(parents=True)
+            for photo in chosen:
+                target = root / split / name / photo.name
+                if bad_train and split == "train" and name == "b":
+                    target.write_text("not a photo")
+                else:
+                    target.write_bytes(photo.read_bytes())
+    return root
+
+
+def _photo_model():
+    from convsight.models import Model, ModelCard
+    from tests.conftest import TinyNet
+
+    torch.manual_seed(0)
+    card = ModelCard(
+        name="tiny", arch="test:tiny", input_size=(32, 32), channels=3,
+        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), labels=["a", "b"],
+    )  # fmt: skip
+    return Model(TinyNet(2), card)
+
+
+def _held_folder_data(model, data, batch_size, images, seed):
+    """The in-memory reading the compression test had: both splits decoded and held."""
+    from convsight.data.folder import FolderData
+    from convsight.studies.five_class import folder_loader, load_splits, subset_classes
+
+    classes = subset_classes(data)
+    train, test = load_splits(data, model.card, classes, show_progress=False)
+    pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))
+    pick = pick[: max(images, 1)]
+    train = FolderData(train.pixels[pick], train.labels[pick], classes, [])
+
+    def make_train():
+        return folder_loader(train, model.card, batch_size, True, seed)
+
+    return folder_loader(test, model.card, batch_size, False, seed), make_train, "held"
+
+
+def _decodes(monkeypatch):
+    import convsight.data.folder as folder_module
+
+    decoded = []
+    real = folder_module.load_image
+    monkeypatch.setattr(folder_module, "load_image", lambda p: decoded.append(p) or real(p))
+    return decoded
+
+
+def test_subset_folder_is_read_a_batch_at_a_time(tmp_path, samples, monkeypatch):
+    from convsight.studies.compression import compression_data
+
+    decoded = _decodes(monkeypatch)
+    data = compression_data(_photo_model(), _photo_subset(tmp_path, samples), 3, 5, seed=1)
+    assert decoded == [] and data.finetune_images == 5 and "(4 images)" in data.name
+    x, y = next(iter(data.test))
+    assert x.shape == (3, 3, 32, 32) and y.tolist() == [0, 0, 1] and len(decoded) == 3
+    next(iter(data.train()))
+    assert len(decoded) == 6  # one training batch more, nothing else
+
+
+def test_subset_folder_batches_and_scores_equal_the_held_data(tmp_path, samples, monkeypatch):
+    from convsight.studies import compression
+    from convsight.studies.compression import CompressionRequest, compress, compression_data
+
+    model, folder = _photo_model(), _photo_subset(tmp_path, samples)
+    streamed = compression_data(model, folder, 3, 5, seed=1)
+    test, make_train, _ = _held_folder_data(model, folder, 3, 5, 1)
+    for ours, held in ((streamed.test, test), (streamed.train(), make_train())):
+        pairs = list(zip(ours, held, strict=True))
+        assert len(pairs) == 2
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
+    request = CompressionRequest(
+        folder, None, thresholds=[0.5], random_repeats=1, finetune_images=5, batch_size=3,
+        seed=1, device="cpu", show_progress=False,
+    )  # fmt: skip
+    ours = compress(model, request).to_json()
+    monkeypatch.setattr(compression, "_folder_data", _held_folder_data)
+    held = compress(model, request).to_json()
+    assert ours["trials"] and {**ours, "seconds": 0} == {**held, "seconds": 0, "data": ours["data"]}
+
+
+def test_subset_class_without_a_readable_training_image_fails_before_decoding(
+    tmp_path, samples, monkeypatch
+):
+    from convsight.studies.compression import check_compression
+
+    decoded = _decodes(monkeypatch)
+    with pytest.raises(ConvsightError, match="class\\(es\\) b have no readable training image"):
+        check_compression(_photo_model(), _photo_subset(tmp_path, samples, bad_train=True))
+    assert decoded == []

@@ -85,6 +85,9 @@ class ChannelExamples:
     top_positions: torch.Tensor  # channels x k x 2, (y, x) of the maximum in the layer's map
     max_per_image: torch.Tensor  # channels x N, spatial max of each image
     mean_per_image: torch.Tensor  # channels x N, spatial mean of each image
+    sample_images: torch.Tensor | None = None
+    """The dataset index of each column of ``max_per_image`` and ``mean_per_image`` when they
+    hold a sample of the images (a streamed pass); None: every image, in order."""
 
 
 @dataclass

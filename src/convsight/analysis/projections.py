@@ -14,6 +14,7 @@ with 1, so the paper's (seeded with the activation) is this times the unit's val
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -118,21 +119,24 @@ def _project_batch(
 
 def project_examples(
     model: Model,
-    pixels: torch.Tensor,
+    pixels: torch.Tensor | Callable[[list[int]], torch.Tensor],
     examples: ChannelExamples,
     field: ReceptiveField | None = None,
     batch_size: int = 16,
 ) -> list[ChannelProjections]:
     """For each channel of ``examples`` (from :func:`top_examples` on ``pixels``): its top
-    images' patches and the projections of their strongest units, strongest first."""
+    images' patches and the projections of their strongest units, strongest first.
+    ``pixels``: the dataset's (N x C x H x W), or a function that decodes the images of the
+    indices it is given (k x C x H x W), so only the top images are ever held."""
     field = field if field is not None else receptive_field(model, examples.layer)
     found = []
     for row, channel in enumerate(examples.channels):
         chosen = examples.top_images[row].tolist()
+        images = pixels(chosen) if callable(pixels) else pixels[chosen]
         positions = examples.top_positions[row]
         units = torch.cat((torch.full((len(chosen), 1), channel), positions.long()), 1)
-        projections = project_units(model, pixels[chosen], examples.layer, units, field, batch_size)
-        patches = [crop(pixels[i], b) for i, b in zip(chosen, projections.boxes, strict=True)]
+        projections = project_units(model, images, examples.layer, units, field, batch_size)
+        patches = [crop(image, b) for image, b in zip(images, projections.boxes, strict=True)]
         scores = [float(v) for v in examples.top_values[row].tolist()]
         found.append(ChannelProjections(channel, chosen, scores, patches, projections))
     return found

@@ -1,4 +1,5 @@
-"""Image folders: build a reproducible train/test subset, load a split as tensors."""
+"""Image folders: build a reproducible train/test subset, load a split as tensors or read it
+a batch at a time."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
 
-from convsight.data.images import IMAGE_SUFFIXES, load_image, to_model_pixels
+from convsight.data.images import (
+    IMAGE_SUFFIXES,
+    image_header_problem,
+    load_image,
+    to_model_pixels,
+)
 from convsight.errors import ConvsightError
 from convsight.models.card import ModelCard
 from convsight.paths import require_folder
@@ -148,6 +155,79 @@ def class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+class FolderImages(Dataset):
+    """The images of an ImageFolder split (``folder/<class>/<image>``) shaped for ``card``,
+    each decoded when it is asked for: item ``i`` is ``(pixels, label)``, C x H x W uint8
+    (resized and centre-cropped, as :func:`load_folder` holds them) and a 0-d label. Nothing
+    decoded is kept, so memory holds a batch, not the split.
+
+    ``check`` (the default): files whose header already says they cannot be used
+    (:func:`~convsight.data.images.image_header_problem`) are left out now and listed in
+    ``skipped``, and a split left with no image fails in one sentence; no pixel is decoded.
+    A file that passes but cannot be decoded fails when its item is asked for."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        card: ModelCard,
+        classes: Sequence[str] | None = None,
+        check: bool = True,
+    ) -> None:
+        self.folder = require_folder(folder, "data folder")
+        dirs = class_folders(self.folder)
+        self.classes = list(classes) if classes is not None else [d.name for d in dirs]
+        by_name = {d.name: d for d in dirs}
+        unknown = [n for n in self.classes if n not in by_name]
+        if unknown:
+            raise ConvsightError(f"class folder(s) {', '.join(unknown)} missing in {self.folder}")
+        items = [
+            (p, i)
+            for i, n in enumerate(self.classes)
+            for p in sorted(by_name[n].iterdir())
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not items:
+            raise ConvsightError(f"no images in {self.folder}")
+        self.card, self.listed = card, len(items)
+        self.skipped: list[dict[str, str]] = []
+        if check:
+            problems = [image_header_problem(p, card) for p, _ in items]
+            self.skipped = [
+                {"path": str(p), "reason": r}
+                for (p, _), r in zip(items, problems, strict=True)
+                if r
+            ]
+            items = [item for item, problem in zip(items, problems, strict=True) if not problem]
+            self.require_some(len(items))
+        self.paths = [p for p, _ in items]
+        self.labels = torch.tensor([i for _, i in items], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def require_some(self, kept: int) -> None:
+        """Fail in one sentence when ``kept`` (the images usable) is none."""
+        if not kept:
+            raise ConvsightError(
+                f"none of the {self.listed} images in {self.folder} can be used "
+                f"(e.g. {self.skipped[0]['reason']})"
+            )
+
+    def decode(self, index: int) -> torch.Tensor:
+        """Image ``index``'s pixels (C x H x W uint8), decoded now; an unusable file raises
+        :class:`ConvsightError` with the reason."""
+        path = self.paths[index]
+        image = to_model_pixels(load_image(path), self.card, str(path))
+        return image.mul(255).round().byte()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            pixels = self.decode(index)
+        except ConvsightError as exc:
+            raise ConvsightError(f"{exc} (found when its batch was read; remove it)") from exc
+        return pixels, self.labels[index]
+
+
 def load_folder(
     folder: str | os.PathLike,
     card: ModelCard,
@@ -155,56 +235,38 @@ def load_folder(
     show_progress: bool = False,
     max_bytes: int = 6 * 2**30,
 ) -> FolderData:
-    """Every image of an ImageFolder split, shaped for ``card`` (resize + centre crop).
+    """Every image of an ImageFolder split, shaped for ``card`` (resize + centre crop), held
+    at once (:class:`FolderImages` decodes them one at a time instead).
 
     A file that cannot be used (unreadable, corrupt, too large, wrong size for the card) is
     left out and listed in ``FolderData.skipped`` with the reason; only a split with no usable
     image at all is an error.
     """
-    folder = require_folder(folder, "data folder")
-    dirs = class_folders(folder)
-    names = list(classes) if classes is not None else [d.name for d in dirs]
-    by_name = {d.name: d for d in dirs}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise ConvsightError(f"class folder(s) {', '.join(unknown)} missing in {folder}")
-    items = [
-        (p, i)
-        for i, n in enumerate(names)
-        for p in sorted(by_name[n].iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not items:
-        raise ConvsightError(f"no images in {folder}")
+    images = FolderImages(folder, card, classes, check=False)
     h, w = card.input_size
-    need = len(items) * card.channels * h * w
+    need = len(images) * card.channels * h * w
     if need > max_bytes:
         raise ConvsightError(
-            f"{len(items)} images at {w}x{h} need {need / 2**30:.1f} GiB; "
+            f"{len(images)} images at {w}x{h} need {need / 2**30:.1f} GiB; "
             "use a smaller --image-size"
         )
-    pixels = torch.empty(len(items), card.channels, h, w, dtype=torch.uint8)
-    kept: list[tuple[Path, int]] = []
-    skipped: list[dict[str, str]] = []
+    pixels = torch.empty(len(images), card.channels, h, w, dtype=torch.uint8)
+    kept: list[int] = []
     with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"loading {folder.name}", total=len(items), status="")
-        for path, index in items:
+        task = bar.add_task(f"loading {images.folder.name}", total=len(images), status="")
+        for index, path in enumerate(images.paths):
             bar.update(task, advance=1)
             try:
-                image = to_model_pixels(load_image(path), card, str(path))
+                pixels[len(kept)] = images.decode(index)
             except ConvsightError as exc:
-                skipped.append({"path": str(path), "reason": str(exc)})
+                images.skipped.append({"path": str(path), "reason": str(exc)})
                 continue
-            pixels[len(kept)] = image.mul(255).round().byte()
-            kept.append((path, index))
-    if not kept:
-        raise ConvsightError(
-            f"none of the {len(items)} images in {folder} can be used (e.g. {skipped[0]['reason']})"
-        )
-    if len(kept) < len(items):
+            kept.append(index)
+    images.require_some(len(kept))
+    if len(kept) < len(images):
         pixels = pixels[: len(kept)].clone()
-    labels = torch.tensor([i for _, i in kept])
-    return FolderData(pixels, labels, names, [p for p, _ in kept], skipped)
+    paths = [images.paths[i] for i in kept]
+    return FolderData(pixels, images.labels[kept], images.classes, paths, images.skipped)
 
 
 def class_means(data: FolderData) -> torch.Tensor:

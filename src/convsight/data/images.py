@@ -19,6 +19,7 @@ import re
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,13 +84,40 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """
     path = Path(path)
     require_file(path, "image")
+    with _read_errors(path), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            check_image_size(img.width, img.height, f"image {path}")
+            img.load()
+            return _upright(img)
+
+
+def image_header_problem(path: str | os.PathLike, card: ModelCard) -> str | None:
+    """Why ``path`` cannot be an input of ``card`` as far as its header tells (None: it may
+    be; pixels that are corrupt, truncated or out of range show only when it is decoded by
+    :func:`to_model_pixels`). No pixel is decoded; the reasons are the decoder's sentences."""
+    path = Path(path)
     try:
-        with warnings.catch_warnings():
+        require_file(path, "image")
+        with _read_errors(path), warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 check_image_size(img.width, img.height, f"image {path}")
-                img.load()
-                return _upright(img)
+                turned = _orientation(img) in (5, 6, 7, 8)  # stored sideways
+                width, height = (img.height, img.width) if turned else (img.width, img.height)
+                _check_input(width, height, _channels(img), img.mode, card, str(path))
+        if isinstance(card.resize, int):
+            _check_aspect(width, height, card, str(path))
+    except ConvsightError as exc:
+        return str(exc)
+    return None
+
+
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Pillow's and the file system's errors while reading ``path``, as one sentence each."""
+    try:
+        yield
     except ConvsightError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -126,8 +154,16 @@ def exif_orientation(path: str | os.PathLike) -> int:
     90 degrees); read from the header only, 1 when the file has none or cannot be read."""
     try:
         with Image.open(path) as img:
-            value = img.getexif().get(_ORIENTATION_TAG, 1)
+            return _orientation(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 1
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation in an opened image's header (1: none, or unreadable)."""
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError, struct.error):
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -176,6 +212,18 @@ def _high_bit_as_float(img: Image.Image, name: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(scaled, dtype=np.float32), mode="F")
 
 
+def _check_aspect(width: int, height: int, card: ModelCard, name: str) -> int:
+    """Refuse an image more elongated than :data:`MAX_ASPECT_RATIO`; its shorter side."""
+    short, long = min(width, height), max(width, height)
+    if long / short > MAX_ASPECT_RATIO:
+        raise ConvsightError(
+            f"{name} is {width}x{height} pixels, an aspect ratio of "
+            f"{long / short:.0f}:1; model '{card.name}' takes photos of at most "
+            f"{MAX_ASPECT_RATIO:.0f}:1"
+        )
+    return short
+
+
 def _resize_and_crop(img: Image.Image, card: ModelCard, resize: int, name: str) -> Image.Image:
     """Resize the shorter side to ``resize``, the card's (or more, so that the image covers the
     input's height and width without stretching) and take the centre crop of ``input_size``,
@@ -185,13 +233,7 @@ def _resize_and_crop(img: Image.Image, card: ModelCard, resize: int, name: str) 
     whole resized size.
     """
     h, w = card.input_size
-    short, long = min(img.width, img.height), max(img.width, img.height)
-    if long / short > MAX_ASPECT_RATIO:
-        raise ConvsightError(
-            f"{name} is {img.width}x{img.height} pixels, an aspect ratio of "
-            f"{long / short:.0f}:1; model '{card.name}' takes photos of at most "
-            f"{MAX_ASPECT_RATIO:.0f}:1"
-        )
+    short = _check_aspect(img.width, img.height, card, name)
     scale = max(resize / short, w / img.width, h / img.height)
     if scale == 1 and (img.width, img.height) == (w, h):
         return img  # already the input's size: not resampled (a 28x28 digit stays exact)
@@ -202,6 +244,31 @@ def _resize_and_crop(img: Image.Image, card: ModelCard, resize: int, name: str) 
     return img.resize((w, h), card.resample, box=box)
 
 
+def _check_input(
+    width: int, height: int, channels: int, mode: str, card: ModelCard, name: str
+) -> None:
+    """Refuse an image ``card`` cannot take whatever its pixels: a card that is neither grey
+    nor RGB, a huge image, and for a card without ``resize`` the wrong size or channels."""
+    if card.channels not in (1, 3):
+        raise ConvsightError(
+            f"model '{card.name}' takes {card.channels} input channels; image files can be "
+            "given only to grey (1) or RGB (3) models"
+        )
+    check_image_size(width, height, name)
+    h, w = card.input_size
+    if card.resize is None:
+        if (height, width) != (h, w):
+            raise ConvsightError(
+                f"{name} is {width}x{height} pixels; model '{card.name}' takes "
+                f"exactly {w}x{h}{EXACT_ONLY}"
+            )
+        if channels not in (card.channels, card.channels + 1):  # alpha is dropped
+            raise ConvsightError(
+                f"{name} has {channels} channels ({mode}); model '{card.name}' "
+                f"takes {card.channels}{EXACT_ONLY}"
+            )
+
+
 def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> torch.Tensor:
     """A PIL image as the model's pixel input (C x H x W in [0, 1]).
 
@@ -210,24 +277,7 @@ def to_model_pixels(img: Image.Image, card: ModelCard, name: str = "image") -> t
     card has ``resize`` None (``--resize none``) take only images of exactly their size and
     channel count. See the module's docstring for bit depths, colour modes and size limits.
     """
-    if card.channels not in (1, 3):
-        raise ConvsightError(
-            f"model '{card.name}' takes {card.channels} input channels; image files can be "
-            "given only to grey (1) or RGB (3) models"
-        )
-    check_image_size(img.width, img.height, name)
-    h, w = card.input_size
-    if card.resize is None:
-        if (img.height, img.width) != (h, w):
-            raise ConvsightError(
-                f"{name} is {img.width}x{img.height} pixels; model '{card.name}' takes "
-                f"exactly {w}x{h}{EXACT_ONLY}"
-            )
-        if _channels(img) not in (card.channels, card.channels + 1):  # alpha is dropped
-            raise ConvsightError(
-                f"{name} has {_channels(img)} channels ({img.mode}); model '{card.name}' "
-                f"takes {card.channels}{EXACT_ONLY}"
-            )
+    _check_input(img.width, img.height, _channels(img), img.mode, card, name)
     if _is_high_bit(img):
         img = _high_bit_as_float(img, name)
     if isinstance(card.resize, int):  # a card's "auto" is a number once validated

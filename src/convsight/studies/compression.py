@@ -95,8 +95,9 @@ def _mnist_data(model: Model, data: Path, batch_size: int, images: int, seed: in
 
 
 def _folder_data(model: Model, data: Path, batch_size: int, images: int, seed: int):
-    from convsight.data.folder import FolderData
-    from convsight.studies.five_class import folder_loader, load_splits, subset_classes
+    """The test split of a subset folder, and a seeded pick of ``images`` of its train split,
+    each decoded a batch at a time (:class:`~convsight.data.folder.FolderImages`)."""
+    from convsight.studies.five_class import folder_loader, read_splits, subset_classes
 
     classes = subset_classes(data)
     if model.card.labels != classes:
@@ -104,13 +105,12 @@ def _folder_data(model: Model, data: Path, batch_size: int, images: int, seed: i
             f"the model's classes {model.card.labels} are not the class folders of {data} "
             f"({classes})"
         )
-    train, test = load_splits(data, model.card, classes, show_progress=False)
-    pick = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))
-    pick = pick[: max(images, 1)]
-    train = FolderData(train.pixels[pick], train.labels[pick], classes, [])
+    train, test = read_splits(data, model.card, classes)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    picked = Subset(train, pick[: max(images, 1)].tolist())
 
     def make_train() -> DataLoader:
-        return folder_loader(train, model.card, batch_size, True, seed)
+        return folder_loader(picked, model.card, batch_size, True, seed)
 
     test_loader = folder_loader(test, model.card, batch_size, False, seed)
     return test_loader, make_train, f"{data.name}/test"

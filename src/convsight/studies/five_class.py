@@ -10,9 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from convsight.data.folder import FolderData, class_folders, class_means, load_folder
+from convsight.data.folder import (
+    FolderData,
+    FolderImages,
+    class_folders,
+    class_means,
+    load_folder,
+)
 from convsight.errors import ConvsightError
 from convsight.models import ModelCard, build_seed, card_path, load_model, replace_head
 from convsight.models.seed_source import SEEDS
@@ -34,9 +40,12 @@ from convsight.studies.training import TrainingResult, trained_model
 from convsight.train import check_lr, evaluate, fit
 
 
-def folder_loader(data: FolderData, card: ModelCard, batch_size: int, train: bool, seed: int):
-    """Normalized batches of ``data`` for ``card``; a training loader shuffles and flips at
-    random (both seeded by ``seed``)."""
+def folder_loader(
+    data: FolderData | Dataset, card: ModelCard, batch_size: int, train: bool, seed: int
+) -> DataLoader:
+    """Normalized batches of ``data`` (held pixels, or a dataset of ``(uint8 pixels, label)``
+    such as :class:`FolderImages`, decoded a batch at a time) for ``card``; a training loader
+    shuffles and flips at random (both seeded by ``seed``)."""
     mean = torch.tensor(card.mean).view(1, -1, 1, 1)
     std = torch.tensor(card.std).view(1, -1, 1, 1)
     generator = torch.Generator().manual_seed(seed)
@@ -50,7 +59,7 @@ def folder_loader(data: FolderData, card: ModelCard, batch_size: int, train: boo
         return (x - mean) / std, y
 
     return DataLoader(
-        TensorDataset(data.pixels, data.labels),
+        TensorDataset(data.pixels, data.labels) if isinstance(data, FolderData) else data,
         batch_size=batch_size,
         shuffle=train,
         generator=torch.Generator().manual_seed(seed),
@@ -255,14 +264,31 @@ def train_subset(request: SubsetTrainingRequest) -> SubsetTrainingResult:
 def load_splits(
     data: Path, card: ModelCard, classes: list[str], show_progress: bool
 ) -> tuple[FolderData, FolderData]:
+    """The train and test splits of a subset folder, held at once (:func:`load_folder`);
+    every class must keep a training image."""
     train_data = load_folder(data / "train", card, classes, show_progress)
     test_data = load_folder(data / "test", card, classes, show_progress)
-    empty = [c for i, c in enumerate(classes) if not (train_data.labels == i).any()]
+    _require_every_class(train_data.labels, classes, data / "train")
+    return train_data, test_data
+
+
+def read_splits(
+    data: Path, card: ModelCard, classes: list[str]
+) -> tuple[FolderImages, FolderImages]:
+    """The train and test splits of a subset folder as :class:`FolderImages` (decoded a batch
+    at a time; the files' headers checked now); every class must keep a training image."""
+    train_images = FolderImages(data / "train", card, classes)
+    test_images = FolderImages(data / "test", card, classes)
+    _require_every_class(train_images.labels, classes, data / "train")
+    return train_images, test_images
+
+
+def _require_every_class(labels: torch.Tensor, classes: list[str], folder: Path) -> None:
+    empty = [c for i, c in enumerate(classes) if not (labels == i).any()]
     if empty:
         raise ConvsightError(
-            f"class(es) {', '.join(empty)} have no readable training image in {data / 'train'}"
+            f"class(es) {', '.join(empty)} have no readable training image in {folder}"
         )
-    return train_data, test_data
 
 
 def _settings(

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from convsight.analysis.dataset_examples import ChannelExamples, receptive_field, top_examples
+from convsight.analysis.dataset_examples import ChannelExamples, receptive_field
 from convsight.analysis.projections import (
     HIGH_FREQUENCY,
     PAPER,
@@ -22,18 +22,22 @@ from convsight.analysis.projections import (
     project_examples,
     tiles,
 )
+from convsight.analysis.streamed_examples import TopExamples, stream_examples
+from convsight.data.images import ImageStream, load_image_tensor
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to
 from convsight.models import Model
 from convsight.optvis.channels import parse_channels
+from convsight.progress import progress_bar
 from convsight.report import prepare_out_dir, safe_filename, write_json, write_npz
 from convsight.report.images import write_pil
 from convsight.report.notebook import Tile
 from convsight.runtime import seed_everything
-from convsight.studies.atlas.inputs import dataset_images, load_dataset
+from convsight.studies.atlas.inputs import dataset_images
 from convsight.studies.results import Result
 
 NEAR_NOISE = 0.9  # a layer's projections this close to white noise's share are called noise
+BATCH_SIZE = 16  # images decoded and run at a time while finding the top examples
 
 
 def check_projection_inputs(
@@ -155,11 +159,11 @@ def write_projections(model: Model, request: ProjectionsRequest) -> ProjectionsR
     start = time.perf_counter()
     seed_everything(r.seed)
     chosen = check_projection_inputs(model, layer, r.channels, r.top_k)
-    pixels, names, skipped = load_dataset(model, dataset_images(r.dataset), Path(r.dataset))
+    examples, files, skipped = _streamed_examples(model, r, chosen)
+    names = [str(path.relative_to(Path(r.dataset))) for path in files]
     out = None if r.out is None else prepare_out_dir(r.out)
-    examples = top_examples(model, pixels, layer, chosen, r.top_k, show_progress=r.show_progress)
     field = receptive_field(model, layer)
-    found = project_examples(model, pixels, examples, field)
+    found = project_examples(model, _decoder(model, files), examples, field)
     rows = [
         _channel_row(item, safe_filename(f"{layer}-c{item.channel}.png"), names) for item in found
     ]
@@ -185,6 +189,51 @@ def write_projections(model: Model, request: ProjectionsRequest) -> ProjectionsR
     if out is not None:
         result.save(out)
     return result
+
+
+def _streamed_examples(
+    model: Model, request: ProjectionsRequest, chosen: list[int]
+) -> tuple[ChannelExamples, list[Path], list[dict[str, str]]]:
+    """One streamed pass over the dataset (:func:`stream_examples`, a batch of images decoded
+    at a time): the top examples of the ``chosen`` channels, the readable files (image ``i``
+    is ``files[i]``) and the files left out with the reason. No readable image fails here."""
+    r, files = request, dataset_images(request.dataset)
+    stream = ImageStream(files, model.card, BATCH_SIZE, "image of the dataset")
+    with progress_bar(r.show_progress) as bar:
+        task = bar.add_task(f"dataset through {r.layer}", total=len(files), status="")
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            seen = 0
+            for chunk in stream:
+                bar.update(task, advance=len(chunk.files) + len(chunk.skipped))
+                if chunk.files:
+                    yield torch.arange(seen, seen + len(chunk.files)), chunk.pixels
+                seen += len(chunk.files)
+
+        found = stream_examples(model, batches(), [r.layer], r.top_k)[r.layer]
+    return _channel_examples(found, r.layer, chosen), stream.kept, stream.skipped
+
+
+def _channel_examples(found: TopExamples, layer: str, channels: list[int]) -> ChannelExamples:
+    """The ``channels`` rows of a layer's streamed statistics: their top examples (at most as
+    many as images seen) and their maxima and means over the sampled images."""
+    rows, k = torch.tensor(channels, dtype=torch.long), min(found.top_k, found.count)
+    order = found.sample_images.argsort()
+    return ChannelExamples(
+        layer=layer,
+        channels=list(channels),
+        top_images=found.images[rows, :k],
+        top_values=found.values[rows, :k],
+        top_positions=found.positions[rows, :k],
+        max_per_image=found.sample_maxima[order].T[rows],
+        mean_per_image=found.sample_means[order].T[rows],
+        sample_images=found.sample_images[order],
+    )
+
+
+def _decoder(model: Model, files: list[Path]) -> Callable[[list[int]], torch.Tensor]:
+    """Decodes the images of the given indices of ``files`` for the model (k x C x H x W)."""
+    return lambda indices: torch.cat([load_image_tensor(files[i], model.card) for i in indices])
 
 
 def _write_arrays(out: Path, examples: ChannelExamples, found: list[ChannelProjections]) -> Path:
