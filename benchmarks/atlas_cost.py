@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -49,16 +50,24 @@ def spread(count: int, channels: int) -> list[int]:
 
 
 @torch.no_grad()
-def natural_tops(model: Model, folder: Path) -> dict[str, torch.Tensor]:
-    """Per conv layer, each channel's highest mean activation over the photos in ``folder``."""
-    tops: dict[str, torch.Tensor] = {}
+def natural_stats(model: Model, folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per conv layer, each channel's (highest, average) mean activation over the photos in
+    ``folder``."""
+    means: dict[str, list[torch.Tensor]] = {name: [] for name in CONV_LAYERS}
     for chunk in ImageStream(image_files(folder), model.card, 8):
         with capture(model.module, CONV_LAYERS) as outputs:
             model.module(model.normalize(chunk.pixels))
         for name in CONV_LAYERS:
-            means = outputs[name].float().mean((2, 3)).max(0).values
-            tops[name] = torch.maximum(tops[name], means) if name in tops else means
-    return tops
+            means[name].append(outputs[name].float().mean((2, 3)))
+    return {n: (torch.cat(m).max(0).values, torch.cat(m).mean(0)) for n, m in means.items()}
+
+
+def reach(value: float, top: float, average: float) -> float:
+    """How far a render's objective goes from the photos' average towards their top, as a
+    multiple of that distance (1: as high as the best photo; a channel's mean activation
+    before its ReLU can be negative on every photo, so the ratio to the top alone is not
+    defined)."""
+    return (value - average) / max(top - average, 1e-6)
 
 
 def stop_step(trace: torch.Tensor) -> int:
@@ -86,18 +95,21 @@ def measure(model: Model, layer: str, channels: list[int], settings: RenderSetti
 
 
 def layer_row(
-    model: Model, layer: str, count: int, variants: dict[str, RenderSettings], top: torch.Tensor
+    model: Model,
+    layer: str,
+    count: int,
+    variants: dict[str, RenderSettings],
+    natural: tuple[torch.Tensor, torch.Tensor],
 ) -> dict[str, Any]:
-    """Both variants on ``count`` channels of ``layer``, with their reach."""
+    """Every variant on ``count`` channels of ``layer``, with their reach."""
+    top, average = natural
     channels = spread(count, len(top))
     row: dict[str, Any] = {"layer": layer, "channels_in_layer": len(top), "channels": channels}
     for name, settings in variants.items():
         found = measure(model, layer, channels, settings)
-        reach = [
-            v / max(float(top[c]), 1e-6) for v, c in zip(found["values"], channels, strict=True)
-        ]
-        found["reach"] = reach
-        found["mean_reach"] = sum(reach) / len(reach)
+        values = zip(found["values"], channels, strict=True)
+        found["reach"] = [reach(v, float(top[c]), float(average[c])) for v, c in values]
+        found["median_reach"] = statistics.median(found["reach"])
         row[name] = found
     row["speedup"] = row["full"]["seconds_per_channel"] / row["cheap"]["seconds_per_channel"]
     return row
@@ -111,7 +123,7 @@ def summary(rows: list[dict[str, Any]], steps: int) -> dict[str, Any]:
         out[name] = {
             "stack_seconds_one_worker": seconds,
             "stack_worker_hours": seconds / 3600,
-            "mean_reach": sum(r[name]["mean_reach"] for r in rows) / len(rows),
+            "median_reach": statistics.median(x for r in rows for x in r[name]["reach"]),
         }
     out["speedup"] = (
         out["full"]["stack_seconds_one_worker"] / out["cheap"]["stack_seconds_one_worker"]
@@ -137,14 +149,14 @@ def main() -> None:
     shared = shared_dir()
     model = load_model("vgg16", weights=shared / "models" / "vgg16_hed_features.pt")
     data = Path(os.environ.get("CONVSIGHT_DATA", shared / "data")) / "imagenet-samples"
-    tops = natural_tops(model, data)
+    natural = natural_stats(model, data)
     full = settings_for("robust", steps=args.steps, size=args.size)
     native = bf16_is_fast(model.device)
     cheap, cheap_note = cheap_settings(full, native)
     rows = []
     for layer in args.layers.split(","):
         rows.append(
-            layer_row(model, layer, args.channels, {"full": full, "cheap": cheap}, tops[layer])
+            layer_row(model, layer, args.channels, {"full": full, "cheap": cheap}, natural[layer])
         )
         print(layer, f"{rows[-1]['speedup']:.2f}x", flush=True)
     write_result(

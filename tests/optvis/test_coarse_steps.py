@@ -1,6 +1,6 @@
 """Coarse steps: the image drawn small from its low frequencies (a band-limited sampling of
 the full image), the schedule of sizes, the model seeing small inputs, a fixed-size model
-falling back with a note, and the cheap channel settings of the atlas."""
+falling back with a note; stopping once flat; the cheap channel settings of the atlas."""
 
 from __future__ import annotations
 
@@ -103,10 +103,22 @@ def test_coarse_steps_are_checked():
 def test_the_cheap_channel_settings_apply_where_they_can_and_say_what_did_not():
     robust = settings_for("robust", steps=16)
     cheap, note = cheap_settings(robust, bf16_native=True)
-    assert (cheap.coarse_steps, cheap.precision, note) == (0.5, "bf16", "")
+    assert (cheap.precision, cheap.stop_when_flat, cheap.coarse_steps, note) == ("bf16", 16, 0, "")
     cheap, note = cheap_settings(robust, bf16_native=False)
-    assert (cheap.coarse_steps, cheap.precision) == (0.5, "fp32")
+    assert (cheap.precision, cheap.stop_when_flat) == ("fp32", 16)
     assert "no native bfloat16" in note
-    paper, _ = cheap_settings(settings_for("paper"), bf16_native=True)
-    assert (paper.coarse_steps, paper.precision) == (0.0, "bf16")  # pixels: no coarse steps
     assert cheap.steps == robust.steps and cheap.lr == robust.lr  # nothing else changes
+
+
+STILL = dict(pad=0, jitter=0, scales=(), angles=(), jitter_after=0, seed=1)
+
+
+def test_a_render_stops_once_its_objective_is_flat_and_says_after_how_many_steps(tiny):
+    flat = render_channels(tiny, "features.3", [0, 1], steps=40, lr=1e-9, stop_when_flat=8, **STILL)
+    assert flat.steps_run == 9  # steps 0..8: the first at which 8 steps back is known
+    assert flat.trace is not None and flat.trace.shape == (9, 2)
+    rising = render_channels(tiny, "features.3", [0, 1], steps=12, stop_when_flat=8, **STILL)
+    assert rising.steps_run == 12
+    assert bool((rising.trace[-1] > rising.trace[-9] * 1.01).any())
+    with pytest.raises(ConvsightError, match="stop-when-flat must be >= 0"):
+        settings_for("robust", stop_when_flat=-1)

@@ -1,7 +1,7 @@
-"""What a render does around its steps: step callbacks (coarse to fine, coarse steps, dead
-rows, parameter averaging, a learning rate schedule, periodic blur, snapshots). The model
-hooks it switches on for its duration (ghost noise, batch norm prior, skip gradient) are in
-:mod:`convsight.optvis.model_hooks`.
+"""What a render does around its steps: step callbacks (coarse to fine, coarse steps,
+stopping once flat, dead rows, parameter averaging, a learning rate schedule, periodic blur,
+snapshots). The model hooks it switches on for its duration (ghost noise, batch norm prior,
+skip gradient) are in :mod:`convsight.optvis.model_hooks`.
 
 A callback sees a :class:`RenderState` at four points of the loop (:class:`Callback`); the
 render calls the callbacks in list order, so a later one sees what an earlier one changed
@@ -31,6 +31,7 @@ class RenderState:
     steps: int
     batch: int
     step: int = 0
+    stopped: bool = False  # set by a callback: no further step
     main: torch.Tensor = field(init=False)
     trace: torch.Tensor = field(init=False)
     dead: torch.Tensor = field(init=False)
@@ -116,6 +117,21 @@ class CoarseSteps(Callback):
 
     def finish(self, state: RenderState) -> None:
         state.param.resolution = 1.0  # type: ignore[attr-defined]
+
+
+class StopWhenFlat(Callback):
+    """End the render once no live row's objective has risen by more than ``rise`` (a
+    fraction of its size) over the last ``window`` steps: the steps left would add little."""
+
+    def __init__(self, window: int, rise: float = 0.01) -> None:
+        self.window, self.rise = window, rise
+
+    def end_step(self, state: RenderState) -> None:
+        step, live = state.step, ~state.dead
+        if step < self.window or not bool(live.any()):
+            return
+        now, before = state.trace[step, live], state.trace[step - self.window, live]
+        state.stopped = bool((now - before < self.rise * now.abs().clamp_min(1e-6)).all())
 
 
 class DeadRows(Callback):

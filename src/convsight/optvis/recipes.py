@@ -27,6 +27,7 @@ from convsight.optvis.callbacks import (
     PeriodicBlur,
     Schedule,
     Snapshots,
+    StopWhenFlat,
 )
 from convsight.optvis.forward import Execution, probe_shapes
 from convsight.optvis.model_hooks import BatchNormPrior, GhostNoise, ModelHook, SkipGradient
@@ -193,6 +194,8 @@ def make_callbacks(
     if settings.coarse_to_fine:
         callbacks.append(CoarseToFine(settings.coarse_to_fine))
     callbacks.append(DeadRows(settings.dead_steps))
+    if settings.stop_when_flat:
+        callbacks.append(StopWhenFlat(settings.stop_when_flat))
     if settings.average:
         callbacks.append(Averaging(settings.average))
     if settings.lr_schedule == "cosine":

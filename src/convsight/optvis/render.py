@@ -66,6 +66,7 @@ class RenderResult:
     seconds: float
     description: str = ""
     trace: torch.Tensor | None = None  # steps x N: objective (with penalties) at each step
+    steps_run: int = 0  # the steps taken (fewer than asked when the objective stopped rising)
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -109,6 +110,8 @@ def render(
             optimizer.step()
             each.end_step(state)
             bar.update(task, advance=1, status=f"objective {float(state.main.mean()):.3g}")
+            if state.stopped:
+                break
         each.finish(state)
         images, values = passes.final()
     notes = [objective.description, *(hook.describe() for hook in per_pass), execution.note]
@@ -119,8 +122,9 @@ def render(
         settings={},
         seconds=time.perf_counter() - began,
         description="; ".join(filter(None, notes)),
-        trace=state.trace,
+        trace=state.trace[: state.step + 1],
         snapshots=state.snapshots,
+        steps_run=state.step + 1,
     )
 
 

@@ -114,17 +114,20 @@ def _channel_record(
     folder: Path,
     out: Path,
 ) -> dict[str, Any]:
-    """Write the images of one channel (a batch ``row``); its record: objective values per
-    preset and whether it is dead (by the paper preset when rendered, else the first)."""
-    values = {}
+    """Write the images of one channel (a batch ``row``); its record: objective values and
+    steps taken per preset (fewer than asked where its batch stopped once flat) and whether it
+    is dead (by the paper preset when rendered, else the first)."""
+    values, steps = {}, {}
     for p, result in results.items():
         image = folder / "img" / f"c{channel}_{safe_filename(p)}.png"
         write_image(image, result.images[row], 112, within=out)
         values[p] = float(result.values[row])
+        steps[p] = result.steps_run
     dead_from = results["paper"] if "paper" in results else results[job.presets[0]]
     return {
         "channel": channel,
         "values": values,
+        "steps": steps,
         "dead": row in dead_from.dead,
         "rendered_at": time.time(),
     }
