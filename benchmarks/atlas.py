@@ -3,7 +3,9 @@
 
     python benchmarks/atlas.py [--layers features.0,...] [--steps 128] [--size 128]
 
-Writes benchmarks/results/atlas.json: total time, time per channel, per layer.
+Writes benchmarks/results/atlas.json: total time, time per channel, per layer; and per layer
+the plan's estimate of the render seconds a channel (its short probe, made before each layer)
+beside the render seconds the run actually spent, copied from the atlas's own atlas.json.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import shared_dir, write_result
 
@@ -40,19 +43,10 @@ def main() -> None:
             request = AtlasRequest(
                 layers[: i + 1], out, dataset=shared / "data" / "imagenet-samples", top_k=9,
                 presets=["robust"], steps=args.steps, size=args.size, batch=args.batch,
-                show_progress=False, weights=weights, model_spec="vgg16",
+                plan=True, show_progress=False, weights=weights, model_spec="vgg16",
             )  # fmt: skip
             summary = build_atlas(load_model("vgg16", weights), request).to_json()
-            seconds = time.perf_counter() - start
-            channels = summary["rendered_this_run"]
-            rows.append(
-                {
-                    "layer": layers[i],
-                    "channels": channels,
-                    "seconds": seconds,
-                    "seconds_per_channel": seconds / max(channels, 1),
-                }
-            )
+            rows.append(layer_row(summary, layers[i], time.perf_counter() - start))
             print(rows[-1], flush=True)
             total = time.perf_counter() - began
             write_result(
@@ -71,8 +65,45 @@ def main() -> None:
                     "wall_seconds": total,
                     "seconds_per_channel": total / max(sum(r["channels"] for r in rows), 1),
                     "pages": sum(1 for _ in out.rglob("*.html")),
+                    **plan_totals(rows, summary),
                 },
             )
+
+
+def layer_row(summary: dict[str, Any], layer: str, seconds: float) -> dict[str, Any]:
+    """The row of ``layer``, built alone by the run whose ``atlas.json`` is ``summary`` in
+    ``seconds`` (dataset pass, probe and pages included): its channels and seconds, and from
+    the atlas's plan and actual its estimated render seconds a channel, the render seconds
+    spent (as the workers measured them), a channel, their wall seconds and actual / estimate."""
+    channels = summary["rendered_this_run"]
+    spent = next(row for row in summary["actual"]["layers"] if row["layer"] == layer)
+    return {
+        "layer": layer,
+        "channels": channels,
+        "seconds": seconds,
+        "seconds_per_channel": seconds / max(channels, 1),
+        "estimated_seconds_per_channel": spent["estimated_seconds_per_channel"],
+        "render_seconds": spent["render_seconds"],
+        "render_seconds_per_channel": spent["seconds_per_channel"],
+        "render_wall_seconds": spent["wall_seconds"],
+        "ratio": spent["ratio"],
+    }
+
+
+def plan_totals(rows: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """The whole run's render seconds, estimated (each layer's estimate a channel times its
+    channels; None if a layer had none) and spent, with their ratio and the probe's steps."""
+    estimates = [row["estimated_seconds_per_channel"] for row in rows]
+    spent = sum(row["render_seconds"] for row in rows)
+    estimated = None
+    if all(e is not None for e in estimates):
+        estimated = sum(e * row["channels"] for e, row in zip(estimates, rows, strict=True))
+    return {
+        "probe_steps": (summary["plan"] or {}).get("probe_steps"),
+        "estimated_render_seconds": estimated,
+        "render_seconds": spent,
+        "render_ratio": spent / estimated if estimated else None,
+    }
 
 
 if __name__ == "__main__":

@@ -391,6 +391,54 @@ def atlas_table(results: Path) -> list[str]:
     return [*markdown(header, out), "", source("atlas", data)]
 
 
+PLAN_PENDING = (
+    "Pending: `benchmarks/results/atlas.json` predates the plan's estimate beside the actual; "
+    "`python benchmarks/atlas.py` records both."
+)
+
+
+def atlas_planned(data: dict[str, Any]) -> bool:
+    """Whether the atlas JSON has the plan's estimate and the actual of every layer."""
+    return data.get("estimated_render_seconds") is not None and all(
+        "estimated_seconds_per_channel" in r for r in data["per_layer"]
+    )
+
+
+def atlas_plan_table(results: Path) -> list[str]:
+    """Per layer the plan's estimated render seconds a channel against the actual."""
+    data = load(results, "atlas")
+    if not atlas_planned(data):
+        return [PLAN_PENDING, "", source("atlas", data)]
+    out = [
+        [f"`{r['layer']}`", r["channels"], sig(r["estimated_seconds_per_channel"], 2),
+         sig(r["render_seconds_per_channel"], 2), f"{r['ratio']:.2f}x"]
+        for r in data["per_layer"]
+    ]  # fmt: skip
+    out.append(
+        [f"all {len(data['per_layer'])} layers (render seconds)", data["channels"],
+         f"{data['estimated_render_seconds']:.0f}", f"{data['render_seconds']:.0f}",
+         f"{data['render_ratio']:.2f}x"]
+    )  # fmt: skip
+    header = ["layer", "channels", "estimated s / channel", "actual s / channel", "ratio"]
+    return [*markdown(header, out), "", source("atlas", data)]
+
+
+def atlas_plan_line(results: Path) -> list[str]:
+    """The README's sentence: the whole run's estimated render seconds against the actual."""
+    data = load(results, "atlas")
+    if not atlas_planned(data):
+        return [PLAN_PENDING, "", source("atlas", data)]
+    return [
+        f"Its plan estimated {data['estimated_render_seconds']:,.0f} s of rendering on one "
+        f"worker for the {data['channels']:,} channels of VGG16 `{data['per_layer'][0]['layer']}`-"
+        f"`{data['per_layer'][-1]['layer']}` ({data['steps']} steps, {data['size']} px); they "
+        f"took {data['render_seconds']:,.0f} s ({data['render_ratio']:.2f}x the estimate; "
+        "[per layer](docs/benchmarks.md#atlas)).",
+        "",
+        source("atlas", data),
+    ]
+
+
 def atlas_memory_table(results: Path) -> list[str]:
     data = load(results, "atlas_memory")
     rows = [
@@ -519,11 +567,15 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
     "attribution": attribution_table,
     "faithfulness": faithfulness_table,
     "atlas": atlas_table,
+    "atlas-plan": atlas_plan_table,
     "atlas-ray": atlas_ray_table,
     "atlas-memory": atlas_memory_table,
     "compression": compression_table,
 }
-README_TABLES: dict[str, Callable[[Path], list[str]]] = {"atlas-memory-line": atlas_memory_line}
+README_TABLES: dict[str, Callable[[Path], list[str]]] = {
+    "atlas-memory-line": atlas_memory_line,
+    "atlas-plan-line": atlas_plan_line,
+}
 """The blocks of README.md (its numbers come from the same JSON)."""
 
 

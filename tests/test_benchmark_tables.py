@@ -158,3 +158,32 @@ def test_lucent_style_baseline_takes_nothing_from_a_preset(monkeypatch) -> None:
     assert settings == RenderSettings(steps=128, size=160, **kwargs)
     assert settings.skip_gradient == 1.0 and settings.class_objective == "logit"
     assert quality.LUCENT_STYLE_NAME == "lucent-style adam 0.1"
+
+
+def test_atlas_plan_table_and_readme_line_from_the_estimate_and_the_actual(tmp_path) -> None:
+    tables = bench_module("tables")
+    old = json.loads((BENCH / "results" / "atlas.json").read_text())
+    for key in ("estimated_seconds_per_channel", "render_seconds_per_channel", "ratio"):
+        old["per_layer"][0].pop(key, None)
+    old.pop("estimated_render_seconds", None)
+    (tmp_path / "atlas.json").write_text(json.dumps(old))
+    assert tables.atlas_plan_table(tmp_path)[0] == tables.PLAN_PENDING  # an older result
+    assert tables.atlas_plan_line(tmp_path)[0] == tables.PLAN_PENDING
+    rows = [
+        {"layer": "features.0", "channels": 64, "estimated_seconds_per_channel": 1.0,
+         "render_seconds_per_channel": 0.9, "ratio": 0.9},
+        {"layer": "features.2", "channels": 64, "estimated_seconds_per_channel": 2.5,
+         "render_seconds_per_channel": 3.0, "ratio": 1.2},
+    ]  # fmt: skip
+    totals = {"estimated_render_seconds": 224.0, "render_seconds": 249.6, "render_ratio": 1.114}
+    data = {"per_layer": rows, "channels": 128, "steps": 128, "size": 128, **totals}
+    (tmp_path / "atlas.json").write_text(json.dumps(data))
+    table = tables.atlas_plan_table(tmp_path)
+    assert table[2:5] == [
+        "| `features.0` | 64 | 1 | 0.9 | 0.90x |",
+        "| `features.2` | 64 | 2.5 | 3 | 1.20x |",
+        "| all 2 layers (render seconds) | 128 | 224 | 250 | 1.11x |",
+    ]
+    line = tables.atlas_plan_line(tmp_path)[0]
+    assert "estimated 224 s" in line and "took 250 s (1.11x the estimate" in line
+    assert "`features.0`-`features.2`" in line

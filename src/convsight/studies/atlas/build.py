@@ -23,7 +23,7 @@ from convsight.report import (
 from convsight.report.html import environment
 from convsight.studies.atlas.inputs import AtlasJob, check_inputs
 from convsight.studies.atlas.pages import layer_pages, write_index
-from convsight.studies.atlas.plan import check_plan, print_plan, probe
+from convsight.studies.atlas.plan import actual, check_plan, layer_actual, print_plan, probe
 from convsight.studies.atlas.rendering import find_examples, render_layer, todo_channels
 from convsight.studies.atlas.request import AtlasRequest, AtlasResult
 from convsight.studies.atlas.run import (
@@ -50,7 +50,8 @@ def build_atlas(model: Model, request: AtlasRequest) -> AtlasResult:
     ``ray`` renders chunks of channels and slices of the dataset as Ray tasks, with the same
     files as a local run; this process alone writes them. The plan prints channels per layer,
     seconds per channel from a short probe and the estimated total for the workers present,
-    before the work. ``compression`` runs the compression trials on the model into
+    before the work; ``atlas.json`` records it with what the run actually spent (``actual``).
+    ``compression`` runs the compression trials on the model into
     ``out/compression/``; the index and each conv layer's page show the results.
 
     The heaviest render must fit in the memory available; more than ``MAX_STEPS`` steps or a
@@ -136,14 +137,15 @@ def _build(
     start = time.perf_counter()
     rendered = 0
     total = sum(len(job.chosen[name]) for name in job.layers)
-    layer_rows = []
+    layer_rows, spent = [], []
     compressed = _compression(job, out, show_progress)  # its own progress bar, first
     with progress_bar(show_progress) as bar:
         task = bar.add_task("atlas", total=total, status="dataset")
         find_examples(job, {name: out / dirs[name] for name in job.layers}, out, work)
         for name in job.layers:
             began = time.perf_counter()
-            count = render_layer(job, name, out / dirs[name], out, work, bar, task)
+            count, seconds = render_layer(job, name, out / dirs[name], out, work, bar, task)
+            spent.append(layer_actual(name, count, seconds, time.perf_counter() - began))
             row = layer_pages(job, name, dirs[name], out, compressed)
             row["rendered_this_run"] = count
             row["seconds_this_run"] = time.perf_counter() - began
@@ -168,6 +170,7 @@ def _build(
         seconds_per_channel=render_seconds / rendered if rendered else None,
         work=work.describe(),
         plan=planned,
+        actual=actual(spent, planned),
         compression=f"{COMPRESSION_DIR}/compression.json" if compressed else None,
     )
     write_index(job, out, layer_rows, dataset, compressed)

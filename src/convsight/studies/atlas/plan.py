@@ -1,5 +1,6 @@
 """The plan of an atlas, printed before the work: channels per layer, seconds per channel
-measured by a short probe on the workers, and the estimated total for the workers present."""
+measured by a short probe on the workers, and the estimated total for the workers present;
+and what the run actually spent, next to the estimate."""
 
 from __future__ import annotations
 
@@ -88,3 +89,39 @@ def print_plan(plan: dict[str, Any]) -> None:
         f"estimated {hours:.2f} h of rendering on {plan['workers']} worker(s) "
         f"(probe: {plan['probe_steps']} steps a preset; dataset pass and pages not counted)"
     )
+
+
+def layer_actual(name: str, rendered: int, render_seconds: float, wall: float) -> dict[str, Any]:
+    """What rendering layer ``name`` cost this run: ``rendered`` channels, the renders'
+    seconds as the workers measured them (the quantity the probe estimates), their seconds a
+    channel (None: none rendered) and the ``wall`` seconds this process waited for them."""
+    return {
+        "layer": name,
+        "rendered": rendered,
+        "render_seconds": render_seconds,
+        "seconds_per_channel": render_seconds / rendered if rendered else None,
+        "wall_seconds": wall,
+    }
+
+
+def actual(layers: list[dict[str, Any]], plan: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's actual cost (rows of :func:`layer_actual`) beside the ``plan``'s estimate
+    when one was made: per layer the estimated seconds a channel and the ratio actual /
+    estimate; in all, the render seconds on one worker, the wall seconds of the renders and
+    the ratio of the render seconds to the plan's (None where there is nothing to compare)."""
+    estimates = {r["layer"]: r["seconds_per_channel"] for r in (plan or {}).get("layers", [])}
+    rows = []
+    for row in layers:
+        estimate, spent = estimates.get(row["layer"]), row["seconds_per_channel"]
+        ratio = spent / estimate if estimate and spent is not None else None
+        rows.append({**row, "estimated_seconds_per_channel": estimate, "ratio": ratio})
+    total = sum(r["render_seconds"] for r in rows)
+    planned = plan["render_seconds_one_worker"] if plan else None
+    return {
+        "layers": rows,
+        "rendered": sum(r["rendered"] for r in rows),
+        "render_seconds_one_worker": total,
+        "wall_seconds": sum(r["wall_seconds"] for r in rows),
+        "estimated_render_seconds_one_worker": planned,
+        "ratio": total / planned if planned else None,
+    }

@@ -38,10 +38,11 @@ def render_layer(
     work: Work,
     bar: Progress,
     task: TaskID,
-) -> int:
+) -> tuple[int, float]:
     """Render the channels of layer ``name`` that have no record yet, ``job.batch`` at a time
     (each chunk a unit of ``work``); write their images and records into ``folder`` as the
-    chunks come back. Returns how many were rendered."""
+    chunks come back. Returns how many were rendered and the seconds their renders took (each
+    preset's, as the workers measured them)."""
     records = folder / "records"
     data = job.dataset
     examples = load_npz(folder / EXAMPLES_FILE) if data is not None else None
@@ -59,7 +60,9 @@ def render_layer(
         assert data is not None  # the examples are loaded only with a dataset
         shared.update(dataset=data, examples=examples, receptive=field)
     chunks = [{"channels": todo[i : i + job.batch]} for i in range(0, len(todo), job.batch)]
+    seconds = 0.0
     for _, chunk in work.map(render_chunk, shared, chunks):
+        seconds += sum(result.seconds for result in chunk.renders.values())
         for row, channel in enumerate(chunk.channels):
             record = _channel_record(job, chunk.renders, row, channel, folder, out)
             if examples is not None:
@@ -75,7 +78,7 @@ def render_layer(
                 record["invariance"] = found
             write_json(records / f"c{channel}.json", record, within=out)
             bar.update(task, advance=1)
-    return len(todo)
+    return len(todo), seconds
 
 
 def todo_channels(job: AtlasJob, name: str, folder: Path) -> list[int]:

@@ -72,7 +72,8 @@ class AtlasRequest:
 class AtlasResult(Result):
     """The atlas built: its model, one row per layer (channels, dead ones, redundancy, what
     this run rendered), the presets and their settings, the dataset, the work (local or Ray)
-    and the plan; ``files``: ``atlas.json`` and ``index.html``."""
+    and the plan with what the run actually spent (``actual``); ``files``: ``atlas.json`` and
+    ``index.html``."""
 
     model: str
     weights: str | None
@@ -90,6 +91,10 @@ class AtlasResult(Result):
     seconds_per_channel: float | None
     work: dict[str, Any]
     plan: dict[str, Any] | None
+    actual: dict[str, Any]
+    """Per layer the channels this run rendered, their render seconds (as the workers
+    measured them, what the plan estimates), seconds a channel and wall seconds, with the
+    plan's estimate and the ratio actual / estimate when there is a plan; and the totals."""
     compression: str | None
     """``compression/compression.json`` when the trials ran (None: not asked for)."""
 
@@ -133,6 +138,7 @@ class AtlasResult(Result):
                 f"{self.seconds_this_run:.1f}" + (f" ({per:.2f} a channel)" if per else ""),
             ),
             ("dataset", f"{self.dataset} ({self.dataset_size} images)" if self.dataset else "none"),
+            ("render seconds", self._render_seconds()),
         ]
         if self.files:
             facts.append(("index", str(self.index)))
@@ -140,3 +146,11 @@ class AtlasResult(Result):
             count, dead = len(layer["channels"]), len(layer.get("dead", []))
             facts.append((layer["name"], f"{layer.get('type', '')}, {count} channels, {dead} dead"))
         return facts
+
+    def _render_seconds(self) -> str:
+        """This run's render seconds on one worker, and the plan's estimate when there is one."""
+        spent = f"{self.actual['render_seconds_one_worker']:.1f} on one worker"
+        estimate, ratio = self.actual["estimated_render_seconds_one_worker"], self.actual["ratio"]
+        if estimate is None:
+            return spent
+        return spent + f", estimated {estimate:.1f}" + (f" ({ratio:.2f}x)" if ratio else "")
