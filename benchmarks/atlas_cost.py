@@ -6,18 +6,19 @@ whether the cheap way reaches as high.
 For each of the 13 conv layers of VGG16 (the shared conv stack,
 ``$CONVSIGHT_SHARED/models/vgg16_hed_features.pt``; 4,224 channels in all), ``--channels``
 channels spread over the layer are rendered together with the robust preset at 128 px and
-128 steps on one torch thread (the atlas's worker), first with every step at full size in
-fp32 ("full", the settings before issue 29), then the cheap way the atlas now takes by
-default (:func:`convsight.optvis.settings.cheap_settings`: half the steps on a smaller image,
-bf16 where this processor runs it natively). The two alternate layer by layer, so both see
+128 steps on one torch thread (the atlas's worker), first in fp32 with every step ("full", the
+settings before issue 29), then the cheap way the atlas now takes by default
+(:func:`convsight.optvis.settings.cheap_settings`: bf16 where this processor runs it natively,
+the batch stopped once its objective is flat). The two alternate layer by layer, so both see
 the same machine load.
 
 Cost: seconds per channel per layer; the whole stack's estimate is the sum over layers of
-(channels x seconds per channel), in worker-hours. Quality: each render's reach, its
-objective (the channel's mean activation on the image as it is) over the highest mean
-activation of that channel on the ImageNet sample photos (``$CONVSIGHT_DATA``). Early stopping
-is weighed on the full renders' traces: the step at which a stop rule (the objective rose by
-under 1% over the last 16 steps, for every row of the batch) would have ended each render.
+(channels x seconds per channel), in worker-hours. Quality: each render's reach (:func:`reach`:
+its objective, the channel's mean activation on the image as it is, from the average of the
+ImageNet sample photos of ``$CONVSIGHT_DATA`` towards their highest, 1 being as high as the
+best photo), the median per layer. The full renders' traces also say where the stop rule would
+have ended them. Coarse steps (``coarse_steps=0.5``) were measured by this script at 70af271
+as its cheap way and lowered the reach (benchmarks/results/atlas_cost_coarse.json).
 Writes benchmarks/results/atlas_cost.json.
 """
 

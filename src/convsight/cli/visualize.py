@@ -138,9 +138,9 @@ def atlas_cmd(
     cheap: Annotated[
         bool,
         typer.Option(
-            help="Render channels the cheap way: half the steps on a smaller image, bf16 where "
-            "the device runs it natively (same reach at a third of the cost or less: "
-            "benchmarks/atlas_cost.py); --no-cheap renders every step at full size in fp32."
+            help="Render channels the cheap way: in bf16 where the device runs it natively, "
+            "each batch stopped once its objective is flat (the same reach at about half the "
+            "cost: benchmarks/atlas_cost.py); --no-cheap: fp32, every step."
         ),
     ] = True,
     *,

@@ -36,7 +36,7 @@ class AtlasRequest:
     none), Ray (``local``, ``auto`` or ``HOST:PORT``; None: this process), the plan (None:
     with ``all`` layers), the compression trials, the output folder and the seed; ``yes``
     allows more than ``MAX_STEPS`` steps or a long plan; ``cheap`` renders the channels the
-    cheap way (half the steps on a smaller image, bf16 where native:
+    cheap way (bf16 where native, stopped once the objective is flat:
     :func:`convsight.optvis.settings.cheap_settings`). ``weights`` and ``model_spec`` say
     where the model came from (recorded in the JSON files, not read)."""
 
