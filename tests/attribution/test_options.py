@@ -41,7 +41,8 @@ def _keywords(function) -> set[str]:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_declares_its_paper_title_and_options(name):
     cls = METHODS[name]
-    assert re.fullmatch(r"https://arxiv\.org/abs/\d{4}\.\d{4,5}", cls.paper), cls.paper
+    arxiv, doi = r"https://arxiv\.org/abs/\d{4}\.\d{4,5}", r"https://doi\.org/10\.\d{4,9}/\S+"
+    assert re.fullmatch(f"{arxiv}|{doi}", cls.paper), cls.paper
     assert cls.paper in (cls.__doc__ or ""), "the docstring links the same paper"
     assert cls.title and cls.name == name
     names = [option.name for option in cls.options]
@@ -156,7 +157,7 @@ def test_the_registry_is_one_explicit_list_exported_by_class_name():
     import convsight.attribution as package
 
     order = "saliency ixg ig smoothgrad vargrad smoothgrad-sq guided deconvnet gradcam gradcam++"
-    assert list(METHODS) == [*order.split(), "scorecam", "occlusion"]
+    assert list(METHODS) == [*order.split(), "scorecam", "occlusion", "lrp"]
     for cls in METHODS.values():
         assert getattr(package, cls.__name__) is cls and cls.__name__ in package.__all__
     assert not hasattr(package, "__getattr__")

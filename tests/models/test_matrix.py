@@ -334,16 +334,21 @@ TASKS = (
     "classviz",
     "attribution",  # every method but the two that change how gradients pass ReLUs
     "rectifier",  # guided backprop and DeconvNet
+    "lrp",  # LRP, refused where a layer has no rule in zennit
     "evaluate",
     "atlas",
 )
 RECTIFIER_METHODS = ("guided", "deconvnet")
+APART = {"rectifier": RECTIFIER_METHODS, "lrp": ("lrp",)}  # methods with a task of their own
 
 # (model, task) -> the one-sentence error the README promises instead of a result.
 _NO_RELU = "runs none, so its map would be the plain gradient; use saliency instead"
 REFUSED: dict[tuple[str, str], str] = {
     ("timm-convnext_atto", "rectifier"): _NO_RELU,  # GELU
     ("timm-efficientnet_b0", "rectifier"): _NO_RELU,  # SiLU
+    ("timm-convnext_atto", "lrp"): r"no rule for layer 'stem.1' \(LayerNorm2d\)",
+    ("onnx-export", "lrp"): r"LRP has no rule for layer '.*' \(Onnx",
+    ("keras-mnist-cnn", "lrp"): r"no rule for layer 'flatten' \(KerasFlatten\)",
 }
 
 
@@ -421,15 +426,15 @@ def run_task(task: str, case: Case, model: Model, folder: Path, out: Path) -> No
         classviz(model, request, out=out, show_progress=False)
         _finite_npz(out / "images.npz")
         _finite_json(json.loads((out / "summary.json").read_text()))
-    elif task in ("attribution", "rectifier"):
-        rectifier = task == "rectifier"
-        methods = [m for m in METHODS if (m in RECTIFIER_METHODS) == rectifier]
-        if case.methods is not None and not rectifier:
+    elif task in ("attribution", "rectifier", "lrp"):
+        apart = {m for ms in APART.values() for m in ms}
+        methods = list(APART.get(task, [m for m in METHODS if m not in apart]))
+        if case.methods is not None and task == "attribution":
             methods = [m for m in methods if m in case.methods]
         request = SaliencyRequest(
             images[:1],
             methods=methods,
-            layer=None if rectifier else layer,  # a layer is for the CAMs only
+            layer=layer if task == "attribution" else None,  # a layer is for the CAMs only
             ig_steps=4,
             smoothgrad_samples=2,
         )

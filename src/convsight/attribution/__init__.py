@@ -22,6 +22,7 @@ from convsight.attribution.cam import (
     upsample_maps,
 )
 from convsight.attribution.gradient import InputXGradient, IntegratedGradients, Saliency
+from convsight.attribution.lrp import LRP
 from convsight.attribution.noise import NoiseTunnel, SmoothGrad, SmoothGradSquared, VarGrad
 from convsight.attribution.options import Option
 from convsight.attribution.perturbation import Occlusion
@@ -44,6 +45,7 @@ METHODS: dict[str, type[Method]] = {
         GradCAMPlusPlus,
         ScoreCAM,
         Occlusion,
+        LRP,
     )
 }
 """Every method the command line offers, by its short name, in the order it lists them."""
@@ -84,6 +86,7 @@ __all__ = [
     "GuidedBackprop",
     "InputXGradient",
     "IntegratedGradients",
+    "LRP",
     "Method",
     "NoiseTunnel",
     "Occlusion",
