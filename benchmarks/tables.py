@@ -559,6 +559,61 @@ def compression_table(results: Path) -> list[str]:
     return [*markdown(header, out), "", source("compression", data)]
 
 
+CHANNEL_RANKINGS = {
+    "crp": "CRP relevance",
+    "crp_abs": "|CRP relevance|",
+    "grad_x_act": "gradient x activation",
+    "grad_x_act_abs": "|gradient x activation|",
+    "activation": "activation magnitude (mean |a|)",
+    "activation_mean": "mean activation",
+    "random": "random",
+}
+
+
+def channel_faithfulness_table(results: Path) -> list[str]:
+    """Per layer and ranking: the mean fall of the target's logit at each k, and the AOC."""
+    data = load(results, "channel_faithfulness")
+    net = data["networks"]["mobilenet_v2"]
+    ks = data["settings"]["ks"]
+    rows = []
+    for layer, entry in net["layers"].items():
+        for name, r in entry["rankings"].items():
+            rows.append(
+                [f"`{layer}` ({entry['channels']})", CHANNEL_RANKINGS.get(name, name)]
+                + [fixed(v, 2) for v in r["mean_fall"]]
+                + [f"{fixed(r['aoc'], 2)} ± {fixed(r['aoc_sem'], 2)}"]
+            )
+    header = ["layer (channels)", "ranking", *[f"k={k}" for k in ks], "AOC ± s.e."]
+    verdicts = [f"- {entry['verdict']}" for entry in net["layers"].values()]
+    return [*markdown(header, rows), "", *verdicts, "", source("channel_faithfulness", data)]
+
+
+def channel_faithfulness_line(results: Path) -> list[str]:
+    """The README's table: per layer the AOC of the four main rankings, and the verdicts."""
+    data = load(results, "channel_faithfulness")
+    net, settings = data["networks"]["mobilenet_v2"], data["settings"]
+    names = ("crp", "grad_x_act", "activation", "random")
+    rows = [
+        [f"`{layer}`", *[fixed(entry["rankings"][n]["aoc"], 2) for n in names]]
+        for layer, entry in net["layers"].items()
+    ]
+    ks = settings["ks"]
+    return [
+        f"Is the channel ranking faithful? Zeroing a layer's top-k channels (k = {ks[0]}-{ks[-1]}) "
+        f"by each ranking, MobileNet v2 on {settings['images']} sample photos: the mean fall of "
+        "the predicted class's logit over k (AOC; higher: the ranking found the channels the "
+        "decision rests on; [per k](docs/benchmarks.md#channel-faithfulness)):",
+        "",
+        *markdown(
+            ["layer", "CRP", "gradient x activation", "activation magnitude", "random"], rows
+        ),
+        "",
+        *[f"- {entry['verdict']}" for entry in net["layers"].values()],
+        "",
+        source("channel_faithfulness", data),
+    ]
+
+
 TABLES: dict[str, Callable[[Path], list[str]]] = {
     "mnist": mnist_table,
     "render": render_table,
@@ -571,10 +626,12 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
     "atlas-ray": atlas_ray_table,
     "atlas-memory": atlas_memory_table,
     "compression": compression_table,
+    "channel-faithfulness": channel_faithfulness_table,
 }
 README_TABLES: dict[str, Callable[[Path], list[str]]] = {
     "atlas-memory-line": atlas_memory_line,
     "atlas-plan-line": atlas_plan_line,
+    "channel-faithfulness-line": channel_faithfulness_line,
 }
 """The blocks of README.md (its numbers come from the same JSON)."""
 

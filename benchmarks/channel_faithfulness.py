@@ -1,0 +1,325 @@
+"""Is the channel ranking faithful? Zero a layer's top-k channels by each ranking; how far
+does the target's score fall?
+
+    nice python benchmarks/channel_faithfulness.py [--images 104] [--layers features.7,...]
+
+For each sample photo (``--images`` of the 104 in ../shared/data/imagenet-samples, evenly
+spread over the sorted synsets) MobileNet v2's predicted class is the target. At each layer the
+layer's channels are ranked by
+
+- ``crp``: CRP relevance (zennit's EpsilonPlusFlat, batch norm merged), signed, largest first;
+- ``crp_abs``: the absolute CRP relevance, largest first;
+- ``grad_x_act``: gradient x activation summed over space, signed, largest first;
+- ``grad_x_act_abs``: its absolute value, largest first;
+- ``activation``: activation magnitude, the spatial mean of |activation|, largest first;
+- ``activation_mean``: the spatial mean of the (signed) activation, largest first;
+- ``random``: a seeded random permutation (seed + photo index),
+
+(relevances from :func:`convsight.analysis.channel_relevance.channel_relevance`). Then the
+top-k channels of the layer's output are set to 0 (a forward hook; the rest of the network runs
+as usual, residual additions included) and the fall of the target's logit (unchanged minus
+zeroed) is recorded for k in ``--ks``. Per network, layer and ranking the JSON has the mean fall
+at each k over the photos, the share of photos whose prediction changed, and the area over the
+curve (AOC: the mean fall over the k values, each k weighted equally: with the default k
+= 1, 2, 4, ..., 32 each doubling of k counts the same), with its standard error over photos.
+A ranking "beats" another at a layer when its AOC is higher by more than two standard errors.
+
+MobileNet v2's residual additions are written in its forward code, not as modules: LRP passes
+relevance through them as a gradient (copied to both branches), so CRP's relevance is not
+conserved there (see :mod:`convsight.attribution.lrp`); the JSON says so and records, per layer,
+the mean ratio of the layer's CRP total to the score. The study's MNIST CNN is left out: no
+trained weights are in ../shared, and training it is not this benchmark's job.
+
+Writes benchmarks/results/channel_faithfulness.json. Not a test: about 2-4 minutes on one thread for all 104 photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from common import shared_dir, write_result
+from torch import nn
+
+from convsight.analysis.channel_relevance import channel_relevance
+from convsight.attribution.cam import own_output
+from convsight.attribution.lrp import check_lrp_support
+from convsight.data import load_image_tensor
+from convsight.data.imagenet import imagenet_samples
+from convsight.errors import ConvsightError
+from convsight.layers import get_layer
+from convsight.models import Model, load_model
+
+LAYERS = ("features.7", "features.13", "features.17")
+KS = (1, 2, 4, 8, 16, 32)
+RANKINGS = (
+    "crp",
+    "crp_abs",
+    "grad_x_act",
+    "grad_x_act_abs",
+    "activation",
+    "activation_mean",
+    "random",
+)
+CRP_CAVEAT = (
+    "MobileNet v2's residual additions are in its forward code, not modules: LRP passes "
+    "relevance through them as a gradient (copied to both branches), so CRP relevance is not "
+    "conserved across the residual blocks (convsight.attribution.lrp); the CRP ranking is "
+    "reported anyway"
+)
+
+
+@contextmanager
+def channels_zeroed(module: nn.Module, layer: str, keep: torch.Tensor) -> Iterator[None]:
+    """Inside the block, ``layer``'s output is multiplied by ``keep`` (B x C: 1 keeps a
+    channel, 0 zeroes it), one row of ``keep`` per row of the output; an output of batch 1
+    is broadcast to B rows, so the layers before it run once."""
+
+    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        shape = (keep.shape[0], keep.shape[1]) + (1,) * (output.dim() - 2)
+        return output * keep.to(output).view(shape)
+
+    handle = get_layer(module, layer).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def order(scores: torch.Tensor) -> torch.Tensor:
+    """Channel indices by ``scores``, largest first (ties in index order)."""
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+def activations(
+    model: Model, pixels: torch.Tensor, layers: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The logits (1 x classes) and each layer's own output (C x ...) for one image."""
+    with ExitStack() as stack, torch.no_grad():
+        records = {name: stack.enter_context(own_output(model.module, name)) for name in layers}
+        logits = model.module(model.normalize(pixels))
+    return logits, {name: records[name]["output"][0] for name in layers}
+
+
+def rankings(
+    model: Model,
+    pixels: torch.Tensor,
+    target: int,
+    layers: Sequence[str],
+    seed: int,
+    crp: bool = True,
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, float]]:
+    """Per layer, each ranking's channel order for ``target`` on one image (1 x C x H x W);
+    and per layer the CRP total over the score (empty without ``crp``)."""
+    _, acts = activations(model, pixels, layers)
+    gxa = channel_relevance(model, pixels, target, layers, method="grad_x_act")
+    lrp = channel_relevance(model, pixels, target, layers, method="crp") if crp else None
+    g = torch.Generator().manual_seed(seed)
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for name in layers:
+        a = acts[name].flatten(1) if acts[name].dim() > 1 else acts[name].unsqueeze(1)
+        rel = gxa.layers[name].relevance
+        by = {
+            "grad_x_act": order(rel),
+            "grad_x_act_abs": order(rel.abs()),
+            "activation": order(a.abs().mean(1)),
+            "activation_mean": order(a.mean(1)),
+            "random": torch.randperm(rel.numel(), generator=g),
+        }
+        if lrp is not None:
+            by["crp"] = order(lrp.layers[name].relevance)
+            by["crp_abs"] = order(lrp.layers[name].relevance.abs())
+        found[name] = by
+    ratios = {n: lrp.layers[n].total / lrp.score for n in layers} if lrp is not None else {}
+    return found, ratios
+
+
+def score_falls(
+    model: Model,
+    pixels: torch.Tensor,
+    target: int,
+    layer: str,
+    orders: dict[str, torch.Tensor],
+    ks: Sequence[int],
+    batch_size: int = 16,
+) -> dict[str, dict[str, list[float]]]:
+    """Per ranking, the fall of the target's logit (unchanged minus zeroed) and whether the
+    prediction changed, after zeroing its top-k channels of ``layer``, for each k."""
+    with torch.no_grad():
+        logits = model.module(model.normalize(pixels))
+    base, predicted = float(logits[0, target]), int(logits[0].argmax())
+    names = list(orders)
+    count = next(iter(orders.values())).numel()
+    keep = torch.ones(len(names) * len(ks), count)
+    for i, name in enumerate(names):
+        for j, k in enumerate(ks):
+            keep[i * len(ks) + j, orders[name][:k]] = 0
+    scores, classes = [], []
+    x = model.normalize(pixels)
+    with torch.no_grad():
+        for start in range(0, keep.shape[0], batch_size):
+            with channels_zeroed(model.module, layer, keep[start : start + batch_size]):
+                out = model.module(x)
+            scores.append(out[:, target])
+            classes.append(out.argmax(1))
+    fall = (base - torch.cat(scores)).view(len(names), len(ks))
+    changed = (torch.cat(classes) != predicted).view(len(names), len(ks))
+    return {
+        name: {"fall": fall[i].tolist(), "changed": changed[i].float().tolist()}
+        for i, name in enumerate(names)
+    }
+
+
+def aoc(falls: np.ndarray) -> np.ndarray:
+    """Area over the curve of each row of falls (photos x ks): the mean over the k values."""
+    return falls.mean(axis=-1)
+
+
+def summarize(per_photo: dict[str, list[dict[str, list[float]]]], ks: Sequence[int]) -> dict:
+    """Per ranking: the mean fall and the share of changed predictions at each k, the AOC and
+    its standard error over the photos."""
+    out = {}
+    for name, rows in per_photo.items():
+        falls = np.array([r["fall"] for r in rows])
+        changed = np.array([r["changed"] for r in rows])
+        areas = aoc(falls)
+        out[name] = {
+            "k": list(ks),
+            "mean_fall": falls.mean(0).tolist(),
+            "prediction_changed": changed.mean(0).tolist(),
+            "aoc": float(areas.mean()),
+            "aoc_sem": float(areas.std(ddof=1) / np.sqrt(len(areas))) if len(areas) > 1 else 0.0,
+            "photos": len(rows),
+        }
+    return out
+
+
+def beats(summary: dict[str, Any], mine: str, other: str) -> str:
+    """'beats', 'ties with' (within two standard errors) or 'loses to'."""
+    a, b = summary[mine], summary[other]
+    margin = 2 * float(np.hypot(a["aoc_sem"], b["aoc_sem"]))
+    if abs(a["aoc"] - b["aoc"]) <= margin:
+        return "ties with"
+    return "beats" if a["aoc"] > b["aoc"] else "loses to"
+
+
+def verdict(layer: str, summary: dict[str, Any]) -> str:
+    """One sentence: does each relevance ranking beat activation magnitude and random?"""
+    parts = []
+    for mine, title in (("crp", "CRP relevance"), ("grad_x_act", "gradient x activation")):
+        if mine not in summary:
+            continue
+        s = summary[mine]["aoc"]
+        vs = [
+            f"{beats(summary, mine, other)} {words} ({summary[other]['aoc']:.2f})"
+            for other, words in (("activation", "activation magnitude"), ("random", "random"))
+        ]
+        parts.append(f"{title} (AOC {s:.2f}) {' and '.join(vs)}")
+    return f"{layer}: " + "; ".join(parts) + " (ties: within two standard errors)."
+
+
+def spread(samples: list, n: int) -> list:
+    """``n`` of ``samples`` evenly spread over the list."""
+    n = min(n, len(samples))
+    return [samples[i * len(samples) // n] for i in range(n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=104)
+    parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--ks", default=",".join(map(str, KS)))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+    ks = [int(s) for s in args.ks.split(",") if s.strip()]
+
+    shared = shared_dir()
+    model = load_model("mobilenet_v2", weights=shared / "models" / "mobilenet_v2_imagenet.pt")
+    try:
+        check_lrp_support(model)
+        crp = True
+    except ConvsightError:
+        crp = False
+    samples = spread(imagenet_samples(shared / "data" / "imagenet-samples"), args.images)
+    per_layer: dict[str, dict[str, list]] = {n: {} for n in layers}
+    ratios: dict[str, list[float]] = {n: [] for n in layers}
+    channels: dict[str, int] = {}
+    hits, scores, began = 0, [], time.perf_counter()
+    for index, (path, label) in enumerate(samples):
+        pixels = load_image_tensor(path, model.card)
+        with torch.no_grad():
+            logits = model.module(model.normalize(pixels))
+        target = int(logits.argmax(1))
+        scores.append(float(logits[0, target]))
+        hits += target == label
+        found, ratio = rankings(model, pixels, target, layers, args.seed + index, crp)
+        for name in layers:
+            channels[name] = found[name]["random"].numel()
+            ratios[name].extend([ratio[name]] if name in ratio else [])
+            falls = score_falls(model, pixels, target, name, found[name], ks)
+            for ranking, row in falls.items():
+                per_layer[name].setdefault(ranking, []).append(row)
+        print(f"{index + 1}/{len(samples)} {path.name} ({time.perf_counter() - began:.0f} s)")
+
+    result_layers = {}
+    for name in layers:
+        summary = summarize(per_layer[name], ks)
+        summary = {r: summary[r] for r in RANKINGS if r in summary}
+        result_layers[name] = {
+            "channels": channels[name],
+            "rankings": summary,
+            "crp_total_over_score": float(np.mean(ratios[name])) if ratios[name] else None,
+            "verdict": verdict(name, summary),
+        }
+        print(result_layers[name]["verdict"])
+    write_result(
+        "channel_faithfulness",
+        {
+            "benchmark": "zeroing each ranking's top-k channels of a layer: fall of the score",
+            "settings": {
+                "images": len(samples),
+                "photos": "evenly spread over the sorted sample photos (imagenet-samples)",
+                "target": "the predicted class's logit",
+                "fall": "target logit of the unchanged image minus that with the top-k zeroed",
+                "ks": ks,
+                "aoc": "mean fall over the k values, each k weighted equally (log-spaced k: "
+                "each doubling counts the same)",
+                "verdict": "beats / loses to: AOC higher / lower by more than two standard "
+                "errors (over photos, combined); else ties with",
+                "rankings": list(RANKINGS if crp else [r for r in RANKINGS if "crp" not in r]),
+                "activation": "activation = spatial mean of |activation|; activation_mean = "
+                "spatial mean of the signed activation",
+                "crp_composite": "epsilon_plus_flat, batch norm merged (SequentialMergeBatchNorm)",
+                "random_seed": f"{args.seed} + photo index",
+                "zeroing": "a forward hook sets the channels of the layer's output to 0",
+                "seconds": time.perf_counter() - began,
+            },
+            "networks": {
+                "mobilenet_v2": {
+                    "weights": "../shared/models/mobilenet_v2_imagenet.pt (stock padding)",
+                    "top1_on_these_photos": hits / len(samples),
+                    "mean_target_logit": float(np.mean(scores)),
+                    "crp_caveat": CRP_CAVEAT,
+                    "layers": result_layers,
+                }
+            },
+            "skipped": {
+                "mnist_cnn": "the study's MNIST CNN has no trained weights in ../shared; "
+                "training it is left out of this benchmark",
+                "vgg16": "the study's VGG16 is the conv stack of an edge detector, no classifier",
+            },
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
