@@ -30,7 +30,8 @@ conserved there (see :mod:`convsight.attribution.lrp`); the JSON says so and rec
 the mean ratio of the layer's CRP total to the score. The study's MNIST CNN is left out: no
 trained weights are in ../shared, and training it is not this benchmark's job.
 
-Writes benchmarks/results/channel_faithfulness.json. Not a test: about 2-4 minutes on one thread for all 104 photos.
+Writes benchmarks/results/channel_faithfulness.json. Not a test: about 2-4 minutes on one
+thread for all 104 photos.
 """
 
 from __future__ import annotations
