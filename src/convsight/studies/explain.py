@@ -257,7 +257,7 @@ def _prediction(model: Model, pixels: torch.Tensor) -> list[tuple[int, str, floa
     probs = output.softmax(1)[0]
     top = probs.topk(min(TOP_CLASSES, probs.numel()))
     label = model.card.label
-    return [(int(i), label(int(i)), float(p)) for p, i in zip(top.values, top.indices)]
+    return [(int(i), label(int(i)), float(p)) for p, i in zip(top.values, top.indices, strict=True)]
 
 
 def _compute(model: Model, request: ExplainRequest, checked: _Checked) -> ExplainResult:

@@ -35,6 +35,10 @@ def colour(i: int) -> tuple[int, int, int]:
     return PALETTE[i % len(PALETTE)]
 
 
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{v:02x}" for v in rgb)
+
+
 def layer_dirs(result: ExplainResult) -> list[str]:
     """Each layer's folder under ``img/`` (safe and distinct)."""
     return unique_names([layer.name for layer in result.layers])
@@ -88,7 +92,7 @@ def dictionary_legend(layer: ExplainedLayer) -> dict[str, Any] | None:
     where = layer.dictionary
     shown = [e.channel for e in layer.channels]
     legend = [
-        {"channel": c, "colour": "#%02x%02x%02x" % colour(i), "locations": int((where == c).sum())}
+        {"channel": c, "colour": _hex(colour(i)), "locations": int((where == c).sum())}
         for i, c in enumerate(shown)
     ]
     none = int((where < 0).sum())

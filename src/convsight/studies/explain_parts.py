@@ -163,7 +163,10 @@ def dataset_examples(
         for c in channels:
             rows = []
             for index, value, (y, x) in zip(
-                top.images[c].tolist(), top.values[c].tolist(), top.positions[c].tolist()
+                top.images[c].tolist(),
+                top.values[c].tolist(),
+                top.positions[c].tolist(),
+                strict=True,
             ):
                 if index < 0:
                     continue
