@@ -19,11 +19,9 @@ from tests.conftest import assert_images_loaded, open_page
 @pytest.fixture
 def photos(tmp_path):
     """A folder of five generated photos (the first is the one explained)."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    (folder := tmp_path / "photos").mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    for i, pixels in enumerate(noise):
         Image.fromarray(pixels).save(folder / f"photo{i}.png")
     return folder
 

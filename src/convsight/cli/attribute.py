@@ -127,6 +127,12 @@ def evaluate_cmd(
         out_console.print(f"wrote {path}")
 
 
+EXPLAIN_TARGET_HELP = (
+    "What to explain: a class (index or name), class:NAME, margin:NAME, output:INDEX; "
+    "default: the predicted class."
+)
+
+
 @app.command("explain")
 @command
 @card_options
@@ -134,18 +140,12 @@ def evaluate_cmd(
 def explain_cmd(
     model: ModelArg,
     image: Annotated[Path, typer.Option(help="The photo whose decision to explain.")],
-    weights: WeightsOpt = None,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            help="What to explain: a class (index or name), class:NAME, margin:NAME, "
-            "output:INDEX; default: the predicted class."
-        ),
-    ] = None,
     layers: Annotated[
         str | None,
         typer.Option(help="Layers, comma-separated; default: the last stage's output."),
     ] = None,
+    target: Annotated[str | None, typer.Option(help=EXPLAIN_TARGET_HELP)] = None,
+    weights: WeightsOpt = None,
     top: Annotated[int, typer.Option(min=1, help="Channels shown per layer.")] = 6,
     atlas: Annotated[
         Path | None,
@@ -169,20 +169,10 @@ def explain_cmd(
     from convsight.studies.explain import ExplainRequest, write_explain
 
     request = ExplainRequest(
-        image=image,
-        target=target,
-        layers=tuple(split_list(layers)) or None,
-        top=top,
-        atlas=atlas,
-        dataset=dataset,
-        examples=examples,
-        preset=preset,
-        steps=steps,
-        size=size,
-        seed=run.seed,
-        model_name=None if card_fields else model,
-        weights=weights,
-    )
+        image=image, target=target, layers=tuple(split_list(layers)) or None, top=top,
+        atlas=atlas, dataset=dataset, examples=examples, preset=preset, steps=steps, size=size,
+        seed=run.seed, model_name=None if card_fields else model, weights=weights,
+    )  # fmt: skip
     loaded = loaded_model(model, weights, card_fields, run.seed)
     result = write_explain(loaded, request, out=run.out, seeded=True)
     for path in result.files:

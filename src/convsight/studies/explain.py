@@ -16,15 +16,13 @@ Every input is checked before any expensive work.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from convsight.analysis.channel_relevance import (
     ChannelMethod,
-    ChannelRelevance,
     LayerRelevance,
     channel_relevance,
     conditional_heatmaps,
@@ -35,21 +33,18 @@ from convsight.errors import ConvsightError
 from convsight.layers import check_layers
 from convsight.models import Model
 from convsight.report.files import prepare_out_dir
-from convsight.report.notebook import Tile
-from convsight.report.overlays import overlay
 from convsight.runtime import seed_everything
 from convsight.studies.explain_parts import (
     AtlasSource,
     Dataset,
     Example,
-    Picture,
     channel_pictures,
     check_dataset,
     dataset_examples,
     read_atlas,
     semantic_dictionary,
 )
-from convsight.studies.results import Result
+from convsight.studies.explain_result import ExplainedChannel, ExplainedLayer, ExplainResult
 from convsight.studies.saliency import request_images, request_target
 from convsight.targets import Target, parse_target
 
@@ -88,102 +83,6 @@ class ExplainRequest:
                 raise ConvsightError(f"--{name} must be at least 1, not {value}")
         if self.steps < 1 or self.size < 8:
             raise ConvsightError("--steps must be at least 1 and --size at least 8 pixels")
-
-
-@dataclass
-class ExplainedChannel:
-    """One channel shown: its signed share and relevance, its conditional heatmap over the
-    photo (H x W), its picture, its dataset examples and its page in the atlas (if any)."""
-
-    channel: int
-    share: float
-    relevance: float
-    heatmap: torch.Tensor
-    picture: Picture
-    examples: list[Example] | None = None
-    atlas_page: Path | None = None
-
-
-@dataclass
-class ExplainedLayer:
-    """One layer: its relevance maps, each channel's relevance and share, the channels
-    shown (top by |share|) and the semantic dictionary (h x w channel indices, -1: none)."""
-
-    name: str
-    total: float
-    relevance: torch.Tensor
-    share: torch.Tensor
-    channels: list[ExplainedChannel]
-    dictionary: torch.Tensor | None
-
-
-@dataclass(kw_only=True)
-class ExplainResult(Result):
-    """Why the model decided what it did on one photo: the prediction, the input heatmap,
-    per layer the channels that carried the decision, and how it was computed (``method``
-    and ``method_reason``)."""
-
-    model: str
-    weights: str | None
-    image: Path
-    pixels: torch.Tensor
-    prediction: list[tuple[int, str, float]]
-    relevance: ChannelRelevance
-    method_reason: str
-    layers: list[ExplainedLayer]
-    atlas: Path | None = None
-    dataset: Path | None = None
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    seed: int = 0
-
-    @property
-    def method(self) -> str:
-        """``crp`` or ``grad_x_act``."""
-        return self.relevance.method
-
-    def tiles(self) -> list[Tile]:
-        """The photo, its heatmap, then per layer each channel's heatmap and picture."""
-        tiles = [
-            Tile(self.pixels, self.image.name),
-            Tile(overlay(self.pixels, self.relevance.heatmap), f"{self.method}: {self.target}"),
-        ]
-        for layer in self.layers:
-            for entry in layer.channels:
-                caption = f"{layer.name} c{entry.channel} share {entry.share:+.2f}"
-                tiles.append(Tile(overlay(self.pixels, entry.heatmap), caption))
-                tiles.append(Tile(entry.picture.pixels, f"{caption} ({entry.picture.source})"))
-        return tiles
-
-    @property
-    def target(self) -> str:
-        return self.relevance.target
-
-    def facts(self) -> list[tuple[str, Any]]:
-        top = self.prediction[0] if self.prediction else None
-        return [
-            ("model", self.model),
-            ("image", str(self.image)),
-            ("predicted", f"{top[1]} ({top[2]:.2f})" if top else "–"),
-            ("target", self.target),
-            ("method", f"{self.method}: {self.method_reason}"),
-            *((layer.name, _channel_list(layer)) for layer in self.layers),
-        ]
-
-    def to_json(self) -> dict[str, Any]:
-        from convsight.studies.explain_files import explain_json
-
-        return explain_json(self)
-
-    def save(self, out: str | os.PathLike) -> list[Path]:
-        """Write ``explain.html``, ``explain.json``, ``explain.npz`` and the pictures."""
-        from convsight.studies.explain_files import write_explain_files
-
-        self.files = write_explain_files(prepare_out_dir(out), self)
-        return self.files
-
-
-def _channel_list(layer: ExplainedLayer) -> str:
-    return ", ".join(f"c{e.channel} {e.share:+.2f}" for e in layer.channels)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
-"""The files of an explanation: ``explain.json`` (:func:`explain_json`), ``explain.npz``, the
+"""What :func:`~convsight.studies.explain.explain` returns (:class:`ExplainResult`) and its
+files: ``explain.json`` (:func:`explain_json`), ``explain.npz``, the
 pictures under ``img/`` and the page ``explain.html``. File names come from the layers only
 through :func:`~convsight.report.files.unique_names`, and every file stays inside ``out``."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,13 +16,108 @@ from PIL import Image
 from PIL.Image import Resampling
 
 import convsight
+from convsight.analysis.channel_relevance import ChannelRelevance
 from convsight.report import unique_names, write_json, write_npz
+from convsight.report.files import prepare_out_dir
 from convsight.report.html import write_page
 from convsight.report.images import examples_strip, write_image, write_pil
+from convsight.report.notebook import Tile
 from convsight.report.overlays import overlay
+from convsight.studies.explain_parts import Example, Picture
+from convsight.studies.results import Result
 
-if TYPE_CHECKING:
-    from convsight.studies.explain import ExplainedChannel, ExplainedLayer, ExplainResult
+
+@dataclass
+class ExplainedChannel:
+    """One channel shown: its signed share and relevance, its conditional heatmap over the
+    photo (H x W), its picture, its dataset examples and its page in the atlas (if any)."""
+
+    channel: int
+    share: float
+    relevance: float
+    heatmap: torch.Tensor
+    picture: Picture
+    examples: list[Example] | None = None
+    atlas_page: Path | None = None
+
+
+@dataclass
+class ExplainedLayer:
+    """One layer: its relevance maps, each channel's relevance and share, the channels
+    shown (top by |share|) and the semantic dictionary (h x w channel indices, -1: none)."""
+
+    name: str
+    total: float
+    relevance: torch.Tensor
+    share: torch.Tensor
+    channels: list[ExplainedChannel]
+    dictionary: torch.Tensor | None
+
+
+@dataclass(kw_only=True)
+class ExplainResult(Result):
+    """Why the model decided what it did on one photo: the prediction, the input heatmap,
+    per layer the channels that carried the decision, and how it was computed (``method``
+    and ``method_reason``)."""
+
+    model: str
+    weights: str | None
+    image: Path
+    pixels: torch.Tensor
+    prediction: list[tuple[int, str, float]]
+    relevance: ChannelRelevance
+    method_reason: str
+    layers: list[ExplainedLayer]
+    atlas: Path | None = None
+    dataset: Path | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    seed: int = 0
+
+    @property
+    def method(self) -> str:
+        """``crp`` or ``grad_x_act``."""
+        return self.relevance.method
+
+    def tiles(self) -> list[Tile]:
+        """The photo, its heatmap, then per layer each channel's heatmap and picture."""
+        tiles = [
+            Tile(self.pixels, self.image.name),
+            Tile(overlay(self.pixels, self.relevance.heatmap), f"{self.method}: {self.target}"),
+        ]
+        for layer in self.layers:
+            for entry in layer.channels:
+                caption = f"{layer.name} c{entry.channel} share {entry.share:+.2f}"
+                tiles.append(Tile(overlay(self.pixels, entry.heatmap), caption))
+                tiles.append(Tile(entry.picture.pixels, f"{caption} ({entry.picture.source})"))
+        return tiles
+
+    @property
+    def target(self) -> str:
+        return self.relevance.target
+
+    def facts(self) -> list[tuple[str, Any]]:
+        top = self.prediction[0] if self.prediction else None
+        return [
+            ("model", self.model),
+            ("image", str(self.image)),
+            ("predicted", f"{top[1]} ({top[2]:.2f})" if top else "–"),
+            ("target", self.target),
+            ("method", f"{self.method}: {self.method_reason}"),
+            *((layer.name, _channel_list(layer)) for layer in self.layers),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        return explain_json(self)
+
+    def save(self, out: str | os.PathLike) -> list[Path]:
+        """Write ``explain.html``, ``explain.json``, ``explain.npz`` and the pictures."""
+        self.files = write_explain_files(prepare_out_dir(out), self)
+        return self.files
+
+
+def _channel_list(layer: ExplainedLayer) -> str:
+    return ", ".join(f"c{e.channel} {e.share:+.2f}" for e in layer.channels)
+
 
 PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
