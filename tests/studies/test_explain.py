@@ -14,6 +14,7 @@ from convsight.errors import ConvsightError
 from convsight.studies.atlas import AtlasRequest, build_atlas
 from convsight.studies.explain import ExplainRequest, explain, write_explain
 from tests.conftest import assert_images_loaded, open_page
+from tests.studies.views import check_views
 
 
 @pytest.fixture
@@ -36,6 +37,8 @@ def _request(photos, **changes):
 def test_top_channels_are_channel_relevance_shares_by_magnitude(tiny, photos):
     result = explain(tiny, _request(photos, target="dog"))
     assert result.method == "crp" and "LRP composite" in result.method_reason
+    first = result.layers[0].channels[0]
+    check_views(result, 2 + 2 * 6, ["photo0.png", f"features.0 c{first.channel} share"])
     pixels = result.pixels.unsqueeze(0)
     reference = channel_relevance(tiny, pixels, "dog", ["features.0", "features.3"], "crp")
     assert result.relevance.score == pytest.approx(reference.score)
