@@ -125,3 +125,56 @@ def evaluate_cmd(
     out_console.print(table)
     for path in result.files:
         out_console.print(f"wrote {path}")
+
+
+EXPLAIN_TARGET_HELP = (
+    "What to explain: a class (index or name), class:NAME, margin:NAME, output:INDEX; "
+    "default: the predicted class."
+)
+
+
+@app.command("explain")
+@command
+@card_options
+@run_options("runs/explain")
+def explain_cmd(
+    model: ModelArg,
+    image: Annotated[Path, typer.Option(help="The photo whose decision to explain.")],
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Layers, comma-separated; default: the last stage's output."),
+    ] = None,
+    target: Annotated[str | None, typer.Option(help=EXPLAIN_TARGET_HELP)] = None,
+    weights: WeightsOpt = None,
+    top: Annotated[int, typer.Option(min=1, help="Channels shown per layer.")] = 6,
+    atlas: Annotated[
+        Path | None,
+        typer.Option(help="An atlas folder of this model: its channel pictures and pages."),
+    ] = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="A folder of images: each channel's top examples.")
+    ] = None,
+    examples: Annotated[int, typer.Option(min=1, help="Dataset examples per channel.")] = 4,
+    preset: Annotated[
+        str, typer.Option(help="Preset of the pictures rendered (none in the atlas).")
+    ] = "robust",
+    steps: Annotated[int, typer.Option(min=1, help="Steps of the pictures rendered.")] = 64,
+    size: Annotated[int, typer.Option(min=8, help="Side of the pictures rendered.")] = 96,
+    *,
+    card_fields: dict[str, Any],
+    run: RunFlags,
+) -> None:
+    """Why this decision: per layer the channels that carried it (share of the relevance),
+    where they fired, what they want, their dataset examples; explain.html/.json/.npz."""
+    from convsight.studies.explain import ExplainRequest, write_explain
+
+    request = ExplainRequest(
+        image=image, target=target, layers=tuple(split_list(layers)) or None, top=top,
+        atlas=atlas, dataset=dataset, examples=examples, preset=preset, steps=steps, size=size,
+        seed=run.seed, model_name=None if card_fields else model, weights=weights,
+    )  # fmt: skip
+    loaded = loaded_model(model, weights, card_fields, run.seed)
+    result = write_explain(loaded, request, out=run.out, seeded=True)
+    for path in result.files:
+        if path.suffix in (".html", ".json", ".npz"):
+            out_console.print(f"wrote {path}")

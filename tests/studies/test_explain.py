@@ -1,0 +1,138 @@
+"""``explain``: the channels that carried one decision, on the tiny model and generated photos."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convsight.analysis.channel_relevance import channel_relevance, conditional_heatmaps
+from convsight.errors import ConvsightError
+from convsight.studies.atlas import AtlasRequest, build_atlas
+from convsight.studies.explain import ExplainRequest, explain, write_explain
+from tests.conftest import assert_images_loaded, open_page
+from tests.studies.views import check_views
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A folder of five generated photos (the first is the one explained)."""
+    (folder := tmp_path / "photos").mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    for i, pixels in enumerate(noise):
+        Image.fromarray(pixels).save(folder / f"photo{i}.png")
+    return folder
+
+
+def _request(photos, **changes):
+    options = dict(image=photos / "photo0.png", layers=("features.0", "features.3"), top=3,
+                   steps=2, size=32)  # fmt: skip
+    options.update(changes)
+    return ExplainRequest(**options)
+
+
+def test_top_channels_are_channel_relevance_shares_by_magnitude(tiny, photos):
+    result = explain(tiny, _request(photos, target="dog"))
+    assert result.method == "crp" and "LRP composite" in result.method_reason
+    first = result.layers[0].channels[0]
+    check_views(result, 2 + 2 * 6, ["photo0.png", f"features.0 c{first.channel} share"])
+    pixels = result.pixels.unsqueeze(0)
+    reference = channel_relevance(tiny, pixels, "dog", ["features.0", "features.3"], "crp")
+    assert result.relevance.score == pytest.approx(reference.score)
+    data = result.to_json()
+    assert data["method"] == "crp" and data["target"] == reference.target
+    assert [p["label"] for p in data["prediction"]][:1] == [result.prediction[0][1]]
+    for layer, entry in zip(result.layers, data["layers"], strict=True):
+        share = reference.layers[layer.name].share
+        chosen = [c["channel"] for c in entry["top"]]
+        expected = share.abs().topk(3).indices.tolist()
+        assert chosen == expected  # ordered by |share|, largest first
+        for c in entry["top"]:
+            assert c["share"] == pytest.approx(float(share[c["channel"]]), abs=1e-6)
+        heat = conditional_heatmaps(tiny, pixels, layer.name, chosen, "dog", "crp")
+        got = torch.stack([e.heatmap for e in layer.channels])
+        torch.testing.assert_close(got, heat, atol=1e-6, rtol=1e-5)
+        maps = reference.layers[layer.name].maps
+        best, where = maps.max(0)
+        expected_dictionary = torch.where(best > 0, where, -1)
+        assert torch.equal(layer.dictionary, expected_dictionary)
+        legend = entry["dictionary"]
+        counted = sum(e["locations"] for e in legend["legend"])
+        total = counted + legend["other_locations"] + legend["no_relevance_locations"]
+        assert total == maps.shape[1] * maps.shape[2]
+        assert all(c["picture"]["source"] == "rendered" for c in entry["top"])
+
+
+def test_saved_page_loads_every_image_with_dataset_examples(tiny, photos, tmp_path, browser):
+    out = tmp_path / "out"
+    result = write_explain(tiny, _request(photos, dataset=photos, examples=2), out)
+    data = json.loads((out / "explain.json").read_text())
+    assert data == json.loads(json.dumps(result.to_json()))
+    arrays = np.load(out / "explain.npz")
+    assert arrays["layer1_heatmaps"].shape == (3, 32, 32)
+    np.testing.assert_allclose(arrays["layer1_share"], result.layers[1].share.numpy())
+    top = data["layers"][1]["top"][0]
+    assert len(top["examples"]) == 2 and top["files"]["examples"]
+    assert all(p.resolve().is_relative_to(out.resolve()) for p in result.files)
+    page, errors, _ = open_page(browser, (out / "explain.html").as_uri())
+    assert_images_loaded(page)
+    assert len(page.query_selector_all("img")) == 2 + 2 * (3 * 3 + 1)
+    assert not errors, errors
+    page.close()
+
+
+def test_captions_from_data_are_escaped(tiny, photos, tmp_path):
+    tiny.card.labels[1] = "<script>alert(1)</script>"
+    out = tmp_path / "out"
+    write_explain(tiny, _request(photos, target="1", layers=("features.3",)), out)
+    html = (out / "explain.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+@pytest.mark.slow
+def test_atlas_pictures_are_reused_and_missing_ones_rendered(tiny, photos, tmp_path):
+    atlas = tmp_path / "atlas"
+    build_atlas(tiny, AtlasRequest(layers=["features.3"], channels="0-7", presets=["paper"],
+                                   steps=2, out=atlas, show_progress=False))  # fmt: skip
+    out = tmp_path / "out"
+    result = write_explain(tiny, _request(photos, atlas=atlas, top=16), out)
+    layer = result.to_json()["layers"][1]
+    for entry in layer["top"]:
+        inside = entry["channel"] < 8
+        assert entry["picture"]["source"] == ("atlas" if inside else "rendered")
+        if inside:
+            assert entry["picture"]["atlas_file"] == f"features.3/img/c{entry['channel']}_paper.png"
+            assert entry["atlas_page"] == f"features.3/c{entry['channel']}.html"
+            saved = np.asarray(Image.open(out / entry["files"]["picture"]).convert("RGB"))
+            original = np.asarray(Image.open(atlas / entry["picture"]["atlas_file"]).convert("RGB"))
+            assert saved.shape[0] >= original.shape[0]
+            step = saved.shape[0] // original.shape[0]
+            np.testing.assert_array_equal(saved[::step, ::step][: len(original)], original)
+    html = (out / "explain.html").read_text()
+    assert 'href="../atlas/features.3/c0.html"' in html
+    assert all(e["picture"]["source"] == "rendered" for e in result.to_json()["layers"][0]["top"])
+
+    other = tiny
+    with torch.no_grad():
+        other.module.features[0].weight.add_(1.0)
+    with pytest.raises(ConvsightError, match="atlas of another model"):
+        explain(other, _request(photos, atlas=atlas))
+
+
+def test_bad_requests_fail_before_any_work(tiny, photos, tmp_path):
+    out = tmp_path / "out"
+    cases = [
+        (dict(layers=("features.9",)), "features.9"),
+        (dict(image=photos / "missing.png"), "missing.png"),
+        (dict(atlas=photos), "not a convsight atlas"),
+        (dict(dataset=photos / "none"), "none"),
+    ]
+    for change, fragment in cases:
+        with pytest.raises(ConvsightError, match=fragment):
+            write_explain(tiny, _request(photos, **change), out)
+        assert not out.exists()
+    with pytest.raises(ConvsightError, match="--top"):
+        _request(photos, top=0)
