@@ -127,3 +127,17 @@ def assert_images_loaded(page):
     sizes = page.eval_on_selector_all("img", "els => els.map(e => [e.src, e.naturalWidth])")
     broken = [src for src, width in sizes if width == 0]
     assert not broken, broken
+
+
+def two_channel_net(conv: tuple[float, float]) -> nn.Sequential:
+    """1 x 1 x 2 image -> 1x1 conv to 2 channels (weights ``conv``, no bias) -> ReLU ->
+    flatten -> linear to 2 outputs with set weights: a net whose channel numbers a test
+    computes by hand."""
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2, bias=False)
+    )
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor(conv).view(2, 1, 1, 1))
+        # flattened (channel, position): c0p0, c0p1, c1p0, c1p1
+        net[3].weight.copy_(torch.tensor([[1.0, 3.0, -4.0, 2.0], [0.0, 0.0, 0.0, 1.0]]))
+    return net

@@ -9,9 +9,9 @@ from types import ModuleType
 
 import pytest
 import torch
-from torch import nn
 
 from convsight.models import Model, ModelCard
+from tests.conftest import two_channel_net
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -29,16 +29,7 @@ def bench(monkeypatch) -> ModuleType:
 
 def two_channels() -> Model:
     """1 x 1 x 2 image -> 1x1 conv to 2 channels (weights 1 and 3) -> ReLU -> linear."""
-    net = nn.Sequential(
-        nn.Conv2d(1, 2, 1, bias=False),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4, 2, bias=False),
-    )
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([1.0, 3.0]).view(2, 1, 1, 1))
-        # flattened (channel, position): c0p0, c0p1, c1p0, c1p1
-        net[3].weight.copy_(torch.tensor([[1.0, 3.0, -4.0, 2.0], [0.0, 0.0, 0.0, 1.0]]))
+    net = two_channel_net((1.0, 3.0))
     card = ModelCard(
         name="faithfulness-test",
         arch="test:faithfulness",

@@ -11,7 +11,7 @@ from convsight.analysis.channel_relevance import channel_relevance, conditional_
 from convsight.attribution import LRP
 from convsight.errors import ConvsightError, UnknownLayerError
 from convsight.models import Model, ModelCard
-from tests.conftest import hook_count
+from tests.conftest import hook_count, two_channel_net
 
 
 def _card(size: tuple[int, int], channels: int = 3, labels=("yes", "no", "maybe", "never")):
@@ -28,17 +28,7 @@ def _card(size: tuple[int, int], channels: int = 3, labels=("yes", "no", "maybe"
 
 def two_layer() -> Model:
     """1 x 1 x 2 image -> 1x1 conv to 2 channels (weights 2 and 1) -> ReLU -> linear."""
-    net = nn.Sequential(
-        nn.Conv2d(1, 2, 1, bias=False),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(4, 2, bias=False),
-    )
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([2.0, 1.0]).view(2, 1, 1, 1))
-        # flattened (channel, position): c0p0, c0p1, c1p0, c1p1
-        net[3].weight.copy_(torch.tensor([[1.0, 3.0, -4.0, 2.0], [0.0, 0.0, 0.0, 1.0]]))
-    return Model(net, _card((1, 2), channels=1, labels=("yes", "no")))
+    return Model(two_channel_net((2.0, 1.0)), _card((1, 2), channels=1, labels=("yes", "no")))
 
 
 def test_hand_computed_channel_shares_for_gradient_x_activation():
