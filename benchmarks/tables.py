@@ -427,16 +427,17 @@ def atlas_plan_line(results: Path) -> list[str]:
     """The README's sentence: the whole run's estimated render seconds against the actual."""
     data = load(results, "atlas")
     if not atlas_planned(data):
-        return [PLAN_PENDING, "", source("atlas", data)]
-    return [
+        return readme_block("atlas", data, PLAN_PENDING)
+    first, last = data["per_layer"][0]["layer"], data["per_layer"][-1]["layer"]
+    layers = f"`{first}`" if first == last else f"`{first}`-`{last}`"
+    return readme_block(
+        "atlas",
+        data,
         f"Its plan estimated {data['estimated_render_seconds']:,.0f} s of rendering on one "
-        f"worker for the {data['channels']:,} channels of VGG16 `{data['per_layer'][0]['layer']}`-"
-        f"`{data['per_layer'][-1]['layer']}` ({data['steps']} steps, {data['size']} px); they "
-        f"took {data['render_seconds']:,.0f} s ({data['render_ratio']:.2f}x the estimate; "
-        "[per layer](docs/benchmarks.md#atlas)).",
-        "",
-        source("atlas", data),
-    ]
+        f"worker for the {data['channels']:,} channels of VGG16 {layers} ({data['steps']} "
+        f"steps, {data['size']} px); they took {data['render_seconds']:,.0f} s "
+        f"({data['render_ratio']:.2f}x the estimate; [per layer](docs/benchmarks.md#atlas)).",
+    )
 
 
 def atlas_memory_table(results: Path) -> list[str]:
@@ -454,13 +455,56 @@ def atlas_memory_line(results: Path) -> list[str]:
     """The README's sentence: the largest dataset's peak against the smallest's."""
     data = load(results, "atlas_memory")
     first, last = data["rows"][0], data["rows"][-1]
-    return [
+    return readme_block(
+        "atlas_memory",
+        data,
         f"Its dataset pass streams the folder: over {last['images']:,} images its peak memory "
         f"is {last['peak_over_first']:.3f}x its peak over {first['images']:,} "
         f"({last['peak_rss_mib']:,.0f} MiB; [benchmarks](docs/benchmarks.md)).",
-        "",
-        source("atlas_memory", data),
-    ]
+    )
+
+
+def readme_block(name: str, data: dict[str, Any], sentence: str) -> list[str]:
+    """A README block: one sentence and where its numbers come from."""
+    return [sentence, "", source(name, data)]
+
+
+def atlas_cost_table(results: Path) -> list[str]:
+    """Seconds per channel and reach per conv layer of VGG16, the full and the cheap way."""
+    data = load(results, "atlas_cost")
+    out = [
+        [f"`{r['layer']}`", r["channels_in_layer"], sig(r["full"]["seconds_per_channel"], 3),
+         sig(r["cheap"]["seconds_per_channel"], 3), f"{r['speedup']:.2f}x",
+         fixed(r["full"]["median_reach"], 2), fixed(r["cheap"]["median_reach"], 2)]
+        for r in data["rows"]
+    ]  # fmt: skip
+    total = data["summary"]
+    full, cheap = total["full"], total["cheap"]
+    out.append(
+        [f"whole stack ({sum(r['channels_in_layer'] for r in data['rows']):,} channels)", "",
+         f"{full['stack_worker_hours']:.1f} h", f"{cheap['stack_worker_hours']:.1f} h",
+         f"{total['speedup']:.2f}x", fixed(full["median_reach"], 2),
+         fixed(cheap["median_reach"], 2)]
+    )  # fmt: skip
+    header = ["layer", "channels", "full: s / channel", "cheap: s / channel", "speed-up",
+              "full: reach", "cheap: reach"]  # fmt: skip
+    return [*markdown(header, out), "", source("atlas_cost", data)]
+
+
+def atlas_cost_line(results: Path) -> list[str]:
+    """The README's sentence: the whole stack's worker-hours both ways, and the reach."""
+    data = load(results, "atlas_cost")
+    total = data["summary"]
+    full, cheap = total["full"], total["cheap"]
+    return readme_block(
+        "atlas_cost",
+        data,
+        f"Every channel of VGG16's conv stack (4,224; 128 px, 128 steps) is an estimated "
+        f"{cheap['stack_worker_hours']:.1f} worker-hours of one CPU thread the cheap way the "
+        f"atlas takes by default, against {full['stack_worker_hours']:.1f} in fp32 with every "
+        f"step ({total['speedup']:.1f}x; median reach {fixed(cheap['median_reach'], 2)} against "
+        f"{fixed(full['median_reach'], 2)}; per layer in [benchmarks](docs/benchmarks.md)).",
+    )
 
 
 def atlas_ray_table(results: Path) -> list[str]:
@@ -625,6 +669,7 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
     "atlas-plan": atlas_plan_table,
     "atlas-ray": atlas_ray_table,
     "atlas-memory": atlas_memory_table,
+    "atlas-cost": atlas_cost_table,
     "compression": compression_table,
     "channel-faithfulness": channel_faithfulness_table,
 }
@@ -632,6 +677,7 @@ README_TABLES: dict[str, Callable[[Path], list[str]]] = {
     "atlas-memory-line": atlas_memory_line,
     "atlas-plan-line": atlas_plan_line,
     "channel-faithfulness-line": channel_faithfulness_line,
+    "atlas-cost-line": atlas_cost_line,
 }
 """The blocks of README.md (its numbers come from the same JSON)."""
 
