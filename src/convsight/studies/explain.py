@@ -165,7 +165,8 @@ def _compute(model: Model, request: ExplainRequest, checked: _Checked) -> Explai
     for name, layer in found.layers.items():
         k = min(request.top, layer.share.numel())
         chosen[name] = layer.share.abs().topk(k).indices.tolist()
-    examples, skipped = ({}, [])
+    examples: dict[str, dict[int, list[Example]]] = {}
+    skipped: list[dict[str, str]] = []
     if checked.dataset is not None:
         examples, skipped = dataset_examples(model, checked.dataset, chosen, request.examples)
     layers = [

@@ -188,15 +188,17 @@ def dictionary_legend(layer: ExplainedLayer) -> dict[str, Any] | None:
         return None
     where = layer.dictionary
     shown = [e.channel for e in layer.channels]
+    counts = [int((where == c).sum()) for c in shown]
     legend = [
-        {"channel": c, "colour": _hex(colour(i)), "locations": int((where == c).sum())}
-        for i, c in enumerate(shown)
+        {"channel": c, "colour": _hex(colour(i)), "locations": n}
+        for i, (c, n) in enumerate(zip(shown, counts, strict=True))
     ]
     none = int((where < 0).sum())
+    counted = sum(counts)
     return {
         "size": list(where.shape),
         "legend": legend,
-        "other_locations": int(where.numel()) - none - sum(e["locations"] for e in legend),
+        "other_locations": int(where.numel()) - none - counted,
         "no_relevance_locations": none,
     }
 
