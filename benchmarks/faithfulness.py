@@ -65,6 +65,7 @@ METHODS = (
     "gradcam++",
     "scorecam",
     "occlusion",
+    "lrp",
 )
 EXPENSIVE = ("scorecam", "occlusion")
 
