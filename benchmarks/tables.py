@@ -373,6 +373,27 @@ def faithfulness_table(results: Path) -> list[str]:
     return [*markdown(header, out), "", source("faithfulness", data)]
 
 
+def faithfulness_line(results: Path) -> list[str]:
+    """The README's sentence: each method's deletion and insertion AUC, the best of each."""
+    data = load(results, "faithfulness")
+    methods = data["methods"]
+    maps = {n: m for n, m in methods.items() if n != "random"}
+    low = min(maps, key=lambda n: maps[n]["deletion_auc"])
+    high = max(maps, key=lambda n: maps[n]["insertion_auc"])
+    each = ", ".join(
+        f"`{n}` {m['deletion_auc']:.3f} / {m['insertion_auc']:.3f}" for n, m in maps.items()
+    )
+    return readme_block(
+        "faithfulness",
+        data,
+        f"How faithful is each map? Deletion / insertion AUC on MobileNet v2 over the "
+        f"{data['settings']['images']} sample photos "
+        f"(deletion: lower is better; a random map {methods['random']['deletion_auc']:.3f} / "
+        f"{methods['random']['insertion_auc']:.3f}): {each}. Best deletion `{low}`, best "
+        f"insertion `{high}` ([with the randomization check](docs/benchmarks.md)).",
+    )
+
+
 def atlas_table(results: Path) -> list[str]:
     data = load(results, "atlas")
     out = [
@@ -678,6 +699,7 @@ README_TABLES: dict[str, Callable[[Path], list[str]]] = {
     "atlas-plan-line": atlas_plan_line,
     "channel-faithfulness-line": channel_faithfulness_line,
     "atlas-cost-line": atlas_cost_line,
+    "faithfulness-line": faithfulness_line,
 }
 """The blocks of README.md (its numbers come from the same JSON)."""
 
