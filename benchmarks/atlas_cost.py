@@ -37,12 +37,18 @@ from common import shared_dir, write_result
 from convsight.data.images import ImageStream, image_files
 from convsight.layers import capture
 from convsight.models import Model, load_model
+from convsight.optvis.callbacks import FLAT_RISE, is_flat
 from convsight.optvis.render import render_channels
-from convsight.optvis.settings import RenderSettings, cheap_settings, settings_for
+from convsight.optvis.settings import (
+    CHEAP_CHANNELS,
+    RenderSettings,
+    cheap_settings,
+    settings_for,
+)
 from convsight.runtime import bf16_is_fast
 
 CONV_LAYERS = [f"features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)]
-STOP_WINDOW, STOP_RISE = 16, 0.01  # the early-stopping rule weighed on the traces
+STOP_WINDOW = CHEAP_CHANNELS["stop_when_flat"]  # the cheap way's stop rule, weighed on traces
 
 
 def spread(count: int, channels: int) -> list[int]:
@@ -72,13 +78,10 @@ def reach(value: float, top: float, average: float) -> float:
 
 
 def stop_step(trace: torch.Tensor) -> int:
-    """The first step at which every row's objective rose by under :data:`STOP_RISE` of its
-    size over the last :data:`STOP_WINDOW` steps (the trace's length when none is)."""
-    for step in range(STOP_WINDOW, trace.shape[0]):
-        rise = trace[step] - trace[step - STOP_WINDOW]
-        if bool((rise < STOP_RISE * trace[step].abs().clamp_min(1e-6)).all()):
-            return step + 1
-    return trace.shape[0]
+    """The steps a render with ``trace`` would have taken under the cheap way's stop rule
+    (:func:`convsight.optvis.callbacks.is_flat`; the trace's length when it never stops)."""
+    flat = (s for s in range(trace.shape[0]) if is_flat(trace, s, STOP_WINDOW))
+    return next(flat, trace.shape[0] - 1) + 1
 
 
 def measure(model: Model, layer: str, channels: list[int], settings: RenderSettings) -> dict:
@@ -131,7 +134,7 @@ def summary(rows: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     )
     stops = [r["full"]["stop_step"] for r in rows]
     out["early_stop_full"] = {
-        "rule": f"every row rose by < {STOP_RISE:.0%} over the last {STOP_WINDOW} steps",
+        "rule": f"every row rose by < {FLAT_RISE:.0%} over the last {STOP_WINDOW} steps",
         "stop_steps": stops,
         "share_of_steps_saved": 1 - sum(stops) / (steps * len(stops)),
     }

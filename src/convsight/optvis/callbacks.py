@@ -119,19 +119,28 @@ class CoarseSteps(Callback):
         state.param.resolution = 1.0  # type: ignore[attr-defined]
 
 
+FLAT_RISE = 0.01  # a rise under this fraction of the objective's size is no rise
+
+
+def is_flat(trace: torch.Tensor, step: int, window: int, rise: float = FLAT_RISE) -> bool:
+    """Whether every column (row of the batch) of ``trace`` (steps x rows) rose by under
+    ``rise`` of its size from ``step - window`` to ``step``; False before ``window`` steps."""
+    if step < window or trace.shape[1] == 0:
+        return False
+    now, before = trace[step], trace[step - window]
+    return bool((now - before < rise * now.abs().clamp_min(1e-6)).all())
+
+
 class StopWhenFlat(Callback):
     """End the render once no live row's objective has risen by more than ``rise`` (a
     fraction of its size) over the last ``window`` steps: the steps left would add little."""
 
-    def __init__(self, window: int, rise: float = 0.01) -> None:
+    def __init__(self, window: int, rise: float = FLAT_RISE) -> None:
         self.window, self.rise = window, rise
 
     def end_step(self, state: RenderState) -> None:
-        step, live = state.step, ~state.dead
-        if step < self.window or not bool(live.any()):
-            return
-        now, before = state.trace[step, live], state.trace[step - self.window, live]
-        state.stopped = bool((now - before < self.rise * now.abs().clamp_min(1e-6)).all())
+        live = state.trace[:, ~state.dead]
+        state.stopped = is_flat(live, state.step, self.window, self.rise)
 
 
 class DeadRows(Callback):

@@ -100,6 +100,7 @@ def render(
     with execution.on(model.module, model.device), entered(hooks), progress_bar(progress) as bar:
         task = bar.add_task(description, total=steps, status="")
         each.begin(state)
+        taken = 0
         for step in range(steps):
             state.step, state.main = step, torch.zeros(passes.batch)
             optimizer.zero_grad(set_to_none=True)
@@ -110,6 +111,7 @@ def render(
             optimizer.step()
             each.end_step(state)
             bar.update(task, advance=1, status=f"objective {float(state.main.mean()):.3g}")
+            taken += 1
             if state.stopped:
                 break
         each.finish(state)
@@ -122,9 +124,9 @@ def render(
         settings={},
         seconds=time.perf_counter() - began,
         description="; ".join(filter(None, notes)),
-        trace=state.trace[: state.step + 1],
+        trace=state.trace[:taken],
         snapshots=state.snapshots,
-        steps_run=state.step + 1,
+        steps_run=taken,
     )
 
 
