@@ -274,7 +274,14 @@ def analyse(model, out, layer=None, channel=None, target=None, k=4, h=0.01, flag
     unit = study.Unit(layer, channel, target)
     settings = settings_for("robust", unit.kind, **(flags or {}))
     request = study.InvariancesRequest(
-        unit, settings, frozenset(flags or {}), k=k, scale=HessianScale(h=h), out=out, **more
+        unit,
+        settings,
+        frozenset(flags or {}),
+        k=k,
+        scale=HessianScale(h=h),
+        out=out,
+        basis="pixel",
+        **more,
     )
     return study.write_invariances(model, request).to_json()
 
@@ -318,6 +325,7 @@ def test_command_writes_the_outputs(tmp_path):
     out = tmp_path / "inv"
     args = ["invariances", "mnist-cnn", "--layer", "features.3", "--channel", "5", "--k", "2"]
     args += ["--steps", "4", "--size", "16", "--frames", "3", "--out", str(out), "--quiet"]
+    args += ["--basis", "pixel"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -340,6 +348,7 @@ def test_command_with_the_softplus_surrogate_is_reliable(tmp_path):
     out = tmp_path / "inv"
     args = ["invariances", "mnist-cnn", "--layer", "features.3", "--channel", "5", "--k", "2"]
     args += ["--softplus", "20", "--steps", "8", "--size", "16", "--frames", "3", "--ascend", "20"]
+    args += ["--basis", "pixel"]
     result = runner.invoke(app, [*args, "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -383,7 +392,13 @@ def test_result_holds_the_arrays_and_its_json_is_summary_json(tmp_path):
     model = load_model("mnist-cnn")
     settings = settings_for("robust", "channel", steps=3, size=16)
     request = study.InvariancesRequest(
-        study.Unit("features.3", 1), settings, k=1, frames=2, out=tmp_path, show_progress=False
+        study.Unit("features.3", 1),
+        settings,
+        k=1,
+        frames=2,
+        out=tmp_path,
+        show_progress=False,
+        basis="pixel",
     )
     result = study.write_invariances(model, request)
     assert isinstance(result, study.InvariancesResult)
@@ -402,7 +417,7 @@ def test_result_shows_itself_and_saves_what_a_folder_gets(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     settings = settings_for("robust", "channel", steps=3)
     request = study.InvariancesRequest(
-        study.Unit("2", 1), settings, k=1, frames=3, angle=30, show_progress=False
+        study.Unit("2", 1), settings, k=1, frames=3, angle=30, show_progress=False, basis="pixel"
     )
     result = study.write_invariances(model, request)
     assert result.files == [] and nothing_written(tmp_path)  # no folder: nothing written

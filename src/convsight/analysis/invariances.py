@@ -67,6 +67,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from convsight.analysis.image_basis import PixelBasis
 from convsight.analysis.operator_check import OperatorCheck, check_operator
 from convsight.analysis.sphere_hessian import (
     STATIONARY,
@@ -188,8 +189,9 @@ class Invariances:
     first), with their eigenvalues; the response there, the radius, the radial term g·x/r²,
     |P g| (0 at an exact optimum), ``normal`` (P g / |P g| when the directions were kept on
     the level set, ⊥ to it; None at a stationary point or when not asked for), the scale,
-    products used, pairs converged, seconds, and the :class:`OperatorCheck` of the numerical
-    operator (None when not asked for)."""
+    products used, pairs converged, seconds, the :class:`OperatorCheck` of the numerical
+    operator (None when not asked for) and the ``basis`` the Hessian was taken in (``point``,
+    the directions and ``normal`` are in its coordinates; :attr:`image` is the point's image)."""
 
     point: torch.Tensor
     value: float
@@ -206,6 +208,13 @@ class Invariances:
     seconds: float = 0.0
     check: OperatorCheck | None = None
     normal: torch.Tensor | None = None
+    basis: PixelBasis = field(default_factory=PixelBasis)
+
+    @property
+    def image(self) -> torch.Tensor:
+        """The point's image in pixels (the point itself in the pixel basis)."""
+        with torch.no_grad():
+            return self.basis.pixels(self.point)
 
     @property
     def reliable(self) -> bool | None:
@@ -215,6 +224,7 @@ class Invariances:
     def summary(self) -> dict[str, Any]:
         """The numbers, for a JSON summary."""
         return {
+            "basis": self.basis.to_dict(),
             "response": self.value,
             "radius": self.radius,
             "radial_term": self.radial,
@@ -265,6 +275,7 @@ def invariances(
     batch: int = 0,
     check: bool = True,
     level_set: bool = False,
+    basis: PixelBasis | None = None,
 ) -> Invariances:
     """The k invariances and k most selective directions of unit ``f`` at ``x`` (C x H x W)
     on the sphere |y| = |x|, from Lanczos on Hessian-vector products at ``scale``; with
@@ -272,19 +283,22 @@ def invariances(
     module docstring): for a render. Near a true optimum leave it off: P g is the estimate's
     noise there and may lie along an invariance. ``tol`` is Lanczos's relative tolerance,
     ``maxiter`` its restarts (scipy's default when None), ``batch`` the rows per gradient pass
-    (0: auto); ``check`` adds the :class:`OperatorCheck` (3 + 2k products). Inputs are checked
-    before any work.
+    (0: auto); ``check`` adds the :class:`OperatorCheck` (3 + 2k products). ``basis`` (default
+    the pixels): the coordinates the Hessian is taken in (:mod:`convsight.analysis.image_basis`;
+    x is still the image, the result's point and directions are in the basis's coordinates).
+    Inputs are checked before any work.
     """
-    scale = scale or HessianScale()
+    scale, basis = scale or HessianScale(), basis or PixelBasis()
     scale.check()
     check_k(k, x.numel())
     began = time.perf_counter()
-    hessian = _hessian_kind(scale)(f, x, scale, seed, batch)
+    point = basis.coordinates(x.detach())
+    hessian = _hessian_kind(scale)(basis.response(f), point, scale, seed, batch)
     if level_set:
         hessian.restrict_to_level_set()
-    operator, basis = sphere_operator(hessian)
+    operator, tangent = sphere_operator(hessian)
     values, coords, converged = _extreme_pairs(operator, k, seed, tol, maxiter)
-    directions = _directions(basis, coords, hessian.x.cpu())
+    directions = _directions(tangent, coords, hessian.x.cpu())
     high = min(k, (len(values) + 1) // 2)
     low = min(k, len(values) - high)
     found = Invariances(
@@ -300,6 +314,7 @@ def invariances(
         scale=scale,
         converged=converged,
         normal=None if hessian.normal is None else hessian.normal.cpu(),
+        basis=basis,
     )
     if check:
         found.check = check_operator(

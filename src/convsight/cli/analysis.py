@@ -21,8 +21,8 @@ from convsight.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from convsight.analysis.invariances import Invariances
     from convsight.analysis.operator_check import OperatorCheck
+    from convsight.studies.invariances import InvariancesResult
 
 LayerOpt = Annotated[
     str | None, typer.Option(help="Layer name (see `convsight layers`); with --channel.")
@@ -55,6 +55,14 @@ SoftplusOpt = Annotated[
 ]
 FramesOpt = Annotated[int, typer.Option(help="Frames per direction, optimum first.")]
 AngleOpt = Annotated[float, typer.Option(help="Degrees moved along each direction on the sphere.")]
+BasisOpt = Annotated[
+    str,
+    typer.Option(
+        "--basis",
+        help="Take the Hessian in the render's decorrelated Fourier image basis (fourier: "
+        "directions with natural-image statistics) or in single pixels (pixel).",
+    ),
+]
 
 
 def warn_if_unreliable(check: OperatorCheck | None) -> None:
@@ -96,6 +104,7 @@ def invariances_cmd(
     ] = 0,
     frames: FramesOpt = 9,
     angle: AngleOpt = 45.0,
+    basis: BasisOpt = "fourier",
     weights: WeightsOpt = None,
     *,
     card_fields: dict[str, Any],
@@ -103,7 +112,8 @@ def invariances_cmd(
     run: RunFlags,
 ) -> None:
     """Render the optimum of a channel (or class), then the directions on the sphere of its norm
-    along which the response falls least (invariances) and most (selective), from the Hessian."""
+    along which the response falls least (invariances) and most (selective), from the Hessian;
+    each labelled by the response measured along its path."""
     from convsight.analysis.invariances import HessianScale
     from convsight.studies.invariances import InvariancesRequest, Unit, write_invariances
 
@@ -111,18 +121,21 @@ def invariances_cmd(
     settings, given = render.settings(unit.kind)
     request = InvariancesRequest(
         unit, settings, frozenset(given), k=k, scale=HessianScale(h, smooth, samples, softplus),
-        ascend=ascend, frames=frames, angle=angle, weights=weights, **run.arguments(),
+        ascend=ascend, frames=frames, angle=angle, basis=basis, weights=weights,
+        **run.arguments(),
     )  # fmt: skip
     result = write_invariances(loaded_model(model, weights, card_fields, run.seed), request)
-    _print_invariances(result.found, run.out)
+    _print_invariances(result, run.out)
 
 
-def _print_invariances(found: Invariances, out: Path) -> None:
+def _print_invariances(result: InvariancesResult, out: Path) -> None:
+    found = result.found
     warn_if_unreliable(found.check)
-    inv = ", ".join(f"{v:.3g}" for v in found.invariant_values.tolist())
-    sel = ", ".join(f"{v:.3g}" for v in found.selective_values.tolist())
+    labels = "; ".join(
+        f"{row['kind'][:3]} {row['rank']} {row['label']}" for row in result.directions
+    )
     out_console.print(
-        f"response {found.value:.3g}; invariances {inv}; selective {sel}; "
+        f"response {found.value:.3g}; Hessian in the {found.basis.name} basis; {labels}; "
         f"{found.products} Hessian-vector products in {found.seconds:.1f} s; outputs in {out}"
     )
 

@@ -3,10 +3,14 @@
 Every input (model, unit, k, the Hessian's scale, frames, render settings, output folder) is
 checked before the optimum is rendered; nothing is written for bad input. The analysis is at
 the render, on the response's level set within its sphere (see
-:mod:`convsight.analysis.invariances`); ``ascend`` > 0 first moves it up the sphere. The
-frames of each direction follow the sphere x(t) = cos t · x + sin t · r · v̂ from the optimum
-(t from 0 to ``angle``); they are clipped to [0, 1] only to be shown (the JSON gives the
-response on the sphere and on the clipped image).
+:mod:`convsight.analysis.invariances`), in the ``basis`` asked for (the render's Fourier image
+basis by default, or the pixels: :mod:`convsight.analysis.image_basis`); ``ascend`` > 0 first
+moves it up the sphere. The frames of each direction follow the sphere x(t) = cos t · x + sin t
+· r · v̂ from the optimum in the basis's coordinates (t from 0 to ``angle``), drawn in pixels;
+in the pixel basis they are clipped to [0, 1] only to be shown (the JSON gives the response on
+the sphere and on the clipped image). The directions are labelled invariant or selective by the
+response measured along these paths (:mod:`convsight.analysis.measured_directions`), not by
+their eigenvalues, which the JSON keeps beside them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import torch
 
+from convsight.analysis.image_basis import PixelBasis, image_basis
 from convsight.analysis.invariances import (
     HessianScale,
     Invariances,
@@ -30,6 +35,16 @@ from convsight.analysis.invariances import (
     gradients,
     invariances,
 )
+from convsight.analysis.measured_directions import (
+    LABELS,
+    Direction,
+    frames,
+    random_tangents,
+    rank_by_response,
+    responses,
+    walk,
+)
+from convsight.analysis.measured_directions import sphere_path as sphere_path
 from convsight.errors import ConvsightError
 from convsight.models import Model
 from convsight.optvis.model_hooks import check_model_hooks
@@ -81,22 +96,6 @@ class Unit:
         return render_classes(model, [index], seed=seed, progress=progress, settings=settings)
 
 
-def sphere_path(x: torch.Tensor, direction: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Points x(t) = cos t · x + sin t · r · v̂ (r = |x|, v̂ the unit direction, t in radians)
-    on the sphere through x: T x C x H x W, not clipped."""
-    x = x.detach()
-    unit = direction.to(x) / direction.norm()
-    shape = (-1,) + (1,) * x.dim()
-    t = angles.to(x).reshape(shape)
-    return torch.cos(t) * x + torch.sin(t) * x.norm() * unit
-
-
-@torch.no_grad()
-def responses(f: Response, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """f of each image (N x C x H x W), ``batch`` at a time."""
-    return torch.cat([f(chunk).detach() for chunk in images.split(max(1, batch))])
-
-
 def check_frames(frames: int, angle: float) -> None:
     """Two frames at least; an angle in (0, 180] degrees."""
     if frames < 2:
@@ -140,54 +139,64 @@ def ascend_on_sphere(
     return x, record
 
 
-def random_tangents(
-    x: torch.Tensor, count: int, seed: int, normal: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``count`` random unit directions tangent to the sphere at ``x`` (and ⊥ ``normal``, the
-    unit tangent gradient, when the directions were taken on the level set): the baseline
-    that invariant and selective directions are judged against, drawn where they were."""
-    noise = torch.randn((count, *x.shape), generator=torch.Generator().manual_seed(seed + 2))
-    flat = noise.to(x).flatten(1)
-    for axis in (x, *(() if normal is None else (normal.to(x),))):
-        unit = axis.flatten() / axis.norm()
-        flat = flat - torch.outer(flat @ unit, unit)
-    return (flat / flat.norm(dim=1, keepdim=True)).reshape(noise.shape)
+def _basis(name: str, settings: RenderSettings) -> PixelBasis:
+    """The basis ``name``; the Fourier one with the render's colour decorrelation and decay
+    when it was rendered in Fourier space, else Lucid's (decorrelated, 1/f)."""
+    if settings.param in ("fourier", "maco"):
+        return image_basis(name, settings.decorrelate, settings.decay_power)
+    return image_basis(name)
+
+
+def _stacked(directions: list[Direction], attribute: str, empty: torch.Tensor) -> torch.Tensor:
+    """The directions' ``attribute`` stacked (``empty`` when there are none)."""
+    return torch.stack([getattr(d, attribute) for d in directions]) if directions else empty
 
 
 def _paths(
-    f: Response, found: Invariances, frames: int, angle: float, device: torch.device, seed: int
-) -> dict[str, dict[str, torch.Tensor]]:
-    """For each kind (invariant, selective, random): the frames (m x T x C x H x W, on the
-    sphere) and the response on the sphere and on the clipped frames (m x T)."""
-    angles = torch.linspace(0.0, math.radians(angle), frames, dtype=torch.float64)
-    result = {}
-    kinds = {"invariant": found.invariant, "selective": found.selective}
-    kinds["random"] = random_tangents(found.point, len(found.invariant), seed, found.normal)
-    for kind, directions in kinds.items():
-        path = [sphere_path(found.point, v, angles) for v in directions]
-        images = torch.stack(path) if path else found.point.new_zeros(0, frames, *found.point.shape)
-        flat = images.flatten(0, 1).float()
-        on_sphere = responses(f, flat.to(device)).reshape(len(path), frames)
-        clipped = responses(f, flat.clamp(0, 1).to(device)).reshape(len(path), frames)
-        result[kind] = {"images": images, "on_sphere": on_sphere.cpu(), "clipped": clipped.cpu()}
-    return result
+    f: Response, found: Invariances, angles: list[float], device: torch.device, seed: int
+) -> tuple[dict[str, list[Direction]], dict[str, dict[str, torch.Tensor]]]:
+    """Every direction walked and measured, ranked invariant or selective by the response it
+    keeps; and for each kind (invariant, selective, random) the frames in pixels (m x T x C x H
+    x W) and the response on the sphere and on the clipped frames (m x T)."""
+    invariant, selective = rank_by_response(walk(f, found, angles, device), len(found.invariant))
+    walked = {"invariant": invariant, "selective": selective}
+    no_frames = found.point.new_zeros(0, len(angles), *found.point.shape)
+    paths = {
+        kind: {
+            "images": _stacked(directions, "images", no_frames),
+            "on_sphere": _stacked(directions, "on_sphere", torch.zeros(0, len(angles))),
+            "clipped": _stacked(directions, "clipped", torch.zeros(0, len(angles))),
+        }
+        for kind, directions in walked.items()
+    }
+    random = random_tangents(found.point, len(found.invariant), seed, found.normal)
+    images, on_sphere, clipped = frames(f, found.basis, found.point, random, angles, device)
+    paths["random"] = {"images": images, "on_sphere": on_sphere, "clipped": clipped}
+    return walked, paths
 
 
-def _direction_rows(found: Invariances, paths: dict, angles: list[float]) -> list[dict[str, Any]]:
-    """The JSON row of each direction: its eigenvalue, the responses along its path and the
-    names of its strip and GIF."""
+def _direction_rows(
+    walked: dict[str, list[Direction]], angles: list[float]
+) -> list[dict[str, Any]]:
+    """The JSON row of each direction, in the measured order: its label, the response kept
+    along its path, its eigenvalue and where that came from, and its strip and GIF."""
     rows = []
-    for kind in ("invariant", "selective"):
-        for i, eigenvalue in enumerate(getattr(found, f"{kind}_values").tolist()):
-            stem = f"{kind}_{i + 1:02d}"
+    for kind, directions in walked.items():
+        for rank, d in enumerate(directions, start=1):
+            stem = f"{kind}_{rank:02d}"
             rows.append(
                 {
                     "kind": kind,
-                    "rank": i + 1,
-                    "eigenvalue": eigenvalue,
+                    "rank": rank,
+                    "label": d.label(angles),
+                    "mean_response": d.mean_response,
+                    "response_kept": d.kept(),
+                    "eigenvalue": d.eigenvalue,
+                    "eigen_end": d.eigen_end,
+                    "eigen_rank": d.eigen_rank,
                     "angles_degrees": angles,
-                    "response_on_sphere": paths[kind]["on_sphere"][i].tolist(),
-                    "response_clipped": paths[kind]["clipped"][i].tolist(),
+                    "response_on_sphere": d.on_sphere.tolist(),
+                    "response_clipped": d.clipped.tolist(),
                     "strip": f"{stem}.png",
                     "gif": f"{stem}.gif",
                 }
@@ -201,8 +210,9 @@ class InvariancesRequest:
     (``given``: the settings the user set; their model hooks must find their layers), k
     directions of each kind, the Hessian's scale, ``ascend`` steps up the sphere first, the
     frames and degrees of each path, the output folder (None: nothing written), the seed and
-    the device. ``weights`` says where the model came from (recorded, not read). Checked when
-    made."""
+    the device; ``basis``: the coordinates the Hessian is taken in, ``fourier`` (the render's
+    decorrelated Fourier image basis: directions of natural-image statistics) or ``pixel``.
+    ``weights`` says where the model came from (recorded, not read). Checked when made."""
 
     unit: Unit
     settings: RenderSettings
@@ -217,8 +227,10 @@ class InvariancesRequest:
     device: str = "auto"
     show_progress: bool = True
     weights: str | os.PathLike | None = None
+    basis: str = "fourier"
 
     def __post_init__(self) -> None:
+        image_basis(self.basis)  # one sentence for a basis it does not know
         if self.ascend < 0:
             raise ConvsightError(f"--ascend must be 0 or more, not {self.ascend}")
         self.unit.check()
@@ -230,8 +242,9 @@ class InvariancesRequest:
 class InvariancesResult(Result):
     """The analysis: the model, the unit, the render of its optimum, ``found`` (the point, the
     directions and their eigenvalues, the operator check), the paths' frames and responses
-    (``paths[kind]["images"]``, m x T x C x H x W), the rows of the directions, the ascent and
-    the settings; ``surrogate``: the softplus surrogate's numbers (None: not used)."""
+    (``paths[kind]["images"]``, m x T x C x H x W, in pixels; kinds as measured), ``walked``
+    (each kind's directions, measured), the rows of the directions, the ascent and the
+    settings; ``surrogate``: the softplus surrogate's numbers (None: not used)."""
 
     model: str
     weights: str | None
@@ -241,6 +254,7 @@ class InvariancesResult(Result):
     render: dict[str, Any]
     found: Invariances
     paths: dict[str, dict[str, torch.Tensor]]
+    walked: dict[str, list[Direction]]
     angles: list[float]
     directions: list[dict[str, Any]]
     torch_threads: int
@@ -259,6 +273,7 @@ class InvariancesResult(Result):
             "head": self.head,
             "render": self.render,
             **self.found.summary(),
+            "labels": LABELS,
             "directions": self.directions,
             "torch_threads": self.torch_threads,
             "random_directions": {
@@ -284,19 +299,20 @@ class InvariancesResult(Result):
         """Optimum, strips, GIFs, the overview, the spectrum, the arrays and ``summary.json``."""
         folder = prepare_out_dir(out)
         title = f"{self.model} {self.unit_name}"
-        written = write_outputs(folder, self.found, self.paths, self.angles, title)
+        written = write_outputs(folder, self.found, self.walked, self.angles, title)
         written.append(write_json(folder / "summary.json", self.to_json(), within=folder))
         self.files = written
         return written
 
     def tiles(self) -> list[Tile]:
         """The optimum, then the end of each direction's path (its last frame, clipped)."""
-        tiles = [Tile(self.found.point.clamp(0, 1), f"optimum: {self.found.value:.3g}")]
+        tiles = [Tile(self.found.image.clamp(0, 1), f"optimum: {self.found.value:.3g}")]
         for row in self.directions:
             kind, rank = row["kind"], row["rank"]
             frame = self.paths[kind]["images"][rank - 1][-1].clamp(0, 1)
             end, value = row["angles_degrees"][-1], row["response_on_sphere"][-1]
-            tiles.append(Tile(frame, f"{kind} {rank}, {end:.0f}°: {value:.3g}"))
+            label = f"{kind} {rank}, {end:.0f}°: {value:.3g} ({row['label']})"
+            tiles.append(Tile(frame, label))
         return tiles
 
     def facts(self) -> list[tuple[str, Any]]:
@@ -307,8 +323,10 @@ class InvariancesResult(Result):
             ("unit", self.unit_name),
             ("objective", self.objective),
             ("response", f"{found.value:.4g}"),
+            ("basis", found.basis.name),
             ("invariant eigenvalues", ", ".join(f"{v:.3g}" for v in found.invariant_values)),
             ("selective eigenvalues", ", ".join(f"{v:.3g}" for v in found.selective_values)),
+            *((f"{row['kind']} {row['rank']}", row["label"]) for row in self.directions),
             ("reliable", "not checked" if found.reliable is None else found.reliable),
             (
                 "settings",
@@ -338,19 +356,29 @@ def write_invariances(model: Model, request: InvariancesRequest) -> InvariancesR
     seed_everything(r.seed)
     began = time.perf_counter()
     rendered: RenderResult = unit.render(loaded, index, settings, r.seed, r.show_progress)
-    point, ascent = ascend_on_sphere(smooth_f or f, rendered.images[0].to(loaded.device), r.ascend)
-    found = invariances(smooth_f or f, point, r.k, r.scale, seed=r.seed, level_set=True)
+    basis = _basis(r.basis, settings)
+    point, ascent = _ascend(basis, smooth_f or f, rendered.images[0].to(loaded.device), r.ascend)
+    found = invariances(smooth_f or f, point, r.k, r.scale, r.seed, level_set=True, basis=basis)
     angles = torch.linspace(0.0, r.angle, r.frames).tolist()
-    paths = _paths(f, found, r.frames, r.angle, loaded.device, r.seed)
-    rows = _direction_rows(found, paths, angles)
-    result = _result(loaded, r, index, rendered, found, (paths, angles, rows), ascent)
+    walked, paths = _paths(f, found, angles, loaded.device, r.seed)
+    rows = _direction_rows(walked, angles)
+    result = _result(loaded, r, index, rendered, found, (paths, walked, angles, rows), ascent)
     if smooth_f is not None:  # the Hessian is the surrogate's; the paths show the network
-        network = float(responses(f, found.point[None].to(loaded.device))[0])
+        network = float(responses(f, found.image[None].to(loaded.device))[0])
         result.surrogate = {"relus_replaced": replaced, "response_of_network": network}
     result.seconds_total = time.perf_counter() - began
     if out is not None:
         result.save(out)
     return result
+
+
+def _ascend(basis: PixelBasis, f: Response, x: torch.Tensor, steps: int):
+    """``steps`` of :func:`ascend_on_sphere` in the basis's coordinates; the image reached."""
+    if not steps:
+        return x, ascend_on_sphere(f, x, 0)[1]
+    point, record = ascend_on_sphere(basis.response(f), basis.coordinates(x), steps)
+    with torch.no_grad():
+        return basis.pixels(point), record
 
 
 def _surrogate_response(loaded: Model, unit: Unit, size: int | None, beta: float):
@@ -367,7 +395,7 @@ def _result(loaded, request, index, rendered, found, drawn, ascent) -> Invarianc
     """The result (``drawn``: the paths, their angles and the JSON rows), before the
     surrogate's numbers and the time."""
     unit, settings, seed = request.unit, request.settings, request.seed
-    paths, angles, rows = drawn
+    paths, walked, angles, rows = drawn
     render = {**settings.to_dict(), "seed": seed, "device": str(loaded.device)}
     return InvariancesResult(
         model=loaded.card.name,
@@ -391,10 +419,12 @@ def _result(loaded, request, index, rendered, found, drawn, ascent) -> Invarianc
         },
         found=found,
         paths=paths,
+        walked=walked,
         angles=angles,
         directions=rows,
         torch_threads=torch.get_num_threads(),
         ascent=ascent,
         settings={**found.scale.to_dict(), "render": render, "k": request.k}
-        | {"ascend": request.ascend, "frames": request.frames, "angle_degrees": request.angle},
+        | {"ascend": request.ascend, "frames": request.frames, "angle_degrees": request.angle}
+        | {"basis": request.basis},
     )

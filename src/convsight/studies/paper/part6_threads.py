@@ -100,6 +100,7 @@ class ThreadsPart(Part[ThreadsResult]):
             Unit(layer, 0), settings_for("robust", "channel", **flags), frozenset(flags),
             k=ctx.plan.threads_k, scale=HessianScale(softplus=ctx.plan.threads_softplus),
             out=out, seed=ctx.seed, show_progress=ctx.show_progress, weights=weights,
+            basis="pixel",
         )  # fmt: skip
         if spec == "vgg16":
             model = ctx.vgg16()
