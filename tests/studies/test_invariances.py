@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
+from convsight.analysis.image_basis import FourierBasis
 from convsight.analysis.invariances import (
     HessianScale,
     SphereHessian,
     channel_response,
     invariances,
 )
+from convsight.analysis.measured_directions import rank_by_response, walk
 from convsight.analysis.surrogate import ExactSphereHessian, softplus_surrogate
 from convsight.cli import app
 from convsight.errors import ConvsightError
@@ -428,3 +430,81 @@ def test_result_shows_itself_and_saves_what_a_folder_gets(tmp_path, monkeypatch)
     direct = study.write_invariances(model, replace(request, out=tmp_path / "direct"))
     same_files(saved, direct.files)
     assert saved[-1].name == "summary.json" and len(saved) == 9
+
+
+@pytest.mark.parametrize(
+    "scale", [HessianScale(), HessianScale(h=0.02, sigma=0.05, samples=4)], ids=["fd", "smooth"]
+)
+def test_complex_cell_is_invariant_to_phase_in_the_fourier_basis(scale):
+    """The same known answer with the Hessian in the render's Fourier image basis: a complex
+    cell on the basis's coordinates z of the image (the unit reads z = the basis's inverse of
+    the pixels), its optimum given as pixels; the invariant direction is the phase shift in z,
+    and walked on the sphere in z and drawn in pixels it keeps the response."""
+    basis = FourierBasis()
+    even, odd = gabor_pair()
+
+    def energy(pixels: torch.Tensor) -> torch.Tensor:
+        z = basis.coordinates(pixels)
+        return (z * even).flatten(1).sum(1) ** 2 + (z * odd).flatten(1).sum(1) ** 2
+
+    z = 3 * even / even.norm()
+    pixels = basis.pixels(z)
+    assert 0.05 < float(pixels.min()) and float(pixels.max()) < 0.95  # nothing clipped
+    found = invariances(energy, pixels, k=3, scale=scale, basis=basis)
+    assert found.basis.name == "fourier" and torch.allclose(found.point, z, atol=1e-8)
+    tangent = odd - (odd * z).sum() / (z * z).sum() * z
+    assert abs(cosine(found.invariant[0], tangent)) > 0.9
+    assert abs(cosine(found.selective[0], tangent)) < 0.5
+    assert found.converged == 6 and found.reliable
+    angles = torch.linspace(0, 30, 4).tolist()
+    invariant, selective = rank_by_response(walk(energy, found, angles, torch.device("cpu")), 3)
+    assert invariant[0].eigen_end == "largest" and invariant[0].eigen_rank == 1
+    assert min(invariant[0].kept()) > 0.99 and selective[0].kept()[-1] < 0.9
+    assert torch.allclose(invariant[0].images[0], pixels, atol=1e-6)  # drawn in pixels
+
+
+@pytest.mark.slow
+def test_fourier_basis_is_the_default_and_labels_follow_the_measured_response(tmp_path):
+    model = small_model()
+    settings = settings_for("robust", "channel", steps=3)
+    request = study.InvariancesRequest(
+        study.Unit("2", 1), settings, k=2, frames=4, angle=20, out=tmp_path, show_progress=False
+    )
+    assert request.basis == "fourier"
+    result = study.write_invariances(model, request)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["basis"]["name"] == "fourier" and summary["settings"]["basis"] == "fourier"
+    rows = summary["directions"]
+    assert [(r["kind"], r["rank"]) for r in rows] == [
+        ("invariant", 1), ("invariant", 2), ("selective", 1), ("selective", 2)
+    ]  # fmt: skip
+    means = [r["mean_response"] for r in rows]  # the measured order, whatever the eigenvalues
+    assert means[0] >= means[1] >= means[3] >= means[2]
+    eigenvalues = summary["invariant_eigenvalues"] + summary["selective_eigenvalues"]
+    assert sorted(r["eigenvalue"] for r in rows) == sorted(eigenvalues)
+    for row in rows:
+        assert row["eigen_end"] in ("largest", "smallest") and row["label"]
+        start, kept = row["response_on_sphere"][0], row["response_kept"]
+        assert kept is None if start <= 0 else kept[0] == pytest.approx(1.0)
+        assert row["response_clipped"] == row["response_on_sphere"]  # sigmoid: in [0, 1]
+        assert float(torch.tensor(row["response_on_sphere"]).mean()) == pytest.approx(
+            (row["mean_response"] * 3 + row["response_on_sphere"][0]) / 4, rel=1e-5
+        )
+    frames = result.paths["invariant"]["images"]
+    assert (
+        frames.shape == (2, 4, 3, 16, 16) and 0 <= float(frames.min()) <= float(frames.max()) <= 1
+    )
+    assert torch.allclose(frames[:, 0], result.found.image.float().expand(2, -1, -1, -1), atol=1e-6)
+    assert dict(result.facts())["basis"] == "fourier"
+    check_views(result, 5, ["invariant 1, 20°: ", rows[0]["label"]])
+
+
+def test_command_unknown_basis_exit_2(tmp_path):
+    out = tmp_path / "inv"
+    args = ["invariances", "mnist-cnn", "--layer", "features.3", "--channel", "1"]
+    result = runner.invoke(app, [*args, "--basis", "nonsense", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "--basis must be one of pixel, fourier, not 'nonsense'" in message
+    assert message.count("\n") == 0 and "Traceback" not in result.output
+    assert not out.exists()

@@ -283,10 +283,9 @@ def invariances(
     module docstring): for a render. Near a true optimum leave it off: P g is the estimate's
     noise there and may lie along an invariance. ``tol`` is Lanczos's relative tolerance,
     ``maxiter`` its restarts (scipy's default when None), ``batch`` the rows per gradient pass
-    (0: auto); ``check`` adds the :class:`OperatorCheck` (3 + 2k products). ``basis`` (default
-    the pixels): the coordinates the Hessian is taken in (:mod:`convsight.analysis.image_basis`;
-    x is still the image, the result's point and directions are in the basis's coordinates).
-    Inputs are checked before any work.
+    (0: auto); ``check`` adds the :class:`OperatorCheck` (3 + 2k products); ``basis``: the
+    coordinates (:mod:`convsight.analysis.image_basis`; default the pixels) the Hessian, the
+    result's point and directions are in (x is the image). Inputs are checked before any work.
     """
     scale, basis = scale or HessianScale(), basis or PixelBasis()
     scale.check()
