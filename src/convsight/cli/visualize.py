@@ -253,6 +253,27 @@ def _shown(run: RunFlags) -> dict[str, Any]:
     return {"out": run.out, "show_progress": not run.quiet}
 
 
+ClassDatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="For --init mean: an image folder (per-class sub-folders) or 'mnist'. An "
+        "image folder also measures each class model's trust there (reach, rank, path "
+        "similarity), whatever the start."
+    ),
+]
+JudgeOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="MODEL",
+        help="A second model with the same classes (loaded as MODEL is): each class "
+        "model's top-1 and top-5 hit by it.",
+    ),
+]
+JudgeWeightsOpt = Annotated[
+    Path | None, typer.Option(help="Weights file of --judge.", metavar="FILE")
+]
+
+
 @app.command("classviz")
 @command
 @card_options
@@ -271,26 +292,10 @@ def classviz_cmd(
     init: Annotated[str, typer.Option(help="random (noise) or mean (class-mean image).")] = (
         "random"
     ),
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            help="For --init mean: an image folder (per-class sub-folders) or 'mnist'. An "
-            "image folder also measures each class model's trust there (reach, rank, path "
-            "similarity), whatever the start."
-        ),
-    ] = None,
+    dataset: ClassDatasetOpt = None,
     data_dir: DataDirOpt = None,
-    judge: Annotated[
-        str | None,
-        typer.Option(
-            metavar="MODEL",
-            help="A second model with the same classes (loaded as MODEL is): each class "
-            "model's top-1 and top-5 hit by it.",
-        ),
-    ] = None,
-    judge_weights: Annotated[
-        Path | None, typer.Option(help="Weights file of --judge.", metavar="FILE")
-    ] = None,
+    judge: JudgeOpt = None,
+    judge_weights: JudgeWeightsOpt = None,
     yes: YesOpt = False,
     *,
     card_fields: dict[str, Any],
@@ -315,11 +320,8 @@ def classviz_cmd(
     from convsight.studies.optvis_results import judged, shown_score
 
     loaded = _render_model(model, weights, card_fields, run)
-    judging = (
-        None
-        if judge is None
-        else loaded_model(judge, judge_weights, None, None, run.device or "auto")
-    )
+    device = run.device or "auto"
+    judging = loaded_model(judge, judge_weights, None, None, device) if judge else None
     result = classviz(loaded, request, **_shown(run), judge=judging)
     for row in result.rows:
         out_console.print(
