@@ -679,6 +679,54 @@ def channel_faithfulness_line(results: Path) -> list[str]:
     ]
 
 
+PATH_PENDING = (
+    "Pending: `python benchmarks/path_similarity.py` writes "
+    "`benchmarks/results/path_similarity.json`."
+)
+
+
+def path_similarity_table(results: Path) -> list[str]:
+    """Per network, layer (or classes) and preset: reach, rank, the last layers' margin of
+    path similarity (top photos minus random photos) and the off-path count."""
+    if not (results / "path_similarity.json").is_file():
+        return [PATH_PENDING]
+    data = load(results, "path_similarity")
+    rows = []
+    for g in data["groups"]:
+        total, of = g["summary"], g["units"][0]["of"]
+        judged = f"{total['judge_top1']} / {total['judge_top5']}" if "judge_top1" in total else ""
+        reach = total["median_reach"]
+        rows.append(
+            [f"{g['net']} `{g['target']}`", g["preset"], g["steps"], total["units"],
+             "-" if reach is None else fixed(reach, 2), f"{total['median_rank']:g} / {of}",
+             fixed(total["median_last_margin"], 3), f"{total['flagged']} / {total['units']}",
+             judged]
+        )  # fmt: skip
+    header = ["unit", "preset", "steps", "renders", "median reach", "median rank",
+              "last layers: top - random", "off-path", "judge top-1 / top-5"]  # fmt: skip
+    return [*markdown(header, rows), "", source("path_similarity", data)]
+
+
+def path_similarity_line(results: Path) -> list[str]:
+    """The README's sentence: off-path renders of each preset."""
+    if not (results / "path_similarity.json").is_file():
+        return [PATH_PENDING]
+    data = load(results, "path_similarity")
+    counts = {}
+    for preset in ("paper", "robust"):
+        groups = [g["summary"] for g in data["groups"] if g["preset"] == preset]
+        counts[preset] = (sum(t["flagged"] for t in groups), sum(t["units"] for t in groups))
+    (paper, n), (robust, m) = counts["paper"], counts["robust"]
+    return readme_block(
+        "path_similarity",
+        data,
+        f"How far to trust a picture (`--dataset`): of VGG16's and MobileNet v2's renders, "
+        f"{paper} of {n} with the paper preset and {robust} of {m} with the robust one are "
+        "off-path, closer over the last layers to random photos than to their own top photos "
+        "([per layer](docs/benchmarks.md#path-similarity)).",
+    )
+
+
 TABLES: dict[str, Callable[[Path], list[str]]] = {
     "mnist": mnist_table,
     "render": render_table,
@@ -693,6 +741,7 @@ TABLES: dict[str, Callable[[Path], list[str]]] = {
     "atlas-cost": atlas_cost_table,
     "compression": compression_table,
     "channel-faithfulness": channel_faithfulness_table,
+    "path-similarity": path_similarity_table,
 }
 README_TABLES: dict[str, Callable[[Path], list[str]]] = {
     "atlas-memory-line": atlas_memory_line,
@@ -700,6 +749,7 @@ README_TABLES: dict[str, Callable[[Path], list[str]]] = {
     "channel-faithfulness-line": channel_faithfulness_line,
     "atlas-cost-line": atlas_cost_line,
     "faithfulness-line": faithfulness_line,
+    "path-similarity-line": path_similarity_line,
 }
 """The blocks of README.md (its numbers come from the same JSON)."""
 

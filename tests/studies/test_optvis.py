@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from convsight.errors import ConvsightError
+from convsight.models import Model
 from convsight.optvis.settings import RenderSettings, settings_for
 from convsight.report import write_json
 from convsight.studies.optvis import (
@@ -146,3 +147,70 @@ def test_captions_say_the_dead_rows_and_are_escaped(tmp_path):
     assert [p.name for p in written] == [
         "grid.png", "cat.png", "dog.png", "images.npz", "start.png", "summary.json",
     ]  # fmt: skip
+
+
+def _photos(samples, folder, count=6):
+    """A folder of ``count`` sample photos, one in a sub-folder."""
+    (folder / "sub").mkdir(parents=True)
+    for i, path in enumerate(samples[:count]):
+        (folder / ("sub" if i == 0 else ".") / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+def test_maximize_measures_trust_with_a_dataset_and_says_why_not_without(samples, tmp_path):
+    model = small_model()
+    settings = settings_for(steps=2)
+    plain = maximize(model, MaximizeRequest("2", [0, 1], settings), show_progress=False)
+    assert plain.trust is None and [r["trust"] for r in plain.to_json()["channels"]] == [None] * 2
+    assert (
+        plain.to_json()["trust"]["dataset"] is None
+        and "--dataset" in plain.to_json()["trust"]["why"]
+    )
+    assert "reach" not in plain.tiles()[0].caption
+    data = _photos(samples, tmp_path / "photos")
+    request = MaximizeRequest("2", [0, 1], settings, dataset=data)
+    result = maximize(model, request, out=tmp_path / "out", show_progress=False)
+    assert torch.equal(result.images, plain.images)  # the render is the same
+    summary = result.to_json()
+    assert same_json(tmp_path / "out" / "summary.json", summary, tmp_path)
+    assert summary["trust"]["images"] == 6 and summary["trust"]["layers"] == ["0"]
+    for unit, row in zip(result.trust.units, summary["channels"], strict=True):
+        assert row["trust"]["reach"]["of"] == 6 and row["trust"]["flagged"] == unit.flagged
+        assert [p["layer"] for p in row["trust"]["path"]["layers"]] == ["0"]
+        assert len(row["trust"]["top_images"]) == 6  # top-k larger than the dataset
+    assert "sub/" + samples[0].name in summary["channels"][0]["trust"]["top_images"]
+    caption = result.tiles()[0].caption
+    assert f"rank {result.trust.units[0].reach.rank}/6" in caption and "reach" in caption
+
+
+def test_a_bad_dataset_fails_before_anything_is_written(tmp_path):
+    model = small_model()
+    (tmp_path / "empty").mkdir()
+    for folder, message in ((tmp_path / "missing", "not found|does not exist|no such"),
+                            (tmp_path / "empty", "no images")):  # fmt: skip
+        request = MaximizeRequest("2", [0], settings_for(steps=2), dataset=folder)
+        with pytest.raises(ConvsightError, match=message):
+            maximize(model, request, out=tmp_path / "out", show_progress=False)
+        request = ClassvizRequest(["cow"], settings_for("robust", "class", steps=2), dataset=folder)
+        with pytest.raises(ConvsightError, match=message):
+            classviz(model, request, out=tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_classviz_is_judged_and_measured(samples, tmp_path):
+    model = small_model()
+    data = _photos(samples, tmp_path / "photos", 4)
+    request = ClassvizRequest(
+        ["cow", "ant"], settings_for("robust", "class", steps=2), dataset=data
+    )
+    result = classviz(model, request, show_progress=False, judge=model)
+    for row in result.to_json()["classes"]:
+        judged = row["transfer"]
+        assert judged["judge"] == "small" and judged["top5"]  # three classes: always in the top 5
+        assert judged["top1"] == (judged["judge_top1"] == row["name"] == row["model_top1"])
+        assert row["trust"]["reach"]["of"] == 4 and len(row["trust"]["path"]["layers"]) == 2
+    assert "judge top-" in result.tiles()[0].caption and "rank " in result.tiles()[0].caption
+    other = Model.from_module(small_model().module, 16, labels=["ant", "cow", "bee"])
+    with pytest.raises(ConvsightError, match="same labels in the same order"):
+        classviz(model, request, out=tmp_path / "out", show_progress=False, judge=other)
+    assert not (tmp_path / "out").exists()

@@ -182,6 +182,16 @@ def say_skipped(skipped: list[dict[str, str]]) -> None:
         )
 
 
+TrustDatasetOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Image folder (sub-folders too): measure each render's trust there: its reach "
+        "and rank against the images and its path similarity to its top images and to "
+        "random ones (docs/commands/maximize-classviz.md)."
+    ),
+]
+
+
 @app.command("maximize")
 @command
 @card_options
@@ -192,6 +202,7 @@ def maximize_cmd(
     layer: Annotated[str, typer.Option(help="Layer name (see `convsight layers`).")],
     channels: Annotated[str, typer.Option(help="Channels, e.g. 0-63 or 0,5,9.")] = "0-15",
     weights: WeightsOpt = None,
+    dataset: TrustDatasetOpt = None,
     yes: YesOpt = False,
     *,
     card_fields: dict[str, Any],
@@ -210,14 +221,23 @@ def maximize_cmd(
         yes=yes,
         weights=weights,
         chosen=chosen,
+        dataset=dataset,
     )
     result = maximize(_render_model(model, weights, card_fields, run), request, **_shown(run))
     dead = result.dead_channels
     out_console.print(
         f"{len(result.channels)} channels of {layer} in {result.seconds:.1f} s"
         + (f"; dead: {', '.join(map(str, dead))}" if dead else "")
+        + _off_path(result.trust)
         + f"; outputs in {run.out}"
     )
+
+
+def _off_path(trust: Any) -> str:
+    """``; off-path: N of M`` when trust was measured."""
+    if trust is None:
+        return ""
+    return f"; off-path: {sum(unit.flagged for unit in trust.units)} of {len(trust.units)}"
 
 
 def _render_model(
@@ -231,6 +251,27 @@ def _render_model(
 def _shown(run: RunFlags) -> dict[str, Any]:
     """``out`` and ``show_progress`` of a study."""
     return {"out": run.out, "show_progress": not run.quiet}
+
+
+ClassDatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="For --init mean: an image folder (per-class sub-folders) or 'mnist'. An "
+        "image folder also measures each class model's trust there (reach, rank, path "
+        "similarity), whatever the start."
+    ),
+]
+JudgeOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="MODEL",
+        help="A second model with the same classes (loaded as MODEL is): each class "
+        "model's top-1 and top-5 hit by it.",
+    ),
+]
+JudgeWeightsOpt = Annotated[
+    Path | None, typer.Option(help="Weights file of --judge.", metavar="FILE")
+]
 
 
 @app.command("classviz")
@@ -251,11 +292,10 @@ def classviz_cmd(
     init: Annotated[str, typer.Option(help="random (noise) or mean (class-mean image).")] = (
         "random"
     ),
-    dataset: Annotated[
-        str | None,
-        typer.Option(help="For --init mean: an image folder (per-class sub-folders) or 'mnist'."),
-    ] = None,
+    dataset: ClassDatasetOpt = None,
     data_dir: DataDirOpt = None,
+    judge: JudgeOpt = None,
+    judge_weights: JudgeWeightsOpt = None,
     yes: YesOpt = False,
     *,
     card_fields: dict[str, Any],
@@ -277,9 +317,14 @@ def classviz_cmd(
         weights=weights,
         chosen=chosen,
     )
-    from convsight.studies.optvis_results import shown_score
+    from convsight.studies.optvis_results import judged, shown_score
 
-    result = classviz(_render_model(model, weights, card_fields, run), request, **_shown(run))
+    loaded = _render_model(model, weights, card_fields, run)
+    device = run.device or "auto"
+    judging = loaded_model(judge, judge_weights, None, None, device) if judge else None
+    result = classviz(loaded, request, **_shown(run), judge=judging)
     for row in result.rows:
-        out_console.print(f"{row['name']}: score {row['objective']:.3g}, {shown_score(row)}")
-    out_console.print(f"{result.seconds:.1f} s; outputs in {run.out}")
+        out_console.print(
+            f"{row['name']}: score {row['objective']:.3g}, {shown_score(row)}{judged(row)}"
+        )
+    out_console.print(f"{result.seconds:.1f} s{_off_path(result.trust)}; outputs in {run.out}")

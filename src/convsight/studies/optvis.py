@@ -18,6 +18,13 @@ from typing import Any
 
 import torch
 
+from convsight.analysis.trust import OUTPUT, check_judge, transfer
+from convsight.analysis.trust_stream import (
+    DatasetTrust,
+    TrustDataset,
+    open_dataset,
+    trust_from_folder,
+)
 from convsight.errors import ConvsightError
 from convsight.layers import get_layer, output_shapes
 from convsight.models import Model, load_model
@@ -26,8 +33,8 @@ from convsight.optvis.channels import parse_channels
 from convsight.optvis.forward import probe_shapes
 from convsight.optvis.means import class_counts, class_mean_images
 from convsight.optvis.model_hooks import check_model_hooks
-from convsight.optvis.objectives import channel, target_score
-from convsight.optvis.recipes import check_size, class_objective
+from convsight.optvis.objectives import Objective, channel, target_score
+from convsight.optvis.recipes import check_size, class_objective, penalties
 from convsight.optvis.render import (
     RenderResult,
     render_channels,
@@ -59,7 +66,9 @@ class MaximizeRequest:
     ``chosen``: the settings the user chose (a message about memory names these knobs first;
     a chosen skip gradient must find residual blocks); None: those that differ from the
     preset's. ``weights`` is only recorded (the model is already loaded). A request with
-    more than :data:`~convsight.optvis.budget.MAX_STEPS` steps needs ``yes``.
+    more than :data:`~convsight.optvis.budget.MAX_STEPS` steps needs ``yes``. With
+    ``dataset`` (an image folder, sub-folders too) each render's trust is measured there
+    (:mod:`convsight.analysis.trust`).
     """
 
     layer: str
@@ -69,6 +78,7 @@ class MaximizeRequest:
     yes: bool = False
     weights: str | os.PathLike | None = None
     chosen: frozenset[str] | None = None
+    dataset: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         check_steps(self.settings.steps, self.yes)
@@ -88,8 +98,9 @@ class ClassvizRequest:
     ``["all"]``) with ``settings`` (a preset's class defaults: ``settings_for(preset,
     "class")``), started from noise (``init="random"``) or from each class's mean image
     (``"mean"``: over ``dataset``, an image folder with a sub-folder per class, or "mnist"
-    read from ``data_dir``). ``seed``, ``yes``, ``weights`` and ``chosen`` as for
-    :class:`MaximizeRequest`."""
+    read from ``data_dir``). An image folder as ``dataset`` also measures each class model's
+    trust there, whatever the start (:mod:`convsight.analysis.trust`). ``seed``, ``yes``,
+    ``weights`` and ``chosen`` as for :class:`MaximizeRequest`."""
 
     classes: Sequence[OneTarget]
     settings: RenderSettings = field(default_factory=_class_settings)
@@ -118,6 +129,31 @@ class ClassvizRequest:
 
 def _record(weights: str | os.PathLike | None) -> str | None:
     return str(weights) if weights else None
+
+
+def _trust_data(model: Model, dataset: str | os.PathLike | None) -> TrustDataset | None:
+    """The image folder trust is measured on, checked before any render (None: none given,
+    or MNIST, which is not a folder)."""
+    if dataset is None or str(dataset) == "mnist":
+        return None
+    return open_dataset(dataset, model)
+
+
+def _trust(
+    model: Model,
+    data: TrustDataset | None,
+    objective: Objective,
+    settings: RenderSettings,
+    images: torch.Tensor,
+    layer: str,
+) -> DatasetTrust | None:
+    """The trust measures of a render over ``data``, for the objective it maximized (its
+    penalties subtracted, as the render did)."""
+    if data is None:
+        return None
+    extra = penalties(settings)
+    full = objective if extra is None else objective - extra
+    return trust_from_folder(model, full, images, layer, data)
 
 
 def load_on_device(model: str | Model, weights: str | os.PathLike | None, device: str) -> Model:
@@ -179,12 +215,15 @@ def maximize(
     settings, layer = request.settings, request.layer
     chans = _checked_channels(model, request)
     _check_model_hooks(model, settings, request.given())
+    data = _trust_data(model, request.dataset)
     folder = None if out is None else prepare_out_dir(out)
     seed_everything(request.seed)
     start = time.perf_counter()
     rendered = render_channels(
         model, layer, chans, seed=request.seed, progress=show_progress, settings=settings
     )
+    seconds = time.perf_counter() - start
+    trust = _trust(model, data, channel(layer, chans), settings, rendered.images, layer)
     result = MaximizeResult(
         model=model.card.name,
         weights=_record(request.weights),
@@ -197,7 +236,8 @@ def maximize(
         settings=settings,
         seed=request.seed,
         device=str(model.device),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
+        trust=trust,
     )
     if folder is not None:
         result.save(folder)
@@ -228,6 +268,7 @@ def _classviz_targets(
     check_render(model, objective, settings, *what)
     check_size(model, objective, settings, count)
     _check_model_hooks(model, settings, request.given())
+    data = _trust_data(model, request.dataset)
     folder = None if out is None else prepare_out_dir(out)
     seed_everything(request.seed)
     began = time.perf_counter()
@@ -237,7 +278,8 @@ def _classviz_targets(
     )
     seconds = time.perf_counter() - began
     rows = _target_summary(model, rendered, target)
-    result = _class_models(model, request, rendered, [], rows, None, seconds)
+    trust = _trust(model, data, objective, settings, rendered.images, OUTPUT)
+    result = _class_models(model, request, rendered, [], rows, None, seconds, trust)
     if folder is not None:
         result.save(folder)
     return result
@@ -251,9 +293,10 @@ def _class_models(
     rows: list[dict[str, Any]],
     start: torch.Tensor | None,
     seconds: float,
+    trust: DatasetTrust | None = None,
 ) -> ClassvizResult:
-    """The class models' result: the render (``seconds`` long), its rows and the request's
-    settings."""
+    """The class models' result: the render (``seconds`` long), its rows, their trust
+    measures and the request's settings."""
     return ClassvizResult(
         model=model.card.name,
         weights=_record(request.weights),
@@ -271,6 +314,7 @@ def _class_models(
         seed=request.seed,
         device=str(model.device),
         seconds=seconds,
+        trust=trust,
     )
 
 
@@ -352,12 +396,18 @@ def classviz(
     request: ClassvizRequest,
     out: str | os.PathLike | None = None,
     show_progress: bool = True,
+    judge: Model | None = None,
 ) -> ClassvizResult:
     """Class models; with ``out``, written there as :meth:`ClassvizResult.save` does (grid
     PNG, one PNG per class, start images if ``init='mean'``, summary.json). Checked as
-    :func:`maximize` is."""
+    :func:`maximize` is. With ``judge`` (a second model scoring the same classes), each row
+    says whether the judge sees its class (:func:`~convsight.analysis.trust.transfer`)."""
     settings = request.settings
     target = _target_rows(model, request.classes)
+    if judge is not None:
+        check_judge(model, judge)
+        if target is not None:
+            raise ConvsightError("--judge judges class models: give classes only")
     if target is not None:
         return _classviz_targets(model, request, target, out, show_progress)
     classes = [c for c in request.classes if isinstance(c, (int, str))]  # all of them here
@@ -366,6 +416,7 @@ def classviz(
     start_pixels, counts = None, None
     if request.init == "mean":
         start_pixels, counts = _mean_start(request, model, indices)
+    data = _trust_data(model, request.dataset)
     folder = None if out is None else prepare_out_dir(out)
     seed_everything(request.seed)
     began = time.perf_counter()
@@ -379,7 +430,12 @@ def classviz(
     )
     seconds = time.perf_counter() - began
     rows = _class_rows(model, rendered, indices, counts)
-    result = _class_models(model, request, rendered, indices, rows, start_pixels, seconds)
+    if judge is not None:
+        for row, judged in zip(rows, transfer(judge, rendered.images, indices), strict=True):
+            row["transfer"] = judged
+    objective = class_objective(model, indices, settings.class_objective, settings.cossim_power)
+    trust = _trust(model, data, objective, settings, rendered.images, OUTPUT)
+    result = _class_models(model, request, rendered, indices, rows, start_pixels, seconds, trust)
     if folder is not None:
         result.save(folder)
     return result

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from convsight.analysis.trust_stream import DatasetTrust
 from convsight.optvis.settings import RenderSettings
 from convsight.report import out_file, prepare_out_dir, write_figure, write_json, write_npz
 from convsight.report.grids import image_grid
@@ -36,6 +37,27 @@ def summary_rows(
         {"name": name, "objective": float(value), "dead": i in dead}
         for i, (name, value) in enumerate(zip(names, values.tolist(), strict=True))
     ]
+
+
+NO_DATASET = (
+    "not measured: no image folder given (--dataset DIR measures reach, rank and path "
+    "similarity against natural images)"
+)
+
+
+def trust_json(trust: DatasetTrust | None) -> dict[str, Any]:
+    """What the trust measures were taken over, or why there are none."""
+    return {"dataset": None, "why": NO_DATASET} if trust is None else trust.to_json()
+
+
+def trust_row(trust: DatasetTrust | None, i: int) -> dict[str, Any] | None:
+    """Row ``i``'s trust measures (None: not measured)."""
+    return None if trust is None else trust.row(i)
+
+
+def trust_mark(trust: DatasetTrust | None, i: int) -> str:
+    """Row ``i``'s short trust caption (`` · reach 1.3x, rank 1/104, off-path``), or nothing."""
+    return "" if trust is None else f" · {trust.units[i].mark()}"
 
 
 def render_facts(
@@ -69,6 +91,7 @@ class MaximizeResult(Result):
     device: str
     seconds: float
     torch_threads: int = field(default_factory=torch.get_num_threads)
+    trust: DatasetTrust | None = None  # the trust measures, with --dataset
 
     @property
     def dead_channels(self) -> list[int]:
@@ -76,16 +99,20 @@ class MaximizeResult(Result):
 
     def to_json(self) -> dict[str, Any]:
         names = [str(c) for c in self.channels]
+        rows = summary_rows(self.values, self.dead, names)
+        for i, row in enumerate(rows):
+            row["trust"] = trust_row(self.trust, i)
         return {
             "model": self.model,
             "weights": self.weights,
             "layer": self.layer,
             "objective": self.objective,
-            "channels": summary_rows(self.values, self.dead, names),
+            "channels": rows,
             "dead_channels": self.dead_channels,
             "settings": {**self.settings.to_dict(), "seed": self.seed, "device": self.device},
             "seconds": self.seconds,
             "torch_threads": self.torch_threads,
+            "trust": trust_json(self.trust),
         }
 
     def save(self, out: str | os.PathLike) -> list[Path]:
@@ -108,12 +135,15 @@ class MaximizeResult(Result):
         return written
 
     def tiles(self) -> list[Tile]:
-        """One tile per channel: ``layer:channel`` and its final objective (or "dead")."""
+        """One tile per channel: ``layer:channel`` and its final objective (or "dead"), and
+        its trust mark when measured."""
         values = self.values.tolist()
         return [
             Tile(
                 image,
-                f"{self.layer}:{c} " + ("(dead)" if i in self.dead else f"{values[i]:.3g}"),
+                f"{self.layer}:{c} "
+                + ("(dead)" if i in self.dead else f"{values[i]:.3g}")
+                + trust_mark(self.trust, i),
             )
             for i, (c, image) in enumerate(zip(self.channels, self.images, strict=True))
         ]
@@ -156,8 +186,10 @@ class ClassvizResult(Result):
     device: str
     seconds: float
     torch_threads: int = field(default_factory=torch.get_num_threads)
+    trust: DatasetTrust | None = None  # the trust measures, with an image folder as dataset
 
     def to_json(self) -> dict[str, Any]:
+        rows = [{**row, "trust": trust_row(self.trust, i)} for i, row in enumerate(self.rows)]
         return {
             "model": self.model,
             "weights": self.weights,
@@ -165,10 +197,11 @@ class ClassvizResult(Result):
             "head": self.head,
             "init": self.init,
             "dataset": self.dataset,
-            "classes": self.rows,
+            "classes": rows,
             "settings": {**self.settings.to_dict(), "seed": self.seed, "device": self.device},
             "seconds": self.seconds,
             "torch_threads": self.torch_threads,
+            "trust": trust_json(self.trust),
         }
 
     def save(self, out: str | os.PathLike) -> list[Path]:
@@ -192,13 +225,17 @@ class ClassvizResult(Result):
 
     def tiles(self) -> list[Tile]:
         """One tile per class model: the class label from the card and the model's
-        probability for it (or "dead")."""
+        probability for it (or "dead"), the judge's verdict and the trust mark when
+        measured."""
         return [
             Tile(
                 image,
-                f"{row['name']} " + ("(dead)" if row["dead"] else shown_score(row)),
+                f"{row['name']} "
+                + ("(dead)" if row["dead"] else shown_score(row))
+                + judged(row)
+                + trust_mark(self.trust, i),
             )
-            for row, image in zip(self.rows, self.images, strict=True)
+            for i, (row, image) in enumerate(zip(self.rows, self.images, strict=True))
         ]
 
     def facts(self) -> list[tuple[str, Any]]:
@@ -214,6 +251,14 @@ class ClassvizResult(Result):
             ("dead classes", dead),
             *render_facts(self.settings, self.seed, self.device, self.seconds),
         ]
+
+
+def judged(row: dict[str, Any]) -> str:
+    """The judge's verdict on a class model (`` · judge top-1``, ``top-5`` or ``miss``)."""
+    found = row.get("transfer")
+    if found is None:
+        return ""
+    return " · judge " + ("top-1" if found["top1"] else "top-5" if found["top5"] else "miss")
 
 
 def _write_start(out: Path, start_pixels: torch.Tensor, rows: list[dict[str, Any]]) -> Path:
