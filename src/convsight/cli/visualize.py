@@ -106,6 +106,14 @@ CompressionOpt = Annotated[
 CompressionFinetuneOpt = Annotated[
     int, typer.Option(min=0, help="Fine-tuning images of the compression trials (0: none).")
 ]
+ClassRelevanceOpt = Annotated[
+    bool,
+    typer.Option(
+        help="With --dataset and a model with class scores: list on each channel page the "
+        "classes it carries most relevance for (gradient x activation for the predicted "
+        "class; a forward and backward pass more per batch of the dataset pass)."
+    ),
+]
 
 
 @app.command("atlas")
@@ -143,14 +151,7 @@ def atlas_cmd(
             "cost: benchmarks/atlas_cost.py); --no-cheap: fp32, every step."
         ),
     ] = True,
-    class_relevance: Annotated[
-        bool,
-        typer.Option(
-            help="With --dataset and a model with class scores: list on each channel page the "
-            "classes it carries most relevance for (gradient x activation for the predicted "
-            "class; a forward and backward pass more per batch of the dataset pass)."
-        ),
-    ] = True,
+    class_relevance: ClassRelevanceOpt = True,
     *,
     card_fields: dict[str, Any],
     run: RunFlags,
