@@ -131,6 +131,10 @@ def brute_force_top(maxima: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
 Batches = Iterable[tuple[Tensor, Tensor]]
 """Batches of a dataset: each image's index in the dataset (n) and its pixels (n x C x H x W)."""
 
+Observer = Callable[[Tensor, Tensor, dict[str, ImageStats]], None]
+"""Told of each batch of the pass: the images' indices, the model's (normalized) input and each
+layer's :class:`ImageStats`; it may run more of the model (under ``torch.enable_grad``)."""
+
 
 @torch.no_grad()
 def stream_examples(
@@ -139,9 +143,11 @@ def stream_examples(
     layers: Sequence[str],
     top_k: int,
     bar: Callable[[int], None] | None = None,
+    observe: Observer | None = None,
 ) -> dict[str, TopExamples]:
     """One pass of ``batches`` as far as the last of ``layers``: each layer's
-    :class:`TopExamples`, holding one batch of pixels and activations at a time."""
+    :class:`TopExamples`, holding one batch of pixels and activations at a time; ``observe``
+    (if given) is told of every batch after its statistics are taken."""
     found: dict[str, TopExamples] = {}
 
     def reduce(_name: str, out: Tensor) -> ImageStats:
@@ -155,6 +161,8 @@ def stream_examples(
             if name not in found:
                 found[name] = TopExamples.empty(stats.maxima.shape[1], top_k)
             found[name].update(indices, stats.maxima, stats.positions, stats.means)
+        if observe is not None:
+            observe(indices, x, outputs)
         if bar is not None:
             bar(len(indices))
     return found

@@ -106,6 +106,14 @@ CompressionOpt = Annotated[
 CompressionFinetuneOpt = Annotated[
     int, typer.Option(min=0, help="Fine-tuning images of the compression trials (0: none).")
 ]
+ClassRelevanceOpt = Annotated[
+    bool,
+    typer.Option(
+        help="With --dataset and a model with class scores: list on each channel page the "
+        "classes it carries most relevance for (gradient x activation for the predicted "
+        "class; a forward and backward pass more per batch of the dataset pass)."
+    ),
+]
 
 
 @app.command("atlas")
@@ -143,6 +151,7 @@ def atlas_cmd(
             "cost: benchmarks/atlas_cost.py); --no-cheap: fp32, every step."
         ),
     ] = True,
+    class_relevance: ClassRelevanceOpt = True,
     *,
     card_fields: dict[str, Any],
     run: RunFlags,
@@ -159,7 +168,8 @@ def atlas_cmd(
         layers=split_list(layers), channels=channels, dataset=dataset, top_k=top_k,
         presets=split_list(presets), steps=steps, size=size, batch=batch,
         invariances=invariances, ray=ray, plan=plan, compression=trials, yes=yes, cheap=cheap,
-        weights=weights, model_spec=None if card_fields else model, **run.arguments(),
+        class_relevance=class_relevance, weights=weights,
+        model_spec=None if card_fields else model, **run.arguments(),
     )  # fmt: skip
     result = build_atlas(loaded_model(model, weights, card_fields, run.seed), request)
     out_console.print(

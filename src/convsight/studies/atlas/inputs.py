@@ -89,6 +89,9 @@ class AtlasJob:
     """Channels rendered the cheap way (:func:`convsight.optvis.settings.cheap_settings`)."""
     cheap_note: str = ""
     """What of the cheap way did not apply here, and why."""
+    class_relevance: bool = True
+    """The dataset pass also sums each channel's relevance per predicted class (models with
+    class scores)."""
 
     @property
     def names(self) -> list[str]:
@@ -145,6 +148,7 @@ def check_inputs(model: Model, request: AtlasRequest) -> AtlasJob:
         compression=r.compression,
         cheap=r.cheap,
         cheap_note=cheap_note,
+        class_relevance=r.class_relevance,
     )
 
 

@@ -18,6 +18,7 @@ from convsight.report import write_figure
 from convsight.report.html import write_page
 from convsight.studies.atlas.inputs import AtlasJob
 from convsight.studies.atlas.rendering import load_npz
+from convsight.studies.atlas.trust import TRUST_FILE, channel_trust, layer_trust, relevant_classes
 
 
 def write_index(
@@ -73,6 +74,7 @@ def layer_pages(
         "type": type(module).__name__,
         "channels": list(channels),
         "dead": [r["index"] for r in rows if r["dead"]],
+        **_layer_trust(rows, job.presets[-1]),
         "channel_rows": rows,
         "redundancy": redundancy.curve() if redundancy is not None else None,
         "remaining_090": redundancy.remaining(0.9) if redundancy is not None else None,
@@ -97,9 +99,11 @@ def _channel_pages(
 ) -> list[dict[str, Any]]:
     """A page per chosen channel of layer ``name`` from its record; the rows of the layer page."""
     channels = job.chosen[name]
-    histograms = None
+    histograms = trust = None
     if (folder / "examples.npz").exists():
         histograms = load_npz(folder / "examples.npz")["max_per_image"]
+    if job.dataset is not None and (folder / TRUST_FILE).exists():
+        trust = load_npz(folder / TRUST_FILE)
     shown = set(channels)
     rows = []
     for i, c in enumerate(channels):
@@ -117,6 +121,8 @@ def _channel_pages(
             "invariance": record.get("invariance"),
             "histogram": histograms[c].tolist() if histograms is not None else [],
             "similar": similar,
+            "trust": record.get("trust") or channel_trust(trust, c, {}),
+            "classes": record.get("relevant_classes") or relevant_classes(trust, c, job.model.card),
             "prev": channels[i - 1],
             "next": channels[(i + 1) % len(channels)],
         }
@@ -134,6 +140,12 @@ def _channel_pages(
             softplus=job.invariances,
         )
     return rows
+
+
+def _layer_trust(rows: list[dict[str, Any]], preset: str) -> dict[str, Any]:
+    """The layer's silent channels (None: unknown, no dataset) and its trust column."""
+    summary = layer_trust(rows, preset)
+    return {"silent": summary["silent"], "trust": summary}
 
 
 def _most_similar_pairs(

@@ -18,12 +18,19 @@ from convsight.analysis.dataset_examples import (
 )
 from convsight.analysis.projections import high_frequency_share, tiles
 from convsight.analysis.streamed_examples import TopExamples
+from convsight.analysis.streamed_trust import ChannelTrust
 from convsight.distributed import Work, shards
 from convsight.optvis.render import RenderResult
 from convsight.report import safe_filename, write_json, write_npz
 from convsight.report.images import examples_strip, write_gif, write_image, write_pil
 from convsight.studies.atlas.inputs import AtlasDataset, AtlasJob
 from convsight.studies.atlas.tasks import render_chunk, slice_examples
+from convsight.studies.atlas.trust import (
+    TRUST_FILE,
+    channel_trust,
+    relevant_classes,
+    trust_arrays,
+)
 from convsight.studies.invariances import GIF_SIDE
 
 EXAMPLE_BATCH = 16  # images a batch of the dataset pass
@@ -47,6 +54,7 @@ def render_layer(
     data = job.dataset
     examples = load_npz(folder / EXAMPLES_FILE) if data is not None else None
     field = receptive_field(job.model, name) if data is not None else None
+    trust = load_npz(folder / TRUST_FILE) if data is not None else None
     todo = todo_channels(job, name, folder)
     bar.update(task, advance=len(job.chosen[name]) - len(todo), status=f"{name}")
     shared = {
@@ -65,6 +73,9 @@ def render_layer(
         seconds += sum(result.seconds for result in chunk.renders.values())
         for row, channel in enumerate(chunk.channels):
             record = _channel_record(job, chunk.renders, row, channel, folder, out)
+            record["final_objectives"] = {p: v[row] for p, v in chunk.objectives.items()}
+            record["trust"] = channel_trust(trust, channel, record["final_objectives"])
+            record["relevant_classes"] = relevant_classes(trust, channel, job.model.card)
             if examples is not None:
                 assert data is not None and field is not None  # both come with the examples
                 record["examples"] = _write_examples(
@@ -160,15 +171,22 @@ def find_examples(job: AtlasJob, folders: dict[str, Path], out: Path, work: Work
     statistics (:class:`TopExamples`); each layer's ``examples.npz`` written: the top images,
     values and positions, and each channel's maxima over the sampled images (every image up
     to :data:`SAMPLE`: ``sample_images``) with its mean over all of them."""
-    missing = [name for name, folder in folders.items() if not _readable(folder / EXAMPLES_FILE)]
+    missing = [
+        name
+        for name, folder in folders.items()
+        if not (_readable(folder / EXAMPLES_FILE) and _readable(folder / TRUST_FILE))
+    ]
     data = job.dataset
     if not missing or data is None:
         return
     parts = shards(len(data), EXAMPLE_BATCH, 2 * work.workers)
     shared = {"model": job.model, "dataset": data, "layers": missing, "top_k": job.top_k}
-    found = dict(work.map(slice_examples, {**shared, "batch_size": EXAMPLE_BATCH}, parts))
+    shared.update(batch_size=EXAMPLE_BATCH, relevance=job.class_relevance)
+    found = dict(work.map(slice_examples, shared, parts))
     for name in missing:
-        merged = TopExamples.merge([found[i][name] for i in range(len(parts))])
+        merged = TopExamples.merge([found[i][0][name] for i in range(len(parts))])
+        trust = ChannelTrust.merge([found[i][1][name] for i in range(len(parts))])
+        write_npz(folders[name] / TRUST_FILE, within=out, **trust_arrays(trust, merged))
         k = min(job.top_k, merged.count)
         sampled, maxima = merged.histogram_values()
         write_npz(

@@ -38,7 +38,9 @@ class AtlasRequest:
     allows more than ``MAX_STEPS`` steps or a long plan; ``cheap`` renders the channels the
     cheap way (bf16 where native, stopped once the objective is flat:
     :func:`convsight.optvis.settings.cheap_settings`). ``weights`` and ``model_spec`` say
-    where the model came from (recorded in the JSON files, not read)."""
+    where the model came from (recorded in the JSON files, not read). ``class_relevance``:
+    the dataset pass also finds the classes each channel carries most relevance for (models
+    with class scores; a forward and backward pass more a batch)."""
 
     layers: Sequence[str]
     out: str | os.PathLike = "runs/atlas"
@@ -59,6 +61,7 @@ class AtlasRequest:
     cheap: bool = True
     weights: str | os.PathLike | None = None
     model_spec: str | None = None
+    class_relevance: bool = True
 
     @property
     def planned(self) -> bool:

@@ -15,8 +15,10 @@ import torch
 from convsight.analysis.dataset_examples import ReceptiveField
 from convsight.analysis.invariances import HessianScale, channel_response, invariances
 from convsight.analysis.projections import display, project_units
-from convsight.analysis.streamed_examples import TopExamples, stream_examples
+from convsight.analysis.streamed_examples import TopExamples
+from convsight.analysis.streamed_trust import ChannelTrust, stream_trust
 from convsight.analysis.surrogate import softplus_surrogate
+from convsight.layers import forward_to
 from convsight.models import Model
 from convsight.optvis.render import RenderResult, render_channels
 from convsight.optvis.settings import RenderSettings
@@ -34,6 +36,9 @@ class RenderedChunk:
     renders: dict[str, RenderResult]
     invariances: list[dict[str, Any]] = field(default_factory=list)
     projections: list[list[torch.Tensor]] = field(default_factory=list)
+    objectives: dict[str, list[float]] = field(default_factory=dict)
+    """Per preset, each channel's objective (its mean activation) on its final picture as
+    shown: pixels clamped to [0, 1], untransformed, at the render's size, in float32."""
 
 
 def slice_examples(
@@ -44,10 +49,13 @@ def slice_examples(
     batch_size: int,
     start: int,
     stop: int,
-) -> dict[str, TopExamples]:
-    """The streamed top examples (:class:`TopExamples`) of images ``start`` to ``stop`` of
-    ``dataset`` for each of ``layers``, one pass, ``batch_size`` images at a time."""
-    return stream_examples(model, dataset.batches(start, stop, batch_size), layers, top_k)
+    relevance: bool = False,
+) -> tuple[dict[str, TopExamples], dict[str, ChannelTrust]]:
+    """The streamed top examples (:class:`TopExamples`) and trust statistics
+    (:class:`ChannelTrust`, with class relevance when asked for) of images ``start`` to
+    ``stop`` of ``dataset`` for each of ``layers``, one pass, ``batch_size`` images at a time."""
+    batches = dataset.batches(start, stop, batch_size)
+    return stream_trust(model, batches, layers, top_k, relevance)
 
 
 def render_chunk(
@@ -71,6 +79,7 @@ def render_chunk(
         for p, s in settings.items()
     }
     chunk = RenderedChunk(list(channels), renders)
+    chunk.objectives = {p: final_objectives(model, layer, channels, r) for p, r in renders.items()}
     if invariance_beta:
         start = "robust" if "robust" in renders else next(iter(renders))
         surrogate = softplus_surrogate(model, invariance_beta)[0]
@@ -87,6 +96,17 @@ def render_chunk(
             projected = project_units(model, dataset.load(chosen), layer, units, receptive)
             chunk.projections.append([display(m) for m in projected.crops()])
     return chunk
+
+
+@torch.no_grad()
+def final_objectives(
+    model: Model, layer: str, channels: list[int], result: RenderResult
+) -> list[float]:
+    """Each row's channel mean of ``layer`` on the render's final images (as shown)."""
+    x = model.normalize(result.images.to(model.device).float())
+    act = forward_to(model.module, x, [layer])[layer].float()
+    rows = torch.arange(len(channels))
+    return act.flatten(2).mean(2)[rows, torch.tensor(channels)].cpu().tolist()
 
 
 def first_invariance(
