@@ -708,23 +708,33 @@ def path_similarity_table(results: Path) -> list[str]:
 
 
 def path_similarity_line(results: Path) -> list[str]:
-    """The README's sentence: off-path renders of each preset."""
+    """The README's table: per preset, the off-path renders, the renders ranked first among
+    the photos, and MobileNet v2's class models recognized by the judge."""
     if not (results / "path_similarity.json").is_file():
         return [PATH_PENDING]
     data = load(results, "path_similarity")
-    counts = {}
+    rows = []
     for preset in ("paper", "robust"):
         groups = [g["summary"] for g in data["groups"] if g["preset"] == preset]
-        counts[preset] = (sum(t["flagged"] for t in groups), sum(t["units"] for t in groups))
-    (paper, n), (robust, m) = counts["paper"], counts["robust"]
-    return readme_block(
-        "path_similarity",
-        data,
-        f"How far to trust a picture (`--dataset`): of VGG16's and MobileNet v2's renders, "
-        f"{paper} of {n} with the paper preset and {robust} of {m} with the robust one are "
-        "off-path, closer over the last layers to random photos than to their own top photos "
-        "([per layer](docs/benchmarks.md#path-similarity)).",
-    )
+        units = sum(t["units"] for t in groups)
+        judged = [t for t in groups if "judge_top1" in t]
+        rows.append(
+            [preset, f"{sum(t['flagged'] for t in groups)} / {units}",
+             f"{sum(t['rank_1'] for t in groups)} / {units}",
+             f"{sum(t['judge_top1'] for t in judged)} / {sum(t['units'] for t in judged)}"]
+        )  # fmt: skip
+    header = ["preset", "off-path renders", "ranked first among the photos",
+              "class models MobileNet v1 calls top-1"]  # fmt: skip
+    return [
+        "How far to trust a picture (`--dataset`, `--judge`): VGG16's channels at three depths "
+        "and MobileNet v2's class models over the sample photos; off-path: closer over the last "
+        "layers to random photos than to the render's own top photos "
+        "([per layer](docs/benchmarks.md#path-similarity)):",
+        "",
+        *markdown(header, rows),
+        "",
+        source("path_similarity", data),
+    ]
 
 
 TABLES: dict[str, Callable[[Path], list[str]]] = {
