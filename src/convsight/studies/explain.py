@@ -9,7 +9,8 @@ channels by their share of the relevance (:func:`~convsight.analysis.channel_rel
 channel_relevance`: CRP where the model has an LRP composite, else gradient x activation) and
 shows the top ones with their conditional heatmap over the photo, their feature visualization
 (from an atlas of the same model, else rendered) and, given a dataset, their top examples by
-activation; and a semantic dictionary: per location, the channel carrying the most relevance.
+activation and by relevance for the decision's class; and a semantic dictionary: per
+location, the channel carrying the most relevance.
 Every input is checked before any expensive work.
 """
 
@@ -23,6 +24,7 @@ import torch
 
 from convsight.analysis.channel_relevance import (
     ChannelMethod,
+    ChannelRelevance,
     LayerRelevance,
     channel_relevance,
     conditional_heatmaps,
@@ -38,6 +40,7 @@ from convsight.studies.explain_parts import (
     AtlasSource,
     Dataset,
     Example,
+    FoundExamples,
     channel_pictures,
     check_dataset,
     dataset_examples,
@@ -165,12 +168,12 @@ def _compute(model: Model, request: ExplainRequest, checked: _Checked) -> Explai
     for name, layer in found.layers.items():
         k = min(request.top, layer.share.numel())
         chosen[name] = layer.share.abs().topk(k).indices.tolist()
-    examples: dict[str, dict[int, list[Example]]] = {}
-    skipped: list[dict[str, str]] = []
+    examples = FoundExamples({}, {}, [])
     if checked.dataset is not None:
-        examples, skipped = dataset_examples(model, checked.dataset, chosen, request.examples)
+        target = checked.target if checked.target is not None else _decided(found)
+        examples = dataset_examples(model, checked.dataset, chosen, request.examples, target)
     layers = [
-        _explained_layer(model, request, checked, layer, chosen[name], examples.get(name))
+        _explained_layer(model, request, checked, layer, chosen[name], examples)
         for name, layer in found.layers.items()
     ]
     return ExplainResult(
@@ -184,7 +187,7 @@ def _compute(model: Model, request: ExplainRequest, checked: _Checked) -> Explai
         layers=layers,
         atlas=checked.atlas.path if checked.atlas else None,
         dataset=checked.dataset.path if checked.dataset else None,
-        skipped=skipped,
+        skipped=examples.skipped,
         seed=request.seed,
     )
 
@@ -195,7 +198,7 @@ def _explained_layer(
     checked: _Checked,
     layer: LayerRelevance,
     channels: list[int],
-    examples: dict[int, list[Example]] | None,
+    examples: FoundExamples,
 ) -> ExplainedLayer:
     """One layer's channels shown: conditional heatmaps, pictures, examples, atlas pages."""
     name, atlas = layer.layer, checked.atlas
@@ -211,7 +214,8 @@ def _explained_layer(
             relevance=float(layer.relevance[c]),
             heatmap=heat[i].cpu(),
             picture=pictures[i],
-            examples=examples.get(c, []) if examples is not None else None,
+            examples=_of(examples.active, name, c),
+            relevant=_of(examples.relevant, name, c),
             atlas_page=atlas.page(name, c) if atlas is not None else None,
         )
         for i, c in enumerate(channels)
@@ -219,3 +223,17 @@ def _explained_layer(
     dictionary = semantic_dictionary(layer.maps.cpu())
     relevance, share = layer.relevance.cpu(), layer.share.cpu()
     return ExplainedLayer(name, layer.total, relevance, share, shown, dictionary)
+
+
+def _decided(found: ChannelRelevance) -> int | None:
+    """The class the relevance was taken for (the predicted one when no target was given);
+    None when it is not one class."""
+    classes = found.classes
+    return classes[0] if classes and len(set(classes)) == 1 else None
+
+
+def _of(
+    examples: dict[str, dict[int, list[Example]]], layer: str, channel: int
+) -> list[Example] | None:
+    """A channel's examples in ``examples``: none found is [], none looked for is None."""
+    return examples[layer].get(channel, []) if layer in examples else None
