@@ -119,6 +119,24 @@ def test_examples_by_relevance_for_the_class_beside_the_most_active(tiny, photos
     assert plain.to_json()["layers"][0]["top"][0]["relevant_examples"] is None
 
 
+def test_the_composite_chosen_is_the_one_crp_runs_with(tiny, photos):
+    result = explain(tiny, _request(photos, target="dog", composite="epsilon_gamma_box"))
+    pixels = result.pixels.unsqueeze(0)
+    layers = ["features.0", "features.3"]
+    gamma = channel_relevance(tiny, pixels, "dog", layers, "crp", "epsilon_gamma_box")
+    flat = channel_relevance(tiny, pixels, "dog", layers, "crp")
+    assert result.to_json()["composite"] == "epsilon_gamma_box"
+    torch.testing.assert_close(result.relevance.heatmap, gamma.heatmap)
+    assert not torch.allclose(gamma.heatmap, flat.heatmap)
+    chosen = [e.channel for e in result.layers[1].channels]
+    heat = conditional_heatmaps(
+        tiny, pixels, "features.3", chosen, "dog", "crp", "epsilon_gamma_box"
+    )
+    torch.testing.assert_close(torch.stack([e.heatmap for e in result.layers[1].channels]), heat)
+    with pytest.raises(ConvsightError, match="unknown LRP composite 'box'"):
+        _request(photos, composite="box")
+
+
 def test_captions_from_data_are_escaped(tiny, photos, tmp_path):
     tiny.card.labels[1] = "<script>alert(1)</script>"
     out = tmp_path / "out"

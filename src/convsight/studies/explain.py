@@ -30,7 +30,7 @@ from convsight.analysis.channel_relevance import (
     conditional_heatmaps,
 )
 from convsight.attribution.cam import default_cam_layer
-from convsight.attribution.lrp import check_lrp_support
+from convsight.attribution.lrp import COMPOSITES, CompositeName, check_lrp_support
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers
 from convsight.models import Model
@@ -62,7 +62,9 @@ class ExplainRequest:
     showing the ``top`` channels of each by |share|. ``atlas``: an atlas folder of the same
     model to take the channel pictures from (missing ones are rendered with ``preset``,
     ``steps`` and ``size``); ``dataset``: a folder of images to find each channel's
-    ``examples`` top images in. ``model_name`` and ``weights`` are only recorded."""
+    ``examples`` top images in. ``composite``: zennit's composite CRP runs with (where the
+    model has one; see :class:`~convsight.attribution.lrp.LRP`). ``model_name`` and
+    ``weights`` are only recorded."""
 
     image: str | os.PathLike | torch.Tensor
     target: str | int | Target | None = None
@@ -77,8 +79,13 @@ class ExplainRequest:
     seed: int = 0
     model_name: str | None = None
     weights: str | os.PathLike | None = None
+    composite: CompositeName = "epsilon_plus_flat"
 
     def __post_init__(self) -> None:
+        if self.composite not in COMPOSITES:
+            raise ConvsightError(
+                f"unknown LRP composite '{self.composite}': choose {' or '.join(COMPOSITES)}"
+            )
         if isinstance(self.target, str):  # command-line text: its form, before any work
             parse_target(self.target)
         for name, value in (("top", self.top), ("examples", self.examples)):
@@ -163,7 +170,9 @@ def _prediction(model: Model, pixels: torch.Tensor) -> list[tuple[int, str, floa
 
 
 def _compute(model: Model, request: ExplainRequest, checked: _Checked) -> ExplainResult:
-    found = channel_relevance(model, checked.pixels, checked.target, checked.layers, checked.method)
+    found = channel_relevance(
+        model, checked.pixels, checked.target, checked.layers, checked.method, request.composite
+    )
     chosen = {}
     for name, layer in found.layers.items():
         k = min(request.top, layer.share.numel())
@@ -203,7 +212,7 @@ def _explained_layer(
     """One layer's channels shown: conditional heatmaps, pictures, examples, atlas pages."""
     name, atlas = layer.layer, checked.atlas
     heat = conditional_heatmaps(
-        model, checked.pixels, name, channels, checked.target, checked.method
+        model, checked.pixels, name, channels, checked.target, checked.method, request.composite
     )
     render = {"preset": request.preset, "steps": request.steps, "size": request.size}
     pictures = channel_pictures(model, name, channels, atlas, render, request.seed)
