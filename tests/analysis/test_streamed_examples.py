@@ -116,3 +116,18 @@ def test_relevance_for_a_class_ranks_otherwise_than_activation():
     )
     assert by_relevance.positions[0].tolist() == [[0, 0]] * 3  # the black pixel: 0, largest
     assert by_relevance.images[1].tolist() == by_activation.images[1].tolist()  # channel 1: +
+
+
+def test_the_same_pass_gives_the_activation_ranking_of_stream_examples():
+    torch.manual_seed(2)
+    model = two_channel_net()
+    with torch.no_grad():
+        model.module[0].weight.copy_(torch.tensor([1.0, -2.0]).view(2, 1, 1, 1))
+    pixels = torch.rand(17, 1, SIDE, SIDE) - 0.3
+    expected = stream_examples(model, batches_of(pixels, 4), ["0", "1"], 5)
+    active: dict[str, TopExamples] = {}
+    stream_relevant_examples(model, batches_of(pixels, 4), ["0", "1"], 1, 5, active=active)
+    for layer in ("0", "1"):
+        for key in ("values", "images", "positions", "sample_images", "sample_maxima"):
+            assert torch.equal(getattr(active[layer], key), getattr(expected[layer], key))
+        assert torch.equal(active[layer].mean_sum, expected[layer].mean_sum)

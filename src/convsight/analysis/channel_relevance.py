@@ -265,13 +265,14 @@ def _graph_from_first(module: torch.nn.Module, layers: Sequence[str]) -> Iterato
             handle.remove()
 
 
-def batch_relevance_maps(
+def batch_relevance(
     model: Model, pixels: torch.Tensor, targets: Targets, layers: Sequence[str]
-) -> dict[str, torch.Tensor]:
-    """Gradient x activation at each of ``layers`` (N x C x h x w, or N x C) for each row's
-    target score on a batch (pixels N x C x H x W in [0, 1], ``targets`` bound to N rows): one
-    forward pass, and one backward pass from the scores down to the first of the layers only.
-    Summed over space, a row is what :func:`channel_relevance` (``grad_x_act``) gives."""
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each of ``layers``' own output and its gradient x activation (both N x C x h x w, or
+    N x C) for each row's target score on a batch (pixels N x C x H x W in [0, 1], ``targets``
+    bound to N rows): one forward pass, and one backward pass from the scores down to the first
+    of the layers only. Summed over space, a row's relevance is what
+    :func:`channel_relevance` (``grad_x_act``) gives for that image."""
     layers = list(dict.fromkeys(layers))
     with _graph_from_first(model.module, layers) as records, torch.enable_grad():
         records.clear()
@@ -280,9 +281,17 @@ def batch_relevance_maps(
         start = score_gradient(output, targets)
         grads = torch.autograd.grad(output, values, start, allow_unused=True)
     return {
-        name: _relevance(value, grad, "grad_x_act").detach()
+        name: (value.detach(), _relevance(value, grad, "grad_x_act").detach())
         for name, value, grad in zip(layers, values, grads, strict=True)
     }
+
+
+def batch_relevance_maps(
+    model: Model, pixels: torch.Tensor, targets: Targets, layers: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The gradient x activation maps of :func:`batch_relevance` alone."""
+    found = batch_relevance(model, pixels, targets, layers)
+    return {name: relevance for name, (_, relevance) in found.items()}
 
 
 def _check_channels(layer: str, wanted: torch.Tensor, value: torch.Tensor) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from convsight.analysis.channel_relevance import batch_relevance_maps
+from convsight.analysis.channel_relevance import batch_relevance
 from convsight.analysis.dataset_examples import ImageStats, channel_stats
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers, forward_to
@@ -186,12 +186,15 @@ def stream_relevant_examples(
     target: TargetLike,
     top_k: int,
     bar: Callable[[int], None] | None = None,
+    active: dict[str, TopExamples] | None = None,
 ) -> dict[str, TopExamples]:
     """One pass of ``batches`` (a forward and a backward pass each): per layer, each channel's
     top images by its relevance for ``target`` (one target, the same for every image: a class
     index or name, or a :class:`~convsight.targets.Target`), the gradient x activation of the
     target's score summed over space, with the position of its largest relevance; holding one
-    batch at a time. The values are :class:`TopExamples`'s ``values`` (its "maxima")."""
+    batch at a time. The values are :class:`TopExamples`'s ``values`` (its "maxima"). Given
+    a dict ``active``, it is filled from the same pass with what :func:`stream_examples` gives
+    (the top images by activation)."""
     layers = list(dict.fromkeys(layers))
     check_layers(model.module, layers)
     bound = resolve_targets(model, target, 1)
@@ -200,9 +203,12 @@ def stream_relevant_examples(
     found: dict[str, TopExamples] = {}
     for indices, pixels in batches:
         rows = repeated(bound, 1, len(indices))
-        maps = batch_relevance_maps(model, pixels.to(model.device), rows, layers)
+        maps = batch_relevance(model, pixels.to(model.device), rows, layers)
         for name in layers:
-            _add(found, name, indices, relevance_stats(maps[name]), top_k)
+            value, relevance = maps[name]
+            _add(found, name, indices, relevance_stats(relevance), top_k)
+            if active is not None:
+                _add(active, name, indices, channel_stats(value), top_k)
         if bar is not None:
             bar(len(indices))
     return found

@@ -175,16 +175,20 @@ def dataset_examples(
     target: TargetLike = None,
 ) -> FoundExamples:
     """Per layer and chosen channel the ``top_k`` images of the dataset by the channel's
-    spatial maximum (one streamed pass for every layer) and, given ``target``, by its relevance
-    for the target (a second pass, a backward pass per batch), with their receptive-field
-    patches (each layer's field measured once)."""
+    spatial maximum and, given ``target``, by its relevance for the target (one streamed pass
+    for every layer and both rankings; with a target, a forward and a backward pass per
+    batch), with their receptive-field patches (each layer's field measured once)."""
     stream = ImageStream(dataset.files, model.card, DATASET_BATCH, "image of the dataset")
     stream.check()
-    by_activation = stream_examples(model, _batches(stream), list(chosen), top_k)
+    by_activation: dict[str, TopExamples] = {}
     by_relevance: dict[str, TopExamples] = {}
-    if target is not None:
-        again = ImageStream(stream.kept, model.card, DATASET_BATCH, "image of the dataset")
-        by_relevance = stream_relevant_examples(model, _batches(again), list(chosen), target, top_k)
+    if target is None:
+        by_activation = stream_examples(model, _batches(stream), list(chosen), top_k)
+    else:
+        batches, layers = _batches(stream), list(chosen)
+        by_relevance = stream_relevant_examples(
+            model, batches, layers, target, top_k, active=by_activation
+        )
     found = FoundExamples({}, {}, stream.skipped)
     for layer, channels in chosen.items():
         field_ = receptive_field(model, layer)
