@@ -30,7 +30,7 @@ from convsight.analysis.channel_relevance import (
     conditional_heatmaps,
 )
 from convsight.attribution.cam import default_cam_layer
-from convsight.attribution.lrp import COMPOSITES, CompositeName, check_lrp_support
+from convsight.attribution.lrp import CompositeName, check_lrp_support, composite_name
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers
 from convsight.models import Model
@@ -79,13 +79,10 @@ class ExplainRequest:
     seed: int = 0
     model_name: str | None = None
     weights: str | os.PathLike | None = None
-    composite: CompositeName = "epsilon_plus_flat"
+    composite: str = "epsilon_plus_flat"
 
     def __post_init__(self) -> None:
-        if self.composite not in COMPOSITES:
-            raise ConvsightError(
-                f"unknown LRP composite '{self.composite}': choose {' or '.join(COMPOSITES)}"
-            )
+        composite_name(self.composite)  # an unknown composite: one sentence, before any work
         if isinstance(self.target, str):  # command-line text: its form, before any work
             parse_target(self.target)
         for name, value in (("top", self.top), ("examples", self.examples)):
@@ -105,6 +102,7 @@ class _Checked:
     reason: str
     atlas: AtlasSource | None
     dataset: Dataset | None
+    composite: CompositeName
 
 
 def choose_method(model: Model) -> tuple[ChannelMethod, str]:
@@ -131,7 +129,8 @@ def _checked(model: Model, request: ExplainRequest) -> _Checked:
     atlas = read_atlas(model, request.atlas) if request.atlas is not None else None
     dataset = check_dataset(request.dataset) if request.dataset is not None else None
     method, reason = choose_method(model)
-    return _Checked(pixels, paths[0], target, layers, method, reason, atlas, dataset)
+    composite = composite_name(request.composite)
+    return _Checked(pixels, paths[0], target, layers, method, reason, atlas, dataset, composite)
 
 
 def explain(model: Model, request: ExplainRequest, seeded: bool = False) -> ExplainResult:
@@ -171,7 +170,7 @@ def _prediction(model: Model, pixels: torch.Tensor) -> list[tuple[int, str, floa
 
 def _compute(model: Model, request: ExplainRequest, checked: _Checked) -> ExplainResult:
     found = channel_relevance(
-        model, checked.pixels, checked.target, checked.layers, checked.method, request.composite
+        model, checked.pixels, checked.target, checked.layers, checked.method, checked.composite
     )
     chosen = {}
     for name, layer in found.layers.items():
@@ -212,7 +211,7 @@ def _explained_layer(
     """One layer's channels shown: conditional heatmaps, pictures, examples, atlas pages."""
     name, atlas = layer.layer, checked.atlas
     heat = conditional_heatmaps(
-        model, checked.pixels, name, channels, checked.target, checked.method, request.composite
+        model, checked.pixels, name, channels, checked.target, checked.method, checked.composite
     )
     render = {"preset": request.preset, "steps": request.steps, "size": request.size}
     pictures = channel_pictures(model, name, channels, atlas, render, request.seed)
