@@ -2,10 +2,15 @@
 does the target's score fall?
 
     nice python benchmarks/channel_faithfulness.py [--images 104] [--layers features.7,...]
+        [--digits 200] [--mnist-layers features.0,features.3] [--mnist-epochs 2]
 
-For each sample photo (``--images`` of the 104 in ../shared/data/imagenet-samples, evenly
-spread over the sorted synsets) MobileNet v2's predicted class is the target. At each layer the
-layer's channels are ranked by
+Two networks. MobileNet v2 on ``--images`` of the 104 sample photos in
+../shared/data/imagenet-samples (evenly spread over the sorted synsets), at ``--layers``; and
+the study's MNIST CNN (stride 2, same padding), trained here by convsight's own training
+(:func:`convsight.studies.mnist.train_mnist`, ``--mnist-epochs`` epochs, seed ``--seed``, the
+digits from ``$CONVSIGHT_DATA``; its test accuracy is recorded), on ``--digits`` test digits
+evenly spread over the test set, at its two convolutions. For each photo or digit the
+network's predicted class is the target. At each layer the layer's channels are ranked by
 
 - ``crp``: CRP relevance (zennit's EpsilonPlusFlat, batch norm merged), signed, largest first;
 - ``crp_abs``: the absolute CRP relevance, largest first;
@@ -13,33 +18,37 @@ layer's channels are ranked by
 - ``grad_x_act_abs``: its absolute value, largest first;
 - ``activation``: activation magnitude, the spatial mean of |activation|, largest first;
 - ``activation_mean``: the spatial mean of the (signed) activation, largest first;
-- ``random``: a seeded random permutation (seed + photo index),
+- ``random``: a seeded random permutation (seed + sample index),
 
-(relevances from :func:`convsight.analysis.channel_relevance.channel_relevance`). Then the
-top-k channels of the layer's output are set to 0 (a forward hook; the rest of the network runs
-as usual, residual additions included) and the fall of the target's logit (unchanged minus
-zeroed) is recorded for k in ``--ks``. Per network, layer and ranking the JSON has the mean fall
-at each k over the photos, the share of photos whose prediction changed, and the area over the
-curve (AOC: the mean fall over the k values, each k weighted equally: with the default k
-= 1, 2, 4, ..., 32 each doubling of k counts the same), with its standard error over photos.
-A ranking "beats" another at a layer when its AOC is higher by more than two standard errors.
+(relevances from :func:`convsight.analysis.channel_relevance.channel_relevance`; the CRP
+rankings where the network has an LRP composite, both of these do). Then the top-k channels of
+the layer's output are set to 0 (a forward hook; the rest of the network runs as usual,
+residual additions included) and the fall of the target's logit (unchanged minus zeroed) is
+recorded for k in ``--ks``. Per network, layer and ranking the JSON has the mean fall at each
+k over the samples, the share of samples whose prediction changed, and the area over the curve
+(AOC: the mean fall over the k values, each k weighted equally: with the default k = 1, 2, 4,
+..., 32 each doubling of k counts the same), with its standard error over samples. A ranking
+"beats" another at a layer when its AOC is higher by more than two standard errors. A k at or
+above a layer's channel count (32 for the MNIST CNN's first convolution) zeroes all of them.
 
 MobileNet v2's residual additions are written in its forward code, not as modules: LRP passes
 relevance through them as a gradient (copied to both branches), so CRP's relevance is not
 conserved there (see :mod:`convsight.attribution.lrp`); the JSON says so and records, per layer,
-the mean ratio of the layer's CRP total to the score. The study's MNIST CNN is left out: no
-trained weights are in ../shared, and training it is not this benchmark's job.
+the mean ratio of the layer's CRP total to the score.
 
 Writes benchmarks/results/channel_faithfulness.json. Not a test: about 2-4 minutes on one
-thread for all 104 photos.
+thread for all 104 photos, and about as long again to train the MNIST CNN and run its digits.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,11 +61,14 @@ from convsight.attribution.cam import own_output
 from convsight.attribution.lrp import check_lrp_support
 from convsight.data import load_image_tensor
 from convsight.data.imagenet import imagenet_samples
+from convsight.data.mnist import load_mnist
 from convsight.errors import ConvsightError
 from convsight.layers import get_layer
 from convsight.models import Model, load_model
+from convsight.studies.mnist import MnistTrainingRequest, train_mnist
 
 LAYERS = ("features.7", "features.13", "features.17")
+MNIST_LAYERS = ("features.0", "features.3")
 KS = (1, 2, 4, 8, 16, 32)
 RANKINGS = (
     "crp",
@@ -230,6 +242,140 @@ def spread(samples: list, n: int) -> list:
     return [samples[i * len(samples) // n] for i in range(n)]
 
 
+Sample = tuple[str, Callable[[], torch.Tensor], int]
+"""One photo or digit: its name, how to get its pixels (1 x C x H x W in [0, 1]), its label."""
+
+
+def evaluate_network(
+    title: str,
+    model: Model,
+    samples: Sequence[Sample],
+    layers: Sequence[str],
+    ks: Sequence[int],
+    seed: int,
+) -> dict[str, Any]:
+    """Network ``title`` over ``samples``, each one's predicted class the target, each
+    ranking's top-k zeroed at each layer: per layer the summary of :func:`summarize` and the
+    verdict; the accuracy (top-1 on these samples), the mean target logit and whether CRP
+    applied."""
+    try:
+        check_lrp_support(model)
+        crp = True
+    except ConvsightError:
+        crp = False
+    per_layer: dict[str, dict[str, list]] = {n: {} for n in layers}
+    ratios: dict[str, list[float]] = {n: [] for n in layers}
+    channels: dict[str, int] = {}
+    hits, scores, began = 0, [], time.perf_counter()
+    for index, (name, load, label) in enumerate(samples):
+        pixels = load()
+        with torch.no_grad():
+            logits = model.module(model.normalize(pixels))
+        target = int(logits.argmax(1))
+        scores.append(float(logits[0, target]))
+        hits += target == label
+        found, ratio = rankings(model, pixels, target, layers, seed + index, crp)
+        for layer in layers:
+            channels[layer] = found[layer]["random"].numel()
+            ratios[layer].extend([ratio[layer]] if layer in ratio else [])
+            falls = score_falls(model, pixels, target, layer, found[layer], ks)
+            for ranking, row in falls.items():
+                per_layer[layer].setdefault(ranking, []).append(row)
+        print(f"{index + 1}/{len(samples)} {name} ({time.perf_counter() - began:.0f} s)")
+    result_layers = {}
+    for layer in layers:
+        summary = summarize(per_layer[layer], ks)
+        summary = {r: summary[r] for r in RANKINGS if r in summary}
+        result_layers[layer] = {
+            "channels": channels[layer],
+            "rankings": summary,
+            "crp_total_over_score": float(np.mean(ratios[layer])) if ratios[layer] else None,
+            "verdict": verdict(f"{title} {layer}", summary),
+        }
+        print(result_layers[layer]["verdict"])
+    return {
+        "samples": len(samples),
+        "top1_on_these_samples": hits / len(samples),
+        "mean_target_logit": float(np.mean(scores)),
+        "crp": crp,
+        "seconds": time.perf_counter() - began,
+        "layers": result_layers,
+    }
+
+
+def mobilenet_samples(count: int) -> tuple[Model, list[Sample]]:
+    """MobileNet v2 and ``count`` sample photos evenly spread over the sorted synsets."""
+    shared = shared_dir()
+    model = load_model("mobilenet_v2", weights=shared / "models" / "mobilenet_v2_imagenet.pt")
+    photos = spread(imagenet_samples(shared / "data" / "imagenet-samples"), count)
+    return model, [
+        (path.name, functools.partial(load_image_tensor, path, model.card), label)
+        for path, label in photos
+    ]
+
+
+def trained_mnist(epochs: int, train_limit: int | None, seed: int) -> tuple[Model, dict]:
+    """The study's MNIST CNN trained here by convsight's own training (stride 2, same padding,
+    as the study states; the digits from ``$CONVSIGHT_DATA``): the model and its record."""
+    with tempfile.TemporaryDirectory() as out:
+        request = MnistTrainingRequest(
+            out=Path(out) / "mnist", epochs=epochs, train_limit=train_limit, seed=seed,
+            device="cpu", show_progress=False,
+        )  # fmt: skip
+        trained = train_mnist(request)
+    record = {
+        "trained_by": "convsight.studies.mnist.train_mnist (MnistTrainingRequest)",
+        "architecture": f"stride {request.stride}, {request.padding} padding",
+        "epochs": epochs,
+        "seed": seed,
+        "optimizer": f"Adam, lr {request.lr}, batch {request.batch_size}",
+        "train_examples": trained.settings["train_examples"],
+        "test_accuracy": trained.test_accuracy,
+        "test_examples": trained.settings["test_examples"],
+        "training_seconds": trained.seconds,
+    }
+    return trained.model, record
+
+
+def mnist_samples(count: int) -> list[Sample]:
+    """``count`` test digits evenly spread over the MNIST test set."""
+    images, labels = load_mnist("test")
+    chosen = spread(list(range(len(images))), count)
+    return [
+        (f"test digit {i}", functools.partial(_digit, images[i]), int(labels[i])) for i in chosen
+    ]
+
+
+def _digit(image: torch.Tensor) -> torch.Tensor:
+    return image.float().div(255).view(1, 1, *image.shape)
+
+
+def settings_of(args: argparse.Namespace, ks: Sequence[int], seconds: float) -> dict[str, Any]:
+    """What the JSON's ``settings`` hold."""
+    return {
+        "images": args.images,
+        "digits": args.digits,
+        "photos": "evenly spread over the sorted sample photos (imagenet-samples)",
+        "digits_chosen": "evenly spread over the MNIST test set",
+        "target": "the predicted class's logit",
+        "fall": "target logit of the unchanged image minus that with the top-k zeroed",
+        "ks": list(ks),
+        "aoc": "mean fall over the k values, each k weighted equally (log-spaced k: "
+        "each doubling counts the same); a k at or above a layer's channel count zeroes all "
+        "of them",
+        "verdict": "beats / loses to: AOC higher / lower by more than two standard "
+        "errors (over samples, combined); else ties with",
+        "rankings": list(RANKINGS),
+        "activation": "activation = spatial mean of |activation|; activation_mean = "
+        "spatial mean of the signed activation",
+        "crp_composite": "epsilon_plus_flat, batch norm merged (SequentialMergeBatchNorm) "
+        "where the network has batch norm",
+        "random_seed": f"{args.seed} + sample index",
+        "zeroing": "a forward hook sets the channels of the layer's output to 0",
+        "seconds": seconds,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=104)
@@ -237,85 +383,39 @@ def main() -> None:
     parser.add_argument("--ks", default=",".join(map(str, KS)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
+    parser.add_argument("--digits", type=int, default=200, help="MNIST test digits (0: none)")
+    parser.add_argument("--mnist-layers", default=",".join(MNIST_LAYERS))
+    parser.add_argument("--mnist-epochs", type=int, default=2)
+    parser.add_argument("--mnist-train", type=int, default=None, help="training digits (all)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     ks = [int(s) for s in args.ks.split(",") if s.strip()]
-
-    shared = shared_dir()
-    model = load_model("mobilenet_v2", weights=shared / "models" / "mobilenet_v2_imagenet.pt")
-    try:
-        check_lrp_support(model)
-        crp = True
-    except ConvsightError:
-        crp = False
-    samples = spread(imagenet_samples(shared / "data" / "imagenet-samples"), args.images)
-    per_layer: dict[str, dict[str, list]] = {n: {} for n in layers}
-    ratios: dict[str, list[float]] = {n: [] for n in layers}
-    channels: dict[str, int] = {}
-    hits, scores, began = 0, [], time.perf_counter()
-    for index, (path, label) in enumerate(samples):
-        pixels = load_image_tensor(path, model.card)
-        with torch.no_grad():
-            logits = model.module(model.normalize(pixels))
-        target = int(logits.argmax(1))
-        scores.append(float(logits[0, target]))
-        hits += target == label
-        found, ratio = rankings(model, pixels, target, layers, args.seed + index, crp)
-        for name in layers:
-            channels[name] = found[name]["random"].numel()
-            ratios[name].extend([ratio[name]] if name in ratio else [])
-            falls = score_falls(model, pixels, target, name, found[name], ks)
-            for ranking, row in falls.items():
-                per_layer[name].setdefault(ranking, []).append(row)
-        print(f"{index + 1}/{len(samples)} {path.name} ({time.perf_counter() - began:.0f} s)")
-
-    result_layers = {}
-    for name in layers:
-        summary = summarize(per_layer[name], ks)
-        summary = {r: summary[r] for r in RANKINGS if r in summary}
-        result_layers[name] = {
-            "channels": channels[name],
-            "rankings": summary,
-            "crp_total_over_score": float(np.mean(ratios[name])) if ratios[name] else None,
-            "verdict": verdict(name, summary),
+    began = time.perf_counter()
+    networks: dict[str, Any] = {}
+    if args.images:
+        model, samples = mobilenet_samples(args.images)
+        found = evaluate_network("MobileNet v2", model, samples, layers, ks, args.seed)
+        networks["mobilenet_v2"] = {
+            "weights": "../shared/models/mobilenet_v2_imagenet.pt (stock padding)",
+            "samples_are": "sample photos",
+            "crp_caveat": CRP_CAVEAT,
+            **found,
         }
-        print(result_layers[name]["verdict"])
+    if args.digits:
+        mnist_layers = [s.strip() for s in args.mnist_layers.split(",") if s.strip()]
+        model, record = trained_mnist(args.mnist_epochs, args.mnist_train, args.seed)
+        digits = mnist_samples(args.digits)
+        found = evaluate_network("MNIST CNN", model, digits, mnist_layers, ks, args.seed)
+        networks["mnist_cnn"] = {**record, "samples_are": "MNIST test digits", **found}
     write_result(
         "channel_faithfulness",
         {
             "benchmark": "zeroing each ranking's top-k channels of a layer: fall of the score",
-            "settings": {
-                "images": len(samples),
-                "photos": "evenly spread over the sorted sample photos (imagenet-samples)",
-                "target": "the predicted class's logit",
-                "fall": "target logit of the unchanged image minus that with the top-k zeroed",
-                "ks": ks,
-                "aoc": "mean fall over the k values, each k weighted equally (log-spaced k: "
-                "each doubling counts the same)",
-                "verdict": "beats / loses to: AOC higher / lower by more than two standard "
-                "errors (over photos, combined); else ties with",
-                "rankings": list(RANKINGS if crp else [r for r in RANKINGS if "crp" not in r]),
-                "activation": "activation = spatial mean of |activation|; activation_mean = "
-                "spatial mean of the signed activation",
-                "crp_composite": "epsilon_plus_flat, batch norm merged (SequentialMergeBatchNorm)",
-                "random_seed": f"{args.seed} + photo index",
-                "zeroing": "a forward hook sets the channels of the layer's output to 0",
-                "seconds": time.perf_counter() - began,
-            },
-            "networks": {
-                "mobilenet_v2": {
-                    "weights": "../shared/models/mobilenet_v2_imagenet.pt (stock padding)",
-                    "top1_on_these_photos": hits / len(samples),
-                    "mean_target_logit": float(np.mean(scores)),
-                    "crp_caveat": CRP_CAVEAT,
-                    "layers": result_layers,
-                }
-            },
+            "settings": settings_of(args, ks, time.perf_counter() - began),
+            "networks": networks,
             "skipped": {
-                "mnist_cnn": "the study's MNIST CNN has no trained weights in ../shared; "
-                "training it is left out of this benchmark",
                 "vgg16": "the study's VGG16 is the conv stack of an edge detector, no classifier",
             },
         },

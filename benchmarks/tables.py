@@ -635,45 +635,92 @@ CHANNEL_RANKINGS = {
 }
 
 
+CHANNEL_NETWORKS = {"mobilenet_v2": "MobileNet v2", "mnist_cnn": "MNIST CNN"}
+
+
+def _channel_layers(data: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(network's title, layer, its entry) for every layer of every network in the JSON."""
+    return [
+        (CHANNEL_NETWORKS.get(net_name, net_name), layer, entry)
+        for net_name, net in data["networks"].items()
+        for layer, entry in net["layers"].items()
+    ]
+
+
 def channel_faithfulness_table(results: Path) -> list[str]:
-    """Per layer and ranking: the mean fall of the target's logit at each k, and the AOC."""
+    """Per network, layer and ranking: the mean fall of the target's logit at each k, and the
+    AOC."""
     data = load(results, "channel_faithfulness")
-    net = data["networks"]["mobilenet_v2"]
     ks = data["settings"]["ks"]
     rows = []
-    for layer, entry in net["layers"].items():
+    for title, layer, entry in _channel_layers(data):
         for name, r in entry["rankings"].items():
             rows.append(
-                [f"`{layer}` ({entry['channels']})", CHANNEL_RANKINGS.get(name, name)]
+                [title, f"`{layer}` ({entry['channels']})", CHANNEL_RANKINGS.get(name, name)]
                 + [fixed(v, 2) for v in r["mean_fall"]]
                 + [f"{fixed(r['aoc'], 2)} ± {fixed(r['aoc_sem'], 2)}"]
             )
-    header = ["layer (channels)", "ranking", *[f"k={k}" for k in ks], "AOC ± s.e."]
-    verdicts = [f"- {entry['verdict']}" for entry in net["layers"].values()]
-    return [*markdown(header, rows), "", *verdicts, "", source("channel_faithfulness", data)]
+    header = ["network", "layer (channels)", "ranking", *[f"k={k}" for k in ks], "AOC ± s.e."]
+    verdicts = [f"- {entry['verdict']}" for _, _, entry in _channel_layers(data)]
+    return [
+        *markdown(header, rows),
+        "",
+        *verdicts,
+        "",
+        *channel_networks_line(data),
+        source("channel_faithfulness", data),
+    ]
+
+
+def channel_networks_line(data: dict[str, Any]) -> list[str]:
+    """What each network ran on (and the MNIST CNN's training), when the JSON says."""
+    mnist = data["networks"].get("mnist_cnn")
+    if mnist is None:
+        return []
+    return [
+        f"The MNIST CNN ({mnist['architecture']}) was trained by the benchmark with convsight's "
+        f"own training ({mnist['epochs']} epoch(s) over {mnist['train_examples']:,} digits, "
+        f"seed {mnist['seed']}, {mnist['optimizer']}): test accuracy "
+        f"{fixed(100 * mnist['test_accuracy'], 2)}% on {mnist['test_examples']:,} test digits; "
+        f"the rankings ran on {mnist['samples']} of them.",
+        "",
+    ]
 
 
 def channel_faithfulness_line(results: Path) -> list[str]:
-    """The README's table: per layer the AOC of the four main rankings, and the verdicts."""
+    """The README's table: per network and layer the AOC of the four main rankings, and the
+    verdicts."""
     data = load(results, "channel_faithfulness")
-    net, settings = data["networks"]["mobilenet_v2"], data["settings"]
+    settings, networks = data["settings"], data["networks"]
     names = ("crp", "grad_x_act", "activation", "random")
     rows = [
-        [f"`{layer}`", *[fixed(entry["rankings"][n]["aoc"], 2) for n in names]]
-        for layer, entry in net["layers"].items()
+        [title, f"`{layer}`"]
+        + [fixed(entry["rankings"][n]["aoc"], 2) if n in entry["rankings"] else "–" for n in names]
+        for title, layer, entry in _channel_layers(data)
     ]
+    ran = []
+    if "mobilenet_v2" in networks:
+        count = networks["mobilenet_v2"].get("samples", settings.get("images"))
+        ran.append(f"MobileNet v2 on {count} sample photos")
+    if "mnist_cnn" in networks:
+        mnist = networks["mnist_cnn"]
+        ran.append(
+            f"the study's MNIST CNN (trained by the benchmark, test accuracy "
+            f"{fixed(100 * mnist['test_accuracy'], 1)}%) on {mnist['samples']} test digits"
+        )
     ks = settings["ks"]
     return [
         f"Is the channel ranking faithful? Zeroing a layer's top-k channels (k = {ks[0]}-{ks[-1]}) "
-        f"by each ranking, MobileNet v2 on {settings['images']} sample photos: the mean fall of "
-        "the predicted class's logit over k (AOC; higher: the ranking found the channels the "
-        "decision rests on; [per k](docs/benchmarks.md#channel-faithfulness)):",
+        f"by each ranking, {' and '.join(ran)}: the mean fall of the predicted class's logit "
+        "over k (AOC; higher: the ranking found the channels the decision rests on; "
+        "[per k](docs/benchmarks.md#channel-faithfulness)):",
         "",
         *markdown(
-            ["layer", "CRP", "gradient x activation", "activation magnitude", "random"], rows
+            ["network", "layer", "CRP", "gradient x activation", "activation magnitude", "random"],
+            rows,
         ),
         "",
-        *[f"- {entry['verdict']}" for entry in net["layers"].values()],
+        *[f"- {entry['verdict']}" for _, _, entry in _channel_layers(data)],
         "",
         source("channel_faithfulness", data),
     ]

@@ -103,3 +103,30 @@ def test_summary_and_verdict(bench) -> None:
     text = bench.verdict("layer", summary)
     assert text.startswith("layer: gradient x activation (AOC 3.00) beats activation magnitude")
     assert "CRP" not in text
+
+
+def test_a_network_is_evaluated_over_its_samples_with_every_ranking(bench) -> None:
+    model = two_channels()
+    samples = [("a", lambda: IMAGE, 1), ("b", lambda: IMAGE.flip(-1), 1)]
+    found = bench.evaluate_network("Two", model, samples, ["1"], [1, 2], seed=0)
+    assert found["samples"] == 2 and found["crp"] is True
+    # a: class 1 predicted (0.75 against -3.25); b = [0.25, 0.5]: class 0 (0.25 + 1.5 - 3 + 3
+    # = 1.75 against 3 x 0.5 = 1.5), not its label
+    assert found["top1_on_these_samples"] == pytest.approx(0.5)
+    assert found["mean_target_logit"] == pytest.approx((0.75 + 1.75) / 2)
+    layer = found["layers"]["1"]
+    assert layer["channels"] == 2 and list(layer["rankings"]) == list(bench.RANKINGS)
+    assert layer["verdict"].startswith("Two 1: CRP relevance")
+    assert all(r["photos"] == 2 and r["k"] == [1, 2] for r in layer["rankings"].values())
+
+
+def test_mnist_digits_are_spread_over_the_test_set_as_pixels_in_0_1(bench, monkeypatch) -> None:
+    images = torch.arange(10 * 4, dtype=torch.uint8).view(10, 2, 2) * 6
+    labels = torch.arange(10) % 3
+    monkeypatch.setattr(bench, "load_mnist", lambda split: (images, labels))
+    digits = bench.mnist_samples(4)
+    assert [name for name, _, _ in digits] == [f"test digit {i}" for i in (0, 2, 5, 7)]
+    assert [label for _, _, label in digits] == [0, 2, 2, 1]
+    pixels = digits[1][1]()
+    assert pixels.shape == (1, 1, 2, 2)
+    torch.testing.assert_close(pixels, images[2].float().view(1, 1, 2, 2) / 255)

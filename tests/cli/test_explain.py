@@ -68,3 +68,24 @@ def test_bad_inputs_exit_2_in_one_sentence_and_write_nothing(setup, tmp_path):
         assert fragment in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
         assert not out.exists()
+
+
+def test_composite_is_chosen_recorded_and_an_unknown_one_exits_2_first(setup, tmp_path):
+    checkpoint, photo, _ = setup
+    out = tmp_path / "out"
+    base = ["explain", checkpoint, "--image", photo, "--layers", "features.3", "--top", "2",
+            "--steps", "1", "--size", "28", "--target", "7"]  # fmt: skip
+    result = _run(*base, "--composite", "epsilon_gamma_box", "--out", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "explain.json").read_text())
+    assert data["method"] == "crp" and data["composite"] == "epsilon_gamma_box"
+    default = tmp_path / "default"
+    assert _run(*base, "--out", default).exit_code == 0
+    plain = json.loads((default / "explain.json").read_text())
+    assert plain["composite"] == "epsilon_plus_flat" and plain["score"] == data["score"]
+    assert plain["input_relevance"] != pytest.approx(data["input_relevance"])
+    bad = tmp_path / "bad"
+    result = _run(*base, "--composite", "gamma", "--out", bad)
+    assert result.exit_code == 2, result.output
+    assert "unknown LRP composite 'gamma'" in result.output and "epsilon_gamma_box" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not bad.exists()

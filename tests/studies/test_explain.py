@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from convsight.analysis.channel_relevance import channel_relevance, conditional_heatmaps
+from convsight.data.images import load_image_tensor
 from convsight.errors import ConvsightError
 from convsight.studies.atlas import AtlasRequest, build_atlas
 from convsight.studies.explain import ExplainRequest, explain, write_explain
@@ -79,9 +80,61 @@ def test_saved_page_loads_every_image_with_dataset_examples(tiny, photos, tmp_pa
     assert all(p.resolve().is_relative_to(out.resolve()) for p in result.files)
     page, errors, _ = open_page(browser, (out / "explain.html").as_uri())
     assert_images_loaded(page)
-    assert len(page.query_selector_all("img")) == 2 + 2 * (3 * 3 + 1)
+    assert len(page.query_selector_all("img")) == 2 + 2 * (3 * 4 + 1)  # 2 rows of examples
     assert not errors, errors
     page.close()
+
+
+def test_examples_by_relevance_for_the_class_beside_the_most_active(tiny, photos, tmp_path):
+    """Each shown channel's examples by relevance for "dog" are the images with the largest
+    gradient x activation of the channel summed over space (channel_relevance, image by
+    image); JSON and npz carry both lists with their values."""
+    out = tmp_path / "out"
+    result = write_explain(tiny, _request(photos, target="dog", dataset=photos, examples=3), out)
+    data = json.loads((out / "explain.json").read_text())
+    arrays = np.load(out / "explain.npz")
+    files = sorted(photos.glob("*.png"))
+    images = [load_image_tensor(f, tiny.card) for f in files]
+    for i, (layer, entry) in enumerate(zip(result.layers, data["layers"], strict=True)):
+        each = torch.stack(
+            [channel_relevance(tiny, x, "dog", [layer.name]).layers[layer.name].relevance
+             for x in images]
+        )  # fmt: skip
+        for row, top in enumerate(entry["top"]):
+            column = each[:, top["channel"]]
+            order = column.argsort(descending=True)[:3].tolist()
+            assert [e["image"] for e in top["relevant_examples"]] == [str(files[j]) for j in order]
+            got = [e["value"] for e in top["relevant_examples"]]
+            np.testing.assert_allclose(got, column[order].numpy(), rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(arrays[f"layer{i}_relevant_values"][row], got)
+            boxes = [e["box"] for e in top["relevant_examples"]]
+            np.testing.assert_array_equal(arrays[f"layer{i}_relevant_boxes"][row], boxes)
+            active = [e["value"] for e in top["examples"]]
+            np.testing.assert_allclose(arrays[f"layer{i}_examples_values"][row], active)
+            assert active == sorted(active, reverse=True) and len(active) == 3
+            assert (out / top["files"]["relevant_examples"]).is_file()
+    html = (out / "explain.html").read_text()
+    assert "most active" in html and "most relevant for dog" in html
+    plain = explain(tiny, _request(photos, target="dog"))
+    assert plain.to_json()["layers"][0]["top"][0]["relevant_examples"] is None
+
+
+def test_the_composite_chosen_is_the_one_crp_runs_with(tiny, photos):
+    result = explain(tiny, _request(photos, target="dog", composite="epsilon_gamma_box"))
+    pixels = result.pixels.unsqueeze(0)
+    layers = ["features.0", "features.3"]
+    gamma = channel_relevance(tiny, pixels, "dog", layers, "crp", "epsilon_gamma_box")
+    flat = channel_relevance(tiny, pixels, "dog", layers, "crp")
+    assert result.to_json()["composite"] == "epsilon_gamma_box"
+    torch.testing.assert_close(result.relevance.heatmap, gamma.heatmap)
+    assert not torch.allclose(gamma.heatmap, flat.heatmap)
+    chosen = [e.channel for e in result.layers[1].channels]
+    heat = conditional_heatmaps(
+        tiny, pixels, "features.3", chosen, "dog", "crp", "epsilon_gamma_box"
+    )
+    torch.testing.assert_close(torch.stack([e.heatmap for e in result.layers[1].channels]), heat)
+    with pytest.raises(ConvsightError, match="unknown LRP composite 'box'"):
+        _request(photos, composite="box")
 
 
 def test_captions_from_data_are_escaped(tiny, photos, tmp_path):

@@ -37,7 +37,7 @@ from convsight.attribution.lrp import (
 )
 from convsight.engines import chunks, predict_classes, select
 from convsight.errors import ConvsightError
-from convsight.layers import check_layers
+from convsight.layers import check_layers, get_layer
 from convsight.models import Model
 from convsight.targets import Target, TargetLike, Targets, repeated, resolve_targets
 
@@ -236,6 +236,62 @@ def conditional_heatmaps(
             (grad,) = torch.autograd.grad(value, x, down * mask)
             maps.append(_relevance(x, grad, method).sum(1).detach())
     return torch.cat(maps) if maps else pixels.new_zeros(0, *pixels.shape[2:])
+
+
+@contextmanager
+def _graph_from_first(module: torch.nn.Module, layers: Sequence[str]) -> Iterator[dict]:
+    """Inside the block, each forward pass records each layer's own output (the network goes
+    on with a copy, as in :func:`~convsight.attribution.cam.own_output`); the first of the
+    layers to run is made a leaf that requires grad, so nothing before it is kept for the
+    backward pass. Clear the records between passes."""
+    records: dict[str, torch.Tensor] = {}
+
+    def hook_of(name: str) -> Any:
+        def hook(_module: torch.nn.Module, _inputs: object, output: Any) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                raise ConvsightError(f"layer '{name}' gives {type(output).__name__}, not a tensor")
+            if not records:  # the first layer reached: the backward pass stops here
+                output = output.detach().requires_grad_(True)
+            records[name] = output
+            return output.clone()
+
+        return hook
+
+    handles = [get_layer(module, name).register_forward_hook(hook_of(name)) for name in layers]
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def batch_relevance(
+    model: Model, pixels: torch.Tensor, targets: Targets, layers: Sequence[str]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each of ``layers``' own output and its gradient x activation (both N x C x h x w, or
+    N x C) for each row's target score on a batch (pixels N x C x H x W in [0, 1], ``targets``
+    bound to N rows): one forward pass, and one backward pass from the scores down to the first
+    of the layers only. Summed over space, a row's relevance is what
+    :func:`channel_relevance` (``grad_x_act``) gives for that image."""
+    layers = list(dict.fromkeys(layers))
+    with _graph_from_first(model.module, layers) as records, torch.enable_grad():
+        records.clear()
+        output = model.module(model.normalize(pixels))
+        values = [records[name] for name in layers]
+        start = score_gradient(output, targets)
+        grads = torch.autograd.grad(output, values, start, allow_unused=True)
+    return {
+        name: (value.detach(), _relevance(value, grad, "grad_x_act").detach())
+        for name, value, grad in zip(layers, values, grads, strict=True)
+    }
+
+
+def batch_relevance_maps(
+    model: Model, pixels: torch.Tensor, targets: Targets, layers: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The gradient x activation maps of :func:`batch_relevance` alone."""
+    found = batch_relevance(model, pixels, targets, layers)
+    return {name: relevance for name, (_, relevance) in found.items()}
 
 
 def _check_channels(layer: str, wanted: torch.Tensor, value: torch.Tensor) -> None:

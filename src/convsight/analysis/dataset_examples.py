@@ -33,13 +33,19 @@ class ReceptiveField:
 
 def _measure_field(model: Model, layer: str, size: tuple[int, int], trials: int):
     """Back-propagate from the middle unit of ``layer`` on random inputs of ``size``: the rows
-    and columns of input pixels it reaches, and the layer's map size."""
-    x = torch.randn(trials, model.card.channels, *size, device=model.device, requires_grad=True)
-    out = forward_to(model.module, x, [layer])[layer]
-    ly, lx = out.shape[-2], out.shape[-1]
-    out[:, :, ly // 2, lx // 2].sum().backward()
-    assert x.grad is not None  # filled by backward() just above
-    seen = x.grad.abs().sum((0, 1)) > 0
+    and columns of input pixels it reaches, and the layer's map size. The inputs are drawn as
+    one batch but run one at a time (the same pixels reached; the memory of one input)."""
+    inputs = torch.randn(trials, model.card.channels, *size, device=model.device)
+    seen = torch.zeros(size, dtype=torch.bool, device=model.device)
+    ly = lx = 0
+    for one in inputs.split(1):
+        x = one.clone().requires_grad_(True)
+        out = forward_to(model.module, x, [layer])[layer]
+        ly, lx = out.shape[-2], out.shape[-1]
+        out[:, :, ly // 2, lx // 2].sum().backward()
+        assert x.grad is not None  # filled by backward() just above
+        seen |= x.grad.abs().sum((0, 1)) > 0
+        del out, x
     return seen.any(1).nonzero().flatten(), seen.any(0).nonzero().flatten(), (ly, lx)
 
 

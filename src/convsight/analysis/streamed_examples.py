@@ -9,6 +9,9 @@ workers can each stream their slice of the files.
 
 Ties rank the image seen first (the lower index) first; the whole ranking equals sorting every
 image's maximum, value descending then index ascending (:func:`brute_force_top`).
+
+:func:`stream_relevant_examples` ranks the images instead by each channel's relevance for one
+target (gradient x activation summed over space), with a backward pass per batch.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from convsight.analysis.channel_relevance import batch_relevance
 from convsight.analysis.dataset_examples import ImageStats, channel_stats
-from convsight.layers import forward_to
+from convsight.errors import ConvsightError
+from convsight.layers import check_layers, forward_to
 from convsight.models import Model
+from convsight.targets import TargetLike, repeated, resolve_targets
 
 SAMPLE = 2048
 """Images per channel whose maxima and means are kept for histograms."""
@@ -157,12 +163,60 @@ def stream_examples(
         x = model.normalize(pixels.to(model.device))
         outputs = forward_to(model.module, x, list(layers), reduce=reduce)
         for name in layers:
-            stats: ImageStats = outputs[name]
-            if name not in found:
-                found[name] = TopExamples.empty(stats.maxima.shape[1], top_k)
-            found[name].update(indices, stats.maxima, stats.positions, stats.means)
+            _add(found, name, indices, outputs[name], top_k)
         if observe is not None:
             observe(indices, x, outputs)
+        if bar is not None:
+            bar(len(indices))
+    return found
+
+
+def _add(found: dict[str, TopExamples], name: str, indices: Tensor, stats: ImageStats, k: int):
+    """A batch's statistics of layer ``name`` added to ``found`` (made on the first)."""
+    if name not in found:
+        found[name] = TopExamples.empty(stats.maxima.shape[1], k)
+    found[name].update(indices, stats.maxima, stats.positions, stats.means)
+
+
+def relevance_stats(maps: Tensor) -> ImageStats:
+    """A batch's relevance maps (N x C x h x w, or N x C) reduced per image and channel: the
+    relevance summed over space (in ``maxima``: what is ranked), where the relevance of one
+    location is largest, and the spatial mean."""
+    maps = maps if maps.dim() > 2 else maps[..., None, None]
+    stats = channel_stats(maps)
+    return ImageStats(maps.float().flatten(2).sum(2).cpu(), stats.positions, stats.means)
+
+
+def stream_relevant_examples(
+    model: Model,
+    batches: Batches,
+    layers: Sequence[str],
+    target: TargetLike,
+    top_k: int,
+    bar: Callable[[int], None] | None = None,
+    active: dict[str, TopExamples] | None = None,
+) -> dict[str, TopExamples]:
+    """One pass of ``batches`` (a forward and a backward pass each): per layer, each channel's
+    top images by its relevance for ``target`` (one target, the same for every image: a class
+    index or name, or a :class:`~convsight.targets.Target`), the gradient x activation of the
+    target's score summed over space, with the position of its largest relevance; holding one
+    batch at a time. The values are :class:`TopExamples`'s ``values`` (its "maxima"). Given
+    a dict ``active``, it is filled from the same pass with what :func:`stream_examples` gives
+    (the top images by activation)."""
+    layers = list(dict.fromkeys(layers))
+    check_layers(model.module, layers)
+    bound = resolve_targets(model, target, 1)
+    if bound is None:
+        raise ConvsightError("examples by relevance need a target: a class or a Target")
+    found: dict[str, TopExamples] = {}
+    for indices, pixels in batches:
+        rows = repeated(bound, 1, len(indices))
+        maps = batch_relevance(model, pixels.to(model.device), rows, layers)
+        for name in layers:
+            value, relevance = maps[name]
+            _add(found, name, indices, relevance_stats(relevance), top_k)
+            if active is not None:
+                _add(active, name, indices, channel_stats(value), top_k)
         if bar is not None:
             bar(len(indices))
     return found

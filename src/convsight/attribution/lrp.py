@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -111,6 +111,13 @@ def canonizers_for(model: Model, canonize: bool) -> tuple[list[Any], str | None]
     if any(isinstance(m, (BasicBlock, Bottleneck)) for m in model.module.modules()):
         return [vision.ResNetCanonizer()], "ResNetCanonizer"
     return [zennit("canonizers").SequentialMergeBatchNorm()], "SequentialMergeBatchNorm"
+
+
+def composite_name(name: str) -> CompositeName:
+    """``name`` as one of :data:`COMPOSITES`; another is refused in one sentence."""
+    if name not in COMPOSITES:
+        raise ConvsightError(f"unknown LRP composite '{name}': choose {' or '.join(COMPOSITES)}")
+    return cast(CompositeName, name)
 
 
 def make_composite(model: Model, name: str, canonize: bool = True) -> tuple[Any, str | None]:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from convsight.attribution.lrp import COMPOSITES
 from convsight.cli.app import app, loaded_model
 from convsight.cli.errors import command, out_console, say
 from convsight.cli.options import (
@@ -17,6 +18,7 @@ from convsight.cli.options import (
     WeightsOpt,
     card_options,
     method_options,
+    one_of,
     run_options,
     split_list,
 )
@@ -132,6 +134,11 @@ EXPLAIN_TARGET_HELP = (
     "default: the predicted class."
 )
 
+EXPLAIN_COMPOSITE_HELP = (
+    f"{one_of(COMPOSITES)}: zennit's LRP composite of the channel relevance (CRP, on models "
+    "LRP has rules for)."
+)
+
 
 @app.command("explain")
 @command
@@ -160,6 +167,7 @@ def explain_cmd(
     ] = "robust",
     steps: Annotated[int, typer.Option(min=1, help="Steps of the pictures rendered.")] = 64,
     size: Annotated[int, typer.Option(min=8, help="Side of the pictures rendered.")] = 96,
+    composite: Annotated[str, typer.Option(help=EXPLAIN_COMPOSITE_HELP)] = "epsilon_plus_flat",
     *,
     card_fields: dict[str, Any],
     run: RunFlags,
@@ -172,6 +180,7 @@ def explain_cmd(
         image=image, target=target, layers=tuple(split_list(layers)) or None, top=top,
         atlas=atlas, dataset=dataset, examples=examples, preset=preset, steps=steps, size=size,
         seed=run.seed, model_name=None if card_fields else model, weights=weights,
+        composite=composite,
     )  # fmt: skip
     loaded = loaded_model(model, weights, card_fields, run.seed)
     result = write_explain(loaded, request, out=run.out, seeded=True)

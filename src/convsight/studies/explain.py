@@ -9,7 +9,8 @@ channels by their share of the relevance (:func:`~convsight.analysis.channel_rel
 channel_relevance`: CRP where the model has an LRP composite, else gradient x activation) and
 shows the top ones with their conditional heatmap over the photo, their feature visualization
 (from an atlas of the same model, else rendered) and, given a dataset, their top examples by
-activation; and a semantic dictionary: per location, the channel carrying the most relevance.
+activation and by relevance for the decision's class; and a semantic dictionary: per
+location, the channel carrying the most relevance.
 Every input is checked before any expensive work.
 """
 
@@ -23,12 +24,13 @@ import torch
 
 from convsight.analysis.channel_relevance import (
     ChannelMethod,
+    ChannelRelevance,
     LayerRelevance,
     channel_relevance,
     conditional_heatmaps,
 )
 from convsight.attribution.cam import default_cam_layer
-from convsight.attribution.lrp import check_lrp_support
+from convsight.attribution.lrp import CompositeName, check_lrp_support, composite_name
 from convsight.errors import ConvsightError
 from convsight.layers import check_layers
 from convsight.models import Model
@@ -38,6 +40,7 @@ from convsight.studies.explain_parts import (
     AtlasSource,
     Dataset,
     Example,
+    FoundExamples,
     channel_pictures,
     check_dataset,
     dataset_examples,
@@ -59,7 +62,9 @@ class ExplainRequest:
     showing the ``top`` channels of each by |share|. ``atlas``: an atlas folder of the same
     model to take the channel pictures from (missing ones are rendered with ``preset``,
     ``steps`` and ``size``); ``dataset``: a folder of images to find each channel's
-    ``examples`` top images in. ``model_name`` and ``weights`` are only recorded."""
+    ``examples`` top images in. ``composite``: zennit's composite CRP runs with (where the
+    model has one; see :class:`~convsight.attribution.lrp.LRP`). ``model_name`` and
+    ``weights`` are only recorded."""
 
     image: str | os.PathLike | torch.Tensor
     target: str | int | Target | None = None
@@ -74,8 +79,10 @@ class ExplainRequest:
     seed: int = 0
     model_name: str | None = None
     weights: str | os.PathLike | None = None
+    composite: str = "epsilon_plus_flat"
 
     def __post_init__(self) -> None:
+        composite_name(self.composite)  # an unknown composite: one sentence, before any work
         if isinstance(self.target, str):  # command-line text: its form, before any work
             parse_target(self.target)
         for name, value in (("top", self.top), ("examples", self.examples)):
@@ -95,6 +102,7 @@ class _Checked:
     reason: str
     atlas: AtlasSource | None
     dataset: Dataset | None
+    composite: CompositeName
 
 
 def choose_method(model: Model) -> tuple[ChannelMethod, str]:
@@ -121,7 +129,8 @@ def _checked(model: Model, request: ExplainRequest) -> _Checked:
     atlas = read_atlas(model, request.atlas) if request.atlas is not None else None
     dataset = check_dataset(request.dataset) if request.dataset is not None else None
     method, reason = choose_method(model)
-    return _Checked(pixels, paths[0], target, layers, method, reason, atlas, dataset)
+    composite = composite_name(request.composite)
+    return _Checked(pixels, paths[0], target, layers, method, reason, atlas, dataset, composite)
 
 
 def explain(model: Model, request: ExplainRequest, seeded: bool = False) -> ExplainResult:
@@ -160,17 +169,19 @@ def _prediction(model: Model, pixels: torch.Tensor) -> list[tuple[int, str, floa
 
 
 def _compute(model: Model, request: ExplainRequest, checked: _Checked) -> ExplainResult:
-    found = channel_relevance(model, checked.pixels, checked.target, checked.layers, checked.method)
+    found = channel_relevance(
+        model, checked.pixels, checked.target, checked.layers, checked.method, checked.composite
+    )
     chosen = {}
     for name, layer in found.layers.items():
         k = min(request.top, layer.share.numel())
         chosen[name] = layer.share.abs().topk(k).indices.tolist()
-    examples: dict[str, dict[int, list[Example]]] = {}
-    skipped: list[dict[str, str]] = []
+    examples = FoundExamples({}, {}, [])
     if checked.dataset is not None:
-        examples, skipped = dataset_examples(model, checked.dataset, chosen, request.examples)
+        target = checked.target if checked.target is not None else _decided(found)
+        examples = dataset_examples(model, checked.dataset, chosen, request.examples, target)
     layers = [
-        _explained_layer(model, request, checked, layer, chosen[name], examples.get(name))
+        _explained_layer(model, request, checked, layer, chosen[name], examples)
         for name, layer in found.layers.items()
     ]
     return ExplainResult(
@@ -184,7 +195,7 @@ def _compute(model: Model, request: ExplainRequest, checked: _Checked) -> Explai
         layers=layers,
         atlas=checked.atlas.path if checked.atlas else None,
         dataset=checked.dataset.path if checked.dataset else None,
-        skipped=skipped,
+        skipped=examples.skipped,
         seed=request.seed,
     )
 
@@ -195,12 +206,12 @@ def _explained_layer(
     checked: _Checked,
     layer: LayerRelevance,
     channels: list[int],
-    examples: dict[int, list[Example]] | None,
+    examples: FoundExamples,
 ) -> ExplainedLayer:
     """One layer's channels shown: conditional heatmaps, pictures, examples, atlas pages."""
     name, atlas = layer.layer, checked.atlas
     heat = conditional_heatmaps(
-        model, checked.pixels, name, channels, checked.target, checked.method
+        model, checked.pixels, name, channels, checked.target, checked.method, checked.composite
     )
     render = {"preset": request.preset, "steps": request.steps, "size": request.size}
     pictures = channel_pictures(model, name, channels, atlas, render, request.seed)
@@ -211,7 +222,8 @@ def _explained_layer(
             relevance=float(layer.relevance[c]),
             heatmap=heat[i].cpu(),
             picture=pictures[i],
-            examples=examples.get(c, []) if examples is not None else None,
+            examples=_of(examples.active, name, c),
+            relevant=_of(examples.relevant, name, c),
             atlas_page=atlas.page(name, c) if atlas is not None else None,
         )
         for i, c in enumerate(channels)
@@ -219,3 +231,17 @@ def _explained_layer(
     dictionary = semantic_dictionary(layer.maps.cpu())
     relevance, share = layer.relevance.cpu(), layer.share.cpu()
     return ExplainedLayer(name, layer.total, relevance, share, shown, dictionary)
+
+
+def _decided(found: ChannelRelevance) -> int | None:
+    """The class the relevance was taken for (the predicted one when no target was given);
+    None when it is not one class."""
+    classes = found.classes
+    return classes[0] if classes and len(set(classes)) == 1 else None
+
+
+def _of(
+    examples: dict[str, dict[int, list[Example]]], layer: str, channel: int
+) -> list[Example] | None:
+    """A channel's examples in ``examples``: none found is [], none looked for is None."""
+    return examples[layer].get(channel, []) if layer in examples else None

@@ -14,8 +14,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from convsight.analysis.dataset_examples import crop, receptive_field
-from convsight.analysis.streamed_examples import stream_examples
+from convsight.analysis.dataset_examples import ReceptiveField, crop, receptive_field
+from convsight.analysis.streamed_examples import (
+    TopExamples,
+    stream_examples,
+    stream_relevant_examples,
+)
 from convsight.data.images import ImageStream, load_image_tensor
 from convsight.errors import ConvsightError
 from convsight.models import Model
@@ -23,6 +27,7 @@ from convsight.optvis.render import render_channels
 from convsight.report import safe_filename
 from convsight.studies.atlas.inputs import dataset_images
 from convsight.studies.atlas.run import RUN_FILE, parameters_sha256
+from convsight.targets import TargetLike
 
 DATASET_BATCH = 16
 
@@ -146,36 +151,71 @@ class Example:
         return crop(self.pixels, self.box)
 
 
+ChannelsExamples = dict[str, dict[int, list[Example]]]
+"""Per layer and channel shown, its dataset examples (best first)."""
+
+
+@dataclass
+class FoundExamples:
+    """The dataset examples of the channels shown: by activation (``active``: the spatial
+    maximum), by relevance for the decision's target (``relevant``: gradient x activation of
+    its score, summed over space; crops where the relevance is largest) and the files left
+    out as unreadable."""
+
+    active: ChannelsExamples
+    relevant: ChannelsExamples
+    skipped: list[dict[str, str]]
+
+
 def dataset_examples(
-    model: Model, dataset: Dataset, chosen: dict[str, list[int]], top_k: int
-) -> tuple[dict[str, dict[int, list[Example]]], list[dict[str, str]]]:
+    model: Model,
+    dataset: Dataset,
+    chosen: dict[str, list[int]],
+    top_k: int,
+    target: TargetLike = None,
+) -> FoundExamples:
     """Per layer and chosen channel the ``top_k`` images of the dataset by the channel's
-    spatial maximum (one streamed pass for every layer), with their receptive-field patches;
-    and the files left out as unreadable."""
+    spatial maximum and, given ``target``, by its relevance for the target (one streamed pass
+    for every layer and both rankings; with a target, a forward and a backward pass per
+    batch), with their receptive-field patches (each layer's field measured once)."""
     stream = ImageStream(dataset.files, model.card, DATASET_BATCH, "image of the dataset")
     stream.check()
-    found = stream_examples(model, _batches(stream), list(chosen), top_k)
-    examples: dict[str, dict[int, list[Example]]] = {}
+    by_activation: dict[str, TopExamples] = {}
+    by_relevance: dict[str, TopExamples] = {}
+    if target is None:
+        by_activation = stream_examples(model, _batches(stream), list(chosen), top_k)
+    else:
+        batches, layers = _batches(stream), list(chosen)
+        by_relevance = stream_relevant_examples(
+            model, batches, layers, target, top_k, active=by_activation
+        )
+    found = FoundExamples({}, {}, stream.skipped)
     for layer, channels in chosen.items():
         field_ = receptive_field(model, layer)
-        top = found[layer]
-        examples[layer] = {}
-        for c in channels:
-            rows = []
-            for index, value, (y, x) in zip(
-                top.images[c].tolist(),
-                top.values[c].tolist(),
-                top.positions[c].tolist(),
-                strict=True,
-            ):
-                if index < 0:
-                    continue
-                file = stream.kept[index]
-                box = field_.box(int(y), int(x))
-                pixels = load_image_tensor(file, model.card)[0]
-                rows.append(Example(file, float(value), box, pixels))
-            examples[layer][c] = rows
-    return examples, stream.skipped
+        found.active[layer] = _examples(by_activation[layer], channels, stream.kept, field_, model)
+        if layer in by_relevance:
+            top = by_relevance[layer]
+            found.relevant[layer] = _examples(top, channels, stream.kept, field_, model)
+    return found
+
+
+def _examples(
+    top: TopExamples, channels: list[int], files: list[Path], field_: ReceptiveField, model: Model
+) -> dict[int, list[Example]]:
+    """Each channel's top images (``files[index]``) with the receptive field's box at the
+    position recorded."""
+    found: dict[int, list[Example]] = {}
+    for c in channels:
+        rows = []
+        for index, value, (y, x) in zip(
+            top.images[c].tolist(), top.values[c].tolist(), top.positions[c].tolist(), strict=True
+        ):
+            if index < 0:
+                continue
+            pixels = load_image_tensor(files[index], model.card)[0]
+            rows.append(Example(files[index], float(value), field_.box(int(y), int(x)), pixels))
+        found[c] = rows
+    return found
 
 
 def _batches(stream: ImageStream) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

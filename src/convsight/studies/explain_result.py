@@ -30,7 +30,8 @@ from convsight.studies.results import Result
 @dataclass
 class ExplainedChannel:
     """One channel shown: its signed share and relevance, its conditional heatmap over the
-    photo (H x W), its picture, its dataset examples and its page in the atlas (if any)."""
+    photo (H x W), its picture, its dataset examples (``examples``: most active; ``relevant``:
+    most relevant for the decision's class) and its page in the atlas (if any)."""
 
     channel: int
     share: float
@@ -39,6 +40,7 @@ class ExplainedChannel:
     picture: Picture
     examples: list[Example] | None = None
     atlas_page: Path | None = None
+    relevant: list[Example] | None = None
 
 
 @dataclass
@@ -147,6 +149,7 @@ def _channel_files(folder: str, entry: ExplainedChannel) -> dict[str, str | None
         "heatmap": f"{base}_heatmap.png",
         "picture": f"{base}_picture.png",
         "examples": f"{base}_examples.png" if entry.examples else None,
+        "relevant_examples": f"{base}_relevant.png" if entry.relevant else None,
     }
 
 
@@ -172,13 +175,17 @@ def _channel_json(result: ExplainResult, folder: str, entry: ExplainedChannel) -
             ),
             "settings": picture.settings or None,
         },
-        "examples": (
-            [{"image": str(e.file), "value": e.value, "box": list(e.box)} for e in entry.examples]
-            if entry.examples is not None
-            else None
-        ),
+        "examples": _examples_json(entry.examples),
         "atlas_page": _atlas_page(result, entry),
+        "relevant_examples": _examples_json(entry.relevant),
     }
+
+
+def _examples_json(examples: list[Example] | None) -> list[dict[str, Any]] | None:
+    """Each example's file, value (activation, or relevance) and receptive-field box."""
+    if examples is None:
+        return None
+    return [{"image": str(e.file), "value": e.value, "box": list(e.box)} for e in examples]
 
 
 def dictionary_legend(layer: ExplainedLayer) -> dict[str, Any] | None:
@@ -277,11 +284,10 @@ def _write_layer(out: Path, result: ExplainResult, folder: str, layer: Explained
         heat = _heat_picture(result.pixels, entry.heatmap)
         written.append(write_image(out / str(files["heatmap"]), heat, SHOWN // 2, within=out))
         written.append(write_image(out / str(files["picture"]), entry.picture.pixels, 112, out))
-        if files["examples"] is not None and entry.examples:
-            strip = examples_strip(
-                [e.pixels for e in entry.examples], [e.box for e in entry.examples]
-            )
-            written.append(write_pil(out / files["examples"], strip, within=out))
+        for key, shown in (("examples", entry.examples), ("relevant_examples", entry.relevant)):
+            if files[key] is not None and shown:
+                strip = examples_strip([e.pixels for e in shown], [e.box for e in shown])
+                written.append(write_pil(out / str(files[key]), strip, within=out))
     if layer.dictionary is not None:
         picture = _dictionary_picture(result, layer)
         written.append(write_pil(out / "img" / folder / "dictionary.png", picture, within=out))
@@ -297,7 +303,24 @@ def _arrays(result: ExplainResult) -> dict[str, Any]:
         arrays[f"layer{i}_heatmaps"] = torch.stack([e.heatmap for e in layer.channels])
         if layer.dictionary is not None:
             arrays[f"layer{i}_dictionary"] = layer.dictionary
+        for key, attr in (("examples", "examples"), ("relevant", "relevant")):
+            found = [getattr(e, attr) for e in layer.channels]
+            if any(rows is not None for rows in found):
+                values, boxes = _example_arrays(found)
+                arrays[f"layer{i}_{key}_values"], arrays[f"layer{i}_{key}_boxes"] = values, boxes
     return arrays
+
+
+def _example_arrays(found: list[list[Example] | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The examples' values (channels x k, NaN where a channel has fewer) and boxes
+    (channels x k x 4, -1 there)."""
+    k = max((len(rows or []) for rows in found), default=0)
+    values = np.full((len(found), k), np.nan)
+    boxes = np.full((len(found), k, 4), -1, dtype=np.int64)
+    for i, rows in enumerate(found):
+        for j, e in enumerate(rows or []):
+            values[i, j], boxes[i, j] = e.value, e.box
+    return values, boxes
 
 
 def write_explain_files(out: Path, result: ExplainResult) -> list[Path]:
