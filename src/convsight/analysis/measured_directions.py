@@ -16,6 +16,7 @@ lose most, whatever their eigenvalue. Each is labelled by what was measured ("ke
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,7 @@ def random_tangents(
     return (flat / flat.norm(dim=1, keepdim=True)).reshape(noise.shape)
 
 
-def kept_label(angles: list[float], values: list[float]) -> str:
+def kept_label(angles: Sequence[float], values: Sequence[float]) -> str:
     """What the response did along a path, measured: ``keeps 97% to 10°`` (the least fraction
     kept over the path, when never below half) or ``loses 52% by 5°`` (at the first frame
     where less than half is kept); for a response not above 0 at the start, its change."""
@@ -111,7 +112,7 @@ class Direction:
         start = float(self.on_sphere[0])
         return [float(v) / start for v in self.on_sphere] if start > 0 else None
 
-    def label(self, angles: list[float]) -> str:
+    def label(self, angles: Sequence[float]) -> str:
         """:func:`kept_label` of its path."""
         return kept_label(angles, self.on_sphere.tolist())
 
