@@ -62,3 +62,32 @@ def test_evaluate_scores_lrp_with_deletion_and_insertion(mnist, tmp_path):
     lrp = data["methods"]["lrp"]
     assert len(lrp["deletion_auc_per_image"]) == len(lrp["insertion_auc_per_image"]) == 2
     assert all(0 <= auc <= 1 for auc in lrp["deletion_auc_per_image"])
+
+
+def test_saliency_takes_the_composite_asked_for(mnist, tmp_path):
+    checkpoint, digits = mnist
+    maps = {}
+    for composite in ("epsilon_plus_flat", "epsilon_gamma_box"):
+        out = tmp_path / composite
+        result = _run(
+            "saliency", checkpoint, "--image", digits / "noise0.png", "--target", "4",
+            "--methods", "lrp", "--composite", composite, "--out", out, "--quiet",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        entry = json.loads((out / "saliency.json").read_text())["methods"]["lrp"]
+        assert entry["options"] == {"composite": composite}
+        assert entry["run"]["composite"] == composite
+        maps[composite] = np.load(out / "saliency.npz")["lrp_attributions"]
+    assert not np.allclose(maps["epsilon_plus_flat"], maps["epsilon_gamma_box"])
+
+
+@pytest.mark.parametrize("command", ["saliency", "evaluate"])
+def test_an_unknown_composite_exits_2_before_any_work(mnist, tmp_path, command):
+    checkpoint, digits = mnist
+    images = ["--image", digits / "noise0.png"] if command == "saliency" else ["--images", digits]
+    out = tmp_path / "out"
+    result = _run(command, checkpoint, *images, "--methods", "lrp", "--composite", "flat",
+                  "--out", out, "--quiet")  # fmt: skip
+    assert result.exit_code == 2
+    assert "unknown LRP composite 'flat'" in result.output
+    assert not out.exists()

@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from convsight.attribution import METHODS
+from convsight.attribution.lrp import COMPOSITES
 from convsight.engines import AUTO, ENGINE_CHOICES
 from convsight.models.sources import ARCH_HELP
 from convsight.optvis.settings import (
@@ -327,7 +328,11 @@ render_options = option_group(RENDER_FLAGS, render_flags, "render")
 
 
 def method_flags(
-    methods: str, layer: str | None = None, batch_size: int | None = None, engine: str = AUTO
+    methods: str,
+    layer: str | None = None,
+    batch_size: int | None = None,
+    engine: str = AUTO,
+    composite: str | None = None,
 ) -> dict[str, Any]:
     """What the attribution flags say, as keyword arguments of the attribution studies."""
     return {
@@ -335,6 +340,7 @@ def method_flags(
         "layer": layer,
         "batch_size": batch_size,
         "engine": engine,
+        "composite": composite,
     }
 
 
@@ -369,6 +375,15 @@ METHOD_FLAGS = {
             ),
         ],
         AUTO,
+    ),
+    "composite": Flag(
+        Annotated[
+            str | None,
+            typer.Option(
+                help=f"{one_of(COMPOSITES)}: zennit's rules for --methods lrp "
+                "(default: epsilon_plus_flat)."
+            ),
+        ]
     ),
 }
 method_options = option_group(METHOD_FLAGS, method_flags, "attribution")

@@ -64,12 +64,13 @@ def method_options(
     occlusion_stride: int = 8,
     batch_size: int | None = None,
     engine: str = AUTO,
+    composite: str | None = None,
 ) -> dict[str, Any]:
     """The options the command line gives a method: each of these settings that the method
     declares, under the option's name (``ig_steps`` is ``steps``, ``smoothgrad_samples`` is
-    ``samples``: every noise tunnel takes it). ``engine`` "auto" is the method's own default
-    engine (incremental inference for occlusion, eager for Score-CAM); ``batch_size`` None
-    leaves each method its own default."""
+    ``samples``: every noise tunnel takes it; ``composite``: LRP's rules, None its default).
+    ``engine`` "auto" is the method's own default engine (incremental inference for occlusion,
+    eager for Score-CAM); ``batch_size`` None leaves each method its own default."""
     settings = {
         "layer": layer,
         "steps": ig_steps,
@@ -78,11 +79,12 @@ def method_options(
         "stride": occlusion_stride,
         "engine": engine,
         "batch_size": batch_size,
+        "composite": composite,
     }
     declared = {option.name: option for option in cls.options}
     options: dict[str, Any] = {}
     for name, value in settings.items():
-        if name not in declared or (name == "batch_size" and value is None):
+        if name not in declared or (name in ("batch_size", "composite") and value is None):
             continue
         auto = name == "engine" and value == AUTO
         options[name] = declared[name].default if auto else value

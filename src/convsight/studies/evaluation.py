@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from convsight.attribution import Method
+from convsight.attribution.lrp import composite_name
 from convsight.data.images import ImageStream
 from convsight.data.images import image_files as listed_images
 from convsight.engines import AUTO, predict_classes
@@ -96,7 +97,8 @@ class EvaluationRequest:
     :class:`~convsight.targets.Target`; None: the class the model predicts for it), by
     ``metrics`` (deletion / insertion curves deleting or inserting ``step`` pixels a step;
     the sanity check on ``sanity_images`` images at ``sanity_stages`` stages). ``layer``,
-    ``batch_size`` and ``engine`` are the methods' (and the curves') options. ``model_name``
+    ``batch_size`` and ``engine`` are the methods' (and the curves') options, ``composite``
+    LRP's (None: its default). ``model_name``
     (what the JSON calls the model; None: the card's name) and ``weights`` are only
     recorded."""
 
@@ -114,10 +116,13 @@ class EvaluationRequest:
     model_name: str | None = None
     weights: str | os.PathLike | None = None
     target: OneTarget | None = None
+    composite: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.target, str):
             parse_target(self.target)  # its form, before any work
+        if self.composite is not None:
+            composite_name(self.composite)
 
     def chosen_target(self) -> OneTarget | None:
         """The target of every image (command-line text parsed); None: each one's class."""
@@ -300,7 +305,10 @@ def _evaluated(
         task = bar.add_task("evaluate", total=len(classes) * len(folder.files), status="")
         target = request.chosen_target()
         chunks = _predicted(folder, model, protocol, (bar, task), len(classes), target)
-        found = evaluate_chunks(model, chunks, classes, protocol, request.layer, (bar, task))
+        found = evaluate_chunks(
+            model, chunks, classes, protocol, request.layer, (bar, task),
+            composite=request.composite,
+        )  # fmt: skip
     notice_engines(found, CURVES)
     return EvaluationResult(
         model=request.model_name or model.card.name,

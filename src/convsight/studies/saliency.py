@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from convsight.attribution import CAM, Method, check_inputs
+from convsight.attribution.lrp import composite_name
 from convsight.data import exif_orientation, load_image_tensor
 from convsight.engines import AUTO, select
 from convsight.errors import ConvsightError
@@ -108,8 +109,8 @@ class SaliencyRequest:
     :class:`~convsight.targets.Target`; None: the predicted class) by ``methods`` with the
     options the command line gives them (:func:`~convsight.studies.attribution.method_options`:
     ``layer`` for the CAMs, ``ig_steps``, ``smoothgrad_samples``, ``batch_size``,
-    ``engine``). ``model_name`` (what the JSON calls the model; None: the card's name) and
-    ``weights`` are only recorded."""
+    ``engine``; ``composite``: LRP's rules, None its default). ``model_name`` (what the JSON
+    calls the model; None: the card's name) and ``weights`` are only recorded."""
 
     images: Images
     targets: Sequence[OneTarget] | None = None
@@ -122,11 +123,14 @@ class SaliencyRequest:
     seed: int = 0
     model_name: str | None = None
     weights: str | os.PathLike | None = None
+    composite: str | None = None
 
     def __post_init__(self) -> None:
         for target in self.targets or ():  # command-line text: its form, before any work
             if isinstance(target, str):
                 parse_target(target)
+        if self.composite is not None:
+            composite_name(self.composite)
 
 
 @dataclass(kw_only=True)
@@ -346,6 +350,7 @@ def _options(request: SaliencyRequest, cls: type[Method]) -> dict[str, Any]:
         request.smoothgrad_samples,
         batch_size=request.batch_size,
         engine=request.engine,
+        composite=request.composite,
     )
 
 
