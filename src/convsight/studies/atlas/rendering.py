@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from rich.progress import Progress, TaskID
 
+from convsight.analysis.channel_statistics import ChannelStatistics
 from convsight.analysis.dataset_examples import (
     ReceptiveField,
     receptive_field,
 )
 from convsight.analysis.projections import high_frequency_share, tiles
 from convsight.analysis.streamed_examples import TopExamples
-from convsight.analysis.streamed_trust import ChannelTrust
 from convsight.distributed import Work, shards
 from convsight.optvis.render import RenderResult
 from convsight.report import safe_filename, write_json, write_npz
@@ -185,8 +185,8 @@ def find_examples(job: AtlasJob, folders: dict[str, Path], out: Path, work: Work
     found = dict(work.map(slice_examples, shared, parts))
     for name in missing:
         merged = TopExamples.merge([found[i][0][name] for i in range(len(parts))])
-        trust = ChannelTrust.merge([found[i][1][name] for i in range(len(parts))])
-        write_npz(folders[name] / TRUST_FILE, within=out, **trust_arrays(trust, merged))
+        stats = ChannelStatistics.merge([found[i][1][name] for i in range(len(parts))])
+        write_npz(folders[name] / TRUST_FILE, within=out, **trust_arrays(stats, merged))
         k = min(job.top_k, merged.count)
         sampled, maxima = merged.histogram_values()
         write_npz(
