@@ -18,7 +18,8 @@
   :data:`TOP_CLASSES` classes (models with class scores).
 
 Without a dataset nothing is claimed: ``silent`` and ``maximum`` are None ("unknown").
-A later path-similarity check may add ``trust["path"]``; the pages show "off-path" when its
+With a dataset, ``trust["path"]`` is the path similarity of the main preset's picture
+(:mod:`convsight.studies.atlas.picture_paths`); the pages show "off-path" when its
 ``flagged`` is true.
 """
 
@@ -149,10 +150,13 @@ def relevant_classes(
 
 
 def layer_trust(rows: list[dict[str, Any]], preset: str) -> dict[str, Any]:
-    """A layer's trust summary from its channel rows: the silent channels (None: unknown) and
-    per channel its maximum, silence, the ``preset``'s reach and rank and the path flag."""
+    """A layer's trust summary from its channel rows: the silent channels and the off-path
+    ones (each None: unknown) and per channel its maximum, silence, the ``preset``'s reach
+    and rank and the path flag (off-path None also where no layer lies below to compare)."""
     known = [r for r in rows if r["trust"].get("silent") is not None]
     silent = [r["index"] for r in known if r["trust"]["silent"]] if known else None
+    measured = [r for r in rows if (r["trust"].get("path") or {}).get("layers")]
+    off_path = [r["index"] for r in measured if r["trust"]["path"].get("flagged")]
     channels = []
     for r in rows:
         t = r["trust"]
@@ -169,4 +173,9 @@ def layer_trust(rows: list[dict[str, Any]], preset: str) -> dict[str, Any]:
                 "off_path": bool(path.get("flagged")) if isinstance(path, dict) else None,
             }
         )
-    return {"silent": silent, "preset": preset, "channels": channels}
+    return {
+        "silent": silent,
+        "off_path": off_path if measured else None,
+        "preset": preset,
+        "channels": channels,
+    }
