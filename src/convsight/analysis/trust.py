@@ -255,10 +255,16 @@ def _values(objective: Objective, acts: dict[str, Tensor], pixels: Tensor, x: Te
     return objective(Context(acts, pixels, x, 1, rows)).detach().float().cpu().reshape(-1)
 
 
-def layer_means(model: Model, pixels: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+def layer_means(
+    model: Model, pixels: Tensor, layers: Sequence[str], resize: bool = True
+) -> dict[str, Tensor]:
     """Each layer's channel-mean activations (n x C) for ``pixels`` (n images, pixel space,
-    taken to the model's input size)."""
-    return _forward(model, at_input_size(model, pixels), (), layers)[1]
+    taken to the model's input size; ``resize`` False: at their own size)."""
+    if resize:
+        pixels = at_input_size(model, pixels)
+    elif pixels.dim() == 3:
+        pixels = pixels[None]
+    return _forward(model, pixels.float(), (), layers)[1]
 
 
 def evaluate(
@@ -281,14 +287,18 @@ def path_similarity(
     top_images: Tensor,
     random_images: Tensor,
     layers: Sequence[str] | None = None,
+    resize_render: bool = True,
 ) -> PathSimilarity:
     """:class:`PathSimilarity` of one render (C x H x W or 1 x C x H x W pixels) of a unit of
     ``layer`` (:data:`OUTPUT` for a class), against its top images and random images (k x C
-    x H x W pixels each), at ``layers`` (default :func:`path_layers`)."""
+    x H x W pixels each), at ``layers`` (default :func:`path_layers`). Every image is taken
+    to the model's input size; ``resize_render`` False takes the render at its own size (as
+    the atlas evaluates its pictures)."""
     names = path_layers(model, layer) if layers is None else list(layers)
     if layer != OUTPUT and names:
         check_layers(model.module, names)
-    vectors = [layer_means(model, images, names) for images in (render, top_images, random_images)]
+    vectors = [layer_means(model, render, names, resize_render)]
+    vectors += [layer_means(model, images, names) for images in (top_images, random_images)]
     mean = [{n: v[n].double().mean(0) for n in names} for v in vectors]
     return compare_paths(names, *mean)
 

@@ -38,16 +38,21 @@ def silent_net() -> Model:
     return Model.from_module(net, input_size=32, resize=None, labels=["ant", "bee", "cow"])
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
+def write_photos(folder: Path) -> Path:
+    """14 photos of 32 px into ``folder``: the 8 corners of the colour cube (strong
+    responses), then noise."""
     rng = np.random.default_rng(1)
-    for i in range(14):  # the 8 corners of the colour cube (strong responses), then noise
+    for i in range(14):
         pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
         if i < 8:
             pixels[...] = [255 * (i >> b & 1) for b in range(3)]
         Image.fromarray(pixels).save(folder / f"{i:02d}.png")
     return folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return write_photos(tmp_path_factory.mktemp("photos"))
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +167,7 @@ def test_without_a_dataset_or_class_scores_nothing_is_claimed(photos, tmp_path):
     assert summary["layers"][0]["silent"] is None
     record = json.loads((tmp_path / "none" / "0" / "records" / "c1.json").read_text())
     assert record["trust"]["silent"] is None and "unknown" in record["trust"]["note"]
+    assert record["trust"]["path"] is None and summary["layers"][0]["off_path"] is None
     assert "silent-count" not in (tmp_path / "none" / "0" / "index.html").read_text()
     features = Model.from_module(silent_net().module[:2], input_size=32, resize=None)
     request = AtlasRequest(["0"], tmp_path / "features", dataset=photos, top_k=3,

@@ -11,8 +11,9 @@ layers may be added), and refuses anything else in one sentence. While it runs, 
 holds a lock on ``.convsight-atlas.lock``; it deletes only its own temporary files.
 
 Modules: ``inputs`` (checking what to render, :class:`AtlasJob`), ``run`` (the run record,
-resuming, the lock), ``rendering`` (channels and dataset examples), ``pages`` (the HTML
-pages), ``request`` (:class:`AtlasRequest`, :class:`AtlasResult`) and ``build``
+resuming, the lock), ``rendering`` (channels and dataset examples), ``trust`` (silent
+channels, reach and rank), ``picture_paths`` (path similarity of the pictures), ``pages``
+(the HTML pages), ``request`` (:class:`AtlasRequest`, :class:`AtlasResult`) and ``build``
 (:func:`build_atlas`, the whole run).
 """
 

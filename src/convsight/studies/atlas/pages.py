@@ -143,9 +143,10 @@ def _channel_pages(
 
 
 def _layer_trust(rows: list[dict[str, Any]], preset: str) -> dict[str, Any]:
-    """The layer's silent channels (None: unknown, no dataset) and its trust column."""
+    """The layer's silent and off-path channels (None: unknown, no dataset) and its trust
+    column."""
     summary = layer_trust(rows, preset)
-    return {"silent": summary["silent"], "trust": summary}
+    return {"silent": summary["silent"], "off_path": summary["off_path"], "trust": summary}
 
 
 def _most_similar_pairs(

@@ -6,25 +6,27 @@ from __future__ import annotations
 import json
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import Progress, TaskID
 
+from convsight.analysis.channel_statistics import ChannelStatistics
 from convsight.analysis.dataset_examples import (
     ReceptiveField,
     receptive_field,
 )
 from convsight.analysis.projections import high_frequency_share, tiles
 from convsight.analysis.streamed_examples import TopExamples
-from convsight.analysis.streamed_trust import ChannelTrust
 from convsight.distributed import Work, shards
 from convsight.optvis.render import RenderResult
 from convsight.report import safe_filename, write_json, write_npz
 from convsight.report.images import examples_strip, write_gif, write_image, write_pil
 from convsight.studies.atlas.inputs import AtlasDataset, AtlasJob
-from convsight.studies.atlas.tasks import render_chunk, slice_examples
+from convsight.studies.atlas.picture_paths import FROM_RENDER, LayerPaths, fill_paths, main_preset
+from convsight.studies.atlas.tasks import RenderedChunk, render_chunk, slice_examples
 from convsight.studies.atlas.trust import (
     TRUST_FILE,
     channel_trust,
@@ -48,13 +50,11 @@ def render_layer(
 ) -> tuple[int, float]:
     """Render the channels of layer ``name`` that have no record yet, ``job.batch`` at a time
     (each chunk a unit of ``work``); write their images and records into ``folder`` as the
-    chunks come back. Returns how many were rendered and the seconds their renders took (each
-    preset's, as the workers measured them)."""
-    records = folder / "records"
-    data = job.dataset
-    examples = load_npz(folder / EXAMPLES_FILE) if data is not None else None
-    field = receptive_field(job.model, name) if data is not None else None
-    trust = load_npz(folder / TRUST_FILE) if data is not None else None
+    chunks come back (with a dataset, each picture's path similarity measured as it comes
+    back, and that of channels an earlier run rendered without one). Returns how many were
+    rendered and the seconds their renders took (each preset's, as the workers measured
+    them)."""
+    found = _LayerData.read(job, name, folder)
     todo = todo_channels(job, name, folder)
     bar.update(task, advance=len(job.chosen[name]) - len(todo), status=f"{name}")
     shared = {
@@ -64,32 +64,75 @@ def render_layer(
         "seed": job.seed,
         "invariance_beta": job.invariances,
     }
-    if examples is not None:  # the dataset (its file list) and the examples once per layer
-        assert data is not None  # the examples are loaded only with a dataset
-        shared.update(dataset=data, examples=examples, receptive=field)
+    if found.examples is not None:  # the dataset (its file list) and the examples once per layer
+        shared.update(dataset=found.data, examples=found.examples, receptive=found.field)
     chunks = [{"channels": todo[i : i + job.batch]} for i in range(0, len(todo), job.batch)]
     seconds = 0.0
     for _, chunk in work.map(render_chunk, shared, chunks):
         seconds += sum(result.seconds for result in chunk.renders.values())
+        paths = None
+        if found.paths is not None:
+            paths = found.paths.of(chunk.channels, chunk.renders[main_preset(job)].images)
         for row, channel in enumerate(chunk.channels):
             record = _channel_record(job, chunk.renders, row, channel, folder, out)
-            record["final_objectives"] = {p: v[row] for p, v in chunk.objectives.items()}
-            record["trust"] = channel_trust(trust, channel, record["final_objectives"])
-            record["relevant_classes"] = relevant_classes(trust, channel, job.model.card)
-            if examples is not None:
-                assert data is not None and field is not None  # both come with the examples
-                record["examples"] = _write_examples(
-                    folder, channel, examples, chunk.projections[row], field, data, out
-                )
-                record["projections"] = True
-            if chunk.invariances:
-                found = dict(chunk.invariances[row])
-                gif = folder / "img" / f"c{channel}_invariance.gif"
-                write_gif(gif, found.pop("frames"), GIF_SIDE, within=out)
-                record["invariance"] = found
-            write_json(records / f"c{channel}.json", record, within=out)
+            _add_findings(record, job, chunk, row, found, folder, out)
+            record["trust"]["path"] = paths[row] if paths is not None else None
+            if paths is not None:
+                record["trust"]["path_source"] = FROM_RENDER
+            write_json(folder / "records" / f"c{channel}.json", record, within=out)
             bar.update(task, advance=1)
+    if found.paths is not None:
+        fill_paths(job, name, folder, out, found.paths)
     return len(todo), seconds
+
+
+@dataclass
+class _LayerData:
+    """What the dataset pass left for a layer (each None without a dataset): the dataset, its
+    top examples, the layer's receptive field, its trust statistics and path measure."""
+
+    data: AtlasDataset | None
+    examples: dict[str, torch.Tensor] | None
+    field: ReceptiveField | None
+    trust: dict[str, torch.Tensor] | None
+    paths: LayerPaths | None
+
+    @staticmethod
+    def read(job: AtlasJob, name: str, folder: Path) -> _LayerData:
+        data = job.dataset
+        if data is None:
+            return _LayerData(None, None, None, None, None)
+        trust = load_npz(folder / TRUST_FILE)
+        examples, field = load_npz(folder / EXAMPLES_FILE), receptive_field(job.model, name)
+        return _LayerData(data, examples, field, trust, LayerPaths(job, name, trust))
+
+
+def _add_findings(
+    record: dict[str, Any],
+    job: AtlasJob,
+    chunk: RenderedChunk,
+    row: int,
+    found: _LayerData,
+    folder: Path,
+    out: Path,
+) -> None:
+    """A channel's final objectives, trust, classes, examples and invariance (a chunk's
+    ``row``) into its ``record``; its strips and GIF written."""
+    channel = chunk.channels[row]
+    record["final_objectives"] = {p: v[row] for p, v in chunk.objectives.items()}
+    record["trust"] = channel_trust(found.trust, channel, record["final_objectives"])
+    record["relevant_classes"] = relevant_classes(found.trust, channel, job.model.card)
+    if found.examples is not None:
+        assert found.data is not None and found.field is not None  # they come together
+        record["examples"] = _write_examples(
+            folder, channel, found.examples, chunk.projections[row], found.field, found.data, out
+        )
+        record["projections"] = True
+    if chunk.invariances:
+        invariance = dict(chunk.invariances[row])
+        gif = folder / "img" / f"c{channel}_invariance.gif"
+        write_gif(gif, invariance.pop("frames"), GIF_SIDE, within=out)
+        record["invariance"] = invariance
 
 
 def todo_channels(job: AtlasJob, name: str, folder: Path) -> list[int]:
@@ -185,8 +228,8 @@ def find_examples(job: AtlasJob, folders: dict[str, Path], out: Path, work: Work
     found = dict(work.map(slice_examples, shared, parts))
     for name in missing:
         merged = TopExamples.merge([found[i][0][name] for i in range(len(parts))])
-        trust = ChannelTrust.merge([found[i][1][name] for i in range(len(parts))])
-        write_npz(folders[name] / TRUST_FILE, within=out, **trust_arrays(trust, merged))
+        stats = ChannelStatistics.merge([found[i][1][name] for i in range(len(parts))])
+        write_npz(folders[name] / TRUST_FILE, within=out, **trust_arrays(stats, merged))
         k = min(job.top_k, merged.count)
         sampled, maxima = merged.histogram_values()
         write_npz(

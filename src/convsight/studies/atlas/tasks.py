@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
+from convsight.analysis.channel_statistics import ChannelStatistics, stream_channel_statistics
 from convsight.analysis.dataset_examples import ReceptiveField
 from convsight.analysis.invariances import HessianScale, channel_response, invariances
 from convsight.analysis.projections import display, project_units
 from convsight.analysis.streamed_examples import TopExamples
-from convsight.analysis.streamed_trust import ChannelTrust, stream_trust
 from convsight.analysis.surrogate import softplus_surrogate
 from convsight.layers import forward_to
 from convsight.models import Model
@@ -50,12 +50,12 @@ def slice_examples(
     start: int,
     stop: int,
     relevance: bool = False,
-) -> tuple[dict[str, TopExamples], dict[str, ChannelTrust]]:
+) -> tuple[dict[str, TopExamples], dict[str, ChannelStatistics]]:
     """The streamed top examples (:class:`TopExamples`) and trust statistics
-    (:class:`ChannelTrust`, with class relevance when asked for) of images ``start`` to
+    (:class:`ChannelStatistics`, with class relevance when asked for) of images ``start`` to
     ``stop`` of ``dataset`` for each of ``layers``, one pass, ``batch_size`` images at a time."""
     batches = dataset.batches(start, stop, batch_size)
-    return stream_trust(model, batches, layers, top_k, relevance)
+    return stream_channel_statistics(model, batches, layers, top_k, relevance)
 
 
 def render_chunk(

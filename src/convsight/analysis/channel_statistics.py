@@ -1,5 +1,6 @@
-"""Per channel, fixed-size statistics of the atlas's streamed dataset pass that say how far to
-trust a channel's picture (issue 31) and which classes it serves (issue 30):
+"""Per channel, fixed-size statistics of a streamed dataset pass (the atlas's), from which the
+atlas says how far to trust a channel's picture (issue 31) and which classes it serves
+(issue 30):
 
 - the exact maximum of the channel over every image and position (a channel whose maximum is at
   most 0 is never positive on the data: *silent*);
@@ -10,8 +11,10 @@ trust a channel's picture (issue 31) and which classes it serves (issue 30):
   space, over the images predicted as that class, and per class how many images those are.
 
 Memory is C, C x k, C x K and K numbers per layer, whatever the number of images; summaries of
-disjoint slices merge (:meth:`ChannelTrust.merge`). :func:`stream_trust` takes them in the same
-pass as :func:`~convsight.analysis.streamed_examples.stream_examples`'s top examples.
+disjoint slices merge (:meth:`ChannelStatistics.merge`). :func:`stream_channel_statistics`
+takes them in the same pass as :func:`~convsight.analysis.streamed_examples.stream_examples`'s
+top examples. (The trust measures of a render themselves, reach and path similarity, are
+:mod:`convsight.analysis.trust` and :mod:`convsight.analysis.trust_stream`.)
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ def has_class_scores(model: Model) -> bool:
 
 
 @dataclass
-class ChannelTrust:
-    """One layer's trust statistics (C channels) of the module's docstring."""
+class ChannelStatistics:
+    """One layer's channel statistics (C channels) of the module's docstring."""
 
     count: int
     maximum: Tensor  # C: the largest activation over every image and position (-inf: none)
@@ -46,9 +49,9 @@ class ChannelTrust:
     class_count: Tensor | None = None  # K: images predicted as each class
 
     @staticmethod
-    def empty(channels: int, top_k: int, classes: int | None = None) -> ChannelTrust:
+    def empty(channels: int, top_k: int, classes: int | None = None) -> ChannelStatistics:
         """Nothing seen yet (``classes``: the number of class scores, None: no relevance)."""
-        return ChannelTrust(
+        return ChannelStatistics(
             0,
             torch.full((channels,), float("-inf")),
             torch.full((channels, top_k), float("-inf")),
@@ -73,7 +76,7 @@ class ChannelTrust:
             sums = torch.zeros_like(self.class_sum)
             sums.index_add_(1, predicted, relevance.double().cpu().T)
             counts = torch.bincount(predicted, minlength=self.class_sum.shape[1])
-        batch = ChannelTrust(
+        batch = ChannelStatistics(
             len(indices),
             stats.maxima.float().amax(0),
             stats.means.T.float(),
@@ -81,21 +84,21 @@ class ChannelTrust:
             sums,
             counts,
         )
-        vars(self).update(vars(ChannelTrust.merge([self, batch], self.top_k)))
+        vars(self).update(vars(ChannelStatistics.merge([self, batch], self.top_k)))
 
     @property
     def top_k(self) -> int:
         return self.mean_values.shape[1]
 
     @staticmethod
-    def merge(parts: Sequence[ChannelTrust], top_k: int | None = None) -> ChannelTrust:
+    def merge(parts: Sequence[ChannelStatistics], top_k: int | None = None) -> ChannelStatistics:
         """The statistics of the union of ``parts`` (disjoint sets of images)."""
         k = top_k or parts[0].top_k
         values = torch.cat([p.mean_values for p in parts], 1)
         images = torch.cat([p.mean_images for p in parts], 1)
         order = _ranked(values, images, k)
         kept = [p for p in parts if p.class_sum is not None and p.class_count is not None]
-        return ChannelTrust(
+        return ChannelStatistics(
             sum(p.count for p in parts),
             torch.stack([p.maximum for p in parts]).amax(0),
             values.gather(1, order),
@@ -133,12 +136,12 @@ def class_relevance(
 
 
 class _Observer:
-    """Takes each layer's :class:`ChannelTrust` from the batches of a streamed pass."""
+    """Takes each layer's :class:`ChannelStatistics` from the batches of a streamed pass."""
 
     def __init__(self, model: Model, layers: Sequence[str], top_k: int, relevance: bool) -> None:
         self.model, self.layers, self.top_k = model, list(layers), top_k
         self.relevance = relevance and has_class_scores(model)
-        self.found: dict[str, ChannelTrust] = {}
+        self.found: dict[str, ChannelStatistics] = {}
         self.no_scores = False  # the output turned out not to be one row of scores per image
 
     def __call__(self, indices: Tensor, x: Tensor, stats: dict[str, ImageStats]) -> None:
@@ -150,26 +153,27 @@ class _Observer:
         for name in self.layers:
             channels = stats[name].means.shape[1]
             if name not in self.found:
-                self.found[name] = ChannelTrust.empty(channels, self.top_k, classes)
+                self.found[name] = ChannelStatistics.empty(channels, self.top_k, classes)
             rows, predicted = (relevance[0][name], relevance[1]) if relevance else (None, None)
             self.found[name].update(indices, stats[name], rows, predicted)
 
 
-def _without_classes(trust: ChannelTrust) -> ChannelTrust:
-    return ChannelTrust(trust.count, trust.maximum, trust.mean_values, trust.mean_images)
+def _without_classes(stats: ChannelStatistics) -> ChannelStatistics:
+    return ChannelStatistics(stats.count, stats.maximum, stats.mean_values, stats.mean_images)
 
 
-def stream_trust(
+def stream_channel_statistics(
     model: Model,
     batches: Batches,
     layers: Sequence[str],
     top_k: int,
     relevance: bool = True,
     bar: Callable[[int], None] | None = None,
-) -> tuple[dict[str, TopExamples], dict[str, ChannelTrust]]:
+) -> tuple[dict[str, TopExamples], dict[str, ChannelStatistics]]:
     """One pass of ``batches``: each layer's top examples (:func:`stream_examples`, the same
-    as without this) and its :class:`ChannelTrust` (with class relevance when ``relevance``
-    is asked for and the model gives class scores: a full forward and backward pass a batch)."""
+    as without this) and its :class:`ChannelStatistics` (with class relevance when
+    ``relevance`` is asked for and the model gives class scores: a full forward and backward
+    pass a batch)."""
     observer = _Observer(model, layers, top_k, relevance)
     found = stream_examples(model, batches, layers, top_k, bar, observer)
     return found, observer.found
