@@ -3,15 +3,30 @@ that add up, targets, errors, and the model left as it was."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 from torch import nn
 
 from convsight.analysis.channel_relevance import channel_relevance, conditional_heatmaps
 from convsight.attribution import LRP
+from convsight.attribution.lrp import lrp_context
 from convsight.errors import ConvsightError, UnknownLayerError
 from convsight.models import Model, ModelCard
 from tests.conftest import hook_count, two_channel_net
+
+
+@contextmanager
+def own_features(net: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside the block, the output of ``net.features`` of each forward pass."""
+    seen: list[torch.Tensor] = []
+    handle = net.features.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def _card(size: tuple[int, int], channels: int = 3, labels=("yes", "no", "maybe", "never")):
@@ -183,3 +198,50 @@ def test_bad_input_is_refused_and_no_hook_is_left():
     with pytest.raises(ConvsightError, match=r"no rule for layer '1' \(Softmax\)"):
         channel_relevance(odd, image, 0, ["0.4"], method="crp")
     assert hook_count(odd.module) == 0
+
+
+def _calibrating(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, momentum=1.0)
+
+
+def test_crp_at_mobilenet_v2_features_follows_the_activation_within_each_channel():
+    """torchvision's MobileNetV2 pools in its own code; with its canonizer the pooling is a
+    module with a rule, so a channel's relevance is spread in proportion to where it fired
+    (R / a constant over space), not evenly as the plain gradient of the pooling would."""
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    net = mobilenet_v2(num_classes=4, width_mult=0.5, norm_layer=_calibrating)
+    model = Model(net, _card((96, 96)))
+    image = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # batch norm statistics of real inputs: activations of order one
+        net.train()(model.normalize(torch.rand(8, 3, 96, 96)))
+    net.eval()
+    result = channel_relevance(model, image, 1, ["features"], method="crp")
+    assert result.canonizer == "MobileNetV2Canonizer"
+    assert result.to_json()["sums_outside_rules"] == 0
+    maps = result.layers["features"].maps  # C x 3 x 3
+    with own_features(net) as seen, lrp_context(model, "epsilon_plus_flat"):  # batch norm merged
+        net(model.normalize(image[None]))
+    activation = seen[0][0]
+    fired = activation > 1e-3 * activation.amax((1, 2), keepdim=True)
+    ratio = torch.where(fired, maps / activation.clamp_min(1e-12), torch.nan)
+    spread = ratio.nan_to_num(-torch.inf).amax((1, 2)) - ratio.nan_to_num(torch.inf).amin((1, 2))
+    many = fired.flatten(1).sum(1) > 1  # channels that fired at two places or more
+    assert many.sum() > 10
+    scale = ratio.abs().nan_to_num(0).amax((1, 2))
+    assert (spread[many] <= 1e-3 * scale[many]).all()
+    assert float(maps[activation == 0].abs().max()) == 0.0  # nothing where a channel was off
+    assert hook_count(net) == 0
+
+
+def test_crp_refuses_pooling_in_code_before_any_work():
+    from tests.attribution.test_lrp import Pooled
+
+    net = Pooled("adaptive")
+    model = Model(net, _card((16, 16)))
+    with pytest.raises(ConvsightError, match=r"pools in its own code \(adaptive_avg_pool2d in"):
+        channel_relevance(model, torch.rand(3, 16, 16), 0, ["conv"], method="crp")
+    assert hook_count(net) == 0
+    found = channel_relevance(model, torch.rand(3, 16, 16), 0, ["conv"])  # gradient x activation
+    assert found.to_json().get("sums_outside_rules") is None

@@ -16,6 +16,7 @@ from convsight.attribution import LRP, get_method
 from convsight.attribution.lrp import unmerged_batch_norms
 from convsight.errors import ConvsightError
 from convsight.models import Model, ModelCard
+from convsight.targets import resolve_targets
 from tests.conftest import hook_count
 
 
@@ -223,3 +224,125 @@ def test_an_unknown_composite_is_refused_before_any_work():
     model = _model(vgg_style())
     with pytest.raises(ConvsightError, match="epsilon_plus_flat, epsilon_gamma_box"):
         LRP(model).attribute(_pixels(), 0, composite="epsilon")
+
+
+def _mobilenet(size: int = 96) -> Model:
+    """A torchvision MobileNetV2 (random weights, batch norm statistics that matter)."""
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    net = mobilenet_v2(num_classes=4, width_mult=0.5).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(0.0, 0.2)
+    return _model(net, size)
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box"])
+def test_torchvision_mobilenet_v2_maps_equal_zennits_with_its_canonizer(composite):
+    from convsight.attribution.lrp_canonizers import MobileNetV2Canonizer
+
+    model, x = _mobilenet(), _pixels(96, n=1)
+    state = _state(model.module)
+    forwards = {name: type(m).forward for name, m in model.module.named_modules()}
+    method = LRP(model)
+    ours = method.attribute(x, 2, composite=composite)
+    assert method.last_run["canonizer"] == "MobileNetV2Canonizer"
+    assert method.last_run["sums_outside_rules"] == 0  # every residual sum through a Sum module
+    zennit_composite = _box(model) if composite == "epsilon_gamma_box" else EpsilonPlusFlat()
+    zennit_composite.canonizers = [MobileNetV2Canonizer()]
+    _assert_close(ours, _zennit_map(model, x, [2], zennit_composite))
+    # the model as it was: no hook, no forward or module left by the canonizer, same weights
+    assert hook_count(model.module) == 0
+    assert all("forward" not in vars(m) for m in model.module.modules())
+    assert {name: type(m).forward for name, m in model.module.named_modules()} == forwards
+    assert not any("canonizer" in name for name, _ in model.module.named_modules())
+    assert all(torch.equal(v, state[k]) for k, v in model.module.state_dict().items())
+
+
+def test_mobilenet_v2_residual_sums_conserve_relevance():
+    from convsight.attribution.lrp import lrp_context, output_relevance
+
+    model, x = _mobilenet(), _pixels(96, n=1)
+    seen: dict[str, torch.Tensor] = {}
+    with lrp_context(model, "epsilon_plus_flat"), torch.enable_grad():
+        blocks = [m for m in model.module.modules() if hasattr(m, "canonizer_sum")]
+        residual = [m for m in model.module.modules() if getattr(m, "use_res_connect", False)]
+        assert blocks == residual and len(blocks) == 10  # MobileNetV2's residual blocks
+        block = blocks[-1]
+
+        # before zennit's own hooks: the stack as it enters the rule, the sum as it leaves
+        sum_module = block.canonizer_sum
+        handles = [
+            sum_module.register_forward_pre_hook(
+                lambda _m, inputs: seen.update(stack=inputs[0]), prepend=True
+            ),
+            sum_module.register_forward_hook(
+                lambda _m, _i, output: seen.update(sum=output), prepend=True
+            ),
+        ]
+        try:
+            output = model.module(model.normalize(x).requires_grad_(True))
+        finally:
+            for handle in handles:
+                handle.remove()
+        stack, total = seen["stack"], seen["sum"]
+        below, above = torch.autograd.grad(
+            output, [stack, total], output_relevance(output, resolve_targets(model, 1, 1))
+        )
+    # the relevance into the two summands adds up to that of the sum, each in proportion to
+    # its contribution (a plain x + y would give each summand all of it: twice the total)
+    assert abs(float(below.sum() - above.sum())) <= 1e-4 * float(above.abs().sum())
+    share = stack[..., 0] / (stack.sum(-1))
+    mask = stack.sum(-1).abs() > 1e-3
+    assert torch.allclose(below[..., 0][mask], (above * share)[mask], rtol=1e-3, atol=1e-6)
+
+
+class Pooled(nn.Module):
+    """Pools in its forward (as torchvision's DenseNet does), with a residual sum in code."""
+
+    def __init__(self, pool: str = "adaptive") -> None:
+        super().__init__()
+        self.conv, self.head, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4), pool
+        self.avg = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        x = x + torch.relu(x)  # a residual sum and an activation in code: allowed
+        if self.pool == "adaptive":
+            x = nn.functional.adaptive_avg_pool2d(x, (1, 1))
+        elif self.pool == "mean":
+            x = x.mean((2, 3), keepdim=True)
+        elif self.pool == "max":  # no rule for max pooling, module or not: passed as its gradient
+            x = nn.functional.adaptive_max_pool2d(x, 1)
+        else:
+            x = self.avg(x)  # pooling by a module: covered by its rule
+        return self.head(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize(("pool", "op"), [("adaptive", "adaptive_avg_pool2d"), ("mean", "mean")])
+def test_pooling_in_the_models_own_code_is_refused_in_one_sentence(pool, op):
+    net = Pooled(pool)
+    model = _model(net)
+    for canonize in (True, False):
+        with pytest.raises(ConvsightError) as error:
+            LRP(model).attribute(_pixels(), 0, canonize=canonize)
+        message = str(error.value)
+        assert message.startswith(
+            f"model 'lrp-test' pools in its own code ({op} in Pooled.forward)"
+        )
+        assert "\n" not in message and message.count(". ") == 0
+        assert hook_count(net) == 0
+
+
+@pytest.mark.parametrize("pool", ["module", "max"])
+def test_a_residual_sum_or_max_pooling_in_code_is_allowed_and_counted(pool):
+    net = Pooled(pool)
+    method = LRP(_model(net))
+    relevance = method.attribute(_pixels(), [0, 1])
+    assert torch.isfinite(relevance).all()
+    assert method.last_run["sums_outside_rules"] == 1
+    assert method.last_run["canonizer"] is None
+    assert hook_count(net) == 0

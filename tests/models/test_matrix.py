@@ -347,6 +347,9 @@ REFUSED: dict[tuple[str, str], str] = {
     ("timm-convnext_atto", "rectifier"): _NO_RELU,  # GELU
     ("timm-efficientnet_b0", "rectifier"): _NO_RELU,  # SiLU
     ("timm-convnext_atto", "lrp"): r"no rule for layer 'stem.1' \(LayerNorm2d\)",
+    # its squeeze-excite pools in code (x.mean((2, 3))): no LRP rule covers that
+    ("timm-efficientnet_b0", "lrp"): r"pools in its own code \(mean in SqueezeExcite.forward\)",
+    ("spectrogram-1x64x128", "lrp"): r"pools in its own code \(mean in SpectrogramCNN.forward\)",
     ("onnx-export", "lrp"): r"LRP has no rule for layer '.*' \(Onnx",
     ("keras-mnist-cnn", "lrp"): r"no rule for layer 'flatten' \(KerasFlatten\)",
 }

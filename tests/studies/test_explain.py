@@ -189,3 +189,13 @@ def test_bad_requests_fail_before_any_work(tiny, photos, tmp_path):
         assert not out.exists()
     with pytest.raises(ConvsightError, match="--top"):
         _request(photos, top=0)
+
+
+def test_a_model_that_pools_in_its_own_code_gets_gradient_x_activation_and_why():
+    from convsight.models import Model
+    from convsight.studies.explain import choose_method
+    from tests.attribution.test_lrp import Pooled
+
+    method, reason = choose_method(Model.from_module(Pooled("adaptive"), input_size=16))
+    assert method == "grad_x_act"
+    assert "pools in its own code (adaptive_avg_pool2d in Pooled.forward)" in reason

@@ -31,6 +31,7 @@ from convsight.attribution.cam import own_output
 from convsight.attribution.lrp import (
     CompositeName,
     check_lrp_support,
+    code_ops,
     lrp_context,
     output_relevance,
     score_gradient,
@@ -86,7 +87,9 @@ class ChannelRelevance:
 
     ``heatmap`` is the relevance on the input (H x W, colour channels summed), ``score`` the
     target's score, ``target`` the target in words and ``classes`` its class (or None).
-    ``composite`` and ``canonizer`` say how CRP ran (None for ``grad_x_act``).
+    ``composite`` and ``canonizer`` say how CRP ran (None for ``grad_x_act``);
+    ``sums_outside_rules`` how many sums of two tensors (residual additions) the model did in
+    its own code, outside every LRP rule, per forward pass (None for ``grad_x_act``).
     """
 
     method: str
@@ -97,12 +100,19 @@ class ChannelRelevance:
     layers: dict[str, LayerRelevance] = field(default_factory=dict)
     composite: str | None = None
     canonizer: str | None = None
+    sums_outside_rules: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain numbers: the settings, the score and each layer's relevance and shares."""
         settings = ("method", "composite", "canonizer", "target", "classes", "score")
+        extra = (
+            {}
+            if self.sums_outside_rules is None
+            else {"sums_outside_rules": self.sums_outside_rules}
+        )
         return {
             **{name: getattr(self, name) for name in settings},
+            **extra,
             "input_relevance": float(self.heatmap.sum()),
             "layers": {
                 name: {
@@ -116,7 +126,12 @@ class ChannelRelevance:
 
 
 def _prepare(
-    model: Model, image: torch.Tensor, target: TargetLike, layers: Sequence[str], method: str
+    model: Model,
+    image: torch.Tensor,
+    target: TargetLike,
+    layers: Sequence[str],
+    method: str,
+    canonize: bool = True,
 ) -> tuple[torch.Tensor, Target]:
     """Checked pixels (1 x C x H x W) and the bound target, before any work."""
     if method not in CHANNEL_METHODS:
@@ -130,7 +145,7 @@ def _prepare(
         raise ConvsightError("name at least one layer")
     check_layers(model.module, layers)
     if method == "crp":
-        check_lrp_support(model)
+        check_lrp_support(model, canonize)
     bound = resolve_targets(model, target, 1)
     if bound is None:
         bound = resolve_targets(model, int(predict_classes(model, pixels)[0]), 1)
@@ -179,7 +194,7 @@ def channel_relevance(
     C x H x W in [0, 1]; target: a class index or name, any :class:`Target`, None for the
     predicted class). ``composite`` and ``canonize`` are CRP's (see :class:`LRP`)."""
     layers = list(dict.fromkeys(layers))
-    pixels, targets = _prepare(model, image, target, layers, method)
+    pixels, targets = _prepare(model, image, target, layers, method, canonize)
     with _recording(model, layers, method, composite, canonize) as (records, canonizer):
         x = model.normalize(pixels).detach().requires_grad_(True)
         output = model.module(x)
@@ -201,6 +216,7 @@ def channel_relevance(
         layers=found,
         composite=composite if method == "crp" else None,
         canonizer=canonizer,
+        sums_outside_rules=code_ops(model, canonize).sums if method == "crp" else None,
     )
 
 
@@ -219,7 +235,7 @@ def conditional_heatmaps(
     ``layer`` alone, for the target's score on one image: the image is repeated, one row per
     channel (``batch_size`` rows per pass), and at the layer each row keeps only its channel's
     relevance on the way down. Over all channels of the layer they sum to the full heatmap."""
-    pixels, targets = _prepare(model, image, target, [layer], method)
+    pixels, targets = _prepare(model, image, target, [layer], method, canonize)
     wanted = torch.as_tensor(channels, dtype=torch.long).reshape(-1)
     maps = []
     with _recording(model, [layer], method, composite, canonize) as (records, _):

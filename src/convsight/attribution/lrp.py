@@ -4,7 +4,10 @@ The rules are zennit's (https://github.com/chr5tphr/zennit, the optional extra
 ``convsight[lrp]``), not written here. :func:`lrp_context` registers a composite on a model for
 the length of a block and takes it off again (zennit's context manager: its hooks removed, its
 canonizers' changes to the modules undone), also when the block raises. A model with a layer
-zennit has no rule for is refused before any work (:func:`check_lrp_support`).
+zennit has no rule for, or that pools in its own code (outside every module, found by one
+forward pass: :mod:`convsight.attribution.lrp_code`), is refused before any work
+(:func:`check_lrp_support`); torchvision's MobileNetV2 gets a canonizer that pools and adds its
+residuals through modules (:mod:`convsight.attribution.lrp_canonizers`).
 
 Relevance starts at the output as ``output * d score / d output`` (:func:`output_relevance`):
 for a class, the class's logit at its place and zero elsewhere, so with the epsilon rule on a
@@ -17,11 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Annotated, Any, Literal, cast, get_args
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
 
 from convsight.attribution.base import Method
+from convsight.attribution.lrp_code import CodeOps, find_code_ops
 from convsight.engines import memory_format_for, select
 from convsight.errors import ConvsightError
 from convsight.layers import require_hookable
@@ -63,9 +68,10 @@ def supported_layers() -> tuple[type, ...]:
     )
 
 
-def check_lrp_support(model: Model) -> None:
+def check_lrp_support(model: Model, canonize: bool = True) -> None:
     """Refuse, in one sentence and before any work, a model with a layer zennit has no rule
-    for (a leaf module of another type)."""
+    for (a leaf module of another type), or one that pools in its own code where no canonizer
+    puts the pooling in a module (see :func:`code_ops`)."""
     require_hookable(model.module)
     supported = supported_layers()
     for name, module in model.module.named_modules():
@@ -76,6 +82,33 @@ def check_lrp_support(model: Model) -> None:
                 f"LRP has no rule for {where} ({type(module).__name__}) of model "
                 f"'{model.card.name}': zennit's rules cover {RULES_COVER}"
             )
+    pools = code_ops(model, canonize).pools
+    if pools:
+        op, where = pools[0]
+        raise ConvsightError(
+            f"model '{model.card.name}' pools in its own code ({op} in {where}): LRP's rules "
+            "cannot cover it, they cover pooling done by a module (nn.AvgPool2d, "
+            "nn.AdaptiveAvgPool2d, nn.MaxPool2d, ...)"
+        )
+
+
+_CODE_OPS: WeakKeyDictionary[nn.Module, dict[bool, CodeOps]] = WeakKeyDictionary()
+
+
+def code_ops(model: Model, canonize: bool = True) -> CodeOps:
+    """What the model does in its own code, outside the modules LRP has rules for, with its
+    canonizers applied: one forward pass on a zero input of the model's size (once per module
+    and ``canonize``; batch norm is not merged for it), the module put back as it was after."""
+    known = _CODE_OPS.setdefault(model.module, {})
+    if canonize not in known:
+        canonizers = structural(canonizers_for(model, canonize)[0])
+        instances = [instance for c in canonizers for instance in c.apply(model.module)]
+        try:
+            known[canonize] = find_code_ops(model.module, model.example_input())
+        finally:
+            for instance in reversed(instances):
+                instance.remove()
+    return known[canonize]
 
 
 def has_batch_norm(module: nn.Module) -> bool:
@@ -98,14 +131,34 @@ def unmerged_batch_norms(module: nn.Module) -> list[str]:
     return found
 
 
+def structural(canonizers: list[Any]) -> list[Any]:
+    """The canonizers that change what the model computes in code (a residual sum or pooling
+    through a module), without those that merge batch norm (which change only weights)."""
+    merge, composite = zennit("canonizers").MergeBatchNorm, zennit("canonizers").CompositeCanonizer
+    found = []
+    for canonizer in canonizers:
+        if isinstance(canonizer, composite):
+            found += structural(list(canonizer.canonizers))
+        elif not isinstance(canonizer, merge):
+            found.append(canonizer)
+    return found
+
+
 def canonizers_for(model: Model, canonize: bool) -> tuple[list[Any], str | None]:
-    """zennit's canonizers for the model and their name: none without batch norm (or with
-    ``canonize`` off); torchvision's ResNet canonizer (batch norm merged, residual sums as
-    modules) where the model has torchvision ResNet blocks; else batch norm merged into the
-    linear layer right before it (SequentialMergeBatchNorm)."""
+    """zennit's canonizers for the model and their name: for a torchvision MobileNetV2, its
+    pooling and residual sums as modules (:class:`MobileNetV2Canonizer`; batch norm merged too
+    unless ``canonize`` is off); else none without batch norm (or with ``canonize`` off);
+    torchvision's ResNet canonizer (batch norm merged, residual sums as modules) where the
+    model has torchvision ResNet blocks; else batch norm merged into the linear layer right
+    before it (SequentialMergeBatchNorm)."""
+    vision = zennit("torchvision")
+    from convsight.attribution import lrp_canonizers
+
+    if lrp_canonizers.is_mobilenet_v2(model.module):
+        name = "MobileNetV2Canonizer" + ("" if canonize else " (batch norm not merged)")
+        return [lrp_canonizers.MobileNetV2Canonizer(merge_batch_norm=canonize)], name
     if not canonize or not has_batch_norm(model.module):
         return [], None
-    vision = zennit("torchvision")
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     if any(isinstance(m, (BasicBlock, Bottleneck)) for m in model.module.modules()):
@@ -138,7 +191,7 @@ def lrp_context(model: Model, name: str, canonize: bool = True) -> Iterator[str 
     """Register composite ``name`` on the model inside the block (checked first: a layer
     without a rule is refused); yields the canonizer's name. On exit zennit removes its hooks
     and undoes its canonizers, leaving the module as it was."""
-    check_lrp_support(model)
+    check_lrp_support(model, canonize)
     composite, canonizer = make_composite(model, name, canonize)
     with composite.context(model.module):
         yield canonizer
@@ -177,9 +230,13 @@ class LRP(Method):
     output down to its inputs by a rule (zennit's): ``epsilon_plus_flat`` (default) or
     ``epsilon_gamma_box`` (VGG-style, Montavon et al. 2019). A model with batch norm has it
     merged into the convolution before it first (zennit's canonizers; torchvision ResNets also
-    get their residual sums as modules) unless ``canonize`` is off; ``last_run`` records which.
-    The map is the relevance of the model's (normalized) input, per pixel and colour; a model
-    with a layer zennit has no rule for is refused before any work. Needs ``convsight[lrp]``.
+    get their residual sums as modules) unless ``canonize`` is off; torchvision MobileNetV2s
+    always get their pooling and residual sums as modules; ``last_run`` records which, and how
+    many sums of two tensors ran in the model's own code, outside every rule
+    (``sums_outside_rules``: their relevance passes as the gradient, not conserved). The map is
+    the relevance of the model's (normalized) input, per pixel and colour; a model with a layer
+    zennit has no rule for, or that pools in its own code, is refused before any work. Needs
+    ``convsight[lrp]``.
     """
 
     name = "lrp"
@@ -191,7 +248,7 @@ class LRP(Method):
     ) -> torch.Tensor:
         """As :meth:`Method.attribute`; a model with a layer zennit has no rule for is
         refused first, before any forward pass."""
-        check_lrp_support(self.model)
+        check_lrp_support(self.model, bool(options.get("canonize", True)))
         return super().attribute(inputs, target, **options)
 
     def _attribute(
@@ -205,8 +262,11 @@ class LRP(Method):
         layout, _ = memory_format_for(self.model)
         x = self.model.normalize(inputs).contiguous(memory_format=layout)
         relevance, canonizer = lrp_relevance(self.model, x, targets, composite, canonize)
-        unmerged = unmerged_batch_norms(self.model.module) if canonizer else []
+        unmerged = unmerged_batch_norms(self.model.module) if canonizer and canonize else []
         self.last_run.update(
-            composite=composite, canonizer=canonizer, unmerged_batch_norms=unmerged
+            composite=composite,
+            canonizer=canonizer,
+            unmerged_batch_norms=unmerged,
+            sums_outside_rules=code_ops(self.model, canonize).sums,
         )
         return relevance.contiguous()

@@ -106,7 +106,8 @@ class _Checked:
 
 
 def choose_method(model: Model) -> tuple[ChannelMethod, str]:
-    """``crp`` where the model has an LRP composite, else ``grad_x_act``; and why."""
+    """``crp`` where the model has an LRP composite (a rule for every layer, no pooling in its
+    own code: :func:`check_lrp_support`), else ``grad_x_act``; and why."""
     try:
         check_lrp_support(model)
     except ConvsightError as exc:
