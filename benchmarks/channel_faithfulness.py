@@ -31,10 +31,11 @@ k over the samples, the share of samples whose prediction changed, and the area 
 "beats" another at a layer when its AOC is higher by more than two standard errors. A k at or
 above a layer's channel count (32 for the MNIST CNN's first convolution) zeroes all of them.
 
-MobileNet v2's residual additions are written in its forward code, not as modules: LRP passes
-relevance through them as a gradient (copied to both branches), so CRP's relevance is not
-conserved there (see :mod:`convsight.attribution.lrp`); the JSON says so and records, per layer,
-the mean ratio of the layer's CRP total to the score.
+MobileNet v2's pooling and residual additions are written in its forward code; LRP runs them
+through modules (:class:`~convsight.attribution.lrp_canonizers.MobileNetV2Canonizer`), so the
+rules cover them and the sums conserve relevance. The biases (batch norm merged into the
+convolutions) absorb relevance, so a layer's CRP total is a fraction of the score; the JSON
+records, per layer, the mean ratio of the layer's CRP total to the score.
 
 Writes benchmarks/results/channel_faithfulness.json. Not a test: about 2-4 minutes on one
 thread for all 104 photos, and about as long again to train the MNIST CNN and run its digits.
@@ -80,10 +81,10 @@ RANKINGS = (
     "random",
 )
 CRP_CAVEAT = (
-    "MobileNet v2's residual additions are in its forward code, not modules: LRP passes "
-    "relevance through them as a gradient (copied to both branches), so CRP relevance is not "
-    "conserved across the residual blocks (convsight.attribution.lrp); the CRP ranking is "
-    "reported anyway"
+    "MobileNet v2's pooling and residual additions run through modules (MobileNetV2Canonizer), "
+    "so the rules cover them and the sums conserve relevance; the biases (batch norm merged "
+    "into the convolutions) absorb relevance, so a layer's CRP total is a fraction of the "
+    "score (crp_total_over_score); the ranking within a layer is what is compared"
 )
 
 

@@ -74,7 +74,7 @@ def test_render_flags_say_the_settings_and_what_the_user_chose():
 
 
 def test_saliency_and_evaluate_share_the_method_flags():
-    for flag in ("--methods", "--layer", "--batch-size", "--engine"):
+    for flag in ("--methods", "--layer", "--batch-size", "--engine", "--composite"):
         assert option("saliency", flag).help == option("evaluate", flag).help
     assert option("evaluate", "--methods").default == "saliency,guided,ig,gradcam"
     assert method_flags("ig, gradcam", "features.3") == {
@@ -82,4 +82,5 @@ def test_saliency_and_evaluate_share_the_method_flags():
         "layer": "features.3",
         "batch_size": None,
         "engine": "auto",
+        "composite": None,
     }
