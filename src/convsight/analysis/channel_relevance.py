@@ -289,17 +289,30 @@ def batch_relevance(
     bound to N rows): one forward pass, and one backward pass from the scores down to the first
     of the layers only. Summed over space, a row's relevance is what
     :func:`channel_relevance` (``grad_x_act``) gives for that image."""
+    return relevance_pass(model, model.normalize(pixels), targets, layers)[0]
+
+
+def relevance_pass(
+    model: Model, x: torch.Tensor, targets: Targets | None, layers: Sequence[str]
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """:func:`batch_relevance` on an already normalized batch ``x``, with the model's output
+    (detached). ``targets`` None: each row's predicted class (the largest score of the same
+    forward pass); an output that is not one row of scores per image then gives no maps."""
     layers = list(dict.fromkeys(layers))
     with _graph_from_first(model.module, layers) as records, torch.enable_grad():
         records.clear()
-        output = model.module(model.normalize(pixels))
+        output = model.module(x)
+        if targets is None and output.dim() != 2:
+            return {}, output.detach()
         values = [records[name] for name in layers]
-        start = score_gradient(output, targets)
+        rows = output.detach().argmax(1) if targets is None else targets
+        start = score_gradient(output, rows)
         grads = torch.autograd.grad(output, values, start, allow_unused=True)
-    return {
+    found = {
         name: (value.detach(), _relevance(value, grad, "grad_x_act").detach())
         for name, value, grad in zip(layers, values, grads, strict=True)
     }
+    return found, output.detach()
 
 
 def batch_relevance_maps(

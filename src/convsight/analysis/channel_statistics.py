@@ -20,15 +20,14 @@ top examples. (The trust measures of a render themselves, reach and path similar
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from convsight.analysis.channel_relevance import relevance_pass
 from convsight.analysis.dataset_examples import ImageStats
 from convsight.analysis.streamed_examples import Batches, TopExamples, _ranked, stream_examples
-from convsight.attribution.cam import own_output
 from convsight.models import Model
 
 
@@ -119,20 +118,11 @@ def class_relevance(
     """Per image of the normalized input ``x``, each channel's gradient x activation relevance
     at ``layers`` for the model's predicted class, summed over space (n x C each, on the CPU),
     and the predicted classes (n); None when the output is not one row of scores per image."""
-    with ExitStack() as stack, torch.enable_grad():
-        records = {name: stack.enter_context(own_output(model.module, name)) for name in layers}
-        output = model.module(x.detach().requires_grad_(True))
-        if not isinstance(output, Tensor) or output.dim() != 2:
-            return None
-        predicted = output.detach().argmax(1)
-        values = [records[name]["output"] for name in layers]
-        score = output.gather(1, predicted[:, None]).sum()
-        grads = torch.autograd.grad(score, values, allow_unused=True)
-    found = {}
-    for name, value, grad in zip(layers, values, grads, strict=True):
-        product = value.detach() * grad if grad is not None else torch.zeros_like(value)
-        found[name] = product.flatten(2).sum(2).float().cpu()
-    return found, predicted.cpu()
+    maps, output = relevance_pass(model, x, None, layers)
+    if not maps:
+        return None
+    found = {name: maps[name][1].flatten(2).sum(2).float().cpu() for name in maps}
+    return found, output.argmax(1).cpu()
 
 
 class _Observer:
